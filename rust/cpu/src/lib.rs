@@ -1,0 +1,1 @@
+//! kormo-cpu
