@@ -1,1 +1,34 @@
-//! kormo-dist
+//! kormo-dist: data-parallel training across ranks.
+//!
+//! * [`comm`] — the [`Collectives`] trait (all-gather, reduce-scatter in f32 or bf16,
+//!   all-reduce, broadcast, barrier) over host or device buffers; host communicators implement
+//!   one primitive ([`HostTransport::exchange`]) and reduce in rank order; [`SubGroup`] splits a
+//!   group (hybrid sharding).
+//! * [`nccl`] — the same trait over NCCL on device buffers (compiled everywhere, runs on GPUs).
+//! * [`local`] — in-process communicator, one thread per rank (tests, `--world-size N` on CPU).
+//! * [`shard`], [`fsdp`], [`sampling`] — FSDP units and shards, the per-rank training step with
+//!   the `full_shard`, `shard_grad_op` and `hybrid` strategies, and data-parallel row sampling.
+//! * [`tcp`] — multi-process rendezvous (rank 0 on MASTER_ADDR:MASTER_PORT hands out a shared
+//!   blob such as the NCCL unique id) and a TCP host communicator that names lost ranks.
+//! * [`launch`] — rank, world size and rendezvous address from torchrun-style or SLURM variables.
+//! * [`sharded_checkpoint`] — per-rank checkpoint files, resharding, consolidation.
+//!
+//! See docs/distributed.md for the design and docs/scaling.md for the cost model.
+pub mod bf16;
+pub mod comm;
+pub mod error;
+pub mod fsdp;
+pub mod launch;
+pub mod local;
+pub mod nccl;
+pub mod sampling;
+pub mod shard;
+pub mod sharded_checkpoint;
+pub mod tcp;
+
+pub use comm::{Collectives, CommError, HostTransport, Op, SubGroup};
+pub use error::DistError;
+pub use fsdp::{
+    FsdpConfig, FsdpRank, ReduceDtype, Release, Residency, ScheduleEvent, StepOutcome, Strategy,
+};
+pub use local::LocalComm;

@@ -1,1 +1,37 @@
-//! kormo-model
+//! kormo-model: the KORMo decoder written once against the [`Ops`] backend interface.
+//!
+//! * [`ModelConfig`] — architecture hyperparameters with presets (`kormo_10_8b`, `proxy_1b`, `tiny`).
+//! * [`params`] — the parameter layout: Hugging Face names, torch row-major `[out, in]` shapes,
+//!   per-tensor weight-decay class, and deterministic normal(0, 0.02) / ones initialisation.
+//! * [`Ops`] — the small set of numerical primitives (matmul, RMSNorm, RoPE, attention, SwiGLU,
+//!   embedding, cross-entropy, elementwise) that the CPU reference (`kormo-cpu`) and the CUDA
+//!   backend (`kormo-cuda`) both implement; the model never touches memory directly.
+//! * [`Batch`] — one packed micro-batch: tokens, targets, per-token loss weights, document ids,
+//!   position ids.
+//! * [`Model`] — hand-written forward and backward passes; gradients accumulate into per-tensor
+//!   buffers that the optimizer and checkpoint code read by name.
+//!
+//! Nothing here knows about files, ranks or devices.
+//!
+//! ```
+//! use kormo_model::{ModelConfig, params};
+//! let cfg = ModelConfig::kormo_10_8b();
+//! assert_eq!(cfg.param_count(), 10_756_624_384);
+//! assert_eq!(params::layout(&cfg)[0].name, "model.embed_tokens.weight");
+//! ```
+
+mod batch;
+mod config;
+mod error;
+mod model;
+pub mod ops;
+pub mod params;
+
+pub use batch::{Batch, LossSum};
+pub use config::ModelConfig;
+pub use error::ModelError;
+pub use model::{Model, UnitHooks};
+pub use ops::{
+    AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape,
+};
+pub use params::{ParamKind, ParamSpec, Unit};

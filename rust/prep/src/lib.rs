@@ -1,1 +1,15 @@
-//! kormo-prep
+//! kormo-prep: turns raw Korean/English text into tokenized training shards, following
+//! KORMo's pipeline: heuristic filters -> BFF Bloom-filter paragraph dedup -> fastText-style
+//! quality classifier -> tokenization into kormo-shards.
+//!
+//! - `words`: word splitting shared by all stages.
+//! - `filters`: heuristic filters, language identification, broken-encoding detection.
+//! - `dedup`: BFF Bloom-filter paragraph dedup ("old-both").
+//! - `quality`: fastText-style linear quality classifier over hashed word and char n-grams.
+//! - `pipeline`: the `prepare` run (config, sources, shards, manifests, report, resume).
+
+pub mod dedup;
+pub mod filters;
+pub mod pipeline;
+pub mod quality;
+pub mod words;

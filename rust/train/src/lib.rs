@@ -1,1 +1,19 @@
-//! kormo-train
+//! kormo-train: the recipe-driven training loop behind the `train` binary.
+//!
+//! * [`recipe`] — typed recipe files (configs/*.toml), validated with errors naming file and key.
+//! * [`trainer`] — one stage, top to bottom: init or resume, phases, steps, logs, checkpoints.
+//! * [`metrics`] — progress lines and RUN_DIR/STAGE/metrics.jsonl.
+//! * [`cli`] — the `train` command line.
+//! * [`guard`] — the outlier guard that skips spiking updates.
+//! * [`lock`] — one job per run directory.
+//! * [`signals`] — SIGTERM/SIGUSR1: checkpoint at the end of the step and exit.
+//! * `dist` — the step loop of `train --world-size N` (FSDP ranks as threads, kormo_dist).
+
+pub mod cli;
+mod dist;
+pub mod guard;
+pub mod lock;
+pub mod metrics;
+pub mod recipe;
+pub mod signals;
+pub mod trainer;

@@ -1,0 +1,38 @@
+// The emulator library: every kormo kernel, compiled for the CPU against the stand-in headers
+// beside this file, behind one C entry point that rust/cuda/tests/support loads with dlopen.
+// Build: c++ -std=c++20 -O2 -shared -fPIC -pthread -I cuda/emulator -I cuda/include -I cuda
+//        cuda/emulator/emulator.cpp -o libkormo_emulator.so
+#include "kormo_emulator.h"
+
+#include <mutex>
+
+#include "generated/kormo_all.cu"
+
+namespace {
+
+// The emulated grid state is process-wide: one launch at a time (test threads run in parallel).
+std::mutex one_launch_at_a_time;
+
+template <class Args>
+int run(void (*kernel)(Args), const uint32_t grid[3], const uint32_t block[3], uint32_t smem, const void* args,
+        size_t args_size) {
+    if (args_size != sizeof(Args)) return 2;
+    if (block[1] != 1 || block[2] != 1 || block[0] % 32 != 0 || block[0] > 1024) return 3;
+    Args a;
+    std::memcpy(&a, args, sizeof a);
+    std::lock_guard<std::mutex> lock(one_launch_at_a_time);
+    kormo_emu_run(kernel, {grid[0], grid[1], grid[2]}, {block[0], 1, 1}, smem, a);
+    return 0;
+}
+
+}  // namespace
+
+// 0: ran; 1: unknown kernel; 2: argument size differs from the kernel's struct; 3: unsupported block shape.
+extern "C" int kormo_emu_launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t smem,
+                                const void* args, size_t args_size) {
+#define KORMO_KERNEL(kernel) \
+    if (std::strcmp(name, #kernel) == 0) return run(kernel, grid, block, smem, args, args_size);
+#include "generated/kernel_list.inc"
+#undef KORMO_KERNEL
+    return 1;
+}

@@ -1,0 +1,94 @@
+// CPU emulation of the slice of the CUDA execution model that kormo's kernels use, so the real
+// kernel sources run (slowly) on machines without a GPU: rust/cuda/tests/emulated.rs compiles
+// emulator.cpp with the host C++ compiler and checks every kernel against the f64 references.
+//
+// Model: blocks run one after another; the threads of a block are OS threads. __syncthreads is
+// a block barrier, __syncwarp a per-warp barrier, shuffles go through a per-warp exchange buffer
+// between two warp barriers. __shared__ variables become function statics (one block at a time,
+// so "per block" = "per process"); dynamic shared memory is a per-launch buffer, filled with a
+// garbage pattern before each block so reads of unwritten shared memory show up. What it does
+// not model: memory-model races between warps without a barrier (compute-sanitizer's racecheck
+// on the device covers those), real WMMA fragment layouts, performance.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#define KORMO_EMULATOR 1
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+inline unsigned char* kormo_emu_dynamic_smem = nullptr;
+inline std::barrier<>* kormo_emu_block_barrier = nullptr;
+inline std::vector<std::unique_ptr<std::barrier<>>> kormo_emu_warp_barriers;
+inline float kormo_emu_shuffle[32][32];  // [warp][lane], blocks of up to 1024 threads
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(threads)
+#define __align__(n) alignas(n)
+#define __shared__ static
+
+inline void __syncthreads() { kormo_emu_block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { kormo_emu_warp_barriers[threadIdx.x / 32]->arrive_and_wait(); }
+
+inline float __shfl_xor_sync(unsigned, float v, int lane_mask) {
+    const unsigned warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    kormo_emu_shuffle[warp][lane] = v;
+    __syncwarp();
+    const float other = kormo_emu_shuffle[warp][lane ^ lane_mask];
+    __syncwarp();
+    return other;
+}
+
+inline float atomicAdd(float* address, float v) { return std::atomic_ref<float>(*address).fetch_add(v); }
+inline float __expf(float x) { return std::exp(x); }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+template <class T>
+inline T min(T a, T b) { return a < b ? a : b; }
+template <class T>
+inline T max(T a, T b) { return a > b ? a : b; }
+
+struct uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+
+// Runs kernel(args) over the grid. Blocks need blockDim.x % 32 == 0 (every kormo kernel has it).
+template <class Args>
+void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_smem, const Args& args) {
+    gridDim = grid;
+    blockDim = block;
+    std::vector<unsigned char> smem(dynamic_smem + 128);
+    kormo_emu_dynamic_smem =
+        reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem.data()) + 127) & ~uintptr_t(127));
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                std::memset(kormo_emu_dynamic_smem, 0xff, dynamic_smem);  // NaN pattern as f32 and bf16
+                std::barrier<> block_barrier(block.x);
+                kormo_emu_block_barrier = &block_barrier;
+                kormo_emu_warp_barriers.clear();
+                for (unsigned w = 0; w < block.x / 32; ++w) kormo_emu_warp_barriers.emplace_back(new std::barrier<>(32));
+                std::vector<std::thread> threads;
+                for (unsigned t = 0; t < block.x; ++t)
+                    threads.emplace_back([&, t] {
+                        threadIdx = {t, 0, 0};
+                        blockIdx = {x, y, z};
+                        kernel(args);
+                    });
+                for (auto& th : threads) th.join();
+            }
+}

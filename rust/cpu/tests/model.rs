@@ -1,0 +1,456 @@
+//! Whole-model tests on the CPU reference: forward against a naive Hugging Face-style decoder,
+//! gradient check of every tensor against central differences in f64, intra-document masking
+//! (packed rows equal documents run alone; perturbing one document leaves the others
+//! unchanged), gradient accumulation, f32 vs f64 agreement, thread-count independence, unit
+//! hooks for sharding, a memorisation run, and error reporting for bad input.
+
+mod common;
+
+use common::rng;
+use kormo_cpu::CpuOps;
+use kormo_model::{Batch, Model, ModelConfig, ModelError};
+use rand::Rng;
+
+/// Small enough for finite differences over every tensor, with GQA (2 query heads per KV
+/// head) and odd sizes.
+fn micro_config() -> ModelConfig {
+    ModelConfig {
+        hidden: 10,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 4,
+        ffn: 14,
+        vocab: 13,
+        rms_eps: 1e-5,
+        rope_theta: 500_000.0,
+        tie_embeddings: false,
+    }
+}
+
+/// Document lengths per row, with KORMo's running positions (0..seq) unless `reset`.
+fn packed_batch(docs_per_row: &[&[usize]], vocab: u32, reset_positions: bool, seed: u64) -> Batch {
+    let mut r = rng(seed);
+    let seq_len: usize = docs_per_row[0].iter().sum();
+    let mut batch = Batch { batch_size: docs_per_row.len(), seq_len, ..Batch::default() };
+    for docs in docs_per_row {
+        assert_eq!(docs.iter().sum::<usize>(), seq_len);
+        let mut pos = 0u32;
+        for (doc, &len) in docs.iter().enumerate() {
+            for i in 0..len {
+                batch.tokens.push(r.random_range(0..vocab));
+                batch.targets.push(r.random_range(0..vocab));
+                // Mixed weights: ignored tokens, half weight, normal.
+                batch.loss_weights.push([1.0, 0.0, 0.5, 1.0][r.random_range(0..4)]);
+                batch.doc_ids.push(doc as u32);
+                batch.positions.push(if reset_positions { i as u32 } else { pos });
+                pos += 1;
+            }
+        }
+    }
+    batch
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Gradient check of the whole model in f64: for every tensor, a sample of entries against
+/// central differences of the mean loss (z-loss on, so its path through the model is covered).
+fn check_model_gradients(cfg: ModelConfig) {
+    let batch = packed_batch(&[&[3, 4], &[2, 2, 3]], cfg.vocab as u32, false, 11);
+    let mut model = Model::new(cfg, CpuOps::<f64>::with_threads(2), 5).unwrap();
+    // Larger-than-init weights so every path carries a visible gradient.
+    for p in model.params_mut() {
+        p.iter_mut().for_each(|x| *x *= 10.0);
+    }
+    model.set_z_loss(1e-3);
+    model.zero_grads();
+    let weight = batch.loss_weight_sum();
+    model.forward_backward(&batch, (1.0 / weight) as f32).unwrap();
+    let grads: Vec<Vec<f64>> = model.grads().to_vec();
+    let specs = model.param_specs().to_vec();
+    let mut r = rng(12);
+    let step = 1e-5;
+    for (index, spec) in specs.iter().enumerate() {
+        let samples: Vec<usize> = (0..6).map(|_| r.random_range(0..spec.numel())).collect();
+        let mut nonzero = 0;
+        for &j in &samples {
+            let saved = model.params()[index][j];
+            model.params_mut()[index][j] = saved + step;
+            let plus = model.evaluate(&batch).unwrap().mean();
+            model.params_mut()[index][j] = saved - step;
+            let minus = model.evaluate(&batch).unwrap().mean();
+            model.params_mut()[index][j] = saved;
+            let numeric = (plus - minus) / (2.0 * step);
+            let analytic = grads[index][j];
+            let tolerance = 1e-7 + 1e-5 * numeric.abs().max(analytic.abs());
+            assert!(
+                (numeric - analytic).abs() <= tolerance,
+                "{}[{j}]: analytic {analytic} vs finite difference {numeric}",
+                spec.name
+            );
+            if numeric.abs() > 1e-8 {
+                nonzero += 1;
+            }
+        }
+        // Embedding rows of tokens absent from the batch legitimately have zero gradient.
+        assert!(nonzero > 0, "{}: all sampled gradients are zero", spec.name);
+    }
+}
+
+#[test]
+fn whole_model_gradients_match_finite_differences() {
+    check_model_gradients(micro_config());
+}
+
+#[test]
+fn whole_model_gradients_match_finite_differences_with_tied_embeddings() {
+    let mut cfg = micro_config();
+    cfg.tie_embeddings = true;
+    check_model_gradients(cfg);
+}
+
+/// (a) With per-document positions, a packed row's logits equal each document run alone.
+#[test]
+fn packed_documents_with_reset_positions_equal_documents_run_alone() {
+    let cfg = micro_config();
+    let vocab = cfg.vocab;
+    let mut model = Model::new(cfg, CpuOps::<f64>::new(), 3).unwrap();
+    let docs = [4usize, 3, 5];
+    let packed = packed_batch(&[&docs], vocab as u32, true, 21);
+    let packed_logits = model.forward(&packed).unwrap();
+    let mut start = 0;
+    for &len in &docs {
+        let range = start..start + len;
+        let alone = Batch {
+            tokens: packed.tokens[range.clone()].to_vec(),
+            targets: packed.targets[range.clone()].to_vec(),
+            loss_weights: packed.loss_weights[range.clone()].to_vec(),
+            doc_ids: vec![0; len],
+            positions: (0..len as u32).collect(),
+            batch_size: 1,
+            seq_len: len,
+        };
+        let logits = model.forward(&alone).unwrap();
+        let diff = max_abs_diff(&logits, &packed_logits[start * vocab..(start + len) * vocab]);
+        assert!(diff < 1e-6, "document at {start}: max logit difference {diff}");
+        start += len;
+    }
+}
+
+/// (b) With KORMo's running positions, changing one document's tokens leaves every other
+/// document's logits unchanged (and does change its own).
+#[test]
+fn perturbing_one_document_leaves_other_documents_unchanged() {
+    let cfg = micro_config();
+    let vocab = cfg.vocab;
+    let mut model = Model::new(cfg, CpuOps::<f64>::new(), 4).unwrap();
+    let docs = [4usize, 3, 5];
+    let batch = packed_batch(&[&docs], vocab as u32, false, 22);
+    let before = model.forward(&batch).unwrap();
+    let mut perturbed = batch.clone();
+    for t in 4..7 {
+        perturbed.tokens[t] = (perturbed.tokens[t] + 1) % vocab as u32;
+    }
+    let after = model.forward(&perturbed).unwrap();
+    let rows = |a: &[f32], r: std::ops::Range<usize>| a[r.start * vocab..r.end * vocab].to_vec();
+    assert_eq!(rows(&before, 0..4), rows(&after, 0..4), "earlier document changed");
+    assert_eq!(rows(&before, 7..12), rows(&after, 7..12), "later document changed");
+    assert!(max_abs_diff(&rows(&before, 4..7), &rows(&after, 4..7)) > 1e-4, "perturbed document did not change");
+}
+
+/// Accumulating two micro-batches with `grad_scale = 1 / total weight` gives the gradient of
+/// the combined batch's mean loss.
+#[test]
+fn gradient_accumulation_over_micro_batches_matches_one_batch() {
+    let cfg = micro_config();
+    let both = packed_batch(&[&[3, 4], &[2, 5]], cfg.vocab as u32, false, 31);
+    let half = |row: usize| {
+        let r = row * both.seq_len..(row + 1) * both.seq_len;
+        Batch {
+            tokens: both.tokens[r.clone()].to_vec(),
+            targets: both.targets[r.clone()].to_vec(),
+            loss_weights: both.loss_weights[r.clone()].to_vec(),
+            doc_ids: both.doc_ids[r.clone()].to_vec(),
+            positions: both.positions[r].to_vec(),
+            batch_size: 1,
+            seq_len: both.seq_len,
+        }
+    };
+    let mut model = Model::new(cfg, CpuOps::<f64>::new(), 6).unwrap();
+    let scale = (1.0 / both.loss_weight_sum()) as f32;
+    model.zero_grads();
+    let whole = model.forward_backward(&both, scale).unwrap();
+    let want: Vec<Vec<f64>> = model.grads().to_vec();
+    model.zero_grads();
+    let parts = model.forward_backward(&half(0), scale).unwrap().add(model.forward_backward(&half(1), scale).unwrap());
+    assert!((whole.mean() - parts.mean()).abs() < 1e-12);
+    for (spec, (got, want)) in model.param_specs().iter().zip(model.grads().iter().zip(&want)) {
+        let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(diff < 1e-12, "{}: {diff}", spec.name);
+    }
+}
+
+#[test]
+fn f32_and_f64_backends_agree() {
+    let cfg = ModelConfig { hidden: 32, layers: 2, heads: 4, kv_heads: 2, head_dim: 8, ffn: 48, vocab: 50, ..micro_config() };
+    let batch = packed_batch(&[&[10, 6, 8], &[24]], cfg.vocab as u32, false, 41);
+    let scale = (1.0 / batch.loss_weight_sum()) as f32;
+    let mut m32 = Model::new(cfg.clone(), CpuOps::<f32>::new(), 7).unwrap();
+    let mut m64 = Model::new(cfg, CpuOps::<f64>::new(), 7).unwrap();
+    let l32 = m32.forward_backward(&batch, scale).unwrap().mean();
+    let l64 = m64.forward_backward(&batch, scale).unwrap().mean();
+    assert!((l32 - l64).abs() < 1e-5, "loss {l32} vs {l64}");
+    for (index, spec) in m64.param_specs().iter().enumerate() {
+        let g64 = &m64.grads()[index];
+        let g32 = &m32.grads()[index];
+        let norm = g64.iter().map(|g| g.abs()).fold(0.0, f64::max);
+        let diff = g32.iter().zip(g64).map(|(&a, b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+        assert!(diff <= 1e-4 * norm + 1e-9, "{}: max diff {diff} (max |g| {norm})", spec.name);
+    }
+}
+
+#[test]
+fn loss_at_init_is_near_uniform_and_evaluate_leaves_gradients_alone() {
+    let cfg = ModelConfig::tiny().with_vocab(300);
+    let batch = packed_batch(&[&[20, 12], &[32]], 300, false, 51);
+    let mut model = Model::new(cfg, CpuOps::<f32>::new(), 1).unwrap();
+    model.zero_grads();
+    let loss = model.evaluate(&batch).unwrap();
+    assert!((loss.mean() - 300f64.ln()).abs() < 0.05, "loss at init {}", loss.mean());
+    assert!((loss.weight - batch.loss_weight_sum()).abs() < 1e-9);
+    assert!(model.grads().iter().all(|g| g.iter().all(|&x| x == 0.0)));
+}
+
+#[test]
+fn named_access_and_bad_input_errors() {
+    let cfg = micro_config();
+    let mut model = Model::new(cfg.clone(), CpuOps::<f32>::new(), 8).unwrap();
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let mut values = vec![0.0f32; cfg.ffn * cfg.hidden];
+    model.read_param(name, &mut values).unwrap();
+    values[3] = 42.0;
+    model.write_param(name, &values).unwrap();
+    let mut back = vec![0.0f32; values.len()];
+    model.read_param(name, &mut back).unwrap();
+    assert_eq!(back, values);
+    assert_eq!(model.read_param("lm_head.bias", &mut back), Err(ModelError::UnknownParam("lm_head.bias".into())));
+    assert!(matches!(model.write_param(name, &[1.0]), Err(ModelError::SizeMismatch { .. })));
+    let mut batch = packed_batch(&[&[5]], cfg.vocab as u32, false, 61);
+    batch.tokens[2] = cfg.vocab as u32;
+    let err = model.forward_backward(&batch, 1.0).unwrap_err();
+    assert!(err.to_string().contains("tokens[2]"), "{err}");
+    let mut bad = cfg;
+    bad.heads = 3;
+    assert!(Model::new(bad, CpuOps::<f32>::new(), 0).is_err());
+}
+
+/// Plain SGD on one fixed batch must drive the loss down: forward, backward and the
+/// accumulation into parameter gradients work together as a training step.
+#[test]
+fn sgd_on_a_fixed_batch_memorises_it() {
+    let cfg = ModelConfig { hidden: 32, layers: 2, heads: 4, kv_heads: 2, head_dim: 8, ffn: 48, vocab: 20, ..micro_config() };
+    let mut batch = packed_batch(&[&[16], &[6, 10]], cfg.vocab as u32, false, 71);
+    batch.loss_weights.iter_mut().for_each(|w| *w = 1.0);
+    let mut model = Model::new(cfg, CpuOps::<f32>::new(), 9).unwrap();
+    let scale = (1.0 / batch.loss_weight_sum()) as f32;
+    let mut losses = Vec::new();
+    for _ in 0..60 {
+        model.zero_grads();
+        losses.push(model.forward_backward(&batch, scale).unwrap().mean());
+        let (params, grads) = model.params_and_grads_mut();
+        for (p, g) in params.iter_mut().zip(grads.iter()) {
+            p.iter_mut().zip(g).for_each(|(p, g)| *p -= 0.5 * g);
+        }
+    }
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    assert!(last < 0.3 * first, "loss went from {first} to {last}");
+}
+
+/// Kernels split work into fixed items, so the thread count cannot change any bit.
+#[test]
+fn gradients_do_not_depend_on_thread_count() {
+    let cfg = ModelConfig::tiny().with_vocab(256);
+    let batch = packed_batch(&[&[40, 24], &[64]], 256, false, 81);
+    let run = |threads| {
+        let mut model = Model::new(cfg.clone(), CpuOps::<f32>::with_threads(threads), 2).unwrap();
+        let loss = model.forward_backward(&batch, 0.01).unwrap();
+        (loss, model.grads().to_vec())
+    };
+    assert!(run(1) == run(3));
+}
+
+/// FSDP-style hooks: only the unit in use holds real parameters (all others are zeroed, so a
+/// read outside the announced unit would change the result), and each unit's gradient is
+/// moved out as soon as its backward is done. Loss and gradients must equal a plain run.
+#[test]
+fn unit_hooks_see_each_unit_when_it_is_used() {
+    use kormo_model::params::{unit_tensors, units};
+    use kormo_model::{Ops, Unit, UnitHooks};
+
+    struct Sharded {
+        cfg: ModelConfig,
+        stored: Vec<Vec<f32>>,
+        moved_grads: Vec<Vec<f32>>,
+        calls: Vec<String>,
+    }
+    impl Sharded {
+        fn gather(&mut self, unit: Unit, params: &mut [Vec<f32>]) {
+            for i in unit_tensors(&self.cfg, unit) {
+                params[i].copy_from_slice(&self.stored[i]);
+            }
+        }
+        fn release(&mut self, unit: Unit, params: &mut [Vec<f32>]) {
+            for i in unit_tensors(&self.cfg, unit) {
+                params[i].fill(0.0);
+            }
+        }
+    }
+    impl UnitHooks<CpuOps<f32>> for Sharded {
+        fn before_forward(&mut self, _: &CpuOps<f32>, unit: Unit, params: &mut [Vec<f32>]) {
+            self.calls.push(format!("before_forward {unit:?}"));
+            self.gather(unit, params);
+        }
+        fn after_forward(&mut self, _: &CpuOps<f32>, unit: Unit, params: &mut [Vec<f32>]) {
+            self.calls.push(format!("after_forward {unit:?}"));
+            self.release(unit, params);
+        }
+        fn before_backward(&mut self, _: &CpuOps<f32>, unit: Unit, params: &mut [Vec<f32>]) {
+            self.calls.push(format!("before_backward {unit:?}"));
+            self.gather(unit, params);
+        }
+        fn after_backward(&mut self, ops: &CpuOps<f32>, unit: Unit, params: &mut [Vec<f32>], grads: &mut [Vec<f32>]) {
+            self.calls.push(format!("after_backward {unit:?}"));
+            self.release(unit, params);
+            for i in unit_tensors(&self.cfg, unit) {
+                self.moved_grads[i] = grads[i].clone();
+                ops.fill(&mut grads[i], 0.0);
+            }
+        }
+    }
+
+    let cfg = micro_config();
+    let batch = packed_batch(&[&[3, 4], &[7]], cfg.vocab as u32, false, 91);
+    let mut plain = Model::new(cfg.clone(), CpuOps::<f32>::new(), 10).unwrap();
+    let want_loss = plain.forward_backward(&batch, 0.1).unwrap();
+
+    let mut model = Model::new(cfg.clone(), CpuOps::<f32>::new(), 10).unwrap();
+    let stored = model.params().to_vec();
+    let mut hooks = Sharded { cfg: cfg.clone(), moved_grads: stored.iter().map(|p| vec![0.0; p.len()]).collect(), stored, calls: Vec::new() };
+    for p in model.params_mut() {
+        p.fill(0.0);
+    }
+    let loss = model.forward_backward_with_hooks(&batch, 0.1, &mut hooks).unwrap();
+    assert_eq!(loss, want_loss);
+    assert_eq!(hooks.moved_grads, plain.grads().to_vec());
+    assert!(model.grads().iter().all(|g| g.iter().all(|&x| x == 0.0)));
+
+    let order = units(&cfg);
+    let mut want_calls = Vec::new();
+    for u in &order {
+        want_calls.push(format!("before_forward {u:?}"));
+        want_calls.push(format!("after_forward {u:?}"));
+    }
+    for u in order.iter().rev() {
+        want_calls.push(format!("before_backward {u:?}"));
+        want_calls.push(format!("after_backward {u:?}"));
+    }
+    assert_eq!(hooks.calls, want_calls);
+}
+
+/// The model's forward against a naive decoder written directly from Hugging Face Llama's
+/// semantics (per-row loops, `rotate_half` RoPE with `cat(freqs, freqs)`, `repeat_kv` head
+/// mapping, explicit causal same-document mask), sharing no code with the ops.
+#[test]
+fn forward_matches_naive_reference_decoder() {
+    let cfg = ModelConfig { rope_theta: 10_000.0, ..micro_config() };
+    let batch = packed_batch(&[&[3, 4, 1], &[8]], cfg.vocab as u32, false, 101);
+    let mut model = Model::new(cfg.clone(), CpuOps::<f64>::new(), 12).unwrap();
+    // Non-trivial norm gains and larger weights so every term matters.
+    let mut r = rng(13);
+    for (spec, p) in model.param_specs().to_vec().iter().zip(model.params_mut()) {
+        for x in p.iter_mut() {
+            *x = if spec.shape.len() == 1 { 1.0 + r.random_range(-0.3..0.3) } else { *x * 10.0 };
+        }
+    }
+    let logits = model.forward(&batch).unwrap();
+
+    let param = |name: &str| model.params()[model.param_index(name).unwrap()].clone();
+    let linear = |x: &[Vec<f64>], w: &[f64]| -> Vec<Vec<f64>> {
+        let inputs = x[0].len();
+        x.iter().map(|row| w.chunks(inputs).map(|wr| row.iter().zip(wr).map(|(a, b)| a * b).sum()).collect()).collect()
+    };
+    let rmsnorm = |x: &[Vec<f64>], w: &[f64]| -> Vec<Vec<f64>> {
+        x.iter()
+            .map(|row| {
+                let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64 + cfg.rms_eps as f64).sqrt();
+                row.iter().zip(w).map(|(v, g)| v * r * g).collect()
+            })
+            .collect()
+    };
+    let hd = cfg.head_dim;
+    let rope = |x: &[Vec<f64>], positions: &[u32]| -> Vec<Vec<f64>> {
+        let inv: Vec<f64> = (0..hd).step_by(2).map(|i| 1.0 / (cfg.rope_theta as f64).powf(i as f64 / hd as f64)).collect();
+        x.iter()
+            .zip(positions)
+            .map(|(row, &pos)| {
+                let emb: Vec<f64> = inv.iter().chain(&inv).map(|f| pos as f64 * f).collect();
+                let mut out = Vec::with_capacity(row.len());
+                for v in row.chunks(hd) {
+                    let rotated: Vec<f64> = v[hd / 2..].iter().map(|t| -t).chain(v[..hd / 2].iter().copied()).collect();
+                    out.extend((0..hd).map(|i| v[i] * emb[i].cos() + rotated[i] * emb[i].sin()));
+                }
+                out
+            })
+            .collect()
+    };
+    let s = batch.seq_len;
+    for b in 0..batch.batch_size {
+        let row = b * s..(b + 1) * s;
+        let (tokens, docs, positions) = (&batch.tokens[row.clone()], &batch.doc_ids[row.clone()], &batch.positions[row]);
+        let embed = param("model.embed_tokens.weight");
+        let mut x: Vec<Vec<f64>> = tokens.iter().map(|&t| embed[t as usize * cfg.hidden..][..cfg.hidden].to_vec()).collect();
+        for l in 0..cfg.layers {
+            let p = |n: &str| param(&format!("model.layers.{l}.{n}"));
+            let n = rmsnorm(&x, &p("pre_attention_layernorm.weight"));
+            let q = rope(&linear(&n, &p("self_attn.q_proj.weight")), positions);
+            let k = rope(&linear(&n, &p("self_attn.k_proj.weight")), positions);
+            let v = linear(&n, &p("self_attn.v_proj.weight"));
+            let mut attn = vec![vec![0.0; cfg.q_dim()]; s];
+            for h in 0..cfg.heads {
+                let g = h / (cfg.heads / cfg.kv_heads);
+                for i in 0..s {
+                    let visible: Vec<usize> = (0..s).filter(|&j| j <= i && docs[j] == docs[i]).collect();
+                    let scores: Vec<f64> = visible
+                        .iter()
+                        .map(|&j| (0..hd).map(|e| q[i][h * hd + e] * k[j][g * hd + e]).sum::<f64>() / (hd as f64).sqrt())
+                        .collect();
+                    let z: f64 = scores.iter().map(|sc| sc.exp()).sum();
+                    for (&j, sc) in visible.iter().zip(&scores) {
+                        for e in 0..hd {
+                            attn[i][h * hd + e] += sc.exp() / z * v[j][g * hd + e];
+                        }
+                    }
+                }
+            }
+            let o = linear(&attn, &p("self_attn.o_proj.weight"));
+            x = x.iter().zip(&o).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + b).collect()).collect();
+            let n = rmsnorm(&x, &p("pre_mlp_layernorm.weight"));
+            let gate = linear(&n, &p("mlp.gate_proj.weight"));
+            let up = linear(&n, &p("mlp.up_proj.weight"));
+            let act: Vec<Vec<f64>> =
+                gate.iter().zip(&up).map(|(g, u)| g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()).collect();
+            let down = linear(&act, &p("mlp.down_proj.weight"));
+            x = x.iter().zip(&down).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + b).collect()).collect();
+        }
+        let want = linear(&rmsnorm(&x, &param("model.norm.weight")), &param("lm_head.weight"));
+        for (i, want_row) in want.iter().enumerate() {
+            let got = &logits[(b * s + i) * cfg.vocab..][..cfg.vocab];
+            for (g, w) in got.iter().zip(want_row) {
+                // Logits come back as f32.
+                assert!((*g as f64 - w).abs() < 1e-5 * w.abs().max(1.0), "row {b} token {i}: {g} vs {w}");
+            }
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Microbenchmarks of every kernel at KORMo-10.8B sizes (hidden 4096, 32 query / 8 kv heads of
+//! 128, FFN 16384, vocab 125,184; attention at seq 4096 and 32K).
+//!
+//! Each row prints the mean time over timed iterations (after one warm-up), and either the
+//! bandwidth over the IDEAL traffic (each input read once, each output written once) as a
+//! fraction of the device-to-device copy bandwidth measured at the start of the same run, or,
+//! for attention, useful TFLOP/s (masked-out work not counted) as a fraction of the dense bf16
+//! peak. Output is a markdown table (tools/gpu_check.sh pastes it into the report).
+//!
+//! Usage: bench [--quick]   (--quick: fewer iterations, seq 32K attention skipped)
+
+use std::error::Error;
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr};
+use kormo_cuda::bindings::*;
+use kormo_cuda::random::SplitMix64;
+use kormo_cuda::{bf16, launch, CudaError, Kernels};
+
+const HIDDEN: usize = 4096;
+const HEADS_Q: usize = 32;
+const HEADS_KV: usize = 8;
+const HEAD_DIM: usize = 128;
+const FFN: usize = 16384;
+const VOCAB: usize = 125_184;
+/// Tokens per micro-batch for the token-parallel kernels.
+const TOKENS: usize = 8192;
+/// Dense bf16 tensor-core peak of the H100/H200 SXM (the anchor table's number).
+const PEAK_BF16_FLOPS: f64 = 989e12;
+/// Document length used by the doc-masked attention rows (a typical packed-pretraining mix
+/// would be shorter and more varied; a fixed length keeps the useful FLOPs exact).
+const DOC_LEN: usize = 2048;
+
+struct Bench {
+    k: Kernels,
+    st: Arc<CudaStream>,
+    iters: usize,
+    copy_bytes_per_s: f64,
+}
+
+impl Bench {
+    fn time_us(&self, mut f: impl FnMut() -> Result<(), CudaError>) -> Result<f64, Box<dyn Error>> {
+        f()?;
+        self.st.synchronize()?;
+        let start = self.st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        for _ in 0..self.iters {
+            f()?;
+        }
+        let end = self.st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        end.synchronize()?;
+        Ok(start.elapsed_ms(&end)? as f64 * 1e3 / self.iters as f64)
+    }
+
+    fn row_bytes(&self, kernel: &str, shape: &str, us: f64, bytes: f64) {
+        let rate = bytes / (us * 1e-6);
+        println!(
+            "| {kernel} | {shape} | {us:.1} | {:.0} GB/s | {:.0}% of copy | | |",
+            rate / 1e9,
+            100.0 * rate / self.copy_bytes_per_s
+        );
+    }
+
+    fn row_flops(&self, kernel: &str, shape: &str, us: f64, flops: f64) {
+        let rate = flops / (us * 1e-6);
+        println!("| {kernel} | {shape} | {us:.1} | | | {:.1} TFLOP/s | {:.1}% of peak |", rate / 1e12, 100.0 * rate / PEAK_BF16_FLOPS);
+    }
+
+    fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.st);
+        p
+    }
+
+    fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, Box<dyn Error>> {
+        Ok(self.st.clone_htod(host)?)
+    }
+
+    /// `len` bf16 values: a random block of 1M repeated (host generation stays cheap).
+    fn bf16_buf(&self, len: usize, scale: f32) -> Result<CudaSlice<u16>, Box<dyn Error>> {
+        let block = bf16::vec_from_f32(&SplitMix64::new(len as u64).vec(len.min(1 << 20), scale));
+        let host: Vec<u16> = block.iter().copied().cycle().take(len).collect();
+        self.upload(&host)
+    }
+
+    fn f32_buf(&self, len: usize, scale: f32) -> Result<CudaSlice<f32>, Box<dyn Error>> {
+        let block = SplitMix64::new(len as u64 + 1).vec(len.min(1 << 20), scale);
+        let host: Vec<f32> = block.iter().copied().cycle().take(len).collect();
+        self.upload(&host)
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let k = match Kernels::new(0) {
+        Ok(k) => k,
+        Err(CudaError::NoDevice(why)) => {
+            println!("skipped: no CUDA device ({why})");
+            return;
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = run(k, quick) {
+        eprintln!("bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(k: Kernels, quick: bool) -> Result<(), Box<dyn Error>> {
+    let st = k.stream().clone();
+    let name = k.context().name()?;
+    let mut b = Bench { k, st, iters: if quick { 5 } else { 20 }, copy_bytes_per_s: 0.0 };
+
+    // Reference bandwidth: device-to-device copy of 1 GiB, counting bytes read + written.
+    let copy_len = 1usize << 30;
+    let src = b.st.alloc_zeros::<u8>(copy_len)?;
+    let mut dst = b.st.alloc_zeros::<u8>(copy_len)?;
+    let st = b.st.clone();
+    let copy_us = b.time_us(|| st.memcpy_dtod(&src, &mut dst).map_err(CudaError::from))?;
+    b.copy_bytes_per_s = 2.0 * copy_len as f64 / (copy_us * 1e-6);
+    drop((src, dst));
+
+    println!("device: {name}");
+    println!("copy bandwidth (cuMemcpyDtoD 1 GiB, read+write): {:.0} GB/s", b.copy_bytes_per_s / 1e9);
+    println!("dense bf16 peak assumed: {:.0} TFLOP/s\n", PEAK_BF16_FLOPS / 1e12);
+    println!("| kernel | shape | time (us) | bandwidth | vs copy | compute | vs peak |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    b.row_bytes("memcpy DtoD", "1 GiB", copy_us, 2.0 * copy_len as f64);
+
+    bench_rmsnorm(&b)?;
+    bench_swiglu(&b)?;
+    bench_rope(&b)?;
+    bench_embedding(&b)?;
+    bench_cross_entropy(&b)?;
+    bench_adamw(&b)?;
+    for (batch, seq) in [(2usize, 4096usize), (1, 32768)] {
+        if quick && seq > 4096 {
+            continue;
+        }
+        bench_attention(&b, batch, seq, false)?;
+        bench_attention(&b, batch, seq, true)?;
+    }
+    Ok(())
+}
+
+fn bench_rmsnorm(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let n = TOKENS * HIDDEN;
+    let (x, res, w) = (b.bf16_buf(n, 1.0)?, b.bf16_buf(n, 1.0)?, b.bf16_buf(HIDDEN, 1.0)?);
+    let (h, y, rstd) = (b.bf16_buf(n, 1.0)?, b.bf16_buf(n, 1.0)?, b.f32_buf(TOKENS, 1.0)?);
+    let a = KormoRmsNormFwdArgs {
+        x: b.ptr(&x),
+        residual: b.ptr(&res),
+        residual_out: b.ptr(&h),
+        weight: b.ptr(&w),
+        y: b.ptr(&y),
+        rstd: b.ptr(&rstd),
+        rows: TOKENS as i64,
+        hidden: HIDDEN as i64,
+        x_row_stride: HIDDEN as i64,
+        residual_row_stride: HIDDEN as i64,
+        y_row_stride: HIDDEN as i64,
+        eps: 1e-5,
+        _pad0: 0,
+    };
+    let shape = format!("{TOKENS} x {HIDDEN}, fused residual");
+    let us = b.time_us(|| unsafe { launch::rmsnorm_fwd(&b.k, &a) })?;
+    b.row_bytes("rmsnorm fwd", &shape, us, (4 * n * 2) as f64);
+
+    let partial_rows = launch::RMSNORM_BWD_MAX_PARTIAL_ROWS;
+    let (dh, partial, dw) = (b.bf16_buf(n, 1.0)?, b.f32_buf(partial_rows as usize * HIDDEN, 1.0)?, b.f32_buf(HIDDEN, 1.0)?);
+    let bw = KormoRmsNormBwdArgs {
+        h: a.residual_out,
+        dy: a.y,
+        dresidual: a.x,
+        weight: a.weight,
+        rstd: a.rstd,
+        dh: b.ptr(&dh),
+        dweight_partial: b.ptr(&partial),
+        rows: a.rows,
+        hidden: a.hidden,
+        h_row_stride: HIDDEN as i64,
+        dy_row_stride: HIDDEN as i64,
+        dh_row_stride: HIDDEN as i64,
+        partial_rows,
+    };
+    let r = KormoRmsNormDweightReduceArgs {
+        dweight_partial: bw.dweight_partial,
+        dweight: b.ptr(&dw),
+        partial_rows,
+        hidden: HIDDEN as i64,
+        accumulate: 1,
+        _pad0: 0,
+    };
+    let us = b.time_us(|| unsafe { launch::rmsnorm_bwd(&b.k, &bw, &r) })?;
+    b.row_bytes("rmsnorm bwd (+dweight reduce)", &shape, us, (4 * n * 2) as f64);
+    Ok(())
+}
+
+fn bench_swiglu(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let n = TOKENS * FFN;
+    let (gate, up, out, dg, du) = (b.bf16_buf(n, 3.0)?, b.bf16_buf(n, 1.0)?, b.bf16_buf(n, 1.0)?, b.bf16_buf(n, 1.0)?, b.bf16_buf(n, 1.0)?);
+    let a = KormoSwigluArgs {
+        gate: b.ptr(&gate),
+        up: b.ptr(&up),
+        out: b.ptr(&out),
+        dgate: b.ptr(&dg),
+        dup: b.ptr(&du),
+        rows: TOKENS as i64,
+        cols: FFN as i64,
+        in_row_stride: FFN as i64,
+        out_row_stride: FFN as i64,
+    };
+    let shape = format!("{TOKENS} x {FFN}");
+    let us = b.time_us(|| unsafe { launch::swiglu_fwd(&b.k, &a) })?;
+    b.row_bytes("swiglu fwd", &shape, us, (3 * n * 2) as f64);
+    // The backward reads `out` as dout.
+    let us = b.time_us(|| unsafe { launch::swiglu_bwd(&b.k, &a) })?;
+    b.row_bytes("swiglu bwd", &shape, us, (5 * n * 2) as f64);
+    Ok(())
+}
+
+fn bench_rope(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let n = TOKENS * HEADS_Q * HEAD_DIM;
+    let x = b.bf16_buf(n, 1.0)?;
+    let positions: Vec<u32> = (0..TOKENS as u32).map(|t| t % 4096).collect();
+    let pos = b.upload(&positions)?;
+    let a = KormoRopeArgs {
+        x: b.ptr(&x),
+        y: b.ptr(&x),
+        positions: b.ptr(&pos),
+        tokens: TOKENS as i64,
+        heads: HEADS_Q as i64,
+        head_dim: HEAD_DIM as i64,
+        token_stride: (HEADS_Q * HEAD_DIM) as i64,
+        head_stride: HEAD_DIM as i64,
+        theta: 500000.0,
+        _pad0: 0,
+    };
+    let us = b.time_us(|| unsafe { launch::rope_fwd(&b.k, &a) })?;
+    b.row_bytes("rope fwd (in place, q)", &format!("{TOKENS} x {HEADS_Q} x {HEAD_DIM}"), us, (2 * n * 2) as f64);
+    Ok(())
+}
+
+fn bench_embedding(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let mut rng = SplitMix64::new(3);
+    let tokens: Vec<u32> = (0..TOKENS).map(|_| rng.below(VOCAB as u64) as u32).collect();
+    let (tok, table, out) = (b.upload(&tokens)?, b.bf16_buf(VOCAB * HIDDEN, 1.0)?, b.bf16_buf(TOKENS * HIDDEN, 1.0)?);
+    let dtable = b.st.alloc_zeros::<f32>(VOCAB * HIDDEN)?;
+    let mut a = KormoEmbeddingArgs {
+        tokens: b.ptr(&tok),
+        table: b.ptr(&table),
+        rows: b.ptr(&out),
+        num_tokens: TOKENS as i64,
+        vocab: VOCAB as i64,
+        dim: HIDDEN as i64,
+        table_row_stride: HIDDEN as i64,
+        rows_row_stride: HIDDEN as i64,
+    };
+    let shape = format!("{TOKENS} tokens x {HIDDEN}");
+    let us = b.time_us(|| unsafe { launch::embedding_fwd(&b.k, &a) })?;
+    b.row_bytes("embedding fwd", &shape, us, (2 * TOKENS * HIDDEN * 2) as f64);
+    a.table = b.ptr(&dtable);
+    let us = b.time_us(|| unsafe { launch::embedding_bwd(&b.k, &a) })?;
+    // dout read (bf16) + f32 read-modify-write of the touched rows.
+    b.row_bytes("embedding bwd (f32 atomics)", &shape, us, (TOKENS * HIDDEN * (2 + 8)) as f64);
+    Ok(())
+}
+
+fn bench_cross_entropy(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let n = TOKENS * VOCAB;
+    let logits = b.bf16_buf(n, 4.0)?;
+    let mut rng = SplitMix64::new(4);
+    let targets: Vec<u32> = (0..TOKENS).map(|_| rng.below(VOCAB as u64) as u32).collect();
+    let (t, w, gs) = (b.upload(&targets)?, b.upload(&vec![1.0f32; TOKENS])?, b.upload(&[1.0f32 / TOKENS as f32])?);
+    let (loss, lse) = (b.f32_buf(TOKENS, 1.0)?, b.f32_buf(TOKENS, 1.0)?);
+    let a = KormoCrossEntropyArgs {
+        logits: b.ptr(&logits),
+        targets: b.ptr(&t),
+        loss_weights: b.ptr(&w),
+        grad_scale: b.ptr(&gs),
+        loss: b.ptr(&loss),
+        lse: b.ptr(&lse),
+        dlogits: b.ptr(&logits), // in place, as the trainer runs it
+        rows: TOKENS as i64,
+        vocab: VOCAB as i64,
+        logits_row_stride: VOCAB as i64,
+        dlogits_row_stride: VOCAB as i64,
+        z_loss: 0.0,
+        _pad0: 0,
+    };
+    let us = b.time_us(|| unsafe { launch::cross_entropy(&b.k, &a) })?;
+    b.row_bytes("cross entropy + dlogits (in place)", &format!("{TOKENS} x {VOCAB}"), us, (2 * n * 2) as f64);
+    Ok(())
+}
+
+fn bench_adamw(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let n = 3 * HIDDEN * FFN; // one layer's MLP
+    let (master, grad, m) = (b.f32_buf(n, 1.0)?, b.f32_buf(n, 1.0)?, b.f32_buf(n, 0.1)?);
+    let v = b.upload(&vec![1e-4f32; n])?; // second moments must be non-negative
+    let weight = b.bf16_buf(n, 1.0)?;
+    let (lr, clip, sumsq) = (b.upload(&[1e-4f32])?, b.upload(&[1.0f32])?, b.upload(&[0.0f32])?);
+    let a = KormoAdamwArgs {
+        master: b.ptr(&master),
+        grad: b.ptr(&grad),
+        exp_avg: b.ptr(&m),
+        exp_avg_sq: b.ptr(&v),
+        weight: b.ptr(&weight),
+        lr: b.ptr(&lr),
+        clip_scale: b.ptr(&clip),
+        n: n as i64,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        bias_correction1: 0.5,
+        bias_correction2: 0.5,
+        apply_weight_decay: 1,
+        _pad0: 0,
+    };
+    let shape = format!("{n} params");
+    let us = b.time_us(|| unsafe { launch::adamw_step(&b.k, &a) })?;
+    // read master, grad, m, v; write master, m, v (f32) and the bf16 weight.
+    b.row_bytes("adamw step", &shape, us, (n * (16 + 12 + 2)) as f64);
+    let s = KormoGradSumsqArgs { grad: a.grad, sumsq: b.ptr(&sumsq), n: n as i64 };
+    let us = b.time_us(|| unsafe { launch::grad_sumsq(&b.k, &s) })?;
+    b.row_bytes("grad sum of squares", &shape, us, (n * 4) as f64);
+    Ok(())
+}
+
+fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Result<(), Box<dyn Error>> {
+    let t = batch * seq;
+    let (qn, kvn) = (t * HEADS_Q * HEAD_DIM, t * HEADS_KV * HEAD_DIM);
+    let (q, k, v, o, dout) = (b.bf16_buf(qn, 1.0)?, b.bf16_buf(kvn, 1.0)?, b.bf16_buf(kvn, 1.0)?, b.bf16_buf(qn, 1.0)?, b.bf16_buf(qn, 1.0)?);
+    let (dq, dk, dv) = (b.bf16_buf(qn, 1.0)?, b.bf16_buf(kvn, 1.0)?, b.bf16_buf(kvn, 1.0)?);
+    let (lse, delta, dq_accum) = (b.f32_buf(HEADS_Q * t, 1.0)?, b.f32_buf(HEADS_Q * t, 1.0)?, b.f32_buf(qn, 1.0)?);
+    let docs: Vec<u32> = (0..t).map(|i| (i / DOC_LEN) as u32).collect();
+    let doc = b.upload(&docs)?;
+    let f = KormoAttentionFwdArgs {
+        q: b.ptr(&q),
+        k: b.ptr(&k),
+        v: b.ptr(&v),
+        o: b.ptr(&o),
+        lse: b.ptr(&lse),
+        doc_ids: if doc_mask { b.ptr(&doc) } else { 0 },
+        batch: batch as i64,
+        seq_len: seq as i64,
+        heads_q: HEADS_Q as i64,
+        heads_kv: HEADS_KV as i64,
+        q_token_stride: (HEADS_Q * HEAD_DIM) as i64,
+        q_head_stride: HEAD_DIM as i64,
+        k_token_stride: (HEADS_KV * HEAD_DIM) as i64,
+        k_head_stride: HEAD_DIM as i64,
+        v_token_stride: (HEADS_KV * HEAD_DIM) as i64,
+        v_head_stride: HEAD_DIM as i64,
+        o_token_stride: (HEADS_Q * HEAD_DIM) as i64,
+        o_head_stride: HEAD_DIM as i64,
+        softmax_scale: 1.0 / (HEAD_DIM as f32).sqrt(),
+        head_dim: HEAD_DIM as i32,
+    };
+    // Useful FLOPs: 4 * D per visible (query, key) pair (QK^T and PV), causal within each doc.
+    let span = if doc_mask { DOC_LEN.min(seq) } else { seq };
+    let pairs_per_row = (seq / span) as f64 * (span * (span + 1) / 2) as f64;
+    let fwd_flops = 4.0 * HEAD_DIM as f64 * pairs_per_row * (batch * HEADS_Q) as f64;
+    let shape = format!(
+        "b{batch} s{seq} h{HEADS_Q}/{HEADS_KV} d{HEAD_DIM} {}",
+        if doc_mask { format!("docs of {DOC_LEN}") } else { "causal".to_string() }
+    );
+    let us = b.time_us(|| unsafe { launch::attention_fwd(&b.k, &f) })?;
+    b.row_flops("attention fwd", &shape, us, fwd_flops);
+    let bw = KormoAttentionBwdArgs {
+        q: f.q,
+        k: f.k,
+        v: f.v,
+        o: f.o,
+        dout: b.ptr(&dout),
+        lse: f.lse,
+        delta: b.ptr(&delta),
+        dq_accum: b.ptr(&dq_accum),
+        dq: b.ptr(&dq),
+        dk: b.ptr(&dk),
+        dv: b.ptr(&dv),
+        doc_ids: f.doc_ids,
+        batch: f.batch,
+        seq_len: f.seq_len,
+        heads_q: f.heads_q,
+        heads_kv: f.heads_kv,
+        q_token_stride: f.q_token_stride,
+        q_head_stride: f.q_head_stride,
+        k_token_stride: f.k_token_stride,
+        k_head_stride: f.k_head_stride,
+        v_token_stride: f.v_token_stride,
+        v_head_stride: f.v_head_stride,
+        o_token_stride: f.o_token_stride,
+        o_head_stride: f.o_head_stride,
+        softmax_scale: f.softmax_scale,
+        head_dim: f.head_dim,
+    };
+    let us = b.time_us(|| unsafe { launch::attention_bwd(&b.k, &bw) })?;
+    b.row_flops("attention bwd (prepare+main+finish)", &shape, us, 2.5 * fwd_flops);
+    Ok(())
+}

@@ -1,0 +1,307 @@
+//! One launcher per kernel family.
+//!
+//! Each launcher takes the argument struct of cuda/include/kormo_kernels.h (device pointers as
+//! u64), checks the preconditions the kernel relies on but cannot report (sizes, divisibility,
+//! alignment of vector loads, grid limits), picks the grid, and enqueues on the [`Kernels`]
+//! stream (or hand it to another [`Launcher`], such as the tests' CPU emulator). They are `unsafe`: the pointers are raw device addresses that must cover the sizes and
+//! strides described in the struct. Nothing here synchronises with the host.
+
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+
+use crate::bindings::*;
+use crate::device::CudaError;
+use crate::kernel_names::{AttentionVariant, ATTENTION_VARIANTS};
+use crate::module::Kernels;
+
+// SAFETY: plain C structs of integers and floats with the C layout (bindgen, repr(C)); the kernels
+// take them by value.
+unsafe impl DeviceRepr for KormoRmsNormFwdArgs {}
+unsafe impl DeviceRepr for KormoRmsNormBwdArgs {}
+unsafe impl DeviceRepr for KormoRmsNormDweightReduceArgs {}
+unsafe impl DeviceRepr for KormoSwigluArgs {}
+unsafe impl DeviceRepr for KormoRopeArgs {}
+unsafe impl DeviceRepr for KormoAttentionFwdArgs {}
+unsafe impl DeviceRepr for KormoAttentionBwdArgs {}
+unsafe impl DeviceRepr for KormoCrossEntropyArgs {}
+unsafe impl DeviceRepr for KormoEmbeddingArgs {}
+unsafe impl DeviceRepr for KormoAdamwArgs {}
+unsafe impl DeviceRepr for KormoGradSumsqArgs {}
+unsafe impl DeviceRepr for KormoClipScaleArgs {}
+unsafe impl DeviceRepr for KormoElementwiseArgs {}
+
+const ELEMENTWISE_THREADS: u32 = 256;
+/// Grid-stride kernels never need more blocks than this to saturate an H100/H200.
+const MAX_STRIDE_BLOCKS: i64 = 1 << 16;
+/// Threads per row for the row-per-block kernels (RMSNorm, cross entropy).
+const ROW_THREADS: u32 = 256;
+const CROSS_ENTROPY_THREADS: u32 = 512;
+/// Default number of partial dweight rows of the RMSNorm backward: enough blocks to fill the
+/// GPU, few enough that the reduce pass stays negligible.
+pub const RMSNORM_BWD_MAX_PARTIAL_ROWS: i64 = 512;
+/// Shared memory a kernel may use without an opt-in.
+const DEFAULT_SMEM_LIMIT: i64 = 48 * 1024;
+
+fn invalid(kernel: &'static str, reason: impl Into<String>) -> CudaError {
+    CudaError::InvalidLaunch { kernel, reason: reason.into() }
+}
+
+fn require(ok: bool, kernel: &'static str, reason: impl FnOnce() -> String) -> Result<(), CudaError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(kernel, reason()))
+    }
+}
+
+fn grid_dim(kernel: &'static str, what: &str, n: i64, limit: i64) -> Result<u32, CudaError> {
+    require(n >= 1 && n <= limit, kernel, || format!("{what} = {n} outside 1..={limit}"))?;
+    Ok(n as u32)
+}
+
+fn stride_blocks(n: i64) -> u32 {
+    ((n + ELEMENTWISE_THREADS as i64 - 1) / ELEMENTWISE_THREADS as i64).clamp(1, MAX_STRIDE_BLOCKS) as u32
+}
+
+fn elementwise_cfg(n: i64) -> LaunchConfig {
+    LaunchConfig { grid_dim: (stride_blocks(n), 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Where launches go: the device ([`Kernels`]), or the CPU emulator of cuda/emulator in tests.
+pub trait Launcher {
+    /// Enqueues kernel `name` with its single by-value argument.
+    ///
+    /// # Safety
+    /// `args` must be the argument struct of kernel `name`, its pointers valid for the sizes in it.
+    unsafe fn launch_kernel<A: DeviceRepr>(&self, name: &'static str, cfg: LaunchConfig, args: &A) -> Result<(), CudaError>;
+}
+
+impl Launcher for Kernels {
+    unsafe fn launch_kernel<A: DeviceRepr>(&self, name: &'static str, cfg: LaunchConfig, args: &A) -> Result<(), CudaError> {
+        let f = self.function(name)?;
+        let mut builder = self.stream().launch_builder(&f);
+        builder.arg(args);
+        // SAFETY: the kernel takes exactly one argument of type A (the header's signature); the
+        // caller guarantees the device pointers inside are valid for the described sizes.
+        unsafe { builder.launch(cfg) }?;
+        Ok(())
+    }
+}
+
+unsafe fn launch<A: DeviceRepr>(k: &impl Launcher, name: &'static str, args: &A, cfg: LaunchConfig) -> Result<(), CudaError> {
+    unsafe { k.launch_kernel(name, cfg, args) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn rmsnorm_fwd(k: &impl Launcher, a: &KormoRmsNormFwdArgs) -> Result<(), CudaError> {
+    const NAME: &str = "kormo_rmsnorm_fwd";
+    require(a.hidden >= 1, NAME, || format!("hidden = {}", a.hidden))?;
+    let rows = grid_dim(NAME, "rows", a.rows, i32::MAX as i64)?;
+    let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
+    unsafe { launch(k, NAME, a, cfg) }
+}
+
+/// Backward and the dweight reduction. `a.partial_rows` picks the number of blocks (see
+/// [`RMSNORM_BWD_MAX_PARTIAL_ROWS`]); `a.dweight_partial` must hold partial_rows x hidden f32.
+///
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a` and `reduce`.
+pub unsafe fn rmsnorm_bwd(
+    k: &impl Launcher,
+    a: &KormoRmsNormBwdArgs,
+    reduce: &KormoRmsNormDweightReduceArgs,
+) -> Result<(), CudaError> {
+    const NAME: &str = "kormo_rmsnorm_bwd";
+    require(a.hidden >= 1 && a.rows >= 1, NAME, || format!("rows = {}, hidden = {}", a.rows, a.hidden))?;
+    let smem = a.hidden * 4;
+    require(smem <= DEFAULT_SMEM_LIMIT, NAME, || format!("hidden {} needs {smem} B of shared memory", a.hidden))?;
+    let blocks = grid_dim(NAME, "partial_rows", a.partial_rows, i32::MAX as i64)?;
+    require(
+        reduce.partial_rows == a.partial_rows && reduce.hidden == a.hidden && reduce.dweight_partial == a.dweight_partial,
+        NAME,
+        || "reduce args must describe the same partial buffer".into(),
+    )?;
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: smem as u32 };
+    unsafe { launch(k, NAME, a, cfg) }?;
+    unsafe { launch(k, "kormo_rmsnorm_dweight_reduce", reduce, elementwise_cfg(a.hidden)) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn swiglu_fwd(k: &impl Launcher, a: &KormoSwigluArgs) -> Result<(), CudaError> {
+    unsafe { launch(k, "kormo_swiglu_fwd", a, elementwise_cfg(a.rows * a.cols)) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a` (`out` holds dout).
+pub unsafe fn swiglu_bwd(k: &impl Launcher, a: &KormoSwigluArgs) -> Result<(), CudaError> {
+    unsafe { launch(k, "kormo_swiglu_bwd", a, elementwise_cfg(a.rows * a.cols)) }
+}
+
+fn check_rope(name: &'static str, a: &KormoRopeArgs) -> Result<(), CudaError> {
+    require(a.head_dim >= 2 && a.head_dim % 2 == 0, name, || format!("head_dim {} must be even", a.head_dim))?;
+    require(a.theta > 0.0, name, || format!("theta {} must be positive", a.theta))
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn rope_fwd(k: &impl Launcher, a: &KormoRopeArgs) -> Result<(), CudaError> {
+    check_rope("kormo_rope_fwd", a)?;
+    unsafe { launch(k, "kormo_rope_fwd", a, elementwise_cfg(a.tokens * a.heads * a.head_dim / 2)) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn rope_bwd(k: &impl Launcher, a: &KormoRopeArgs) -> Result<(), CudaError> {
+    check_rope("kormo_rope_bwd", a)?;
+    unsafe { launch(k, "kormo_rope_bwd", a, elementwise_cfg(a.tokens * a.heads * a.head_dim / 2)) }
+}
+
+/// The compiled variant for a head dim and mask kind (document mask when doc_ids != 0).
+pub fn attention_variant(head_dim: i32, doc_mask: bool) -> Result<&'static AttentionVariant, CudaError> {
+    ATTENTION_VARIANTS.iter().find(|v| v.head_dim == head_dim && v.doc_mask == doc_mask).ok_or_else(|| {
+        let dims: Vec<i32> = ATTENTION_VARIANTS.iter().map(|v| v.head_dim).collect();
+        invalid("kormo_attention", format!("no compiled variant for head_dim {head_dim} (compiled: {dims:?})"))
+    })
+}
+
+/// Shared checks of the forward and backward: GQA ratio, grid limits, 16-byte vector loads.
+#[allow(clippy::too_many_arguments)]
+fn check_attention(
+    name: &'static str,
+    batch: i64,
+    seq_len: i64,
+    heads_q: i64,
+    heads_kv: i64,
+    strides: [i64; 8],
+    pointers: &[u64],
+) -> Result<(), CudaError> {
+    require(heads_kv >= 1 && heads_q % heads_kv == 0, name, || {
+        format!("heads_q {heads_q} must be a multiple of heads_kv {heads_kv}")
+    })?;
+    grid_dim(name, "batch", batch, 65535)?;
+    grid_dim(name, "heads_q", heads_q, 65535)?;
+    grid_dim(name, "seq_len / 64", (seq_len + 63) / 64, i32::MAX as i64)?;
+    require(strides.iter().all(|s| s % 8 == 0), name, || {
+        format!("token/head strides {strides:?} must be multiples of 8 elements (16-byte loads)")
+    })?;
+    require(pointers.iter().all(|p| p % 16 == 0), name, || "q/k/v/o/dout pointers must be 16-byte aligned".into())
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
+    let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
+    let strides = [
+        a.q_token_stride,
+        a.q_head_stride,
+        a.k_token_stride,
+        a.k_head_stride,
+        a.v_token_stride,
+        a.v_head_stride,
+        a.o_token_stride,
+        a.o_head_stride,
+    ];
+    check_attention(v.fwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o])?;
+    let cfg = LaunchConfig {
+        grid_dim: (((a.seq_len + 63) / 64) as u32, a.heads_q as u32, a.batch as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: v.fwd_smem_bytes,
+    };
+    unsafe { launch(k, v.fwd, a, cfg) }
+}
+
+/// Runs the three backward launches (prepare, variant, finish); see the header.
+///
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn attention_bwd(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Result<(), CudaError> {
+    let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
+    let strides = [
+        a.q_token_stride,
+        a.q_head_stride,
+        a.k_token_stride,
+        a.k_head_stride,
+        a.v_token_stride,
+        a.v_head_stride,
+        a.o_token_stride,
+        a.o_head_stride,
+    ];
+    check_attention(v.bwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
+    let tokens = a.batch * a.seq_len;
+    let warps = tokens * a.heads_q;
+    unsafe { launch(k, "kormo_attention_bwd_prepare", a, elementwise_cfg(warps * 32)) }?;
+    let cfg = LaunchConfig {
+        grid_dim: (((a.seq_len + 63) / 64) as u32, a.heads_kv as u32, a.batch as u32),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: v.bwd_smem_bytes,
+    };
+    unsafe { launch(k, v.bwd, a, cfg) }?;
+    unsafe { launch(k, "kormo_attention_bwd_finish", a, elementwise_cfg(warps * a.head_dim as i64)) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn cross_entropy(k: &impl Launcher, a: &KormoCrossEntropyArgs) -> Result<(), CudaError> {
+    const NAME: &str = "kormo_cross_entropy";
+    require(a.vocab >= 1, NAME, || format!("vocab = {}", a.vocab))?;
+    let rows = grid_dim(NAME, "rows", a.rows, i32::MAX as i64)?;
+    let cfg = LaunchConfig { grid_dim: (rows, 1, 1), block_dim: (CROSS_ENTROPY_THREADS, 1, 1), shared_mem_bytes: 0 };
+    unsafe { launch(k, NAME, a, cfg) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`; tokens must be < vocab.
+pub unsafe fn embedding_fwd(k: &impl Launcher, a: &KormoEmbeddingArgs) -> Result<(), CudaError> {
+    unsafe { launch(k, "kormo_embedding_fwd", a, elementwise_cfg(a.num_tokens * a.dim)) }
+}
+
+/// # Safety
+/// As [`embedding_fwd`], with `table` an f32 gradient table.
+pub unsafe fn embedding_bwd(k: &impl Launcher, a: &KormoEmbeddingArgs) -> Result<(), CudaError> {
+    unsafe { launch(k, "kormo_embedding_bwd", a, elementwise_cfg(a.num_tokens * a.dim)) }
+}
+
+/// # Safety
+/// Pointers must be valid device buffers of `a.n` elements (lr and clip_scale: one f32).
+pub unsafe fn adamw_step(k: &impl Launcher, a: &KormoAdamwArgs) -> Result<(), CudaError> {
+    const NAME: &str = "kormo_adamw_step";
+    require(a.bias_correction1 > 0.0 && a.bias_correction2 > 0.0, NAME, || {
+        format!("bias corrections {} / {} must be positive (step >= 1)", a.bias_correction1, a.bias_correction2)
+    })?;
+    unsafe { launch(k, NAME, a, elementwise_cfg(a.n)) }
+}
+
+/// Adds sum(grad^2) into `a.sumsq`.
+///
+/// # Safety
+/// Pointers must be valid device buffers of `a.n` elements / one f32.
+pub unsafe fn grad_sumsq(k: &impl Launcher, a: &KormoGradSumsqArgs) -> Result<(), CudaError> {
+    let cfg = LaunchConfig { grid_dim: (stride_blocks(a.n).min(1024), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    unsafe { launch(k, "kormo_grad_sumsq", a, cfg) }
+}
+
+/// # Safety
+/// Both pointers must be valid single f32 device values.
+pub unsafe fn clip_scale(k: &impl Launcher, a: &KormoClipScaleArgs) -> Result<(), CudaError> {
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+    unsafe { launch(k, "kormo_clip_scale", a, cfg) }
+}
+
+/// Fill / scale / copy / add over `a.n` elements of bf16 or f32 buffers (see the header).
+///
+/// # Safety
+/// `a.dst` (and `a.src` for COPY and ADD) must be valid device buffers of `a.n` elements of the
+/// dtypes named in `a`.
+pub unsafe fn elementwise(k: &impl Launcher, a: &KormoElementwiseArgs) -> Result<(), CudaError> {
+    const NAME: &str = "kormo_elementwise";
+    let dtype_ok = |d: i32| d == KormoDtype_KORMO_DTYPE_BF16 as i32 || d == KormoDtype_KORMO_DTYPE_F32 as i32;
+    require(a.op >= 0 && a.op <= KormoElementwiseOp_KORMO_ELEMENTWISE_ADD as i32, NAME, || format!("unknown op {}", a.op))?;
+    require(dtype_ok(a.dst_dtype) && dtype_ok(a.src_dtype), NAME, || {
+        format!("unknown dtype (dst {}, src {})", a.dst_dtype, a.src_dtype)
+    })?;
+    if a.n == 0 {
+        return Ok(());
+    }
+    unsafe { launch(k, NAME, a, elementwise_cfg(a.n)) }
+}

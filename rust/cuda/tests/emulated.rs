@@ -1,0 +1,59 @@
+//! Every kernel's real source, compiled for the CPU against cuda/emulator and run through the
+//! same checks as on the device (support/cases.rs), at small shapes: the kernels' indexing,
+//! masking, tiling, reductions and synchronisation are exercised on machines without a GPU.
+//! Needs a C++20 compiler (`c++`, or $CXX). What the emulator cannot show (real WMMA fragment
+//! layouts, races the hardware may expose, speed) is left to tests/gpu.rs on a device.
+
+mod support;
+
+use kormo_model::AttentionShape;
+use support::cases::{self, AttnCase};
+use support::*;
+
+#[test]
+fn rmsnorm_emulated() {
+    cases::check_rmsnorm(&Emulator::new(), &[(1, 7, 300, false, 3), (2, 5, 130, true, 5)]);
+}
+
+#[test]
+fn swiglu_emulated() {
+    cases::check_swiglu(&Emulator::new(), &[(4, 3, 301)]);
+}
+
+#[test]
+fn rope_emulated() {
+    cases::check_rope(&Emulator::new(), &[(6, 5, 3, 128, 500000.0), (7, 4, 2, 64, 10000.0)]);
+}
+
+#[test]
+fn attention_emulated() {
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    cases::check_attention(
+        &Emulator::new(),
+        &[
+            AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
+            AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
+            AttnCase { name: "docs, hd128, GQA 2", shape: shape(1, 70, 2, 1, 128), docs: Some(vec![40, 1, 29]), pad: 0, seed: 23 },
+        ],
+    );
+}
+
+#[test]
+fn cross_entropy_emulated() {
+    cases::check_cross_entropy(&Emulator::new(), &[(31, 5, 3001, false, 0.0), (32, 4, 2000, true, 0.05)]);
+}
+
+#[test]
+fn embedding_emulated() {
+    cases::check_embedding(&Emulator::new(), (300, 40, 57));
+}
+
+#[test]
+fn adamw_emulated() {
+    cases::check_adamw(&Emulator::new(), 1001);
+}
+
+#[test]
+fn elementwise_emulated() {
+    cases::check_elementwise(&Emulator::new(), 1001);
+}

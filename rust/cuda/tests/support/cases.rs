@@ -1,0 +1,563 @@
+//! The kernel checks, generic over where kernels run ([`Backend`]): tests/gpu.rs runs them on a
+//! CUDA device at realistic odd shapes, tests/emulated.rs on the CPU emulator at small ones.
+//!
+//! Conventions: fresh random inputs per seed (bf16-representable, never zero), odd shapes,
+//! padded row strides where the kernel takes strides (the padding must stay untouched), every
+//! output buffer poisoned with NaN before the launch and checked fully written. bf16 outputs
+//! must be within 1e-2 relative L2 of the reference: the f64 instantiation of the kormo_cpu
+//! function for the same op (AdamW and clipping: kormo_optim, f32), called with the inputs the
+//! kernel read (bf16-representable values).
+
+use kormo_cpu::{attention, cross_entropy, embedding, rmsnorm, rope, swiglu};
+use kormo_cuda::bf16;
+use kormo_cuda::bindings::*;
+use kormo_cuda::launch;
+use kormo_model::{AttentionShape, CrossEntropyShape, EmbeddingShape, RopeShape, RowsShape};
+use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
+
+use super::*;
+
+/// Host buffer of `rows` rows of `len` values laid out with row stride `stride`; the padding holds
+/// poison so a kernel writing outside its rows is caught.
+pub fn padded(values: &[f32], rows: usize, len: usize, stride: usize) -> Vec<u16> {
+    let mut out = vec![bf16::POISON; rows * stride];
+    for r in 0..rows {
+        for c in 0..len {
+            out[r * stride + c] = bf16::from_f32(values[r * len + c]);
+        }
+    }
+    out
+}
+
+/// The logical rows back out of a padded download, asserting the padding is still poison.
+pub fn unpadded(what: &str, bits: &[u16], rows: usize, len: usize, stride: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * len);
+    for r in 0..rows {
+        out.extend(bits[r * stride..][..len].iter().map(|&b| bf16::to_f32(b)));
+        assert!(
+            bits[r * stride + len..(r + 1) * stride].iter().all(|&b| b == bf16::POISON),
+            "{what}: row {r} padding was overwritten"
+        );
+    }
+    out
+}
+
+pub fn check_rmsnorm<B: Backend>(b: &B, cases: &[(u64, usize, usize, bool, i64)]) {
+    let eps = 1e-5f32;
+    for &(seed, rows, hidden, fused, partial_rows) in cases {
+        let mut rng = SplitMix64::new(seed);
+        let stride = hidden + 8;
+        let n = rows * hidden;
+        let (x, res, w) = (bf16_values(&mut rng, n, 2.0), bf16_values(&mut rng, n, 2.0), bf16_values(&mut rng, hidden, 1.5));
+        let (dy, dres) = (bf16_values(&mut rng, n, 1.0), bf16_values(&mut rng, n, 1.0));
+        let d_x = b.upload(&padded(&x, rows, hidden, stride));
+        let d_res = b.upload(&padded(&res, rows, hidden, stride));
+        let d_w = upload_bf16(b, &w);
+        // Outputs start as poison everywhere: logical elements must be written, padding must not.
+        let poison_rows = vec![bf16::POISON; rows * stride];
+        let d_y = b.upload(&poison_rows);
+        let d_hout = b.upload(&poison_rows);
+        let d_rstd = poisoned_f32(b, rows);
+        let a = KormoRmsNormFwdArgs {
+            x: b.ptr(&d_x),
+            residual: if fused { b.ptr(&d_res) } else { 0 },
+            residual_out: if fused { b.ptr(&d_hout) } else { 0 },
+            weight: b.ptr(&d_w),
+            y: b.ptr(&d_y),
+            rstd: b.ptr(&d_rstd),
+            rows: rows as i64,
+            hidden: hidden as i64,
+            x_row_stride: stride as i64,
+            residual_row_stride: stride as i64,
+            y_row_stride: stride as i64,
+            eps,
+            _pad0: 0,
+        };
+        unsafe { launch::rmsnorm_fwd(b, &a) }.expect("launch rmsnorm_fwd");
+        let shape = RowsShape { rows, dim: hidden };
+        let w64 = to_f64(&w);
+        // The fused residual add is part of the kernel, not of the reference op: add in f64.
+        let want_h: Vec<f64> = if fused { x.iter().zip(&res).map(|(&a, &r)| a as f64 + r as f64).collect() } else { to_f64(&x) };
+        let (mut want_y, mut want_rstd) = (vec![0.0; n], vec![0.0; rows]);
+        rmsnorm::rmsnorm_fwd(1, &want_h, &w64, &mut want_y, &mut want_rstd, shape, eps);
+        let y = unpadded("rmsnorm y", &b.download(&d_y), rows, hidden, stride);
+        assert_close(&format!("rmsnorm y (seed {seed})"), &y, &want_y, BF16_REL_L2);
+        assert_close("rmsnorm rstd", &b.download(&d_rstd), &want_rstd, 2e-3);
+        let h = if fused {
+            let h = unpadded("rmsnorm residual_out", &b.download(&d_hout), rows, hidden, stride);
+            assert_close("rmsnorm residual_out", &h, &want_h, BF16_REL_L2);
+            h
+        } else {
+            x.clone()
+        };
+
+        // Backward from the stored h (bf16), accumulating onto a non-zero dweight.
+        let d_h = b.upload(&padded(&h, rows, hidden, stride));
+        let d_dy = b.upload(&padded(&dy, rows, hidden, stride));
+        let d_dres = b.upload(&padded(&dres, rows, hidden, stride));
+        let d_dh = b.upload(&poison_rows);
+        let d_partial = poisoned_f32(b, partial_rows as usize * hidden);
+        let dweight_init = rng.vec(hidden, 0.5);
+        let d_dweight = b.upload(&dweight_init);
+        let bwd_args = KormoRmsNormBwdArgs {
+            h: b.ptr(&d_h),
+            dy: b.ptr(&d_dy),
+            dresidual: if fused { b.ptr(&d_dres) } else { 0 },
+            weight: b.ptr(&d_w),
+            rstd: b.ptr(&d_rstd),
+            dh: b.ptr(&d_dh),
+            dweight_partial: b.ptr(&d_partial),
+            rows: rows as i64,
+            hidden: hidden as i64,
+            h_row_stride: stride as i64,
+            dy_row_stride: stride as i64,
+            dh_row_stride: stride as i64,
+            partial_rows,
+        };
+        let r = KormoRmsNormDweightReduceArgs {
+            dweight_partial: bwd_args.dweight_partial,
+            dweight: b.ptr(&d_dweight),
+            partial_rows,
+            hidden: hidden as i64,
+            accumulate: 1,
+            _pad0: 0,
+        };
+        unsafe { launch::rmsnorm_bwd(b, &bwd_args, &r) }.expect("launch rmsnorm_bwd");
+        // kormo_cpu accumulates into dx and dweight: start them at dresidual and the initial
+        // dweight, which is what the kernel adds. inv_rms is recomputed from the bf16 h read.
+        let h64 = to_f64(&h);
+        let (mut y_unused, mut inv_rms) = (vec![0.0; n], vec![0.0; rows]);
+        rmsnorm::rmsnorm_fwd(1, &h64, &w64, &mut y_unused, &mut inv_rms, shape, eps);
+        let mut want_dh = if fused { to_f64(&dres) } else { vec![0.0; n] };
+        let mut want_dw = to_f64(&dweight_init);
+        rmsnorm::rmsnorm_bwd(1, &h64, &w64, &inv_rms, &to_f64(&dy), &mut want_dh, &mut want_dw, shape);
+        let dh = unpadded("rmsnorm dh", &b.download(&d_dh), rows, hidden, stride);
+        assert_close(&format!("rmsnorm dh (seed {seed})"), &dh, &want_dh, BF16_REL_L2);
+        assert_close("rmsnorm dweight", &b.download(&d_dweight), &want_dw, 1e-4);
+    }
+}
+
+pub fn check_swiglu<B: Backend>(b: &B, cases: &[(u64, usize, usize)]) {
+    for &(seed, rows, cols) in cases {
+        let mut rng = SplitMix64::new(seed);
+        // gate and up are the two halves of one fused [rows, 2*cols] projection output.
+        let (gate, up, dout) = (bf16_values(&mut rng, rows * cols, 4.0), bf16_values(&mut rng, rows * cols, 2.0), bf16_values(&mut rng, rows * cols, 1.0));
+        let mut fused = Vec::with_capacity(rows * 2 * cols);
+        for r in 0..rows {
+            fused.extend_from_slice(&gate[r * cols..][..cols]);
+            fused.extend_from_slice(&up[r * cols..][..cols]);
+        }
+        let d_in = upload_bf16(b, &fused);
+        let d_out = poisoned_bf16(b, rows * cols);
+        let d_dout = upload_bf16(b, &dout);
+        let d_dgrad = poisoned_bf16(b, rows * 2 * cols);
+        let base = b.ptr(&d_in);
+        let dbase = b.ptr(&d_dgrad);
+        let mut a = KormoSwigluArgs {
+            gate: base,
+            up: base + 2 * cols as u64,
+            out: b.ptr(&d_out),
+            dgate: 0,
+            dup: 0,
+            rows: rows as i64,
+            cols: cols as i64,
+            in_row_stride: 2 * cols as i64,
+            out_row_stride: cols as i64,
+        };
+        unsafe { launch::swiglu_fwd(b, &a) }.expect("launch swiglu_fwd");
+        let (g64, u64_, d64) = (to_f64(&gate), to_f64(&up), to_f64(&dout));
+        let mut want_out = vec![0.0; rows * cols];
+        swiglu::swiglu_fwd(1, &g64, &u64_, &mut want_out);
+        assert_close(&format!("swiglu out (seed {seed})"), &download_bf16(b, &d_out), &want_out, BF16_REL_L2);
+        a.out = b.ptr(&d_dout);
+        a.dgate = dbase;
+        a.dup = dbase + 2 * cols as u64;
+        unsafe { launch::swiglu_bwd(b, &a) }.expect("launch swiglu_bwd");
+        let (mut want_dg, mut want_du) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
+        swiglu::swiglu_bwd(1, &g64, &u64_, &d64, &mut want_dg, &mut want_du);
+        let grads = download_bf16(b, &d_dgrad);
+        let (mut dg, mut du) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            dg.extend_from_slice(&grads[r * 2 * cols..][..cols]);
+            du.extend_from_slice(&grads[r * 2 * cols + cols..][..cols]);
+        }
+        assert_close("swiglu dgate", &dg, &want_dg, BF16_REL_L2);
+        assert_close("swiglu dup", &du, &want_du, BF16_REL_L2);
+    }
+}
+
+pub fn check_rope<B: Backend>(b: &B, cases: &[(u64, usize, usize, usize, f32)]) {
+    for &(seed, tokens, heads, hd, theta) in cases {
+        let mut rng = SplitMix64::new(seed);
+        let row = heads * hd;
+        let stride = row + 16;
+        let x = bf16_values(&mut rng, tokens * row, 2.0);
+        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(40_000) as u32).collect();
+        let d_x = b.upload(&padded(&x, tokens, row, stride));
+        let d_y = b.upload(&vec![bf16::POISON; tokens * stride]);
+        let d_pos = b.upload(&positions);
+        let mut a = KormoRopeArgs {
+            x: b.ptr(&d_x),
+            y: b.ptr(&d_y),
+            positions: b.ptr(&d_pos),
+            tokens: tokens as i64,
+            heads: heads as i64,
+            head_dim: hd as i64,
+            token_stride: stride as i64,
+            head_stride: hd as i64,
+            theta,
+            _pad0: 0,
+        };
+        unsafe { launch::rope_fwd(b, &a) }.expect("launch rope_fwd");
+        let shape = RopeShape { tokens, heads, head_dim: hd };
+        let mut want = to_f64(&x);
+        rope::rope_rotate(1, &mut want, &positions, shape, theta, 1.0);
+        let y = unpadded("rope y", &b.download(&d_y), tokens, row, stride);
+        assert_close(&format!("rope y (seed {seed})"), &y, &want, BF16_REL_L2);
+        // Backward in place on y: the inverse rotation of y's bf16 values.
+        a.x = a.y;
+        unsafe { launch::rope_bwd(b, &a) }.expect("launch rope_bwd");
+        let mut want_dx = to_f64(&y);
+        rope::rope_rotate(1, &mut want_dx, &positions, shape, theta, -1.0);
+        let dx = unpadded("rope dx", &b.download(&d_y), tokens, row, stride);
+        assert_close("rope dx (in place)", &dx, &want_dx, BF16_REL_L2);
+    }
+}
+
+pub struct AttnCase {
+    pub name: &'static str,
+    pub shape: AttentionShape,
+    /// Document lengths laid across rows; None = causal only (the causal variant, doc_ids = 0).
+    pub docs: Option<Vec<usize>>,
+    /// Extra elements at the end of every token row of q/k/v/o (strides stay multiples of 8).
+    pub pad: usize,
+    pub seed: u64,
+}
+
+pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
+    for case in cases {
+        let s = case.shape;
+        let (t, d) = (s.tokens(), s.head_dim);
+        let (q_row, kv_row) = (s.heads * d, s.kv_heads * d);
+        let (q_len, kv_len) = (t * q_row, t * kv_row);
+        let (q_stride, kv_stride) = (q_row + case.pad, kv_row + case.pad);
+        let mut rng = SplitMix64::new(case.seed);
+        let (q, kk, v, dout) =
+            (bf16_values(&mut rng, q_len, 1.0), bf16_values(&mut rng, kv_len, 1.0), bf16_values(&mut rng, kv_len, 1.0), bf16_values(&mut rng, q_len, 1.0));
+        let doc = case.docs.as_ref().map(|lengths| doc_ids_from_lengths(lengths, s.batch, s.seq));
+        let d_q = b.upload(&padded(&q, t, q_row, q_stride));
+        let d_k = b.upload(&padded(&kk, t, kv_row, kv_stride));
+        let d_v = b.upload(&padded(&v, t, kv_row, kv_stride));
+        let d_do = b.upload(&padded(&dout, t, q_row, q_stride));
+        let d_o = b.upload(&vec![bf16::POISON; t * q_stride]);
+        let d_lse = poisoned_f32(b, s.heads * t);
+        let d_doc = b.upload(doc.as_deref().unwrap_or(&[0u32]));
+        let fwd = KormoAttentionFwdArgs {
+            q: b.ptr(&d_q),
+            k: b.ptr(&d_k),
+            v: b.ptr(&d_v),
+            o: b.ptr(&d_o),
+            lse: b.ptr(&d_lse),
+            doc_ids: if doc.is_some() { b.ptr(&d_doc) } else { 0 },
+            batch: s.batch as i64,
+            seq_len: s.seq as i64,
+            heads_q: s.heads as i64,
+            heads_kv: s.kv_heads as i64,
+            q_token_stride: q_stride as i64,
+            q_head_stride: d as i64,
+            k_token_stride: kv_stride as i64,
+            k_head_stride: d as i64,
+            v_token_stride: kv_stride as i64,
+            v_head_stride: d as i64,
+            o_token_stride: q_stride as i64,
+            o_head_stride: d as i64,
+            softmax_scale: 1.0 / (d as f32).sqrt(),
+            head_dim: d as i32,
+        };
+        unsafe { launch::attention_fwd(b, &fwd) }.expect("launch attention fwd");
+
+        let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&kk), to_f64(&v), to_f64(&dout));
+        // Causal-only cases: one document id for every token is the same mask.
+        let ref_doc = doc.clone().unwrap_or_else(|| vec![0; t]);
+        let (mut want_o, mut want_lse) = (vec![0.0; q_len], vec![0.0; t * s.heads]);
+        attention::attention_fwd(reference_threads(), &q64, &k64, &v64, &ref_doc, &mut want_o, &mut want_lse, s);
+        let want_lse_heads_major = heads_major(&want_lse, t, s.heads);
+        let o = unpadded("attention o", &b.download(&d_o), t, q_row, q_stride);
+        assert_close(&format!("{}: o", case.name), &o, &want_o, BF16_REL_L2);
+        let lse = b.download(&d_lse);
+        let lse_err = lse.iter().zip(&want_lse_heads_major).map(|(&g, w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        assert!(lse.iter().all(|x| x.is_finite()) && lse_err < 1e-3, "{}: lse max error {lse_err:.3e}", case.name);
+
+        // Backward, from the kernel's own (bf16) O as a trainer would run it.
+        let d_delta = poisoned_f32(b, s.heads * t);
+        let d_dq_accum = poisoned_f32(b, q_len);
+        let d_dq = b.upload(&vec![bf16::POISON; t * q_stride]);
+        let d_dk = b.upload(&vec![bf16::POISON; t * kv_stride]);
+        let d_dv = b.upload(&vec![bf16::POISON; t * kv_stride]);
+        let bwd = KormoAttentionBwdArgs {
+            q: fwd.q,
+            k: fwd.k,
+            v: fwd.v,
+            o: fwd.o,
+            dout: b.ptr(&d_do),
+            lse: fwd.lse,
+            delta: b.ptr(&d_delta),
+            dq_accum: b.ptr(&d_dq_accum),
+            dq: b.ptr(&d_dq),
+            dk: b.ptr(&d_dk),
+            dv: b.ptr(&d_dv),
+            doc_ids: fwd.doc_ids,
+            batch: fwd.batch,
+            seq_len: fwd.seq_len,
+            heads_q: fwd.heads_q,
+            heads_kv: fwd.heads_kv,
+            q_token_stride: fwd.q_token_stride,
+            q_head_stride: fwd.q_head_stride,
+            k_token_stride: fwd.k_token_stride,
+            k_head_stride: fwd.k_head_stride,
+            v_token_stride: fwd.v_token_stride,
+            v_head_stride: fwd.v_head_stride,
+            o_token_stride: fwd.o_token_stride,
+            o_head_stride: fwd.o_head_stride,
+            softmax_scale: fwd.softmax_scale,
+            head_dim: fwd.head_dim,
+        };
+        unsafe { launch::attention_bwd(b, &bwd) }.expect("launch attention bwd");
+        // The reference backward starts from the exact forward (the kernel from its bf16 O).
+        let (mut want_dq, mut want_dk, mut want_dv) = (vec![0.0; q_len], vec![0.0; kv_len], vec![0.0; kv_len]);
+        attention::attention_bwd(
+            reference_threads(),
+            &q64,
+            &k64,
+            &v64,
+            &ref_doc,
+            &want_o,
+            &want_lse,
+            &do64,
+            &mut want_dq,
+            &mut want_dk,
+            &mut want_dv,
+            s,
+        );
+        let got = [
+            ("dq", unpadded("attention dq", &b.download(&d_dq), t, q_row, q_stride), &want_dq),
+            ("dk", unpadded("attention dk", &b.download(&d_dk), t, kv_row, kv_stride), &want_dk),
+            ("dv", unpadded("attention dv", &b.download(&d_dv), t, kv_row, kv_stride), &want_dv),
+        ];
+        for (what, g, w) in got {
+            assert_close(&format!("{}: {what}", case.name), &g, w, BF16_REL_L2);
+        }
+    }
+}
+
+/// Cases: (seed, rows, vocab, dlogits in place, z_loss).
+pub fn check_cross_entropy<B: Backend>(b: &B, cases: &[(u64, usize, usize, bool, f32)]) {
+    for &(seed, rows, vocab, in_place, z_loss) in cases {
+        let mut rng = SplitMix64::new(seed);
+        let stride = vocab + 8;
+        let logits = bf16_values(&mut rng, rows * vocab, 8.0);
+        let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+        let weights: Vec<f32> = (0..rows).map(|r| [1.0, 0.0, 0.5, 2.0][r % 4]).collect();
+        let grad_scale = 1.0 / weights.iter().sum::<f32>();
+        let d_logits = b.upload(&padded(&logits, rows, vocab, stride));
+        let d_dlogits = b.upload(&vec![bf16::POISON; rows * stride]);
+        let (d_t, d_w, d_gs) = (b.upload(&targets), b.upload(&weights), b.upload(&[grad_scale]));
+        let (d_loss, d_lse) = (poisoned_f32(b, rows), poisoned_f32(b, rows));
+        let out = if in_place { &d_logits } else { &d_dlogits };
+        let a = KormoCrossEntropyArgs {
+            logits: b.ptr(&d_logits),
+            targets: b.ptr(&d_t),
+            loss_weights: b.ptr(&d_w),
+            grad_scale: b.ptr(&d_gs),
+            loss: b.ptr(&d_loss),
+            lse: b.ptr(&d_lse),
+            dlogits: b.ptr(out),
+            rows: rows as i64,
+            vocab: vocab as i64,
+            logits_row_stride: stride as i64,
+            dlogits_row_stride: stride as i64,
+            z_loss,
+            _pad0: 0,
+        };
+        unsafe { launch::cross_entropy(b, &a) }.expect("launch cross_entropy");
+        // kormo_cpu overwrites the logits with their gradient, as the kernel does in place.
+        let (mut want_d, mut want_loss) = (to_f64(&logits), vec![0.0; rows]);
+        let shape = CrossEntropyShape { tokens: rows, vocab };
+        cross_entropy::cross_entropy(1, &mut want_d, &targets, &to_f64(&weights), &mut want_loss, shape, z_loss, grad_scale);
+        assert_close(&format!("cross entropy loss (seed {seed}, z_loss {z_loss})"), &b.download(&d_loss), &want_loss, 1e-4);
+        let lse = b.download(&d_lse);
+        assert!(lse.iter().all(|x| x.is_finite()), "lse not fully written");
+        let d = unpadded("dlogits", &b.download(out), rows, vocab, stride);
+        assert_close(&format!("cross entropy dlogits (in place: {in_place})"), &d, &want_d, BF16_REL_L2);
+    }
+}
+
+pub fn check_embedding<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize)) {
+    let mut rng = SplitMix64::new(41);
+    let table = bf16_values(&mut rng, vocab * dim, 1.0);
+    // Few distinct tokens, so repeated rows exercise colliding atomics.
+    let tokens: Vec<u32> = (0..n).map(|_| (rng.below(50) * (vocab as u64 / 50)) as u32).collect();
+    let (d_table, d_tokens, d_out) = (upload_bf16(b, &table), b.upload(&tokens), poisoned_bf16(b, n * dim));
+    let mut a = KormoEmbeddingArgs {
+        tokens: b.ptr(&d_tokens),
+        table: b.ptr(&d_table),
+        rows: b.ptr(&d_out),
+        num_tokens: n as i64,
+        vocab: vocab as i64,
+        dim: dim as i64,
+        table_row_stride: dim as i64,
+        rows_row_stride: dim as i64,
+    };
+    unsafe { launch::embedding_fwd(b, &a) }.expect("launch embedding_fwd");
+    let shape = EmbeddingShape { tokens: n, vocab, dim };
+    let mut want = vec![0.0; n * dim];
+    embedding::embedding_fwd(1, &to_f64(&table), &tokens, &mut want, shape);
+    let got = download_bf16(b, &d_out);
+    assert!(got.iter().zip(&want).all(|(&g, &w)| g as f64 == w), "embedding rows must be exact copies");
+
+    let dout = bf16_values(&mut rng, n * dim, 1.0);
+    let init = rng.vec(vocab * dim, 0.1);
+    let (d_dout, d_dtable) = (upload_bf16(b, &dout), b.upload(&init));
+    a.table = b.ptr(&d_dtable);
+    a.rows = b.ptr(&d_dout);
+    unsafe { launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
+    // kormo_cpu scatter-adds into the table it is given: start from the kernel's initial one.
+    let mut want = to_f64(&init);
+    embedding::embedding_bwd(&to_f64(&dout), &tokens, &mut want, shape);
+    assert_close("embedding dtable", &b.download(&d_dtable), &want, 1e-5);
+}
+
+pub fn check_adamw<B: Backend>(b: &B, n: usize) {
+    let mut rng = SplitMix64::new(51);
+    struct Tensor {
+        master: Vec<f32>,
+        grad: Vec<f32>,
+        m: Vec<f32>,
+        v: Vec<f32>,
+        decay: bool,
+    }
+    let tensors: Vec<Tensor> = (0..2)
+        .map(|i| Tensor {
+            master: rng.vec(n, 1.0),
+            grad: rng.vec(n, 3.0),
+            m: rng.vec(n, 0.1),
+            v: rng.vec(n, 1e-3).iter().map(|x| x.abs()).collect(),
+            decay: i == 0,
+        })
+        .collect();
+    // Clip scale over both gradients, on device; kormo_optim clips the same gradients on the host.
+    let host_grads: Vec<Vec<f32>> = tensors.iter().map(|t| t.grad.clone()).collect();
+    let max_norm = (kormo_optim::grad_norm(&host_grads) / 3.0) as f32;
+    let mut clipped = host_grads.clone();
+    kormo_optim::clip_grad_norm(&mut clipped, max_norm as f64);
+    let d_sumsq = b.upload(&[0.0f32]);
+    let d_clip = poisoned_f32(b, 1);
+    let d_grads: Vec<_> = host_grads.iter().map(|g| b.upload(g)).collect();
+    for g in &d_grads {
+        let a = KormoGradSumsqArgs { grad: b.ptr(g), sumsq: b.ptr(&d_sumsq), n: n as i64 };
+        unsafe { launch::grad_sumsq(b, &a) }.expect("launch grad_sumsq");
+    }
+    let c = KormoClipScaleArgs { sumsq: b.ptr(&d_sumsq), clip_scale: b.ptr(&d_clip), max_norm, _pad0: 0 };
+    unsafe { launch::clip_scale(b, &c) }.expect("launch clip_scale");
+    let clip = b.download(&d_clip)[0];
+    let device_clipped: Vec<f32> = host_grads.iter().flatten().map(|&g| g * clip).collect();
+    let want_clipped: Vec<f64> = clipped.iter().flatten().map(|&g| g as f64).collect();
+    assert_close("clip scale applied to the gradients", &device_clipped, &want_clipped, 1e-5);
+
+    let config = AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 };
+    let (lr, step) = (3e-4, 7u64);
+    let d_lr = b.upload(&[lr as f32]);
+    for ((Tensor { master, m, v, decay, .. }, d_grad), clipped) in tensors.iter().zip(&d_grads).zip(&clipped) {
+        let (d_master, d_m, d_v, d_w) = (b.upload(master), b.upload(m), b.upload(v), poisoned_bf16(b, n));
+        let a = KormoAdamwArgs {
+            master: b.ptr(&d_master),
+            grad: b.ptr(d_grad),
+            exp_avg: b.ptr(&d_m),
+            exp_avg_sq: b.ptr(&d_v),
+            weight: b.ptr(&d_w),
+            lr: b.ptr(&d_lr),
+            clip_scale: b.ptr(&d_clip),
+            n: n as i64,
+            beta1: config.beta1 as f32,
+            beta2: config.beta2 as f32,
+            eps: config.eps as f32,
+            weight_decay: config.weight_decay as f32,
+            bias_correction1: (1.0 - config.beta1.powi(step as i32)) as f32,
+            bias_correction2: (1.0 - config.beta2.powi(step as i32)) as f32,
+            apply_weight_decay: *decay as i32,
+            _pad0: 0,
+        };
+        unsafe { launch::adamw_step(b, &a) }.expect("launch adamw_step");
+        // The reference: kormo_optim's AdamW at the same step with the same moments, on the
+        // host-clipped gradient.
+        let info = ParamInfo { name: "p".into(), numel: n, weight_decay: *decay };
+        let mut reference = AdamW::new(config.clone(), vec![info]).expect("valid AdamW config").with_threads(1);
+        reference.load_state_tensor("p.exp_avg", m).expect("exp_avg");
+        reference.load_state_tensor("p.exp_avg_sq", v).expect("exp_avg_sq");
+        reference.set_step_count(step - 1);
+        let mut want_master = vec![master.clone()];
+        reference.step(&mut want_master, std::slice::from_ref(clipped), lr).expect("reference step");
+        let state = reference.state_tensors();
+        let got_master = b.download(&d_master);
+        // Compare the update (master - initial) so the tolerance is relative to what changed.
+        let upd: Vec<f32> = got_master.iter().zip(master).map(|(after, before)| after - before).collect();
+        let want_upd: Vec<f64> = want_master[0].iter().zip(master).map(|(&a, &b)| a as f64 - b as f64).collect();
+        assert_close(&format!("adamw update (decay {decay})"), &upd, &want_upd, 1e-3);
+        assert_close("adamw exp_avg", &b.download(&d_m), &to_f64(state[0].1), 1e-5);
+        assert_close("adamw exp_avg_sq", &b.download(&d_v), &to_f64(state[1].1), 1e-5);
+        let w = b.download(&d_w);
+        assert!(w.iter().zip(&got_master).all(|(&b, &m)| b == bf16::from_f32(m)), "bf16 weights must be the rounded master");
+    }
+}
+
+/// Every op x dtype pair of the elementwise kernel, on a length that is not a multiple of the
+/// block size. Expected values are computed on the host from the bf16/f32 values the kernel
+/// reads, rounded like its store.
+pub fn check_elementwise<B: Backend>(b: &B, n: usize) {
+    let mut rng = SplitMix64::new(61);
+    let (dst0, src0) = (bf16_values(&mut rng, n, 3.0), bf16_values(&mut rng, n, 3.0));
+    let (bf, f) = (KormoDtype_KORMO_DTYPE_BF16 as i32, KormoDtype_KORMO_DTYPE_F32 as i32);
+    let ops = [
+        (KormoElementwiseOp_KORMO_ELEMENTWISE_FILL, "fill"),
+        (KormoElementwiseOp_KORMO_ELEMENTWISE_SCALE, "scale"),
+        (KormoElementwiseOp_KORMO_ELEMENTWISE_COPY, "copy"),
+        (KormoElementwiseOp_KORMO_ELEMENTWISE_ADD, "add"),
+    ];
+    let value = -0.75f32;
+    for (op, name) in ops {
+        for (dst_dtype, src_dtype) in [(bf, bf), (bf, f), (f, bf), (f, f)] {
+            let (d_dst_bf, d_dst_f) = (upload_bf16(b, &dst0), b.upload(&dst0));
+            let (d_src_bf, d_src_f) = (upload_bf16(b, &src0), b.upload(&src0));
+            let a = KormoElementwiseArgs {
+                dst: if dst_dtype == bf { b.ptr(&d_dst_bf) } else { b.ptr(&d_dst_f) },
+                src: if src_dtype == bf { b.ptr(&d_src_bf) } else { b.ptr(&d_src_f) },
+                n: n as i64,
+                op: op as i32,
+                dst_dtype,
+                src_dtype,
+                value,
+            };
+            unsafe { launch::elementwise(b, &a) }.expect("launch elementwise");
+            let got = if dst_dtype == bf { download_bf16(b, &d_dst_bf) } else { b.download(&d_dst_f) };
+            let want: Vec<f32> = dst0
+                .iter()
+                .zip(&src0)
+                .map(|(&d, &s)| {
+                    let v = if op == KormoElementwiseOp_KORMO_ELEMENTWISE_FILL {
+                        value
+                    } else if op == KormoElementwiseOp_KORMO_ELEMENTWISE_SCALE {
+                        value * d
+                    } else if op == KormoElementwiseOp_KORMO_ELEMENTWISE_COPY {
+                        s
+                    } else {
+                        d + s
+                    };
+                    if dst_dtype == bf { bf16::to_f32(bf16::from_f32(v)) } else { v }
+                })
+                .collect();
+            assert_eq!(got, want, "elementwise {name} (dst dtype {dst_dtype}, src dtype {src_dtype})");
+        }
+    }
+    let bad = KormoElementwiseArgs { dst: 0, src: 0, n: 1, op: 9, dst_dtype: bf, src_dtype: bf, value: 0.0 };
+    assert!(unsafe { launch::elementwise(b, &bad) }.is_err(), "an unknown op must be refused");
+}

@@ -1,0 +1,284 @@
+//! Shared test plumbing: the backends the kernel checks run on (a CUDA device, or the CPU
+//! emulator of cuda/emulator), random inputs, poisoning, error measures and layout adapters.
+//! The checks themselves are in cases.rs.
+//!
+//! There are no references here: every kernel is compared with the f64 instantiation of the
+//! CPU backend's function for the same op (kormo_cpu::*, whose backward passes are checked
+//! against finite differences in rust/cpu/tests/op_gradients.rs) and AdamW/clipping with
+//! kormo_optim, so each op has exactly one reference (docs/kernels.md lists them).
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::cell::UnsafeCell;
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
+use kormo_cuda::launch::Launcher;
+use kormo_cuda::{bf16, CudaError, CudaOps, Kernels};
+
+pub use kormo_cuda::random::SplitMix64;
+
+pub mod cases;
+
+// ------------------------------------------------------------------------------------------
+// Backends: where the kernels of tests/support/cases.rs run
+
+/// Memory plus launches. Buffers are addressed by u64 device addresses, as in the argument structs.
+pub trait Backend: Launcher {
+    type Buf<T: DeviceRepr + Copy + Default>;
+    fn upload<T: DeviceRepr + Copy + Default>(&self, host: &[T]) -> Self::Buf<T>;
+    /// Waits for every launch, then copies the buffer back.
+    fn download<T: DeviceRepr + Copy + Default>(&self, buf: &Self::Buf<T>) -> Vec<T>;
+    fn ptr<T: DeviceRepr + Copy + Default>(&self, buf: &Self::Buf<T>) -> u64;
+}
+
+impl Backend for Kernels {
+    type Buf<T: DeviceRepr + Copy + Default> = CudaSlice<T>;
+
+    fn upload<T: DeviceRepr + Copy + Default>(&self, host: &[T]) -> CudaSlice<T> {
+        self.stream().clone_htod(host).expect("upload")
+    }
+
+    fn download<T: DeviceRepr + Copy + Default>(&self, buf: &CudaSlice<T>) -> Vec<T> {
+        self.stream().synchronize().expect("kernel execution failed");
+        self.stream().clone_dtoh(buf).expect("download")
+    }
+
+    fn ptr<T: DeviceRepr + Copy + Default>(&self, buf: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = buf.device_ptr(self.stream());
+        p
+    }
+}
+
+/// The kernels on device 0, or None after printing "skipped: no CUDA device". Under Bazel
+/// (TEST_SRCDIR set) the process then exits with 77, which //tools/build:rust.bzl's wrapper
+/// reports as a skipped test; under cargo the test returns and passes.
+pub fn kernels_or_skip() -> Option<Kernels> {
+    match Kernels::new(0) {
+        Ok(k) => Some(k),
+        Err(CudaError::NoDevice(why)) => {
+            // Written past libtest's output capture, so the line shows in every test log.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "skipped: no CUDA device");
+            let _ = out.flush();
+            eprintln!("({why})");
+            if std::env::var_os("TEST_SRCDIR").is_some() {
+                std::process::exit(77);
+            }
+            None
+        }
+        // A device without kernels is a broken build, not a skip.
+        Err(e) => panic!("cannot load the kernels: {e}"),
+    }
+}
+
+/// The CUDA backend on device 0, or None after the same "skipped: no CUDA device" as
+/// [`kernels_or_skip`]. Any other failure (no kernels, no libcublasLt) is a test failure.
+pub fn cuda_ops_or_skip() -> Option<CudaOps> {
+    kernels_or_skip()?;
+    Some(CudaOps::new(0).unwrap_or_else(|e| panic!("cannot create the CUDA backend: {e}")))
+}
+
+/// The real kernel sources compiled for the CPU against cuda/emulator (see kormo_emulator.h):
+/// host memory stands in for device memory, launches run synchronously.
+pub struct Emulator {
+    launch: EmuLaunchFn,
+}
+
+type EmuLaunchFn = unsafe extern "C" fn(*const c_char, *const u32, *const u32, u32, *const c_void, usize) -> c_int;
+
+/// Host memory a kernel may write through its u64 address (hence the UnsafeCell).
+pub struct HostBuf<T>(Box<[UnsafeCell<T>]>);
+
+extern "C" {
+    fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
+}
+const RTLD_NOW: c_int = 2;
+const CUDA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cuda");
+
+/// Compiles cuda/emulator/emulator.cpp once per test process (host C++ compiler: $CXX or c++),
+/// loads it and returns its entry point. The library file is deleted once loaded.
+fn emulator_entry() -> EmuLaunchFn {
+    static ENTRY: OnceLock<EmuLaunchFn> = OnceLock::new();
+    *ENTRY.get_or_init(|| {
+        let base = std::env::var_os("TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!("kormo-emulator-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create emulator build dir");
+        let lib = dir.join("libkormo_emulator.so");
+        let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+        let out = Command::new(&cxx)
+            .args(["-std=c++20", "-O2", "-shared", "-fPIC", "-pthread"])
+            .args(["-I", &format!("{CUDA_DIR}/emulator"), "-I", &format!("{CUDA_DIR}/include"), "-I", CUDA_DIR])
+            .arg(format!("{CUDA_DIR}/emulator/emulator.cpp"))
+            .arg("-o")
+            .arg(&lib)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}`: {e}"));
+        assert!(out.status.success(), "building the kernel emulator failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        let path = CString::new(lib.to_str().expect("utf-8 path")).unwrap();
+        // SAFETY: loading our own freshly built library; the symbol has the EmuLaunchFn signature
+        // (cuda/emulator/emulator.cpp). The handle stays open for the life of the process.
+        let entry = unsafe {
+            let handle = dlopen(path.as_ptr(), RTLD_NOW);
+            assert!(!handle.is_null(), "dlopen of the kernel emulator {} failed", lib.display());
+            let sym = dlsym(handle, c"kormo_emu_launch".as_ptr());
+            assert!(!sym.is_null(), "kormo_emu_launch not found in the emulator");
+            std::mem::transmute::<*mut c_void, EmuLaunchFn>(sym)
+        };
+        let _ = std::fs::remove_dir_all(&dir); // the mapping outlives the file
+        entry
+    })
+}
+
+impl Emulator {
+    pub fn new() -> Self {
+        Emulator { launch: emulator_entry() }
+    }
+}
+
+impl Launcher for Emulator {
+    unsafe fn launch_kernel<A: DeviceRepr>(&self, name: &'static str, cfg: LaunchConfig, args: &A) -> Result<(), CudaError> {
+        let c_name = CString::new(name).unwrap();
+        let grid = [cfg.grid_dim.0, cfg.grid_dim.1, cfg.grid_dim.2];
+        let block = [cfg.block_dim.0, cfg.block_dim.1, cfg.block_dim.2];
+        let args_ptr = args as *const A as *const c_void;
+        // SAFETY: the emulator copies size_of::<A>() bytes of the struct; pointers inside are host
+        // addresses of HostBuf allocations.
+        let status = unsafe {
+            (self.launch)(c_name.as_ptr(), grid.as_ptr(), block.as_ptr(), cfg.shared_mem_bytes, args_ptr, std::mem::size_of::<A>())
+        };
+        match status {
+            0 => Ok(()),
+            1 => Err(CudaError::InvalidLaunch { kernel: name, reason: "unknown to the emulator".into() }),
+            2 => Err(CudaError::InvalidLaunch { kernel: name, reason: "argument struct size differs from the C header".into() }),
+            other => Err(CudaError::InvalidLaunch { kernel: name, reason: format!("emulator status {other}") }),
+        }
+    }
+}
+
+impl Backend for Emulator {
+    type Buf<T: DeviceRepr + Copy + Default> = HostBuf<T>;
+
+    fn upload<T: DeviceRepr + Copy + Default>(&self, host: &[T]) -> HostBuf<T> {
+        HostBuf(host.iter().map(|&x| UnsafeCell::new(x)).collect())
+    }
+
+    fn download<T: DeviceRepr + Copy + Default>(&self, buf: &HostBuf<T>) -> Vec<T> {
+        // SAFETY: launches are synchronous; no kernel is writing now.
+        buf.0.iter().map(|c| unsafe { *c.get() }).collect()
+    }
+
+    fn ptr<T: DeviceRepr + Copy + Default>(&self, buf: &HostBuf<T>) -> u64 {
+        buf.0.as_ptr() as u64
+    }
+}
+
+pub fn upload_bf16<B: Backend>(b: &B, host: &[f32]) -> B::Buf<u16> {
+    b.upload(&bf16::vec_from_f32(host))
+}
+
+/// A bf16 buffer filled with NaN, so elements a kernel fails to write are detected.
+pub fn poisoned_bf16<B: Backend>(b: &B, len: usize) -> B::Buf<u16> {
+    b.upload(&vec![bf16::POISON; len])
+}
+
+pub fn poisoned_f32<B: Backend>(b: &B, len: usize) -> B::Buf<f32> {
+    b.upload(&vec![f32::NAN; len])
+}
+
+pub fn download_bf16<B: Backend>(b: &B, buf: &B::Buf<u16>) -> Vec<f32> {
+    bf16::vec_to_f32(&b.download(buf))
+}
+
+// ------------------------------------------------------------------------------------------
+// Inputs and comparisons
+
+/// Random values already representable in bf16 (so host f64 references see exactly what the
+/// device reads), never zero.
+pub fn bf16_values(rng: &mut SplitMix64, len: usize, scale: f32) -> Vec<f32> {
+    rng.vec(len, scale)
+        .into_iter()
+        .map(|x| {
+            let r = bf16::to_f32(bf16::from_f32(x));
+            if r == 0.0 {
+                scale / 64.0
+            } else {
+                r
+            }
+        })
+        .collect()
+}
+
+pub fn to_f64(xs: &[f32]) -> Vec<f64> {
+    xs.iter().map(|&x| x as f64).collect()
+}
+
+/// ||got - want|| / ||want||, panicking on any non-finite value in `got` (an unwritten,
+/// poisoned element or a real NaN).
+pub fn rel_l2(what: &str, got: &[f32], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|g| !g.is_finite()) {
+        panic!("{what}: element {i} is {} (not written, or NaN/inf)", got[i]);
+    }
+    let num: f64 = got.iter().zip(want).map(|(&g, &w)| (g as f64 - w).powi(2)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    assert!(den > 0.0, "{what}: reference is all zeros; the test would be vacuous");
+    (num / den).sqrt()
+}
+
+pub const BF16_REL_L2: f64 = 1e-2;
+
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) -> f64 {
+    let err = rel_l2(what, got, want);
+    assert!(err <= tol, "{what}: relative L2 error {err:.3e} > {tol:.1e}");
+    println!("{what}: relative L2 error {err:.3e}");
+    err
+}
+
+// ------------------------------------------------------------------------------------------
+// Adapters between kernel layouts and the references'
+
+/// Threads for the f64 references (kormo_cpu kernels split rows across threads; their results
+/// do not depend on the count).
+pub fn reference_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// `[tokens, heads]` (kormo_model's lse layout) to `[heads, tokens]` (the attention kernels').
+pub fn heads_major(tokens_major: &[f64], tokens: usize, heads: usize) -> Vec<f64> {
+    (0..heads).flat_map(|h| (0..tokens).map(move |t| tokens_major[t * heads + h])).collect()
+}
+
+// ------------------------------------------------------------------------------------------
+// Document layouts for attention tests
+
+/// Doc ids of `batch` rows of `seq_len`, from document lengths laid end to end across rows
+/// (a document may straddle a row boundary; ids keep increasing, so each row is non-decreasing).
+pub fn doc_ids_from_lengths(lengths: &[usize], batch: usize, seq_len: usize) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(batch * seq_len);
+    'outer: for (id, &len) in lengths.iter().enumerate() {
+        for _ in 0..len {
+            if ids.len() == batch * seq_len {
+                break 'outer;
+            }
+            ids.push(id as u32);
+        }
+    }
+    assert_eq!(ids.len(), batch * seq_len, "document lengths must cover every token");
+    ids
+}
+
+/// Position of each token inside its document (restarting at 0 at document starts; a document
+/// continuing from the previous row keeps counting).
+pub fn positions_from_doc_ids(doc: &[u32]) -> Vec<u32> {
+    let mut pos = Vec::with_capacity(doc.len());
+    for i in 0..doc.len() {
+        pos.push(if i > 0 && doc[i] == doc[i - 1] { pos[i - 1] + 1 } else { 0 });
+    }
+    pos
+}

@@ -1,0 +1,493 @@
+//! The built-in synthetic corpus of the tiny recipe, written as real token shards.
+//!
+//! Four generators, one per training phase, each deterministic from a seed and small enough to
+//! generate in well under a second. The text is built from small tables so that a model of a
+//! few hundred thousand parameters can learn it in minutes: the loss falling is the point.
+//! * `bilingual_prose`: an English paragraph followed by its Korean rendering, sentence by
+//!   sentence (web-like pretraining text; the Korean half is predictable from the English one).
+//! * `long_context`: long filler documents with one fact ("The secret number of Minji is 4821.")
+//!   at a random place and a question about it at the end, so the answer needs long-range attention.
+//! * `reasoning`: arithmetic problems solved step by step inside `<think>...</think>`.
+//! * `chat`: `<|BOT|>{role}\n...<|EOT|>` conversations whose assistant turns (only) are loss-mask
+//!   spans; reasoning questions open the answer with a think block, factual ones with an empty
+//!   one (KORMo's hybrid thinking format).
+//!
+//! Output: `dir/shard-00000.kts` + `dir/manifest.json` + `dir/synthetic.json` (what was generated,
+//! so a changed request regenerates). Generation goes to a temp folder renamed into place.
+
+use crate::vocab::ByteVocab;
+use crate::DataError;
+use kormo_shards::{Manifest, ShardMeta, ShardWriter};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Which synthetic corpus to generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyntheticKind {
+    BilingualProse,
+    LongContext,
+    Reasoning,
+    Chat,
+}
+
+/// A generation request; stored next to the shards to detect a stale cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticSpec {
+    pub kind: SyntheticKind,
+    pub documents: u64,
+    pub seed: u64,
+}
+
+const SPEC_FILE: &str = "synthetic.json";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// One generated document: byte-vocabulary tokens and optional trained spans.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyntheticDocument {
+    pub tokens: Vec<u32>,
+    pub spans: Vec<(u32, u32)>,
+}
+
+/// Makes sure `dir` holds the corpus `spec` describes; returns true when it had to (re)generate.
+pub fn ensure(dir: &Path, spec: &SyntheticSpec) -> Result<bool, DataError> {
+    let current = std::fs::read_to_string(dir.join(SPEC_FILE))
+        .ok()
+        .and_then(|text| serde_json::from_str::<SyntheticSpec>(&text).ok());
+    if current.as_ref() == Some(spec) && dir.join(MANIFEST_FILE).is_file() {
+        return Ok(false);
+    }
+    let io = |path: &Path, e: std::io::Error| DataError(format!("{}: {e}", path.display()));
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+    let temp = parent.join(format!(
+        ".tmp-{}-{}",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("data"),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&temp);
+    std::fs::create_dir_all(&temp).map_err(|e| io(&temp, e))?;
+    let meta = ShardMeta {
+        vocab_size: ByteVocab::SIZE,
+        tokenizer_fingerprint: ByteVocab::FINGERPRINT.into(),
+    };
+    let mut writer = ShardWriter::create(temp.join("shard-00000.kts"), meta.clone())?;
+    for doc in generate(spec) {
+        writer.append_document(
+            &doc.tokens,
+            (!doc.spans.is_empty()).then_some(&doc.spans[..]),
+        )?;
+    }
+    let summary = writer.finish()?;
+    let mut manifest = Manifest::new(meta);
+    manifest.push("shard-00000.kts", &summary)?;
+    manifest.save(temp.join(MANIFEST_FILE))?;
+    let spec_path = temp.join(SPEC_FILE);
+    std::fs::write(
+        &spec_path,
+        serde_json::to_string_pretty(spec).expect("spec serialises"),
+    )
+    .map_err(|e| io(&spec_path, e))?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| io(dir, e))?;
+    }
+    std::fs::rename(&temp, dir).map_err(|e| io(dir, e))?;
+    Ok(true)
+}
+
+/// All documents of `spec`, in order.
+pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticDocument> {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    (0..spec.documents)
+        .map(|_| match spec.kind {
+            SyntheticKind::BilingualProse => plain(bilingual_paragraphs(&mut rng, 3..6)),
+            SyntheticKind::LongContext => plain(long_context_document(&mut rng)),
+            SyntheticKind::Reasoning => reasoning_document(&mut rng),
+            SyntheticKind::Chat => chat_document(&mut rng),
+        })
+        .collect()
+}
+
+fn plain(text: String) -> SyntheticDocument {
+    SyntheticDocument {
+        tokens: ByteVocab::encode(&text),
+        spans: Vec::new(),
+    }
+}
+
+fn pick<'a, T>(rng: &mut ChaCha8Rng, items: &'a [T]) -> &'a T {
+    &items[rng.random_range(0..items.len())]
+}
+
+// Parallel English/Korean tables: index i of each pair means the same thing.
+const SUBJECTS: [(&str, &str); 6] = [
+    ("The farmer", "농부는"),
+    ("My sister", "내 동생은"),
+    ("The old teacher", "나이 든 선생님은"),
+    ("A small robot", "작은 로봇은"),
+    ("The baker", "빵집 주인은"),
+    ("Our neighbor", "우리 이웃은"),
+];
+const OBJECTS: [(&str, &str); 6] = [
+    ("an apple", "사과를"),
+    ("a book", "책을"),
+    ("a letter", "편지를"),
+    ("some water", "물을"),
+    ("a song", "노래를"),
+    ("a map", "지도를"),
+];
+const VERBS: [(&str, &str); 5] = [
+    ("found", "찾았다"),
+    ("carried", "옮겼다"),
+    ("bought", "샀다"),
+    ("shared", "나누었다"),
+    ("kept", "간직했다"),
+];
+const PLACES: [(&str, &str); 6] = [
+    ("at the market", "시장에서"),
+    ("at school", "학교에서"),
+    ("by the river", "강가에서"),
+    ("in the library", "도서관에서"),
+    ("in the park", "공원에서"),
+    ("at home", "집에서"),
+];
+const TIMES: [(&str, &str); 4] = [
+    ("in the morning", "아침에"),
+    ("yesterday", "어제"),
+    ("at night", "밤에"),
+    ("on Sunday", "일요일에"),
+];
+
+/// `sentences` random sentences as an English paragraph, a blank line, and the Korean paragraph.
+fn bilingual_paragraphs(rng: &mut ChaCha8Rng, sentences: std::ops::Range<usize>) -> String {
+    let count = rng.random_range(sentences);
+    let picks: Vec<[usize; 5]> = (0..count)
+        .map(|_| {
+            [
+                rng.random_range(0..SUBJECTS.len()),
+                rng.random_range(0..VERBS.len()),
+                rng.random_range(0..OBJECTS.len()),
+                rng.random_range(0..PLACES.len()),
+                rng.random_range(0..TIMES.len()),
+            ]
+        })
+        .collect();
+    let english: Vec<String> = picks
+        .iter()
+        .map(|&[s, v, o, p, t]| {
+            format!(
+                "{} {} {} {} {}.",
+                SUBJECTS[s].0, VERBS[v].0, OBJECTS[o].0, PLACES[p].0, TIMES[t].0
+            )
+        })
+        .collect();
+    let korean: Vec<String> = picks
+        .iter()
+        .map(|&[s, v, o, p, t]| {
+            format!(
+                "{} {} {} {} {}.",
+                SUBJECTS[s].1, TIMES[t].1, PLACES[p].1, OBJECTS[o].1, VERBS[v].1
+            )
+        })
+        .collect();
+    format!("{}\n\n{}", english.join(" "), korean.join(" "))
+}
+
+const NAMES: [&str; 8] = [
+    "Minji", "Jisoo", "Alex", "Hana", "Taeyang", "Sam", "Yuna", "Noah",
+];
+
+fn long_context_document(rng: &mut ChaCha8Rng) -> String {
+    let name = *pick(rng, &NAMES);
+    let number = rng.random_range(1000..10000);
+    let fact = format!("The secret number of {name} is {number}.");
+    let filler: Vec<String> = (0..rng.random_range(3..7))
+        .map(|_| bilingual_paragraphs(rng, 2..4))
+        .collect();
+    let at = rng.random_range(0..=filler.len());
+    let mut parts = filler;
+    parts.insert(at, fact);
+    parts.push(format!(
+        "Question: What is the secret number of {name}? Answer: {number}."
+    ));
+    parts.join("\n\n")
+}
+
+/// One arithmetic problem: its statement, the think-trace steps, and the result.
+fn arithmetic(rng: &mut ChaCha8Rng) -> (String, Vec<String>, i64) {
+    let a = rng.random_range(2..50i64);
+    let b = rng.random_range(2..10i64);
+    let c = rng.random_range(2..10i64);
+    let bc = b * c;
+    if rng.random_bool(0.5) {
+        let r = a + bc;
+        (
+            format!("{a} + {b} * {c}"),
+            vec![format!("{b} * {c} = {bc}."), format!("{a} + {bc} = {r}.")],
+            r,
+        )
+    } else {
+        let r = bc - a;
+        (
+            format!("{b} * {c} - {a}"),
+            vec![format!("{b} * {c} = {bc}."), format!("{bc} - {a} = {r}.")],
+            r,
+        )
+    }
+}
+
+fn think_block(steps: &[String]) -> Vec<u32> {
+    let mut tokens = vec![ByteVocab::THINK];
+    for (i, step) in steps.iter().enumerate() {
+        tokens.extend(ByteVocab::encode(&format!("\nStep {}: {step}", i + 1)));
+    }
+    tokens.extend(ByteVocab::encode("\n"));
+    tokens.push(ByteVocab::THINK_END);
+    tokens
+}
+
+fn reasoning_document(rng: &mut ChaCha8Rng) -> SyntheticDocument {
+    let (problem, steps, result) = arithmetic(rng);
+    let korean = rng.random_bool(0.5);
+    let mut tokens = ByteVocab::encode(&if korean {
+        format!("문제: {problem} 를 계산하시오.\n")
+    } else {
+        format!("Problem: compute {problem}.\n")
+    });
+    tokens.extend(think_block(&steps));
+    tokens.extend(ByteVocab::encode(&if korean {
+        format!("\n답: {result}")
+    } else {
+        format!("\nAnswer: {result}")
+    }));
+    SyntheticDocument {
+        tokens,
+        spans: Vec::new(),
+    }
+}
+
+const COLORS: [(&str, &str, &str, &str); 5] = [
+    ("the sky", "blue", "하늘", "파란색"),
+    ("grass", "green", "잔디", "초록색"),
+    ("snow", "white", "눈", "흰색"),
+    ("a banana", "yellow", "바나나", "노란색"),
+    ("coal", "black", "석탄", "검은색"),
+];
+
+/// A question and the assistant's answer (think block first: filled or empty).
+fn chat_turn(rng: &mut ChaCha8Rng) -> (String, Vec<u32>) {
+    if rng.random_bool(0.5) {
+        let (problem, steps, result) = arithmetic(rng);
+        let mut answer = think_block(&steps);
+        answer.extend(ByteVocab::encode(&format!("\nThe answer is {result}.")));
+        (format!("What is {problem}?"), answer)
+    } else {
+        let (thing, color, thing_ko, color_ko) = *pick(rng, &COLORS);
+        let mut answer = vec![ByteVocab::THINK, ByteVocab::THINK_END];
+        if rng.random_bool(0.5) {
+            answer.extend(ByteVocab::encode(&format!(
+                "\n{thing_ko}은(는) {color_ko}입니다."
+            )));
+            (format!("{thing_ko}은(는) 무슨 색인가요?"), answer)
+        } else {
+            answer.extend(ByteVocab::encode(&format!(
+                "\nThe color of {thing} is {color}."
+            )));
+            (format!("What color is {thing}?"), answer)
+        }
+    }
+}
+
+/// One or two exchanges in the chat template; each assistant turn, its closing `<|EOT|>`
+/// included, is a loss-mask span (the packer adds no second EOS after it).
+fn chat_document(rng: &mut ChaCha8Rng) -> SyntheticDocument {
+    let mut tokens = Vec::new();
+    let mut spans = Vec::new();
+    let turns = rng.random_range(1..3);
+    for _ in 0..turns {
+        let (question, answer) = chat_turn(rng);
+        tokens.push(ByteVocab::BOT);
+        tokens.extend(ByteVocab::encode(&format!("user\n{question}")));
+        tokens.push(ByteVocab::EOT);
+        tokens.push(ByteVocab::BOT);
+        tokens.extend(ByteVocab::encode("assistant\n"));
+        let start = tokens.len() as u32;
+        tokens.extend(answer);
+        tokens.push(ByteVocab::EOT);
+        spans.push((start, tokens.len() as u32));
+    }
+    SyntheticDocument { tokens, spans }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: SyntheticKind) -> SyntheticSpec {
+        SyntheticSpec {
+            kind,
+            documents: 20,
+            seed: 5,
+        }
+    }
+
+    #[test]
+    fn generation_is_deterministic_and_seeded() {
+        for kind in [
+            SyntheticKind::BilingualProse,
+            SyntheticKind::LongContext,
+            SyntheticKind::Reasoning,
+            SyntheticKind::Chat,
+        ] {
+            assert_eq!(generate(&spec(kind)), generate(&spec(kind)));
+            assert_ne!(
+                generate(&spec(kind)),
+                generate(&SyntheticSpec {
+                    seed: 6,
+                    ..spec(kind)
+                })
+            );
+            for doc in generate(&spec(kind)) {
+                assert!(doc.tokens.iter().all(|&t| t < ByteVocab::SIZE));
+                assert!(!doc.tokens.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn prose_is_bilingual() {
+        let text = ByteVocab::decode(&generate(&spec(SyntheticKind::BilingualProse))[0].tokens);
+        assert!(!text.is_ascii() && text.contains(". "), "{text}");
+        let (english, korean) = text.split_once("\n\n").unwrap();
+        assert!(english.is_ascii());
+        assert!(korean.chars().any(|c| ('가'..='힣').contains(&c)));
+    }
+
+    #[test]
+    fn long_context_asks_about_its_fact() {
+        for doc in generate(&spec(SyntheticKind::LongContext)) {
+            let text = ByteVocab::decode(&doc.tokens);
+            let question = text.rsplit("\n\n").next().unwrap();
+            let name = question
+                .split("secret number of ")
+                .nth(1)
+                .unwrap()
+                .split('?')
+                .next()
+                .unwrap();
+            let answer = question
+                .split("Answer: ")
+                .nth(1)
+                .unwrap()
+                .trim_end_matches('.');
+            assert!(
+                text.contains(&format!("The secret number of {name} is {answer}.")),
+                "{text}"
+            );
+            assert!(text.len() > 300);
+        }
+    }
+
+    #[test]
+    fn reasoning_traces_are_correct_arithmetic() {
+        for doc in generate(&spec(SyntheticKind::Reasoning)) {
+            assert_eq!(
+                doc.tokens
+                    .iter()
+                    .filter(|&&t| t == ByteVocab::THINK)
+                    .count(),
+                1
+            );
+            let text = ByteVocab::decode(&doc.tokens);
+            for step in text.lines().filter(|l| l.starts_with("Step")) {
+                let expr = step.split(": ").nth(1).unwrap().trim_end_matches('.');
+                let (lhs, rhs) = expr.split_once(" = ").unwrap();
+                let parts: Vec<&str> = lhs.split(' ').collect();
+                let (x, y): (i64, i64) = (parts[0].parse().unwrap(), parts[2].parse().unwrap());
+                let value = match parts[1] {
+                    "+" => x + y,
+                    "-" => x - y,
+                    "*" => x * y,
+                    op => panic!("{op}"),
+                };
+                assert_eq!(value.to_string(), rhs, "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn chat_spans_cover_exactly_the_assistant_turns() {
+        for doc in generate(&spec(SyntheticKind::Chat)) {
+            assert!(!doc.spans.is_empty());
+            for &(start, end) in &doc.spans {
+                let before = ByteVocab::decode(&doc.tokens[..start as usize]);
+                assert!(before.ends_with("<|BOT|>assistant\n"), "{before}");
+                let inside = ByteVocab::decode(&doc.tokens[start as usize..end as usize]);
+                assert!(
+                    inside.starts_with("<think>") && !inside.contains("user"),
+                    "{inside}"
+                );
+            }
+            assert_eq!(
+                doc.spans.last().unwrap().1 as usize,
+                doc.tokens.len(),
+                "final turn runs to the end"
+            );
+        }
+    }
+
+    #[test]
+    fn ensure_writes_shards_and_caches() {
+        let base = std::env::var_os("TEST_TMPDIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base
+            .join(format!("kormo-synth-{}", std::process::id()))
+            .join("chat");
+        let _ = std::fs::remove_dir_all(&dir);
+        let spec = spec(SyntheticKind::Chat);
+        assert!(ensure(&dir, &spec).unwrap());
+        assert!(
+            !ensure(&dir, &spec).unwrap(),
+            "second call reuses the cache"
+        );
+        let manifest = Manifest::load(dir.join(MANIFEST_FILE)).unwrap();
+        let shards = manifest.open_shards(&dir).unwrap();
+        assert_eq!(shards[0].num_documents(), 20);
+        let expected = generate(&spec);
+        let doc = shards[0].document(3).unwrap();
+        assert_eq!(doc.tokens, &expected[3].tokens[..]);
+        let spans: Vec<(u32, u32)> = doc
+            .loss_mask_spans
+            .iter()
+            .map(|s| (s.start, s.end))
+            .collect();
+        assert_eq!(spans, expected[3].spans);
+        assert!(
+            ensure(
+                &dir,
+                &SyntheticSpec {
+                    documents: 21,
+                    ..spec
+                }
+            )
+            .unwrap(),
+            "changed spec regenerates"
+        );
+        std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
+        assert!(
+            ensure(
+                &dir,
+                &SyntheticSpec {
+                    documents: 21,
+                    ..spec
+                }
+            )
+            .unwrap(),
+            "missing manifest regenerates"
+        );
+    }
+}

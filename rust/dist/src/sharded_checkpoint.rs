@@ -1,0 +1,376 @@
+//! Sharded checkpoints: every shard-owning rank writes its own file, and any shard count can
+//! read them back (resharding) or merge them into a single-process checkpoint.
+//!
+//! Directory layout:
+//! ```text
+//! sharded.json                         format version, shard count, units (tensor names,
+//!                                      shapes, offsets in the unit's flat vector), RunState
+//! shard-RRRRR-of-SSSSS.safetensors     for each unit U: `U.param`, `U.exp_avg`, `U.exp_avg_sq`
+//!                                      (the rank's unpadded range of the flat vector) + `step`
+//! ```
+//! Shard rank r of S always owns `ShardRange::of(numel, r, S)` (see [`crate::shard`]), so the
+//! metadata need not list ranges. Writes are atomic per file (temp name, fsync, rename);
+//! `sharded.json` is removed before and written after all shards (with barriers between), so
+//! it exists only when every shard of that save is complete. With hybrid sharding only the
+//! first replica group writes. [`ShardedCheckpoint::consolidate`] writes the single-process
+//! format of kormo-train (`model.safetensors` with full tensors, `optimizer.safetensors` with
+//! `<name>.exp_avg`, `<name>.exp_avg_sq` and `step`) through kormo-checkpoint.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kormo_checkpoint::{CheckpointError, Manifest, RunState, SafetensorsFile, Tensor};
+use kormo_model::Ops;
+use serde::{Deserialize, Serialize};
+
+use crate::comm::{Collectives, HostTransport};
+use crate::error::DistError;
+use crate::fsdp::FsdpRank;
+use crate::shard::ShardRange;
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const META_FILE: &str = "sharded.json";
+/// File names of the single-process checkpoint (as kormo-train writes them).
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+
+const KINDS: [&str; 3] = ["param", "exp_avg", "exp_avg_sq"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorMeta {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitMeta {
+    pub name: String,
+    pub numel: usize,
+    pub tensors: Vec<TensorMeta>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardedMeta {
+    pub format_version: u32,
+    pub shard_count: usize,
+    pub units: Vec<UnitMeta>,
+    pub run: RunState,
+}
+
+pub fn shard_file_name(rank: usize, count: usize) -> String {
+    format!("shard-{rank:05}-of-{count:05}.safetensors")
+}
+
+fn unit_metas<O: Ops>(rank: &FsdpRank<O>) -> Vec<UnitMeta> {
+    let specs = rank.param_specs();
+    rank.units()
+        .iter()
+        .map(|u| UnitMeta {
+            name: u.name.clone(),
+            numel: u.numel,
+            tensors: u
+                .tensors
+                .iter()
+                .zip(&u.offsets)
+                .map(|(&t, &offset)| TensorMeta {
+                    name: specs[t].name.clone(),
+                    shape: specs[t].shape.clone(),
+                    offset,
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+fn io_error(path: &Path, what: &str, e: std::io::Error) -> DistError {
+    DistError::Checkpoint(CheckpointError::new(path, format!("{what}: {e}")))
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory, fsync, rename.
+fn write_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), DistError>,
+) -> Result<(), DistError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = path.with_file_name(format!(".tmp-{name}-{}", std::process::id()));
+    write(&temp)?;
+    std::fs::rename(&temp, path).map_err(|e| io_error(path, "cannot rename into place", e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, "cannot fsync directory", e))
+}
+
+/// Runs `work` on every rank and fails on all ranks if it failed on any (naming the ranks), so
+/// a rank whose disk write failed cannot leave the others waiting at the next barrier.
+fn all_or_nothing(
+    world: &dyn HostTransport,
+    what: &str,
+    result: Result<(), DistError>,
+) -> Result<(), DistError> {
+    let mut failed = vec![0.0; world.world_size()];
+    failed[world.rank()] = if result.is_err() { 1.0 } else { 0.0 };
+    world.all_reduce_scalars(&mut failed)?;
+    result?;
+    let bad: Vec<String> = failed
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f > 0.0)
+        .map(|(r, _)| r.to_string())
+        .collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(DistError::Config(format!(
+            "{what} failed on rank {}",
+            bad.join(", rank ")
+        )))
+    }
+}
+
+/// Saves `rank`'s shards into `dir` (collective over the world).
+pub fn save<O: Ops>(rank: &FsdpRank<O>, dir: &Path, run: &RunState) -> Result<(), DistError> {
+    let world = rank.world();
+    let prepare = (|| {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_error(dir, "cannot create checkpoint directory", e))?;
+        if world.rank() == 0 {
+            match std::fs::remove_file(dir.join(META_FILE)) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error(
+                    &dir.join(META_FILE),
+                    "cannot remove old metadata",
+                    e,
+                )),
+            }
+        } else {
+            Ok(())
+        }
+    })();
+    all_or_nothing(world, "preparing the checkpoint directory", prepare)?;
+
+    let group = rank.shard_group();
+    let written = if rank.replica_rank() == 0 {
+        let (exp_avg, exp_avg_sq) = rank.moment_shards();
+        let mut tensors = Vec::new();
+        for (u, unit) in rank.units().iter().enumerate() {
+            for (kind, values) in KINDS
+                .iter()
+                .zip([&rank.shards()[u], &exp_avg[u], &exp_avg_sq[u]])
+            {
+                tensors.push(Tensor::f32(
+                    format!("{}.{kind}", unit.name),
+                    vec![values.len()],
+                    values,
+                ));
+            }
+        }
+        tensors.push(Tensor::u64("step", vec![1], &[rank.adamw().step_count()]));
+        let metadata = BTreeMap::from([
+            ("shard_rank".to_string(), group.rank().to_string()),
+            ("shard_count".to_string(), group.world_size().to_string()),
+        ]);
+        let path = dir.join(shard_file_name(group.rank(), group.world_size()));
+        write_atomic(&path, |temp| {
+            Ok(kormo_checkpoint::safetensors::write(
+                temp, &tensors, &metadata,
+            )?)
+        })
+    } else {
+        Ok(())
+    };
+    all_or_nothing(world, "writing checkpoint shards", written)?;
+
+    let meta_written = if world.rank() == 0 {
+        let meta = ShardedMeta {
+            format_version: FORMAT_VERSION,
+            shard_count: group.world_size(),
+            units: unit_metas(rank),
+            run: run.clone(),
+        };
+        let path = dir.join(META_FILE);
+        write_atomic(&path, |temp| {
+            use std::io::Write;
+            let text = serde_json::to_string_pretty(&meta).expect("metadata serialises");
+            let mut file =
+                std::fs::File::create(temp).map_err(|e| io_error(temp, "cannot create", e))?;
+            file.write_all(text.as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| io_error(temp, "cannot write", e))
+        })
+    } else {
+        Ok(())
+    };
+    all_or_nothing(world, "writing checkpoint metadata", meta_written)
+}
+
+/// A sharded checkpoint opened for reading; shard files are read when first needed.
+pub struct ShardedCheckpoint {
+    dir: PathBuf,
+    meta: ShardedMeta,
+    files: RefCell<BTreeMap<usize, SafetensorsFile>>,
+}
+
+impl ShardedCheckpoint {
+    pub fn open(dir: &Path) -> Result<ShardedCheckpoint, DistError> {
+        let path = dir.join(META_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            io_error(
+                &path,
+                "cannot read sharded checkpoint metadata (missing if the save did not complete)",
+                e,
+            )
+        })?;
+        let meta: ShardedMeta = serde_json::from_str(&text).map_err(|e| {
+            DistError::Checkpoint(CheckpointError::new(&path, format!("bad metadata: {e}")))
+        })?;
+        if meta.format_version != FORMAT_VERSION {
+            return Err(DistError::Checkpoint(CheckpointError::new(
+                &path,
+                format!(
+                    "format_version {} is not the supported {FORMAT_VERSION}",
+                    meta.format_version
+                ),
+            )));
+        }
+        if meta.shard_count == 0 {
+            return Err(DistError::Checkpoint(CheckpointError::new(
+                &path,
+                "shard_count must be at least 1",
+            )));
+        }
+        Ok(ShardedCheckpoint {
+            dir: dir.to_path_buf(),
+            meta,
+            files: RefCell::new(BTreeMap::new()),
+        })
+    }
+
+    pub fn meta(&self) -> &ShardedMeta {
+        &self.meta
+    }
+
+    /// Elements `[start, end)` of unit `u`'s flat `kind` vector, read from the shards that hold them.
+    fn read_range(
+        &self,
+        u: usize,
+        kind: &str,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<f32>, DistError> {
+        let unit = &self.meta.units[u];
+        let count = self.meta.shard_count;
+        let mut out = Vec::with_capacity(end - start);
+        for shard in 0..count {
+            let range = ShardRange::of(unit.numel, shard, count);
+            let (lo, hi) = (range.start.max(start), range.end.min(end));
+            if lo >= hi {
+                continue;
+            }
+            let mut files = self.files.borrow_mut();
+            let file = match files.entry(shard) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(SafetensorsFile::read(
+                    &self.dir.join(shard_file_name(shard, count)),
+                )?),
+            };
+            let values = file.f32(&format!("{}.{kind}", unit.name), Some(&[range.len()]))?;
+            out.extend_from_slice(&values[lo - range.start..hi - range.start]);
+        }
+        Ok(out)
+    }
+
+    /// The AdamW step count, which every shard must agree on.
+    fn step(&self) -> Result<u64, DistError> {
+        let count = self.meta.shard_count;
+        let mut step = None;
+        for shard in 0..count {
+            let path = self.dir.join(shard_file_name(shard, count));
+            let value = SafetensorsFile::read(&path)?.u64("step", Some(&[1]))?[0];
+            if step.is_some_and(|s| s != value) {
+                return Err(DistError::Checkpoint(CheckpointError::new(
+                    &path,
+                    format!("step {value} differs from shard 0's {}", step.unwrap_or(0)),
+                )));
+            }
+            step = Some(value);
+        }
+        Ok(step.expect("shard_count >= 1"))
+    }
+
+    /// Loads this rank's shards (any shard count) into `rank` and returns the run state.
+    pub fn restore<O: Ops>(&self, rank: &mut FsdpRank<O>) -> Result<RunState, DistError> {
+        let expected = unit_metas(rank);
+        let meta_path = self.dir.join(META_FILE);
+        if expected.len() != self.meta.units.len() {
+            return Err(DistError::Checkpoint(CheckpointError::new(
+                &meta_path,
+                format!(
+                    "{} units, but the model has {}",
+                    self.meta.units.len(),
+                    expected.len()
+                ),
+            )));
+        }
+        for (want, have) in expected.iter().zip(&self.meta.units) {
+            if want != have {
+                return Err(DistError::Checkpoint(CheckpointError::new(&meta_path, format!(
+                    "unit `{}` ({} elements) does not match the model's unit `{}` ({} elements, tensors {:?})",
+                    have.name, have.numel, want.name, want.numel,
+                    want.tensors.iter().map(|t| &t.name).collect::<Vec<_>>()
+                ))));
+            }
+        }
+        let mut loaded: [Vec<Vec<f32>>; 3] = Default::default();
+        for (u, range) in rank.ranges().to_vec().into_iter().enumerate() {
+            for (k, kind) in KINDS.iter().enumerate() {
+                loaded[k].push(self.read_range(u, kind, range.start, range.end)?);
+            }
+        }
+        let [params, exp_avg, exp_avg_sq] = loaded;
+        rank.load_shards(params, &exp_avg, &exp_avg_sq, self.step()?)?;
+        Ok(self.meta.run.clone())
+    }
+
+    /// Writes the single-process checkpoint (full tensors and moments) to `target`.
+    pub fn consolidate(&self, target: &Path) -> Result<Manifest, DistError> {
+        let mut model = Vec::new();
+        let mut optimizer = Vec::new();
+        for (u, unit) in self.meta.units.iter().enumerate() {
+            let [params, exp_avg, exp_avg_sq] =
+                [0, 1, 2].map(|k| self.read_range(u, KINDS[k], 0, unit.numel));
+            let (params, exp_avg, exp_avg_sq) = (params?, exp_avg?, exp_avg_sq?);
+            for t in &unit.tensors {
+                let n: usize = t.shape.iter().product();
+                let span = t.offset..t.offset + n;
+                model.push(Tensor::f32(
+                    t.name.clone(),
+                    t.shape.clone(),
+                    &params[span.clone()],
+                ));
+                optimizer.push(Tensor::f32(
+                    format!("{}.exp_avg", t.name),
+                    vec![n],
+                    &exp_avg[span.clone()],
+                ));
+                optimizer.push(Tensor::f32(
+                    format!("{}.exp_avg_sq", t.name),
+                    vec![n],
+                    &exp_avg_sq[span],
+                ));
+            }
+        }
+        optimizer.push(Tensor::u64("step", vec![1], &[self.step()?]));
+        Ok(kormo_checkpoint::save(
+            target,
+            self.meta.run.clone(),
+            &[(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)],
+        )?)
+    }
+}

@@ -1,0 +1,90 @@
+//! An exported model's logits from an independent implementation: tests/numpy_reference/
+//! llama_ref.py (own safetensors parser, float64 NumPy Llama forward) against kormo's CPU
+//! forward pass, for both flavours and a sharded bf16 export. Reports "skipped" when python3
+//! or NumPy is missing (CI installs NumPy).
+
+mod common;
+
+use common::{random_weights, scratch, small_config};
+use kormo_cpu::CpuOps;
+use kormo_hf::Weights;
+use kormo_hf::vocab::{byte_tokenizer, ModelTokenizer, TokenizerSource};
+use kormo_hf::{export_folder, load_hf_folder, ExportDtype, ExportOptions, Flavor};
+use std::path::Path;
+use std::process::Command;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/numpy_reference/llama_ref.py");
+
+/// Logits from the NumPy reference, or None (with the reason printed) when it cannot run.
+fn numpy_logits(dir: &Path, tokens: &[u32]) -> Option<Vec<f64>> {
+    let out = dir.join("reference.f64");
+    let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+    let result = match Command::new("python3").arg(SCRIPT).arg(dir).arg(ids.join(",")).arg(&out).output() {
+        Ok(result) => result,
+        Err(e) => {
+            println!("skipped: python3 not available ({e})");
+            return None;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    if result.status.code() == Some(3) {
+        println!("{}", stderr.trim());
+        return None;
+    }
+    assert!(result.status.success(), "llama_ref.py failed: {stderr}");
+    let bytes = std::fs::read(&out).unwrap();
+    Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+}
+
+/// Logits of `tokens` (one sequence) from kormo's own forward pass on the CPU backend.
+fn kormo_logits(weights: &Weights, tokens: &[u32]) -> Vec<f32> {
+    let mut model = weights.to_model(CpuOps::<f32>::with_threads(2), std::path::Path::new("test")).unwrap();
+    let n = tokens.len();
+    let batch = kormo_model::Batch {
+        tokens: tokens.to_vec(),
+        targets: vec![0; n],
+        loss_weights: vec![0.0; n],
+        doc_ids: vec![0; n],
+        positions: (0..n as u32).collect(),
+        batch_size: 1,
+        seq_len: n,
+    };
+    model.forward(&batch).unwrap()
+}
+
+#[test]
+fn exported_logits_match_an_independent_numpy_forward() {
+    let tokens: Vec<u32> = vec![3, 17, 42, 5, 79, 0, 42, 42, 11, 64, 2, 33];
+    let tokenizer = ModelTokenizer { tokenizer: byte_tokenizer(), source: TokenizerSource::ByteVocab };
+    let mut config = small_config();
+    config.vocab = 384; // the byte vocabulary's tokenizer goes with the export
+    let weights = random_weights(&config, 11);
+    let mut tied_config = config.clone();
+    tied_config.tie_embeddings = true;
+    let tied = random_weights(&tied_config, 12);
+    let cases = [
+        (&weights, Flavor::Llama, ExportDtype::F32, u64::MAX),
+        (&weights, Flavor::Kormo, ExportDtype::F32, u64::MAX),
+        (&weights, Flavor::Llama, ExportDtype::BF16, 30_000),
+        (&tied, Flavor::Kormo, ExportDtype::F32, u64::MAX),
+    ];
+    for (case, (weights, flavor, dtype, max_shard_bytes)) in cases.into_iter().enumerate() {
+        let dir = scratch(&format!("numpy-{case}"));
+        let opts = ExportOptions { flavor, dtype, max_shard_bytes, ..ExportOptions::default() };
+        export_folder(weights, &tokenizer, &dir, &opts).unwrap();
+        // kormo computes with what the folder holds (bf16-rounded for a bf16 export).
+        let ours = kormo_logits(&load_hf_folder(&dir).unwrap(), &tokens);
+        let Some(reference) = numpy_logits(&dir, &tokens) else {
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        };
+        assert_eq!(reference.len(), ours.len());
+        let max_abs = reference.iter().fold(0f64, |m, &x| m.max(x.abs()));
+        assert!(max_abs > 0.5, "logits too small to be a meaningful check: {max_abs}");
+        let worst = ours.iter().zip(&reference).map(|(&a, &b)| (a as f64 - b).abs()).fold(0f64, f64::max);
+        let tie = weights.config.tie_embeddings;
+        println!("{flavor:?} {dtype:?} tied {tie}: max |kormo - numpy| = {worst:.2e} (logits up to {max_abs:.2})");
+        assert!(worst < 1e-4, "{flavor:?} {dtype:?}: logits differ by {worst}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,221 @@
+//! Architecture hyperparameters of a KORMo-style decoder and the named presets.
+//!
+//! The config describes only the network (shapes, norm epsilon, RoPE base); training
+//! hyperparameters live in the recipe. Field names are short and stable because recipes
+//! (`configs/*.toml`) spell them; unknown keys are rejected so a typo cannot silently fall back
+//! to a default.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+fn default_rms_eps() -> f32 {
+    1e-5
+}
+
+fn default_rope_theta() -> f32 {
+    500_000.0
+}
+
+/// Decoder shape. Pre-norm RMSNorm, GQA attention with RoPE on q and k, SwiGLU FFN, final norm,
+/// untied LM head unless `tie_embeddings`, no biases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Residual stream width.
+    pub hidden: usize,
+    /// Number of decoder layers.
+    pub layers: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (GQA); must divide `heads`.
+    pub kv_heads: usize,
+    /// Per-head width; RoPE rotates pairs, so it must be even.
+    pub head_dim: usize,
+    /// SwiGLU intermediate width.
+    pub ffn: usize,
+    /// Embedding rows / logits width.
+    pub vocab: usize,
+    /// RMSNorm epsilon (KORMo: 1e-5).
+    #[serde(default = "default_rms_eps")]
+    pub rms_eps: f32,
+    /// RoPE base (KORMo: 500000, no scaling).
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f32,
+    /// Share the embedding matrix with the LM head (KORMo: false).
+    #[serde(default)]
+    pub tie_embeddings: bool,
+}
+
+impl ModelConfig {
+    /// KORMo-10.8B exactly as released: 10,756,624,384 parameters.
+    pub fn kormo_10_8b() -> Self {
+        ModelConfig {
+            hidden: 4096,
+            layers: 40,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            ffn: 16384,
+            vocab: 125_184,
+            rms_eps: 1e-5,
+            rope_theta: 500_000.0,
+            tie_embeddings: false,
+        }
+    }
+
+    /// A ~1B-parameter proxy for ablations, in the spirit of the paper's 1B proxies (whose exact
+    /// shape was not published). It keeps every ratio of the 10.8B model — head dim 128, 4:1 GQA,
+    /// FFN = 4 x hidden, the full 125,184-token untied vocabulary — and scales width and depth:
+    /// hidden 1536, 18 layers, 12 query / 3 KV heads, FFN 6144. Parameter count 1,000,398,336
+    /// (384,565,248 of them in embedding + head).
+    pub fn proxy_1b() -> Self {
+        ModelConfig {
+            hidden: 1536,
+            layers: 18,
+            heads: 12,
+            kv_heads: 3,
+            head_dim: 128,
+            ffn: 6144,
+            vocab: 125_184,
+            rms_eps: 1e-5,
+            rope_theta: 500_000.0,
+            tie_embeddings: false,
+        }
+    }
+
+    /// A CPU-sized model for demos and CI: hidden 128, 4 layers, 4 query / 2 KV heads of 32,
+    /// FFN 384 (SwiGLU's usual ~8/3 x hidden rounded to a multiple of 128), vocab 384 (256 bytes +
+    /// specials, padded to a multiple of 128). Recipes override `vocab` for their tokenizer via
+    /// [`ModelConfig::with_vocab`]. About 0.89M parameters.
+    pub fn tiny() -> Self {
+        ModelConfig {
+            hidden: 128,
+            layers: 4,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+            ffn: 384,
+            vocab: 384,
+            rms_eps: 1e-5,
+            rope_theta: 500_000.0,
+            tie_embeddings: false,
+        }
+    }
+
+    /// Looks a preset up by the name recipes use: `kormo-10.8b`, `proxy-1b`, `tiny`.
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "kormo-10.8b" => Some(Self::kormo_10_8b()),
+            "proxy-1b" => Some(Self::proxy_1b()),
+            "tiny" => Some(Self::tiny()),
+            _ => None,
+        }
+    }
+
+    /// The same architecture with another vocabulary size.
+    pub fn with_vocab(mut self, vocab: usize) -> Self {
+        self.vocab = vocab;
+        self
+    }
+
+    /// Width of all query heads together (`heads * head_dim`).
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together (`kv_heads * head_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// Total number of parameters (sum over [`crate::params::layout`]).
+    pub fn param_count(&self) -> u64 {
+        crate::params::layout(self).iter().map(|p| p.numel() as u64).sum()
+    }
+
+    /// Checks that the shapes are usable; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let positive = [
+            ("hidden", self.hidden),
+            ("layers", self.layers),
+            ("heads", self.heads),
+            ("kv_heads", self.kv_heads),
+            ("head_dim", self.head_dim),
+            ("ffn", self.ffn),
+            ("vocab", self.vocab),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ModelError::Config { key, message: "must be at least 1".into() });
+            }
+        }
+        if !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(ModelError::Config {
+                key: "kv_heads",
+                message: format!("{} must divide heads = {}", self.kv_heads, self.heads),
+            });
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(ModelError::Config {
+                key: "head_dim",
+                message: format!("{} must be even (RoPE rotates pairs)", self.head_dim),
+            });
+        }
+        if self.vocab > u32::MAX as usize {
+            return Err(ModelError::Config {
+                key: "vocab",
+                message: format!("{} does not fit token ids of 32 bits", self.vocab),
+            });
+        }
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0) {
+            return Err(ModelError::Config {
+                key: "rms_eps",
+                message: format!("{} must be a positive finite number", self.rms_eps),
+            });
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
+            return Err(ModelError::Config {
+                key: "rope_theta",
+                message: format!("{} must be a finite number above 1", self.rope_theta),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kormo_10_8b_param_count_matches_release() {
+        assert_eq!(ModelConfig::kormo_10_8b().param_count(), 10_756_624_384);
+    }
+
+    #[test]
+    fn proxy_1b_param_count_is_documented_value() {
+        assert_eq!(ModelConfig::proxy_1b().param_count(), 1_000_398_336);
+    }
+
+    #[test]
+    fn presets_validate_and_resolve_by_name() {
+        for name in ["kormo-10.8b", "proxy-1b", "tiny"] {
+            ModelConfig::preset(name).unwrap().validate().unwrap();
+        }
+        assert!(ModelConfig::preset("gpt-5").is_none());
+    }
+
+    #[test]
+    fn validate_names_the_bad_key() {
+        let mut cfg = ModelConfig::tiny();
+        cfg.kv_heads = 3;
+        match cfg.validate() {
+            Err(ModelError::Config { key, .. }) => assert_eq!(key, "kv_heads"),
+            other => panic!("expected a kv_heads error, got {other:?}"),
+        }
+        let mut cfg = ModelConfig::tiny();
+        cfg.head_dim = 31;
+        assert!(cfg.validate().unwrap_err().to_string().contains("head_dim"));
+    }
+}

@@ -1,0 +1,508 @@
+//! The KORMo decoder: forward and hand-written backward over any [`Ops`] backend.
+//!
+//! Per layer (pre-norm): `a = RMSNorm(x)`, `q,k,v = a Wq^T, a Wk^T, a Wv^T`, RoPE on q and k,
+//! causal same-document GQA attention, `x' = x + attn Wo^T`; `m = RMSNorm(x')`,
+//! `x'' = x' + (silu(m Wg^T) * m Wu^T) Wd^T`. After the last layer a final RMSNorm and the LM head.
+//!
+//! Every activation that backward needs is kept per layer in a workspace that is allocated once
+//! per batch shape and reused, so steady-state training allocates nothing on the backend.
+//! Residual additions are fused into the projections (`matmul` with `accumulate`), and the
+//! backward pass carries one residual-stream gradient that RMSNorm backward adds into.
+//!
+//! The passes run unit by unit ([`crate::params::Unit`]: embedding, each layer, head), and the
+//! `*_with_hooks` entry points call [`UnitHooks`] around each unit so a sharded trainer can
+//! gather parameters just in time and reduce gradients as soon as a unit's backward is done.
+//!
+//! Gradient normalisation: [`Model::forward_backward`] adds `grad_scale * d(sum_t w_t loss_t)`
+//! to the gradient buffers. For the mean over one batch pass `1 / batch.loss_weight_sum()`;
+//! with gradient accumulation pass `1 / (sum of loss weights over all micro-batches of the
+//! step)` to every micro-batch (and over all data-parallel ranks when gradients are summed
+//! across them), so the accumulated gradient is the gradient of the step's mean loss no matter
+//! how tokens fall into micro-batches.
+
+use crate::batch::{Batch, LossSum};
+use crate::config::ModelConfig;
+use crate::error::ModelError;
+use crate::ops::{AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape};
+use crate::params::{self, LayerSlot, ParamSpec, Unit};
+
+/// What one layer's backward needs from its forward.
+struct LayerActivations<B> {
+    /// Residual stream entering the layer `[T, hidden]`.
+    x_in: B,
+    inv_rms_attn: B,
+    normed_attn: B,
+    /// q and k after RoPE.
+    q: B,
+    k: B,
+    v: B,
+    attn_out: B,
+    lse: B,
+    /// Residual stream after attention `[T, hidden]`.
+    x_mid: B,
+    inv_rms_mlp: B,
+    normed_mlp: B,
+    gate: B,
+    up: B,
+    swiglu: B,
+}
+
+/// Activations, batch inputs on the backend, and backward scratch for one batch shape.
+struct Workspace<O: Ops> {
+    batch_size: usize,
+    seq_len: usize,
+    tokens: O::IdxBuf,
+    targets: O::IdxBuf,
+    doc_ids: O::IdxBuf,
+    positions: O::IdxBuf,
+    loss_weights: O::Buf,
+    layers: Vec<LayerActivations<O::Buf>>,
+    x_out: O::Buf,
+    inv_rms_final: O::Buf,
+    normed_final: O::Buf,
+    /// Logits, overwritten by their gradient in `forward_backward`.
+    logits: O::Buf,
+    losses: O::Buf,
+    d_resid: O::Buf,
+    d_normed: O::Buf,
+    d_ffn: O::Buf,
+    d_gate: O::Buf,
+    d_up: O::Buf,
+    d_attn: O::Buf,
+    d_q: O::Buf,
+    d_k: O::Buf,
+    d_v: O::Buf,
+}
+
+impl<O: Ops> Workspace<O> {
+    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize) -> Self {
+        let t = batch_size * seq_len;
+        let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+        let layers = (0..cfg.layers)
+            .map(|_| LayerActivations {
+                x_in: ops.zeros(t * h),
+                inv_rms_attn: ops.zeros(t),
+                normed_attn: ops.zeros(t * h),
+                q: ops.zeros(t * q),
+                k: ops.zeros(t * kv),
+                v: ops.zeros(t * kv),
+                attn_out: ops.zeros(t * q),
+                lse: ops.zeros(t * cfg.heads),
+                x_mid: ops.zeros(t * h),
+                inv_rms_mlp: ops.zeros(t),
+                normed_mlp: ops.zeros(t * h),
+                gate: ops.zeros(t * f),
+                up: ops.zeros(t * f),
+                swiglu: ops.zeros(t * f),
+            })
+            .collect();
+        let zero_ids = vec![0u32; t];
+        Workspace {
+            batch_size,
+            seq_len,
+            tokens: ops.upload_idx(&zero_ids),
+            targets: ops.upload_idx(&zero_ids),
+            doc_ids: ops.upload_idx(&zero_ids),
+            positions: ops.upload_idx(&zero_ids),
+            loss_weights: ops.zeros(t),
+            layers,
+            x_out: ops.zeros(t * h),
+            inv_rms_final: ops.zeros(t),
+            normed_final: ops.zeros(t * h),
+            logits: ops.zeros(t * cfg.vocab),
+            losses: ops.zeros(t),
+            d_resid: ops.zeros(t * h),
+            d_normed: ops.zeros(t * h),
+            d_ffn: ops.zeros(t * f),
+            d_gate: ops.zeros(t * f),
+            d_up: ops.zeros(t * f),
+            d_attn: ops.zeros(t * q),
+            d_q: ops.zeros(t * q),
+            d_k: ops.zeros(t * kv),
+            d_v: ops.zeros(t * kv),
+        }
+    }
+}
+
+/// A decoder with its parameters and gradient accumulators on backend `O`.
+pub struct Model<O: Ops> {
+    config: ModelConfig,
+    ops: O,
+    specs: Vec<ParamSpec>,
+    params: Vec<O::Buf>,
+    grads: Vec<O::Buf>,
+    z_loss: f32,
+    workspace: Option<Workspace<O>>,
+}
+
+impl<O: Ops> Model<O> {
+    /// Builds a model with KORMo's initialisation for `seed` (see [`params::init_tensor`]) and
+    /// zeroed gradients. Fails if the config is invalid.
+    pub fn new(config: ModelConfig, ops: O, seed: u64) -> Result<Self, ModelError> {
+        config.validate()?;
+        let specs = params::layout(&config);
+        let mut host = Vec::new();
+        let mut params = Vec::with_capacity(specs.len());
+        let mut grads = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            host.resize(spec.numel(), 0.0);
+            params::init_tensor(spec, index, seed, &mut host);
+            params.push(ops.upload(&host));
+            grads.push(ops.zeros(spec.numel()));
+        }
+        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, workspace: None })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn ops(&self) -> &O {
+        &self.ops
+    }
+
+    /// Parameter tensors in canonical order (same order as [`Model::params`]).
+    pub fn param_specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Parameter buffers in canonical order.
+    pub fn params(&self) -> &[O::Buf] {
+        &self.params
+    }
+
+    /// Mutable parameter buffers (an optimizer working on the backend writes here).
+    pub fn params_mut(&mut self) -> &mut [O::Buf] {
+        &mut self.params
+    }
+
+    /// Gradient buffers in canonical order.
+    pub fn grads(&self) -> &[O::Buf] {
+        &self.grads
+    }
+
+    /// Mutable gradient buffers (for clipping or cross-rank reduction in place).
+    pub fn grads_mut(&mut self) -> &mut [O::Buf] {
+        &mut self.grads
+    }
+
+    /// Parameters (mutable) and gradients together, for an optimizer updating in place:
+    /// `adamw.step(params, grads, lr)`.
+    pub fn params_and_grads_mut(&mut self) -> (&mut [O::Buf], &mut [O::Buf]) {
+        (&mut self.params, &mut self.grads)
+    }
+
+    /// Canonical index of the tensor called `name`.
+    pub fn param_index(&self, name: &str) -> Result<usize, ModelError> {
+        self.specs
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ModelError::UnknownParam(name.to_string()))
+    }
+
+    fn checked_index(&self, name: &str, len: usize) -> Result<usize, ModelError> {
+        let index = self.param_index(name)?;
+        let expected = self.specs[index].numel();
+        if len != expected {
+            return Err(ModelError::SizeMismatch { name: name.to_string(), expected, got: len });
+        }
+        Ok(index)
+    }
+
+    /// Copies parameter `name` into `out` (f32, `numel` elements).
+    pub fn read_param(&self, name: &str, out: &mut [f32]) -> Result<(), ModelError> {
+        let index = self.checked_index(name, out.len())?;
+        self.ops.read(&self.params[index], out);
+        Ok(())
+    }
+
+    /// Overwrites parameter `name` from `values` (f32, `numel` elements).
+    pub fn write_param(&mut self, name: &str, values: &[f32]) -> Result<(), ModelError> {
+        let index = self.checked_index(name, values.len())?;
+        self.ops.write(&mut self.params[index], values);
+        Ok(())
+    }
+
+    /// Copies the accumulated gradient of `name` into `out`.
+    pub fn read_grad(&self, name: &str, out: &mut [f32]) -> Result<(), ModelError> {
+        let index = self.checked_index(name, out.len())?;
+        self.ops.read(&self.grads[index], out);
+        Ok(())
+    }
+
+    /// Sets every gradient accumulator to zero (start of an optimizer step).
+    pub fn zero_grads(&mut self) {
+        for g in &mut self.grads {
+            self.ops.fill(g, 0.0);
+        }
+    }
+
+    /// z-loss coefficient added to the training loss (`z * logsumexp^2` per token; KORMo's code
+    /// has 1e-5 available but off by default, so the default is 0).
+    pub fn set_z_loss(&mut self, coefficient: f32) {
+        self.z_loss = coefficient;
+    }
+
+    /// Forward and backward pass; adds `grad_scale * d(sum_t w_t loss_t)/dθ` to the gradients
+    /// (see the module docs for how to choose `grad_scale`) and returns the weighted loss sum
+    /// (including the z-loss term when enabled).
+    pub fn forward_backward(&mut self, batch: &Batch, grad_scale: f32) -> Result<LossSum, ModelError> {
+        self.forward_backward_with_hooks(batch, grad_scale, &mut NoHooks)
+    }
+
+    /// [`Model::forward_backward`] with `hooks` called around every unit's forward and
+    /// backward (see [`UnitHooks`] for the order).
+    pub fn forward_backward_with_hooks(
+        &mut self,
+        batch: &Batch,
+        grad_scale: f32,
+        hooks: &mut dyn UnitHooks<O>,
+    ) -> Result<LossSum, ModelError> {
+        self.prepare(batch)?;
+        self.run_forward(hooks);
+        let loss = self.run_loss(grad_scale);
+        self.run_backward(hooks);
+        Ok(loss)
+    }
+
+    /// Loss without touching gradients (evaluation).
+    pub fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, ModelError> {
+        self.evaluate_with_hooks(batch, &mut NoHooks)
+    }
+
+    /// [`Model::evaluate`] with forward hooks.
+    pub fn evaluate_with_hooks(&mut self, batch: &Batch, hooks: &mut dyn UnitHooks<O>) -> Result<LossSum, ModelError> {
+        self.prepare(batch)?;
+        self.run_forward(hooks);
+        Ok(self.run_loss(0.0))
+    }
+
+    /// Logits `[batch_size * seq_len, vocab]` (row-major, f32) for `batch`; targets and loss
+    /// weights are not used.
+    pub fn forward(&mut self, batch: &Batch) -> Result<Vec<f32>, ModelError> {
+        self.forward_with_hooks(batch, &mut NoHooks)
+    }
+
+    /// [`Model::forward`] with forward hooks.
+    pub fn forward_with_hooks(&mut self, batch: &Batch, hooks: &mut dyn UnitHooks<O>) -> Result<Vec<f32>, ModelError> {
+        self.prepare(batch)?;
+        self.run_forward(hooks);
+        let ws = self.workspace.as_ref().expect("prepared");
+        let mut logits = vec![0.0; batch.num_tokens() * self.config.vocab];
+        self.ops.read(&ws.logits, &mut logits);
+        Ok(logits)
+    }
+
+    /// Validates the batch, (re)allocates the workspace for its shape, and uploads its inputs.
+    fn prepare(&mut self, batch: &Batch) -> Result<(), ModelError> {
+        batch.validate(self.config.vocab)?;
+        let reuse = matches!(&self.workspace, Some(ws) if ws.batch_size == batch.batch_size && ws.seq_len == batch.seq_len);
+        if !reuse {
+            // Drop the old workspace first so two never coexist in device memory.
+            self.workspace = None;
+            self.workspace = Some(Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len));
+        }
+        let ws = self.workspace.as_mut().expect("just set");
+        self.ops.write_idx(&mut ws.tokens, &batch.tokens);
+        // Ignored targets may hold any value; clamp them so a backend never sees wild ids.
+        let targets: Vec<u32> = batch
+            .targets
+            .iter()
+            .zip(&batch.loss_weights)
+            .map(|(&t, &w)| if w > 0.0 { t } else { 0 })
+            .collect();
+        self.ops.write_idx(&mut ws.targets, &targets);
+        self.ops.write_idx(&mut ws.doc_ids, &batch.doc_ids);
+        self.ops.write_idx(&mut ws.positions, &batch.positions);
+        self.ops.write(&mut ws.loss_weights, &batch.loss_weights);
+        Ok(())
+    }
+
+    fn run_forward(&mut self, hooks: &mut dyn UnitHooks<O>) {
+        for unit in params::units(&self.config) {
+            hooks.before_forward(&self.ops, unit, &mut self.params);
+            match unit {
+                Unit::Embedding => self.forward_embedding(),
+                Unit::Layer(l) => self.forward_layer(l),
+                Unit::Head => self.forward_head(),
+            }
+            hooks.after_forward(&self.ops, unit, &mut self.params);
+        }
+    }
+
+    fn forward_embedding(&mut self) {
+        let ws = self.workspace.as_mut().expect("prepared");
+        let shape = EmbeddingShape { tokens: ws.batch_size * ws.seq_len, vocab: self.config.vocab, dim: self.config.hidden };
+        self.ops.embedding_fwd(&self.params[params::EMBED_INDEX], &ws.tokens, &mut ws.layers[0].x_in, shape);
+    }
+
+    fn forward_layer(&mut self, l: usize) {
+        let cfg = &self.config;
+        let ops = &self.ops;
+        let p = &self.params;
+        let ws = self.workspace.as_mut().expect("prepared");
+        let t = ws.batch_size * ws.seq_len;
+        let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+        let rows = RowsShape { rows: t, dim: h };
+        let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
+        let accumulate = |mut s: MatmulShape| {
+            s.accumulate = true;
+            s
+        };
+        let w = |slot| &p[params::layer_index(l, slot)];
+        let (done, rest) = ws.layers.split_at_mut(l + 1);
+        let a = &mut done[l];
+        ops.rmsnorm_fwd(&a.x_in, w(LayerSlot::AttnNorm), &mut a.normed_attn, &mut a.inv_rms_attn, rows, cfg.rms_eps);
+        ops.matmul(&a.normed_attn, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
+        ops.matmul(&a.normed_attn, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
+        ops.matmul(&a.normed_attn, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
+        ops.rope_fwd(&mut a.q, &ws.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
+        ops.rope_fwd(&mut a.k, &ws.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
+        ops.attention_fwd(&a.q, &a.k, &a.v, &ws.doc_ids, &mut a.attn_out, &mut a.lse, attn);
+        ops.copy(&a.x_in, &mut a.x_mid);
+        ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.x_mid, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
+        ops.rmsnorm_fwd(&a.x_mid, w(LayerSlot::MlpNorm), &mut a.normed_mlp, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
+        ops.matmul(&a.normed_mlp, w(LayerSlot::Gate), &mut a.gate, MatmulShape::linear_fwd(t, h, f));
+        ops.matmul(&a.normed_mlp, w(LayerSlot::Up), &mut a.up, MatmulShape::linear_fwd(t, h, f));
+        ops.swiglu_fwd(&a.gate, &a.up, &mut a.swiglu, t * f);
+        let x_next = match rest.first_mut() {
+            Some(next) => &mut next.x_in,
+            None => &mut ws.x_out,
+        };
+        ops.copy(&a.x_mid, x_next);
+        ops.matmul(&a.swiglu, w(LayerSlot::Down), x_next, accumulate(MatmulShape::linear_fwd(t, f, h)));
+    }
+
+    fn forward_head(&mut self) {
+        let cfg = &self.config;
+        let ws = self.workspace.as_mut().expect("prepared");
+        let t = ws.batch_size * ws.seq_len;
+        let rows = RowsShape { rows: t, dim: cfg.hidden };
+        let final_norm = &self.params[params::final_norm_index(cfg)];
+        self.ops.rmsnorm_fwd(&ws.x_out, final_norm, &mut ws.normed_final, &mut ws.inv_rms_final, rows, cfg.rms_eps);
+        let head = &self.params[params::head_index(cfg)];
+        self.ops.matmul(&ws.normed_final, head, &mut ws.logits, MatmulShape::linear_fwd(t, cfg.hidden, cfg.vocab));
+    }
+
+    /// Cross-entropy on the logits (which become their gradient) and the host-side loss sum.
+    fn run_loss(&mut self, grad_scale: f32) -> LossSum {
+        let ws = self.workspace.as_mut().expect("prepared");
+        let t = ws.batch_size * ws.seq_len;
+        self.ops.cross_entropy(
+            &mut ws.logits,
+            &ws.targets,
+            &ws.loss_weights,
+            &mut ws.losses,
+            CrossEntropyShape { tokens: t, vocab: self.config.vocab },
+            self.z_loss,
+            grad_scale,
+        );
+        LossSum { weighted_loss: self.ops.sum(&ws.losses), weight: self.ops.sum(&ws.loss_weights) }
+    }
+
+    /// Backward from the logit gradient left in the workspace by `run_loss`, unit by unit in
+    /// reverse order; `d_resid` carries the residual-stream gradient between units.
+    fn run_backward(&mut self, hooks: &mut dyn UnitHooks<O>) {
+        for unit in params::units(&self.config).into_iter().rev() {
+            hooks.before_backward(&self.ops, unit, &mut self.params);
+            match unit {
+                Unit::Head => self.backward_head(),
+                Unit::Layer(l) => self.backward_layer(l),
+                Unit::Embedding => self.backward_embedding(),
+            }
+            hooks.after_backward(&self.ops, unit, &mut self.params, &mut self.grads);
+        }
+    }
+
+    /// LM head and final norm; leaves d(x_out) in `d_resid`.
+    fn backward_head(&mut self) {
+        let cfg = &self.config;
+        let (ops, p, g) = (&self.ops, &self.params, &mut self.grads);
+        let ws = self.workspace.as_mut().expect("prepared");
+        let t = ws.batch_size * ws.seq_len;
+        let h = cfg.hidden;
+        let head = params::head_index(cfg);
+        let final_norm = params::final_norm_index(cfg);
+        ops.matmul(&ws.logits, &p[head], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, cfg.vocab, false));
+        ops.matmul(&ws.logits, &ws.normed_final, &mut g[head], MatmulShape::linear_bwd_weight(t, h, cfg.vocab));
+        ops.fill(&mut ws.d_resid, 0.0);
+        let rows = RowsShape { rows: t, dim: h };
+        ops.rmsnorm_bwd(&ws.x_out, &p[final_norm], &ws.inv_rms_final, &ws.d_normed, &mut ws.d_resid, &mut g[final_norm], rows);
+    }
+
+    /// One decoder layer; `d_resid` goes from d(layer output) to d(layer input).
+    fn backward_layer(&mut self, l: usize) {
+        let cfg = &self.config;
+        let (ops, p, g) = (&self.ops, &self.params, &mut self.grads);
+        let ws = self.workspace.as_mut().expect("prepared");
+        let t = ws.batch_size * ws.seq_len;
+        let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+        let rows = RowsShape { rows: t, dim: h };
+        let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
+        let idx = |slot| params::layer_index(l, slot);
+        let a = &ws.layers[l];
+        // MLP: d_resid is d(layer output) = d(x_mid) through the skip path.
+        ops.matmul(&ws.d_resid, &p[idx(LayerSlot::Down)], &mut ws.d_ffn, MatmulShape::linear_bwd_input(t, f, h, false));
+        ops.matmul(&ws.d_resid, &a.swiglu, &mut g[idx(LayerSlot::Down)], MatmulShape::linear_bwd_weight(t, f, h));
+        ops.swiglu_bwd(&a.gate, &a.up, &ws.d_ffn, &mut ws.d_gate, &mut ws.d_up, t * f);
+        ops.matmul(&ws.d_gate, &p[idx(LayerSlot::Gate)], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, f, false));
+        ops.matmul(&ws.d_up, &p[idx(LayerSlot::Up)], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, f, true));
+        ops.matmul(&ws.d_gate, &a.normed_mlp, &mut g[idx(LayerSlot::Gate)], MatmulShape::linear_bwd_weight(t, h, f));
+        ops.matmul(&ws.d_up, &a.normed_mlp, &mut g[idx(LayerSlot::Up)], MatmulShape::linear_bwd_weight(t, h, f));
+        ops.rmsnorm_bwd(&a.x_mid, &p[idx(LayerSlot::MlpNorm)], &a.inv_rms_mlp, &ws.d_normed, &mut ws.d_resid, &mut g[idx(LayerSlot::MlpNorm)], rows);
+
+        // Attention: d_resid is now d(x_mid) = d(x_in) through the skip path.
+        ops.matmul(&ws.d_resid, &p[idx(LayerSlot::O)], &mut ws.d_attn, MatmulShape::linear_bwd_input(t, q_dim, h, false));
+        ops.matmul(&ws.d_resid, &a.attn_out, &mut g[idx(LayerSlot::O)], MatmulShape::linear_bwd_weight(t, q_dim, h));
+        ops.attention_bwd(&a.q, &a.k, &a.v, &ws.doc_ids, &a.attn_out, &a.lse, &ws.d_attn, &mut ws.d_q, &mut ws.d_k, &mut ws.d_v, attn);
+        ops.rope_bwd(&mut ws.d_q, &ws.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
+        ops.rope_bwd(&mut ws.d_k, &ws.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
+        ops.matmul(&ws.d_q, &p[idx(LayerSlot::Q)], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, q_dim, false));
+        ops.matmul(&ws.d_k, &p[idx(LayerSlot::K)], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, kv_dim, true));
+        ops.matmul(&ws.d_v, &p[idx(LayerSlot::V)], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, kv_dim, true));
+        ops.matmul(&ws.d_q, &a.normed_attn, &mut g[idx(LayerSlot::Q)], MatmulShape::linear_bwd_weight(t, h, q_dim));
+        ops.matmul(&ws.d_k, &a.normed_attn, &mut g[idx(LayerSlot::K)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
+        ops.matmul(&ws.d_v, &a.normed_attn, &mut g[idx(LayerSlot::V)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
+        ops.rmsnorm_bwd(&a.x_in, &p[idx(LayerSlot::AttnNorm)], &a.inv_rms_attn, &ws.d_normed, &mut ws.d_resid, &mut g[idx(LayerSlot::AttnNorm)], rows);
+    }
+
+    fn backward_embedding(&mut self) {
+        let ws = self.workspace.as_mut().expect("prepared");
+        let shape = EmbeddingShape { tokens: ws.batch_size * ws.seq_len, vocab: self.config.vocab, dim: self.config.hidden };
+        self.ops.embedding_bwd(&ws.d_resid, &ws.tokens, &mut self.grads[params::EMBED_INDEX], shape);
+    }
+}
+
+/// Callbacks around each unit's use, for fully sharded data parallelism: gather a unit's
+/// parameters before it runs, release them after, reduce-scatter its gradients once they are
+/// complete. For every pass, units come in [`params::units`] order for the forward and in
+/// reverse order for the backward:
+///
+/// ```text
+/// forward:  before_forward(u) -> u's forward -> after_forward(u)      for u = Embedding, Layer(0..), Head
+/// backward: before_backward(u) -> u's backward -> after_backward(u)   for u = Head, .., Layer(0), Embedding
+/// ```
+///
+/// Hooks receive all parameter (and gradient) buffers; a unit reads only the tensors of
+/// [`params::unit_tensors`] — except that with tied embeddings the Head also reads the
+/// embedding tensor and adds into its gradient, which is complete only after
+/// `after_backward(Embedding)`.
+pub trait UnitHooks<O: Ops> {
+    fn before_forward(&mut self, _ops: &O, _unit: Unit, _params: &mut [O::Buf]) {}
+    fn after_forward(&mut self, _ops: &O, _unit: Unit, _params: &mut [O::Buf]) {}
+    fn before_backward(&mut self, _ops: &O, _unit: Unit, _params: &mut [O::Buf]) {}
+    fn after_backward(&mut self, _ops: &O, _unit: Unit, _params: &mut [O::Buf], _grads: &mut [O::Buf]) {}
+}
+
+/// Hooks that do nothing: all parameters stay resident.
+struct NoHooks;
+
+impl<O: Ops> UnitHooks<O> for NoHooks {}
+
+fn attention_shape(cfg: &ModelConfig, batch: usize, seq: usize) -> AttentionShape {
+    AttentionShape { batch, seq, heads: cfg.heads, kv_heads: cfg.kv_heads, head_dim: cfg.head_dim }
+}
+
+fn rope_shape(tokens: usize, heads: usize, cfg: &ModelConfig) -> RopeShape {
+    RopeShape { tokens, heads, head_dim: cfg.head_dim }
+}

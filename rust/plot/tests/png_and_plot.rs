@@ -1,0 +1,151 @@
+//! The PNG encoder checked from the outside (signature, chunk CRCs, IHDR, and the pixels after
+//! inflating with python3's zlib, an independent decoder), and the `plot` binary on a synthetic
+//! run directory, including bad input.
+
+use kormo_plot::{png, Canvas, Color};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Chunks of a PNG after checking its signature and every CRC: (type, data).
+fn chunks(png: &[u8]) -> Vec<(String, Vec<u8>)> {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "signature");
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at < png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        let kind = &png[at + 4..at + 8];
+        let data = &png[at + 8..at + 8 + len];
+        let crc = u32::from_be_bytes(png[at + 8 + len..at + 12 + len].try_into().unwrap());
+        assert_eq!(crc, crc32fast::hash(&png[at + 4..at + 8 + len]), "CRC of {}", String::from_utf8_lossy(kind));
+        out.push((String::from_utf8(kind.to_vec()).unwrap(), data.to_vec()));
+        at += 12 + len;
+    }
+    assert_eq!(at, png.len());
+    assert_eq!(out.first().unwrap().0, "IHDR");
+    assert_eq!(out.last().unwrap().0, "IEND");
+    out
+}
+
+/// (width, height) from IHDR, checking 8-bit RGB without interlace.
+fn ihdr(png: &[u8]) -> (u32, u32) {
+    let header = &chunks(png)[0].1;
+    assert_eq!(header.len(), 13);
+    assert_eq!(&header[8..], &[8, 2, 0, 0, 0]);
+    (u32::from_be_bytes(header[..4].try_into().unwrap()), u32::from_be_bytes(header[4..8].try_into().unwrap()))
+}
+
+/// The inflated IDAT stream, or None when python3 is unavailable.
+fn inflate_with_python(zlib: &[u8]) -> Option<Vec<u8>> {
+    let script = "import sys, zlib; sys.stdout.buffer.write(zlib.decompress(sys.stdin.buffer.read()))";
+    let mut child = match Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            println!("skipped pixel check: python3 not available ({e})");
+            return None;
+        }
+    };
+    child.stdin.take().unwrap().write_all(zlib).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3 zlib rejected the stream");
+    Some(out.stdout)
+}
+
+#[test]
+fn encoded_pngs_decode_to_the_same_pixels() {
+    // Noise (incompressible), flat areas (long matches) and text.
+    let (w, h) = (97usize, 61usize);
+    let mut canvas = Canvas::new(w, h, Color::WHITE);
+    let mut state = 12345u32;
+    for y in 0..h / 2 {
+        for x in 0..w {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            canvas.put(x as i64, y as i64, Color((state >> 8) as u8, (state >> 16) as u8, (state >> 24) as u8));
+        }
+    }
+    canvas.text(3, 40, "LOSS 2.5", 1, kormo_plot::Direction::Right, Color::BLACK);
+    let png = canvas.to_png();
+    assert_eq!(ihdr(&png), (w as u32, h as u32));
+    let idat: Vec<u8> = chunks(&png).into_iter().filter(|(k, _)| k == "IDAT").flat_map(|(_, d)| d).collect();
+    let Some(raw) = inflate_with_python(&idat) else { return };
+    assert_eq!(raw.len(), h * (w * 3 + 1));
+    for (y, row) in raw.chunks(w * 3 + 1).enumerate() {
+        assert_eq!(row[0], 0, "filter byte of row {y}");
+        for x in 0..w {
+            let c = canvas.pixel(x, y);
+            assert_eq!(&row[1 + 3 * x..4 + 3 * x], &[c.0, c.1, c.2], "pixel ({x}, {y})");
+        }
+    }
+    // Long runs and every length/distance code path: a ramp repeated at many distances.
+    let data: Vec<u8> = (0..70_000u32).map(|i| ((i % 300) as u8) ^ ((i / 7000) as u8)).collect();
+    let z = png::zlib(&data);
+    assert!(z.len() < data.len() / 4);
+    if let Some(back) = inflate_with_python(&z) {
+        assert_eq!(back, data);
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let base = std::env::var_os("TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("kormo-plot-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_metrics(path: &Path, stage: &str, steps: u64, eval: bool) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut lines = String::new();
+    for step in 1..=steps {
+        let loss = 6.0 / (1.0 + step as f64 * 0.1);
+        let mut record = serde_json::json!({
+            "stage": stage, "phase": "main", "step": step, "phase_step": step, "phase_steps": steps,
+            "loss": loss, "lr": 1e-3 * (step as f64 / steps as f64).min(1.0), "grad_norm": 1.0 / step as f64,
+            "tokens": step * 4096, "tokens_per_s": 25_000.0 + step as f64, "elapsed_s": step as f64, "eta_s": 0.0,
+        });
+        if eval && step % 5 == 0 {
+            record["eval_loss"] = serde_json::json!(loss + 0.1);
+        }
+        lines.push_str(&record.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(path, lines).unwrap();
+}
+
+#[test]
+fn plot_binary_renders_every_metric_and_reports_bad_input() {
+    let run = scratch("run");
+    write_metrics(&run.join("pretrain1/metrics.jsonl"), "pretrain1", 40, true);
+    write_metrics(&run.join("sft/metrics.jsonl"), "sft", 15, false);
+    std::fs::create_dir_all(run.join("not-a-stage")).unwrap();
+    let bin = env!("CARGO_BIN_EXE_plot");
+    let out = Command::new(bin).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for name in ["loss", "lr", "grad_norm", "throughput", "eval_loss"] {
+        let path = run.join("plots").join(format!("{name}.png"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let (w, h) = ihdr(&bytes);
+        assert!(w >= 600 && h >= 400, "{name}: {w}x{h}");
+    }
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().count(), 5, "{printed}");
+    // Under `bazel run`, relative paths are relative to BUILD_WORKING_DIRECTORY.
+    let name = run.file_name().unwrap();
+    let relative = Command::new(bin).arg(name).args(["--out", "relative-plots"]).env("BUILD_WORKING_DIRECTORY", run.parent().unwrap()).output().unwrap();
+    assert!(relative.status.success(), "{}", String::from_utf8_lossy(&relative.stderr));
+    assert!(run.parent().unwrap().join("relative-plots/loss.png").is_file());
+    std::fs::remove_dir_all(run.parent().unwrap().join("relative-plots")).unwrap();
+
+    let fail = |args: &[&Path], expected: &str| {
+        let out = Command::new(bin).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.starts_with("plot: ") && stderr.contains(expected), "{stderr}");
+    };
+    fail(&[Path::new("/no/such/run")], "/no/such/run");
+    fail(&[&run.join("not-a-stage")], "no <stage>/metrics.jsonl");
+    fail(&[], "expected a run directory");
+    std::fs::write(run.join("sft/metrics.jsonl"), "{\"step\": 1, \"loss\": 2.0}\n{broken\n").unwrap();
+    fail(&[&run], "sft/metrics.jsonl:2");
+    std::fs::remove_dir_all(&run).unwrap();
+}

@@ -1,0 +1,358 @@
+//! BFF-style paragraph deduplication with a Bloom filter, "old-both" mode (DCLM's fork of
+//! AI2's bff, as KORMo used it):
+//!
+//! - a document's paragraphs are the spans between newlines (each but the first starts
+//!   with its `\n`); a paragraph's words (`words`) give its n-grams (`ngram_size`, 13 by
+//!   default); a paragraph with fewer words than that but at least `min_ngram_size` gives
+//!   one n-gram of all its words; shorter ones give none;
+//! - in document order, a paragraph whose share of n-grams already in the filter exceeds
+//!   `threshold` is removed; otherwise its n-grams are inserted at once (so a later paragraph
+//!   of the same document can match it);
+//! - when the document's total contained / total n-grams exceeds `threshold`, the whole
+//!   document is emptied (the n-grams of its kept paragraphs stay inserted, as in bff).
+//!
+//! Memory is the filter alone, sized up front from the expected n-gram count and the
+//! false-positive rate (m = -n ln p / ln^2 2 bits, k = m/n ln 2 hashes) or given directly.
+//! Hashing (the expensive part) is a pure function of the text and runs on many threads;
+//! the filter decisions run in input order, so results are deterministic for any thread count.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::words::words;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupConfig {
+    pub enabled: bool,
+    pub ngram_size: usize,
+    pub min_ngram_size: usize,
+    pub threshold: f64,
+    /// Expected number of distinct n-grams (sizes the filter unless `filter_bytes` is set).
+    pub expected_ngrams: u64,
+    pub false_positive_rate: f64,
+    /// Filter size in bytes; 0 = derive from `expected_ngrams` and `false_positive_rate`.
+    pub filter_bytes: u64,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: true,
+            ngram_size: 13,
+            min_ngram_size: 5,
+            threshold: 0.8,
+            expected_ngrams: 100_000_000,
+            false_positive_rate: 0.01,
+            filter_bytes: 0,
+        }
+    }
+}
+
+impl DedupConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ngram_size == 0 || self.min_ngram_size == 0 || self.min_ngram_size > self.ngram_size
+        {
+            return Err(format!(
+                "dedup: need 0 < min_ngram_size ({}) <= ngram_size ({})",
+                self.min_ngram_size, self.ngram_size
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.threshold) {
+            return Err(format!(
+                "dedup.threshold = {} is not in [0, 1]",
+                self.threshold
+            ));
+        }
+        if !(self.false_positive_rate > 0.0 && self.false_positive_rate < 1.0) {
+            return Err(format!(
+                "dedup.false_positive_rate = {} is not in (0, 1)",
+                self.false_positive_rate
+            ));
+        }
+        if self.filter_bytes == 0 && self.expected_ngrams == 0 {
+            return Err("dedup: set expected_ngrams or filter_bytes".into());
+        }
+        Ok(())
+    }
+
+    /// (bits, hash count) of the filter.
+    pub fn filter_shape(&self) -> (u64, u32) {
+        let ln2 = std::f64::consts::LN_2;
+        let n = self.expected_ngrams.max(1) as f64;
+        let bits = if self.filter_bytes > 0 {
+            self.filter_bytes * 8
+        } else {
+            (-n * self.false_positive_rate.ln() / (ln2 * ln2)).ceil() as u64
+        };
+        let bits = bits.div_ceil(64).max(1) * 64;
+        let hashes = ((bits as f64 / n) * ln2).round().clamp(1.0, 32.0) as u32;
+        (bits, hashes)
+    }
+}
+
+/// A Bloom filter over 64-bit n-gram hashes (double hashing for the k bit positions).
+#[derive(Debug)]
+pub struct BloomFilter {
+    words: Vec<u64>,
+    hashes: u32,
+}
+
+const MAGIC: &[u8; 8] = b"KORMOBF1";
+
+impl BloomFilter {
+    pub fn new(bits: u64, hashes: u32) -> BloomFilter {
+        BloomFilter {
+            words: vec![0; bits.div_ceil(64) as usize],
+            hashes,
+        }
+    }
+
+    fn positions(&self, hash: u64) -> impl Iterator<Item = u64> + '_ {
+        let bits = self.words.len() as u64 * 64;
+        let h1 = hash;
+        let h2 = mix(hash ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        (0..self.hashes as u64).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+    }
+
+    pub fn contains(&self, hash: u64) -> bool {
+        self.positions(hash)
+            .all(|p| self.words[(p / 64) as usize] & (1 << (p % 64)) != 0)
+    }
+
+    pub fn insert(&mut self, hash: u64) {
+        let positions: Vec<u64> = self.positions(hash).collect();
+        for p in positions {
+            self.words[(p / 64) as usize] |= 1 << (p % 64);
+        }
+    }
+
+    /// Writes the filter (for resuming); the caller makes it atomic.
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(err)?);
+        f.write_all(MAGIC).map_err(err)?;
+        f.write_all(&(self.words.len() as u64).to_le_bytes())
+            .map_err(err)?;
+        f.write_all(&self.hashes.to_le_bytes()).map_err(err)?;
+        for w in &self.words {
+            f.write_all(&w.to_le_bytes()).map_err(err)?;
+        }
+        f.into_inner()
+            .map_err(|e| err(e.into_error()))?
+            .sync_all()
+            .map_err(err)
+    }
+
+    pub fn load(path: &Path) -> Result<BloomFilter, String> {
+        let err = |e: std::io::Error| format!("{}: {e}", path.display());
+        let mut f = std::io::BufReader::new(std::fs::File::open(path).map_err(err)?);
+        let mut head = [0u8; 20];
+        f.read_exact(&mut head).map_err(err)?;
+        if &head[..8] != MAGIC {
+            return Err(format!("{}: not a kormo Bloom filter file", path.display()));
+        }
+        let len = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes")) as usize;
+        let hashes = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
+        let mut words = vec![0u64; len];
+        let mut buf = [0u8; 8];
+        for w in words.iter_mut() {
+            f.read_exact(&mut buf).map_err(err)?;
+            *w = u64::from_le_bytes(buf);
+        }
+        Ok(BloomFilter { words, hashes })
+    }
+}
+
+/// SplitMix64 finalizer: a fast, well-mixing 64-bit permutation.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+fn word_hash(w: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in w.as_bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+fn ngram_hash(word_hashes: &[u64]) -> u64 {
+    word_hashes
+        .iter()
+        .fold(word_hashes.len() as u64, |h, &w| mix(h.rotate_left(17) ^ w))
+}
+
+/// The paragraphs of a document (byte ranges) and their n-gram hashes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentNgrams {
+    pub paragraphs: Vec<(usize, usize)>,
+    pub hashes: Vec<Vec<u64>>,
+}
+
+/// Splits `text` into paragraphs and hashes their n-grams (thread-safe, pure).
+pub fn hash_document(text: &str, config: &DedupConfig) -> DocumentNgrams {
+    let mut bounds = vec![0];
+    bounds.extend(text.match_indices('\n').map(|(i, _)| i).filter(|&i| i > 0));
+    bounds.push(text.len());
+    let mut paragraphs = Vec::new();
+    let mut hashes = Vec::new();
+    for w in bounds.windows(2) {
+        let (start, end) = (w[0], w[1]);
+        let word_hashes: Vec<u64> = words(&text[start..end])
+            .into_iter()
+            .map(word_hash)
+            .collect();
+        let grams = if word_hashes.len() >= config.ngram_size {
+            word_hashes
+                .windows(config.ngram_size)
+                .map(ngram_hash)
+                .collect()
+        } else if word_hashes.len() >= config.min_ngram_size {
+            vec![ngram_hash(&word_hashes)]
+        } else {
+            Vec::new()
+        };
+        paragraphs.push((start, end));
+        hashes.push(grams);
+    }
+    DocumentNgrams { paragraphs, hashes }
+}
+
+/// What dedup did to one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DedupOutcome {
+    pub text: String,
+    pub paragraphs: usize,
+    pub paragraphs_removed: usize,
+    /// The whole document was a duplicate and is now empty.
+    pub emptied: bool,
+}
+
+/// Applies old-both dedup to one document against (and updating) `filter`.
+pub fn dedup_document(
+    text: &str,
+    ngrams: &DocumentNgrams,
+    filter: &mut BloomFilter,
+    threshold: f64,
+) -> DedupOutcome {
+    let (mut total, mut contained_total) = (0usize, 0usize);
+    let mut kept = String::with_capacity(text.len());
+    let mut removed = 0;
+    for (&(start, end), hashes) in ngrams.paragraphs.iter().zip(&ngrams.hashes) {
+        let contained = hashes.iter().filter(|&&h| filter.contains(h)).count();
+        total += hashes.len();
+        contained_total += contained;
+        if !hashes.is_empty() && contained as f64 / hashes.len() as f64 > threshold {
+            removed += 1;
+        } else {
+            for &h in hashes {
+                filter.insert(h);
+            }
+            kept.push_str(&text[start..end]);
+        }
+    }
+    let emptied = total > 0 && contained_total as f64 / total as f64 > threshold;
+    if emptied {
+        kept.clear();
+    }
+    DedupOutcome {
+        text: kept,
+        paragraphs: ngrams.paragraphs.len(),
+        paragraphs_removed: removed,
+        emptied,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> DedupConfig {
+        DedupConfig {
+            ngram_size: 4,
+            min_ngram_size: 2,
+            expected_ngrams: 10_000,
+            ..DedupConfig::default()
+        }
+    }
+
+    fn run(docs: &[&str], c: &DedupConfig) -> Vec<DedupOutcome> {
+        let (bits, k) = c.filter_shape();
+        let mut f = BloomFilter::new(bits, k);
+        docs.iter()
+            .map(|d| dedup_document(d, &hash_document(d, c), &mut f, c.threshold))
+            .collect()
+    }
+
+    #[test]
+    fn old_both_semantics() {
+        let c = config();
+        let a = "the quick brown fox jumps over the lazy dog\nsecond paragraph with its own words here\nok";
+        let b = "a fresh opening paragraph talks about other things\nthe quick brown fox jumps over the lazy dog\nend";
+        let out = run(&[a, b, a], &c);
+        // First sighting: everything kept.
+        assert_eq!(out[0].text, a);
+        // b repeats one paragraph of a: it is removed; the short "end" (1 word) stays.
+        assert_eq!(out[1].paragraphs_removed, 1);
+        assert_eq!(
+            out[1].text,
+            "a fresh opening paragraph talks about other things\nend"
+        );
+        assert!(!out[1].emptied);
+        // a again: every n-gram is known -> document emptied.
+        assert!(out[2].emptied && out[2].text.is_empty());
+        // A paragraph repeated inside one document is caught (inserted right after its check).
+        let twice = "one two three four five six\none two three four five six";
+        assert_eq!(run(&[twice], &c)[0].text, "one two three four five six");
+        // Below the threshold (1 of 3 n-grams known): kept.
+        let partial = run(
+            &[
+                "alpha beta gamma delta",
+                "alpha beta gamma delta epsilon zeta",
+            ],
+            &c,
+        );
+        assert_eq!(partial[1].paragraphs_removed, 0);
+    }
+
+    #[test]
+    fn filter_size_and_false_positive_rate() {
+        let c = DedupConfig {
+            expected_ngrams: 20_000,
+            ..DedupConfig::default()
+        };
+        let (bits, k) = c.filter_shape();
+        assert_eq!(k, 7); // ln(0.01)/ln(2)^2 * ln 2 ~ 6.6
+        assert!((bits as f64 / 20_000.0 - 9.585).abs() < 0.05, "{bits}");
+        let mut f = BloomFilter::new(bits, k);
+        for i in 0..20_000u64 {
+            f.insert(mix(i));
+        }
+        assert!((0..20_000u64).all(|i| f.contains(mix(i))));
+        let fp = (20_000..120_000u64).filter(|&i| f.contains(mix(i))).count() as f64 / 100_000.0;
+        assert!(fp < 0.015, "false positive rate {fp}");
+    }
+
+    #[test]
+    fn save_and_load_round_trip() {
+        let mut f = BloomFilter::new(1 << 12, 3);
+        for i in 0..100 {
+            f.insert(mix(i));
+        }
+        let dir = kormo_tokenizer::documents::test_dir("bloom");
+        let path = dir.join("f.bloom");
+        f.save(&path).unwrap();
+        let g = BloomFilter::load(&path).unwrap();
+        assert_eq!((g.words.clone(), g.hashes), (f.words.clone(), f.hashes));
+        std::fs::write(&path, b"garbage-garbage-garbage").unwrap();
+        assert!(BloomFilter::load(&path)
+            .unwrap_err()
+            .contains("not a kormo Bloom filter"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,507 @@
+//! The `prepare` pipeline: documents -> heuristic filters -> BFF dedup -> quality filter ->
+//! tokenization (`<|BOS|>` text `<|EOT|>`) -> one kormo shard per input file, under
+//! `OUT/<source>/`, with a manifest per source, `OUT/report.json` (per-source, per-stage
+//! counts and timings) and progress with rate and ETA on stderr.
+//!
+//! Order and determinism: sources in the given order, files sorted, documents in file
+//! order, processed in batches; the pure per-document work (filters + n-gram hashing, then
+//! quality scoring + tokenization) runs on all threads, the Bloom filter decisions run
+//! sequentially in document order. The output is the same for any thread count.
+//!
+//! Resuming: after each input file, its shard, the source manifest, the Bloom filter and
+//! `OUT/state.json` (completed files and counts) are written, state last and atomically.
+//! A rerun with the same settings skips completed files and continues with the saved
+//! filter, so an interrupted run produces what an uninterrupted one would. A rerun with
+//! different settings (config, tokenizer, sources) into the same directory is refused.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kormo_shards::{Manifest, ShardMeta, ShardWriter};
+use kormo_tokenizer::documents::read_documents;
+use kormo_tokenizer::{hf, Tokenizer};
+use serde::{Deserialize, Serialize};
+
+use crate::dedup::{dedup_document, hash_document, BloomFilter, DedupConfig, DocumentNgrams};
+use crate::filters::{check, FilterConfig};
+use crate::quality::{QualityConfig, QualityModel};
+
+/// The prep config file (TOML); every key has a default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrepConfig {
+    /// tokenizer.json to tokenize with (required, here or via --tokenizer).
+    pub tokenizer: String,
+    /// JSONL field holding the text.
+    pub text_field: String,
+    /// Worker threads; 0 = all cores.
+    pub threads: usize,
+    /// Documents per batch (parallel work unit).
+    pub batch_documents: usize,
+    pub bos_token: String,
+    pub eos_token: String,
+    pub filters: FilterConfig,
+    pub dedup: DedupConfig,
+    pub quality: QualityConfig,
+}
+
+impl Default for PrepConfig {
+    fn default() -> Self {
+        PrepConfig {
+            tokenizer: String::new(),
+            text_field: "text".into(),
+            threads: 0,
+            batch_documents: 512,
+            bos_token: "<|BOS|>".into(),
+            eos_token: "<|EOT|>".into(),
+            filters: FilterConfig::default(),
+            dedup: DedupConfig::default(),
+            quality: QualityConfig::default(),
+        }
+    }
+}
+
+impl PrepConfig {
+    /// Reads a TOML config; errors name the file and key.
+    pub fn load(path: &Path) -> Result<PrepConfig, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config: PrepConfig =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        config
+            .validate()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.filters.validate()?;
+        self.dedup.validate()?;
+        if !(0.0..=1.0).contains(&self.quality.threshold) {
+            return Err(format!(
+                "quality.threshold = {} is not in [0, 1]",
+                self.quality.threshold
+            ));
+        }
+        if self.batch_documents == 0 {
+            return Err("batch_documents must be positive".into());
+        }
+        Ok(())
+    }
+
+    fn threads(&self) -> usize {
+        if self.threads > 0 {
+            self.threads
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+}
+
+/// One named input source (e.g. "ko-web") and its files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Source {
+    pub name: String,
+    pub files: Vec<PathBuf>,
+}
+
+/// Per-source counts of every stage.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StageCounts {
+    pub files: u64,
+    pub bytes_read: u64,
+    pub documents_read: u64,
+    pub malformed: u64,
+    /// Removals by filter reason.
+    pub filter_removed: BTreeMap<String, u64>,
+    /// Documents passing the filters, by detected language.
+    pub languages: BTreeMap<String, u64>,
+    pub dedup_paragraphs: u64,
+    pub dedup_paragraphs_removed: u64,
+    pub dedup_documents_emptied: u64,
+    pub quality_removed: u64,
+    pub documents_written: u64,
+    pub text_bytes_written: u64,
+    pub tokens_written: u64,
+    /// Wall time per stage, seconds.
+    pub seconds_filter_and_hash: f64,
+    pub seconds_dedup: f64,
+    pub seconds_quality_and_tokenize: f64,
+    pub seconds_write: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct State {
+    settings_fingerprint: String,
+    /// Completed (source index, file index), in processing order.
+    completed: Vec<(usize, usize)>,
+    counts: BTreeMap<String, StageCounts>,
+}
+
+/// Test hook and CLI option: stop after this many input files (simulates an interruption).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunLimits {
+    pub max_files: Option<usize>,
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let err = |e: std::io::Error, p: &Path| format!("{}: {e}", p.display());
+    {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| err(e, &tmp))?;
+        std::io::Write::write_all(&mut f, bytes).map_err(|e| err(e, &tmp))?;
+        f.sync_all().map_err(|e| err(e, &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| err(e, path))
+}
+
+/// Maps `f` over `items` on `threads` threads (contiguous chunks, one `init()` state per
+/// thread), keeping order.
+fn par_map<T: Sync, S, R: Send>(
+    items: &[T],
+    threads: usize,
+    init: impl Fn() -> S + Sync,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> Vec<R> {
+    if items.is_empty() {
+        return Vec::new();
+    }
+    let per = items.len().div_ceil(threads.max(1));
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(per)
+            .map(|chunk| {
+                let (init, f) = (&init, &f);
+                scope.spawn(move || {
+                    let mut state = init();
+                    chunk.iter().map(|x| f(&mut state, x)).collect::<Vec<R>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("prep worker panicked"))
+            .collect()
+    })
+}
+
+/// Runs the pipeline; returns the per-source counts (also in OUT/report.json).
+pub fn run(
+    config: &PrepConfig,
+    sources: &[Source],
+    out: &Path,
+    limits: RunLimits,
+) -> Result<BTreeMap<String, StageCounts>, String> {
+    config.validate()?;
+    if config.tokenizer.is_empty() {
+        return Err("no tokenizer: set `tokenizer` in the config or pass --tokenizer".into());
+    }
+    let mut names = std::collections::HashSet::new();
+    for s in sources {
+        if s.name.is_empty()
+            || !s
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "source name {:?}: use letters, digits, '-' and '_'",
+                s.name
+            ));
+        }
+        if !names.insert(&s.name) {
+            return Err(format!("source {:?} is given twice", s.name));
+        }
+    }
+    let tokenizer: Tokenizer = hf::load(Path::new(&config.tokenizer)).map_err(|e| e.to_string())?;
+    let specials = |name: &str| {
+        tokenizer.special_id(name).ok_or_else(|| {
+            format!(
+                "tokenizer {} has no special token {name:?}",
+                config.tokenizer
+            )
+        })
+    };
+    let (bos, eos) = (specials(&config.bos_token)?, specials(&config.eos_token)?);
+    let quality = if config.quality.model.is_empty() {
+        None
+    } else {
+        Some(QualityModel::load(Path::new(&config.quality.model))?)
+    };
+    let meta = ShardMeta {
+        vocab_size: tokenizer.padded_vocab_size(128) as u32,
+        tokenizer_fingerprint: tokenizer.fingerprint(),
+    };
+
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    // Everything that determines the output: config, inputs, tokenizer and quality model.
+    let quality_digest = match &quality {
+        None => String::new(),
+        Some(_) => {
+            let bytes = std::fs::read(&config.quality.model)
+                .map_err(|e| format!("{}: {e}", config.quality.model))?;
+            format!("{:016x}", fnv64(&bytes))
+        }
+    };
+    let settings = serde_json::json!({
+        "config": config,
+        "sources": sources,
+        "tokenizer": meta.tokenizer_fingerprint,
+        "quality_model": quality_digest,
+    });
+    let settings_fingerprint = format!("{:016x}", fnv64(settings.to_string().as_bytes()));
+    let state_path = out.join("state.json");
+    let bloom_path = out.join("dedup.bloom");
+    let (bits, hashes) = config.dedup.filter_shape();
+    let mut state = State {
+        settings_fingerprint: settings_fingerprint.clone(),
+        ..State::default()
+    };
+    let mut filter = None;
+    if state_path.exists() {
+        let text = std::fs::read_to_string(&state_path)
+            .map_err(|e| format!("{}: {e}", state_path.display()))?;
+        state =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", state_path.display()))?;
+        if state.settings_fingerprint != settings_fingerprint {
+            return Err(format!(
+                "{} holds a run with other settings (config, tokenizer or sources); use another --out",
+                out.display()
+            ));
+        }
+        eprintln!(
+            "resuming: {} input files already done",
+            state.completed.len()
+        );
+        if config.dedup.enabled && !state.completed.is_empty() {
+            filter = Some(BloomFilter::load(&bloom_path)?);
+        }
+    }
+    if config.dedup.enabled {
+        eprintln!(
+            "dedup Bloom filter: {:.1} MB, {hashes} hashes (expected {} n-grams, false-positive rate {})",
+            bits as f64 / 8e6,
+            config.dedup.expected_ngrams,
+            config.dedup.false_positive_rate
+        );
+        filter.get_or_insert_with(|| BloomFilter::new(bits, hashes));
+    }
+
+    let threads = config.threads();
+    let total_files: usize = sources.iter().map(|s| s.files.len()).sum();
+    let total_bytes: u64 = sources
+        .iter()
+        .flat_map(|s| &s.files)
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let started = Instant::now();
+    let mut bytes_this_run = 0u64;
+    let mut bytes_done: u64 = 0;
+    let mut files_this_run = 0usize;
+    for (si, source) in sources.iter().enumerate() {
+        let dir = out.join(&source.name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let manifest_path = dir.join("manifest.json");
+        let mut manifest =
+            if manifest_path.exists() && state.completed.iter().any(|&(s, _)| s == si) {
+                Manifest::load(&manifest_path).map_err(|e| e.to_string())?
+            } else {
+                Manifest::new(meta.clone())
+            };
+        for (fi, file) in source.files.iter().enumerate() {
+            let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            if state.completed.contains(&(si, fi)) {
+                bytes_done += size;
+                continue;
+            }
+            if limits.max_files.is_some_and(|m| files_this_run >= m) {
+                eprintln!("stopping after {files_this_run} files (--max-files)");
+                return Ok(state.counts);
+            }
+            let counts = state.counts.entry(source.name.clone()).or_default();
+            let shard_name = format!("{}-{fi:05}.kts", source.name);
+            let written = process_file(
+                file,
+                &dir.join(&shard_name),
+                config,
+                &meta,
+                &tokenizer,
+                (bos, eos),
+                quality.as_ref(),
+                filter.as_mut(),
+                threads,
+                counts,
+            )?;
+            counts.files += 1;
+            counts.bytes_read += size;
+            if let Some(summary) = written {
+                manifest
+                    .push(shard_name, &summary)
+                    .map_err(|e| e.to_string())?;
+            }
+            manifest.save(&manifest_path).map_err(|e| e.to_string())?;
+            if let Some(f) = &filter {
+                let tmp = bloom_path.with_extension("bloom.tmp");
+                f.save(&tmp)?;
+                std::fs::rename(&tmp, &bloom_path)
+                    .map_err(|e| format!("{}: {e}", bloom_path.display()))?;
+            }
+            state.completed.push((si, fi));
+            atomic_write(
+                &state_path,
+                serde_json::to_string_pretty(&state)
+                    .expect("state serializes")
+                    .as_bytes(),
+            )?;
+            files_this_run += 1;
+            bytes_this_run += size;
+            bytes_done += size;
+            let secs = started.elapsed().as_secs_f64();
+            let rate = bytes_this_run as f64 / secs.max(1e-9);
+            eprintln!(
+                "prep: {}/{total_files} files, {:.1}/{:.1} MB, {:.2} MB/s, ETA {:.0}s",
+                state.completed.len(),
+                bytes_done as f64 / 1e6,
+                total_bytes as f64 / 1e6,
+                rate / 1e6,
+                total_bytes.saturating_sub(bytes_done) as f64 / rate.max(1.0)
+            );
+        }
+    }
+    let report = serde_json::json!({"sources": state.counts, "seconds": started.elapsed().as_secs_f64(),
+                                    "megabytes_per_second": bytes_this_run as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)});
+    atomic_write(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)
+            .expect("report serializes")
+            .as_bytes(),
+    )?;
+    Ok(state.counts)
+}
+
+fn fnv64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// One input file -> one shard (none if nothing survives).
+#[allow(clippy::too_many_arguments)]
+fn process_file(
+    file: &Path,
+    shard_path: &Path,
+    config: &PrepConfig,
+    meta: &ShardMeta,
+    tokenizer: &Tokenizer,
+    (bos, eos): (u32, u32),
+    quality: Option<&QualityModel>,
+    mut filter: Option<&mut BloomFilter>,
+    threads: usize,
+    counts: &mut StageCounts,
+) -> Result<Option<kormo_shards::ShardSummary>, String> {
+    let mut writer: Option<ShardWriter> = None;
+    let mut docs = read_documents(file, &config.text_field);
+    loop {
+        let mut batch = Vec::with_capacity(config.batch_documents);
+        for d in docs.by_ref() {
+            match d {
+                Ok(text) => batch.push(text),
+                Err(e) => {
+                    counts.malformed += 1;
+                    if counts.malformed <= 20 {
+                        eprintln!("skipped malformed input: {e}");
+                    }
+                }
+            }
+            if batch.len() == config.batch_documents {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            break;
+        }
+        counts.documents_read += batch.len() as u64;
+
+        let t = Instant::now();
+        let dedup_on = filter.is_some();
+        let checked: Vec<Result<(&'static str, Option<DocumentNgrams>), &'static str>> = par_map(
+            &batch,
+            threads,
+            || (),
+            |_, text| {
+                check(text, &config.filters)
+                    .map(|lang| (lang, dedup_on.then(|| hash_document(text, &config.dedup))))
+            },
+        );
+        counts.seconds_filter_and_hash += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let mut kept: Vec<String> = Vec::new();
+        for (text, result) in batch.iter().zip(checked) {
+            match result {
+                Err(reason) => *counts.filter_removed.entry(reason.to_owned()).or_insert(0) += 1,
+                Ok((lang, ngrams)) => {
+                    *counts.languages.entry(lang.to_owned()).or_insert(0) += 1;
+                    match (ngrams, filter.as_deref_mut()) {
+                        (Some(ngrams), Some(f)) => {
+                            let outcome = dedup_document(text, &ngrams, f, config.dedup.threshold);
+                            counts.dedup_paragraphs += outcome.paragraphs as u64;
+                            counts.dedup_paragraphs_removed += outcome.paragraphs_removed as u64;
+                            if outcome.emptied {
+                                counts.dedup_documents_emptied += 1;
+                            } else if !outcome.text.trim().is_empty() {
+                                kept.push(outcome.text);
+                            }
+                        }
+                        _ => kept.push(text.clone()),
+                    }
+                }
+            }
+        }
+        counts.seconds_dedup += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        let threshold = config.quality.threshold;
+        let encoded: Vec<Option<Vec<u32>>> = par_map(
+            &kept,
+            threads,
+            || tokenizer.encoder(),
+            |encoder, text| {
+                if quality.is_some_and(|m| m.predict(text) < threshold) {
+                    return None;
+                }
+                let mut ids = vec![bos];
+                encoder.encode_ordinary(text, &mut ids);
+                ids.push(eos);
+                Some(ids)
+            },
+        );
+        counts.seconds_quality_and_tokenize += t.elapsed().as_secs_f64();
+
+        let t = Instant::now();
+        for (text, ids) in kept.iter().zip(encoded) {
+            let Some(ids) = ids else {
+                counts.quality_removed += 1;
+                continue;
+            };
+            let w = match &mut writer {
+                Some(w) => w,
+                None => writer.insert(
+                    ShardWriter::create(shard_path, meta.clone()).map_err(|e| e.to_string())?,
+                ),
+            };
+            w.append_document(&ids, None).map_err(|e| e.to_string())?;
+            counts.documents_written += 1;
+            counts.text_bytes_written += text.len() as u64;
+            counts.tokens_written += ids.len() as u64;
+        }
+        counts.seconds_write += t.elapsed().as_secs_f64();
+    }
+    match writer {
+        Some(w) => Ok(Some(w.finish().map_err(|e| e.to_string())?)),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,123 @@
+//! The `prepare` binary: quality-train / quality-predict, and `run` with a TOML config,
+//! a quality model and a malformed input line, reporting file:line and per-stage counts.
+
+use std::process::Command;
+
+use kormo_tokenizer::documents::test_dir;
+use kormo_tokenizer::hf;
+use kormo_tokenizer::train::{train, TrainConfig, WordCounts};
+use kormo_tokenizer::Pattern;
+
+const BIN: &str = env!("CARGO_BIN_EXE_prepare");
+
+#[test]
+fn quality_model_and_run_through_the_cli() {
+    let dir = test_dir("prepare-cli");
+    let good: String = (0..40)
+        .map(|i| format!("The Debian project {i} is an association of individuals who make free software and the system for it.\n\n"))
+        .collect();
+    let bad: String = (0..40)
+        .map(|i| {
+            format!(
+                "buy the cheap pills now {i} and click here to win the casino bonus money fast\n\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("good.txt"), &good).unwrap();
+    std::fs::write(dir.join("bad.txt"), &bad).unwrap();
+    let model = dir.join("quality.kqc");
+    let trained = Command::new(BIN)
+        .args([
+            "quality-train",
+            "--buckets",
+            "4096",
+            "--dim",
+            "8",
+            "--epochs",
+            "20",
+            "--positive",
+        ])
+        .arg(dir.join("good.txt"))
+        .arg("--negative")
+        .arg(dir.join("bad.txt"))
+        .arg("--out")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(
+        trained.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trained.stderr)
+    );
+    assert!(String::from_utf8_lossy(&trained.stderr).contains("training accuracy 1.000"));
+    let predicted = Command::new(BIN)
+        .args(["quality-predict", "--model"])
+        .arg(&model)
+        .arg(dir.join("bad.txt"))
+        .output()
+        .unwrap();
+    let first: serde_json::Value =
+        serde_json::from_slice(predicted.stdout.split(|&b| b == b'\n').next().unwrap()).unwrap();
+    assert!(first["score"].as_f64().unwrap() < 0.5);
+
+    let mut counts = WordCounts::default();
+    counts.add_text(&good, Pattern::Qwen2, &[], usize::MAX);
+    counts.add_text(&bad, Pattern::Qwen2, &[], usize::MAX);
+    let tok = train(&counts.counts, &TrainConfig::kormo(500)).unwrap();
+    hf::save(&tok, &dir.join("tok")).unwrap();
+
+    // Input: unique good docs (numbered) and spam, as JSONL with a custom field and a bad line.
+    let mut jsonl = String::new();
+    for i in 0..10 {
+        let text = format!("Volunteer number {i} maintains packages of the archive and answers the questions of users.");
+        jsonl.push_str(&serde_json::json!({ "body": text }).to_string());
+        jsonl.push('\n');
+        let spam = format!(
+            "buy the cheap pills now {i} and click here to win the casino bonus money fast tonight"
+        );
+        jsonl.push_str(&serde_json::json!({ "body": spam }).to_string());
+        jsonl.push('\n');
+    }
+    jsonl.push_str("{\"text\": \"no body field\"}\n");
+    std::fs::write(dir.join("in.jsonl"), jsonl).unwrap();
+    let config = format!(
+        "tokenizer = {:?}\ntext_field = \"body\"\n[filters]\nlanguages = [\"en\"]\nmin_language_score = 0.3\n[dedup]\nexpected_ngrams = 10000\n[quality]\nmodel = {:?}\nthreshold = 0.5\n",
+        dir.join("tok/tokenizer.json").display().to_string(),
+        model.display().to_string()
+    );
+    std::fs::write(dir.join("prep.toml"), config).unwrap();
+    let out = dir.join("out");
+    let run = Command::new(BIN)
+        .args(["run", "--threads", "2", "--config"])
+        .arg(dir.join("prep.toml"))
+        .arg("--source")
+        .arg(format!("web={}", dir.join("in.jsonl").display()))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in.jsonl:21: no field \"body\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("MB/s") && stderr.contains("ETA"),
+        "{stderr}"
+    );
+    let counts: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(counts["web"]["malformed"], 1, "{counts}");
+    assert_eq!(counts["web"]["quality_removed"], 10);
+    assert_eq!(counts["web"]["documents_written"], 10);
+    assert!(out.join("web/manifest.json").exists() && out.join("report.json").exists());
+
+    let bad_args = Command::new(BIN)
+        .args(["run", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!bad_args.status.success());
+    assert!(String::from_utf8_lossy(&bad_args.stderr).contains("at least one --source"));
+    std::fs::remove_dir_all(dir).unwrap();
+}

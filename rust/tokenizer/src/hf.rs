@@ -1,0 +1,428 @@
+//! Hugging Face `tokenizers` interchange: `tokenizer.json` (the full tokenizer) and
+//! `tokenizer_config.json` (what `transformers` reads: special-token roles, chat template).
+//!
+//! Written layout, as Qwen2 does it: BPE model (vocab of byte-level strings, merges as
+//! "left right" strings, which every `tokenizers` version reads), pre-tokenizer =
+//! Sequence[Split(pattern regex, Isolated), ByteLevel(use_regex = false)], ByteLevel decoder,
+//! special tokens as `added_tokens` (special, not normalized, no strip). Reading accepts any
+//! byte-level BPE `tokenizer.json` built the same way with a pattern kormo implements
+//! (Qwen2, Llama 3, GPT-2's, also as a lone ByteLevel(use_regex = true) pre-tokenizer),
+//! with merges as strings or pairs, `ignore_merges` and an NFC normalizer; anything kormo
+//! would encode differently (another normalizer, strip options, another
+//! pre-tokenizer or model) is refused with an error naming the file and key rather than
+//! silently mis-encoded.
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use crate::bpe::{Normalizer, SpecialToken, Tokenizer, TokenizerError};
+use crate::bytelevel::{bytes_to_string, string_to_bytes};
+use crate::pretokenize::Pattern;
+
+/// KORMo's chat template: `<|BOT|>{role}\n{content}<|EOT|>` per message.
+pub const CHAT_TEMPLATE: &str = "{% for message in messages %}<|BOT|>{{ message['role'] }}\n{{ message['content'] }}<|EOT|>{% endfor %}{% if add_generation_prompt %}<|BOT|>assistant\n{% endif %}";
+
+fn byte_level(use_regex: bool) -> Value {
+    json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex})
+}
+
+/// The `tokenizer.json` document of `tok`.
+pub fn tokenizer_json(tok: &Tokenizer) -> Value {
+    let mut vocab = Map::new();
+    for id in 0..tok.vocab_size() as u32 {
+        if !tok.is_special(id) {
+            vocab.insert(
+                bytes_to_string(tok.token_bytes(id).expect("id in range")),
+                json!(id),
+            );
+        }
+    }
+    let piece = |id: u32| bytes_to_string(tok.token_bytes(id).expect("merge ids are valid"));
+    let merges: Vec<Value> = tok
+        .merges()
+        .iter()
+        .map(|&(a, b)| json!(format!("{} {}", piece(a), piece(b))))
+        .collect();
+    let added: Vec<Value> = tok
+        .specials()
+        .iter()
+        .map(|s| {
+            json!({"id": s.id, "content": s.content, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": match tok.normalizer() {
+            Normalizer::None => Value::Null,
+            Normalizer::Nfc => json!({"type": "NFC"}),
+        },
+        "pre_tokenizer": match tok.pattern() {
+            Pattern::Gpt2 => byte_level(true),
+            pattern => json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": pattern.regex()}, "behavior": "Isolated", "invert": false},
+                byte_level(false),
+            ]}),
+        },
+        "post_processor": byte_level(false),
+        "decoder": byte_level(true),
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": tok.ignore_merges(), "vocab": vocab, "merges": merges,
+        },
+    })
+}
+
+/// The `tokenizer_config.json` document: `<|BOS|>`/`<|EOT|>` as bos/eos when present, the
+/// chat template when `<|BOT|>` exists. Documents get their BOS/EOS from kormo-prep, so
+/// `add_bos_token` is false (the post-processor adds nothing).
+pub fn tokenizer_config_json(tok: &Tokenizer) -> Value {
+    let mut decoder = Map::new();
+    for s in tok.specials() {
+        decoder.insert(
+            s.id.to_string(),
+            json!({"content": s.content, "lstrip": false, "normalized": false, "rstrip": false,
+                   "single_word": false, "special": true}),
+        );
+    }
+    let mut config = Map::new();
+    config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+    config.insert("add_bos_token".into(), json!(false));
+    config.insert("add_eos_token".into(), json!(false));
+    config.insert("clean_up_tokenization_spaces".into(), json!(false));
+    config.insert("added_tokens_decoder".into(), Value::Object(decoder));
+    if tok.special_id("<|BOS|>").is_some() {
+        config.insert("bos_token".into(), json!("<|BOS|>"));
+    }
+    if tok.special_id("<|EOT|>").is_some() {
+        config.insert("eos_token".into(), json!("<|EOT|>"));
+        config.insert("pad_token".into(), json!("<|EOT|>"));
+    }
+    if tok.special_id("<|BOT|>").is_some() {
+        config.insert("chat_template".into(), json!(CHAT_TEMPLATE));
+    }
+    Value::Object(config)
+}
+
+/// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (created if missing).
+pub fn save(tok: &Tokenizer, dir: &Path) -> Result<(), TokenizerError> {
+    let io = |e: std::io::Error, p: &Path| TokenizerError(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(dir).map_err(|e| io(e, dir))?;
+    for (name, doc) in [
+        ("tokenizer.json", tokenizer_json(tok)),
+        ("tokenizer_config.json", tokenizer_config_json(tok)),
+    ] {
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(&doc).expect("JSON values always serialize");
+        std::fs::write(&path, text).map_err(|e| io(e, &path))?;
+    }
+    Ok(())
+}
+
+/// Reads a `tokenizer.json` file.
+pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses `tokenizer.json` text; `origin` names it in errors.
+pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
+    let fail = |key: &str, what: String| TokenizerError(format!("{origin}: {key}: {what}"));
+    let doc: Value = serde_json::from_str(text)
+        .map_err(|e| TokenizerError(format!("{origin}: not valid JSON: {e}")))?;
+
+    let normalizer = parse_normalizer(&doc["normalizer"]).ok_or_else(|| {
+        fail(
+            "normalizer",
+            format!(
+                "{} is not supported (kormo implements NFC only)",
+                doc["normalizer"]
+            ),
+        )
+    })?;
+    let pattern =
+        parse_pre_tokenizer(&doc["pre_tokenizer"]).map_err(|w| fail("pre_tokenizer", w))?;
+    match doc["decoder"]["type"].as_str() {
+        Some("ByteLevel") => {}
+        _ => {
+            return Err(fail(
+                "decoder",
+                format!("expected ByteLevel, found {}", doc["decoder"]),
+            ))
+        }
+    }
+
+    let model = &doc["model"];
+    if model["type"].as_str() != Some("BPE") {
+        return Err(fail(
+            "model.type",
+            format!("expected \"BPE\", found {}", model["type"]),
+        ));
+    }
+    for key in ["continuing_subword_prefix", "end_of_word_suffix", "dropout"] {
+        if !model.get(key).is_none_or(Value::is_null) {
+            return Err(fail(
+                &format!("model.{key}"),
+                format!("{} is not supported", model[key]),
+            ));
+        }
+    }
+    if model.get("byte_fallback").and_then(Value::as_bool) == Some(true) {
+        return Err(fail(
+            "model.byte_fallback",
+            "true is not supported (byte-level BPE needs no fallback)".into(),
+        ));
+    }
+    let ignore_merges = model
+        .get("ignore_merges")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+
+    let Some(vocab_map) = model["vocab"].as_object() else {
+        return Err(fail("model.vocab", "missing or not an object".into()));
+    };
+    let mut vocab: Vec<Vec<u8>> = Vec::new();
+    let mut by_string = std::collections::HashMap::new();
+    for (token, id) in vocab_map {
+        let Some(id) = id.as_u64().filter(|&i| i < u32::MAX as u64) else {
+            return Err(fail(
+                "model.vocab",
+                format!("token {token:?} has id {id}, not a u32"),
+            ));
+        };
+        let Some(bytes) = string_to_bytes(token) else {
+            return Err(fail(
+                "model.vocab",
+                format!("token {token:?} is not a byte-level string"),
+            ));
+        };
+        if vocab.len() <= id as usize {
+            vocab.resize(id as usize + 1, Vec::new());
+        }
+        vocab[id as usize] = bytes;
+        by_string.insert(token.as_str(), id as u32);
+    }
+
+    let mut specials = Vec::new();
+    for (i, added) in doc["added_tokens"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let key = format!("added_tokens[{i}]");
+        let (Some(id), Some(content)) = (added["id"].as_u64(), added["content"].as_str()) else {
+            return Err(fail(&key, "needs \"id\" and \"content\"".into()));
+        };
+        for flag in ["lstrip", "rstrip", "single_word"] {
+            if added.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(fail(
+                    &key,
+                    format!("{content:?}: {flag} = true is not supported"),
+                ));
+            }
+        }
+        // GPT-2 style files list a special token in the model vocabulary too; it is matched
+        // as a special token first, so the vocabulary entry is never reached.
+        if let Some(slot) = vocab.get_mut(id as usize) {
+            if !slot.is_empty() {
+                if string_to_bytes(content).as_deref() == Some(slot.as_slice())
+                    || content.as_bytes() == slot.as_slice()
+                {
+                    slot.clear();
+                } else {
+                    return Err(fail(
+                        &key,
+                        format!("{content:?} has id {id}, which the model vocabulary also uses"),
+                    ));
+                }
+            }
+        }
+        specials.push(SpecialToken {
+            content: content.to_owned(),
+            id: id as u32,
+        });
+    }
+
+    let Some(merge_list) = model["merges"].as_array() else {
+        return Err(fail("model.merges", "missing or not an array".into()));
+    };
+    let mut merges = Vec::with_capacity(merge_list.len());
+    for (i, m) in merge_list.iter().enumerate() {
+        let (left, right) = match m {
+            Value::String(s) => match s.split_once(' ') {
+                Some(p) => p,
+                None => {
+                    return Err(fail(
+                        "model.merges",
+                        format!("#{i} {s:?} is not \"left right\""),
+                    ))
+                }
+            },
+            Value::Array(a) if a.len() == 2 && a[0].is_string() && a[1].is_string() => (
+                a[0].as_str().unwrap_or_default(),
+                a[1].as_str().unwrap_or_default(),
+            ),
+            other => {
+                return Err(fail(
+                    "model.merges",
+                    format!("#{i} {other} is neither \"a b\" nor [\"a\", \"b\"]"),
+                ))
+            }
+        };
+        match (by_string.get(left), by_string.get(right)) {
+            (Some(&a), Some(&b)) => merges.push((a, b)),
+            _ => {
+                return Err(fail(
+                    "model.merges",
+                    format!("#{i} uses a token not in the vocabulary: {left:?} {right:?}"),
+                ))
+            }
+        }
+    }
+    let tok = Tokenizer::new(pattern, vocab, merges, specials, ignore_merges)
+        .map_err(|e| TokenizerError(format!("{origin}: {e}")))?;
+    Ok(tok.with_normalizer(normalizer))
+}
+
+/// null, NFC, or a Sequence holding at most NFC.
+fn parse_normalizer(n: &Value) -> Option<Normalizer> {
+    match n["type"].as_str() {
+        _ if n.is_null() => Some(Normalizer::None),
+        Some("NFC") => Some(Normalizer::Nfc),
+        Some("Sequence") => match n["normalizers"].as_array()?.as_slice() {
+            [] => Some(Normalizer::None),
+            [one] => parse_normalizer(one),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn parse_pre_tokenizer(p: &Value) -> Result<Pattern, String> {
+    // GPT-2 style: a lone ByteLevel that splits with GPT-2's pattern itself.
+    if p["type"].as_str() == Some("ByteLevel") && p["use_regex"].as_bool() != Some(false) {
+        if p["add_prefix_space"].as_bool() == Some(true) {
+            return Err(format!(
+                "ByteLevel add_prefix_space = true is not supported, found {p}"
+            ));
+        }
+        return Ok(Pattern::Gpt2);
+    }
+    let steps = match p["type"].as_str() {
+        Some("Sequence") => p["pretokenizers"].as_array().cloned().unwrap_or_default(),
+        _ => vec![p.clone()],
+    };
+    let [split, byte_level] = steps.as_slice() else {
+        return Err(format!("expected Sequence[Split, ByteLevel], found {p}"));
+    };
+    if split["type"].as_str() != Some("Split")
+        || split["behavior"].as_str() != Some("Isolated")
+        || split["invert"].as_bool() == Some(true)
+    {
+        return Err(format!(
+            "expected an Isolated, non-inverted Split first, found {split}"
+        ));
+    }
+    let regex = split["pattern"]["Regex"]
+        .as_str()
+        .ok_or_else(|| format!("Split needs a Regex pattern, found {split}"))?;
+    let pattern = Pattern::from_regex(regex).ok_or_else(|| {
+        format!("pattern {regex:?} is not one kormo implements (Qwen2, Llama 3, GPT-2)")
+    })?;
+    if byte_level["type"].as_str() != Some("ByteLevel")
+        || byte_level["use_regex"].as_bool() != Some(false)
+        || byte_level["add_prefix_space"].as_bool() == Some(true)
+    {
+        return Err(format!("expected ByteLevel(use_regex = false, add_prefix_space = false) second, found {byte_level}"));
+    }
+    Ok(pattern)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::{train, TrainConfig, WordCounts};
+
+    fn small_tokenizer() -> Tokenizer {
+        let mut c = WordCounts::default();
+        let text = "Debian is a free operating system. 데비안은 자유 운영체제입니다.\n\n  Don't panic: it's 2024!";
+        for _ in 0..20 {
+            c.add_text(text, Pattern::Qwen2, &[], usize::MAX);
+        }
+        train(&c.counts, &TrainConfig::kormo(256 + 50 + 5)).unwrap()
+    }
+
+    #[test]
+    fn json_round_trip_preserves_encoding_and_fingerprint() {
+        let tok = small_tokenizer();
+        let text = serde_json::to_string(&tokenizer_json(&tok)).unwrap();
+        let back = parse(&text, "memory").unwrap();
+        assert_eq!(back.fingerprint(), tok.fingerprint());
+        let sample = "<|BOS|>Debian 데비안 it's free<|EOT|>";
+        assert_eq!(back.encode(sample), tok.encode(sample));
+        let config = tokenizer_config_json(&tok);
+        assert_eq!(config["bos_token"], "<|BOS|>");
+        assert_eq!(
+            config["added_tokens_decoder"][tok.special_id("<|EOT|>").unwrap().to_string()]
+                ["content"],
+            "<|EOT|>"
+        );
+    }
+
+    #[test]
+    fn reads_pair_merges_and_rejects_what_it_cannot_encode_faithfully() {
+        let tok = small_tokenizer();
+        let mut doc = tokenizer_json(&tok);
+        let pairs: Vec<Value> = doc["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let (a, b) = m.as_str().unwrap().split_once(' ').unwrap();
+                json!([a, b])
+            })
+            .collect();
+        doc["model"]["merges"] = Value::Array(pairs);
+        assert_eq!(
+            parse(&doc.to_string(), "pairs").unwrap().fingerprint(),
+            tok.fingerprint()
+        );
+
+        let mut nfc = doc.clone();
+        nfc["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});
+        let with_nfc = parse(&nfc.to_string(), "x.json").unwrap();
+        assert_eq!(with_nfc.normalizer(), Normalizer::Nfc);
+        assert_eq!(
+            with_nfc.encode("데비안"),
+            with_nfc.encode("\u{1103}\u{1166}\u{1107}\u{1175}\u{110b}\u{1161}\u{11ab}")
+        );
+        let mut nfkc = doc.clone();
+        nfkc["normalizer"] = json!({"type": "NFKC"});
+        let e = parse(&nfkc.to_string(), "x.json").unwrap_err();
+        assert!(e.0.starts_with("x.json: normalizer:"), "{e}");
+        let mut other = doc.clone();
+        other["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = json!("\\w+");
+        assert!(parse(&other.to_string(), "x.json")
+            .unwrap_err()
+            .0
+            .contains("pre_tokenizer"));
+        let mut strip = doc;
+        strip["added_tokens"][0]["lstrip"] = json!(true);
+        assert!(parse(&strip.to_string(), "x.json")
+            .unwrap_err()
+            .0
+            .contains("lstrip"));
+        assert!(parse("{", "bad.json")
+            .unwrap_err()
+            .0
+            .starts_with("bad.json: not valid JSON"));
+    }
+}

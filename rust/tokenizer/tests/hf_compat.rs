@@ -1,0 +1,273 @@
+//! Compatibility with Hugging Face `tokenizers`, both ways, through tests/hf_compat.py:
+//! a tokenizer trained by kormo and saved as tokenizer.json encodes identically in
+//! `tokenizers`, and tokenizers trained by `tokenizers` (Qwen2 style with its NFC normalizer,
+//! and GPT-2 style) load into kormo and encode identically there. The texts: the Debian FAQ in English and Korean (when the
+//! `debian-faq` and `debian-faq-ko` packages are installed) plus generated adversarial
+//! strings (every whitespace kind, newlines, contractions, digits, Hangul, marks, emoji,
+//! special tokens, random code points of every general category). Skips, saying why, when
+//! python3 or the `tokenizers` package is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kormo_tokenizer::bytelevel::bytes_to_string;
+use kormo_tokenizer::documents::test_dir;
+use kormo_tokenizer::train::{count_documents, train, TrainConfig};
+use kormo_tokenizer::unicode_tables::{LETTER_RANGES, NUMBER_RANGES};
+use kormo_tokenizer::{corpus, hf, pre_tokens, Normalizer, Pattern, Tokenizer};
+use rand::{Rng, SeedableRng};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hf_compat.py");
+
+/// Deterministic tricky strings.
+fn adversarial_texts(n: usize) -> Vec<String> {
+    let pool: Vec<&str> = vec![
+        " ",
+        "  ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\r",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{2028}",
+        "\u{85}",
+        "\u{b}",
+        "'s",
+        "'S",
+        "'re",
+        "'VE",
+        "'ll",
+        "'d",
+        "'m",
+        "'t",
+        "'ſ",
+        "'",
+        "\"",
+        "a",
+        "Zebra",
+        "word",
+        "한국어",
+        "는",
+        "ㄱ",
+        "1",
+        "2024",
+        "٣",
+        "½",
+        "Ⅻ",
+        ".",
+        "...",
+        "!?",
+        "-",
+        "😀",
+        "👍🏽",
+        "\u{301}",
+        "\u{345}",
+        "é",
+        "ß",
+        "日本",
+        "Ω",
+        "<|BOS|>",
+        "<think>",
+        "</think>",
+        "<|EOT|>",
+        "<|BO",
+        "\u{0}",
+        "\u{7f}",
+        "$",
+        "_",
+        "ﬅ",
+        "\u{1112}\u{1161}\u{11AB}",
+        "e\u{301}",
+        "\u{212B}",
+        "q\u{301}\u{323}",
+    ];
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2024);
+    let random_char = |rng: &mut rand_chacha::ChaCha8Rng| -> char {
+        // Letters and numbers from the tables, or any scalar value (symbols, marks, spaces,
+        // controls, unassigned code points), half of them below U+3400.
+        match rng.random_range(0..3) {
+            0 => {
+                let (a, b) = LETTER_RANGES[rng.random_range(0..LETTER_RANGES.len())];
+                char::from_u32(rng.random_range(a..=b)).unwrap()
+            }
+            1 => {
+                let (a, b) = NUMBER_RANGES[rng.random_range(0..NUMBER_RANGES.len())];
+                char::from_u32(rng.random_range(a..=b)).unwrap()
+            }
+            _ => loop {
+                let limit = if rng.random_bool(0.5) {
+                    0x3400
+                } else {
+                    0x110000
+                };
+                if let Some(c) = char::from_u32(rng.random_range(1..limit)) {
+                    break c;
+                }
+            },
+        }
+    };
+    (0..n)
+        .map(|_| {
+            let mut s = String::new();
+            for _ in 0..rng.random_range(1..40) {
+                if rng.random_bool(0.15) {
+                    s.push(random_char(&mut rng));
+                } else {
+                    s.push_str(pool[rng.random_range(0..pool.len())]);
+                }
+            }
+            s
+        })
+        .collect()
+}
+
+fn cases_json(tok: Option<&Tokenizer>, texts: &[String]) -> String {
+    let cases: Vec<serde_json::Value> = texts
+        .iter()
+        .map(|t| {
+            let mut case = serde_json::json!({ "text": t });
+            if let Some(tok) = tok {
+                case["ids"] = serde_json::json!(tok.encode(t));
+                if !tok.specials().iter().any(|s| t.contains(&s.content)) {
+                    let pieces: Vec<String> = pre_tokens(t, Pattern::Qwen2)
+                        .map(|p| bytes_to_string(p.as_bytes()))
+                        .collect();
+                    case["pieces"] = serde_json::json!(pieces);
+                }
+            }
+            case
+        })
+        .collect();
+    serde_json::to_string(&cases).unwrap()
+}
+
+/// Runs the script; `None` if the run was skipped (message printed).
+fn run_script(args: &[&Path]) -> Option<String> {
+    let output = match Command::new("python3").arg(SCRIPT).args(args).output() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipped: python3 not runnable ({e})");
+            return None;
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    match output.status.code() {
+        Some(0) => Some(stdout),
+        Some(77) => {
+            eprintln!("skipped: tokenizers not installed");
+            None
+        }
+        _ => panic!(
+            "hf_compat.py failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    }
+}
+
+fn texts_and_corpus() -> (Vec<String>, String) {
+    let mut texts = adversarial_texts(3000);
+    match corpus::debian_faq() {
+        Some((english, korean)) => {
+            eprintln!("using the Debian FAQ: {} English and {} Korean documents", english.len(), korean.len());
+            texts.extend(english);
+            texts.extend(korean);
+        }
+        None => eprintln!("Debian FAQ not installed (apt-get install debian-faq debian-faq-ko): adversarial texts only"),
+    }
+    let corpus = texts.join("\n\n");
+    (texts, corpus)
+}
+
+#[test]
+fn kormo_trained_tokenizer_encodes_identically_in_hf_tokenizers() {
+    let (texts, _) = texts_and_corpus();
+    let config = TrainConfig::kormo(3000);
+    let counts = count_documents(
+        texts.iter().cloned(),
+        Pattern::Qwen2,
+        &config.specials,
+        2,
+        usize::MAX,
+    );
+    let tok = train(&counts.counts, &config).unwrap();
+    assert!(
+        tok.vocab_size() > 1000,
+        "trained only {} tokens",
+        tok.vocab_size()
+    );
+    let dir = test_dir("hf-compat-kormo");
+    hf::save(&tok, &dir).unwrap();
+    let cases = dir.join("cases.json");
+    std::fs::write(&cases, cases_json(Some(&tok), &texts)).unwrap();
+    if let Some(out) = run_script(&[Path::new("check"), &dir.join("tokenizer.json"), &cases]) {
+        assert!(
+            out.contains(&format!("{0}/{0} cases identical", texts.len())),
+            "{out}"
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Trains with `tokenizers` in `style` ("qwen2" or "gpt2"), loads into kormo, compares ids.
+fn hf_trained_tokenizer_encodes_identically_in_kormo(
+    style: &str,
+    pattern: Pattern,
+    normalizer: Normalizer,
+) {
+    let (texts, corpus_text) = texts_and_corpus();
+    let dir = test_dir(&format!("hf-compat-{style}"));
+    let corpus_path: PathBuf = dir.join("corpus.txt");
+    std::fs::write(&corpus_path, corpus_text).unwrap();
+    let cases = dir.join("cases.json");
+    std::fs::write(&cases, cases_json(None, &texts)).unwrap();
+    let out_json = dir.join("hf-tokenizer.json");
+    if run_script(&[
+        Path::new("train"),
+        Path::new(style),
+        &corpus_path,
+        Path::new("3000"),
+        &out_json,
+        &cases,
+    ])
+    .is_some()
+    {
+        let tok = hf::load(&out_json).unwrap();
+        assert_eq!(tok.vocab_size(), 3000);
+        assert_eq!((tok.pattern(), tok.normalizer()), (pattern, normalizer));
+        let cases: Vec<serde_json::Value> =
+            serde_json::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
+        let mut mismatches = 0;
+        for case in &cases {
+            let text = case["text"].as_str().unwrap();
+            let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            if tok.encode(text) != expected {
+                mismatches += 1;
+                if mismatches <= 5 {
+                    eprintln!(
+                        "mismatch on {text:?}:\n  kormo {:?}\n  hf    {expected:?}",
+                        tok.encode(text)
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            mismatches,
+            0,
+            "{mismatches}/{} texts encode differently",
+            cases.len()
+        );
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn hf_trained_qwen2_style_tokenizer_with_nfc_encodes_identically_in_kormo() {
+    hf_trained_tokenizer_encodes_identically_in_kormo("qwen2", Pattern::Qwen2, Normalizer::Nfc);
+}
+
+#[test]
+fn hf_trained_gpt2_style_tokenizer_encodes_identically_in_kormo() {
+    hf_trained_tokenizer_encodes_identically_in_kormo("gpt2", Pattern::Gpt2, Normalizer::None);
+}

@@ -1,0 +1,42 @@
+//! Shared helpers of the trainer tests: the small test recipe and scratch directories.
+// Each test binary uses a subset of these.
+#![allow(dead_code)]
+
+use kormo_train::recipe::Recipe;
+use kormo_train::trainer::RunOptions;
+use std::path::{Path, PathBuf};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// tests/recipes/test-small.toml: the tiny recipe's structure at test size.
+pub fn small_recipe() -> Recipe {
+    Recipe::load(&repo().join("tests/recipes/test-small.toml")).unwrap()
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let base = std::env::var_os("TEST_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("kormo-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+pub fn options(stage: &str, run_dir: &Path) -> RunOptions {
+    RunOptions {
+        stage: stage.into(),
+        run_dir: run_dir.to_path_buf(),
+        max_steps: None,
+        stop_after: None,
+        seed: None,
+        resume: false,
+        // Fixed so runs are comparable everywhere (results do not depend on it, see kormo-cpu).
+        threads: Some(2),
+        log_every: 1,
+        world_size: 1,
+        init_hf: None,
+        faults: Default::default(),
+    }
+}

@@ -1,0 +1,95 @@
+//! A stage can start from a Hugging Face model folder (kormo_hf's import): `init = "hf:FOLDER"`
+//! in the recipe or `--init-hf FOLDER`. Exported in f32, the folder holds exactly the weights
+//! of the checkpoint it came from, so the stage trains exactly as if started from that checkpoint.
+
+mod common;
+
+use common::{options, scratch, small_recipe};
+use kormo_hf::vocab::{byte_tokenizer, ModelTokenizer, TokenizerSource};
+use kormo_hf::{export_folder, ExportDtype, ExportOptions, Flavor, Weights};
+use kormo_train::trainer::run_stage;
+
+#[test]
+fn stage_starts_from_a_hugging_face_folder() {
+    let recipe = small_recipe();
+    let dir = scratch("hf-source");
+    let mut opts = options("pretrain1", &dir);
+    opts.max_steps = Some(2);
+    run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    let weights = Weights::from_checkpoint(&dir.join("pretrain1/final"), &recipe.model).unwrap();
+    let folder = dir.join("hf-export");
+    let tokenizer = ModelTokenizer {
+        tokenizer: byte_tokenizer(),
+        source: TokenizerSource::ByteVocab,
+    };
+    for flavor in [Flavor::Kormo, Flavor::Llama] {
+        let export = ExportOptions {
+            flavor,
+            dtype: ExportDtype::F32,
+            ..ExportOptions::default()
+        };
+        export_folder(
+            &weights,
+            &tokenizer,
+            &folder.join(flavor.model_type()),
+            &export,
+        )
+        .unwrap();
+    }
+
+    // Reference: pretrain2 from pretrain1's final checkpoint (its recipe init).
+    let mut opts = options("pretrain2", &dir);
+    opts.max_steps = Some(3);
+    let reference = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    let losses = |r: &kormo_train::trainer::StageReport| -> Vec<u64> {
+        r.logged.iter().map(|m| m.loss.to_bits()).collect()
+    };
+
+    // --init-hf, with either naming.
+    for flavor in [Flavor::Kormo, Flavor::Llama] {
+        let run_dir = scratch(&format!("hf-flag-{}", flavor.model_type()));
+        let mut opts = options("pretrain2", &run_dir);
+        opts.max_steps = Some(3);
+        opts.init_hf = Some(folder.join(flavor.model_type()));
+        let mut out = Vec::new();
+        let report = run_stage(&recipe, &opts, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("init: weights of Hugging Face folder"),
+            "{text}"
+        );
+        assert_eq!(
+            losses(&report),
+            losses(&reference),
+            "{}",
+            flavor.model_type()
+        );
+    }
+
+    // init = "hf:FOLDER" in the recipe.
+    let mut from_recipe = recipe.clone();
+    from_recipe.file.stages.pretrain2.init =
+        format!("hf:{}", folder.join(Flavor::Kormo.model_type()).display());
+    let run_dir = scratch("hf-recipe");
+    let mut opts = options("pretrain2", &run_dir);
+    opts.max_steps = Some(3);
+    let report = run_stage(&from_recipe, &opts, &mut std::io::sink()).unwrap();
+    assert_eq!(losses(&report), losses(&reference));
+
+    // A folder of another model shape is refused, naming config.json and the field.
+    let mut bigger = from_recipe.clone();
+    bigger.model.ffn = 96;
+    let err = run_stage(&bigger, &opts, &mut std::io::sink())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("config.json") && err.contains("ffn: folder 64, recipe 96"),
+        "{err}"
+    );
+    let mut opts = options("pretrain2", &run_dir);
+    opts.init_hf = Some(run_dir.join("no-such-folder"));
+    let err = run_stage(&recipe, &opts, &mut std::io::sink())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no-such-folder"), "{err}");
+}

@@ -1,0 +1,194 @@
+//! Stop-and-resume equals an uninterrupted run, bit for bit: every logged loss, the final
+//! weights and the AdamW moments. The interruption points fall inside a phase and across the
+//! long_context -> reasoning boundary (where the optimizer is re-initialised), with gradient
+//! accumulation in the reasoning phase.
+
+mod common;
+
+use common::{options, scratch, small_recipe};
+use kormo_checkpoint::Checkpoint;
+use kormo_train::metrics::read_metrics;
+use kormo_train::trainer::{run_stage, MODEL_FILE, OPTIMIZER_FILE};
+
+fn tensors(dir: &std::path::Path, file: &str) -> Vec<(String, Vec<u32>)> {
+    let checkpoint = Checkpoint::load(dir).unwrap();
+    let file = checkpoint.file(file).unwrap();
+    file.tensors()
+        .keys()
+        .map(|name| {
+            (
+                name.clone(),
+                file.raw(name)
+                    .unwrap()
+                    .chunks(4)
+                    .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn resume_is_bitwise_identical_to_straight_run() {
+    let recipe = small_recipe();
+    let max_steps = Some(6);
+
+    let straight_dir = scratch("straight");
+    let mut opts = options("midtrain", &straight_dir);
+    opts.max_steps = max_steps;
+    let straight = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(straight.completed);
+    assert_eq!(straight.logged.len(), 12);
+
+    let split_dir = scratch("split");
+    let mut opts = options("midtrain", &split_dir);
+    opts.max_steps = max_steps;
+    opts.stop_after = Some(4);
+    let first = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(!first.completed);
+    assert!(
+        first.checkpoint.ends_with("checkpoints/step-000000004"),
+        "{:?}",
+        first.checkpoint
+    );
+    // A crash after logging step 5 but before its checkpoint: resuming drops that line.
+    let mut ghost = first.logged.last().unwrap().clone();
+    ghost.step = 5;
+    ghost.loss = 123.0;
+    let metrics_path = split_dir.join("midtrain/metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics_path).unwrap();
+    text.push_str(&format!("{}\n", serde_json::to_string(&ghost).unwrap()));
+    std::fs::write(&metrics_path, text).unwrap();
+    opts.resume = true;
+    let second = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(
+        !second.completed,
+        "4 more steps end inside the reasoning phase"
+    );
+    let third = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(third.completed);
+
+    let resumed: Vec<_> = first
+        .logged
+        .iter()
+        .chain(&second.logged)
+        .chain(&third.logged)
+        .cloned()
+        .collect();
+    let key = |m: &kormo_train::metrics::StepMetrics| {
+        (
+            m.phase.clone(),
+            m.step,
+            m.phase_step,
+            m.loss.to_bits(),
+            m.lr.to_bits(),
+            m.grad_norm.to_bits(),
+            m.tokens,
+        )
+    };
+    assert_eq!(
+        resumed.iter().map(key).collect::<Vec<_>>(),
+        straight.logged.iter().map(key).collect::<Vec<_>>()
+    );
+    let phases: Vec<&str> = resumed.iter().map(|m| m.phase.as_str()).collect();
+    assert_eq!(
+        phases[3..8],
+        [
+            "long_context",
+            "long_context",
+            "long_context",
+            "reasoning",
+            "reasoning"
+        ]
+    );
+
+    let a = straight_dir.join("midtrain/final");
+    let b = split_dir.join("midtrain/final");
+    assert_eq!(tensors(&a, MODEL_FILE), tensors(&b, MODEL_FILE));
+    assert_eq!(tensors(&a, OPTIMIZER_FILE), tensors(&b, OPTIMIZER_FILE));
+    let (ma, mb) = (
+        Checkpoint::load(&a).unwrap().manifest,
+        Checkpoint::load(&b).unwrap().manifest,
+    );
+    assert_eq!(
+        ma.run, mb.run,
+        "step, phase, rng state and data cursor agree"
+    );
+
+    // The metrics file of the resumed run holds every step once, in order (JSON text keeps the
+    // values to within the last bit: serde_json's default float parser may round differently).
+    let logged = read_metrics(&split_dir.join("midtrain/metrics.jsonl")).unwrap();
+    assert_eq!(logged.len(), straight.logged.len());
+    for (file, memory) in logged.iter().zip(&straight.logged) {
+        assert_eq!(
+            (&file.phase, file.step, file.tokens),
+            (&memory.phase, memory.step, memory.tokens)
+        );
+        assert!(
+            (file.loss - memory.loss).abs() <= 1e-14 * memory.loss.abs(),
+            "{} vs {}",
+            file.loss,
+            memory.loss
+        );
+    }
+
+    // Stopping exactly at the phase boundary: the next phase starts with a fresh optimizer,
+    // as in the straight run.
+    let boundary_dir = scratch("boundary");
+    let mut boundary = options("midtrain", &boundary_dir);
+    boundary.max_steps = max_steps;
+    boundary.stop_after = Some(6);
+    let head = run_stage(&recipe, &boundary, &mut std::io::sink()).unwrap();
+    assert!(!head.completed && head.logged.last().unwrap().phase == "long_context");
+    let tail = run_stage(&recipe, &boundary.with_resume(), &mut std::io::sink()).unwrap();
+    let joined: Vec<_> = head.logged.iter().chain(&tail.logged).map(key).collect();
+    assert_eq!(joined, straight.logged.iter().map(key).collect::<Vec<_>>());
+    assert_eq!(
+        tensors(&boundary_dir.join("midtrain/final"), MODEL_FILE),
+        tensors(&a, MODEL_FILE)
+    );
+
+    // Resuming a finished stage does nothing and says so.
+    let again = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(again.completed && again.logged.is_empty());
+}
+
+#[test]
+fn resume_refuses_a_changed_run() {
+    let recipe = small_recipe();
+    let dir = scratch("changed");
+    let mut opts = options("pretrain1", &dir);
+    opts.max_steps = Some(4);
+    opts.stop_after = Some(2);
+    run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    opts.resume = true;
+    opts.seed = Some(99);
+    let err = run_stage(&recipe, &opts, &mut std::io::sink())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("seed 1234, this run has 99"), "{err}");
+    opts.seed = None;
+    opts.max_steps = Some(5);
+    let err = run_stage(&recipe, &opts, &mut std::io::sink())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("phase length"), "{err}");
+    let mut other = recipe.clone();
+    other.file.optimizer.lr = 1e-3;
+    opts.max_steps = Some(4);
+    let err = run_stage(&other, &opts, &mut std::io::sink())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("recipe hash"), "{err}");
+    let err = run_stage(
+        &recipe,
+        &options("sft", &dir).with_resume(),
+        &mut std::io::sink(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("no checkpoint in") && err.contains("sft"),
+        "{err}"
+    );
+}

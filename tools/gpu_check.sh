@@ -1,0 +1,184 @@
+#!/bin/bash
+# One-command GPU check of kormo's kernels (docs/gpu.md explains the whole round trip).
+#
+#   tools/gpu_check.sh build          HERE (no GPU needed): builds the release GPU test binary and
+#                                     the bench binary with the kernels embedded, copies them to
+#                                     .gpu-carry/ (git-ignored; carry it to the device).
+#   tools/gpu_check.sh run [OUT_DIR]  ON THE DEVICE: runs every GPU test (kernels, and the model
+#                                     on CudaOps against the CPU backend), compute-sanitizer
+#                                     memcheck + racecheck on them (when the tool exists), the
+#                                     Rust benchmarks and bench/torch_reference.py, and writes
+#                                     OUT_DIR/<date>-<device>.md (default bench/results) plus logs.
+#
+# Budget: every step has its own timeout so the whole run stays under 8 minutes; a step that
+# times out is reported as such, and the rest still runs.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+CARRY=.gpu-carry
+
+build() {
+    set -e
+    command -v cargo >/dev/null || { echo "gpu_check build: cargo not found" >&2; exit 1; }
+    mkdir -p "$CARRY"
+    # The test executable's path comes from cargo's JSON messages (its name carries a hash).
+    local test_bin
+    test_bin="$(cargo test --release -p kormo-cuda --test gpu --no-run --message-format=json \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
+        print(m["executable"])')"
+    [[ -n "$test_bin" ]] || { echo "gpu_check build: no gpu test executable found" >&2; exit 1; }
+    cargo build --release -p kormo-cuda --bin bench
+    cp "$test_bin" "$CARRY/gpu-tests"
+    cp target/release/bench "$CARRY/bench"
+    if ! grep -q kormo_attention_fwd_hd128_doc "$CARRY/gpu-tests" || ! grep -q kormo_attention_fwd_hd128_doc "$CARRY/bench"; then
+        echo "gpu_check build: the binaries carry no kernels (was nvcc found at build time?)" >&2
+        exit 1
+    fi
+    {
+        git rev-parse HEAD 2>/dev/null || echo "unknown"
+        git status --porcelain 2>/dev/null | grep -q . && echo "(working tree had uncommitted changes)"
+    } >"$CARRY/COMMIT"
+    du -sh "$CARRY"
+    echo "built $CARRY/{gpu-tests,bench}; carry '$CARRY' with the device tool (docs/gpu.md)"
+}
+
+# Runs "$@" with a timeout, appending stdout+stderr to a log; prints the exit status.
+run_logged() {
+    local seconds="$1" log="$2"
+    shift 2
+    timeout "$seconds" "$@" >>"$log" 2>&1
+    echo $?
+}
+
+find_sanitizer() {
+    command -v compute-sanitizer && return
+    local c
+    for c in /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer /opt/nvidia/*/compute-sanitizer; do
+        [[ -x "$c" ]] && { echo "$c"; return; }
+    done
+}
+
+# Directory holding libcublasLt (CudaOps' GEMMs): the loader path, a CUDA toolkit, or the pip
+# wheels that PyTorch brings (nvidia/cublas/lib, nvidia/cu13/lib).
+find_cublaslt_dir() {
+    local lib
+    lib="$(ldconfig -p 2>/dev/null | awk '/libcublasLt\.so/ {print $NF; exit}')"
+    [[ -n "$lib" ]] && { dirname "$lib"; return; }
+    for lib in /usr/local/cuda/lib64/libcublasLt.so* /usr/local/cuda-*/lib64/libcublasLt.so* \
+        $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null | tr ' ' '\n' \
+            | sed 's|$|/nvidia/*/lib/libcublasLt.so*|'); do
+        [[ -e "$lib" ]] && { dirname "$lib"; return; }
+    done
+}
+
+run_checks() {
+    local out_dir="${1:-bench/results}"
+    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/bench" ]] || {
+        echo "gpu_check run: $CARRY/gpu-tests or $CARRY/bench missing: run 'tools/gpu_check.sh build' here first" >&2
+        exit 1
+    }
+    mkdir -p "$out_dir"
+    local gpu_name driver slug date_tag report logs
+    gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+    driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
+    slug="$(tr -c 'A-Za-z0-9\n' '-' <<<"${gpu_name:-unknown}" | tr -s '-' | sed 's/-$//')"
+    date_tag="$(date -u +%Y-%m-%d-%H%M)"
+    report="$out_dir/$date_tag-$slug.md"
+    logs="$out_dir/$date_tag-$slug-logs"
+    mkdir -p "$logs"
+
+    local cublaslt_dir
+    cublaslt_dir="$(find_cublaslt_dir)"
+    [[ -n "$cublaslt_dir" ]] && export LD_LIBRARY_PATH="$cublaslt_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+    {
+        echo "# GPU check $date_tag"
+        echo
+        echo "- device: ${gpu_name:-unknown (nvidia-smi failed)}"
+        echo "- driver: ${driver:-unknown}"
+        echo "- commit: $(tr '\n' ' ' <"$CARRY/COMMIT")"
+        echo "- command: tools/gpu_check.sh run $out_dir"
+        echo "- glibc: $(ldd --version 2>/dev/null | head -1)"
+        echo "- cuBLASLt (CudaOps GEMMs): ${cublaslt_dir:-NOT FOUND: the cuda_ops_* tests will fail}"
+        echo
+        echo "## GPU tests (tests/gpu.rs, one process per test; cuda_ops_* = the model on CudaOps vs CpuOps)"
+        echo
+        echo "| test | result | max relative L2 error | seconds |"
+        echo "| --- | --- | --- | --- |"
+    } >"$report"
+
+    local tests t status start secs maxerr result
+    tests="$("$CARRY/gpu-tests" --list 2>/dev/null | sed -n 's/: test$//p')"
+    for t in $tests; do
+        start=$SECONDS
+        status=$(run_logged 60 "$logs/test-$t.log" "$CARRY/gpu-tests" --exact "$t" --nocapture --test-threads=1)
+        secs=$((SECONDS - start))
+        maxerr="$(grep -o 'relative L2 error [0-9.e+-]*' "$logs/test-$t.log" | awk '{print $4}' | sort -g | tail -1)"
+        case "$status" in
+            0) grep -q "skipped: no CUDA device" "$logs/test-$t.log" && result="SKIPPED (no device)" || result="pass" ;;
+            124) result="TIMEOUT" ;;
+            *) result="FAIL (exit $status)" ;;
+        esac
+        echo "| $t | $result | ${maxerr:--} | $secs |" >>"$report"
+    done
+    {
+        echo
+        echo "Failure messages (if any):"
+        echo '```'
+        grep -h -A3 "panicked at" "$logs"/test-*.log | head -60
+        echo '```'
+        echo
+        echo "## compute-sanitizer"
+        echo
+    } >>"$report"
+
+    local sanitizer tool
+    sanitizer="$(find_sanitizer)"
+    if [[ -z "$sanitizer" ]]; then
+        echo "compute-sanitizer not found on this machine: memcheck/racecheck NOT run." >>"$report"
+    else
+        echo "| tool | exit | errors reported |" >>"$report"
+        echo "| --- | --- | --- |" >>"$report"
+        for tool in memcheck racecheck; do
+            status=$(run_logged 100 "$logs/sanitizer-$tool.log" "$sanitizer" --tool "$tool" --error-exitcode 99 \
+                "$CARRY/gpu-tests" --test-threads=1 --skip cuda_ops_loss_curve)
+            local summary
+            summary="$(grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$logs/sanitizer-$tool.log" | sort | uniq -c | tr '\n' ';')"
+            [[ "$status" == 124 ]] && summary="TIMEOUT after 100 s (partial: $summary)"
+            echo "| $tool | $status | ${summary:-none printed} |" >>"$report"
+        done
+    fi
+
+    {
+        echo
+        echo "## Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)"
+        echo
+    } >>"$report"
+    status=$(run_logged 150 "$logs/bench.log" "$CARRY/bench")
+    cat "$logs/bench.log" >>"$report"
+    [[ "$status" == 0 ]] || echo "(bench exit status $status)" >>"$report"
+
+    {
+        echo
+        echo "## PyTorch reference timings (bench/torch_reference.py --quick)"
+        echo
+    } >>"$report"
+    status=$(run_logged 150 "$logs/torch.log" python3 bench/torch_reference.py --quick)
+    grep -v "^\s*$" "$logs/torch.log" | grep "^|\|^device\|total" >>"$report"
+    [[ "$status" == 0 ]] || { echo "(torch script exit status $status; tail of its log:)"; tail -5 "$logs/torch.log"; } >>"$report"
+
+    echo "report: $report"
+    cat "$report"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) run_checks "${2:-}" ;;
+    *)
+        echo "usage: tools/gpu_check.sh build | run [OUT_DIR]" >&2
+        exit 2
+        ;;
+esac
