@@ -1,17 +1,20 @@
 #!/bin/bash
 # One-command GPU check of kormo's kernels (docs/gpu.md explains the whole round trip).
 #
-#   tools/gpu_check.sh build          HERE (no GPU needed): builds the release GPU test binary and
-#                                     the bench binary with the kernels embedded, copies them to
-#                                     .gpu-carry/ (git-ignored; carry it to the device).
+#   tools/gpu_check.sh build          HERE (no GPU needed): builds the release GPU test binary, the
+#                                     kernel bench and the training-step bench (model_step) with
+#                                     the kernels embedded, copies them to .gpu-carry/ (git-ignored;
+#                                     carry it to the device).
 #   tools/gpu_check.sh run [OUT_DIR]  ON THE DEVICE: runs every GPU test (kernels, and the model
 #                                     on CudaOps against the CPU backend), compute-sanitizer
 #                                     memcheck + racecheck on them (when the tool exists), the
-#                                     Rust benchmarks and bench/torch_reference.py, and writes
+#                                     training-step and kernel benchmarks and
+#                                     bench/torch_reference.py, and writes
 #                                     OUT_DIR/<date>-<device>.md (default bench/results) plus logs.
 #
-# Budget: every step has its own timeout so the whole run stays under 8 minutes; a step that
-# times out is reported as such, and the rest still runs.
+# Budget: every step has its own timeout, cut so the whole run ends within BUDGET_S (570 s) for
+# the device tool's 600 s per-call limit; a step that times out (or finds no time left) is
+# reported as such, and the rest still runs.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -30,9 +33,10 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
         print(m["executable"])')"
     [[ -n "$test_bin" ]] || { echo "gpu_check build: no gpu test executable found" >&2; exit 1; }
-    cargo build --release -p kormo-cuda --bin bench
+    cargo build --release -p kormo-cuda --bin bench --bin model_step
     cp "$test_bin" "$CARRY/gpu-tests"
     cp target/release/bench "$CARRY/bench"
+    cp target/release/model_step "$CARRY/model-step"
     if ! grep -q kormo_attention_fwd_hd128_doc "$CARRY/gpu-tests" || ! grep -q kormo_attention_fwd_hd128_doc "$CARRY/bench"; then
         echo "gpu_check build: the binaries carry no kernels (was nvcc found at build time?)" >&2
         exit 1
@@ -42,13 +46,24 @@ for line in sys.stdin:
         git status --porcelain 2>/dev/null | grep -q . && echo "(working tree had uncommitted changes)"
     } >"$CARRY/COMMIT"
     du -sh "$CARRY"
-    echo "built $CARRY/{gpu-tests,bench}; carry '$CARRY' with the device tool (docs/gpu.md)"
+    echo "built $CARRY/{gpu-tests,bench,model-step}; carry '$CARRY' with the device tool (docs/gpu.md)"
 }
 
-# Runs "$@" with a timeout, appending stdout+stderr to a log; prints the exit status.
+# The whole run must end within the device tool's per-call limit (run(timeout_s=600)).
+BUDGET_S=570
+
+# Runs "$@" with a timeout (cut to what is left of BUDGET_S), appending stdout+stderr to a log;
+# prints the exit status (124 on timeout, or when no time was left to start it).
 run_logged() {
     local seconds="$1" log="$2"
     shift 2
+    local left=$((BUDGET_S - SECONDS))
+    ((left < seconds)) && seconds=$left
+    if ((seconds <= 5)); then
+        echo "not run: the ${BUDGET_S} s budget of this run is spent" >>"$log"
+        echo 124
+        return
+    fi
     timeout "$seconds" "$@" >>"$log" 2>&1
     echo $?
 }
@@ -76,8 +91,8 @@ find_cublaslt_dir() {
 
 run_checks() {
     local out_dir="${1:-bench/results}"
-    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/bench" ]] || {
-        echo "gpu_check run: $CARRY/gpu-tests or $CARRY/bench missing: run 'tools/gpu_check.sh build' here first" >&2
+    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/bench" && -x "$CARRY/model-step" ]] || {
+        echo "gpu_check run: $CARRY/{gpu-tests,bench,model-step} incomplete: run 'tools/gpu_check.sh build' here first" >&2
         exit 1
     }
     mkdir -p "$out_dir"
@@ -130,6 +145,18 @@ run_checks() {
         echo '```'
         grep -h -A3 "panicked at" "$logs"/test-*.log | head -60
         echo '```'
+        echo
+    } >>"$report"
+
+    {
+        echo "## Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)"
+        echo
+    } >>"$report"
+    status=$(run_logged 150 "$logs/model-step.log" "$CARRY/model-step")
+    cat "$logs/model-step.log" >>"$report"
+    [[ "$status" == 0 ]] || echo "(model-step exit status $status)" >>"$report"
+
+    {
         echo
         echo "## compute-sanitizer"
         echo

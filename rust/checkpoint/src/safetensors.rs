@@ -60,43 +60,35 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn f32(name: impl Into<String>, shape: Vec<usize>, values: &[f32]) -> Tensor {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor {
-            name: name.into(),
-            dtype: Dtype::F32,
-            shape,
-            bytes,
-        }
+        Tensor::encoded(name, Dtype::F32, shape, values, f32::to_le_bytes)
     }
 
     /// bf16 values given as their raw 16-bit patterns.
     pub fn bf16(name: impl Into<String>, shape: Vec<usize>, bits: &[u16]) -> Tensor {
-        let bytes = bits.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor {
-            name: name.into(),
-            dtype: Dtype::BF16,
-            shape,
-            bytes,
-        }
+        Tensor::encoded(name, Dtype::BF16, shape, bits, u16::to_le_bytes)
     }
 
     pub fn u32(name: impl Into<String>, shape: Vec<usize>, values: &[u32]) -> Tensor {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        Tensor {
-            name: name.into(),
-            dtype: Dtype::U32,
-            shape,
-            bytes,
-        }
+        Tensor::encoded(name, Dtype::U32, shape, values, u32::to_le_bytes)
     }
 
     pub fn u64(name: impl Into<String>, shape: Vec<usize>, values: &[u64]) -> Tensor {
-        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Tensor::encoded(name, Dtype::U64, shape, values, u64::to_le_bytes)
+    }
+
+    /// A tensor of `values`, each stored as `encode` gives it (little-endian).
+    fn encoded<const N: usize, T: Copy>(
+        name: impl Into<String>,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        values: &[T],
+        encode: fn(T) -> [u8; N],
+    ) -> Tensor {
         Tensor {
             name: name.into(),
-            dtype: Dtype::U64,
+            dtype,
             shape,
-            bytes,
+            bytes: values.iter().flat_map(|&v| encode(v)).collect(),
         }
     }
 
@@ -385,10 +377,7 @@ impl SafetensorsFile {
         expect_shape: Option<&[usize]>,
     ) -> Result<Vec<f32>, CheckpointError> {
         let raw = self.typed(name, Dtype::F32, expect_shape)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
+        Ok(from_little_endian(raw, f32::from_le_bytes))
     }
 
     pub fn u64(
@@ -397,10 +386,7 @@ impl SafetensorsFile {
         expect_shape: Option<&[usize]>,
     ) -> Result<Vec<u64>, CheckpointError> {
         let raw = self.typed(name, Dtype::U64, expect_shape)?;
-        Ok(raw
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect())
+        Ok(from_little_endian(raw, u64::from_le_bytes))
     }
 
     pub fn u32(
@@ -409,10 +395,7 @@ impl SafetensorsFile {
         expect_shape: Option<&[usize]>,
     ) -> Result<Vec<u32>, CheckpointError> {
         let raw = self.typed(name, Dtype::U32, expect_shape)?;
-        Ok(raw
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
+        Ok(from_little_endian(raw, u32::from_le_bytes))
     }
 
     /// bf16 values as raw 16-bit patterns.
@@ -422,11 +405,16 @@ impl SafetensorsFile {
         expect_shape: Option<&[usize]>,
     ) -> Result<Vec<u16>, CheckpointError> {
         let raw = self.typed(name, Dtype::BF16, expect_shape)?;
-        Ok(raw
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes(c.try_into().expect("2 bytes")))
-            .collect())
+        Ok(from_little_endian(raw, u16::from_le_bytes))
     }
+}
+
+/// Decodes little-endian `N`-byte elements (`raw.len()` is a multiple of `N`, checked when
+/// the file was opened).
+fn from_little_endian<const N: usize, T>(raw: &[u8], decode: fn([u8; N]) -> T) -> Vec<T> {
+    raw.chunks_exact(N)
+        .map(|c| decode(c.try_into().expect("chunks_exact yields N bytes")))
+        .collect()
 }
 
 fn parse_entry(

@@ -123,21 +123,19 @@ fn safetensors_reader_rejects_malformed_files() {
     let mut trailing = good.clone();
     trailing.extend_from_slice(&[0; 4]);
     expect_parse_error(trailing, "trailing bytes");
+    // A file of this header and 8 data bytes.
+    let with_header = |header: &[u8]| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[1; 8]);
+        bytes
+    };
     let hole = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
-    let mut bytes = (hole.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(hole);
-    bytes.extend_from_slice(&[1; 8]);
-    expect_parse_error(bytes, "overlap or hole");
+    expect_parse_error(with_header(hole), "overlap or hole");
     let wrong_size = br#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-    let mut bytes = (wrong_size.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(wrong_size);
-    bytes.extend_from_slice(&[1; 8]);
-    expect_parse_error(bytes, "do not match shape");
+    expect_parse_error(with_header(wrong_size), "do not match shape");
     let dtype = br#"{"a":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#;
-    let mut bytes = (dtype.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(dtype);
-    bytes.extend_from_slice(&[1; 8]);
-    expect_parse_error(bytes, "unsupported dtype `F64`");
+    expect_parse_error(with_header(dtype), "unsupported dtype `F64`");
 }
 
 #[test]

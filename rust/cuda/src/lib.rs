@@ -11,6 +11,8 @@
 //! - [`gemm`]: row-major GEMMs through cuBLASLt (bf16 in, f32 accumulation).
 //! - [`ops`]: [`CudaOps`], the CUDA backend of `kormo_model::Ops` (bf16/f32 device buffers, a
 //!   scratch arena, one stream, no host sync outside `read`/`sum`).
+//! - [`optim`]: [`optim::DeviceAdamW`], kormo_optim's AdamW with its state and gradient clipping
+//!   on the device.
 //! - [`benchmark`]: what `train --benchmark` needs: [`CudaOps`] for a model config, FLOPs per
 //!   token, device peak, MFU.
 //! - [`bf16`]: host-side bf16 conversion (device buffers of bf16 are `u16` on the host).
@@ -25,6 +27,7 @@ pub mod kernel_names;
 pub mod launch;
 pub mod module;
 pub mod ops;
+pub mod optim;
 pub mod random;
 
 pub use device::{detect_devices, CudaError, DeviceInfo};

@@ -121,6 +121,11 @@ impl CudaBuf {
     fn bytes(&self) -> usize {
         self.len.max(1) * self.dtype().bytes()
     }
+
+    /// The device address, for kernel arguments.
+    pub(crate) fn device_ptr(&self) -> u64 {
+        self.ptr
+    }
 }
 
 impl Drop for CudaBuf {
@@ -179,10 +184,13 @@ impl Slot {
 const SLOTS: usize = INPUT_SLOTS + 4;
 
 /// The CUDA backend: kernels, cuBLASLt and a scratch arena on one stream of one device.
+/// Clones share all of it (a trainer keeps one for [`crate::optim::DeviceAdamW`] while the model
+/// owns another); buffers of one work with every clone.
+#[derive(Clone)]
 pub struct CudaOps {
-    kernels: Kernels,
-    gemm: Gemm,
-    scratch: Mutex<Vec<Option<CudaBuf>>>,
+    kernels: Arc<Kernels>,
+    gemm: Arc<Gemm>,
+    scratch: Arc<Mutex<Vec<Option<CudaBuf>>>>,
     counters: Arc<Counters>,
 }
 
@@ -205,13 +213,19 @@ impl CudaOps {
         let gemm = Gemm::new(kernels.stream().clone())?;
         let counters = Arc::new(Counters::default());
         counters.allocated(gemm.workspace_bytes());
-        Ok(CudaOps { kernels, gemm, scratch: Mutex::new((0..2 * SLOTS).map(|_| None).collect()), counters })
+        Ok(CudaOps {
+            kernels: Arc::new(kernels),
+            gemm: Arc::new(gemm),
+            scratch: Arc::new(Mutex::new((0..2 * SLOTS).map(|_| None).collect())),
+            counters,
+        })
     }
 
     /// Refuses model shapes the kernels do not cover, naming the setting.
     pub fn check_config(config: &ModelConfig) -> Result<(), CudaError> {
         let refuse = |reason: String| Err(CudaError::InvalidLaunch { kernel: "CudaOps", reason });
-        let dims: Vec<i32> = kernel_names::ATTENTION_VARIANTS.iter().map(|v| v.head_dim).collect();
+        let mut dims: Vec<i32> = kernel_names::ATTENTION_VARIANTS.iter().map(|v| v.head_dim).collect();
+        dims.dedup(); // variants are listed per head dim, one per mask
         if !dims.contains(&(config.head_dim as i32)) {
             return refuse(format!("head_dim {} has no compiled attention kernel (compiled: {dims:?})", config.head_dim));
         }
@@ -243,6 +257,19 @@ impl CudaOps {
     pub fn device_memory_used(&self) -> Result<usize, CudaError> {
         let (free, total) = self.kernels.context().mem_get_info()?;
         Ok(total - free)
+    }
+
+    /// A new f32 buffer of `len` zeros (state that must keep full precision, such as optimizer
+    /// moments; [`Ops::zeros`] makes bf16 buffers).
+    pub fn zeros_f32(&self, len: usize) -> CudaBuf {
+        self.alloc(Dtype::F32, len)
+    }
+
+    /// A new f32 buffer holding `host` exactly.
+    pub fn upload_f32(&self, host: &[f32]) -> CudaBuf {
+        let mut buf = self.alloc(Dtype::F32, host.len());
+        self.write(&mut buf, host);
+        buf
     }
 
     /// Waits for all enqueued work; a kernel fault shows up here.
@@ -277,11 +304,11 @@ impl CudaOps {
             value,
         };
         // SAFETY: dst and src are live buffers of n elements of the dtypes named.
-        expect_ok(op, unsafe { launch::elementwise(&self.kernels, &a) });
+        expect_ok(op, unsafe { launch::elementwise(&*self.kernels, &a) });
     }
 
     /// Gives `buf` dtype `dtype`, converting its values on the device if it has the other one.
-    fn ensure(&self, buf: &mut CudaBuf, dtype: Dtype) {
+    pub(crate) fn ensure_dtype(&self, buf: &mut CudaBuf, dtype: Dtype) {
         if buf.dtype() != dtype {
             let converted = self.alloc(dtype, buf.len);
             self.elementwise("convert", KormoElementwiseOp_KORMO_ELEMENTWISE_COPY, &converted, Some(buf), 0.0);
@@ -319,7 +346,7 @@ impl CudaOps {
             value: 0.0,
         };
         // SAFETY: the scratch slot holds at least buf.len elements of dtype.
-        expect_ok("convert input", unsafe { launch::elementwise(&self.kernels, &a) });
+        expect_ok("convert input", unsafe { launch::elementwise(&*self.kernels, &a) });
         ptr
     }
 
@@ -414,7 +441,7 @@ impl Ops for CudaOps {
         check_len("matmul", "B", b.len, shape.k * shape.n);
         check_len("matmul", "C", c.len, shape.m * shape.n);
         if shape.trans_a && shape.accumulate {
-            self.ensure(c, Dtype::F32); // a weight gradient: accumulate in f32
+            self.ensure_dtype(c, Dtype::F32); // a weight gradient: accumulate in f32
         }
         let (a_ptr, b_ptr) = (self.input(a, Dtype::Bf16, 0), self.input(b, Dtype::Bf16, 1));
         // SAFETY: lengths checked above; A and B are bf16 (converted if needed), C has c.dtype().
@@ -427,8 +454,8 @@ impl Ops for CudaOps {
         check_len("rmsnorm_fwd", "y", y.len, n);
         check_len("rmsnorm_fwd", "weight", weight.len, shape.dim);
         check_len("rmsnorm_fwd", "inv_rms", inv_rms.len, shape.rows);
-        self.ensure(y, Dtype::Bf16);
-        self.ensure(inv_rms, Dtype::F32);
+        self.ensure_dtype(y, Dtype::Bf16);
+        self.ensure_dtype(inv_rms, Dtype::F32);
         let a = KormoRmsNormFwdArgs {
             x: self.input(x, Dtype::Bf16, 0),
             residual: 0,
@@ -445,7 +472,7 @@ impl Ops for CudaOps {
             _pad0: 0,
         };
         // SAFETY: every buffer checked against the shape and given the kernel's dtype.
-        expect_ok("rmsnorm_fwd", unsafe { launch::rmsnorm_fwd(&self.kernels, &a) });
+        expect_ok("rmsnorm_fwd", unsafe { launch::rmsnorm_fwd(&*self.kernels, &a) });
     }
 
     fn rmsnorm_bwd(
@@ -464,8 +491,8 @@ impl Ops for CudaOps {
         }
         check_len("rmsnorm_bwd", "dx", dx.len, n);
         check_len("rmsnorm_bwd", "dweight", dweight.len, shape.dim);
-        self.ensure(dx, Dtype::Bf16);
-        self.ensure(dweight, Dtype::F32);
+        self.ensure_dtype(dx, Dtype::Bf16);
+        self.ensure_dtype(dweight, Dtype::F32);
         let partial_rows = (shape.rows as i64).clamp(1, RMSNORM_BWD_MAX_PARTIAL_ROWS);
         let partial = self.scratch(Slot::RmsnormPartial, Dtype::F32, partial_rows as usize * shape.dim);
         let a = KormoRmsNormBwdArgs {
@@ -493,7 +520,7 @@ impl Ops for CudaOps {
             _pad0: 0,
         };
         // SAFETY: as in rmsnorm_fwd; the partial buffer holds partial_rows x dim f32.
-        expect_ok("rmsnorm_bwd", unsafe { launch::rmsnorm_bwd(&self.kernels, &a, &reduce) });
+        expect_ok("rmsnorm_bwd", unsafe { launch::rmsnorm_bwd(&*self.kernels, &a, &reduce) });
     }
 
     fn rope_fwd(&self, x: &mut CudaBuf, positions: &CudaIdxBuf, shape: RopeShape, theta: f32) {
@@ -517,8 +544,8 @@ impl Ops for CudaOps {
         check_attention("attention_fwd", &shape, q, k, v, doc_ids);
         check_len("attention_fwd", "out", out.len, q.len);
         check_len("attention_fwd", "lse", lse.len, shape.tokens() * shape.heads);
-        self.ensure(out, Dtype::Bf16);
-        self.ensure(lse, Dtype::F32);
+        self.ensure_dtype(out, Dtype::Bf16);
+        self.ensure_dtype(lse, Dtype::F32);
         let (q_tok, kv_tok, hd) = attention_strides(&shape);
         let a = KormoAttentionFwdArgs {
             q: self.input(q, Dtype::Bf16, 0),
@@ -543,7 +570,7 @@ impl Ops for CudaOps {
             head_dim: shape.head_dim as i32,
         };
         // SAFETY: lengths checked against the shape; contiguous [tokens, heads, head_dim].
-        expect_ok("attention_fwd", unsafe { launch::attention_fwd(&self.kernels, &a) });
+        expect_ok("attention_fwd", unsafe { launch::attention_fwd(&*self.kernels, &a) });
     }
 
     fn attention_bwd(
@@ -566,7 +593,7 @@ impl Ops for CudaOps {
         }
         for (what, buf, want) in [("dq", &mut *dq, q.len), ("dk", &mut *dk, k.len), ("dv", &mut *dv, v.len)] {
             check_len("attention_bwd", what, buf.len, want);
-            self.ensure(buf, Dtype::Bf16);
+            self.ensure_dtype(buf, Dtype::Bf16);
         }
         let (q_tok, kv_tok, hd) = attention_strides(&shape);
         let a = KormoAttentionBwdArgs {
@@ -598,7 +625,7 @@ impl Ops for CudaOps {
             head_dim: shape.head_dim as i32,
         };
         // SAFETY: as in attention_fwd; delta and dq_accum are f32 scratch of the header's sizes.
-        expect_ok("attention_bwd", unsafe { launch::attention_bwd(&self.kernels, &a) });
+        expect_ok("attention_bwd", unsafe { launch::attention_bwd(&*self.kernels, &a) });
     }
 
     fn swiglu_fwd(&self, gate: &CudaBuf, up: &CudaBuf, h: &mut CudaBuf, len: usize) {
@@ -606,10 +633,10 @@ impl Ops for CudaOps {
             check_len("swiglu_fwd", what, buf.len, len);
         }
         check_len("swiglu_fwd", "h", h.len, len);
-        self.ensure(h, Dtype::Bf16);
+        self.ensure_dtype(h, Dtype::Bf16);
         let a = swiglu_args(self.input(gate, Dtype::Bf16, 0), self.input(up, Dtype::Bf16, 1), h.ptr, 0, 0, len);
         // SAFETY: three buffers of len bf16 elements.
-        expect_ok("swiglu_fwd", unsafe { launch::swiglu_fwd(&self.kernels, &a) });
+        expect_ok("swiglu_fwd", unsafe { launch::swiglu_fwd(&*self.kernels, &a) });
     }
 
     fn swiglu_bwd(&self, gate: &CudaBuf, up: &CudaBuf, dh: &CudaBuf, dgate: &mut CudaBuf, dup: &mut CudaBuf, len: usize) {
@@ -618,7 +645,7 @@ impl Ops for CudaOps {
         }
         for (what, buf) in [("dgate", &mut *dgate), ("dup", &mut *dup)] {
             check_len("swiglu_bwd", what, buf.len, len);
-            self.ensure(buf, Dtype::Bf16);
+            self.ensure_dtype(buf, Dtype::Bf16);
         }
         let a = swiglu_args(
             self.input(gate, Dtype::Bf16, 0),
@@ -629,27 +656,27 @@ impl Ops for CudaOps {
             len,
         );
         // SAFETY: five buffers of len bf16 elements.
-        expect_ok("swiglu_bwd", unsafe { launch::swiglu_bwd(&self.kernels, &a) });
+        expect_ok("swiglu_bwd", unsafe { launch::swiglu_bwd(&*self.kernels, &a) });
     }
 
     fn embedding_fwd(&self, table: &CudaBuf, tokens: &CudaIdxBuf, out: &mut CudaBuf, shape: EmbeddingShape) {
         check_len("embedding_fwd", "table", table.len, shape.vocab * shape.dim);
         check_len("embedding_fwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_fwd", "out", out.len, shape.tokens * shape.dim);
-        self.ensure(out, Dtype::Bf16);
+        self.ensure_dtype(out, Dtype::Bf16);
         let a = embedding_args(tokens.ptr, self.input(table, Dtype::Bf16, 0), out.ptr, shape);
         // SAFETY: sizes checked; token ids < vocab is the model's validated batch invariant.
-        expect_ok("embedding_fwd", unsafe { launch::embedding_fwd(&self.kernels, &a) });
+        expect_ok("embedding_fwd", unsafe { launch::embedding_fwd(&*self.kernels, &a) });
     }
 
     fn embedding_bwd(&self, dout: &CudaBuf, tokens: &CudaIdxBuf, dtable: &mut CudaBuf, shape: EmbeddingShape) {
         check_len("embedding_bwd", "dtable", dtable.len, shape.vocab * shape.dim);
         check_len("embedding_bwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_bwd", "dout", dout.len, shape.tokens * shape.dim);
-        self.ensure(dtable, Dtype::F32);
+        self.ensure_dtype(dtable, Dtype::F32);
         let a = embedding_args(tokens.ptr, dtable.ptr, self.input(dout, Dtype::Bf16, 0), shape);
         // SAFETY: as in embedding_fwd, with an f32 table.
-        expect_ok("embedding_bwd", unsafe { launch::embedding_bwd(&self.kernels, &a) });
+        expect_ok("embedding_bwd", unsafe { launch::embedding_bwd(&*self.kernels, &a) });
     }
 
     fn cross_entropy(
@@ -666,8 +693,8 @@ impl Ops for CudaOps {
         check_len("cross_entropy", "targets", targets.len, shape.tokens);
         check_len("cross_entropy", "weights", weights.len, shape.tokens);
         check_len("cross_entropy", "losses", losses.len, shape.tokens);
-        self.ensure(logits, Dtype::Bf16);
-        self.ensure(losses, Dtype::F32);
+        self.ensure_dtype(logits, Dtype::Bf16);
+        self.ensure_dtype(losses, Dtype::F32);
         // The kernel reads grad_scale from device memory; a fill kernel puts it there without a
         // host copy.
         let scale_ptr = self.scratch(Slot::GradScale, Dtype::F32, 1);
@@ -681,7 +708,7 @@ impl Ops for CudaOps {
             value: grad_scale,
         };
         // SAFETY: one f32 of scratch.
-        expect_ok("cross_entropy", unsafe { launch::elementwise(&self.kernels, &fill) });
+        expect_ok("cross_entropy", unsafe { launch::elementwise(&*self.kernels, &fill) });
         let a = KormoCrossEntropyArgs {
             logits: logits.ptr,
             targets: targets.ptr,
@@ -698,7 +725,7 @@ impl Ops for CudaOps {
             _pad0: 0,
         };
         // SAFETY: sizes checked; targets with non-zero weight are < vocab (validated batch).
-        expect_ok("cross_entropy", unsafe { launch::cross_entropy(&self.kernels, &a) });
+        expect_ok("cross_entropy", unsafe { launch::cross_entropy(&*self.kernels, &a) });
     }
 }
 
@@ -706,7 +733,7 @@ impl CudaOps {
     fn rope(&self, op: &str, x: &mut CudaBuf, positions: &CudaIdxBuf, shape: RopeShape, theta: f32, forward: bool) {
         check_len(op, "x", x.len, shape.tokens * shape.heads * shape.head_dim);
         check_len(op, "positions", positions.len, shape.tokens);
-        self.ensure(x, Dtype::Bf16);
+        self.ensure_dtype(x, Dtype::Bf16);
         let a = KormoRopeArgs {
             x: x.ptr,
             y: x.ptr, // in place
@@ -722,9 +749,9 @@ impl CudaOps {
         // SAFETY: x holds tokens x heads x head_dim bf16, positions tokens ids.
         let r = unsafe {
             if forward {
-                launch::rope_fwd(&self.kernels, &a)
+                launch::rope_fwd(&*self.kernels, &a)
             } else {
-                launch::rope_bwd(&self.kernels, &a)
+                launch::rope_bwd(&*self.kernels, &a)
             }
         };
         expect_ok(op, r);

@@ -161,39 +161,31 @@ const TIMES: [(&str, &str); 4] = [
     ("on Sunday", "일요일에"),
 ];
 
+/// The parts of a synthetic sentence (English, Korean), in English word order; a sentence
+/// picks one entry of each.
+const PARTS: [&[(&str, &str)]; 5] = [&SUBJECTS, &VERBS, &OBJECTS, &PLACES, &TIMES];
+/// Korean word order as indices into [`PARTS`]: subject, time, place, object, verb.
+const KOREAN_ORDER: [usize; 5] = [0, 4, 3, 2, 1];
+
 /// `sentences` random sentences as an English paragraph, a blank line, and the Korean paragraph.
 fn bilingual_paragraphs(rng: &mut ChaCha8Rng, sentences: std::ops::Range<usize>) -> String {
     let count = rng.random_range(sentences);
     let picks: Vec<[usize; 5]> = (0..count)
-        .map(|_| {
-            [
-                rng.random_range(0..SUBJECTS.len()),
-                rng.random_range(0..VERBS.len()),
-                rng.random_range(0..OBJECTS.len()),
-                rng.random_range(0..PLACES.len()),
-                rng.random_range(0..TIMES.len()),
-            ]
-        })
+        .map(|_| PARTS.map(|part| rng.random_range(0..part.len())))
         .collect();
-    let english: Vec<String> = picks
-        .iter()
-        .map(|&[s, v, o, p, t]| {
-            format!(
-                "{} {} {} {} {}.",
-                SUBJECTS[s].0, VERBS[v].0, OBJECTS[o].0, PLACES[p].0, TIMES[t].0
-            )
-        })
-        .collect();
-    let korean: Vec<String> = picks
-        .iter()
-        .map(|&[s, v, o, p, t]| {
-            format!(
-                "{} {} {} {} {}.",
-                SUBJECTS[s].1, TIMES[t].1, PLACES[p].1, OBJECTS[o].1, VERBS[v].1
-            )
-        })
-        .collect();
-    format!("{}\n\n{}", english.join(" "), korean.join(" "))
+    let paragraph = |order: [usize; 5], word: fn((&'static str, &'static str)) -> &'static str| {
+        let sentences: Vec<String> = picks
+            .iter()
+            .map(|pick| {
+                let words = order.map(|part| word(PARTS[part][pick[part]]));
+                format!("{}.", words.join(" "))
+            })
+            .collect();
+        sentences.join(" ")
+    };
+    let english = paragraph([0, 1, 2, 3, 4], |(en, _)| en);
+    let korean = paragraph(KOREAN_ORDER, |(_, ko)| ko);
+    format!("{english}\n\n{korean}")
 }
 
 const NAMES: [&str; 8] = [
@@ -466,27 +458,14 @@ mod tests {
             .map(|s| (s.start, s.end))
             .collect();
         assert_eq!(spans, expected[3].spans);
-        assert!(
-            ensure(
-                &dir,
-                &SyntheticSpec {
-                    documents: 21,
-                    ..spec
-                }
-            )
-            .unwrap(),
-            "changed spec regenerates"
-        );
+        let changed = SyntheticSpec {
+            documents: 21,
+            ..spec
+        };
+        assert!(ensure(&dir, &changed).unwrap(), "changed spec regenerates");
         std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
         assert!(
-            ensure(
-                &dir,
-                &SyntheticSpec {
-                    documents: 21,
-                    ..spec
-                }
-            )
-            .unwrap(),
+            ensure(&dir, &changed).unwrap(),
             "missing manifest regenerates"
         );
     }

@@ -16,7 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::bf16;
+use kormo_model::bf16;
 
 /// What went wrong in a collective, always naming the rank(s) concerned.
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +178,23 @@ fn f64_bytes(values: &[f64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
+/// Checks that buffer `what` of `len` elements holds `per_rank` elements for each of `world`
+/// ranks (the larger side of an all-gather or reduce-scatter).
+pub(crate) fn check_per_rank(
+    what: &str,
+    len: usize,
+    per_rank: usize,
+    world: usize,
+) -> Result<(), CommError> {
+    if len == per_rank * world {
+        Ok(())
+    } else {
+        Err(CommError::BadBuffer(format!(
+            "{what} has {len} elements, expected {per_rank} x {world}"
+        )))
+    }
+}
+
 /// Checks that every rank contributed `expected` bytes.
 fn check_lengths(all: &[Vec<u8>], expected: usize, op: Op) -> Result<(), CommError> {
     match all.iter().position(|p| p.len() != expected) {
@@ -222,13 +239,7 @@ impl<T: HostTransport + ?Sized> Collectives for T {
 
     fn all_gather(&self, shard: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let world = HostTransport::world_size(self);
-        if out.len() != shard.len() * world {
-            return Err(CommError::BadBuffer(format!(
-                "all_gather output has {} elements, expected {} x {world}",
-                out.len(),
-                shard.len()
-            )));
-        }
+        check_per_rank("all_gather output", out.len(), shard.len(), world)?;
         let all = self.exchange(Op::AllGather, f32_bytes(shard))?;
         check_lengths(&all, shard.len() * 4, Op::AllGather)?;
         for (chunk, payload) in out.chunks_mut(shard.len().max(1)).zip(all.iter()) {
@@ -241,13 +252,7 @@ impl<T: HostTransport + ?Sized> Collectives for T {
 
     fn reduce_scatter(&self, input: &[f32], out: &mut [f32]) -> Result<(), CommError> {
         let (world, rank) = (HostTransport::world_size(self), HostTransport::rank(self));
-        if input.len() != out.len() * world {
-            return Err(CommError::BadBuffer(format!(
-                "reduce_scatter input has {} elements, expected {} x {world}",
-                input.len(),
-                out.len()
-            )));
-        }
+        check_per_rank("reduce_scatter input", input.len(), out.len(), world)?;
         let all = self.exchange(Op::ReduceScatter, f32_bytes(input))?;
         check_lengths(&all, input.len() * 4, Op::ReduceScatter)?;
         let base = rank * out.len();
@@ -259,13 +264,7 @@ impl<T: HostTransport + ?Sized> Collectives for T {
 
     fn reduce_scatter_bf16(&self, input: &[u16], out: &mut [u16]) -> Result<(), CommError> {
         let (world, rank) = (HostTransport::world_size(self), HostTransport::rank(self));
-        if input.len() != out.len() * world {
-            return Err(CommError::BadBuffer(format!(
-                "reduce_scatter_bf16 input has {} elements, expected {} x {world}",
-                input.len(),
-                out.len()
-            )));
-        }
+        check_per_rank("reduce_scatter_bf16 input", input.len(), out.len(), world)?;
         let all = self.exchange(Op::ReduceScatterBf16, u16_bytes(input))?;
         check_lengths(&all, input.len() * 2, Op::ReduceScatterBf16)?;
         let base = rank * out.len();

@@ -56,10 +56,10 @@ use kormo_model::{params, Batch, LossSum, Model, Ops, ParamSpec, UnitHooks};
 use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::bf16;
 use crate::comm::{Collectives, HostTransport, SubGroup};
 use crate::error::DistError;
 use crate::shard::{segments, units, Segment, ShardRange, Unit};
+use kormo_model::bf16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -294,7 +294,7 @@ impl UnitShards {
         let reduced = match self.reduce_dtype {
             ReduceDtype::F32 => self.shard_group.reduce_scatter(&full, &mut mine),
             ReduceDtype::Bf16 => {
-                let wire: Vec<u16> = full.iter().map(|&x| bf16::from_f32(x)).collect();
+                let wire = bf16::from_f32_slice(&full);
                 let mut out = vec![0u16; range.padded];
                 let result = self.shard_group.reduce_scatter_bf16(&wire, &mut out);
                 mine.iter_mut()

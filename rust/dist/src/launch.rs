@@ -265,29 +265,19 @@ mod tests {
 
     #[test]
     fn bad_values_name_the_variable() {
-        let err = LaunchEnv::from_vars(env(&[("RANK", "x"), ("WORLD_SIZE", "2")]))
-            .unwrap_err()
-            .to_string();
+        let error =
+            |pairs: &[(&str, &str)]| LaunchEnv::from_vars(env(pairs)).unwrap_err().to_string();
+        let err = error(&[("RANK", "x"), ("WORLD_SIZE", "2")]);
         assert!(err.contains("RANK = `x`"), "{err}");
-        let err = LaunchEnv::from_vars(env(&[("RANK", "2"), ("WORLD_SIZE", "2")]))
-            .unwrap_err()
-            .to_string();
+        let err = error(&[("RANK", "2"), ("WORLD_SIZE", "2")]);
         assert!(err.contains("rank 2 is not below world size 2"), "{err}");
-        let err = LaunchEnv::from_vars(env(&[
-            ("RANK", "0"),
-            ("WORLD_SIZE", "2"),
-            ("MASTER_PORT", "99999"),
-        ]))
-        .unwrap_err()
-        .to_string();
+        let err = error(&[("RANK", "0"), ("WORLD_SIZE", "2"), ("MASTER_PORT", "99999")]);
         assert!(err.contains("MASTER_PORT"), "{err}");
-        let err = LaunchEnv::from_vars(env(&[
+        let err = error(&[
             ("SLURM_PROCID", "0"),
             ("SLURM_NTASKS", "2"),
             ("SLURM_JOB_NODELIST", "n[1-"),
-        ]))
-        .unwrap_err()
-        .to_string();
+        ]);
         assert!(err.contains("SLURM_JOB_NODELIST"), "{err}");
     }
 }

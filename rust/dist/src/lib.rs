@@ -14,7 +14,6 @@
 //! * [`sharded_checkpoint`] — per-rank checkpoint files, resharding, consolidation.
 //!
 //! See docs/distributed.md for the design and docs/scaling.md for the cost model.
-pub mod bf16;
 pub mod comm;
 pub mod error;
 pub mod fsdp;

@@ -176,6 +176,7 @@ fn publish(seq: u64, round: &mut Round) -> Result<Contributions, CommError> {
 mod tests {
     use super::*;
     use crate::comm::{Collectives, SubGroup};
+    use kormo_model::bf16;
 
     const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -249,10 +250,7 @@ mod tests {
     fn bf16_reduce_scatter_sums_rounded_inputs() {
         let results = LocalComm::run(3, TIMEOUT, |comm| {
             let rank = HostTransport::rank(&comm);
-            let input: Vec<u16> = data(rank, 6)
-                .iter()
-                .map(|&x| crate::bf16::from_f32(x))
-                .collect();
+            let input = bf16::from_f32_slice(&data(rank, 6));
             let mut out = vec![0u16; 2];
             comm.reduce_scatter_bf16(&input, &mut out).unwrap();
             out
@@ -260,9 +258,9 @@ mod tests {
         for (rank, out) in results.iter().enumerate() {
             for (i, &bits) in out.iter().enumerate() {
                 let exact: f32 = (0..3)
-                    .map(|r| crate::bf16::to_f32(crate::bf16::from_f32(data(r, 6)[rank * 2 + i])))
+                    .map(|r| bf16::to_f32(bf16::from_f32(data(r, 6)[rank * 2 + i])))
                     .sum();
-                assert_eq!(bits, crate::bf16::from_f32(exact));
+                assert_eq!(bits, bf16::from_f32(exact));
             }
         }
     }

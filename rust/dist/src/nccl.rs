@@ -18,9 +18,10 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::nccl::result::{NcclError, NcclStatus};
 use cudarc::nccl::{result, sys};
 
-use crate::comm::{Collectives, CommError};
+use crate::comm::{check_per_rank, Collectives, CommError};
 use crate::launch::LaunchEnv;
 use crate::tcp::{rendezvous, TcpComm};
 
@@ -40,7 +41,7 @@ fn require_nccl() -> Result<(), CommError> {
     }
 }
 
-fn nccl_error(what: &str, e: result::NcclError) -> CommError {
+fn nccl_error(what: &str, e: NcclError) -> CommError {
     CommError::Device(format!("{what}: {:?}", e.0))
 }
 
@@ -131,14 +132,33 @@ impl NcclComm {
         self.stream.cu_stream() as sys::cudaStream_t
     }
 
-    fn check_len(what: &str, got: usize, want: usize) -> Result<(), CommError> {
-        if got == want {
-            Ok(())
-        } else {
-            Err(CommError::BadBuffer(format!(
-                "{what}: buffer has {got} elements, expected {want}"
-            )))
-        }
+    /// Enqueues the collective `name` reading `input` and writing `out`: `call` gets their
+    /// device pointers, valid while it runs (the guards order the buffers' use on the stream).
+    fn out_of_place<T>(
+        &self,
+        name: &str,
+        input: &CudaSlice<T>,
+        out: &mut CudaSlice<T>,
+        call: impl FnOnce(*const c_void, *mut c_void) -> Result<NcclStatus, NcclError>,
+    ) -> Result<(), CommError> {
+        let (src, _src_guard) = input.device_ptr(&self.stream);
+        let (dst, _dst_guard) = out.device_ptr_mut(&self.stream);
+        call(src as *const c_void, dst as *mut c_void)
+            .map(|_| ())
+            .map_err(|e| nccl_error(name, e))
+    }
+
+    /// [`Self::out_of_place`] for a collective that reads and writes `buf`.
+    fn in_place<T>(
+        &self,
+        name: &str,
+        buf: &mut CudaSlice<T>,
+        call: impl FnOnce(*mut c_void) -> Result<NcclStatus, NcclError>,
+    ) -> Result<(), CommError> {
+        let (ptr, _guard) = buf.device_ptr_mut(&self.stream);
+        call(ptr as *mut c_void)
+            .map(|_| ())
+            .map_err(|e| nccl_error(name, e))
     }
 
     fn reduce_scatter_raw<T>(
@@ -147,29 +167,28 @@ impl NcclComm {
         out: &mut CudaSlice<T>,
         dtype: sys::ncclDataType_t,
     ) -> Result<(), CommError> {
-        Self::check_len(
+        check_per_rank(
             "reduce_scatter input",
             input.len(),
-            out.len() * self.world_size,
+            out.len(),
+            self.world_size,
         )?;
         let count = out.len();
-        let (src, _src_guard) = input.device_ptr(&self.stream);
-        let (dst, _dst_guard) = out.device_ptr_mut(&self.stream);
-        // SAFETY: both pointers are live device allocations of the checked lengths on this
-        // communicator's stream.
-        unsafe {
-            result::reduce_scatter(
-                src as *const c_void,
-                dst as *mut c_void,
-                count,
-                dtype,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                self.raw_stream(),
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("ncclReduceScatter", e))
+        self.out_of_place("ncclReduceScatter", input, out, |src, dst| {
+            // SAFETY: both pointers are live device allocations of the checked lengths on this
+            // communicator's stream.
+            unsafe {
+                result::reduce_scatter(
+                    src,
+                    dst,
+                    count,
+                    dtype,
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    self.raw_stream(),
+                )
+            }
+        })
     }
 
     fn all_reduce_raw<T>(
@@ -178,21 +197,20 @@ impl NcclComm {
         dtype: sys::ncclDataType_t,
     ) -> Result<(), CommError> {
         let count = buf.len();
-        let (ptr, _guard) = buf.device_ptr_mut(&self.stream);
-        // SAFETY: in-place all-reduce of a live device allocation of `count` elements.
-        unsafe {
-            result::all_reduce(
-                ptr as *const c_void,
-                ptr as *mut c_void,
-                count,
-                dtype,
-                sys::ncclRedOp_t::ncclSum,
-                self.comm,
-                self.raw_stream(),
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("ncclAllReduce", e))
+        self.in_place("ncclAllReduce", buf, |ptr| {
+            // SAFETY: in-place all-reduce of a live device allocation of `count` elements.
+            unsafe {
+                result::all_reduce(
+                    ptr,
+                    ptr,
+                    count,
+                    dtype,
+                    sys::ncclRedOp_t::ncclSum,
+                    self.comm,
+                    self.raw_stream(),
+                )
+            }
+        })
     }
 
     fn sync(&self) -> Result<(), CommError> {
@@ -228,27 +246,21 @@ impl Collectives for NcclComm {
         shard: &CudaSlice<f32>,
         out: &mut CudaSlice<f32>,
     ) -> Result<(), CommError> {
-        Self::check_len(
-            "all_gather output",
-            out.len(),
-            shard.len() * self.world_size,
-        )?;
+        check_per_rank("all_gather output", out.len(), shard.len(), self.world_size)?;
         let count = shard.len();
-        let (src, _src_guard) = shard.device_ptr(&self.stream);
-        let (dst, _dst_guard) = out.device_ptr_mut(&self.stream);
-        // SAFETY: live device allocations of the checked lengths.
-        unsafe {
-            result::all_gather(
-                src as *const c_void,
-                dst as *mut c_void,
-                count,
-                sys::ncclDataType_t::ncclFloat32,
-                self.comm,
-                self.raw_stream(),
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("ncclAllGather", e))
+        self.out_of_place("ncclAllGather", shard, out, |src, dst| {
+            // SAFETY: live device allocations of the checked lengths.
+            unsafe {
+                result::all_gather(
+                    src,
+                    dst,
+                    count,
+                    sys::ncclDataType_t::ncclFloat32,
+                    self.comm,
+                    self.raw_stream(),
+                )
+            }
+        })
     }
 
     fn reduce_scatter(
@@ -289,21 +301,20 @@ impl Collectives for NcclComm {
             )));
         }
         let count = buf.len();
-        let (ptr, _guard) = buf.device_ptr_mut(&self.stream);
-        // SAFETY: in-place broadcast of a live device allocation.
-        unsafe {
-            result::broadcast(
-                ptr as *const c_void,
-                ptr as *mut c_void,
-                count,
-                sys::ncclDataType_t::ncclFloat32,
-                root as i32,
-                self.comm,
-                self.raw_stream(),
-            )
-        }
-        .map(|_| ())
-        .map_err(|e| nccl_error("ncclBroadcast", e))
+        self.in_place("ncclBroadcast", buf, |ptr| {
+            // SAFETY: in-place broadcast of a live device allocation.
+            unsafe {
+                result::broadcast(
+                    ptr,
+                    ptr,
+                    count,
+                    sys::ncclDataType_t::ncclFloat32,
+                    root as i32,
+                    self.comm,
+                    self.raw_stream(),
+                )
+            }
+        })
     }
 
     fn barrier(&self) -> Result<(), CommError> {

@@ -53,7 +53,7 @@ fn world_size_one_collectives_are_identities() {
 
     let bits: Vec<u16> = host
         .iter()
-        .map(|&x| kormo_dist::bf16::from_f32(x))
+        .map(|&x| kormo_model::bf16::from_f32(x))
         .collect();
     let input = stream.clone_htod(&bits).unwrap();
     let mut out = stream.alloc_zeros::<u16>(n).unwrap();

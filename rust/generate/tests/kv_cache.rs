@@ -31,17 +31,7 @@ fn random_weights(seed: u64) -> Weights {
 
 fn full_forward(weights: &Weights, tokens: &[u32]) -> Vec<f32> {
     let mut model = weights.to_model(CpuOps::<f32>::with_threads(2), std::path::Path::new("test")).unwrap();
-    let n = tokens.len();
-    let batch = Batch {
-        tokens: tokens.to_vec(),
-        targets: vec![0; n],
-        loss_weights: vec![0.0; n],
-        doc_ids: vec![0; n],
-        positions: (0..n as u32).collect(),
-        batch_size: 1,
-        seq_len: n,
-    };
-    model.forward(&batch).unwrap()
+    model.forward(&Batch::forward_only(tokens)).unwrap()
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use kormo_checkpoint::safetensors::{self, Tensor};
 use serde_json::json;
 
-use crate::bf16;
+use kormo_model::bf16;
 use crate::config::{self, Flavor};
 use crate::error::HfError;
 use crate::names;
@@ -132,8 +132,7 @@ pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, 
                 match opts.dtype {
                     ExportDtype::F32 => Tensor::f32(name, t.shape.clone(), &t.values),
                     ExportDtype::BF16 => {
-                        let bits: Vec<u16> = t.values.iter().map(|&x| bf16::from_f32(x)).collect();
-                        Tensor::bf16(name, t.shape.clone(), &bits)
+                        Tensor::bf16(name, t.shape.clone(), &bf16::from_f32_slice(&t.values))
                     }
                 }
             })

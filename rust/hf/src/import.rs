@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use kormo_checkpoint::safetensors::{Dtype, SafetensorsFile};
 use kormo_model::params;
 
-use crate::bf16;
+use kormo_model::bf16;
 use crate::config::read_config;
 use crate::error::HfError;
 use crate::names;

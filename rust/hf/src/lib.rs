@@ -17,7 +17,6 @@
 //! trainers such as Meta's original Llama code); `tests/rope_convention.rs` pins this down and the
 //! NumPy reference test checks the end-to-end logits.
 
-pub mod bf16;
 pub mod cli;
 pub mod config;
 mod error;

@@ -134,20 +134,10 @@ fn logits(mut args: Args) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     let weights = kormo_hf::load_model(&model_path, &base).map_err(|e| e.to_string())?;
     let mut model = weights.to_model(kormo_cpu::CpuOps::<f32>::new(), &model_path).map_err(|e| e.to_string())?;
-    let n = tokens.len();
-    let batch = kormo_model::Batch {
-        tokens: tokens.clone(),
-        targets: vec![0; n],
-        loss_weights: vec![0.0; n],
-        doc_ids: vec![0; n],
-        positions: (0..n as u32).collect(),
-        batch_size: 1,
-        seq_len: n,
-    };
-    let logits = model.forward(&batch).map_err(|e| format!("--tokens: {e}"))?;
+    let logits = model.forward(&kormo_model::Batch::forward_only(&tokens)).map_err(|e| format!("--tokens: {e}"))?;
     let rows: Vec<&[f32]> = logits.chunks(weights.config.vocab).collect();
     let doc = serde_json::json!({"model": model_path.display().to_string(), "tokens": tokens, "logits": rows});
     std::fs::write(&out, doc.to_string()).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
-    println!("wrote kormo's logits for {n} tokens to {}", out.display());
+    println!("wrote kormo's logits for {} tokens to {}", tokens.len(), out.display());
     Ok(())
 }

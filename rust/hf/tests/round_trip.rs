@@ -5,7 +5,8 @@ mod common;
 
 use common::{random_weights, scratch, small_config};
 use kormo_hf::vocab::{byte_tokenizer, ModelTokenizer, TokenizerSource};
-use kormo_hf::{bf16, export_folder, load_hf_folder, ExportDtype, ExportOptions, Flavor, Weights};
+use kormo_hf::{export_folder, load_hf_folder, ExportDtype, ExportOptions, Flavor, Weights};
+use kormo_model::bf16;
 use std::process::Command;
 
 fn byte_vocab() -> ModelTokenizer {
@@ -50,7 +51,7 @@ fn bf16_export_rounds_each_value_once() {
     export_folder(&weights, &byte_vocab(), &dir, &options(Flavor::Llama, ExportDtype::BF16)).unwrap();
     let loaded = load_hf_folder(&dir).unwrap();
     for (ours, theirs) in weights.tensors.iter().zip(&loaded.tensors) {
-        let expected: Vec<f32> = ours.values.iter().map(|&x| bf16::to_f32(bf16::from_f32(x))).collect();
+        let expected = bf16::to_f32_slice(&bf16::from_f32_slice(&ours.values));
         assert_eq!(expected, theirs.values, "{}", ours.name);
         assert_ne!(ours.values, theirs.values, "{}: bf16 changed nothing?", ours.name);
     }

@@ -26,6 +26,21 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// One sequence for a forward pass only (logits, decoding checks): nothing trained on
+    /// (all loss weights 0), one document, positions `0..n`.
+    pub fn forward_only(tokens: &[u32]) -> Batch {
+        let n = tokens.len();
+        Batch {
+            tokens: tokens.to_vec(),
+            targets: vec![0; n],
+            loss_weights: vec![0.0; n],
+            doc_ids: vec![0; n],
+            positions: (0..n as u32).collect(),
+            batch_size: 1,
+            seq_len: n,
+        }
+    }
+
     /// Number of tokens (`batch_size * seq_len`).
     pub fn num_tokens(&self) -> usize {
         self.batch_size * self.seq_len
@@ -136,6 +151,16 @@ mod tests {
         let mut b = batch();
         b.loss_weights[0] = f32::NAN;
         assert!(b.validate(10).is_err());
+    }
+
+    #[test]
+    fn forward_only_is_one_untrained_document() {
+        let b = Batch::forward_only(&[7, 3, 9]);
+        b.validate(10).unwrap();
+        assert_eq!((b.batch_size, b.seq_len, b.tokens.as_slice()), (1, 3, &[7, 3, 9][..]));
+        assert_eq!(b.loss_weight_sum(), 0.0);
+        assert_eq!(b.positions, [0, 1, 2]);
+        assert_eq!(b.doc_ids, [0, 0, 0]);
     }
 
     #[test]

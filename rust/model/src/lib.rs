@@ -11,6 +11,8 @@
 //! * [`Model`] — hand-written forward and backward passes; gradients accumulate into per-tensor
 //!   buffers that the optimizer and checkpoint code read by name.
 //!
+//! * [`bf16`] — f32 <-> bf16 (raw `u16` bits) rounding shared by exports and bf16 communication.
+//!
 //! Nothing here knows about files, ranks or devices.
 //!
 //! ```
@@ -20,6 +22,7 @@
 //! assert_eq!(params::layout(&cfg)[0].name, "model.embed_tokens.weight");
 //! ```
 
+pub mod bf16;
 mod batch;
 mod config;
 mod error;

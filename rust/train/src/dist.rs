@@ -2,11 +2,12 @@
 //! thread each in this process (`LocalComm`), with the strategy of the recipe's `[dist]` table.
 //!
 //! Everything before the first step — recipe, data, init or resume, metrics file — is the
-//! single-process trainer's (trainer.rs); this module only replaces the step loop. Every rank
-//! builds the same data stream and takes the same global batch (micro_batch x grad_accum rows),
-//! keeps its rows `r, r+N, ...` (kormo_dist::sampling) and cuts them into micro-batches; the
-//! loss is normalised over the whole global batch, so the run matches world size 1 up to float
-//! reassociation (docs/distributed.md: losses within 1e-6 relative).
+//! single-process trainer's (trainer.rs); this module only replaces the step loop, and shares its
+//! step bookkeeping with it (progress.rs). Every rank builds the same data stream and takes the
+//! same global batch (micro_batch x grad_accum rows), keeps its rows `r, r+N, ...`
+//! (kormo_dist::sampling) and cuts them into micro-batches; the loss is normalised over the whole
+//! global batch, so the run matches world size 1 up to float reassociation (docs/distributed.md:
+//! losses within 1e-6 relative).
 //!
 //! Checkpoints are written in the single-process format (sharded save, then consolidation by
 //! rank 0), so any world size can resume them and the next stage can start from them. Rank 0
@@ -18,11 +19,12 @@
 //! rank, which is logged, and more than `stability.nonfinite_retries` of them stop the run. The
 //! fault-injection seams are not wired here either.
 
-use crate::metrics::{EventRecord, MetricsFile, StepMetrics};
+use crate::metrics::{EventRecord, MetricsFile};
+use crate::progress::{checkpoint_target, is_eval_step, log_event, preempted_record, Progress};
 use crate::recipe::{Recipe, StageConfig};
 use crate::trainer::{
     adamw_config, eval_record, held_out_rows, lr_schedule, run_state, say, to_batch, Backend,
-    PhaseData, RunOptions, StageReport, Start, TrainError, TrainerState, OPTIMIZER_FILE,
+    PhaseData, RunOptions, StageReport, Start, TrainError, OPTIMIZER_FILE,
 };
 use kormo_checkpoint::Checkpoint;
 use kormo_dist::{sampling, sharded_checkpoint, Collectives, FsdpConfig, FsdpRank, HostTransport};
@@ -30,13 +32,21 @@ use kormo_model::Model;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a rank waits for the others at a collective before naming the missing rank.
 const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the single-process prelude hands over.
 pub(crate) struct Prepared<'a> {
+    pub shared: Shared<'a>,
+    /// Per rank, per phase: the data (rank 0's is the one whose opening was reported).
+    pub data: Vec<Vec<Option<PhaseData>>>,
+    pub metrics: MetricsFile,
+}
+
+/// The read-only state every rank shares.
+pub(crate) struct Shared<'a> {
     pub recipe: &'a Recipe,
     pub opts: &'a RunOptions,
     pub stage: &'a StageConfig,
@@ -47,10 +57,18 @@ pub(crate) struct Prepared<'a> {
     /// Full parameters to start from (init or resume), in parameter order.
     pub params: Vec<Vec<f32>>,
     pub start: Start,
-    /// Per rank, per phase: the data (rank 0's is the one whose opening was reported).
-    pub data: Vec<Vec<Option<PhaseData>>>,
-    pub metrics: MetricsFile,
     pub threads_per_rank: usize,
+}
+
+/// The FSDP settings of the recipe's `[dist]` table.
+fn fsdp_config(recipe: &Recipe) -> FsdpConfig {
+    let dist = recipe.file.dist.unwrap_or_default();
+    FsdpConfig {
+        strategy: dist.strategy,
+        hybrid_group_size: dist.hybrid_group_size,
+        reduce_dtype: dist.reduce_dtype,
+        grad_clip: recipe.file.optimizer.grad_clip,
+    }
 }
 
 fn dist_error(e: kormo_dist::DistError) -> TrainError {
@@ -63,30 +81,21 @@ pub(crate) fn run_phases(
     out: &mut dyn Write,
 ) -> Result<StageReport, TrainError> {
     let Prepared {
+        shared,
+        data,
+        mut metrics,
+    } = prepared;
+    let Shared {
         recipe,
         opts,
         stage,
-        seed,
-        phase_steps,
-        checkpoints_dir,
-        final_dir,
-        params,
-        start,
-        data,
-        mut metrics,
         threads_per_rank,
-    } = prepared;
+        ..
+    } = shared;
     let world_size = opts.world_size;
-    let dist = recipe.file.dist.unwrap_or_default();
-    let fsdp = FsdpConfig {
-        strategy: dist.strategy,
-        hybrid_group_size: dist.hybrid_group_size,
-        reduce_dtype: dist.reduce_dtype,
-        grad_clip: recipe.file.optimizer.grad_clip,
-    };
     say(out, format!(
         "distributed: {world_size} ranks (threads of this process, {threads_per_rank} compute threads each), strategy {}",
-        crate::trainer::serde_name(&dist.strategy)
+        crate::trainer::serde_name(&fsdp_config(recipe).strategy)
     ));
     for (i, phase) in stage.phases.iter().enumerate() {
         let rows = phase.micro_batch * phase.grad_accum;
@@ -106,19 +115,6 @@ pub(crate) fn run_phases(
     if recipe.file.stability.outlier_threshold > 0.0 {
         say(out, "distributed: the outlier guard and NaN restores run only at --world-size 1; a non-finite gradient norm skips the update on every rank");
     }
-    let shared = Shared {
-        recipe,
-        opts,
-        stage,
-        seed,
-        phase_steps: &phase_steps,
-        checkpoints_dir: &checkpoints_dir,
-        final_dir: &final_dir,
-        params: &params,
-        start: &start,
-        fsdp: &fsdp,
-        threads_per_rank,
-    };
     let mut comms = kormo_dist::LocalComm::group(world_size, COLLECTIVE_TIMEOUT).into_iter();
     let mut data = data.into_iter();
     let rank0_comm = comms.next().expect("world size >= 1");
@@ -159,21 +155,6 @@ pub(crate) fn run_phases(
     })
 }
 
-/// The read-only state every rank shares.
-struct Shared<'a> {
-    recipe: &'a Recipe,
-    opts: &'a RunOptions,
-    stage: &'a StageConfig,
-    seed: u64,
-    phase_steps: &'a [u64],
-    checkpoints_dir: &'a Path,
-    final_dir: &'a Path,
-    params: &'a [Vec<f32>],
-    start: &'a Start,
-    fsdp: &'a FsdpConfig,
-    threads_per_rank: usize,
-}
-
 /// One rank's training; rank 0 (`metrics` given) logs and writes the consolidated checkpoints.
 fn run_rank(
     shared: &Shared<'_>,
@@ -187,14 +168,14 @@ fn run_rank(
         opts,
         stage,
         seed,
-        phase_steps,
-        checkpoints_dir,
-        final_dir,
-        params,
-        start,
-        fsdp,
+        ref phase_steps,
+        ref checkpoints_dir,
+        ref final_dir,
+        ref params,
+        ref start,
         threads_per_rank,
     } = *shared;
+    let fsdp = fsdp_config(recipe);
     let rank = world.rank();
     let world_size = world.world_size();
     let mut report = StageReport {
@@ -203,20 +184,12 @@ fn run_rank(
         checkpoint: final_dir.to_path_buf(),
     };
     let mut full: Vec<Vec<f32>> = params.to_vec();
-    let mut step = start.step;
-    let mut tokens = start.tokens;
-    let clock = Instant::now();
-    let mut steps_this_run = 0u64;
-    let mut tokens_this_run = 0u64;
+    let mut progress = Progress::new(&opts.stage, stage, phase_steps, start);
     let mut nonfinite_skips = 0u32;
 
     for (phase_index, phase) in stage.phases.iter().enumerate().skip(start.phase_index) {
         let total = phase_steps[phase_index];
-        let first_step = if phase_index == start.phase_index {
-            start.phase_step
-        } else {
-            0
-        };
+        let first_step = start.first_step(phase_index);
         if first_step >= total {
             continue;
         }
@@ -260,10 +233,8 @@ fn run_rank(
             let mine = sampling::rank_rows(&global, rank, world_size).map_err(dist_error)?;
             let micro = sampling::micro_batches(&mine, micro_rows).map_err(dist_error)?;
             let outcome = fsdp_rank.step(&micro, lr).map_err(dist_error)?;
-            step += 1;
-            steps_this_run += 1;
-            tokens += phase.tokens_per_step();
-            tokens_this_run += phase.tokens_per_step();
+            progress.advance(phase);
+            let step = progress.step;
             let done = phase_step + 1;
             let stage_done = phase_index + 1 == stage.phases.len() && done == total;
             // All ranks stop at the same step: rank 0's view of the signal decides.
@@ -272,7 +243,8 @@ fn run_rank(
             Collectives::all_reduce_scalars(world.as_ref(), &mut stop)
                 .map_err(|e| TrainError(e.to_string()))?;
             let preempted = stop[0] > 0.0 && !stage_done;
-            let stopping = (opts.stop_after == Some(steps_this_run) || preempted) && !stage_done;
+            let stopping =
+                (opts.stop_after == Some(progress.steps_this_run) || preempted) && !stage_done;
 
             if !outcome.updated {
                 // The weights are still those of the last good step; a run that keeps failing
@@ -293,41 +265,24 @@ fn run_rank(
                         "loss {} / grad norm {} is not finite at step {step}; the update was skipped on every rank ({nonfinite_skips} of at most {})",
                         outcome.loss.mean(), outcome.grad_norm, recipe.file.stability.nonfinite_retries
                     ));
-                    say(out, format!("event nonfinite_skip: {}", record.message));
-                    metrics.append(&record)?;
+                    log_event(out, metrics, &record)?;
                 }
-                if done == 1 || done % opts.log_every == 0 || done == total {
-                    let elapsed = clock.elapsed().as_secs_f64();
-                    let tokens_per_s = tokens_this_run as f64 / elapsed.max(1e-9);
-                    let entry = StepMetrics {
-                        stage: opts.stage.clone(),
-                        phase: phase.name.clone(),
-                        step,
-                        phase_step: done,
-                        phase_steps: total,
-                        loss: outcome.loss.mean(),
+                if Progress::is_log_step(done, total, opts.log_every) {
+                    let entry = progress.step_metrics(
+                        phase_index,
+                        done,
+                        outcome.loss.mean(),
                         lr,
-                        grad_norm: outcome.grad_norm,
-                        tokens,
-                        tokens_per_s,
-                        elapsed_s: elapsed,
-                        eta_s: crate::trainer::remaining_tokens(
-                            stage,
-                            phase_steps,
-                            phase_index,
-                            done,
-                        ) as f64
-                            / tokens_per_s.max(1e-9),
-                        skipped: !outcome.updated,
-                    };
+                        outcome.grad_norm,
+                        !outcome.updated,
+                    );
                     say(out, entry.progress_line());
                     metrics.append(&entry)?;
                     report.logged.push(entry);
                 }
             }
 
-            let eval_every = recipe.file.eval.every_steps;
-            if eval_every > 0 && (step % eval_every == 0 || done == total) {
+            if is_eval_step(recipe, step, done, total) {
                 for source in &held_out {
                     let record =
                         evaluate(&mut fsdp_rank, source, phase, recipe, &opts.stage, step)?;
@@ -338,24 +293,16 @@ fn run_rank(
                 }
             }
 
-            let periodic = recipe.file.checkpoint.every_steps > 0
-                && step % recipe.file.checkpoint.every_steps == 0;
-            let target = if stage_done {
-                Some(final_dir.to_path_buf())
-            } else if periodic || stopping {
-                Some(checkpoints_dir.join(kormo_checkpoint::step_dir_name(step)))
-            } else {
-                None
-            };
+            let target = checkpoint_target(
+                recipe,
+                step,
+                stage_done,
+                stopping,
+                final_dir,
+                checkpoints_dir,
+            );
             if let Some(target) = target {
-                let state = TrainerState {
-                    seed,
-                    phase_index,
-                    phase_step: done,
-                    phase_steps: total,
-                    tokens,
-                    guard: Default::default(),
-                };
+                let state = progress.trainer_state(seed, phase_index, done, Default::default());
                 let run = run_state(
                     recipe,
                     &opts.stage,
@@ -374,17 +321,16 @@ fn run_rank(
                 // Rank 0 logs (the same words as at world size 1).
                 match (metrics.as_deref_mut(), signal.filter(|_| preempted)) {
                     (Some(metrics), Some(signal)) => {
-                        let record = EventRecord::new(&opts.stage, &phase.name, step, "preempted", format!(
-                            "{signal} received; checkpoint {} written at the end of step {step} (continue with --resume)",
-                            report.checkpoint.display()
-                        ));
-                        say(out, format!("event preempted: {}", record.message));
-                        metrics.append(&record)?;
+                        let record = preempted_record(
+                            &opts.stage,
+                            &phase.name,
+                            step,
+                            signal,
+                            &report.checkpoint,
+                        );
+                        log_event(out, metrics, &record)?;
                     }
-                    (Some(_), None) => say(out, format!(
-                        "stopped after {steps_this_run} steps; checkpoint {} (continue with --resume)",
-                        report.checkpoint.display()
-                    )),
+                    (Some(_), None) => say(out, progress.stopped_line(&report.checkpoint)),
                     (None, _) => {}
                 }
                 return Ok(report);
@@ -397,8 +343,9 @@ fn run_rank(
         say(
             out,
             format!(
-                "done: {steps_this_run} steps on {world_size} ranks in {:.1}s; final checkpoint {}",
-                clock.elapsed().as_secs_f64(),
+                "done: {} steps on {world_size} ranks in {:.1}s; final checkpoint {}",
+                progress.steps_this_run,
+                progress.elapsed_s(),
                 report.checkpoint.display()
             ),
         );

@@ -8,12 +8,15 @@
 //! * [`lock`] — one job per run directory.
 //! * [`signals`] — SIGTERM/SIGUSR1: checkpoint at the end of the step and exit.
 //! * `dist` — the step loop of `train --world-size N` (FSDP ranks as threads, kormo_dist).
+//! * `progress` — step counters, metrics lines, eval/checkpoint steps and event lines that both
+//!   step loops share.
 
 pub mod cli;
 mod dist;
 pub mod guard;
 pub mod lock;
 pub mod metrics;
+mod progress;
 pub mod recipe;
 pub mod signals;
 pub mod trainer;

@@ -11,6 +11,7 @@
 use crate::guard::{GuardState, OutlierGuard};
 use crate::lock::RunLock;
 use crate::metrics::{human_count, EvalRecord, EventRecord, MetricsFile, StepMetrics};
+use crate::progress::{checkpoint_target, is_eval_step, log_event, preempted_record, Progress};
 use crate::recipe::{PhaseConfig, Recipe, ScheduleConfig, ScheduleKind, StageConfig};
 use kormo_checkpoint::{Checkpoint, DiskBudget, RunState, Tensor};
 use kormo_cpu::CpuOps;
@@ -22,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 /// The backend the reference trainer runs on.
 pub(crate) type Backend = CpuOps<f32>;
@@ -166,6 +166,17 @@ pub(crate) struct Start {
     pub resumed: Option<Checkpoint>,
 }
 
+impl Start {
+    /// The phase step that phase `phase_index` begins at in this run.
+    pub fn first_step(&self, phase_index: usize) -> u64 {
+        if phase_index == self.phase_index {
+            self.phase_step
+        } else {
+            0
+        }
+    }
+}
+
 /// Progress output (stdout for the binary, a buffer or sink in tests).
 pub(crate) fn say(out: &mut dyn Write, line: impl AsRef<str>) {
     // Console output is best effort: a closed pipe must not abort training.
@@ -236,22 +247,7 @@ pub fn run_stage(
     // Data for every phase, opened (and synthetic corpora generated) before any training, so a
     // missing file stops the run now rather than hours in.
     let mut fingerprint = recipe.tokenizer_fingerprint().map(str::to_string);
-    let mut loaders = stage
-        .phases
-        .iter()
-        .map(|phase| {
-            build_loader(
-                recipe,
-                &opts.stage,
-                phase,
-                &opts.run_dir,
-                seed,
-                &mut fingerprint,
-                out,
-            )
-            .map(Some)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut loaders = open_phase_data(recipe, opts, stage, seed, &mut fingerprint, out)?;
     check_memory(m.param_count())?;
     let mut model = Model::new(recipe.model.clone(), ops, seed)?;
     let stability = &recipe.file.stability;
@@ -264,7 +260,7 @@ pub fn run_stage(
     }
 
     // Where to start: a checkpoint of this stage, the previous stage's final weights, or scratch.
-    let start = if opts.resume {
+    let mut start = if opts.resume {
         resume_point(
             recipe,
             opts,
@@ -287,47 +283,35 @@ pub fn run_stage(
             resumed: None,
         }
     };
-    let mut resumed = start.resumed;
+    let mut resumed = start.resumed.take();
     let metrics_path = stage_dir.join("metrics.jsonl");
     if opts.resume {
         // Lines logged after the checkpoint (a crash between log and save) are replayed below.
         crate::metrics::truncate_after(&metrics_path, start.step)?;
     }
     let mut metrics = MetricsFile::open(&metrics_path, !opts.resume)?;
-    let mut step = start.step;
-    let mut tokens = start.tokens;
     let start_phase = stage
         .phases
         .get(start.phase_index)
         .map_or("", |p| p.name.as_str());
     for (event, message) in early_events {
-        let record = EventRecord::new(&opts.stage, start_phase, step, event, message);
-        say(out, format!("event {event}: {}", record.message));
-        metrics.append(&record)?;
+        let record = EventRecord::new(&opts.stage, start_phase, start.step, event, message);
+        log_event(out, &mut metrics, &record)?;
     }
     let final_dir = stage_dir.join("final");
     if opts.world_size > 1 {
         // Every rank needs its own data stream (the same one); rank 0's was opened above.
         let mut data = vec![loaders];
         for _ in 1..opts.world_size {
-            data.push(
-                stage
-                    .phases
-                    .iter()
-                    .map(|phase| {
-                        build_loader(
-                            recipe,
-                            &opts.stage,
-                            phase,
-                            &opts.run_dir,
-                            seed,
-                            &mut fingerprint,
-                            &mut std::io::sink(),
-                        )
-                        .map(Some)
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
+            let sink = &mut std::io::sink();
+            data.push(open_phase_data(
+                recipe,
+                opts,
+                stage,
+                seed,
+                &mut fingerprint,
+                sink,
+            )?);
         }
         let params = model
             .param_specs()
@@ -340,18 +324,20 @@ pub fn run_stage(
         drop(model);
         return crate::dist::run_phases(
             crate::dist::Prepared {
-                recipe,
-                opts,
-                stage,
-                seed,
-                phase_steps,
-                checkpoints_dir,
-                final_dir,
-                params,
-                start: Start { resumed, ..start },
+                shared: crate::dist::Shared {
+                    recipe,
+                    opts,
+                    stage,
+                    seed,
+                    phase_steps,
+                    checkpoints_dir,
+                    final_dir,
+                    params,
+                    start: Start { resumed, ..start },
+                    threads_per_rank: (threads / opts.world_size).max(1),
+                },
                 data,
                 metrics,
-                threads_per_rank: (threads / opts.world_size).max(1),
             },
             out,
         );
@@ -369,16 +355,10 @@ pub fn run_stage(
     let mut restores = 0u32;
     // The newest checkpoint this invocation wrote (named when a later save fails).
     let mut last_saved: Option<PathBuf> = None;
-    let clock = Instant::now();
-    let mut tokens_this_run = 0u64;
-    let mut steps_this_run = 0u64;
+    let mut progress = Progress::new(&opts.stage, stage, &phase_steps, &start);
     for (phase_index, phase) in stage.phases.iter().enumerate().skip(start.phase_index) {
         let total = phase_steps[phase_index];
-        let mut phase_step = if phase_index == start.phase_index {
-            start.phase_step
-        } else {
-            0
-        };
+        let mut phase_step = start.first_step(phase_index);
         if phase_step >= total {
             continue;
         }
@@ -413,10 +393,8 @@ pub fn run_stage(
                 phase,
                 recipe.file.optimizer.grad_clip,
             )?;
-            step += 1;
-            steps_this_run += 1;
-            tokens += phase.tokens_per_step();
-            tokens_this_run += phase.tokens_per_step();
+            progress.advance(phase);
+            let step = progress.step;
             if let Some(value) = loss_overrides.remove(&step) {
                 // Fault injection (tests): this step measured `value` as its mean loss.
                 loss = LossSum {
@@ -455,9 +433,10 @@ pub fn run_stage(
                 adamw = new_optimizer(recipe, &model, threads)?;
                 restore_optimizer(&checkpoint, &mut adamw)?;
                 guard.restore(&state.guard);
-                step = checkpoint.manifest.run.step;
+                let step = checkpoint.manifest.run.step;
+                progress.step = step;
                 phase_step = state.phase_step;
-                tokens = state.tokens;
+                progress.tokens = state.tokens;
                 // The steps after the checkpoint are undone: so are their metrics lines.
                 crate::metrics::truncate_after(&metrics_path, step)?;
                 report.logged.retain(|m| m.step <= step);
@@ -465,8 +444,7 @@ pub fn run_stage(
                     "{what}; restored {} (step {step}, restore {restores} of at most {}) and continue on fresh data",
                     dir.display(), stability.nonfinite_retries
                 ));
-                say(out, format!("event nonfinite_restore: {}", record.message));
-                metrics.append(&record)?;
+                log_event(out, &mut metrics, &record)?;
                 continue;
             }
             let spike = guard.observe(loss.mean(), grad_norm);
@@ -491,31 +469,20 @@ pub fn run_stage(
             }
             phase_step += 1;
             let done = phase_step;
-            let elapsed = clock.elapsed().as_secs_f64();
-            let tokens_per_s = tokens_this_run as f64 / elapsed.max(1e-9);
-            if done == 1 || done % opts.log_every == 0 || done == total || spike.is_some() {
-                let entry = StepMetrics {
-                    stage: opts.stage.clone(),
-                    phase: phase.name.clone(),
-                    step,
-                    phase_step: done,
-                    phase_steps: total,
-                    loss: loss.mean(),
+            if Progress::is_log_step(done, total, opts.log_every) || spike.is_some() {
+                let entry = progress.step_metrics(
+                    phase_index,
+                    done,
+                    loss.mean(),
                     lr,
                     grad_norm,
-                    tokens,
-                    tokens_per_s,
-                    elapsed_s: elapsed,
-                    eta_s: remaining_tokens(stage, &phase_steps, phase_index, done) as f64
-                        / tokens_per_s.max(1e-9),
-                    skipped: spike.is_some(),
-                };
+                    spike.is_some(),
+                );
                 say(out, entry.progress_line());
                 metrics.append(&entry)?;
                 report.logged.push(entry);
             }
-            let eval_every = recipe.file.eval.every_steps;
-            if eval_every > 0 && (step % eval_every == 0 || done == total) {
+            if is_eval_step(recipe, step, done, total) {
                 for source in &held_out {
                     let record = evaluate(&mut model, source, phase, recipe, &opts.stage, step)?;
                     say(out, record.line());
@@ -523,27 +490,20 @@ pub fn run_stage(
                 }
             }
 
-            let state = TrainerState {
-                seed,
-                phase_index,
-                phase_step: done,
-                phase_steps: total,
-                tokens,
-                guard: guard.state(),
-            };
+            let state = progress.trainer_state(seed, phase_index, done, guard.state());
             let stage_done = phase_index + 1 == stage.phases.len() && done == total;
             let preempted = crate::signals::stop_requested().filter(|_| !stage_done);
-            let stopping =
-                (opts.stop_after == Some(steps_this_run) || preempted.is_some()) && !stage_done;
-            let periodic = recipe.file.checkpoint.every_steps > 0
-                && step % recipe.file.checkpoint.every_steps == 0;
-            let to_save = if stage_done {
-                Some(final_dir.clone())
-            } else if periodic || stopping {
-                Some(checkpoints_dir.join(kormo_checkpoint::step_dir_name(step)))
-            } else {
-                None
-            };
+            let stopping = (opts.stop_after == Some(progress.steps_this_run)
+                || preempted.is_some())
+                && !stage_done;
+            let to_save = checkpoint_target(
+                recipe,
+                step,
+                stage_done,
+                stopping,
+                &final_dir,
+                &checkpoints_dir,
+            );
             if let Some(dir) = to_save {
                 let saved = save(
                     recipe,
@@ -579,16 +539,13 @@ pub fn run_stage(
                 report.checkpoint = dir;
             }
             if let Some(signal) = preempted {
-                let record = event(step, "preempted", format!(
-                    "{signal} received; checkpoint {} written at the end of step {step} (continue with --resume)",
-                    report.checkpoint.display()
-                ));
-                say(out, format!("event preempted: {}", record.message));
-                metrics.append(&record)?;
+                let record =
+                    preempted_record(&opts.stage, &phase.name, step, signal, &report.checkpoint);
+                log_event(out, &mut metrics, &record)?;
                 return Ok(report);
             }
             if stopping {
-                say(out, format!("stopped after {steps_this_run} steps; checkpoint {} (continue with --resume)", report.checkpoint.display()));
+                say(out, progress.stopped_line(&report.checkpoint));
                 return Ok(report);
             }
         }
@@ -599,8 +556,8 @@ pub fn run_stage(
             out,
             format!(
                 "done: {} steps in {:.1}s, loss {:.4} -> {:.4}; final checkpoint {}",
-                steps_this_run,
-                clock.elapsed().as_secs_f64(),
+                progress.steps_this_run,
+                progress.elapsed_s(),
                 first.loss,
                 last.loss,
                 report.checkpoint.display()
@@ -630,25 +587,6 @@ pub fn run_stage(
         );
     }
     Ok(report)
-}
-
-/// Tokens left in the stage after step `phase_step` of phase `phase_index`.
-pub(crate) fn remaining_tokens(
-    stage: &StageConfig,
-    phase_steps: &[u64],
-    phase_index: usize,
-    phase_step: u64,
-) -> u64 {
-    stage
-        .phases
-        .iter()
-        .zip(phase_steps)
-        .enumerate()
-        .skip(phase_index)
-        .map(|(i, (p, &n))| {
-            (n - if i == phase_index { phase_step } else { 0 }) * p.tokens_per_step()
-        })
-        .sum()
 }
 
 /// Forward and backward over all micro-batches of one step, so the gradient is the mean over
@@ -1131,7 +1069,8 @@ pub(crate) fn lr_schedule(
     Ok(schedule)
 }
 
-pub(crate) fn to_batch(rows: PackedRows) -> Batch {
+/// The model's batch of packed rows.
+pub fn to_batch(rows: PackedRows) -> Batch {
     Batch {
         batch_size: rows.rows,
         seq_len: rows.seq_len,
@@ -1141,6 +1080,33 @@ pub(crate) fn to_batch(rows: PackedRows) -> Batch {
         doc_ids: rows.doc_ids,
         positions: rows.positions,
     }
+}
+
+/// The data of every phase of `stage` (opened, and synthetic corpora generated, up front).
+fn open_phase_data(
+    recipe: &Recipe,
+    opts: &RunOptions,
+    stage: &StageConfig,
+    seed: u64,
+    fingerprint: &mut Option<String>,
+    out: &mut dyn Write,
+) -> Result<Vec<Option<PhaseData>>, TrainError> {
+    stage
+        .phases
+        .iter()
+        .map(|phase| {
+            build_loader(
+                recipe,
+                &opts.stage,
+                phase,
+                &opts.run_dir,
+                seed,
+                fingerprint,
+                out,
+            )
+            .map(Some)
+        })
+        .collect()
 }
 
 /// A phase's training stream and the held-out part of each of its sources (empty when

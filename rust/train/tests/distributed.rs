@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{options, scratch, small_recipe};
+use common::{options, run_error, scratch, small_recipe};
 use kormo_checkpoint::Checkpoint;
 use kormo_train::metrics::{read_records, EvalRecord, StepMetrics};
 use kormo_train::recipe::{DistConfig, Recipe};
@@ -229,9 +229,7 @@ fn rows_that_do_not_divide_over_the_ranks_are_a_recipe_error() {
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(1);
     opts.world_size = 3;
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(
         err.contains("stages.pretrain1.phases[0]")
             && err.contains("4 rows per step do not divide over --world-size 3"),
@@ -241,9 +239,7 @@ fn rows_that_do_not_divide_over_the_ranks_are_a_recipe_error() {
     with_eval.file.eval.every_steps = 1;
     with_eval.file.eval.rows = 3;
     opts.world_size = 2;
-    let err = run_stage(&with_eval, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&with_eval, &opts);
     assert!(
         err.contains("key `eval.rows`: 3 rows do not divide over --world-size 2"),
         "{err}"

@@ -6,9 +6,9 @@ mod common;
 use common::{options, scratch, small_recipe};
 use kormo_checkpoint::Checkpoint;
 use kormo_data::{Loader, PackingOptions, Source};
-use kormo_model::{Batch, LossSum, Model};
+use kormo_model::{LossSum, Model};
 use kormo_train::metrics::{read_records, EvalRecord};
-use kormo_train::trainer::{run_stage, MODEL_FILE};
+use kormo_train::trainer::{run_stage, to_batch, MODEL_FILE};
 
 #[test]
 fn held_out_loss_is_logged_per_source_and_reproducible() {
@@ -91,16 +91,7 @@ fn held_out_loss_is_logged_per_source_and_reproducible() {
         mask_think: phase.mask_think_token,
     };
     let mut loader = Loader::new(vec![held], packing, 0).unwrap();
-    let rows = loader.next_rows(6).unwrap();
-    let batch = Batch {
-        batch_size: rows.rows,
-        seq_len: rows.seq_len,
-        tokens: rows.tokens,
-        targets: rows.targets,
-        loss_weights: rows.loss_weights,
-        doc_ids: rows.doc_ids,
-        positions: rows.positions,
-    };
+    let batch = to_batch(loader.next_rows(6).unwrap());
     let loss: LossSum = model.evaluate(&batch).unwrap();
     let logged = records.iter().rev().find(|r| r.source == "web").unwrap();
     assert_eq!(loss.weight, logged.tokens);

@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{options, scratch, small_recipe};
+use common::{options, run_error, run_quiet, scratch, small_recipe};
 use kormo_checkpoint::Checkpoint;
 use kormo_train::metrics::{read_metrics, read_records, EventRecord, StepMetrics};
 use kormo_train::recipe::{Recipe, TokensConfig};
-use kormo_train::trainer::{run_stage, RunOptions, StageReport, MODEL_FILE};
+use kormo_train::trainer::{run_stage, MODEL_FILE};
 use std::path::Path;
 
 /// The small recipe with the guard armed after 4 steps, checkpoints every `every` steps.
@@ -20,10 +20,6 @@ fn recipe(every: u64) -> Recipe {
     recipe.file.checkpoint.every_steps = every;
     recipe.file.checkpoint.keep_last = 100;
     recipe
-}
-
-fn run(recipe: &Recipe, opts: &RunOptions) -> StageReport {
-    run_stage(recipe, opts, &mut std::io::sink()).unwrap()
 }
 
 fn events(dir: &Path, stage: &str) -> Vec<EventRecord> {
@@ -55,7 +51,7 @@ fn outlier_guard_skips_the_spiking_update() {
     let clean_dir = scratch("guard-clean");
     let mut opts = options("pretrain1", &clean_dir);
     opts.max_steps = Some(10);
-    let clean = run(&recipe, &opts);
+    let clean = run_quiet(&recipe, &opts);
     assert!(
         events(&clean_dir, "pretrain1").is_empty(),
         "no spike in a normal run"
@@ -111,8 +107,8 @@ fn outlier_guard_skips_the_spiking_update() {
     opts.max_steps = Some(10);
     opts.stop_after = Some(6);
     opts.faults.loss_override.insert(8, 50.0);
-    let head = run(&recipe, &opts);
-    let tail = run(&recipe, &opts.with_resume());
+    let head = run_quiet(&recipe, &opts);
+    let tail = run_quiet(&recipe, &opts.with_resume());
     let joined: Vec<_> = head.logged.iter().chain(&tail.logged).cloned().collect();
     assert_eq!(losses(&joined), losses(&spiky.logged));
     assert_eq!(
@@ -160,7 +156,7 @@ fn nonfinite_loss_restores_the_last_good_checkpoint() {
     let straight_dir = scratch("nan-straight");
     let mut straight = options("pretrain1", &straight_dir);
     straight.max_steps = Some(8);
-    let straight = run(&recipe, &straight);
+    let straight = run_quiet(&recipe, &straight);
     assert_eq!(losses(&report.logged[..3]), losses(&straight.logged[..3]));
     assert_ne!(report.logged[3].loss, straight.logged[3].loss);
     assert_eq!(
@@ -180,9 +176,7 @@ fn nonfinite_loss_restores_the_last_good_checkpoint() {
     opts.max_steps = Some(8);
     opts.faults.loss_override.insert(5, f64::NAN);
     opts.faults.loss_override.insert(6, f64::INFINITY);
-    let err = run_stage(&strict, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&strict, &opts);
     assert!(
         err.contains("not finite at step 6")
             && err.contains("after 1 restores")
@@ -194,9 +188,7 @@ fn nonfinite_loss_restores_the_last_good_checkpoint() {
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(8);
     opts.faults.loss_override.insert(2, f64::NAN);
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(
         err.contains("not finite at step 2") && err.contains("no checkpoint of this phase"),
         "{err}"
@@ -209,13 +201,13 @@ fn damaged_checkpoint_at_resume_falls_back_to_the_previous_one() {
     let straight_dir = scratch("fallback-straight");
     let mut opts = options("pretrain1", &straight_dir);
     opts.max_steps = Some(9);
-    let straight = run(&recipe, &opts);
+    let straight = run_quiet(&recipe, &opts);
 
     let dir = scratch("fallback");
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(9);
     opts.stop_after = Some(7);
-    let first = run(&recipe, &opts);
+    let first = run_quiet(&recipe, &opts);
     // Step 7's weights lose their tail (a crash or a bad disk after the save).
     let model = step_dir(&dir, "pretrain1", 7).join(MODEL_FILE);
     let bytes = std::fs::read(&model).unwrap();
@@ -264,9 +256,7 @@ fn damaged_checkpoint_at_resume_falls_back_to_the_previous_one() {
         )
         .unwrap();
     }
-    let err = run_stage(&recipe, &opts.with_resume(), &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts.with_resume());
     assert!(
         err.contains("every checkpoint in") && err.matches("model.safetensors").count() >= 3,
         "{err}"
@@ -287,9 +277,7 @@ fn shards_of_another_tokenizer_are_refused_by_name() {
     let dir = scratch("fingerprint");
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(1);
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(
         err.contains(&dir.join("data/web").display().to_string())
             && err.contains(".kts")
@@ -307,7 +295,7 @@ fn full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     let straight_dir = scratch("disk-straight");
     let mut opts = options("pretrain1", &straight_dir);
     opts.max_steps = Some(8);
-    let straight = run(&recipe, &opts);
+    let straight = run_quiet(&recipe, &opts);
     let checkpoint_bytes: u64 = std::fs::read_dir(step_dir(&straight_dir, "pretrain1", 3))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -318,9 +306,7 @@ fn full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(8);
     opts.faults.checkpoint_disk_budget = Some(checkpoint_bytes * 3 / 2);
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     let previous = step_dir(&dir, "pretrain1", 3);
     assert!(
         err.contains("No space left on device")
@@ -350,7 +336,7 @@ fn full_disk_while_checkpointing_keeps_the_previous_checkpoint() {
 
     // With space again, --resume continues from step 3 as if nothing happened.
     opts.faults.checkpoint_disk_budget = None;
-    let resumed = run(&recipe, &opts.with_resume());
+    let resumed = run_quiet(&recipe, &opts.with_resume());
     assert_eq!(losses(&resumed.logged), losses(&straight.logged[3..]));
 }
 
@@ -361,9 +347,7 @@ fn second_job_on_a_run_directory_is_refused() {
     let (held, _) = kormo_train::lock::RunLock::acquire(&dir).unwrap();
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(1);
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(
         err.contains("is in use by another train job")
             && err.contains(&dir.join("train.lock").display().to_string()),
@@ -393,7 +377,7 @@ fn z_loss_from_the_recipe_reaches_the_model() {
     let dir = scratch("zloss-off");
     let mut opts = options("pretrain1", &dir);
     opts.max_steps = Some(1);
-    let off = run(&recipe, &opts).logged[0].loss;
+    let off = run_quiet(&recipe, &opts).logged[0].loss;
     recipe.file.stability.z_loss = 1e-2;
     let dir = scratch("zloss-on");
     let mut opts = options("pretrain1", &dir);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{options, scratch, small_recipe};
+use common::{options, run_error, scratch, small_recipe};
 use kormo_hf::vocab::{byte_tokenizer, ModelTokenizer, TokenizerSource};
 use kormo_hf::{export_folder, ExportDtype, ExportOptions, Flavor, Weights};
 use kormo_train::trainer::run_stage;
@@ -79,17 +79,13 @@ fn stage_starts_from_a_hugging_face_folder() {
     // A folder of another model shape is refused, naming config.json and the field.
     let mut bigger = from_recipe.clone();
     bigger.model.ffn = 96;
-    let err = run_stage(&bigger, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&bigger, &opts);
     assert!(
         err.contains("config.json") && err.contains("ffn: folder 64, recipe 96"),
         "{err}"
     );
     let mut opts = options("pretrain2", &run_dir);
     opts.init_hf = Some(run_dir.join("no-such-folder"));
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(err.contains("no-such-folder"), "{err}");
 }

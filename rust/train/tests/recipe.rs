@@ -1,11 +1,10 @@
 //! Recipe files: the shipped ones load, and every kind of mistake names its file and key.
 
-use kormo_train::recipe::{Recipe, RecipeError, ScheduleKind, TokensConfig, TINY_RECIPE};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn repo() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+use common::repo;
+use kormo_train::recipe::{Recipe, RecipeError, ScheduleKind, TokensConfig, TINY_RECIPE};
+use std::path::Path;
 
 fn parse(text: &str) -> Result<Recipe, RecipeError> {
     Recipe::parse(text, "test.toml", Path::new("."))

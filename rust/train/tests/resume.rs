@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{options, scratch, small_recipe};
+use common::{options, run_error, scratch, small_recipe};
 use kormo_checkpoint::Checkpoint;
 use kormo_train::metrics::read_metrics;
 use kormo_train::trainer::{run_stage, MODEL_FILE, OPTIMIZER_FILE};
@@ -163,30 +163,18 @@ fn resume_refuses_a_changed_run() {
     run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
     opts.resume = true;
     opts.seed = Some(99);
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(err.contains("seed 1234, this run has 99"), "{err}");
     opts.seed = None;
     opts.max_steps = Some(5);
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(err.contains("phase length"), "{err}");
     let mut other = recipe.clone();
     other.file.optimizer.lr = 1e-3;
     opts.max_steps = Some(4);
-    let err = run_stage(&other, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&other, &opts);
     assert!(err.contains("recipe hash"), "{err}");
-    let err = run_stage(
-        &recipe,
-        &options("sft", &dir).with_resume(),
-        &mut std::io::sink(),
-    )
-    .unwrap_err()
-    .to_string();
+    let err = run_error(&recipe, &options("sft", &dir).with_resume());
     assert!(
         err.contains("no checkpoint in") && err.contains("sft"),
         "{err}"

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{options, repo, scratch, small_recipe};
+use common::{options, repo, run_error, scratch, small_recipe};
 use kormo_checkpoint::Checkpoint;
 use kormo_train::metrics::read_metrics;
 use kormo_train::trainer::{run_stage, MODEL_FILE};
@@ -111,9 +111,7 @@ fn missing_init_checkpoint_names_the_command() {
 
     recipe.file.scratch_if_init_missing = false;
     recipe.file.name = "proxy-1b".into();
-    let err = run_stage(&recipe, &opts, &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &opts);
     assert!(
         err.contains("final checkpoint of stage midtrain, which is missing"),
         "{err}"
@@ -134,9 +132,7 @@ fn corrupt_init_checkpoint_is_an_error_naming_the_file() {
     let weights = dir.join("pretrain1/final").join(MODEL_FILE);
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() - 10]).unwrap();
-    let err = run_stage(&recipe, &options("pretrain2", &dir), &mut std::io::sink())
-        .unwrap_err()
-        .to_string();
+    let err = run_error(&recipe, &options("pretrain2", &dir));
     assert!(
         err.contains("model.safetensors") && err.contains("truncated"),
         "{err}"

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use kormo_train::recipe::Recipe;
-use kormo_train::trainer::RunOptions;
+use kormo_train::trainer::{run_stage, RunOptions, StageReport};
 use std::path::{Path, PathBuf};
 
 pub fn repo() -> PathBuf {
@@ -39,4 +39,16 @@ pub fn options(stage: &str, run_dir: &Path) -> RunOptions {
         init_hf: None,
         faults: Default::default(),
     }
+}
+
+/// Runs a stage that must succeed, without console output.
+pub fn run_quiet(recipe: &Recipe, opts: &RunOptions) -> StageReport {
+    run_stage(recipe, opts, &mut std::io::sink()).unwrap()
+}
+
+/// Runs a stage that must fail; its error message.
+pub fn run_error(recipe: &Recipe, opts: &RunOptions) -> String {
+    run_stage(recipe, opts, &mut std::io::sink())
+        .unwrap_err()
+        .to_string()
 }

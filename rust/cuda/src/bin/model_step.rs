@@ -1,0 +1,159 @@
+//! End-to-end training-step benchmark on one device: the real model on [`CudaOps`] with
+//! [`DeviceAdamW`] (clipping on), one packed micro-batch of random tokens in documents of random
+//! lengths, as `train --benchmark` would run it (docs/gpu.md, section 4). Prints a markdown table:
+//! tokens per step, median step time, tokens/s, achieved TFLOP/s, MFU against the device's dense
+//! bf16 peak (FLOPs per token from `kormo_cuda::benchmark`), device memory, and the allocation
+//! count before and after the timed steps (equal when the step allocates nothing).
+//!
+//! Usage: model_step [--model proxy-1b|kormo-10.8b] [--seq 4096] [--batch 1] [--steps 5]
+//! (defaults shown; two untimed warm-up steps come first). Without a device it prints
+//! "skipped: no CUDA device" and exits 0. Host-side initialisation of proxy-1b takes ~30 s.
+
+use std::error::Error;
+use std::time::Instant;
+
+use kormo_cuda::benchmark::{mfu, open_for_model, peak_bf16_flops, training_flops_per_token};
+use kormo_cuda::optim::DeviceAdamW;
+use kormo_cuda::random::SplitMix64;
+use kormo_cuda::CudaError;
+use kormo_model::{Batch, Model, ModelConfig};
+use kormo_optim::{AdamWConfig, ParamInfo};
+
+struct Options {
+    model: String,
+    seq: usize,
+    batch: usize,
+    steps: usize,
+}
+
+fn parse_options() -> Result<Options, String> {
+    let mut o = Options { model: "proxy-1b".into(), seq: 4096, batch: 1, steps: 5 };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || value.parse::<usize>().map_err(|_| format!("{flag} {value}: not a positive integer"));
+        match flag.as_str() {
+            "--model" => o.model = value.clone(),
+            "--seq" => o.seq = number()?,
+            "--batch" => o.batch = number()?,
+            "--steps" => o.steps = number()?,
+            _ => return Err(format!("unknown option {flag} (see the usage in the source header)")),
+        }
+    }
+    if o.seq == 0 || o.batch == 0 || o.steps == 0 {
+        return Err("--seq, --batch and --steps must be at least 1".into());
+    }
+    Ok(o)
+}
+
+/// Random tokens packed into documents of 1..=2048 tokens (ids non-decreasing within each row,
+/// positions restarting per document), every token trained.
+fn packed_batch(config: &ModelConfig, batch_size: usize, seq_len: usize) -> Batch {
+    let mut rng = SplitMix64::new(1);
+    let n = batch_size * seq_len;
+    let (mut doc_ids, mut positions) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut doc, mut left) = (0u32, 0u64);
+    for t in 0..n {
+        if left == 0 || t % seq_len == 0 {
+            doc += 1;
+            left = 1 + rng.below(2048);
+        }
+        positions.push(if doc_ids.last() == Some(&doc) { positions.last().map_or(0, |p| p + 1) } else { 0 });
+        doc_ids.push(doc);
+        left -= 1;
+    }
+    let vocab = config.vocab as u64;
+    Batch {
+        tokens: (0..n).map(|_| rng.below(vocab) as u32).collect(),
+        targets: (0..n).map(|_| rng.below(vocab) as u32).collect(),
+        loss_weights: vec![1.0; n],
+        doc_ids,
+        positions,
+        batch_size,
+        seq_len,
+    }
+}
+
+fn run(o: &Options) -> Result<(), Box<dyn Error>> {
+    let config = ModelConfig::preset(&o.model).ok_or_else(|| format!("--model {}: unknown preset", o.model))?;
+    let (ops, device) = open_for_model(&config, 0)?;
+    let setup = Instant::now();
+    let mut model = Model::new(config.clone(), ops.clone(), 0)?;
+    let specs = model.param_specs().to_vec();
+    let infos: Vec<ParamInfo> =
+        specs.iter().map(|s| ParamInfo { name: s.name.clone(), numel: s.numel(), weight_decay: s.weight_decay() }).collect();
+    // Masters start from the model's (bf16) parameters: exact enough for timing.
+    let masters: Vec<Vec<f32>> = specs
+        .iter()
+        .map(|s| {
+            let mut v = vec![0.0; s.numel()];
+            model.read_param(&s.name, &mut v).map(|()| v)
+        })
+        .collect::<Result<_, _>>()?;
+    let master_slices: Vec<&[f32]> = masters.iter().map(|v| v.as_slice()).collect();
+    let mut adamw = DeviceAdamW::new(&ops, AdamWConfig::default(), infos, &master_slices)?;
+    drop(masters);
+    let batch = packed_batch(&config, o.batch, o.seq);
+    let grad_scale = 1.0 / batch.loss_weight_sum() as f32;
+    let setup_s = setup.elapsed().as_secs_f64();
+
+    let mut step = |model: &mut Model<_>| -> Result<f64, Box<dyn Error>> {
+        model.zero_grads();
+        let loss = model.forward_backward(&batch, grad_scale)?;
+        let (params, grads) = model.params_and_grads_mut();
+        adamw.step(&ops, params, grads, 1e-4, Some(1.0))?;
+        Ok(loss.mean())
+    };
+    for _ in 0..2 {
+        step(&mut model)?;
+    }
+    ops.synchronize()?;
+    let allocations_before = ops.memory().allocations;
+    let mut times = Vec::with_capacity(o.steps);
+    let mut last_loss = 0.0;
+    for _ in 0..o.steps {
+        let start = Instant::now();
+        last_loss = step(&mut model)?;
+        ops.synchronize()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let tokens = (o.batch * o.seq) as f64;
+    let flops_per_token = training_flops_per_token(&config, o.seq);
+    let tokens_per_s = tokens / median;
+    let memory = ops.memory();
+    println!("device: {} ({} GiB)", device.name, device.total_memory_bytes >> 30);
+    println!("model {} ({} parameters), batch {} x seq {}, setup {setup_s:.1} s, last loss {last_loss:.4}\n", o.model, config.param_count(), o.batch, o.seq);
+    println!("| tokens/step | median step (ms) | tokens/s | TFLOP/s | MFU | peak MiB (kormo) | used MiB (device) | allocations (before, after) |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mfu_text = peak_bf16_flops(&device.name).map_or("n/a (unknown peak)".to_string(), |peak| {
+        format!("{:.1}%", 100.0 * mfu(tokens_per_s, flops_per_token, peak))
+    });
+    println!(
+        "| {tokens} | {:.1} | {tokens_per_s:.0} | {:.1} | {mfu_text} | {} | {} | {allocations_before}, {} |",
+        median * 1e3,
+        tokens_per_s * flops_per_token / 1e12,
+        memory.peak_bytes >> 20,
+        ops.device_memory_used()? >> 20,
+        memory.allocations
+    );
+    Ok(())
+}
+
+fn main() {
+    let options = parse_options().unwrap_or_else(|e| {
+        eprintln!("model_step: {e}");
+        std::process::exit(2);
+    });
+    match run(&options) {
+        Ok(()) => {}
+        Err(e) if matches!(e.downcast_ref::<CudaError>(), Some(CudaError::NoDevice(_))) => {
+            println!("skipped: no CUDA device ({e})");
+        }
+        Err(e) => {
+            eprintln!("model_step: {e}");
+            std::process::exit(1);
+        }
+    }
+}

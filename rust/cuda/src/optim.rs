@@ -1,0 +1,197 @@
+//! [`DeviceAdamW`]: kormo_optim's AdamW (same hyperparameters, same update, same state names) with
+//! its state on the device, for models on [`CudaOps`], so a training step never moves
+//! parameters or gradients to the host.
+//!
+//! Per parameter tensor it keeps f32 master weights and both moments in device memory; the
+//! model's bf16 parameter is rewritten from the master after each update (`kormo_adamw_step`).
+//! Gradient-norm clipping runs on the device too (`kormo_grad_sumsq` into one f32, then
+//! `kormo_clip_scale`, torch's rule), and the learning rate is a device scalar written by a fill
+//! kernel, so `step` enqueues work without any host synchronisation. The pre-clip norm is read
+//! only when asked for ([`DeviceAdamW::grad_norm`], one sync).
+//!
+//! The update equals `kormo_optim::AdamW::step` on `clip_grad_norm`-ed gradients (the GPU test
+//! `device_adamw_matches_kormo_optim` checks it), so checkpoints are interchangeable: state
+//! tensors are named `<param>.exp_avg` / `<param>.exp_avg_sq` like kormo_optim's.
+
+use kormo_model::Ops;
+use kormo_optim::{AdamWConfig, ParamInfo};
+
+use crate::bindings::*;
+use crate::device::CudaError;
+use crate::launch;
+use crate::ops::{CudaBuf, CudaOps, Dtype};
+
+/// Device scalars of one step: learning rate, sum of squared gradients, clip scale.
+const LR: usize = 0;
+const SUMSQ: usize = 1;
+const CLIP_SCALE: usize = 2;
+
+pub struct DeviceAdamW {
+    config: AdamWConfig,
+    params: Vec<ParamInfo>,
+    step: u64,
+    master: Vec<CudaBuf>,
+    exp_avg: Vec<CudaBuf>,
+    exp_avg_sq: Vec<CudaBuf>,
+    scalars: [CudaBuf; 3],
+}
+
+fn refuse(reason: String) -> CudaError {
+    CudaError::InvalidLaunch { kernel: "DeviceAdamW", reason }
+}
+
+impl DeviceAdamW {
+    /// Zero moments and step 0; master weights from `initial` (f32 host values, one slice per
+    /// tensor of `params`, in order: the values the model was initialised or restored with).
+    pub fn new(ops: &CudaOps, config: AdamWConfig, params: Vec<ParamInfo>, initial: &[&[f32]]) -> Result<Self, CudaError> {
+        config.validate().map_err(|e| refuse(e.to_string()))?;
+        if initial.len() != params.len() {
+            return Err(refuse(format!("{} initial tensors for {} parameters", initial.len(), params.len())));
+        }
+        let mut master = Vec::with_capacity(params.len());
+        for (info, values) in params.iter().zip(initial) {
+            if values.len() != info.numel {
+                return Err(refuse(format!("{}: {} initial values, expected {}", info.name, values.len(), info.numel)));
+            }
+            master.push(ops.upload_f32(values));
+        }
+        let zeros = || params.iter().map(|p| ops.zeros_f32(p.numel)).collect::<Vec<_>>();
+        let (exp_avg, exp_avg_sq) = (zeros(), zeros());
+        let scalars = [ops.zeros_f32(1), ops.zeros_f32(1), ops.zeros_f32(1)];
+        Ok(DeviceAdamW { config, params, step: 0, master, exp_avg, exp_avg_sq, scalars })
+    }
+
+    pub fn step_count(&self) -> u64 {
+        self.step
+    }
+
+    /// Restores the step count from a checkpoint.
+    pub fn set_step_count(&mut self, step: u64) {
+        self.step = step;
+    }
+
+    /// One update of every tensor. `grads` are the model's gradient buffers (f32 after the first
+    /// backward; a bf16 one is converted once); `params` get the new bf16 weights. With
+    /// `max_grad_norm`, gradients are scaled by `max_norm / (norm + 1e-6)` when their global
+    /// norm exceeds it (a non-positive value disables clipping).
+    pub fn step(
+        &mut self,
+        ops: &CudaOps,
+        params: &mut [CudaBuf],
+        grads: &mut [CudaBuf],
+        lr: f64,
+        max_grad_norm: Option<f64>,
+    ) -> Result<(), CudaError> {
+        if params.len() != self.params.len() || grads.len() != self.params.len() {
+            return Err(refuse(format!(
+                "expected {} parameter and gradient tensors, got {} and {}",
+                self.params.len(),
+                params.len(),
+                grads.len()
+            )));
+        }
+        for ((info, p), g) in self.params.iter().zip(params.iter()).zip(grads.iter()) {
+            if p.len() != info.numel || g.len() != info.numel {
+                return Err(refuse(format!(
+                    "{}: expected {} elements, parameter has {} and gradient {}",
+                    info.name,
+                    info.numel,
+                    p.len(),
+                    g.len()
+                )));
+            }
+        }
+        self.step += 1;
+        let t = self.step as i32;
+        let (bias_correction1, bias_correction2) = (1.0 - self.config.beta1.powi(t), 1.0 - self.config.beta2.powi(t));
+        ops.fill(&mut self.scalars[LR], lr as f32);
+        for g in grads.iter_mut() {
+            ops.ensure_dtype(g, Dtype::F32);
+        }
+        ops.fill(&mut self.scalars[SUMSQ], 0.0);
+        for (g, info) in grads.iter().zip(&self.params) {
+            let a = KormoGradSumsqArgs { grad: g.device_ptr(), sumsq: self.scalars[SUMSQ].device_ptr(), n: info.numel as i64 };
+            // SAFETY: g holds numel f32 (checked above); sumsq is one f32.
+            unsafe { launch::grad_sumsq(ops.kernels(), &a) }?;
+        }
+        let c = KormoClipScaleArgs {
+            sumsq: self.scalars[SUMSQ].device_ptr(),
+            clip_scale: self.scalars[CLIP_SCALE].device_ptr(),
+            max_norm: max_grad_norm.unwrap_or(0.0) as f32,
+            _pad0: 0,
+        };
+        // SAFETY: two single f32 device values.
+        unsafe { launch::clip_scale(ops.kernels(), &c) }?;
+        for i in 0..self.params.len() {
+            ops.ensure_dtype(&mut params[i], Dtype::Bf16);
+            let a = KormoAdamwArgs {
+                master: self.master[i].device_ptr(),
+                grad: grads[i].device_ptr(),
+                exp_avg: self.exp_avg[i].device_ptr(),
+                exp_avg_sq: self.exp_avg_sq[i].device_ptr(),
+                weight: params[i].device_ptr(),
+                lr: self.scalars[LR].device_ptr(),
+                clip_scale: self.scalars[CLIP_SCALE].device_ptr(),
+                n: self.params[i].numel as i64,
+                beta1: self.config.beta1 as f32,
+                beta2: self.config.beta2 as f32,
+                eps: self.config.eps as f32,
+                weight_decay: self.config.weight_decay as f32,
+                bias_correction1: bias_correction1 as f32,
+                bias_correction2: bias_correction2 as f32,
+                apply_weight_decay: self.params[i].weight_decay as i32,
+                _pad0: 0,
+            };
+            // SAFETY: every buffer holds numel elements (f32; the weight bf16, ensured above).
+            unsafe { launch::adamw_step(ops.kernels(), &a) }?;
+        }
+        Ok(())
+    }
+
+    /// Global L2 norm of the gradients of the last step, before clipping (waits for the device).
+    pub fn grad_norm(&self, ops: &CudaOps) -> f64 {
+        ops.sum(&self.scalars[SUMSQ]).sqrt()
+    }
+
+    /// The f32 master weights of tensor `index` (for checkpoints).
+    pub fn master(&self, ops: &CudaOps, index: usize) -> Vec<f32> {
+        let mut host = vec![0.0; self.master[index].len()];
+        ops.read(&self.master[index], &mut host);
+        host
+    }
+
+    fn state_buf(&mut self, name: &str) -> Result<&mut CudaBuf, CudaError> {
+        let found = self.params.iter().position(|p| name.strip_suffix(".exp_avg_sq") == Some(&p.name));
+        if let Some(i) = found {
+            return Ok(&mut self.exp_avg_sq[i]);
+        }
+        let found = self.params.iter().position(|p| name.strip_suffix(".exp_avg") == Some(&p.name));
+        match found {
+            Some(i) => Ok(&mut self.exp_avg[i]),
+            None => Err(refuse(format!("no optimizer state tensor named {name}"))),
+        }
+    }
+
+    /// Names of the state tensors: `<param>.exp_avg`, `<param>.exp_avg_sq` per parameter.
+    pub fn state_names(&self) -> Vec<String> {
+        self.params.iter().flat_map(|p| [format!("{}.exp_avg", p.name), format!("{}.exp_avg_sq", p.name)]).collect()
+    }
+
+    /// A state tensor copied to the host.
+    pub fn state_tensor(&mut self, ops: &CudaOps, name: &str) -> Result<Vec<f32>, CudaError> {
+        let buf = self.state_buf(name)?;
+        let mut host = vec![0.0; buf.len()];
+        ops.read(buf, &mut host);
+        Ok(host)
+    }
+
+    /// Overwrites a state tensor from host values (checkpoint restore).
+    pub fn load_state_tensor(&mut self, ops: &CudaOps, name: &str, values: &[f32]) -> Result<(), CudaError> {
+        let buf = self.state_buf(name)?;
+        if buf.len() != values.len() {
+            return Err(refuse(format!("{name}: {} values, expected {}", values.len(), buf.len())));
+        }
+        ops.write(buf, values);
+        Ok(())
+    }
+}

@@ -1,0 +1,191 @@
+//! Step bookkeeping shared by the single-process step loop (trainer.rs) and every rank of the
+//! distributed one (dist.rs), so that both count, log, evaluate and checkpoint at the same
+//! steps with the same words: the stage's step/token/time counters and the metrics line and
+//! trainer state derived from them, when evaluation and checkpoints happen, and event lines.
+
+use crate::guard::GuardState;
+use crate::metrics::{EventRecord, MetricsFile, StepMetrics};
+use crate::recipe::{PhaseConfig, Recipe, StageConfig};
+use crate::trainer::{say, Start, TrainError, TrainerState};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Step, token and time counters of one stage run, kept the same way by the single-process
+/// step loop and each distributed rank (they log and checkpoint alike).
+pub(crate) struct Progress<'a> {
+    stage_name: &'a str,
+    stage: &'a StageConfig,
+    phase_steps: &'a [u64],
+    clock: Instant,
+    /// Optimizer steps of the stage, including those before a resume.
+    pub step: u64,
+    /// Tokens of the stage, including those before a resume.
+    pub tokens: u64,
+    pub steps_this_run: u64,
+    tokens_this_run: u64,
+}
+
+impl<'a> Progress<'a> {
+    pub fn new(
+        stage_name: &'a str,
+        stage: &'a StageConfig,
+        phase_steps: &'a [u64],
+        start: &Start,
+    ) -> Progress<'a> {
+        Progress {
+            stage_name,
+            stage,
+            phase_steps,
+            clock: Instant::now(),
+            step: start.step,
+            tokens: start.tokens,
+            steps_this_run: 0,
+            tokens_this_run: 0,
+        }
+    }
+
+    /// Counts one optimizer step of `phase`.
+    pub fn advance(&mut self, phase: &PhaseConfig) {
+        self.step += 1;
+        self.steps_this_run += 1;
+        self.tokens += phase.tokens_per_step();
+        self.tokens_this_run += phase.tokens_per_step();
+    }
+
+    pub fn elapsed_s(&self) -> f64 {
+        self.clock.elapsed().as_secs_f64()
+    }
+
+    /// Whether step `done` of a phase of `total` steps gets a metrics line.
+    pub fn is_log_step(done: u64, total: u64, log_every: u64) -> bool {
+        done == 1 || done.is_multiple_of(log_every) || done == total
+    }
+
+    /// The metrics line of the current step, step `done` of phase `phase_index`.
+    pub fn step_metrics(
+        &self,
+        phase_index: usize,
+        done: u64,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        skipped: bool,
+    ) -> StepMetrics {
+        let elapsed = self.elapsed_s();
+        let tokens_per_s = self.tokens_this_run as f64 / elapsed.max(1e-9);
+        StepMetrics {
+            stage: self.stage_name.to_string(),
+            phase: self.stage.phases[phase_index].name.clone(),
+            step: self.step,
+            phase_step: done,
+            phase_steps: self.phase_steps[phase_index],
+            loss,
+            lr,
+            grad_norm,
+            tokens: self.tokens,
+            tokens_per_s,
+            elapsed_s: elapsed,
+            eta_s: remaining_tokens(self.stage, self.phase_steps, phase_index, done) as f64
+                / tokens_per_s.max(1e-9),
+            skipped,
+        }
+    }
+
+    /// The trainer counters a checkpoint after step `done` of phase `phase_index` stores.
+    pub fn trainer_state(
+        &self,
+        seed: u64,
+        phase_index: usize,
+        done: u64,
+        guard: GuardState,
+    ) -> TrainerState {
+        TrainerState {
+            seed,
+            phase_index,
+            phase_step: done,
+            phase_steps: self.phase_steps[phase_index],
+            tokens: self.tokens,
+            guard,
+        }
+    }
+
+    /// The last line of a run stopped by `--stop-after` after writing `checkpoint`.
+    pub fn stopped_line(&self, checkpoint: &Path) -> String {
+        format!(
+            "stopped after {} steps; checkpoint {} (continue with --resume)",
+            self.steps_this_run,
+            checkpoint.display()
+        )
+    }
+}
+
+/// Whether held-out evaluation runs after stage step `step` (step `done` of `total` of a phase).
+pub(crate) fn is_eval_step(recipe: &Recipe, step: u64, done: u64, total: u64) -> bool {
+    let every = recipe.file.eval.every_steps;
+    every > 0 && (step.is_multiple_of(every) || done == total)
+}
+
+/// Where the checkpoint after stage step `step` goes: the stage's final directory at its end,
+/// a step directory when periodic or when the run stops early, else none.
+pub(crate) fn checkpoint_target(
+    recipe: &Recipe,
+    step: u64,
+    stage_done: bool,
+    stopping: bool,
+    final_dir: &Path,
+    checkpoints_dir: &Path,
+) -> Option<PathBuf> {
+    let every = recipe.file.checkpoint.every_steps;
+    let periodic = every > 0 && step.is_multiple_of(every);
+    if stage_done {
+        Some(final_dir.to_path_buf())
+    } else if periodic || stopping {
+        Some(checkpoints_dir.join(kormo_checkpoint::step_dir_name(step)))
+    } else {
+        None
+    }
+}
+
+/// The event of a preemption signal handled by writing `checkpoint` at step `step`.
+pub(crate) fn preempted_record(
+    stage: &str,
+    phase: &str,
+    step: u64,
+    signal: &str,
+    checkpoint: &Path,
+) -> EventRecord {
+    EventRecord::new(stage, phase, step, "preempted", format!(
+        "{signal} received; checkpoint {} written at the end of step {step} (continue with --resume)",
+        checkpoint.display()
+    ))
+}
+
+/// Prints an event and appends it to the metrics file.
+pub(crate) fn log_event(
+    out: &mut dyn Write,
+    metrics: &mut MetricsFile,
+    record: &EventRecord,
+) -> Result<(), TrainError> {
+    say(out, format!("event {}: {}", record.event, record.message));
+    Ok(metrics.append(record)?)
+}
+
+/// Tokens left in the stage after step `phase_step` of phase `phase_index`.
+fn remaining_tokens(
+    stage: &StageConfig,
+    phase_steps: &[u64],
+    phase_index: usize,
+    phase_step: u64,
+) -> u64 {
+    stage
+        .phases
+        .iter()
+        .zip(phase_steps)
+        .enumerate()
+        .skip(phase_index)
+        .map(|(i, (p, &n))| {
+            (n - if i == phase_index { phase_step } else { 0 }) * p.tokens_per_step()
+        })
+        .sum()
+}
