@@ -2,13 +2,15 @@
 # One-command GPU check of kormo's kernels (docs/gpu.md explains the whole round trip).
 #
 #   tools/gpu_check.sh build          HERE (no GPU needed): builds the release GPU test binary, the
-#                                     kernel bench and the training-step bench (model_step) with
-#                                     the kernels embedded, copies them to .gpu-carry/ (git-ignored;
-#                                     carry it to the device).
+#                                     kernel bench, the training-step bench (model_step) and the
+#                                     trainer (train, for `train --benchmark`) with the kernels
+#                                     embedded, copies them to .gpu-carry/ (git-ignored; carry it
+#                                     to the device).
 #   tools/gpu_check.sh run [OUT_DIR]  ON THE DEVICE: runs every GPU test (kernels, and the model
 #                                     on CudaOps against the CPU backend), compute-sanitizer
 #                                     memcheck + racecheck on them (when the tool exists), the
-#                                     training-step and kernel benchmarks and
+#                                     training-step benchmarks (model-step, train --benchmark),
+#                                     the kernel benchmarks and
 #                                     bench/torch_reference.py, and writes
 #                                     OUT_DIR/<date>-<device>.md (default bench/results) plus logs.
 #
@@ -34,19 +36,23 @@ for line in sys.stdin:
         print(m["executable"])')"
     [[ -n "$test_bin" ]] || { echo "gpu_check build: no gpu test executable found" >&2; exit 1; }
     cargo build --release -p kormo-cuda --bin bench --bin model_step
+    cargo build --release -p kormo-train --bin train
     cp "$test_bin" "$CARRY/gpu-tests"
     cp target/release/bench "$CARRY/bench"
     cp target/release/model_step "$CARRY/model-step"
-    if ! grep -q kormo_attention_fwd_hd128_doc "$CARRY/gpu-tests" || ! grep -q kormo_attention_fwd_hd128_doc "$CARRY/bench"; then
-        echo "gpu_check build: the binaries carry no kernels (was nvcc found at build time?)" >&2
+    cp target/release/train "$CARRY/train"
+    local bin
+    for bin in gpu-tests bench train; do
+        grep -q kormo_attention_fwd_hd128_doc "$CARRY/$bin" && continue
+        echo "gpu_check build: $CARRY/$bin carries no kernels (was nvcc found at build time?)" >&2
         exit 1
-    fi
+    done
     {
         git rev-parse HEAD 2>/dev/null || echo "unknown"
         git status --porcelain 2>/dev/null | grep -q . && echo "(working tree had uncommitted changes)"
     } >"$CARRY/COMMIT"
     du -sh "$CARRY"
-    echo "built $CARRY/{gpu-tests,bench,model-step}; carry '$CARRY' with the device tool (docs/gpu.md)"
+    echo "built $CARRY/{gpu-tests,bench,model-step,train}; carry '$CARRY' with the device tool (docs/gpu.md)"
 }
 
 # The whole run must end within the device tool's per-call limit (run(timeout_s=600)).
@@ -91,8 +97,8 @@ find_cublaslt_dir() {
 
 run_checks() {
     local out_dir="${1:-bench/results}"
-    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/bench" && -x "$CARRY/model-step" ]] || {
-        echo "gpu_check run: $CARRY/{gpu-tests,bench,model-step} incomplete: run 'tools/gpu_check.sh build' here first" >&2
+    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" ]] || {
+        echo "gpu_check run: $CARRY/{gpu-tests,bench,model-step,train} incomplete: run 'tools/gpu_check.sh build' here first" >&2
         exit 1
     }
     mkdir -p "$out_dir"
@@ -155,6 +161,21 @@ run_checks() {
     status=$(run_logged 150 "$logs/model-step.log" "$CARRY/model-step")
     cat "$logs/model-step.log" >>"$report"
     [[ "$status" == 0 ]] || echo "(model-step exit status $status)" >>"$report"
+
+    {
+        echo
+        echo "## Trainer benchmark (train --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark)"
+        echo
+        echo '```'
+    } >>"$report"
+    # The recipe's real shape (micro-batch 4 x seq 4096, grad accum 128), the trainer's own
+    # model/optimizer calls; the JSON result lands beside the logs.
+    status=$(run_logged 150 "$logs/train-benchmark.log" "$CARRY/train" --config=proxy-1b --stage=pretrain1 \
+        --backend=cuda --benchmark --benchmark-warmup=1 --benchmark-steps=3 \
+        --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run")
+    cat "$logs/train-benchmark.log" >>"$report"
+    echo '```' >>"$report"
+    [[ "$status" == 0 ]] || echo "(train --benchmark exit status $status)" >>"$report"
 
     {
         echo

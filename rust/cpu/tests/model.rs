@@ -2,54 +2,14 @@
 //! gradient check of every tensor against central differences in f64, intra-document masking
 //! (packed rows equal documents run alone; perturbing one document leaves the others
 //! unchanged), gradient accumulation, f32 vs f64 agreement, thread-count independence, unit
-//! hooks for sharding, a memorisation run, and error reporting for bad input.
+//! hooks for sharding (with and without activation checkpointing), a memorisation run, and error reporting for bad input.
 
 mod common;
 
-use common::rng;
+use common::{micro_config, packed_batch, rng};
 use kormo_cpu::CpuOps;
 use kormo_model::{Batch, Model, ModelConfig, ModelError};
 use rand::Rng;
-
-/// Small enough for finite differences over every tensor, with GQA (2 query heads per KV
-/// head) and odd sizes.
-fn micro_config() -> ModelConfig {
-    ModelConfig {
-        hidden: 10,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        head_dim: 4,
-        ffn: 14,
-        vocab: 13,
-        rms_eps: 1e-5,
-        rope_theta: 500_000.0,
-        tie_embeddings: false,
-    }
-}
-
-/// Document lengths per row, with KORMo's running positions (0..seq) unless `reset`.
-fn packed_batch(docs_per_row: &[&[usize]], vocab: u32, reset_positions: bool, seed: u64) -> Batch {
-    let mut r = rng(seed);
-    let seq_len: usize = docs_per_row[0].iter().sum();
-    let mut batch = Batch { batch_size: docs_per_row.len(), seq_len, ..Batch::default() };
-    for docs in docs_per_row {
-        assert_eq!(docs.iter().sum::<usize>(), seq_len);
-        let mut pos = 0u32;
-        for (doc, &len) in docs.iter().enumerate() {
-            for i in 0..len {
-                batch.tokens.push(r.random_range(0..vocab));
-                batch.targets.push(r.random_range(0..vocab));
-                // Mixed weights: ignored tokens, half weight, normal.
-                batch.loss_weights.push([1.0, 0.0, 0.5, 1.0][r.random_range(0..4)]);
-                batch.doc_ids.push(doc as u32);
-                batch.positions.push(if reset_positions { i as u32 } else { pos });
-                pos += 1;
-            }
-        }
-    }
-    batch
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -286,6 +246,18 @@ fn gradients_do_not_depend_on_thread_count() {
 /// moved out as soon as its backward is done. Loss and gradients must equal a plain run.
 #[test]
 fn unit_hooks_see_each_unit_when_it_is_used() {
+    check_unit_hooks(false);
+}
+
+/// As above with activation checkpointing: the recomputation of a layer's forward must happen
+/// inside that layer's backward window (its parameters are zeroed elsewhere), the hook calls
+/// are the same, and loss and gradients equal the plain run without checkpointing bit for bit.
+#[test]
+fn unit_hooks_see_each_unit_when_it_is_used_with_activation_checkpointing() {
+    check_unit_hooks(true);
+}
+
+fn check_unit_hooks(checkpointing: bool) {
     use kormo_model::params::{unit_tensors, units};
     use kormo_model::{Ops, Unit, UnitHooks};
 
@@ -330,12 +302,13 @@ fn unit_hooks_see_each_unit_when_it_is_used() {
         }
     }
 
-    let cfg = micro_config();
+    let cfg = ModelConfig { layers: 3, ..micro_config() };
     let batch = packed_batch(&[&[3, 4], &[7]], cfg.vocab as u32, false, 91);
     let mut plain = Model::new(cfg.clone(), CpuOps::<f32>::new(), 10).unwrap();
     let want_loss = plain.forward_backward(&batch, 0.1).unwrap();
 
     let mut model = Model::new(cfg.clone(), CpuOps::<f32>::new(), 10).unwrap();
+    model.set_activation_checkpointing(checkpointing);
     let stored = model.params().to_vec();
     let mut hooks = Sharded { cfg: cfg.clone(), moved_grads: stored.iter().map(|p| vec![0.0; p.len()]).collect(), stored, calls: Vec::new() };
     for p in model.params_mut() {

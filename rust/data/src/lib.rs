@@ -1,12 +1,13 @@
 //! kormo-data: from token shards to the packed rows a training step consumes.
 //!
-//! * [`vocab`] — special token ids and the built-in byte-level vocabulary (until a BPE tokenizer
-//!   is used: 256 bytes + KORMo's specials, padded to 384).
+//! * [`vocab`] — special token ids, the built-in byte-level vocabulary (256 bytes + KORMo's
+//!   specials, padded to 384) and [`Vocabulary`]: bytes or a trained BPE tokenizer.
 //! * [`packing`] — KORMo packing: BOS + text + EOS per document, rows of `seq_len`, document ids,
 //!   positions, loss weights (assistant-only spans, `<think>` excluded in the reasoning phase).
 //! * [`loader`] — weighted mixture of sources, deterministic from a seed, with a serialisable
 //!   [`DataCursor`] for exact resume.
-//! * [`synthetic`] — the deterministic synthetic corpus the tiny recipe trains on.
+//! * [`synthetic`] — the deterministic synthetic corpus the tiny recipe trains on, encoded with
+//!   the run's vocabulary.
 
 pub mod loader;
 pub mod packing;
@@ -16,7 +17,7 @@ pub mod vocab;
 pub use loader::{DataCursor, Loader, PendingDocument, Source};
 pub use packing::{DocumentStream, PackedRows, PackingOptions, PositionMode};
 pub use synthetic::{SyntheticKind, SyntheticSpec};
-pub use vocab::{ByteVocab, SpecialTokens};
+pub use vocab::{ByteVocab, SpecialIds, SpecialTokens, TextEncoder, Vocabulary};
 
 /// A data-layer error; the message names the file or source it is about.
 #[derive(Debug, Clone, PartialEq)]

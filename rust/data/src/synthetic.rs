@@ -12,10 +12,16 @@
 //!   spans; reasoning questions open the answer with a think block, factual ones with an empty
 //!   one (KORMo's hybrid thinking format).
 //!
+//! The text is encoded with the run's [`Vocabulary`]: piece by piece (each run of plain text
+//! encoded on its own, special tokens inserted by id), so chat loss-mask spans fall exactly on
+//! token boundaries whatever the tokenizer. With the byte vocabulary this is byte for byte the
+//! corpus the golden losses were recorded on.
+//!
 //! Output: `dir/shard-00000.kts` + `dir/manifest.json` + `dir/synthetic.json` (what was generated,
-//! so a changed request regenerates). Generation goes to a temp folder renamed into place.
+//! so a changed request regenerates; a changed vocabulary shows in the manifest's tokenizer
+//! fingerprint and regenerates too). Generation goes to a temp folder renamed into place.
 
-use crate::vocab::ByteVocab;
+use crate::vocab::{SpecialIds, TextEncoder, Vocabulary};
 use crate::DataError;
 use kormo_shards::{Manifest, ShardMeta, ShardWriter};
 use rand::{Rng, SeedableRng};
@@ -45,19 +51,23 @@ pub struct SyntheticSpec {
 const SPEC_FILE: &str = "synthetic.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// One generated document: byte-vocabulary tokens and optional trained spans.
+/// One generated document: tokens of the vocabulary and optional trained spans.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticDocument {
     pub tokens: Vec<u32>,
     pub spans: Vec<(u32, u32)>,
 }
 
-/// Makes sure `dir` holds the corpus `spec` describes; returns true when it had to (re)generate.
-pub fn ensure(dir: &Path, spec: &SyntheticSpec) -> Result<bool, DataError> {
+/// Makes sure `dir` holds the corpus `spec` describes, encoded with `vocab`; returns true when
+/// it had to (re)generate.
+pub fn ensure(dir: &Path, spec: &SyntheticSpec, vocab: &Vocabulary) -> Result<bool, DataError> {
     let current = std::fs::read_to_string(dir.join(SPEC_FILE))
         .ok()
         .and_then(|text| serde_json::from_str::<SyntheticSpec>(&text).ok());
-    if current.as_ref() == Some(spec) && dir.join(MANIFEST_FILE).is_file() {
+    let same_vocab = Manifest::load(dir.join(MANIFEST_FILE)).is_ok_and(|m| {
+        m.tokenizer_fingerprint == vocab.fingerprint() && m.vocab_size == vocab.size()
+    });
+    if current.as_ref() == Some(spec) && same_vocab {
         return Ok(false);
     }
     let io = |path: &Path, e: std::io::Error| DataError(format!("{}: {e}", path.display()));
@@ -71,11 +81,11 @@ pub fn ensure(dir: &Path, spec: &SyntheticSpec) -> Result<bool, DataError> {
     let _ = std::fs::remove_dir_all(&temp);
     std::fs::create_dir_all(&temp).map_err(|e| io(&temp, e))?;
     let meta = ShardMeta {
-        vocab_size: ByteVocab::SIZE,
-        tokenizer_fingerprint: ByteVocab::FINGERPRINT.into(),
+        vocab_size: vocab.size(),
+        tokenizer_fingerprint: vocab.fingerprint().into(),
     };
     let mut writer = ShardWriter::create(temp.join("shard-00000.kts"), meta.clone())?;
-    for doc in generate(spec) {
+    for doc in generate(spec, vocab) {
         writer.append_document(
             &doc.tokens,
             (!doc.spans.is_empty()).then_some(&doc.spans[..]),
@@ -98,22 +108,38 @@ pub fn ensure(dir: &Path, spec: &SyntheticSpec) -> Result<bool, DataError> {
     Ok(true)
 }
 
-/// All documents of `spec`, in order.
-pub fn generate(spec: &SyntheticSpec) -> Vec<SyntheticDocument> {
+/// All documents of `spec`, in order, encoded with `vocab`.
+pub fn generate(spec: &SyntheticSpec, vocab: &Vocabulary) -> Vec<SyntheticDocument> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut enc = Enc {
+        text: vocab.encoder(),
+        ids: *vocab.ids(),
+    };
     (0..spec.documents)
         .map(|_| match spec.kind {
-            SyntheticKind::BilingualProse => plain(bilingual_paragraphs(&mut rng, 3..6)),
-            SyntheticKind::LongContext => plain(long_context_document(&mut rng)),
-            SyntheticKind::Reasoning => reasoning_document(&mut rng),
-            SyntheticKind::Chat => chat_document(&mut rng),
+            SyntheticKind::BilingualProse => plain(&mut enc, bilingual_paragraphs(&mut rng, 3..6)),
+            SyntheticKind::LongContext => plain(&mut enc, long_context_document(&mut rng)),
+            SyntheticKind::Reasoning => reasoning_document(&mut rng, &mut enc),
+            SyntheticKind::Chat => chat_document(&mut rng, &mut enc),
         })
         .collect()
 }
 
-fn plain(text: String) -> SyntheticDocument {
+/// The vocabulary's text encoder and special ids, as the generators use them.
+struct Enc<'v> {
+    text: TextEncoder<'v>,
+    ids: SpecialIds,
+}
+
+impl Enc<'_> {
+    fn encode(&mut self, text: &str) -> Vec<u32> {
+        self.text.encode(text)
+    }
+}
+
+fn plain(enc: &mut Enc, text: String) -> SyntheticDocument {
     SyntheticDocument {
-        tokens: ByteVocab::encode(&text),
+        tokens: enc.encode(&text),
         spans: Vec::new(),
     }
 }
@@ -231,26 +257,26 @@ fn arithmetic(rng: &mut ChaCha8Rng) -> (String, Vec<String>, i64) {
     }
 }
 
-fn think_block(steps: &[String]) -> Vec<u32> {
-    let mut tokens = vec![ByteVocab::THINK];
+fn think_block(steps: &[String], enc: &mut Enc) -> Vec<u32> {
+    let mut tokens = vec![enc.ids.think];
     for (i, step) in steps.iter().enumerate() {
-        tokens.extend(ByteVocab::encode(&format!("\nStep {}: {step}", i + 1)));
+        tokens.extend(enc.encode(&format!("\nStep {}: {step}", i + 1)));
     }
-    tokens.extend(ByteVocab::encode("\n"));
-    tokens.push(ByteVocab::THINK_END);
+    tokens.extend(enc.encode("\n"));
+    tokens.push(enc.ids.think_end);
     tokens
 }
 
-fn reasoning_document(rng: &mut ChaCha8Rng) -> SyntheticDocument {
+fn reasoning_document(rng: &mut ChaCha8Rng, enc: &mut Enc) -> SyntheticDocument {
     let (problem, steps, result) = arithmetic(rng);
     let korean = rng.random_bool(0.5);
-    let mut tokens = ByteVocab::encode(&if korean {
+    let mut tokens = enc.encode(&if korean {
         format!("문제: {problem} 를 계산하시오.\n")
     } else {
         format!("Problem: compute {problem}.\n")
     });
-    tokens.extend(think_block(&steps));
-    tokens.extend(ByteVocab::encode(&if korean {
+    tokens.extend(think_block(&steps, enc));
+    tokens.extend(enc.encode(&if korean {
         format!("\n답: {result}")
     } else {
         format!("\nAnswer: {result}")
@@ -270,24 +296,20 @@ const COLORS: [(&str, &str, &str, &str); 5] = [
 ];
 
 /// A question and the assistant's answer (think block first: filled or empty).
-fn chat_turn(rng: &mut ChaCha8Rng) -> (String, Vec<u32>) {
+fn chat_turn(rng: &mut ChaCha8Rng, enc: &mut Enc) -> (String, Vec<u32>) {
     if rng.random_bool(0.5) {
         let (problem, steps, result) = arithmetic(rng);
-        let mut answer = think_block(&steps);
-        answer.extend(ByteVocab::encode(&format!("\nThe answer is {result}.")));
+        let mut answer = think_block(&steps, enc);
+        answer.extend(enc.encode(&format!("\nThe answer is {result}.")));
         (format!("What is {problem}?"), answer)
     } else {
         let (thing, color, thing_ko, color_ko) = *pick(rng, &COLORS);
-        let mut answer = vec![ByteVocab::THINK, ByteVocab::THINK_END];
+        let mut answer = vec![enc.ids.think, enc.ids.think_end];
         if rng.random_bool(0.5) {
-            answer.extend(ByteVocab::encode(&format!(
-                "\n{thing_ko}은(는) {color_ko}입니다."
-            )));
+            answer.extend(enc.encode(&format!("\n{thing_ko}은(는) {color_ko}입니다.")));
             (format!("{thing_ko}은(는) 무슨 색인가요?"), answer)
         } else {
-            answer.extend(ByteVocab::encode(&format!(
-                "\nThe color of {thing} is {color}."
-            )));
+            answer.extend(enc.encode(&format!("\nThe color of {thing} is {color}.")));
             (format!("What color is {thing}?"), answer)
         }
     }
@@ -295,20 +317,20 @@ fn chat_turn(rng: &mut ChaCha8Rng) -> (String, Vec<u32>) {
 
 /// One or two exchanges in the chat template; each assistant turn, its closing `<|EOT|>`
 /// included, is a loss-mask span (the packer adds no second EOS after it).
-fn chat_document(rng: &mut ChaCha8Rng) -> SyntheticDocument {
+fn chat_document(rng: &mut ChaCha8Rng, enc: &mut Enc) -> SyntheticDocument {
     let mut tokens = Vec::new();
     let mut spans = Vec::new();
     let turns = rng.random_range(1..3);
     for _ in 0..turns {
-        let (question, answer) = chat_turn(rng);
-        tokens.push(ByteVocab::BOT);
-        tokens.extend(ByteVocab::encode(&format!("user\n{question}")));
-        tokens.push(ByteVocab::EOT);
-        tokens.push(ByteVocab::BOT);
-        tokens.extend(ByteVocab::encode("assistant\n"));
+        let (question, answer) = chat_turn(rng, enc);
+        tokens.push(enc.ids.bot);
+        tokens.extend(enc.encode(&format!("user\n{question}")));
+        tokens.push(enc.ids.eot);
+        tokens.push(enc.ids.bot);
+        tokens.extend(enc.encode("assistant\n"));
         let start = tokens.len() as u32;
         tokens.extend(answer);
-        tokens.push(ByteVocab::EOT);
+        tokens.push(enc.ids.eot);
         spans.push((start, tokens.len() as u32));
     }
     SyntheticDocument { tokens, spans }
@@ -317,6 +339,11 @@ fn chat_document(rng: &mut ChaCha8Rng) -> SyntheticDocument {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vocab::ByteVocab;
+
+    fn bytes() -> Vocabulary {
+        Vocabulary::bytes()
+    }
 
     fn spec(kind: SyntheticKind) -> SyntheticSpec {
         SyntheticSpec {
@@ -334,15 +361,21 @@ mod tests {
             SyntheticKind::Reasoning,
             SyntheticKind::Chat,
         ] {
-            assert_eq!(generate(&spec(kind)), generate(&spec(kind)));
-            assert_ne!(
-                generate(&spec(kind)),
-                generate(&SyntheticSpec {
-                    seed: 6,
-                    ..spec(kind)
-                })
+            assert_eq!(
+                generate(&spec(kind), &bytes()),
+                generate(&spec(kind), &bytes())
             );
-            for doc in generate(&spec(kind)) {
+            assert_ne!(
+                generate(&spec(kind), &bytes()),
+                generate(
+                    &SyntheticSpec {
+                        seed: 6,
+                        ..spec(kind)
+                    },
+                    &bytes()
+                )
+            );
+            for doc in generate(&spec(kind), &bytes()) {
                 assert!(doc.tokens.iter().all(|&t| t < ByteVocab::SIZE));
                 assert!(!doc.tokens.is_empty());
             }
@@ -351,7 +384,8 @@ mod tests {
 
     #[test]
     fn prose_is_bilingual() {
-        let text = ByteVocab::decode(&generate(&spec(SyntheticKind::BilingualProse))[0].tokens);
+        let text =
+            ByteVocab::decode(&generate(&spec(SyntheticKind::BilingualProse), &bytes())[0].tokens);
         assert!(!text.is_ascii() && text.contains(". "), "{text}");
         let (english, korean) = text.split_once("\n\n").unwrap();
         assert!(english.is_ascii());
@@ -360,7 +394,7 @@ mod tests {
 
     #[test]
     fn long_context_asks_about_its_fact() {
-        for doc in generate(&spec(SyntheticKind::LongContext)) {
+        for doc in generate(&spec(SyntheticKind::LongContext), &bytes()) {
             let text = ByteVocab::decode(&doc.tokens);
             let question = text.rsplit("\n\n").next().unwrap();
             let name = question
@@ -385,7 +419,7 @@ mod tests {
 
     #[test]
     fn reasoning_traces_are_correct_arithmetic() {
-        for doc in generate(&spec(SyntheticKind::Reasoning)) {
+        for doc in generate(&spec(SyntheticKind::Reasoning), &bytes()) {
             assert_eq!(
                 doc.tokens
                     .iter()
@@ -412,7 +446,7 @@ mod tests {
 
     #[test]
     fn chat_spans_cover_exactly_the_assistant_turns() {
-        for doc in generate(&spec(SyntheticKind::Chat)) {
+        for doc in generate(&spec(SyntheticKind::Chat), &bytes()) {
             assert!(!doc.spans.is_empty());
             for &(start, end) in &doc.spans {
                 let before = ByteVocab::decode(&doc.tokens[..start as usize]);
@@ -441,15 +475,15 @@ mod tests {
             .join("chat");
         let _ = std::fs::remove_dir_all(&dir);
         let spec = spec(SyntheticKind::Chat);
-        assert!(ensure(&dir, &spec).unwrap());
+        assert!(ensure(&dir, &spec, &bytes()).unwrap());
         assert!(
-            !ensure(&dir, &spec).unwrap(),
+            !ensure(&dir, &spec, &bytes()).unwrap(),
             "second call reuses the cache"
         );
         let manifest = Manifest::load(dir.join(MANIFEST_FILE)).unwrap();
         let shards = manifest.open_shards(&dir).unwrap();
         assert_eq!(shards[0].num_documents(), 20);
-        let expected = generate(&spec);
+        let expected = generate(&spec, &bytes());
         let doc = shards[0].document(3).unwrap();
         assert_eq!(doc.tokens, &expected[3].tokens[..]);
         let spans: Vec<(u32, u32)> = doc
@@ -462,10 +496,13 @@ mod tests {
             documents: 21,
             ..spec
         };
-        assert!(ensure(&dir, &changed).unwrap(), "changed spec regenerates");
+        assert!(
+            ensure(&dir, &changed, &bytes()).unwrap(),
+            "changed spec regenerates"
+        );
         std::fs::remove_file(dir.join(MANIFEST_FILE)).unwrap();
         assert!(
-            ensure(&dir, &changed).unwrap(),
+            ensure(&dir, &changed, &bytes()).unwrap(),
             "missing manifest regenerates"
         );
     }

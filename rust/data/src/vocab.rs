@@ -1,11 +1,15 @@
-//! Token ids the packer and the synthetic corpus need, and the built-in byte-level vocabulary.
+//! Token ids the packer and the synthetic corpus need, and the vocabularies a run can use.
 //!
-//! Until a trained BPE tokenizer is used, the tiny recipe runs on bytes: ids 0..=255 are raw
-//! UTF-8 bytes, then KORMo's special tokens, and the table is padded to a multiple of 128 (384)
-//! so the embedding and head have GPU-friendly shapes. Real recipes give the ids of their
-//! tokenizer's special tokens explicitly (KORMo: `<|BOS|>` 125030, `<think>` 125033, ...).
+//! The built-in byte-level vocabulary ([`ByteVocab`]): ids 0..=255 are raw UTF-8 bytes, then
+//! KORMo's special tokens, and the table is padded to a multiple of 128 (384) so the embedding
+//! and head have GPU-friendly shapes. A [`Vocabulary`] is either that or a trained BPE
+//! `tokenizer.json` (kormo_tokenizer), whose special ids are found by their text (`<|BOS|>`,
+//! `<|EOT|>`, `<think>`, `</think>`, `<|BOT|>`, optional `<|pad|>`) and whose size is padded to a
+//! multiple of 128 the same way; the synthetic corpus is generated as text and encoded with it.
 
 use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
 
 /// The special token ids packing and masking depend on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +76,184 @@ impl ByteVocab {
         }
         out.push_str(&String::from_utf8_lossy(&bytes));
         out
+    }
+}
+
+/// Every special token id the data layer writes (synthetic corpus) or packs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SpecialIds {
+    pub bos: u32,
+    /// `<|EOT|>`: end of document and of a chat turn.
+    pub eot: u32,
+    pub think: u32,
+    pub think_end: u32,
+    /// `<|BOT|>`: begin of a chat turn.
+    pub bot: u32,
+    /// Target of positions without loss: `<|pad|>` when the tokenizer has one, else `<|EOT|>`
+    /// (its weight is 0, so any valid id does).
+    pub pad: u32,
+}
+
+impl SpecialIds {
+    /// The subset packing needs.
+    pub fn packing(&self) -> SpecialTokens {
+        SpecialTokens {
+            bos: self.bos,
+            eos: self.eot,
+            think: self.think,
+            pad: self.pad,
+        }
+    }
+}
+
+/// The vocabulary of a run: the built-in bytes or a trained BPE tokenizer. Cheap to clone.
+#[derive(Clone)]
+pub struct Vocabulary {
+    ids: SpecialIds,
+    /// Embedding rows: the id count rounded up to a multiple of 128.
+    size: u32,
+    fingerprint: String,
+    /// None: the byte vocabulary.
+    bpe: Option<Arc<kormo_tokenizer::Tokenizer>>,
+}
+
+/// Special tokens a tokenizer must define, by the role they play here.
+const REQUIRED_SPECIALS: [(&str, &str); 5] = [
+    ("<|BOS|>", "begins every document"),
+    ("<|EOT|>", "ends every document and chat turn"),
+    ("<think>", "opens a reasoning trace"),
+    ("</think>", "closes a reasoning trace"),
+    ("<|BOT|>", "begins a chat turn"),
+];
+
+impl Vocabulary {
+    pub fn bytes() -> Vocabulary {
+        Vocabulary {
+            ids: SpecialIds {
+                bos: ByteVocab::BOS,
+                eot: ByteVocab::EOT,
+                think: ByteVocab::THINK,
+                think_end: ByteVocab::THINK_END,
+                bot: ByteVocab::BOT,
+                pad: ByteVocab::PAD,
+            },
+            size: ByteVocab::SIZE,
+            fingerprint: ByteVocab::FINGERPRINT.into(),
+            bpe: None,
+        }
+    }
+
+    /// Loads a `tokenizer.json`; errors name the file (and a missing special token).
+    pub fn load(path: &Path) -> Result<Vocabulary, crate::DataError> {
+        let tokenizer =
+            kormo_tokenizer::hf::load(path).map_err(|e| crate::DataError(e.to_string()))?;
+        Vocabulary::from_tokenizer(tokenizer, &path.display().to_string())
+    }
+
+    /// `origin` names the tokenizer in errors.
+    pub fn from_tokenizer(
+        tokenizer: kormo_tokenizer::Tokenizer,
+        origin: &str,
+    ) -> Result<Vocabulary, crate::DataError> {
+        let id = |content: &str, role: &str| {
+            tokenizer.special_id(content).ok_or_else(|| {
+                crate::DataError(format!(
+                    "{origin}: the tokenizer has no special token {content} (it {role}; train the \
+                     tokenizer with KORMo's specials: {})",
+                    REQUIRED_SPECIALS.map(|(c, _)| c).join(" ")
+                ))
+            })
+        };
+        let [bos, eot, think, think_end, bot] = REQUIRED_SPECIALS;
+        let eot = id(eot.0, eot.1)?;
+        let ids = SpecialIds {
+            bos: id(bos.0, bos.1)?,
+            eot,
+            think: id(think.0, think.1)?,
+            think_end: id(think_end.0, think_end.1)?,
+            bot: id(bot.0, bot.1)?,
+            pad: tokenizer.special_id("<|pad|>").unwrap_or(eot),
+        };
+        let size = u32::try_from(tokenizer.padded_vocab_size(128)).map_err(|_| {
+            crate::DataError(format!(
+                "{origin}: vocabulary does not fit 32-bit token ids"
+            ))
+        })?;
+        Ok(Vocabulary {
+            ids,
+            size,
+            fingerprint: tokenizer.fingerprint(),
+            bpe: Some(Arc::new(tokenizer)),
+        })
+    }
+
+    pub fn ids(&self) -> &SpecialIds {
+        &self.ids
+    }
+
+    /// The ids packing needs.
+    pub fn specials(&self) -> SpecialTokens {
+        self.ids.packing()
+    }
+
+    /// Embedding rows the model needs: ids rounded up to a multiple of 128.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Recorded in every shard made with this vocabulary.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The BPE tokenizer, or None for the byte vocabulary.
+    pub fn tokenizer(&self) -> Option<&kormo_tokenizer::Tokenizer> {
+        self.bpe.as_deref()
+    }
+
+    /// An encoder of plain text (special-token text is not matched: specials are added by id).
+    pub fn encoder(&self) -> TextEncoder<'_> {
+        match &self.bpe {
+            None => TextEncoder::Bytes,
+            Some(tokenizer) => TextEncoder::Bpe(tokenizer.encoder()),
+        }
+    }
+}
+
+impl PartialEq for Vocabulary {
+    /// The fingerprint covers everything that determines the encoding.
+    fn eq(&self, other: &Vocabulary) -> bool {
+        self.fingerprint == other.fingerprint && self.ids == other.ids && self.size == other.size
+    }
+}
+
+impl std::fmt::Debug for Vocabulary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vocabulary")
+            .field("kind", &if self.bpe.is_some() { "bpe" } else { "bytes" })
+            .field("size", &self.size)
+            .field("fingerprint", &self.fingerprint)
+            .field("ids", &self.ids)
+            .finish()
+    }
+}
+
+/// Encodes plain text with a [`Vocabulary`], keeping the BPE cache across calls.
+pub enum TextEncoder<'v> {
+    Bytes,
+    Bpe(kormo_tokenizer::Encoder<'v>),
+}
+
+impl TextEncoder<'_> {
+    pub fn encode(&mut self, text: &str) -> Vec<u32> {
+        match self {
+            TextEncoder::Bytes => ByteVocab::encode(text),
+            TextEncoder::Bpe(encoder) => {
+                let mut ids = Vec::new();
+                encoder.encode_ordinary(text, &mut ids);
+                ids
+            }
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The loader over real shard files: packing invariants, masks, mixture determinism, resume.
 
 use kormo_data::synthetic::{self, SyntheticKind, SyntheticSpec};
-use kormo_data::{ByteVocab, Loader, PackingOptions, PositionMode, Source};
+use kormo_data::{ByteVocab, Loader, PackingOptions, PositionMode, Source, Vocabulary};
 use std::path::PathBuf;
 
 fn scratch(name: &str) -> PathBuf {
@@ -28,6 +28,7 @@ fn source(
             documents,
             seed: 11,
         },
+        &Vocabulary::bytes(),
     )
     .unwrap();
     Source::open(name, weight, &dir.join(synthetic::MANIFEST_FILE)).unwrap()
@@ -46,11 +47,14 @@ fn opts(seq_len: usize, mask_think: bool) -> PackingOptions {
 fn rows_are_the_concatenated_document_stream() {
     let root = scratch("stream");
     let prose = source(&root, "prose", SyntheticKind::BilingualProse, 1.0, 30);
-    let expected: Vec<u32> = synthetic::generate(&SyntheticSpec {
-        kind: SyntheticKind::BilingualProse,
-        documents: 30,
-        seed: 11,
-    })
+    let expected: Vec<u32> = synthetic::generate(
+        &SyntheticSpec {
+            kind: SyntheticKind::BilingualProse,
+            documents: 30,
+            seed: 11,
+        },
+        &Vocabulary::bytes(),
+    )
     .into_iter()
     .flat_map(|d| {
         std::iter::once(ByteVocab::BOS)

@@ -9,7 +9,8 @@
 //! * [`Batch`] — one packed micro-batch: tokens, targets, per-token loss weights, document ids,
 //!   position ids.
 //! * [`Model`] — hand-written forward and backward passes; gradients accumulate into per-tensor
-//!   buffers that the optimizer and checkpoint code read by name.
+//!   buffers that the optimizer and checkpoint code read by name. Optional activation
+//!   checkpointing (per-layer recomputation); [`ActivationMemory`] / [`MemoryPlan`] size it.
 //!
 //! * [`bf16`] — f32 <-> bf16 (raw `u16` bits) rounding shared by exports and bf16 communication.
 //!
@@ -33,7 +34,7 @@ pub mod params;
 pub use batch::{Batch, LossSum};
 pub use config::ModelConfig;
 pub use error::ModelError;
-pub use model::{Model, UnitHooks};
+pub use model::{ActivationMemory, MemoryPlan, Model, UnitHooks};
 pub use ops::{
     AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape,
 };

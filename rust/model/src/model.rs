@@ -6,6 +6,10 @@
 //!
 //! Every activation that backward needs is kept per layer in a workspace that is allocated once
 //! per batch shape and reused, so steady-state training allocates nothing on the backend.
+//! With activation checkpointing ([`Model::set_activation_checkpointing`]) only each layer's
+//! input is kept; all layers share one activation set, which the backward refills by running
+//! the layer's forward again (the same function, so the same ops in the same order) just
+//! before the layer's backward. [`ActivationMemory`] gives the workspace size either way.
 //! Residual additions are fused into the projections (`matmul` with `accumulate`), and the
 //! backward pass carries one residual-stream gradient that RMSNorm backward adds into.
 //!
@@ -26,10 +30,9 @@ use crate::error::ModelError;
 use crate::ops::{AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape};
 use crate::params::{self, LayerSlot, ParamSpec, Unit};
 
-/// What one layer's backward needs from its forward.
+/// What one layer's backward needs from its forward, besides the layer's input (which lives in
+/// `Workspace::residual` so that activation checkpointing can keep it alone).
 struct LayerActivations<B> {
-    /// Residual stream entering the layer `[T, hidden]`.
-    x_in: B,
     inv_rms_attn: B,
     normed_attn: B,
     /// q and k after RoPE.
@@ -48,6 +51,8 @@ struct LayerActivations<B> {
 }
 
 /// Activations, batch inputs on the backend, and backward scratch for one batch shape.
+///
+/// Field for field this is what [`ActivationMemory::new`] counts; keep the two in step.
 struct Workspace<O: Ops> {
     batch_size: usize,
     seq_len: usize,
@@ -56,8 +61,14 @@ struct Workspace<O: Ops> {
     doc_ids: O::IdxBuf,
     positions: O::IdxBuf,
     loss_weights: O::Buf,
+    /// Residual stream `[T, hidden]` entering each layer, then leaving the last one:
+    /// `residual[l]` is layer l's input, `residual[layers]` the final norm's input.
+    residual: Vec<O::Buf>,
+    /// One set per layer, or a single set shared by all layers under activation checkpointing.
     layers: Vec<LayerActivations<O::Buf>>,
-    x_out: O::Buf,
+    /// Under checkpointing, the layer whose activations the shared set holds.
+    held_layer: Option<usize>,
+    checkpointing: bool,
     inv_rms_final: O::Buf,
     normed_final: O::Buf,
     /// Logits, overwritten by their gradient in `forward_backward`.
@@ -75,12 +86,12 @@ struct Workspace<O: Ops> {
 }
 
 impl<O: Ops> Workspace<O> {
-    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize) -> Self {
+    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize, checkpointing: bool) -> Self {
         let t = batch_size * seq_len;
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-        let layers = (0..cfg.layers)
+        let activation_sets = if checkpointing { 1 } else { cfg.layers };
+        let layers = (0..activation_sets)
             .map(|_| LayerActivations {
-                x_in: ops.zeros(t * h),
                 inv_rms_attn: ops.zeros(t),
                 normed_attn: ops.zeros(t * h),
                 q: ops.zeros(t * q),
@@ -105,8 +116,10 @@ impl<O: Ops> Workspace<O> {
             doc_ids: ops.upload_idx(&zero_ids),
             positions: ops.upload_idx(&zero_ids),
             loss_weights: ops.zeros(t),
+            residual: (0..=cfg.layers).map(|_| ops.zeros(t * h)).collect(),
             layers,
-            x_out: ops.zeros(t * h),
+            held_layer: None,
+            checkpointing,
             inv_rms_final: ops.zeros(t),
             normed_final: ops.zeros(t * h),
             logits: ops.zeros(t * cfg.vocab),
@@ -122,6 +135,108 @@ impl<O: Ops> Workspace<O> {
             d_v: ops.zeros(t * kv),
         }
     }
+
+    /// Which activation set layer `l` uses.
+    fn activation_set(&self, l: usize) -> usize {
+        if self.checkpointing {
+            0
+        } else {
+            l
+        }
+    }
+}
+
+/// Element counts of the model's workspace for one micro-batch: everything
+/// [`Model::forward_backward`] keeps on the backend besides parameters and gradients. The
+/// workspace is allocated once per batch shape, so this is also its peak (backend-internal
+/// temporaries, if a backend has any, are not included).
+///
+/// With `T` tokens per micro-batch (`batch_size * seq_len`), `L` layers, hidden `h`, query width
+/// `q = heads * head_dim`, KV width `kv = kv_heads * head_dim`, FFN width `f`, vocabulary `V`,
+/// `H` query heads and `S` saved layer activation sets (`S = L`, or `S = 1` with activation
+/// checkpointing, whose one set is reused by every layer and refilled by recomputation):
+///
+/// ```text
+/// floats = S * T * (3h + 2q + 2kv + 3f + H + 2)   per-layer activations (normed inputs, x_mid,
+///                                                  q, attn_out, k, v, gate, up, swiglu, lse,
+///                                                  two inverse RMS)
+///        + (L + 1) * T * h                         residual stream into each layer and out
+///        + T * (h + V + 2)                         final norm output, logits, inverse RMS, losses
+///        + T                                       loss weights
+///        + T * (2h + 3f + 2q + 2kv)                backward scratch (one layer's gradients)
+/// ids    = 4 * T                                   tokens, targets, document ids, positions (u32)
+/// ```
+///
+/// Checkpointing thus saves `(L - 1) * T * (3h + 2q + 2kv + 3f + H + 2)` floats, at the price
+/// of one extra forward of every layer except the last (whose activations are still held when
+/// the backward reaches it); the recomputation skips the layer's down projection and residual
+/// add, whose output backward never reads.
+///
+/// For the 1B proxy and one 4096-token micro-batch in f32, checkpointing takes the workspace
+/// from about 10.2 GiB to 3.2 GiB (the logits, `T * V`, are then the largest part):
+///
+/// ```
+/// use kormo_model::{ActivationMemory, ModelConfig};
+/// let cfg = ModelConfig::proxy_1b();
+/// assert_eq!(ActivationMemory::new(&cfg, 4096, false).bytes(4), 10_901_045_248);
+/// assert_eq!(ActivationMemory::new(&cfg, 4096, true).bytes(4), 3_410_313_216);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActivationMemory {
+    /// Elements of the backend's float type.
+    pub floats: u64,
+    /// u32 id elements.
+    pub ids: u64,
+}
+
+impl ActivationMemory {
+    /// The workspace of `cfg` for micro-batches of `batch_tokens` tokens (see the type docs).
+    pub fn new(cfg: &ModelConfig, batch_tokens: usize, checkpointing: bool) -> Self {
+        let t = batch_tokens as u64;
+        let [h, q, kv, f, v, heads, layers] =
+            [cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab, cfg.heads, cfg.layers].map(|x| x as u64);
+        let saved_sets = if checkpointing { 1 } else { layers };
+        let per_layer = t * (3 * h + 2 * q + 2 * kv + 3 * f + heads + 2);
+        let floats = saved_sets * per_layer
+            + (layers + 1) * t * h
+            + t * (h + v + 2)
+            + t
+            + t * (2 * h + 3 * f + 2 * q + 2 * kv);
+        ActivationMemory { floats, ids: 4 * t }
+    }
+
+    /// Bytes with floats of `float_bytes` bytes each (4 for f32) and 4-byte ids.
+    pub fn bytes(&self, float_bytes: u64) -> u64 {
+        self.floats * float_bytes + self.ids * 4
+    }
+}
+
+/// Bytes the model holds on its backend during training of micro-batches of a given size:
+/// parameters, gradient accumulators (both `param_count * float_bytes`) and the workspace
+/// ([`ActivationMemory`]). Optimizer state lives outside the model and is not included
+/// (`kormo_optim::AdamW::state_bytes` reports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    pub params: u64,
+    pub grads: u64,
+    pub activations: u64,
+}
+
+impl MemoryPlan {
+    /// The plan for `cfg` with floats of `float_bytes` bytes each.
+    pub fn new(cfg: &ModelConfig, batch_tokens: usize, checkpointing: bool, float_bytes: u64) -> Self {
+        let tensors = cfg.param_count() * float_bytes;
+        MemoryPlan {
+            params: tensors,
+            grads: tensors,
+            activations: ActivationMemory::new(cfg, batch_tokens, checkpointing).bytes(float_bytes),
+        }
+    }
+
+    /// `params + grads + activations`.
+    pub fn total(&self) -> u64 {
+        self.params + self.grads + self.activations
+    }
 }
 
 /// A decoder with its parameters and gradient accumulators on backend `O`.
@@ -132,6 +247,7 @@ pub struct Model<O: Ops> {
     params: Vec<O::Buf>,
     grads: Vec<O::Buf>,
     z_loss: f32,
+    activation_checkpointing: bool,
     workspace: Option<Workspace<O>>,
 }
 
@@ -150,7 +266,7 @@ impl<O: Ops> Model<O> {
             params.push(ops.upload(&host));
             grads.push(ops.zeros(spec.numel()));
         }
-        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, workspace: None })
+        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -243,6 +359,44 @@ impl<O: Ops> Model<O> {
         self.z_loss = coefficient;
     }
 
+    /// Activation checkpointing (off by default): when on, the forward keeps only each layer's
+    /// input (the residual stream) and one shared set of layer activations, and the backward
+    /// recomputes a layer's forward activations just before that layer's backward. The
+    /// recomputation runs the same ops on the same inputs, so on a deterministic backend loss
+    /// and gradients are bitwise identical to a run without checkpointing; the memory saved is
+    /// given by [`ActivationMemory`].
+    ///
+    /// With [`UnitHooks`], the recomputation of `Layer(l)` happens inside that unit's backward
+    /// window — after `before_backward(Layer(l))` has made its parameters available and before
+    /// `after_backward(Layer(l))` — so FSDP's gather/release schedule is unchanged. It reads
+    /// only the layer's own parameters, which must equal those of the forward (a re-gather of
+    /// the same shards does).
+    ///
+    /// Changing the setting drops the workspace; the next pass allocates one in the new layout.
+    pub fn set_activation_checkpointing(&mut self, on: bool) {
+        if on != self.activation_checkpointing {
+            self.activation_checkpointing = on;
+            self.workspace = None;
+        }
+    }
+
+    /// Whether activation checkpointing is on (see [`Model::set_activation_checkpointing`]).
+    pub fn activation_checkpointing(&self) -> bool {
+        self.activation_checkpointing
+    }
+
+    /// The workspace this model allocates for micro-batches of `batch_tokens` tokens
+    /// (`batch_size * seq_len`) with its current checkpointing setting.
+    pub fn activation_memory(&self, batch_tokens: usize) -> ActivationMemory {
+        ActivationMemory::new(&self.config, batch_tokens, self.activation_checkpointing)
+    }
+
+    /// Parameters, gradients and workspace in bytes for micro-batches of `batch_tokens` tokens,
+    /// with the backend's floats taking `float_bytes` bytes (see [`MemoryPlan`]).
+    pub fn memory_plan(&self, batch_tokens: usize, float_bytes: u64) -> MemoryPlan {
+        MemoryPlan::new(&self.config, batch_tokens, self.activation_checkpointing, float_bytes)
+    }
+
     /// Forward and backward pass; adds `grad_scale * d(sum_t w_t loss_t)/dθ` to the gradients
     /// (see the module docs for how to choose `grad_scale`) and returns the weighted loss sum
     /// (including the z-loss term when enabled).
@@ -300,9 +454,11 @@ impl<O: Ops> Model<O> {
         if !reuse {
             // Drop the old workspace first so two never coexist in device memory.
             self.workspace = None;
-            self.workspace = Some(Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len));
+            let ws = Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len, self.activation_checkpointing);
+            self.workspace = Some(ws);
         }
         let ws = self.workspace.as_mut().expect("just set");
+        ws.held_layer = None;
         self.ops.write_idx(&mut ws.tokens, &batch.tokens);
         // Ignored targets may hold any value; clamp them so a backend never sees wild ids.
         let targets: Vec<u32> = batch
@@ -333,44 +489,24 @@ impl<O: Ops> Model<O> {
     fn forward_embedding(&mut self) {
         let ws = self.workspace.as_mut().expect("prepared");
         let shape = EmbeddingShape { tokens: ws.batch_size * ws.seq_len, vocab: self.config.vocab, dim: self.config.hidden };
-        self.ops.embedding_fwd(&self.params[params::EMBED_INDEX], &ws.tokens, &mut ws.layers[0].x_in, shape);
+        self.ops.embedding_fwd(&self.params[params::EMBED_INDEX], &ws.tokens, &mut ws.residual[0], shape);
     }
 
     fn forward_layer(&mut self, l: usize) {
-        let cfg = &self.config;
-        let ops = &self.ops;
-        let p = &self.params;
         let ws = self.workspace.as_mut().expect("prepared");
-        let t = ws.batch_size * ws.seq_len;
-        let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
-        let rows = RowsShape { rows: t, dim: h };
-        let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
-        let accumulate = |mut s: MatmulShape| {
-            s.accumulate = true;
-            s
+        let set = ws.activation_set(l);
+        let (inputs, outputs) = ws.residual.split_at_mut(l + 1);
+        let run = LayerRun {
+            ops: &self.ops,
+            cfg: &self.config,
+            params: &self.params,
+            batch_size: ws.batch_size,
+            seq_len: ws.seq_len,
+            positions: &ws.positions,
+            doc_ids: &ws.doc_ids,
         };
-        let w = |slot| &p[params::layer_index(l, slot)];
-        let (done, rest) = ws.layers.split_at_mut(l + 1);
-        let a = &mut done[l];
-        ops.rmsnorm_fwd(&a.x_in, w(LayerSlot::AttnNorm), &mut a.normed_attn, &mut a.inv_rms_attn, rows, cfg.rms_eps);
-        ops.matmul(&a.normed_attn, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
-        ops.matmul(&a.normed_attn, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
-        ops.matmul(&a.normed_attn, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
-        ops.rope_fwd(&mut a.q, &ws.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
-        ops.rope_fwd(&mut a.k, &ws.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
-        ops.attention_fwd(&a.q, &a.k, &a.v, &ws.doc_ids, &mut a.attn_out, &mut a.lse, attn);
-        ops.copy(&a.x_in, &mut a.x_mid);
-        ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.x_mid, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
-        ops.rmsnorm_fwd(&a.x_mid, w(LayerSlot::MlpNorm), &mut a.normed_mlp, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
-        ops.matmul(&a.normed_mlp, w(LayerSlot::Gate), &mut a.gate, MatmulShape::linear_fwd(t, h, f));
-        ops.matmul(&a.normed_mlp, w(LayerSlot::Up), &mut a.up, MatmulShape::linear_fwd(t, h, f));
-        ops.swiglu_fwd(&a.gate, &a.up, &mut a.swiglu, t * f);
-        let x_next = match rest.first_mut() {
-            Some(next) => &mut next.x_in,
-            None => &mut ws.x_out,
-        };
-        ops.copy(&a.x_mid, x_next);
-        ops.matmul(&a.swiglu, w(LayerSlot::Down), x_next, accumulate(MatmulShape::linear_fwd(t, f, h)));
+        layer_forward(&run, l, &inputs[l], &mut ws.layers[set], Some(&mut outputs[0]));
+        ws.held_layer = Some(l);
     }
 
     fn forward_head(&mut self) {
@@ -379,7 +515,7 @@ impl<O: Ops> Model<O> {
         let t = ws.batch_size * ws.seq_len;
         let rows = RowsShape { rows: t, dim: cfg.hidden };
         let final_norm = &self.params[params::final_norm_index(cfg)];
-        self.ops.rmsnorm_fwd(&ws.x_out, final_norm, &mut ws.normed_final, &mut ws.inv_rms_final, rows, cfg.rms_eps);
+        self.ops.rmsnorm_fwd(&ws.residual[self.config.layers], final_norm, &mut ws.normed_final, &mut ws.inv_rms_final, rows, cfg.rms_eps);
         let head = &self.params[params::head_index(cfg)];
         self.ops.matmul(&ws.normed_final, head, &mut ws.logits, MatmulShape::linear_fwd(t, cfg.hidden, cfg.vocab));
     }
@@ -427,20 +563,36 @@ impl<O: Ops> Model<O> {
         ops.matmul(&ws.logits, &ws.normed_final, &mut g[head], MatmulShape::linear_bwd_weight(t, h, cfg.vocab));
         ops.fill(&mut ws.d_resid, 0.0);
         let rows = RowsShape { rows: t, dim: h };
-        ops.rmsnorm_bwd(&ws.x_out, &p[final_norm], &ws.inv_rms_final, &ws.d_normed, &mut ws.d_resid, &mut g[final_norm], rows);
+        ops.rmsnorm_bwd(&ws.residual[cfg.layers], &p[final_norm], &ws.inv_rms_final, &ws.d_normed, &mut ws.d_resid, &mut g[final_norm], rows);
     }
 
-    /// One decoder layer; `d_resid` goes from d(layer output) to d(layer input).
+    /// One decoder layer; `d_resid` goes from d(layer output) to d(layer input). Under
+    /// activation checkpointing the layer's activations are first recomputed from its input.
     fn backward_layer(&mut self, l: usize) {
         let cfg = &self.config;
         let (ops, p, g) = (&self.ops, &self.params, &mut self.grads);
         let ws = self.workspace.as_mut().expect("prepared");
+        let set = ws.activation_set(l);
+        if ws.checkpointing && ws.held_layer != Some(l) {
+            let run = LayerRun {
+                ops,
+                cfg,
+                params: p,
+                batch_size: ws.batch_size,
+                seq_len: ws.seq_len,
+                positions: &ws.positions,
+                doc_ids: &ws.doc_ids,
+            };
+            // The layer output (next layer's input) is kept already; backward never reads it.
+            layer_forward(&run, l, &ws.residual[l], &mut ws.layers[set], None);
+            ws.held_layer = Some(l);
+        }
         let t = ws.batch_size * ws.seq_len;
         let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let rows = RowsShape { rows: t, dim: h };
         let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
         let idx = |slot| params::layer_index(l, slot);
-        let a = &ws.layers[l];
+        let (x_in, a) = (&ws.residual[l], &ws.layers[set]);
         // MLP: d_resid is d(layer output) = d(x_mid) through the skip path.
         ops.matmul(&ws.d_resid, &p[idx(LayerSlot::Down)], &mut ws.d_ffn, MatmulShape::linear_bwd_input(t, f, h, false));
         ops.matmul(&ws.d_resid, &a.swiglu, &mut g[idx(LayerSlot::Down)], MatmulShape::linear_bwd_weight(t, f, h));
@@ -463,13 +615,63 @@ impl<O: Ops> Model<O> {
         ops.matmul(&ws.d_q, &a.normed_attn, &mut g[idx(LayerSlot::Q)], MatmulShape::linear_bwd_weight(t, h, q_dim));
         ops.matmul(&ws.d_k, &a.normed_attn, &mut g[idx(LayerSlot::K)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
         ops.matmul(&ws.d_v, &a.normed_attn, &mut g[idx(LayerSlot::V)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
-        ops.rmsnorm_bwd(&a.x_in, &p[idx(LayerSlot::AttnNorm)], &a.inv_rms_attn, &ws.d_normed, &mut ws.d_resid, &mut g[idx(LayerSlot::AttnNorm)], rows);
+        ops.rmsnorm_bwd(x_in, &p[idx(LayerSlot::AttnNorm)], &a.inv_rms_attn, &ws.d_normed, &mut ws.d_resid, &mut g[idx(LayerSlot::AttnNorm)], rows);
     }
 
     fn backward_embedding(&mut self) {
         let ws = self.workspace.as_mut().expect("prepared");
         let shape = EmbeddingShape { tokens: ws.batch_size * ws.seq_len, vocab: self.config.vocab, dim: self.config.hidden };
         self.ops.embedding_bwd(&ws.d_resid, &ws.tokens, &mut self.grads[params::EMBED_INDEX], shape);
+    }
+}
+
+/// Everything a layer's forward reads besides its input and its activation set.
+struct LayerRun<'a, O: Ops> {
+    ops: &'a O,
+    cfg: &'a ModelConfig,
+    params: &'a [O::Buf],
+    batch_size: usize,
+    seq_len: usize,
+    positions: &'a O::IdxBuf,
+    doc_ids: &'a O::IdxBuf,
+}
+
+/// Layer `l`'s forward from `x_in` into the activation set `a`, and, when `x_next` is given,
+/// the layer output `x_mid + mlp` into it. Used by the forward and, without `x_next`, by the
+/// checkpointed backward's recomputation, so both run exactly the same ops.
+fn layer_forward<O: Ops>(
+    run: &LayerRun<'_, O>,
+    l: usize,
+    x_in: &O::Buf,
+    a: &mut LayerActivations<O::Buf>,
+    x_next: Option<&mut O::Buf>,
+) {
+    let (ops, cfg) = (run.ops, run.cfg);
+    let t = run.batch_size * run.seq_len;
+    let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+    let rows = RowsShape { rows: t, dim: h };
+    let attn = attention_shape(cfg, run.batch_size, run.seq_len);
+    let accumulate = |mut s: MatmulShape| {
+        s.accumulate = true;
+        s
+    };
+    let w = |slot| &run.params[params::layer_index(l, slot)];
+    ops.rmsnorm_fwd(x_in, w(LayerSlot::AttnNorm), &mut a.normed_attn, &mut a.inv_rms_attn, rows, cfg.rms_eps);
+    ops.matmul(&a.normed_attn, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
+    ops.matmul(&a.normed_attn, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
+    ops.matmul(&a.normed_attn, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
+    ops.rope_fwd(&mut a.q, run.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
+    ops.rope_fwd(&mut a.k, run.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
+    ops.attention_fwd(&a.q, &a.k, &a.v, run.doc_ids, &mut a.attn_out, &mut a.lse, attn);
+    ops.copy(x_in, &mut a.x_mid);
+    ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.x_mid, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
+    ops.rmsnorm_fwd(&a.x_mid, w(LayerSlot::MlpNorm), &mut a.normed_mlp, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
+    ops.matmul(&a.normed_mlp, w(LayerSlot::Gate), &mut a.gate, MatmulShape::linear_fwd(t, h, f));
+    ops.matmul(&a.normed_mlp, w(LayerSlot::Up), &mut a.up, MatmulShape::linear_fwd(t, h, f));
+    ops.swiglu_fwd(&a.gate, &a.up, &mut a.swiglu, t * f);
+    if let Some(x_next) = x_next {
+        ops.copy(&a.x_mid, x_next);
+        ops.matmul(&a.swiglu, w(LayerSlot::Down), x_next, accumulate(MatmulShape::linear_fwd(t, f, h)));
     }
 }
 
@@ -482,6 +684,9 @@ impl<O: Ops> Model<O> {
 /// forward:  before_forward(u) -> u's forward -> after_forward(u)      for u = Embedding, Layer(0..), Head
 /// backward: before_backward(u) -> u's backward -> after_backward(u)   for u = Head, .., Layer(0), Embedding
 /// ```
+///
+/// With activation checkpointing a layer's recomputed forward is part of its backward, so it
+/// runs between `before_backward(Layer(l))` and `after_backward(Layer(l))`; no extra calls.
 ///
 /// Hooks receive all parameter (and gradient) buffers; a unit reads only the tensors of
 /// [`params::unit_tensors`] — except that with tied embeddings the Head also reads the

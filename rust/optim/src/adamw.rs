@@ -183,6 +183,13 @@ impl AdamW {
         Ok(())
     }
 
+    /// Host bytes of the optimizer state (both f32 moments of every tensor), for memory
+    /// reports: `8 * sum of numel`.
+    pub fn state_bytes(&self) -> u64 {
+        let elements: usize = self.exp_avg.iter().chain(&self.exp_avg_sq).map(Vec::len).sum();
+        elements as u64 * std::mem::size_of::<f32>() as u64
+    }
+
     /// Names of the state tensors in canonical order: `<param>.exp_avg`, `<param>.exp_avg_sq`
     /// for each parameter.
     pub fn state_names(&self) -> Vec<String> {
@@ -327,6 +334,10 @@ mod tests {
         let grads = vec![vec![0.1f32, -0.3, 0.05], vec![-0.2f32, 0.4]];
         opt.step(&mut params, &grads, 1e-2).unwrap();
         assert_eq!(opt.state_names(), ["w.exp_avg", "w.exp_avg_sq", "norm.exp_avg", "norm.exp_avg_sq"]);
+        // 3 + 2 elements, two f32 moments each.
+        assert_eq!(opt.state_bytes(), 40);
+        let listed: usize = opt.state_tensors().iter().map(|(_, t)| t.len() * 4).sum();
+        assert_eq!(opt.state_bytes(), listed as u64);
         let saved: Vec<(String, Vec<f32>)> = opt.state_tensors().into_iter().map(|(n, t)| (n, t.to_vec())).collect();
         let mut restored = AdamW::new(AdamWConfig::default(), infos()).unwrap();
         for (name, values) in &saved {

@@ -1,5 +1,6 @@
 //! The `prepare` pipeline: documents -> heuristic filters -> BFF dedup -> quality filter ->
-//! tokenization (`<|BOS|>` text `<|EOT|>`) -> one kormo shard per input file, under
+//! tokenization (the text only: the trainer's packer adds `<|BOS|>` and `<|EOT|>` around every
+//! document, with the ids of the run's tokenizer) -> one kormo shard per input file, under
 //! `OUT/<source>/`, with a manifest per source, `OUT/report.json` (per-source, per-stage
 //! counts and timings) and progress with rate and ETA on stderr.
 //!
@@ -39,8 +40,6 @@ pub struct PrepConfig {
     pub threads: usize,
     /// Documents per batch (parallel work unit).
     pub batch_documents: usize,
-    pub bos_token: String,
-    pub eos_token: String,
     pub filters: FilterConfig,
     pub dedup: DedupConfig,
     pub quality: QualityConfig,
@@ -53,8 +52,6 @@ impl Default for PrepConfig {
             text_field: "text".into(),
             threads: 0,
             batch_documents: 512,
-            bos_token: "<|BOS|>".into(),
-            eos_token: "<|EOT|>".into(),
             filters: FilterConfig::default(),
             dedup: DedupConfig::default(),
             quality: QualityConfig::default(),
@@ -216,15 +213,6 @@ pub fn run(
         }
     }
     let tokenizer: Tokenizer = hf::load(Path::new(&config.tokenizer)).map_err(|e| e.to_string())?;
-    let specials = |name: &str| {
-        tokenizer.special_id(name).ok_or_else(|| {
-            format!(
-                "tokenizer {} has no special token {name:?}",
-                config.tokenizer
-            )
-        })
-    };
-    let (bos, eos) = (specials(&config.bos_token)?, specials(&config.eos_token)?);
     let quality = if config.quality.model.is_empty() {
         None
     } else {
@@ -329,7 +317,6 @@ pub fn run(
                 config,
                 &meta,
                 &tokenizer,
-                (bos, eos),
                 quality.as_ref(),
                 filter.as_mut(),
                 threads,
@@ -396,7 +383,6 @@ fn process_file(
     config: &PrepConfig,
     meta: &ShardMeta,
     tokenizer: &Tokenizer,
-    (bos, eos): (u32, u32),
     quality: Option<&QualityModel>,
     mut filter: Option<&mut BloomFilter>,
     threads: usize,
@@ -473,9 +459,8 @@ fn process_file(
                 if quality.is_some_and(|m| m.predict(text) < threshold) {
                     return None;
                 }
-                let mut ids = vec![bos];
+                let mut ids = Vec::new();
                 encoder.encode_ordinary(text, &mut ids);
-                ids.push(eos);
                 Some(ids)
             },
         );

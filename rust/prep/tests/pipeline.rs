@@ -124,6 +124,16 @@ fn without_timings(mut c: BTreeMap<String, StageCounts>) -> BTreeMap<String, Sta
     c
 }
 
+/// A missing optional test dependency (Python module, Debian corpus) skips the check, saying
+/// so; under CI (`KORMO_REQUIRE_TEST_DEPS`, set by .ci/run, which installs them) it fails.
+fn skip_or_fail(reason: &str) {
+    assert!(
+        std::env::var_os("KORMO_REQUIRE_TEST_DEPS").is_none(),
+        "{reason}, but KORMO_REQUIRE_TEST_DEPS is set"
+    );
+    eprintln!("skipped: {reason}");
+}
+
 #[test]
 fn pipeline_counts_stages_writes_shards_and_resumes() {
     let dir = test_dir("prep-pipeline");
@@ -151,14 +161,10 @@ fn pipeline_counts_stages_writes_shards_and_resumes() {
     );
 
     let written = read_output(&out, &sources);
-    let bos = tok.special_id("<|BOS|>").unwrap();
-    let eos = tok.special_id("<|EOT|>").unwrap();
+    // Documents hold their text only: the trainer's packer adds BOS and EOS.
     let first = &written[0][0];
-    assert_eq!((first[0], *first.last().unwrap()), (bos, eos));
-    assert_eq!(
-        tok.decode(&first[1..first.len() - 1], false).unwrap(),
-        docs[0]
-    );
+    assert!(first.iter().all(|&id| !tok.is_special(id)));
+    assert_eq!(tok.decode(first, false).unwrap(), docs[0]);
     // The doc with a copied paragraph lost exactly that paragraph.
     let last = written[0].last().unwrap();
     assert!(!tok
@@ -232,7 +238,7 @@ fn bad_config_and_inputs_are_reported_not_panicked() {
 #[test]
 fn debian_faq_korean_and_english() {
     if corpus::debian_faq().is_none() {
-        eprintln!("skipped: debian-faq and debian-faq-ko are not installed");
+        skip_or_fail("debian-faq and debian-faq-ko are not installed");
         return;
     }
     let dir = test_dir("prep-faq");

@@ -147,7 +147,7 @@ fn run_script(args: &[&Path]) -> Option<String> {
     let output = match Command::new("python3").arg(SCRIPT).args(args).output() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("skipped: python3 not runnable ({e})");
+            skip_or_fail(&format!("python3 not runnable ({e})"));
             return None;
         }
     };
@@ -156,7 +156,7 @@ fn run_script(args: &[&Path]) -> Option<String> {
     match output.status.code() {
         Some(0) => Some(stdout),
         Some(77) => {
-            eprintln!("skipped: tokenizers not installed");
+            skip_or_fail("tokenizers not installed");
             None
         }
         _ => panic!(
@@ -174,10 +174,17 @@ fn texts_and_corpus() -> (Vec<String>, String) {
             texts.extend(english);
             texts.extend(korean);
         }
-        None => eprintln!("Debian FAQ not installed (apt-get install debian-faq debian-faq-ko): adversarial texts only"),
+        None => skip_or_fail("Debian FAQ not installed (apt-get install debian-faq debian-faq-ko): adversarial texts only"),
     }
     let corpus = texts.join("\n\n");
     (texts, corpus)
+}
+
+/// A missing optional test dependency (Python module, Debian corpus) skips the check, saying
+/// so; under CI (`KORMO_REQUIRE_TEST_DEPS`, set by .ci/run, which installs them) it fails.
+fn skip_or_fail(reason: &str) {
+    assert!(std::env::var_os("KORMO_REQUIRE_TEST_DEPS").is_none(), "{reason}, but KORMO_REQUIRE_TEST_DEPS is set");
+    eprintln!("skipped: {reason}");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! directory the user ran the command from: under `bazel run` that is `BUILD_WORKING_DIRECTORY`
 //! (Bazel runs the binary inside its runfiles tree), otherwise the current directory.
 
+use crate::backend::BackendChoice;
 use crate::recipe::Recipe;
 use std::path::{Path, PathBuf};
 
@@ -24,13 +25,19 @@ options:
                       with --resume
   --seed=N            override the recipe's seed (model init and data order)
   --resume            continue from the newest checkpoint in RUN_DIR/STAGE/checkpoints
-  --backend=NAME      cpu (default) | cuda
+  --backend=NAME      auto (default: cuda when a usable GPU is present, else cpu) | cpu | cuda
   --threads=N         CPU threads (default: all cores; split between ranks)
   --init-hf=FOLDER    start the stage from a Hugging Face model folder (KORMo or Llama
                       naming) instead of its recipe `init`
   --world-size=N      train with N FSDP ranks, threads of this process (default 1; the
                       recipe's [dist] table picks the strategy)
   --log-every=N       print and record metrics every N steps (default 10; first and last step always)
+  --benchmark         do not train: time the stage's first phase on synthetic tokens of its shape
+                      (one micro-batch forward+backward, one optimizer update) and report
+                      tokens/s, FLOP/s and MFU (on a GPU of known peak); writes a JSON result
+  --benchmark-steps=N timed iterations (default 5)
+  --benchmark-warmup=N  untimed iterations first (default 2)
+  --benchmark-out=FILE  the JSON result (default RUN_DIR/benchmark-STAGE.json)
   --help              show this text
 
 SIGTERM or SIGUSR1 (preemption) make train checkpoint at the end of the current step and exit
@@ -46,11 +53,15 @@ pub struct Options {
     pub stop_after: Option<u64>,
     pub seed: Option<u64>,
     pub resume: bool,
-    pub backend: String,
+    pub backend: BackendChoice,
     pub threads: Option<usize>,
     pub log_every: u64,
     pub world_size: usize,
     pub init_hf: Option<PathBuf>,
+    pub benchmark: bool,
+    pub benchmark_steps: usize,
+    pub benchmark_warmup: usize,
+    pub benchmark_out: Option<PathBuf>,
 }
 
 /// What the command line asks for.
@@ -71,11 +82,15 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         stop_after: None,
         seed: None,
         resume: false,
-        backend: "cpu".into(),
+        backend: BackendChoice::Auto,
         threads: None,
         log_every: 10,
         world_size: 1,
         init_hf: None,
+        benchmark: false,
+        benchmark_steps: 5,
+        benchmark_warmup: 2,
+        benchmark_out: None,
     };
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
@@ -90,16 +105,19 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         };
         match key {
             "help" => return Ok(Command::Help),
-            "resume" => {
+            "resume" | "benchmark" => {
                 if inline.is_some() {
-                    return Err("--resume takes no value".into());
+                    return Err(format!("--{key} takes no value"));
                 }
-                opts.resume = true;
+                match key {
+                    "resume" => opts.resume = true,
+                    _ => opts.benchmark = true,
+                }
                 continue;
             }
             _ => {}
         }
-        const VALUED: [&str; 11] = [
+        const VALUED: [&str; 14] = [
             "stage",
             "config",
             "run-dir",
@@ -111,6 +129,9 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "log-every",
             "world-size",
             "init-hf",
+            "benchmark-steps",
+            "benchmark-warmup",
+            "benchmark-out",
         ];
         if !VALUED.contains(&key) {
             return Err(format!("unknown option `--{key}` (see --help)"));
@@ -142,15 +163,24 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "max-steps" => opts.max_steps = Some(positive(&value)?),
             "stop-after" => opts.stop_after = Some(positive(&value)?),
             "seed" => opts.seed = Some(number(&value)?),
-            "backend" => opts.backend = value,
+            "backend" => opts.backend = BackendChoice::parse(&value)?,
             "threads" => opts.threads = Some(positive(&value)? as usize),
             "log-every" => opts.log_every = positive(&value)?,
             "world-size" => opts.world_size = positive(&value)? as usize,
             "init-hf" => opts.init_hf = Some(PathBuf::from(value)),
+            "benchmark-steps" => opts.benchmark_steps = positive(&value)? as usize,
+            "benchmark-warmup" => opts.benchmark_warmup = number(&value)? as usize,
+            "benchmark-out" => opts.benchmark_out = Some(PathBuf::from(value)),
             _ => unreachable!("checked against VALUED above"),
         }
     }
     opts.stage = stage.ok_or("missing --stage (pretrain1, pretrain2, midtrain or sft)")?;
+    if opts.benchmark && (opts.world_size > 1 || opts.resume) {
+        return Err(
+            "--benchmark times one process from fresh weights; drop --world-size and --resume"
+                .into(),
+        );
+    }
     Ok(Command::Train(Box::new(opts)))
 }
 
@@ -163,11 +193,6 @@ pub fn run(args: &[String], out: &mut dyn std::io::Write) -> Result<(), String> 
         }
         Command::Train(opts) => *opts,
     };
-    match opts.backend.as_str() {
-        "cpu" => {}
-        "cuda" => return Err("backend `cuda` is not available in this build (the CUDA backend is not wired into the trainer yet); use --backend=cpu".into()),
-        other => return Err(format!("unknown backend `{other}` (cpu or cuda)")),
-    }
     let config = match opts.config.as_str() {
         "tiny" | "proxy-1b" | "kormo-10.8b" => opts.config.clone(),
         path => from_user_dir(std::path::Path::new(path))
@@ -189,9 +214,23 @@ pub fn run(args: &[String], out: &mut dyn std::io::Write) -> Result<(), String> 
         threads: opts.threads,
         log_every: opts.log_every,
         world_size: opts.world_size,
+        backend: opts.backend,
         init_hf: opts.init_hf.as_deref().map(from_user_dir),
         faults: crate::trainer::Faults::default(),
     };
+    if opts.benchmark {
+        let bench = crate::benchmark::BenchmarkOptions {
+            warmup: opts.benchmark_warmup,
+            steps: opts.benchmark_steps,
+            out: match &opts.benchmark_out {
+                Some(file) => from_user_dir(file),
+                None => run.run_dir.join(format!("benchmark-{}.json", run.stage)),
+            },
+        };
+        return crate::benchmark::run(&recipe, &run, &bench, out)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+    }
     crate::trainer::run_stage(&recipe, &run, out)
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -253,8 +292,8 @@ mod tests {
             ("midtrain", Some(5), true, 2)
         );
         assert_eq!(
-            (o.config.as_str(), o.backend.as_str(), o.run_dir),
-            ("tiny", "cpu", None)
+            (o.config.as_str(), o.backend, o.run_dir),
+            ("tiny", BackendChoice::Auto, None)
         );
         assert_eq!(parse(&args(&["--help"])).unwrap(), Command::Help);
         let Command::Train(o) = parse(&args(&[
@@ -270,6 +309,25 @@ mod tests {
             (o.world_size, o.init_hf.as_deref()),
             (2, Some(Path::new("exports/kormo")))
         );
+        let Command::Train(o) = parse(&args(&[
+            "--stage=pretrain1",
+            "--benchmark",
+            "--backend",
+            "cuda",
+            "--benchmark-steps=3",
+        ]))
+        .unwrap() else {
+            panic!("expected a training command")
+        };
+        assert_eq!(
+            (
+                o.benchmark,
+                o.backend,
+                o.benchmark_steps,
+                o.benchmark_warmup
+            ),
+            (true, BackendChoice::Cuda, 3, 2)
+        );
     }
 
     #[test]
@@ -283,5 +341,11 @@ mod tests {
         assert!(err(&["sft"]).contains("unexpected argument"));
         assert!(err(&["--stage=sft", "--resume=yes"]).contains("no value"));
         assert!(err(&["--stage=sft", "--world-size=0"]).contains("at least 1"));
+        assert!(err(&["--stage=sft", "--backend=tpu"]).contains("auto, cpu or cuda"));
+        assert!(err(&["--stage=sft", "--benchmark=3"]).contains("--benchmark takes no value"));
+        assert!(
+            err(&["--stage=sft", "--benchmark", "--world-size=2"]).contains("drop --world-size")
+        );
+        assert!(err(&["--stage=sft", "--benchmark-steps=0"]).contains("at least 1"));
     }
 }

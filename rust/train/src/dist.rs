@@ -208,6 +208,7 @@ fn run_rank(
             model.write_param(&spec.name, values)?;
         }
         model.set_z_loss(recipe.file.stability.z_loss as f32);
+        model.set_activation_checkpointing(stage.activation_checkpointing);
         let mut fsdp_rank = FsdpRank::new(world.clone(), model, adamw_config(recipe), fsdp.clone())
             .map_err(dist_error)?;
         if phase_index == start.phase_index {

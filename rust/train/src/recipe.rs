@@ -164,7 +164,13 @@ impl Default for EvalConfig {
 pub enum TokensConfig {
     /// The built-in byte-level vocabulary (kormo_data::ByteVocab).
     Bytes,
-    /// A trained tokenizer's ids.
+    /// A trained BPE tokenizer (`kormo-tokenizer train`): `tokenizer = "PATH"` names its
+    /// tokenizer.json, relative to the recipe file. Its special tokens give the ids (by text:
+    /// `<|BOS|>`, `<|EOT|>`, `<think>`, `</think>`, `<|BOT|>`, `<|pad|>` or else `<|EOT|>` for
+    /// pad), its id count padded to a multiple of 128 is the model vocab, every shard must
+    /// carry its fingerprint, and the synthetic corpora are encoded with it.
+    Bpe { tokenizer: PathBuf },
+    /// A trained tokenizer's ids, given explicitly.
     Tokenizer {
         bos: u32,
         eos: u32,
@@ -248,6 +254,11 @@ pub struct StageConfig {
     /// `"hf:FOLDER"`: the weights of a Hugging Face model folder (relative to the recipe file).
     pub init: String,
     pub phases: Vec<PhaseConfig>,
+    /// Keep only each layer's input and recompute the rest in the backward pass (less memory,
+    /// about a third more compute; KORMo trains without). Not serialised: it changes neither
+    /// the results nor the recipe hash, so a run may resume with it switched.
+    #[serde(default, skip_serializing)]
+    pub activation_checkpointing: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -302,6 +313,8 @@ pub struct Recipe {
     pub origin: String,
     /// Directory that relative source paths resolve against.
     pub base_dir: PathBuf,
+    /// The tokenizer `[tokens] vocabulary = "bpe"` names, loaded; None otherwise.
+    pub vocabulary: Option<kormo_data::Vocabulary>,
 }
 
 impl Recipe {
@@ -338,13 +351,35 @@ impl Recipe {
             key: key.to_string(),
             message,
         };
-        let model = resolve_model(&file.model).map_err(|(key, message)| err(&key, message))?;
+        let mut model = resolve_model(&file.model).map_err(|(key, message)| err(&key, message))?;
         validate(&file, &model).map_err(|(key, message)| err(&key, message))?;
+        let vocabulary = match &file.tokens {
+            TokensConfig::Bpe { tokenizer } => {
+                let vocabulary = kormo_data::Vocabulary::load(&base_dir.join(tokenizer))
+                    .map_err(|e| err("tokens.tokenizer", e.0))?;
+                let size = vocabulary.size() as usize;
+                // The model's vocab is the tokenizer's; an explicit `model.vocab` must agree.
+                if file.model.contains_key("vocab") && model.vocab != size {
+                    return Err(err(
+                        "model.vocab",
+                        format!(
+                            "{} differs from the tokenizer's padded vocabulary {size} (leave \
+                             `vocab` out: it comes from the tokenizer)",
+                            model.vocab
+                        ),
+                    ));
+                }
+                model = model.with_vocab(size);
+                Some(vocabulary)
+            }
+            TokensConfig::Bytes | TokensConfig::Tokenizer { .. } => None,
+        };
         Ok(Recipe {
             file,
             model,
             origin: origin.to_string(),
             base_dir: base_dir.to_path_buf(),
+            vocabulary,
         })
     }
 
@@ -371,6 +406,7 @@ impl Recipe {
     pub fn special_tokens(&self) -> kormo_data::SpecialTokens {
         match self.file.tokens {
             TokensConfig::Bytes => kormo_data::ByteVocab::specials(),
+            TokensConfig::Bpe { .. } => self.synthetic_vocabulary().specials(),
             TokensConfig::Tokenizer {
                 bos,
                 eos,
@@ -390,8 +426,61 @@ impl Recipe {
     pub fn tokenizer_fingerprint(&self) -> Option<&str> {
         match &self.file.tokens {
             TokensConfig::Bytes => Some(kormo_data::ByteVocab::FINGERPRINT),
+            TokensConfig::Bpe { .. } => self.vocabulary.as_ref().map(|v| v.fingerprint()),
             TokensConfig::Tokenizer { fingerprint, .. } => fingerprint.as_deref(),
         }
+    }
+
+    /// Copies the recipe's BPE tokenizer (tokenizer.json and its tokenizer_config.json sibling,
+    /// when present) into RUN_DIR/tokenizer/, where `kormo-hf export` finds it next to the
+    /// checkpoints. A run directory already holding a different tokenizer is refused: its
+    /// earlier stages were trained on other ids. Returns the installed path (None: no BPE).
+    pub fn install_tokenizer(&self, run_dir: &Path) -> Result<Option<PathBuf>, String> {
+        let (TokensConfig::Bpe { tokenizer }, Some(vocabulary)) =
+            (&self.file.tokens, &self.vocabulary)
+        else {
+            return Ok(None);
+        };
+        let source = self.base_dir.join(tokenizer);
+        let dir = run_dir.join("tokenizer");
+        let target = dir.join("tokenizer.json");
+        if target.is_file() {
+            let installed = kormo_data::Vocabulary::load(&target).map_err(|e| e.0)?;
+            if installed.fingerprint() != vocabulary.fingerprint() {
+                return Err(format!(
+                    "{}: the run directory holds a tokenizer with fingerprint {}, but recipe {} \
+                     uses {} (fingerprint {}); use a fresh run directory",
+                    target.display(),
+                    installed.fingerprint(),
+                    self.origin,
+                    source.display(),
+                    vocabulary.fingerprint()
+                ));
+            }
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config = source.with_file_name("tokenizer_config.json");
+        let files = std::iter::once((source.clone(), target.clone())).chain(
+            config
+                .is_file()
+                .then(|| (config, dir.join("tokenizer_config.json"))),
+        );
+        for (from, to) in files {
+            let bytes = std::fs::read(&from).map_err(|e| format!("{}: {e}", from.display()))?;
+            // Temp + rename: an interrupted copy never leaves a truncated tokenizer behind.
+            let temp = to.with_extension("json.tmp");
+            std::fs::write(&temp, bytes)
+                .and_then(|()| std::fs::rename(&temp, &to))
+                .map_err(|e| format!("{}: {e}", to.display()))?;
+        }
+        Ok(Some(target))
+    }
+
+    /// The vocabulary synthetic corpora are encoded with: the recipe's BPE tokenizer, else bytes.
+    pub fn synthetic_vocabulary(&self) -> kormo_data::Vocabulary {
+        self.vocabulary
+            .clone()
+            .unwrap_or_else(kormo_data::Vocabulary::bytes)
     }
 
     /// The peak LR and schedule a phase runs with (phase overrides over recipe defaults).
@@ -577,6 +666,11 @@ fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
 
     let vocab = model.vocab as u64;
     match file.tokens {
+        TokensConfig::Bpe { ref tokenizer } => check(
+            !tokenizer.as_os_str().is_empty(),
+            "tokens.tokenizer",
+            "must name a tokenizer.json (relative to the recipe file)",
+        )?,
         TokensConfig::Bytes => check(
             vocab >= kormo_data::ByteVocab::SIZE as u64,
             "model.vocab",

@@ -8,6 +8,7 @@
 //! count, data cursor, phase/step counters), so stopping and resuming gives bit-identical
 //! weights and losses to an uninterrupted run (tests/resume.rs).
 
+use crate::backend::{BackendChoice, MemoryEstimate, Optimizer, Selected, TrainBackend};
 use crate::guard::{GuardState, OutlierGuard};
 use crate::lock::RunLock;
 use crate::metrics::{human_count, EvalRecord, EventRecord, MetricsFile, StepMetrics};
@@ -17,15 +18,19 @@ use kormo_checkpoint::{Checkpoint, DiskBudget, RunState, Tensor};
 use kormo_cpu::CpuOps;
 use kormo_data::synthetic::{self, SyntheticSpec};
 use kormo_data::{DataCursor, Loader, PackedRows, PackingOptions, Source};
-use kormo_model::{Batch, LossSum, Model};
-use kormo_optim::{AdamW, AdamWConfig, LrSchedule, ParamInfo};
+use kormo_model::{Batch, LossSum, Model, Ops};
+use kormo_optim::{AdamWConfig, LrSchedule};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The backend the reference trainer runs on.
+/// The backend of the distributed ranks (and the single-process loop without a GPU).
 pub(crate) type Backend = CpuOps<f32>;
+
+/// f32 weights as loaded from a checkpoint or model folder, kept for a backend whose optimizer
+/// holds the weights of record ([`Optimizer::KEEPS_MASTER_WEIGHTS`]); None otherwise.
+pub(crate) type LoadedWeights = Option<Vec<Vec<f32>>>;
 
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -43,6 +48,8 @@ pub struct RunOptions {
     pub log_every: u64,
     /// Ranks (threads of this process, kormo_dist) that train the stage; 1 is the plain trainer.
     pub world_size: usize,
+    /// Where the single-process loop runs (`--backend`).
+    pub backend: BackendChoice,
     /// Start from this Hugging Face model folder instead of the stage's `init` (not resuming).
     pub init_hf: Option<PathBuf>,
     /// Injected faults (tests of the recovery paths); empty in normal runs.
@@ -164,6 +171,8 @@ pub(crate) struct Start {
     pub tokens: u64,
     /// Optimizer and data state to restore into the first phase (resume only).
     pub resumed: Option<Checkpoint>,
+    /// The f32 weights the model was loaded with, for a backend that keeps master weights.
+    pub weights: LoadedWeights,
 }
 
 impl Start {
@@ -183,10 +192,37 @@ pub(crate) fn say(out: &mut dyn Write, line: impl AsRef<str>) {
     let _ = writeln!(out, "{}", line.as_ref());
 }
 
-/// Runs stage `opts.stage` of `recipe`.
+/// Runs stage `opts.stage` of `recipe` on the backend `opts.backend` selects.
 pub fn run_stage(
     recipe: &Recipe,
     opts: &RunOptions,
+    out: &mut dyn Write,
+) -> Result<StageReport, TrainError> {
+    let cpu = opts.threads.map(Backend::with_threads).unwrap_or_default();
+    let threads = cpu.threads();
+    let selected = crate::backend::select(opts.backend, &recipe.model, opts.world_size)?;
+    let line = selected.describe(threads);
+    match selected {
+        Selected::Cpu { .. } => {
+            let available = available_host_memory();
+            run_stage_on(recipe, opts, cpu, threads, &line, available, out)
+        }
+        Selected::Cuda { ops, device } => {
+            let available = Some(device.total_memory_bytes as u64);
+            run_stage_on(recipe, opts, ops, threads, &line, available, out)
+        }
+    }
+}
+
+/// [`run_stage`] on backend `ops`, announced by `backend_line`; `threads`: CPU threads (the
+/// distributed ranks and the host optimizer use them); `available`: the backend's memory.
+fn run_stage_on<O: TrainBackend>(
+    recipe: &Recipe,
+    opts: &RunOptions,
+    ops: O,
+    threads: usize,
+    backend_line: &str,
+    available: Option<u64>,
     out: &mut dyn Write,
 ) -> Result<StageReport, TrainError> {
     let stage = recipe.stage(&opts.stage).ok_or_else(|| {
@@ -221,9 +257,7 @@ pub fn run_stage(
         ));
     }
 
-    // The backend and the model's size (checked against this machine's memory before allocating).
-    let ops = opts.threads.map(Backend::with_threads).unwrap_or_default();
-    let threads = ops.threads();
+    // The backend and the model's size (checked against the memory before allocating).
     let m = &recipe.model;
     say(
         out,
@@ -235,10 +269,7 @@ pub fn run_stage(
             opts.run_dir.display()
         ),
     );
-    say(
-        out,
-        format!("backend: cpu (f32 reference, {threads} threads)"),
-    );
+    say(out, backend_line);
     say(out, format!(
         "model: {} parameters (hidden {}, {} layers, {} heads / {} kv heads of {}, ffn {}, vocab {})",
         human_count(m.param_count() as f64), m.hidden, m.layers, m.heads, m.kv_heads, m.head_dim, m.ffn, m.vocab
@@ -248,8 +279,25 @@ pub fn run_stage(
     // missing file stops the run now rather than hours in.
     let mut fingerprint = recipe.tokenizer_fingerprint().map(str::to_string);
     let mut loaders = open_phase_data(recipe, opts, stage, seed, &mut fingerprint, out)?;
-    check_memory(m.param_count())?;
+    let micro_batch_tokens = stage
+        .phases
+        .iter()
+        .map(|p| p.seq_len * p.micro_batch)
+        .max()
+        .unwrap_or(0);
+    let memory = MemoryEstimate::new::<O>(m, micro_batch_tokens, stage.activation_checkpointing);
+    say(
+        out,
+        format!(
+            "memory (estimated peak on the {}, micro-batches of {micro_batch_tokens} tokens, activation checkpointing {}): {}",
+            O::MEMORY,
+            if stage.activation_checkpointing { "on" } else { "off" },
+            memory.describe()
+        ),
+    );
+    check_memory::<O>(&memory, available)?;
     let mut model = Model::new(recipe.model.clone(), ops, seed)?;
+    model.set_activation_checkpointing(stage.activation_checkpointing);
     let stability = &recipe.file.stability;
     model.set_z_loss(stability.z_loss as f32);
     if stability.z_loss > 0.0 {
@@ -274,16 +322,18 @@ pub fn run_stage(
     } else {
         std::fs::remove_dir_all(&checkpoints_dir).or_else(ignore_missing)?;
         std::fs::remove_dir_all(stage_dir.join("final")).or_else(ignore_missing)?;
-        initialise(recipe, stage, opts, &mut model, out)?;
+        let weights = initialise(recipe, stage, opts, &mut model, out)?;
         Start {
             phase_index: 0,
             phase_step: 0,
             step: 0,
             tokens: 0,
             resumed: None,
+            weights,
         }
     };
     let mut resumed = start.resumed.take();
+    let mut weights = start.weights.take();
     let metrics_path = stage_dir.join("metrics.jsonl");
     if opts.resume {
         // Lines logged after the checkpoint (a crash between log and save) are replayed below.
@@ -313,14 +363,10 @@ pub fn run_stage(
                 sink,
             )?);
         }
-        let params = model
-            .param_specs()
-            .iter()
-            .map(|spec| {
-                let mut values = vec![0.0; spec.numel()];
-                model.read_param(&spec.name, &mut values).map(|()| values)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let params = match weights.take() {
+            Some(loaded) => loaded,
+            None => crate::backend::read_params(&model)?,
+        };
         drop(model);
         return crate::dist::run_phases(
             crate::dist::Prepared {
@@ -371,7 +417,8 @@ pub fn run_stage(
             held_out,
         } = loaders[phase_index].take().expect("each phase runs once");
         // Optimizer: fresh at every phase boundary, restored when resuming inside the phase.
-        let mut adamw = new_optimizer(recipe, &model, threads)?;
+        let mut adamw =
+            O::Optimizer::create(adamw_config(recipe), &model, threads, weights.take())?;
         let mut guard = OutlierGuard::new(stability);
         if let Some(checkpoint) = resumed.take() {
             restore_optimizer_and_data(&checkpoint, &mut adamw, &mut loader)?;
@@ -387,12 +434,17 @@ pub fn run_stage(
 
         while phase_step < total {
             let lr = lr_schedule.lr(phase_step);
-            let (mut loss, grad_norm) = compute_gradients(
-                &mut model,
-                &mut loader,
-                phase,
-                recipe.file.optimizer.grad_clip,
-            )?;
+            let grad_clip = recipe.file.optimizer.grad_clip;
+            let mut loss = compute_gradients(&mut model, &mut loader, phase)?;
+            // The CPU optimizer clips first, so the checks below come before its update; the
+            // CUDA one clips and updates in one pass and reports the norm afterwards.
+            let (grad_norm, updated) = match adamw.clip_before_step(&mut model, grad_clip) {
+                Some(norm) => (norm, false),
+                None => (
+                    adamw.step(&mut model, lr, grad_clip)?.unwrap_or(f64::NAN),
+                    true,
+                ),
+            };
             progress.advance(phase);
             let step = progress.step;
             if let Some(value) = loss_overrides.remove(&step) {
@@ -429,8 +481,8 @@ pub fn run_stage(
                     )));
                 };
                 restores += 1;
-                load_weights(&checkpoint, &mut model)?;
-                adamw = new_optimizer(recipe, &model, threads)?;
+                let loaded = load_weights(&checkpoint, &mut model)?;
+                adamw = O::Optimizer::create(adamw_config(recipe), &model, threads, loaded)?;
                 restore_optimizer(&checkpoint, &mut adamw)?;
                 guard.restore(&state.guard);
                 let step = checkpoint.manifest.run.step;
@@ -452,9 +504,10 @@ pub fn run_stage(
                 Some(spike) => {
                     let record = event(step, "outlier_skip", format!(
                         "{} {:.4} is {:.1} standard deviations above the mean {:.4} of the last {} steps \
-                         (stability.outlier_threshold = {}); update skipped",
+                         (stability.outlier_threshold = {}); {}",
                         spike.metric, spike.value, spike.z, spike.mean,
-                        spike.history, stability.outlier_threshold
+                        spike.history, stability.outlier_threshold,
+                        if updated { "the update was already applied (the CUDA optimizer measures the norm while updating)" } else { "update skipped" }
                     ));
                     say(
                         out,
@@ -462,10 +515,10 @@ pub fn run_stage(
                     );
                     metrics.append(&record)?;
                 }
-                None => {
-                    let (params, grads) = model.params_and_grads_mut();
-                    adamw.step(params, grads, lr)?;
+                None if !updated => {
+                    adamw.step(&mut model, lr, grad_clip)?;
                 }
+                None => {}
             }
             phase_step += 1;
             let done = phase_step;
@@ -492,6 +545,7 @@ pub fn run_stage(
 
             let state = progress.trainer_state(seed, phase_index, done, guard.state());
             let stage_done = phase_index + 1 == stage.phases.len() && done == total;
+            let phase_done = done == total;
             let preempted = crate::signals::stop_requested().filter(|_| !stage_done);
             let stopping = (opts.stop_after == Some(progress.steps_this_run)
                 || preempted.is_some())
@@ -512,7 +566,7 @@ pub fn run_stage(
                     step,
                     &state,
                     &model,
-                    &adamw,
+                    &mut adamw,
                     &loader.cursor(),
                     &dir,
                     &disk,
@@ -547,6 +601,10 @@ pub fn run_stage(
             if stopping {
                 say(out, progress.stopped_line(&report.checkpoint));
                 return Ok(report);
+            }
+            if phase_done && !stage_done && <O::Optimizer as Optimizer<O>>::KEEPS_MASTER_WEIGHTS {
+                // The next phase's fresh optimizer starts from these master weights.
+                weights = Some(adamw.weights(&model)?);
             }
         }
     }
@@ -590,15 +648,13 @@ pub fn run_stage(
 }
 
 /// Forward and backward over all micro-batches of one step, so the gradient is the mean over
-/// every trained token of the step however they fall into micro-batches; then the global-norm
-/// clip. Returns the step's loss and the gradient norm before clipping (the update is the
-/// caller's, after its NaN and outlier checks).
-fn compute_gradients(
-    model: &mut Model<Backend>,
+/// every trained token of the step however they fall into micro-batches. Returns the step's
+/// loss (clipping and the update are the caller's, around its NaN and outlier checks).
+fn compute_gradients<O: Ops>(
+    model: &mut Model<O>,
     loader: &mut Loader,
     phase: &PhaseConfig,
-    grad_clip: f64,
-) -> Result<(LossSum, f64), TrainError> {
+) -> Result<LossSum, TrainError> {
     let batches = (0..phase.grad_accum)
         .map(|_| loader.next_rows(phase.micro_batch).map(to_batch))
         .collect::<Result<Vec<Batch>, _>>()?;
@@ -613,18 +669,13 @@ fn compute_gradients(
     for batch in &batches {
         loss = loss.add(model.forward_backward(batch, grad_scale)?);
     }
-    let grad_norm = if grad_clip > 0.0 {
-        kormo_optim::clip_grad_norm(model.grads_mut(), grad_clip)
-    } else {
-        kormo_optim::grad_norm(model.grads())
-    };
-    Ok((loss, grad_norm))
+    Ok(loss)
 }
 
 /// Held-out loss of one source: the first `eval.rows` rows of its held-out documents (the
 /// same rows every time), in micro-batches of the phase's shape. Gradients are not touched.
-fn evaluate(
-    model: &mut Model<Backend>,
+fn evaluate<O: Ops>(
+    model: &mut Model<O>,
     source: &Source,
     phase: &PhaseConfig,
     recipe: &Recipe,
@@ -675,29 +726,36 @@ pub(crate) fn eval_record(
     }
 }
 
-/// Parameters, gradients and two AdamW moments in f32: 16 bytes per parameter (activations
-/// come on top). Refuses a model that cannot fit, instead of dying in the allocator.
-fn check_memory(params: u64) -> Result<(), TrainError> {
-    let needed = params.saturating_mul(16);
-    let available = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|info| {
-            let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-            line.split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
-                .map(|kib| kib * 1024)
-        });
+/// Refuses a run whose estimated peak cannot fit in `available` bytes (the host's available
+/// memory or the device's), instead of dying in the allocator hours later.
+pub(crate) fn check_memory<O: TrainBackend>(
+    estimate: &MemoryEstimate,
+    available: Option<u64>,
+) -> Result<(), TrainError> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     match available {
-        Some(available) if needed > available => Err(TrainError(format!(
-            "the CPU backend needs at least {:.1} GiB for this model's weights, gradients and AdamW state; \
-             this machine has {:.1} GiB available (use a smaller recipe such as --config=tiny, or a GPU backend)",
-            needed as f64 / (1u64 << 30) as f64,
-            available as f64 / (1u64 << 30) as f64
+        Some(available) if estimate.total() > available => Err(TrainError(format!(
+            "training needs about {:.1} GiB of {} memory ({}); {:.1} GiB are available \
+             (use a smaller recipe such as --config=tiny, a smaller micro_batch, \
+             activation_checkpointing = true in the stage, or a GPU backend)",
+            gib(estimate.total()),
+            O::MEMORY,
+            estimate.describe(),
+            gib(available)
         ))),
         _ => Ok(()),
     }
+}
+
+/// MemAvailable of /proc/meminfo, where there is one.
+pub(crate) fn available_host_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
 }
 
 fn ignore_missing(e: std::io::Error) -> Result<(), TrainError> {
@@ -718,13 +776,14 @@ fn config_flag(recipe: &Recipe) -> String {
 }
 
 /// Loads the init stage's final weights (optimizer state starts afresh at a stage boundary).
-fn initialise(
+/// Returns the loaded f32 weights when the backend keeps master weights.
+fn initialise<O: TrainBackend>(
     recipe: &Recipe,
     stage: &StageConfig,
     opts: &RunOptions,
-    model: &mut Model<Backend>,
+    model: &mut Model<O>,
     out: &mut dyn Write,
-) -> Result<(), TrainError> {
+) -> Result<LoadedWeights, TrainError> {
     if let Some(folder) = &opts.init_hf {
         return init_from_hf(recipe, folder, model, out);
     }
@@ -736,7 +795,7 @@ fn initialise(
             out,
             "init: from scratch (normal(0, 0.02) weights, unit norms)",
         );
-        return Ok(());
+        return Ok(None);
     }
     let dir = opts.run_dir.join(&stage.init).join("final");
     if !dir.join(kormo_checkpoint::MANIFEST_FILE).is_file() {
@@ -750,7 +809,7 @@ fn initialise(
                 "init: no {} checkpoint at {} (it is made by `{how}`); the {} recipe starts from scratch instead",
                 stage.init, dir.display(), recipe.file.name
             ));
-            return Ok(());
+            return Ok(None);
         }
         return Err(TrainError(format!(
             "stage {} starts from the final checkpoint of stage {}, which is missing: {}\nmake it with: {how}",
@@ -758,7 +817,7 @@ fn initialise(
         )));
     }
     let checkpoint = Checkpoint::load(&dir)?;
-    load_weights(&checkpoint, model)?;
+    let weights = load_weights(&checkpoint, model)?;
     say(
         out,
         format!(
@@ -767,17 +826,17 @@ fn initialise(
             checkpoint.manifest.run.step
         ),
     );
-    Ok(())
+    Ok(weights)
 }
 
 /// Loads the weights of a Hugging Face model folder (kormo_hf: KORMo or Llama naming, f32 or
 /// bf16), whose config.json must describe the recipe's model.
-fn init_from_hf(
+fn init_from_hf<O: TrainBackend>(
     recipe: &Recipe,
     folder: &Path,
-    model: &mut Model<Backend>,
+    model: &mut Model<O>,
     out: &mut dyn Write,
-) -> Result<(), TrainError> {
+) -> Result<LoadedWeights, TrainError> {
     let weights = kormo_hf::load_hf_folder(folder).map_err(|e| TrainError(e.to_string()))?;
     if weights.config != recipe.model {
         let ours = serde_json::to_value(&recipe.model).expect("config serialises");
@@ -811,7 +870,27 @@ fn init_from_hf(
             folder.display()
         ),
     );
-    Ok(())
+    // The masters must follow the model's tensor order, which the folder need not have.
+    Ok(if <O::Optimizer as Optimizer<O>>::KEEPS_MASTER_WEIGHTS {
+        let mut by_name: BTreeMap<String, Vec<f32>> = weights
+            .tensors
+            .into_iter()
+            .map(|t| (t.name, t.values))
+            .collect();
+        Some(
+            model
+                .param_specs()
+                .iter()
+                .map(|spec| {
+                    by_name.remove(&spec.name).ok_or_else(|| {
+                        TrainError(format!("{}: no tensor {}", folder.display(), spec.name))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        )
+    } else {
+        None
+    })
 }
 
 /// Finds the newest checkpoint of this stage that loads cleanly and loads its weights; the
@@ -820,13 +899,13 @@ fn init_from_hf(
 /// the one before it, with a message and an event; a checkpoint of another recipe, seed or
 /// length is an error, since falling back would not help.
 #[allow(clippy::too_many_arguments)]
-fn resume_point(
+fn resume_point<O: TrainBackend>(
     recipe: &Recipe,
     opts: &RunOptions,
     seed: u64,
     phase_steps: &[u64],
     stage_dir: &Path,
-    model: &mut Model<Backend>,
+    model: &mut Model<O>,
     events: &mut Vec<(&'static str, String)>,
     out: &mut dyn Write,
 ) -> Result<Start, TrainError> {
@@ -899,7 +978,7 @@ fn resume_point(
             format!("{:?}", phase_steps.get(state.phase_index)),
         ));
     }
-    load_weights(&checkpoint, model)?;
+    let weights = load_weights(&checkpoint, model)?;
     say(
         out,
         format!(
@@ -917,17 +996,27 @@ fn resume_point(
         step: run.step,
         tokens: state.tokens,
         resumed: (!phase_done).then_some(checkpoint),
+        weights,
     })
 }
 
-fn load_weights(checkpoint: &Checkpoint, model: &mut Model<Backend>) -> Result<(), TrainError> {
+/// Loads a checkpoint's weights into `model`; keeps the f32 values when the backend's optimizer
+/// holds the weights of record.
+fn load_weights<O: TrainBackend>(
+    checkpoint: &Checkpoint,
+    model: &mut Model<O>,
+) -> Result<LoadedWeights, TrainError> {
     let file = checkpoint.file(MODEL_FILE)?;
     let specs = model.param_specs().to_vec();
+    let mut kept = Vec::new();
     for spec in &specs {
         let values = file.f32(&spec.name, Some(&spec.shape))?;
         model.write_param(&spec.name, &values)?;
+        if <O::Optimizer as Optimizer<O>>::KEEPS_MASTER_WEIGHTS {
+            kept.push(values);
+        }
     }
-    Ok(())
+    Ok(<O::Optimizer as Optimizer<O>>::KEEPS_MASTER_WEIGHTS.then_some(kept))
 }
 
 pub(crate) fn adamw_config(recipe: &Recipe) -> AdamWConfig {
@@ -940,25 +1029,10 @@ pub(crate) fn adamw_config(recipe: &Recipe) -> AdamWConfig {
     }
 }
 
-fn new_optimizer(
-    recipe: &Recipe,
-    model: &Model<Backend>,
-    threads: usize,
-) -> Result<AdamW, TrainError> {
-    let config = adamw_config(recipe);
-    let params = model
-        .param_specs()
-        .iter()
-        .map(|s| ParamInfo {
-            name: s.name.clone(),
-            numel: s.numel(),
-            weight_decay: s.weight_decay(),
-        })
-        .collect();
-    Ok(AdamW::new(config, params)?.with_threads(threads))
-}
-
-fn restore_optimizer(checkpoint: &Checkpoint, adamw: &mut AdamW) -> Result<(), TrainError> {
+fn restore_optimizer<O: Ops>(
+    checkpoint: &Checkpoint,
+    adamw: &mut impl Optimizer<O>,
+) -> Result<(), TrainError> {
     let file = checkpoint.file(OPTIMIZER_FILE)?;
     for name in adamw.state_names() {
         adamw.load_state_tensor(&name, &file.f32(&name, None)?)?;
@@ -968,9 +1042,9 @@ fn restore_optimizer(checkpoint: &Checkpoint, adamw: &mut AdamW) -> Result<(), T
     Ok(())
 }
 
-fn restore_optimizer_and_data(
+fn restore_optimizer_and_data<O: Ops>(
     checkpoint: &Checkpoint,
-    adamw: &mut AdamW,
+    adamw: &mut impl Optimizer<O>,
     loader: &mut Loader,
 ) -> Result<(), TrainError> {
     restore_optimizer(checkpoint, adamw)?;
@@ -1016,29 +1090,30 @@ pub(crate) fn run_state(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn save(
+fn save<O: Ops>(
     recipe: &Recipe,
     stage: &str,
     phase: &str,
     step: u64,
     state: &TrainerState,
-    model: &Model<Backend>,
-    adamw: &AdamW,
+    model: &Model<O>,
+    adamw: &mut impl Optimizer<O>,
     cursor: &DataCursor,
     dir: &Path,
     disk: &DiskBudget,
 ) -> Result<(), TrainError> {
+    // Both backends' state is read back to the host in kormo_optim's names: one format.
     let weights = model
         .param_specs()
         .iter()
-        .zip(model.params())
-        .map(|(spec, values)| Tensor::f32(spec.name.clone(), spec.shape.clone(), values))
+        .zip(adamw.weights(model)?)
+        .map(|(spec, values)| Tensor::f32(spec.name.clone(), spec.shape.clone(), &values))
         .collect();
-    let mut optimizer: Vec<Tensor> = adamw
-        .state_tensors()
-        .into_iter()
-        .map(|(name, values)| Tensor::f32(name, vec![values.len()], values))
-        .collect();
+    let mut optimizer = Vec::new();
+    for name in adamw.state_names() {
+        let values = adamw.state_tensor(&name)?;
+        optimizer.push(Tensor::f32(name, vec![values.len()], &values));
+    }
     optimizer.push(Tensor::u64("step", vec![1], &[adamw.step_count()]));
     kormo_checkpoint::save_with_budget(
         dir,
@@ -1091,6 +1166,12 @@ fn open_phase_data(
     fingerprint: &mut Option<String>,
     out: &mut dyn Write,
 ) -> Result<Vec<Option<PhaseData>>, TrainError> {
+    if let Some(path) = recipe
+        .install_tokenizer(&opts.run_dir)
+        .map_err(TrainError)?
+    {
+        say(out, format!("tokenizer: {}", path.display()));
+    }
     stage
         .phases
         .iter()
@@ -1148,7 +1229,7 @@ fn build_loader(
                     documents: config.documents.unwrap_or(0),
                     seed: recipe.file.seed ^ fnv(name),
                 };
-                let generated = synthetic::ensure(&dir, &spec)?;
+                let generated = synthetic::ensure(&dir, &spec, &recipe.synthetic_vocabulary())?;
                 let how = if generated { "generated" } else { "cached" };
                 (
                     dir.join(synthetic::MANIFEST_FILE),

@@ -145,8 +145,9 @@ fn command_line_errors_are_messages() {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         kormo_train::cli::run(&args, &mut std::io::sink())
     };
+    // tiny's head dim 32 has no CUDA kernel, so this fails with or without a GPU.
     let err = run(&["--stage=midtrain", "--backend=cuda"]).unwrap_err();
-    assert!(err.contains("backend `cuda` is not available"), "{err}");
+    assert!(err.starts_with("--backend=cuda: "), "{err}");
     let err = run(&["--stage=pretrain3"]).unwrap_err();
     assert!(err.contains("unknown stage `pretrain3`"), "{err}");
     let missing = repo().join("configs/nope.toml");

@@ -1,8 +1,9 @@
-//! Shared helpers for the CPU backend tests: seeded random inputs and central finite
-//! differences in f64.
+//! Shared helpers for the CPU backend tests: seeded random inputs, central finite differences
+//! in f64, and a micro model config with packed multi-document batches.
 
 #![allow(dead_code)] // each test binary uses a different subset
 
+use kormo_model::{Batch, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -58,4 +59,44 @@ pub fn check_gradient(
 pub fn weighted_sum(a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Small enough for finite differences over every tensor, with GQA (2 query heads per KV
+/// head) and odd sizes.
+pub fn micro_config() -> ModelConfig {
+    ModelConfig {
+        hidden: 10,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 4,
+        ffn: 14,
+        vocab: 13,
+        rms_eps: 1e-5,
+        rope_theta: 500_000.0,
+        tie_embeddings: false,
+    }
+}
+
+/// Document lengths per row, with KORMo's running positions (0..seq) unless `reset`.
+pub fn packed_batch(docs_per_row: &[&[usize]], vocab: u32, reset_positions: bool, seed: u64) -> Batch {
+    let mut r = rng(seed);
+    let seq_len: usize = docs_per_row[0].iter().sum();
+    let mut batch = Batch { batch_size: docs_per_row.len(), seq_len, ..Batch::default() };
+    for docs in docs_per_row {
+        assert_eq!(docs.iter().sum::<usize>(), seq_len);
+        let mut pos = 0u32;
+        for (doc, &len) in docs.iter().enumerate() {
+            for i in 0..len {
+                batch.tokens.push(r.random_range(0..vocab));
+                batch.targets.push(r.random_range(0..vocab));
+                // Mixed weights: ignored tokens, half weight, normal.
+                batch.loss_weights.push([1.0, 0.0, 0.5, 1.0][r.random_range(0..4)]);
+                batch.doc_ids.push(doc as u32);
+                batch.positions.push(if reset_positions { i as u32 } else { pos });
+                pos += 1;
+            }
+        }
+    }
+    batch
 }

@@ -36,6 +36,8 @@ pub fn options(stage: &str, run_dir: &Path) -> RunOptions {
         threads: Some(2),
         log_every: 1,
         world_size: 1,
+        // Golden losses are the f32 CPU reference's.
+        backend: kormo_train::backend::BackendChoice::Cpu,
         init_hf: None,
         faults: Default::default(),
     }
