@@ -10,6 +10,8 @@
 #                                     on CudaOps against the CPU backend), compute-sanitizer
 #                                     memcheck + racecheck on them (when the tool exists), the
 #                                     training-step benchmarks (model-step, train --benchmark),
+#                                     NCCL at world size 1, the Hugging Face export against
+#                                     transformers,
 #                                     the kernel benchmarks and
 #                                     bench/torch_reference.py, and writes
 #                                     OUT_DIR/<date>-<device>.md (default bench/results) plus logs.
@@ -35,8 +37,29 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
         print(m["executable"])')"
     [[ -n "$test_bin" ]] || { echo "gpu_check build: no gpu test executable found" >&2; exit 1; }
+    local nccl_bin
+    nccl_bin="$(cargo test --release -p kormo-dist --test nccl_device --no-run --message-format=json \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "nccl_device":
+        print(m["executable"])')"
+    [[ -n "$nccl_bin" ]] || { echo "gpu_check build: no nccl_device test executable found" >&2; exit 1; }
     cargo build --release -p kormo-cuda --bin bench --bin model_step
     cargo build --release -p kormo-train --bin train
+    cargo build --release -p kormo-hf --bin hf
+    cp "$nccl_bin" "$CARRY/nccl-test"
+    # A few steps of the tiny recipe, exported in both flavours with kormo's own logits, for the
+    # transformers comparison on the device (tools/hf_transformers_check.py).
+    local hf_run="$CARRY/hf-run" tokens="256,72,101,108,108,111,32,236,149,136,257,3,200"
+    rm -rf "$hf_run" "$CARRY/hf"
+    target/release/train --stage=pretrain1 --max-steps=3 --backend=cpu --run-dir="$hf_run" >/dev/null
+    local flavor
+    for flavor in llama kormo; do
+        target/release/hf export --model "$hf_run/pretrain1/final" --out "$CARRY/hf/$flavor" --flavor "$flavor" --dtype f32 >/dev/null
+        target/release/hf logits --model "$CARRY/hf/$flavor" --tokens "$tokens" --out "$CARRY/hf/$flavor-logits.json" >/dev/null
+    done
+    rm -rf "$hf_run"
     cp "$test_bin" "$CARRY/gpu-tests"
     cp target/release/bench "$CARRY/bench"
     cp target/release/model_step "$CARRY/model-step"
@@ -52,7 +75,7 @@ for line in sys.stdin:
         git status --porcelain 2>/dev/null | grep -q . && echo "(working tree had uncommitted changes)"
     } >"$CARRY/COMMIT"
     du -sh "$CARRY"
-    echo "built $CARRY/{gpu-tests,bench,model-step,train}; carry '$CARRY' with the device tool (docs/gpu.md)"
+    echo "built $CARRY/{gpu-tests,nccl-test,bench,model-step,train,hf}; carry '$CARRY' with the device tool (docs/gpu.md)"
 }
 
 # The whole run must end within the device tool's per-call limit (run(timeout_s=600)).
@@ -95,10 +118,21 @@ find_cublaslt_dir() {
     done
 }
 
+# Directory holding libnccl (the NCCL communicator): the loader path or PyTorch's nvidia/nccl wheel.
+find_nccl_dir() {
+    local lib
+    lib="$(ldconfig -p 2>/dev/null | awk '/libnccl\.so/ {print $NF; exit}')"
+    [[ -n "$lib" ]] && { dirname "$lib"; return; }
+    for lib in $(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null | tr ' ' '\n' \
+        | sed 's|$|/nvidia/*/lib/libnccl.so*|'); do
+        [[ -e "$lib" ]] && { dirname "$lib"; return; }
+    done
+}
+
 run_checks() {
     local out_dir="${1:-bench/results}"
-    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" ]] || {
-        echo "gpu_check run: $CARRY/{gpu-tests,bench,model-step,train} incomplete: run 'tools/gpu_check.sh build' here first" >&2
+    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/nccl-test" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" && -d "$CARRY/hf" ]] || {
+        echo "gpu_check run: $CARRY/{gpu-tests,nccl-test,bench,model-step,train,hf} incomplete: run 'tools/gpu_check.sh build' here first" >&2
         exit 1
     }
     mkdir -p "$out_dir"
@@ -114,6 +148,9 @@ run_checks() {
     local cublaslt_dir
     cublaslt_dir="$(find_cublaslt_dir)"
     [[ -n "$cublaslt_dir" ]] && export LD_LIBRARY_PATH="$cublaslt_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    local nccl_dir
+    nccl_dir="$(find_nccl_dir)"
+    [[ -n "$nccl_dir" ]] && export LD_LIBRARY_PATH="$nccl_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
     {
         echo "# GPU check $date_tag"
@@ -124,6 +161,7 @@ run_checks() {
         echo "- command: tools/gpu_check.sh run $out_dir"
         echo "- glibc: $(ldd --version 2>/dev/null | head -1)"
         echo "- cuBLASLt (CudaOps GEMMs): ${cublaslt_dir:-NOT FOUND: the cuda_ops_* tests will fail}"
+        echo "- NCCL: ${nccl_dir:-NOT FOUND: the NCCL world-size-1 check will fail}"
         echo
         echo "## GPU tests (tests/gpu.rs, one process per test; cuda_ops_* = the model on CudaOps vs CpuOps)"
         echo
@@ -176,6 +214,32 @@ run_checks() {
     cat "$logs/train-benchmark.log" >>"$report"
     echo '```' >>"$report"
     [[ "$status" == 0 ]] || echo "(train --benchmark exit status $status)" >>"$report"
+
+    {
+        echo
+        echo "## NCCL at world size 1 (rust/dist/tests/nccl_device.rs: every collective vs the CPU communicator)"
+        echo
+        echo '```'
+    } >>"$report"
+    status=$(run_logged 60 "$logs/nccl.log" "$CARRY/nccl-test" --nocapture --test-threads=1)
+    grep -E "^test |test result|skipped|panicked" "$logs/nccl.log" >>"$report"
+    echo '```' >>"$report"
+    [[ "$status" == 0 ]] || echo "(nccl-test exit status $status)" >>"$report"
+
+    {
+        echo
+        echo "## Hugging Face export vs transformers (tools/hf_transformers_check.py, tiny model, f32)"
+        echo
+        echo '```'
+    } >>"$report"
+    local flavor
+    for flavor in llama kormo; do
+        status=$(run_logged 90 "$logs/transformers-$flavor.log" python3 tools/hf_transformers_check.py \
+            "$CARRY/hf/$flavor" "$CARRY/hf/$flavor-logits.json")
+        cat "$logs/transformers-$flavor.log" >>"$report"
+        [[ "$status" == 0 ]] || echo "($flavor: exit status $status)" >>"$report"
+    done
+    echo '```' >>"$report"
 
     {
         echo
