@@ -243,6 +243,15 @@ run_checks() {
 
     {
         echo
+        echo "## PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)"
+        echo
+    } >>"$report"
+    status=$(run_logged 150 "$logs/torch-model.log" python3 bench/torch_model_reference.py --steps 3 --warmup 1)
+    grep "^|\|^device" "$logs/torch-model.log" >>"$report"
+    [[ "$status" == 0 ]] || { echo "(torch model script exit status $status; tail of its log:)"; tail -5 "$logs/torch-model.log"; } >>"$report"
+
+    {
+        echo
         echo "## compute-sanitizer"
         echo
     } >>"$report"
