@@ -4,10 +4,14 @@
 //!
 //! Per parameter tensor it keeps f32 master weights and both moments in device memory; the
 //! model's bf16 parameter is rewritten from the master after each update (`kormo_adamw_step`).
-//! Gradient-norm clipping runs on the device too (`kormo_grad_sumsq` into one f32, then
-//! `kormo_clip_scale`, torch's rule), and the learning rate is a device scalar written by a fill
-//! kernel, so `step` enqueues work without any host synchronisation. The pre-clip norm is read
-//! only when asked for ([`DeviceAdamW::grad_norm`], one sync).
+//!
+//! A step is two calls, so that a caller can look at the gradient norm before anything changes
+//! (the trainer's outlier guard skips an update from it): [`DeviceAdamW::clip_grad_norm`] sums
+//! the squared gradients on the device (`kormo_grad_sumsq` into one f32), derives the clip scale
+//! there (`kormo_clip_scale`, torch's rule) and returns the pre-clip norm (the step's one host
+//! sync); [`DeviceAdamW::apply`] then updates every tensor with the gradients times that device
+//! scale, the learning rate being a device scalar written by a fill kernel. Skipping a step is
+//! simply not calling `apply`: weights, moments and the step count stay as they were.
 //!
 //! The update equals `kormo_optim::AdamW::step` on `clip_grad_norm`-ed gradients (the GPU test
 //! `device_adamw_matches_kormo_optim` checks it), so checkpoints are interchangeable: state
@@ -34,6 +38,8 @@ pub struct DeviceAdamW {
     exp_avg: Vec<CudaBuf>,
     exp_avg_sq: Vec<CudaBuf>,
     scalars: [CudaBuf; 3],
+    /// Set by `clip_grad_norm`, taken by `apply`: the device clip scale is this step's.
+    clip_scale_ready: bool,
 }
 
 fn refuse(reason: String) -> CudaError {
@@ -58,7 +64,7 @@ impl DeviceAdamW {
         let zeros = || params.iter().map(|p| ops.zeros_f32(p.numel)).collect::<Vec<_>>();
         let (exp_avg, exp_avg_sq) = (zeros(), zeros());
         let scalars = [ops.zeros_f32(1), ops.zeros_f32(1), ops.zeros_f32(1)];
-        Ok(DeviceAdamW { config, params, step: 0, master, exp_avg, exp_avg_sq, scalars })
+        Ok(DeviceAdamW { config, params, step: 0, master, exp_avg, exp_avg_sq, scalars, clip_scale_ready: false })
     }
 
     pub fn step_count(&self) -> u64 {
@@ -70,48 +76,34 @@ impl DeviceAdamW {
         self.step = step;
     }
 
-    /// One update of every tensor. `grads` are the model's gradient buffers (f32 after the first
-    /// backward; a bf16 one is converted once); `params` get the new bf16 weights. With
-    /// `max_grad_norm`, gradients are scaled by `max_norm / (norm + 1e-6)` when their global
-    /// norm exceeds it (a non-positive value disables clipping).
-    pub fn step(
-        &mut self,
-        ops: &CudaOps,
-        params: &mut [CudaBuf],
-        grads: &mut [CudaBuf],
-        lr: f64,
-        max_grad_norm: Option<f64>,
-    ) -> Result<(), CudaError> {
-        if params.len() != self.params.len() || grads.len() != self.params.len() {
-            return Err(refuse(format!(
-                "expected {} parameter and gradient tensors, got {} and {}",
-                self.params.len(),
-                params.len(),
-                grads.len()
-            )));
+    /// Refuses `bufs` (`what`: parameter or gradient) unless there is one per tensor, of its size.
+    fn check_tensors(&self, what: &str, bufs: &[CudaBuf]) -> Result<(), CudaError> {
+        if bufs.len() != self.params.len() {
+            return Err(refuse(format!("expected {} {what} tensors, got {}", self.params.len(), bufs.len())));
         }
-        for ((info, p), g) in self.params.iter().zip(params.iter()).zip(grads.iter()) {
-            if p.len() != info.numel || g.len() != info.numel {
-                return Err(refuse(format!(
-                    "{}: expected {} elements, parameter has {} and gradient {}",
-                    info.name,
-                    info.numel,
-                    p.len(),
-                    g.len()
-                )));
+        for (info, buf) in self.params.iter().zip(bufs) {
+            if buf.len() != info.numel {
+                return Err(refuse(format!("{}: expected {} {what} elements, got {}", info.name, info.numel, buf.len())));
             }
         }
-        self.step += 1;
-        let t = self.step as i32;
-        let (bias_correction1, bias_correction2) = (1.0 - self.config.beta1.powi(t), 1.0 - self.config.beta2.powi(t));
-        ops.fill(&mut self.scalars[LR], lr as f32);
+        Ok(())
+    }
+
+    /// Returns the global L2 norm of `grads` before clipping (waits for the device) and sets the
+    /// clip scale the next [`DeviceAdamW::apply`] uses: `max_norm / (norm + 1e-6)` when the
+    /// norm exceeds `max_grad_norm`, else 1 (None or a non-positive value: no clipping; a
+    /// non-finite norm leaves the gradients unscaled, for the caller to skip the step). `grads`
+    /// are the model's gradient buffers (f32 after the first backward; a bf16 one is converted
+    /// once). Changes no weights and no optimizer state.
+    pub fn clip_grad_norm(&mut self, ops: &CudaOps, grads: &mut [CudaBuf], max_grad_norm: Option<f64>) -> Result<f64, CudaError> {
+        self.check_tensors("gradient", grads)?;
         for g in grads.iter_mut() {
             ops.ensure_dtype(g, Dtype::F32);
         }
         ops.fill(&mut self.scalars[SUMSQ], 0.0);
         for (g, info) in grads.iter().zip(&self.params) {
             let a = KormoGradSumsqArgs { grad: g.device_ptr(), sumsq: self.scalars[SUMSQ].device_ptr(), n: info.numel as i64 };
-            // SAFETY: g holds numel f32 (checked above); sumsq is one f32.
+            // SAFETY: g holds numel f32 (checked and converted above); sumsq is one f32.
             unsafe { launch::grad_sumsq(ops.kernels(), &a) }?;
         }
         let c = KormoClipScaleArgs {
@@ -122,7 +114,27 @@ impl DeviceAdamW {
         };
         // SAFETY: two single f32 device values.
         unsafe { launch::clip_scale(ops.kernels(), &c) }?;
+        self.clip_scale_ready = true;
+        Ok(ops.sum(&self.scalars[SUMSQ]).sqrt())
+    }
+
+    /// One update of every tensor at learning rate `lr`, with `grads` (the ones the preceding
+    /// [`DeviceAdamW::clip_grad_norm`] measured) times its clip scale; `params` get the new
+    /// bf16 weights. Refused without a `clip_grad_norm` since the last update.
+    pub fn apply(&mut self, ops: &CudaOps, params: &mut [CudaBuf], grads: &mut [CudaBuf], lr: f64) -> Result<(), CudaError> {
+        self.check_tensors("parameter", params)?;
+        self.check_tensors("gradient", grads)?;
+        if !self.clip_scale_ready {
+            return Err(refuse("apply without clip_grad_norm of this step's gradients".into()));
+        }
+        self.clip_scale_ready = false;
+        self.step += 1;
+        let t = self.step as i32;
+        let (bias_correction1, bias_correction2) = (1.0 - self.config.beta1.powi(t), 1.0 - self.config.beta2.powi(t));
+        ops.fill(&mut self.scalars[LR], lr as f32);
         for i in 0..self.params.len() {
+            // No-ops after clip_grad_norm (f32 gradients) and the first update (bf16 weights).
+            ops.ensure_dtype(&mut grads[i], Dtype::F32);
             ops.ensure_dtype(&mut params[i], Dtype::Bf16);
             let a = KormoAdamwArgs {
                 master: self.master[i].device_ptr(),
@@ -146,11 +158,6 @@ impl DeviceAdamW {
             unsafe { launch::adamw_step(ops.kernels(), &a) }?;
         }
         Ok(())
-    }
-
-    /// Global L2 norm of the gradients of the last step, before clipping (waits for the device).
-    pub fn grad_norm(&self, ops: &CudaOps) -> f64 {
-        ops.sum(&self.scalars[SUMSQ]).sqrt()
     }
 
     /// The f32 master weights of tensor `index` (for checkpoints).

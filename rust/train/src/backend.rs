@@ -6,6 +6,8 @@
 //! moments on the device and rewrites the model's bf16 parameters. The f32 weights of record
 //! (what a checkpoint holds) are therefore the model's own on the CPU and the optimizer's masters
 //! on CUDA ([`Optimizer::weights`]); both write the same checkpoint files, read back to the host.
+//! Both split a step the same way, gradient norm first ([`Optimizer::clip_grad_norm`]) and the
+//! update after ([`Optimizer::apply`]), so the loop can skip an update from the norm.
 //!
 //! Selection (`--backend auto|cpu|cuda`): auto takes CUDA when a device is present and the model
 //! passes `CudaOps::check_config`, else the CPU, and says why; an explicit `cuda` that cannot be
@@ -145,19 +147,15 @@ pub trait Optimizer<O: Ops>: Sized {
         weights: Option<Vec<Vec<f32>>>,
     ) -> Result<Self, TrainError>;
 
-    /// Clips the gradients to global norm `grad_clip` (0: no clipping) and returns their norm
-    /// before clipping, when this optimizer measures it before its update; None when
-    /// [`Optimizer::step`] does both in one pass.
-    fn clip_before_step(&mut self, model: &mut Model<O>, grad_clip: f64) -> Option<f64>;
+    /// Returns the global L2 norm of the model's gradients before clipping, and clips them to
+    /// `grad_clip` (0: no clipping) for the next [`Optimizer::apply`]. Changes no weights and no
+    /// optimizer state, so the caller can still decide against the update (a non-finite norm,
+    /// the outlier guard).
+    fn clip_grad_norm(&mut self, model: &mut Model<O>, grad_clip: f64) -> Result<f64, TrainError>;
 
-    /// One update at learning rate `lr`. Returns the pre-clip gradient norm when
-    /// [`Optimizer::clip_before_step`] returned None (the update clipped too).
-    fn step(
-        &mut self,
-        model: &mut Model<O>,
-        lr: f64,
-        grad_clip: f64,
-    ) -> Result<Option<f64>, TrainError>;
+    /// One update at learning rate `lr` with the gradients as the preceding
+    /// [`Optimizer::clip_grad_norm`] clipped them.
+    fn apply(&mut self, model: &mut Model<O>, lr: f64) -> Result<(), TrainError>;
 
     /// The f32 weights of record, one vector per tensor in canonical order.
     fn weights(&self, model: &Model<O>) -> Result<Vec<Vec<f32>>, TrainError>;
@@ -333,23 +331,22 @@ impl Optimizer<Cpu> for AdamW {
         Ok(AdamW::new(config, param_infos(model))?.with_threads(threads))
     }
 
-    fn clip_before_step(&mut self, model: &mut Model<Cpu>, grad_clip: f64) -> Option<f64> {
-        Some(if grad_clip > 0.0 {
+    fn clip_grad_norm(
+        &mut self,
+        model: &mut Model<Cpu>,
+        grad_clip: f64,
+    ) -> Result<f64, TrainError> {
+        // Clipped in place: the gradients are the model's own f32 vectors.
+        Ok(if grad_clip > 0.0 {
             kormo_optim::clip_grad_norm(model.grads_mut(), grad_clip)
         } else {
             kormo_optim::grad_norm(model.grads())
         })
     }
 
-    fn step(
-        &mut self,
-        model: &mut Model<Cpu>,
-        lr: f64,
-        _grad_clip: f64,
-    ) -> Result<Option<f64>, TrainError> {
+    fn apply(&mut self, model: &mut Model<Cpu>, lr: f64) -> Result<(), TrainError> {
         let (params, grads) = model.params_and_grads_mut();
-        AdamW::step(self, params, grads, lr)?;
-        Ok(None)
+        Ok(AdamW::step(self, params, grads, lr)?)
     }
 
     fn weights(&self, model: &Model<Cpu>) -> Result<Vec<Vec<f32>>, TrainError> {
@@ -409,27 +406,23 @@ impl Optimizer<CudaOps> for CudaAdamW {
         Ok(CudaAdamW { ops, adamw })
     }
 
-    fn clip_before_step(&mut self, _model: &mut Model<CudaOps>, _grad_clip: f64) -> Option<f64> {
-        None
-    }
-
-    fn step(
+    fn clip_grad_norm(
         &mut self,
         model: &mut Model<CudaOps>,
-        lr: f64,
         grad_clip: f64,
-    ) -> Result<Option<f64>, TrainError> {
+    ) -> Result<f64, TrainError> {
+        // The clip scale stays on the device; the update multiplies the gradients by it.
+        let (_, grads) = model.params_and_grads_mut();
+        self.adamw
+            .clip_grad_norm(&self.ops, grads, (grad_clip > 0.0).then_some(grad_clip))
+            .map_err(cuda_error)
+    }
+
+    fn apply(&mut self, model: &mut Model<CudaOps>, lr: f64) -> Result<(), TrainError> {
         let (params, grads) = model.params_and_grads_mut();
         self.adamw
-            .step(
-                &self.ops,
-                params,
-                grads,
-                lr,
-                (grad_clip > 0.0).then_some(grad_clip),
-            )
-            .map_err(cuda_error)?;
-        Ok(Some(self.adamw.grad_norm(&self.ops)))
+            .apply(&self.ops, params, grads, lr)
+            .map_err(cuda_error)
     }
 
     fn weights(&self, model: &Model<CudaOps>) -> Result<Vec<Vec<f32>>, TrainError> {

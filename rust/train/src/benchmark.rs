@@ -192,9 +192,9 @@ fn run_on<O: TrainBackend>(
         let loss = model.forward_backward(&batch, grad_scale)?;
         model.ops().synchronize()?;
         let backward_done = Instant::now();
-        // As in the training loop: the CPU optimizer clips first, the CUDA one while updating.
-        adamw.clip_before_step(&mut model, grad_clip);
-        adamw.step(&mut model, lr, grad_clip)?;
+        // As in the training loop: gradient norm and clipping, then the update.
+        adamw.clip_grad_norm(&mut model, grad_clip)?;
+        adamw.apply(&mut model, lr)?;
         model.ops().synchronize()?;
         let (fb, opt) = (
             (backward_done - start).as_secs_f64(),

@@ -436,15 +436,8 @@ fn run_stage_on<O: TrainBackend>(
             let lr = lr_schedule.lr(phase_step);
             let grad_clip = recipe.file.optimizer.grad_clip;
             let mut loss = compute_gradients(&mut model, &mut loader, phase)?;
-            // The CPU optimizer clips first, so the checks below come before its update; the
-            // CUDA one clips and updates in one pass and reports the norm afterwards.
-            let (grad_norm, updated) = match adamw.clip_before_step(&mut model, grad_clip) {
-                Some(norm) => (norm, false),
-                None => (
-                    adamw.step(&mut model, lr, grad_clip)?.unwrap_or(f64::NAN),
-                    true,
-                ),
-            };
+            // Norm (and clipping) first: the checks below decide whether the update happens.
+            let grad_norm = adamw.clip_grad_norm(&mut model, grad_clip)?;
             progress.advance(phase);
             let step = progress.step;
             if let Some(value) = loss_overrides.remove(&step) {
@@ -504,10 +497,9 @@ fn run_stage_on<O: TrainBackend>(
                 Some(spike) => {
                     let record = event(step, "outlier_skip", format!(
                         "{} {:.4} is {:.1} standard deviations above the mean {:.4} of the last {} steps \
-                         (stability.outlier_threshold = {}); {}",
+                         (stability.outlier_threshold = {}); update skipped",
                         spike.metric, spike.value, spike.z, spike.mean,
                         spike.history, stability.outlier_threshold,
-                        if updated { "the update was already applied (the CUDA optimizer measures the norm while updating)" } else { "update skipped" }
                     ));
                     say(
                         out,
@@ -515,10 +507,7 @@ fn run_stage_on<O: TrainBackend>(
                     );
                     metrics.append(&record)?;
                 }
-                None if !updated => {
-                    adamw.step(&mut model, lr, grad_clip)?;
-                }
-                None => {}
+                None => adamw.apply(&mut model, lr)?,
             }
             phase_step += 1;
             let done = phase_step;

@@ -101,7 +101,8 @@ fn run(o: &Options) -> Result<(), Box<dyn Error>> {
         model.zero_grads();
         let loss = model.forward_backward(&batch, grad_scale)?;
         let (params, grads) = model.params_and_grads_mut();
-        adamw.step(&ops, params, grads, 1e-4, Some(1.0))?;
+        adamw.clip_grad_norm(&ops, grads, Some(1.0))?;
+        adamw.apply(&ops, params, grads, 1e-4)?;
         Ok(loss.mean())
     };
     for _ in 0..2 {

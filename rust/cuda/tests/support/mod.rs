@@ -240,6 +240,36 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64) -> f64 {
     err
 }
 
+/// Each value rounded to the nearest bf16, as a kernel's bf16 store rounds it.
+pub fn round_to_bf16(xs: &[f32]) -> Vec<f32> {
+    bf16::vec_to_f32(&bf16::vec_from_f32(xs))
+}
+
+/// Added to the bound of [`assert_within_low_precision_error`] (in relative L2, a tenth of a
+/// typical bf16 rounding error) so a low-precision reference that happens to be exact (e.g. a
+/// softmax over a single key: out = v) cannot fail a kernel that is off by f32 accumulation noise.
+pub const LOW_PRECISION_FLOOR: f64 = 1e-4;
+
+/// The FlashAttention-style rule: `got`'s relative L2 error against the f64 reference `want`
+/// must be at most `factor` x the error of `low`, the same reference function run in f32 on the
+/// same bf16 inputs with bf16 outputs rounded like the kernel's store, plus
+/// [`LOW_PRECISION_FLOOR`]; and within [`BF16_REL_L2`] as well. So the tolerance follows how
+/// much precision the problem itself loses in bf16 instead of one fixed number. Prints both
+/// errors; returns (error, low-precision reference's error).
+pub fn assert_within_low_precision_error(what: &str, got: &[f32], low: &[f32], want: &[f64], factor: f64) -> (f64, f64) {
+    let err = rel_l2(what, got, want);
+    let low_err = rel_l2(&format!("{what} (low-precision reference)"), low, want);
+    let bound = factor * low_err + LOW_PRECISION_FLOOR;
+    let report = format!(
+        "{what}: relative L2 error {err:.3e}; f32-on-bf16 reference's own error {low_err:.3e}, ratio {:.2} (bound {factor}x + {LOW_PRECISION_FLOOR:.0e} = {bound:.3e})",
+        err / low_err
+    );
+    assert!(err <= BF16_REL_L2, "{report}: above {BF16_REL_L2:.0e}");
+    assert!(err <= bound, "{report}: above the low-precision bound");
+    println!("{report}");
+    (err, low_err)
+}
+
 // ------------------------------------------------------------------------------------------
 // Adapters between kernel layouts and the references'
 
