@@ -7,6 +7,7 @@
 //! strides described in the struct. Nothing here synchronises with the host.
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use kormo_model::EmbeddingShape;
 
 use crate::bindings::*;
 use crate::device::CudaError;
@@ -165,6 +166,87 @@ pub fn attention_variant(head_dim: i32, doc_mask: bool) -> Result<&'static Atten
     })
 }
 
+/// The eight token/head strides of an attention argument struct (the forward and backward
+/// structs name them alike), in the order `check_attention` reports them.
+macro_rules! attention_strides {
+    ($a:expr) => {
+        [$a.q_token_stride, $a.q_head_stride, $a.k_token_stride, $a.k_head_stride, $a.v_token_stride, $a.v_head_stride, $a.o_token_stride, $a.o_head_stride]
+    };
+}
+
+/// Device buffers the attention backward adds to its forward's inputs.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionBwdBuffers {
+    pub dout: u64,
+    /// f32 scratch, `heads_q * tokens`.
+    pub delta: u64,
+    /// f32 scratch, as many elements as q.
+    pub dq_accum: u64,
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+}
+
+/// Backward arguments of the attention that ran forward with `f`: the same q/k/v/o/lse, mask,
+/// shape and strides (dout and dq share q's strides, dk/dv those of k/v) plus `g`'s buffers.
+pub fn attention_bwd_args(f: &KormoAttentionFwdArgs, g: AttentionBwdBuffers) -> KormoAttentionBwdArgs {
+    KormoAttentionBwdArgs {
+        q: f.q,
+        k: f.k,
+        v: f.v,
+        o: f.o,
+        dout: g.dout,
+        lse: f.lse,
+        delta: g.delta,
+        dq_accum: g.dq_accum,
+        dq: g.dq,
+        dk: g.dk,
+        dv: g.dv,
+        doc_ids: f.doc_ids,
+        batch: f.batch,
+        seq_len: f.seq_len,
+        heads_q: f.heads_q,
+        heads_kv: f.heads_kv,
+        q_token_stride: f.q_token_stride,
+        q_head_stride: f.q_head_stride,
+        k_token_stride: f.k_token_stride,
+        k_head_stride: f.k_head_stride,
+        v_token_stride: f.v_token_stride,
+        v_head_stride: f.v_head_stride,
+        o_token_stride: f.o_token_stride,
+        o_head_stride: f.o_head_stride,
+        softmax_scale: f.softmax_scale,
+        head_dim: f.head_dim,
+    }
+}
+
+/// The dweight reduce that follows the backward `bwd`: sums its `partial_rows` partial rows and
+/// adds them to `dweight` (f32, `hidden`), which accumulates across micro-batches.
+pub fn rmsnorm_dweight_reduce_args(bwd: &KormoRmsNormBwdArgs, dweight: u64) -> KormoRmsNormDweightReduceArgs {
+    KormoRmsNormDweightReduceArgs {
+        dweight_partial: bwd.dweight_partial,
+        dweight,
+        partial_rows: bwd.partial_rows,
+        hidden: bwd.hidden,
+        accumulate: 1,
+        _pad0: 0,
+    }
+}
+
+/// Embedding arguments over a contiguous `[vocab, dim]` table and `[tokens, dim]` rows.
+pub fn embedding_args(tokens: u64, table: u64, rows: u64, s: EmbeddingShape) -> KormoEmbeddingArgs {
+    KormoEmbeddingArgs {
+        tokens,
+        table,
+        rows,
+        num_tokens: s.tokens as i64,
+        vocab: s.vocab as i64,
+        dim: s.dim as i64,
+        table_row_stride: s.dim as i64,
+        rows_row_stride: s.dim as i64,
+    }
+}
+
 /// Shared checks of the forward and backward: GQA ratio, grid limits, 16-byte vector loads.
 #[allow(clippy::too_many_arguments)]
 fn check_attention(
@@ -192,16 +274,7 @@ fn check_attention(
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
 pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
-    let strides = [
-        a.q_token_stride,
-        a.q_head_stride,
-        a.k_token_stride,
-        a.k_head_stride,
-        a.v_token_stride,
-        a.v_head_stride,
-        a.o_token_stride,
-        a.o_head_stride,
-    ];
+    let strides = attention_strides!(a);
     check_attention(v.fwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o])?;
     let cfg = LaunchConfig {
         grid_dim: (((a.seq_len + 63) / 64) as u32, a.heads_q as u32, a.batch as u32),
@@ -217,16 +290,7 @@ pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Res
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
 pub unsafe fn attention_bwd(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Result<(), CudaError> {
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
-    let strides = [
-        a.q_token_stride,
-        a.q_head_stride,
-        a.k_token_stride,
-        a.k_head_stride,
-        a.v_token_stride,
-        a.v_head_stride,
-        a.o_token_stride,
-        a.o_head_stride,
-    ];
+    let strides = attention_strides!(a);
     check_attention(v.bwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
     let tokens = a.batch * a.seq_len;
     let warps = tokens * a.heads_q;

@@ -511,14 +511,7 @@ impl Ops for CudaOps {
             dh_row_stride: shape.dim as i64,
             partial_rows,
         };
-        let reduce = KormoRmsNormDweightReduceArgs {
-            dweight_partial: partial,
-            dweight: dweight.ptr,
-            partial_rows,
-            hidden: shape.dim as i64,
-            accumulate: 1,
-            _pad0: 0,
-        };
+        let reduce = launch::rmsnorm_dweight_reduce_args(&a, dweight.ptr);
         // SAFETY: as in rmsnorm_fwd; the partial buffer holds partial_rows x dim f32.
         expect_ok("rmsnorm_bwd", unsafe { launch::rmsnorm_bwd(&*self.kernels, &a, &reduce) });
     }
@@ -546,29 +539,13 @@ impl Ops for CudaOps {
         check_len("attention_fwd", "lse", lse.len, shape.tokens() * shape.heads);
         self.ensure_dtype(out, Dtype::Bf16);
         self.ensure_dtype(lse, Dtype::F32);
-        let (q_tok, kv_tok, hd) = attention_strides(&shape);
-        let a = KormoAttentionFwdArgs {
-            q: self.input(q, Dtype::Bf16, 0),
-            k: self.input(k, Dtype::Bf16, 1),
-            v: self.input(v, Dtype::Bf16, 2),
-            o: out.ptr,
-            lse: lse.ptr,
-            doc_ids: doc_ids.ptr,
-            batch: shape.batch as i64,
-            seq_len: shape.seq as i64,
-            heads_q: shape.heads as i64,
-            heads_kv: shape.kv_heads as i64,
-            q_token_stride: q_tok,
-            q_head_stride: hd,
-            k_token_stride: kv_tok,
-            k_head_stride: hd,
-            v_token_stride: kv_tok,
-            v_head_stride: hd,
-            o_token_stride: q_tok,
-            o_head_stride: hd,
-            softmax_scale: 1.0 / (shape.head_dim as f32).sqrt(),
-            head_dim: shape.head_dim as i32,
-        };
+        let a = attention_fwd_args(
+            &shape,
+            [self.input(q, Dtype::Bf16, 0), self.input(k, Dtype::Bf16, 1), self.input(v, Dtype::Bf16, 2)],
+            out.ptr,
+            lse.ptr,
+            doc_ids.ptr,
+        );
         // SAFETY: lengths checked against the shape; contiguous [tokens, heads, head_dim].
         expect_ok("attention_fwd", unsafe { launch::attention_fwd(&*self.kernels, &a) });
     }
@@ -595,35 +572,19 @@ impl Ops for CudaOps {
             check_len("attention_bwd", what, buf.len, want);
             self.ensure_dtype(buf, Dtype::Bf16);
         }
-        let (q_tok, kv_tok, hd) = attention_strides(&shape);
-        let a = KormoAttentionBwdArgs {
-            q: self.input(q, Dtype::Bf16, 0),
-            k: self.input(k, Dtype::Bf16, 1),
-            v: self.input(v, Dtype::Bf16, 2),
-            o: self.input(out, Dtype::Bf16, 3),
-            dout: self.input(dout, Dtype::Bf16, 4),
-            lse: self.input(lse, Dtype::F32, 5),
+        let qkv = [self.input(q, Dtype::Bf16, 0), self.input(k, Dtype::Bf16, 1), self.input(v, Dtype::Bf16, 2)];
+        let o = self.input(out, Dtype::Bf16, 3);
+        let dout = self.input(dout, Dtype::Bf16, 4);
+        let fwd = attention_fwd_args(&shape, qkv, o, self.input(lse, Dtype::F32, 5), doc_ids.ptr);
+        let buffers = launch::AttentionBwdBuffers {
+            dout,
             delta: self.scratch(Slot::AttentionDelta, Dtype::F32, shape.tokens() * shape.heads),
             dq_accum: self.scratch(Slot::AttentionDqAccum, Dtype::F32, q.len),
             dq: dq.ptr,
             dk: dk.ptr,
             dv: dv.ptr,
-            doc_ids: doc_ids.ptr,
-            batch: shape.batch as i64,
-            seq_len: shape.seq as i64,
-            heads_q: shape.heads as i64,
-            heads_kv: shape.kv_heads as i64,
-            q_token_stride: q_tok,
-            q_head_stride: hd,
-            k_token_stride: kv_tok,
-            k_head_stride: hd,
-            v_token_stride: kv_tok,
-            v_head_stride: hd,
-            o_token_stride: q_tok,
-            o_head_stride: hd,
-            softmax_scale: 1.0 / (shape.head_dim as f32).sqrt(),
-            head_dim: shape.head_dim as i32,
         };
+        let a = launch::attention_bwd_args(&fwd, buffers);
         // SAFETY: as in attention_fwd; delta and dq_accum are f32 scratch of the header's sizes.
         expect_ok("attention_bwd", unsafe { launch::attention_bwd(&*self.kernels, &a) });
     }
@@ -664,7 +625,7 @@ impl Ops for CudaOps {
         check_len("embedding_fwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_fwd", "out", out.len, shape.tokens * shape.dim);
         self.ensure_dtype(out, Dtype::Bf16);
-        let a = embedding_args(tokens.ptr, self.input(table, Dtype::Bf16, 0), out.ptr, shape);
+        let a = launch::embedding_args(tokens.ptr, self.input(table, Dtype::Bf16, 0), out.ptr, shape);
         // SAFETY: sizes checked; token ids < vocab is the model's validated batch invariant.
         expect_ok("embedding_fwd", unsafe { launch::embedding_fwd(&*self.kernels, &a) });
     }
@@ -674,7 +635,7 @@ impl Ops for CudaOps {
         check_len("embedding_bwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_bwd", "dout", dout.len, shape.tokens * shape.dim);
         self.ensure_dtype(dtable, Dtype::F32);
-        let a = embedding_args(tokens.ptr, dtable.ptr, self.input(dout, Dtype::Bf16, 0), shape);
+        let a = launch::embedding_args(tokens.ptr, dtable.ptr, self.input(dout, Dtype::Bf16, 0), shape);
         // SAFETY: as in embedding_fwd, with an f32 table.
         expect_ok("embedding_bwd", unsafe { launch::embedding_bwd(&*self.kernels, &a) });
     }
@@ -765,9 +726,32 @@ fn check_attention(op: &str, s: &AttentionShape, q: &CudaBuf, k: &CudaBuf, v: &C
     check_len(op, "doc_ids", doc_ids.len, s.tokens());
 }
 
-/// (q token stride, k/v token stride, head stride) of contiguous `[tokens, heads, head_dim]`.
-fn attention_strides(s: &AttentionShape) -> (i64, i64, i64) {
-    ((s.heads * s.head_dim) as i64, (s.kv_heads * s.head_dim) as i64, s.head_dim as i64)
+/// Forward arguments over contiguous `[tokens, heads, head_dim]` q/k/v/o of shape `s`
+/// (`qkv`: the q, k and v addresses).
+fn attention_fwd_args(s: &AttentionShape, qkv: [u64; 3], o: u64, lse: u64, doc_ids: u64) -> KormoAttentionFwdArgs {
+    let (q_tok, kv_tok, hd) = ((s.heads * s.head_dim) as i64, (s.kv_heads * s.head_dim) as i64, s.head_dim as i64);
+    KormoAttentionFwdArgs {
+        q: qkv[0],
+        k: qkv[1],
+        v: qkv[2],
+        o,
+        lse,
+        doc_ids,
+        batch: s.batch as i64,
+        seq_len: s.seq as i64,
+        heads_q: s.heads as i64,
+        heads_kv: s.kv_heads as i64,
+        q_token_stride: q_tok,
+        q_head_stride: hd,
+        k_token_stride: kv_tok,
+        k_head_stride: hd,
+        v_token_stride: kv_tok,
+        v_head_stride: hd,
+        o_token_stride: q_tok,
+        o_head_stride: hd,
+        softmax_scale: 1.0 / (s.head_dim as f32).sqrt(),
+        head_dim: s.head_dim as i32,
+    }
 }
 
 /// SwiGLU over `len` contiguous elements, as one row.
@@ -782,19 +766,6 @@ fn swiglu_args(gate: u64, up: u64, out: u64, dgate: u64, dup: u64, len: usize) -
         cols: len as i64,
         in_row_stride: len as i64,
         out_row_stride: len as i64,
-    }
-}
-
-fn embedding_args(tokens: u64, table: u64, rows: u64, s: EmbeddingShape) -> KormoEmbeddingArgs {
-    KormoEmbeddingArgs {
-        tokens,
-        table,
-        rows,
-        num_tokens: s.tokens as i64,
-        vocab: s.vocab as i64,
-        dim: s.dim as i64,
-        table_row_stride: s.dim as i64,
-        rows_row_stride: s.dim as i64,
     }
 }
 

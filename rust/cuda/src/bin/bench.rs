@@ -17,6 +17,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 use kormo_cuda::bindings::*;
 use kormo_cuda::random::SplitMix64;
 use kormo_cuda::{bf16, launch, CudaError, Kernels};
+use kormo_model::EmbeddingShape;
 
 const HIDDEN: usize = 4096;
 const HEADS_Q: usize = 32;
@@ -50,6 +51,20 @@ impl Bench {
         let end = self.st.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
         end.synchronize()?;
         Ok(start.elapsed_ms(&end)? as f64 * 1e3 / self.iters as f64)
+    }
+
+    /// Times `f` and prints its row: bandwidth over `bytes` of ideal traffic.
+    fn timed_row_bytes(&self, kernel: &str, shape: &str, bytes: f64, f: impl FnMut() -> Result<(), CudaError>) -> Result<(), Box<dyn Error>> {
+        let us = self.time_us(f)?;
+        self.row_bytes(kernel, shape, us, bytes);
+        Ok(())
+    }
+
+    /// Times `f` and prints its row: throughput of `flops` useful operations.
+    fn timed_row_flops(&self, kernel: &str, shape: &str, flops: f64, f: impl FnMut() -> Result<(), CudaError>) -> Result<(), Box<dyn Error>> {
+        let us = self.time_us(f)?;
+        self.row_flops(kernel, shape, us, flops);
+        Ok(())
     }
 
     fn row_bytes(&self, kernel: &str, shape: &str, us: f64, bytes: f64) {
@@ -165,8 +180,7 @@ fn bench_rmsnorm(b: &Bench) -> Result<(), Box<dyn Error>> {
         _pad0: 0,
     };
     let shape = format!("{TOKENS} x {HIDDEN}, fused residual");
-    let us = b.time_us(|| unsafe { launch::rmsnorm_fwd(&b.k, &a) })?;
-    b.row_bytes("rmsnorm fwd", &shape, us, (4 * n * 2) as f64);
+    b.timed_row_bytes("rmsnorm fwd", &shape, (4 * n * 2) as f64, || unsafe { launch::rmsnorm_fwd(&b.k, &a) })?;
 
     let partial_rows = launch::RMSNORM_BWD_MAX_PARTIAL_ROWS;
     let (dh, partial, dw) = (b.bf16_buf(n, 1.0)?, b.f32_buf(partial_rows as usize * HIDDEN, 1.0)?, b.f32_buf(HIDDEN, 1.0)?);
@@ -185,16 +199,8 @@ fn bench_rmsnorm(b: &Bench) -> Result<(), Box<dyn Error>> {
         dh_row_stride: HIDDEN as i64,
         partial_rows,
     };
-    let r = KormoRmsNormDweightReduceArgs {
-        dweight_partial: bw.dweight_partial,
-        dweight: b.ptr(&dw),
-        partial_rows,
-        hidden: HIDDEN as i64,
-        accumulate: 1,
-        _pad0: 0,
-    };
-    let us = b.time_us(|| unsafe { launch::rmsnorm_bwd(&b.k, &bw, &r) })?;
-    b.row_bytes("rmsnorm bwd (+dweight reduce)", &shape, us, (4 * n * 2) as f64);
+    let r = launch::rmsnorm_dweight_reduce_args(&bw, b.ptr(&dw));
+    b.timed_row_bytes("rmsnorm bwd (+dweight reduce)", &shape, (4 * n * 2) as f64, || unsafe { launch::rmsnorm_bwd(&b.k, &bw, &r) })?;
     Ok(())
 }
 
@@ -213,11 +219,9 @@ fn bench_swiglu(b: &Bench) -> Result<(), Box<dyn Error>> {
         out_row_stride: FFN as i64,
     };
     let shape = format!("{TOKENS} x {FFN}");
-    let us = b.time_us(|| unsafe { launch::swiglu_fwd(&b.k, &a) })?;
-    b.row_bytes("swiglu fwd", &shape, us, (3 * n * 2) as f64);
+    b.timed_row_bytes("swiglu fwd", &shape, (3 * n * 2) as f64, || unsafe { launch::swiglu_fwd(&b.k, &a) })?;
     // The backward reads `out` as dout.
-    let us = b.time_us(|| unsafe { launch::swiglu_bwd(&b.k, &a) })?;
-    b.row_bytes("swiglu bwd", &shape, us, (5 * n * 2) as f64);
+    b.timed_row_bytes("swiglu bwd", &shape, (5 * n * 2) as f64, || unsafe { launch::swiglu_bwd(&b.k, &a) })?;
     Ok(())
 }
 
@@ -238,8 +242,7 @@ fn bench_rope(b: &Bench) -> Result<(), Box<dyn Error>> {
         theta: 500000.0,
         _pad0: 0,
     };
-    let us = b.time_us(|| unsafe { launch::rope_fwd(&b.k, &a) })?;
-    b.row_bytes("rope fwd (in place, q)", &format!("{TOKENS} x {HEADS_Q} x {HEAD_DIM}"), us, (2 * n * 2) as f64);
+    b.timed_row_bytes("rope fwd (in place, q)", &format!("{TOKENS} x {HEADS_Q} x {HEAD_DIM}"), (2 * n * 2) as f64, || unsafe { launch::rope_fwd(&b.k, &a) })?;
     Ok(())
 }
 
@@ -248,23 +251,12 @@ fn bench_embedding(b: &Bench) -> Result<(), Box<dyn Error>> {
     let tokens: Vec<u32> = (0..TOKENS).map(|_| rng.below(VOCAB as u64) as u32).collect();
     let (tok, table, out) = (b.upload(&tokens)?, b.bf16_buf(VOCAB * HIDDEN, 1.0)?, b.bf16_buf(TOKENS * HIDDEN, 1.0)?);
     let dtable = b.st.alloc_zeros::<f32>(VOCAB * HIDDEN)?;
-    let mut a = KormoEmbeddingArgs {
-        tokens: b.ptr(&tok),
-        table: b.ptr(&table),
-        rows: b.ptr(&out),
-        num_tokens: TOKENS as i64,
-        vocab: VOCAB as i64,
-        dim: HIDDEN as i64,
-        table_row_stride: HIDDEN as i64,
-        rows_row_stride: HIDDEN as i64,
-    };
+    let mut a = launch::embedding_args(b.ptr(&tok), b.ptr(&table), b.ptr(&out), EmbeddingShape { tokens: TOKENS, vocab: VOCAB, dim: HIDDEN });
     let shape = format!("{TOKENS} tokens x {HIDDEN}");
-    let us = b.time_us(|| unsafe { launch::embedding_fwd(&b.k, &a) })?;
-    b.row_bytes("embedding fwd", &shape, us, (2 * TOKENS * HIDDEN * 2) as f64);
+    b.timed_row_bytes("embedding fwd", &shape, (2 * TOKENS * HIDDEN * 2) as f64, || unsafe { launch::embedding_fwd(&b.k, &a) })?;
     a.table = b.ptr(&dtable);
-    let us = b.time_us(|| unsafe { launch::embedding_bwd(&b.k, &a) })?;
     // dout read (bf16) + f32 read-modify-write of the touched rows.
-    b.row_bytes("embedding bwd (f32 atomics)", &shape, us, (TOKENS * HIDDEN * (2 + 8)) as f64);
+    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, (TOKENS * HIDDEN * (2 + 8)) as f64, || unsafe { launch::embedding_bwd(&b.k, &a) })?;
     Ok(())
 }
 
@@ -290,8 +282,7 @@ fn bench_cross_entropy(b: &Bench) -> Result<(), Box<dyn Error>> {
         z_loss: 0.0,
         _pad0: 0,
     };
-    let us = b.time_us(|| unsafe { launch::cross_entropy(&b.k, &a) })?;
-    b.row_bytes("cross entropy + dlogits (in place)", &format!("{TOKENS} x {VOCAB}"), us, (2 * n * 2) as f64);
+    b.timed_row_bytes("cross entropy + dlogits (in place)", &format!("{TOKENS} x {VOCAB}"), (2 * n * 2) as f64, || unsafe { launch::cross_entropy(&b.k, &a) })?;
     Ok(())
 }
 
@@ -320,12 +311,10 @@ fn bench_adamw(b: &Bench) -> Result<(), Box<dyn Error>> {
         _pad0: 0,
     };
     let shape = format!("{n} params");
-    let us = b.time_us(|| unsafe { launch::adamw_step(&b.k, &a) })?;
     // read master, grad, m, v; write master, m, v (f32) and the bf16 weight.
-    b.row_bytes("adamw step", &shape, us, (n * (16 + 12 + 2)) as f64);
+    b.timed_row_bytes("adamw step", &shape, (n * (16 + 12 + 2)) as f64, || unsafe { launch::adamw_step(&b.k, &a) })?;
     let s = KormoGradSumsqArgs { grad: a.grad, sumsq: b.ptr(&sumsq), n: n as i64 };
-    let us = b.time_us(|| unsafe { launch::grad_sumsq(&b.k, &s) })?;
-    b.row_bytes("grad sum of squares", &shape, us, (n * 4) as f64);
+    b.timed_row_bytes("grad sum of squares", &shape, (n * 4) as f64, || unsafe { launch::grad_sumsq(&b.k, &s) })?;
     Ok(())
 }
 
@@ -367,37 +356,16 @@ fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Resul
         "b{batch} s{seq} h{HEADS_Q}/{HEADS_KV} d{HEAD_DIM} {}",
         if doc_mask { format!("docs of {DOC_LEN}") } else { "causal".to_string() }
     );
-    let us = b.time_us(|| unsafe { launch::attention_fwd(&b.k, &f) })?;
-    b.row_flops("attention fwd", &shape, us, fwd_flops);
-    let bw = KormoAttentionBwdArgs {
-        q: f.q,
-        k: f.k,
-        v: f.v,
-        o: f.o,
+    b.timed_row_flops("attention fwd", &shape, fwd_flops, || unsafe { launch::attention_fwd(&b.k, &f) })?;
+    let buffers = launch::AttentionBwdBuffers {
         dout: b.ptr(&dout),
-        lse: f.lse,
         delta: b.ptr(&delta),
         dq_accum: b.ptr(&dq_accum),
         dq: b.ptr(&dq),
         dk: b.ptr(&dk),
         dv: b.ptr(&dv),
-        doc_ids: f.doc_ids,
-        batch: f.batch,
-        seq_len: f.seq_len,
-        heads_q: f.heads_q,
-        heads_kv: f.heads_kv,
-        q_token_stride: f.q_token_stride,
-        q_head_stride: f.q_head_stride,
-        k_token_stride: f.k_token_stride,
-        k_head_stride: f.k_head_stride,
-        v_token_stride: f.v_token_stride,
-        v_head_stride: f.v_head_stride,
-        o_token_stride: f.o_token_stride,
-        o_head_stride: f.o_head_stride,
-        softmax_scale: f.softmax_scale,
-        head_dim: f.head_dim,
     };
-    let us = b.time_us(|| unsafe { launch::attention_bwd(&b.k, &bw) })?;
-    b.row_flops("attention bwd (prepare+main+finish)", &shape, us, 2.5 * fwd_flops);
+    let bw = launch::attention_bwd_args(&f, buffers);
+    b.timed_row_flops("attention bwd (prepare+main+finish)", &shape, 2.5 * fwd_flops, || unsafe { launch::attention_bwd(&b.k, &bw) })?;
     Ok(())
 }

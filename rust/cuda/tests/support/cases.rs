@@ -116,14 +116,7 @@ pub fn check_rmsnorm<B: Backend>(b: &B, cases: &[(u64, usize, usize, bool, i64)]
             dh_row_stride: stride as i64,
             partial_rows,
         };
-        let r = KormoRmsNormDweightReduceArgs {
-            dweight_partial: bwd_args.dweight_partial,
-            dweight: b.ptr(&d_dweight),
-            partial_rows,
-            hidden: hidden as i64,
-            accumulate: 1,
-            _pad0: 0,
-        };
+        let r = launch::rmsnorm_dweight_reduce_args(&bwd_args, b.ptr(&d_dweight));
         unsafe { launch::rmsnorm_bwd(b, &bwd_args, &r) }.expect("launch rmsnorm_bwd");
         // kormo_cpu accumulates into dx and dweight: start them at dresidual and the initial
         // dweight, which is what the kernel adds. inv_rms is recomputed from the bf16 h read.
@@ -306,34 +299,15 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
         let d_dq = b.upload(&vec![bf16::POISON; t * q_stride]);
         let d_dk = b.upload(&vec![bf16::POISON; t * kv_stride]);
         let d_dv = b.upload(&vec![bf16::POISON; t * kv_stride]);
-        let bwd = KormoAttentionBwdArgs {
-            q: fwd.q,
-            k: fwd.k,
-            v: fwd.v,
-            o: fwd.o,
+        let buffers = launch::AttentionBwdBuffers {
             dout: b.ptr(&d_do),
-            lse: fwd.lse,
             delta: b.ptr(&d_delta),
             dq_accum: b.ptr(&d_dq_accum),
             dq: b.ptr(&d_dq),
             dk: b.ptr(&d_dk),
             dv: b.ptr(&d_dv),
-            doc_ids: fwd.doc_ids,
-            batch: fwd.batch,
-            seq_len: fwd.seq_len,
-            heads_q: fwd.heads_q,
-            heads_kv: fwd.heads_kv,
-            q_token_stride: fwd.q_token_stride,
-            q_head_stride: fwd.q_head_stride,
-            k_token_stride: fwd.k_token_stride,
-            k_head_stride: fwd.k_head_stride,
-            v_token_stride: fwd.v_token_stride,
-            v_head_stride: fwd.v_head_stride,
-            o_token_stride: fwd.o_token_stride,
-            o_head_stride: fwd.o_head_stride,
-            softmax_scale: fwd.softmax_scale,
-            head_dim: fwd.head_dim,
         };
+        let bwd = launch::attention_bwd_args(&fwd, buffers);
         unsafe { launch::attention_bwd(b, &bwd) }.expect("launch attention bwd");
         // The reference backward starts from the exact forward (the kernel from its bf16 O).
         let (mut want_dq, mut want_dk, mut want_dv) = (vec![0.0; q_len], vec![0.0; kv_len], vec![0.0; kv_len]);
@@ -427,18 +401,9 @@ pub fn check_embedding<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize)
     // Few distinct tokens, so repeated rows exercise colliding atomics.
     let tokens: Vec<u32> = (0..n).map(|_| (rng.below(50) * (vocab as u64 / 50)) as u32).collect();
     let (d_table, d_tokens, d_out) = (upload_bf16(b, &table), b.upload(&tokens), poisoned_bf16(b, n * dim));
-    let mut a = KormoEmbeddingArgs {
-        tokens: b.ptr(&d_tokens),
-        table: b.ptr(&d_table),
-        rows: b.ptr(&d_out),
-        num_tokens: n as i64,
-        vocab: vocab as i64,
-        dim: dim as i64,
-        table_row_stride: dim as i64,
-        rows_row_stride: dim as i64,
-    };
-    unsafe { launch::embedding_fwd(b, &a) }.expect("launch embedding_fwd");
     let shape = EmbeddingShape { tokens: n, vocab, dim };
+    let mut a = launch::embedding_args(b.ptr(&d_tokens), b.ptr(&d_table), b.ptr(&d_out), shape);
+    unsafe { launch::embedding_fwd(b, &a) }.expect("launch embedding_fwd");
     let mut want = vec![0.0; n * dim];
     embedding::embedding_fwd(1, &to_f64(&table), &tokens, &mut want, shape);
     let got = download_bf16(b, &d_out);
