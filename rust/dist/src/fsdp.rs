@@ -34,6 +34,11 @@
 //! 4. global gradient norm: all-reduce of the shards' squared norms; clip;
 //! 5. AdamW on the shards only (elementwise, so sharding changes nothing numerically).
 //!
+//! Steps 1-4 are [`FsdpRank::forward_backward`], which returns the global loss and norm (the
+//! same on every rank); step 5 is [`FsdpRank::apply`], so a caller can skip the update on what
+//! it measured (the trainer's outlier guard) as the single-process loop does.
+//! [`FsdpRank::step`] is both, skipping only a non-finite norm.
+//!
 //! Strategies ([`Strategy`]):
 //! * `full_shard` — the schedule above for every micro-batch.
 //! * `shard_grad_op` — units are gathered on first use (with prefetch) and kept through all the
@@ -91,6 +96,15 @@ pub struct FsdpConfig {
     pub reduce_dtype: ReduceDtype,
     /// Global gradient-norm clipping threshold; 0 disables.
     pub grad_clip: f64,
+}
+
+/// What [`FsdpRank::forward_backward`] measured, identical on every rank.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gradients {
+    /// Loss summed over the global batch.
+    pub loss: LossSum,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
 }
 
 /// What one step did, identical on every rank.
@@ -435,6 +449,8 @@ pub struct FsdpRank<O: Ops> {
     shards: UnitShards,
     segments: Vec<Segment>,
     adamw: AdamW,
+    /// `forward_backward` left gradients in the shards that no update has used yet.
+    gradients_ready: bool,
 }
 
 impl<O: Ops> FsdpRank<O> {
@@ -538,6 +554,7 @@ impl<O: Ops> FsdpRank<O> {
             model,
             segments: segment_list,
             adamw,
+            gradients_ready: false,
         })
     }
 
@@ -628,8 +645,28 @@ impl<O: Ops> FsdpRank<O> {
     }
 
     /// One optimizer step over this rank's `micro_batches` (its rows of the global batch, see
-    /// [`crate::sampling`]) at learning rate `lr`. Collective.
+    /// [`crate::sampling`]) at learning rate `lr`: [`FsdpRank::forward_backward`], then
+    /// [`FsdpRank::apply`] unless the gradient norm is not finite. Collective.
     pub fn step(&mut self, micro_batches: &[Batch], lr: f64) -> Result<StepOutcome, DistError> {
+        let gradients = self.forward_backward(micro_batches)?;
+        let updated = gradients.grad_norm.is_finite();
+        if updated {
+            self.apply(lr)?;
+        }
+        Ok(StepOutcome {
+            loss: gradients.loss,
+            grad_norm: gradients.grad_norm,
+            updated,
+        })
+    }
+
+    /// Forward and backward over this rank's `micro_batches` (its rows of the global batch,
+    /// see [`crate::sampling`]), gradients reduced into this rank's shards and clipped to
+    /// `grad_clip` (steps 1-4 of the module docs). The loss and the norm are global, identical
+    /// on every rank, so every rank takes the same decision on them: [`FsdpRank::apply`] the
+    /// update, or not (a skipped update needs nothing else: the next call starts from zeroed
+    /// gradients). Collective.
+    pub fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
         let mut weight = [micro_batches
             .iter()
             .map(Batch::loss_weight_sum)
@@ -643,6 +680,7 @@ impl<O: Ops> FsdpRank<O> {
         self.shards.begin();
         self.shards.grads.iter_mut().for_each(|g| g.fill(0.0));
         self.model.zero_grads();
+        self.gradients_ready = false;
 
         let mut loss = LossSum::default();
         let keep_gathered = self.config.strategy == Strategy::ShardGradOp;
@@ -677,31 +715,40 @@ impl<O: Ops> FsdpRank<O> {
         ))];
         self.shards.shard_group.all_reduce_scalars(&mut squares)?;
         let grad_norm = squares[0].sqrt();
-        let updated = grad_norm.is_finite();
-        if updated {
-            let max = self.config.grad_clip;
-            if max > 0.0 && grad_norm > max {
-                // Same factor as kormo_optim::clip_grad_norm.
-                let scale = (max / (grad_norm + 1e-6)) as f32;
-                self.shards
-                    .grads
-                    .iter_mut()
-                    .for_each(|g| g.iter_mut().for_each(|x| *x *= scale));
-            }
-            let grads = segment_grads(&self.shards.grads, &self.segments);
-            let mut params = split_segments(&mut self.shards.params, &self.segments);
-            self.adamw.step(&mut params, &grads, lr)?;
+        let max = self.config.grad_clip;
+        if grad_norm.is_finite() && max > 0.0 && grad_norm > max {
+            // Same factor as kormo_optim::clip_grad_norm.
+            let scale = (max / (grad_norm + 1e-6)) as f32;
+            self.shards
+                .grads
+                .iter_mut()
+                .for_each(|g| g.iter_mut().for_each(|x| *x *= scale));
         }
         let mut sums = [loss.weighted_loss, loss.weight];
         self.world.all_reduce_scalars(&mut sums)?;
-        Ok(StepOutcome {
+        self.gradients_ready = true;
+        Ok(Gradients {
             loss: LossSum {
                 weighted_loss: sums[0],
                 weight: sums[1],
             },
             grad_norm,
-            updated,
         })
+    }
+
+    /// AdamW at learning rate `lr` on this rank's shards with the gradients of the last
+    /// [`FsdpRank::forward_backward`] (step 5 of the module docs; elementwise, no
+    /// communication). Once per `forward_backward`: a second call is an error.
+    pub fn apply(&mut self, lr: f64) -> Result<(), DistError> {
+        if !std::mem::take(&mut self.gradients_ready) {
+            return Err(DistError::Config(
+                "FsdpRank::apply without new gradients (call forward_backward first)".into(),
+            ));
+        }
+        let grads = segment_grads(&self.shards.grads, &self.segments);
+        let mut params = split_segments(&mut self.shards.params, &self.segments);
+        self.adamw.step(&mut params, &grads, lr)?;
+        Ok(())
     }
 
     /// Loss of `batch` (this rank's rows) summed over all ranks, gradients untouched: each
@@ -766,6 +813,7 @@ impl<O: Ops> FsdpRank<O> {
             }
         }
         self.shards.params = params;
+        self.gradients_ready = false;
         let names: Vec<(String, usize, usize, usize)> = self
             .segments
             .iter()

@@ -28,6 +28,7 @@ pub mod tcp;
 pub use comm::{Collectives, CommError, HostTransport, Op, SubGroup};
 pub use error::DistError;
 pub use fsdp::{
-    FsdpConfig, FsdpRank, ReduceDtype, Release, Residency, ScheduleEvent, StepOutcome, Strategy,
+    FsdpConfig, FsdpRank, Gradients, ReduceDtype, Release, Residency, ScheduleEvent, StepOutcome,
+    Strategy,
 };
 pub use local::LocalComm;

@@ -15,7 +15,7 @@
 mod common;
 
 use common::*;
-use kormo_dist::Strategy;
+use kormo_dist::{sampling, Strategy};
 
 const STEPS: usize = 20;
 const WEIGHT_TOL: f32 = 1e-5;
@@ -114,4 +114,40 @@ fn bad_hybrid_settings_are_rejected() {
     for message in results {
         assert!(message.unwrap().contains("hybrid_group_size = 2"));
     }
+}
+
+#[test]
+fn split_step_measures_on_every_rank_then_applies_or_skips() {
+    // Per rank: step 0's gradients measured and the update skipped, then steps 0..3 measured
+    // and applied. The skipped pass must leave nothing behind (bitwise the plain `step` run),
+    // and every rank must see the same loss and norm (they decide on them alike).
+    const STEPS: usize = 3;
+    let config = fsdp_config(Strategy::FullShard, None);
+    let reference = fsdp_run(2, &config, STEPS, 3);
+    let results = kormo_dist::LocalComm::run(2, TIMEOUT, |comm| {
+        let mut rank = fsdp_rank(comm, &config);
+        let me = rank.world().rank();
+        let micro = |step| {
+            let mine = sampling::rank_rows(&global_batch(step), me, 2).unwrap();
+            sampling::micro_batches(&mine, 3).unwrap()
+        };
+        let before = rank.shards().to_vec();
+        let skipped = rank.forward_backward(&micro(0)).unwrap();
+        assert_eq!(rank.shards(), before, "no update without apply");
+        let mut measured = vec![skipped];
+        for step in 0..STEPS {
+            measured.push(rank.forward_backward(&micro(step)).unwrap());
+            rank.apply(LR).unwrap();
+        }
+        let again = rank.apply(LR).unwrap_err().to_string();
+        assert!(again.contains("without new gradients"), "{again}");
+        (measured, full_params(&rank))
+    });
+    let (measured, params) = &results[0];
+    assert_eq!(results[1].0, *measured, "every rank measures the same");
+    assert_eq!(measured[0], measured[1], "a skipped update changes nothing");
+    let losses: Vec<f64> = measured[1..].iter().map(|m| m.loss.mean()).collect();
+    let norms: Vec<f64> = measured[1..].iter().map(|m| m.grad_norm).collect();
+    assert_eq!((losses, norms), (reference.losses, reference.norms));
+    assert_eq!(*params, reference.params);
 }

@@ -13,18 +13,24 @@
 //! rank 0), so any world size can resume them and the next stage can start from them. Rank 0
 //! logs; the stop decision (a preemption signal) is agreed on by all ranks each step.
 //!
-//! Held-out evaluation runs here too (FsdpRank::evaluate over each rank's rows). Not in this
-//! path yet (a line at the start says so): the outlier guard (FsdpRank applies the update
-//! itself) and NaN restores: a non-finite gradient norm makes FsdpRank skip the update on every
-//! rank, which is logged, and more than `stability.nonfinite_retries` of them stop the run. The
-//! fault-injection seams are not wired here either.
+//! Held-out evaluation runs here too (FsdpRank::evaluate over each rank's rows). Each step is
+//! split like the single-process one: `FsdpRank::forward_backward` gives the global loss and
+//! gradient norm, the same on every rank, and every rank runs the same outlier guard (guard.rs)
+//! on them, so all skip or `apply` the same updates, as world size 1 does; the guard's history
+//! is checkpointed the same way. The loss-override fault seam is applied on every rank. Not in
+//! this path (a line at the start says so): NaN restores. A non-finite loss or norm skips the
+//! update on every rank instead, which is logged, and more than `stability.nonfinite_retries` of
+//! them stop the run. The disk-budget fault seam is not wired here.
 
+use crate::guard::OutlierGuard;
 use crate::metrics::{EventRecord, MetricsFile};
-use crate::progress::{checkpoint_target, is_eval_step, log_event, preempted_record, Progress};
+use crate::progress::{
+    checkpoint_target, is_eval_step, log_event, log_outlier_skip, preempted_record, Progress,
+};
 use crate::recipe::{Recipe, StageConfig};
 use crate::trainer::{
-    adamw_config, eval_record, held_out_rows, lr_schedule, run_state, say, to_batch, Backend,
-    PhaseData, RunOptions, StageReport, Start, TrainError, OPTIMIZER_FILE,
+    adamw_config, eval_record, held_out_rows, lr_schedule, run_state, say, to_batch, trainer_state,
+    Backend, PhaseData, RunOptions, StageReport, Start, TrainError, OPTIMIZER_FILE,
 };
 use kormo_checkpoint::Checkpoint;
 use kormo_dist::{sampling, sharded_checkpoint, Collectives, FsdpConfig, FsdpRank, HostTransport};
@@ -112,9 +118,7 @@ pub(crate) fn run_phases(
             recipe.origin, recipe.file.eval.rows
         )));
     }
-    if recipe.file.stability.outlier_threshold > 0.0 {
-        say(out, "distributed: the outlier guard and NaN restores run only at --world-size 1; a non-finite gradient norm skips the update on every rank");
-    }
+    say(out, "distributed: NaN restores run only at --world-size 1; a non-finite loss or gradient norm skips the update on every rank");
     let mut comms = kormo_dist::LocalComm::group(world_size, COLLECTIVE_TIMEOUT).into_iter();
     let mut data = data.into_iter();
     let rank0_comm = comms.next().expect("world size >= 1");
@@ -186,6 +190,9 @@ fn run_rank(
     let mut full: Vec<Vec<f32>> = params.to_vec();
     let mut progress = Progress::new(&opts.stage, stage, phase_steps, start);
     let mut nonfinite_skips = 0u32;
+    let stability = &recipe.file.stability;
+    // Every rank applies the same faults, so all see the same (overridden) loss.
+    let mut loss_overrides = opts.faults.loss_override.clone();
 
     for (phase_index, phase) in stage.phases.iter().enumerate().skip(start.phase_index) {
         let total = phase_steps[phase_index];
@@ -211,9 +218,11 @@ fn run_rank(
         model.set_activation_checkpointing(stage.activation_checkpointing);
         let mut fsdp_rank = FsdpRank::new(world.clone(), model, adamw_config(recipe), fsdp.clone())
             .map_err(dist_error)?;
+        let mut guard = OutlierGuard::new(stability);
         if phase_index == start.phase_index {
             if let Some(checkpoint) = &start.resumed {
                 restore_sharded(checkpoint, &mut fsdp_rank, &mut loader)?;
+                guard.restore(&trainer_state(checkpoint)?.guard);
             }
         }
         let (peak_lr, schedule) = recipe.phase_schedule(phase);
@@ -233,9 +242,23 @@ fn run_rank(
             let global = to_batch(loader.next_rows(global_rows)?);
             let mine = sampling::rank_rows(&global, rank, world_size).map_err(dist_error)?;
             let micro = sampling::micro_batches(&mine, micro_rows).map_err(dist_error)?;
-            let outcome = fsdp_rank.step(&micro, lr).map_err(dist_error)?;
+            let measured = fsdp_rank.forward_backward(&micro).map_err(dist_error)?;
             progress.advance(phase);
             let step = progress.step;
+            let (mut loss, grad_norm) = (measured.loss, measured.grad_norm);
+            if let Some(value) = loss_overrides.remove(&step) {
+                // Fault injection (tests): this step measured `value` as its mean loss.
+                loss.weighted_loss = value * loss.weight;
+            }
+            let finite = loss.mean().is_finite() && grad_norm.is_finite();
+            // The same loss and norm on every rank, so the same decision everywhere.
+            let spike = finite
+                .then(|| guard.observe(loss.mean(), grad_norm))
+                .flatten();
+            let updated = finite && spike.is_none();
+            if updated {
+                fsdp_rank.apply(lr).map_err(dist_error)?;
+            }
             let done = phase_step + 1;
             let stage_done = phase_index + 1 == stage.phases.len() && done == total;
             // All ranks stop at the same step: rank 0's view of the signal decides.
@@ -247,35 +270,44 @@ fn run_rank(
             let stopping =
                 (opts.stop_after == Some(progress.steps_this_run) || preempted) && !stage_done;
 
-            if !outcome.updated {
+            if !finite {
                 // The weights are still those of the last good step; a run that keeps failing
                 // stops, bounded like the restores at world size 1.
                 nonfinite_skips += 1;
-                let retries = recipe.file.stability.nonfinite_retries;
+                let retries = stability.nonfinite_retries;
                 if nonfinite_skips > retries {
                     return Err(TrainError(format!(
                         "phase {}: loss {} / grad norm {} is not finite at step {step}, the {} time in this run \
                          (stability.nonfinite_retries = {retries}); lower the learning rate or check the data",
-                        phase.name, outcome.loss.mean(), outcome.grad_norm, ordinal(nonfinite_skips)
+                        phase.name, loss.mean(), grad_norm, ordinal(nonfinite_skips)
                     )));
                 }
             }
             if let Some(metrics) = metrics.as_deref_mut() {
-                if !outcome.updated {
+                if !finite {
                     let record = EventRecord::new(&opts.stage, &phase.name, step, "nonfinite_skip", format!(
-                        "loss {} / grad norm {} is not finite at step {step}; the update was skipped on every rank ({nonfinite_skips} of at most {})",
-                        outcome.loss.mean(), outcome.grad_norm, recipe.file.stability.nonfinite_retries
+                        "loss {} / grad norm {grad_norm} is not finite at step {step}; the update was skipped on every rank ({nonfinite_skips} of at most {})",
+                        loss.mean(), stability.nonfinite_retries
                     ));
                     log_event(out, metrics, &record)?;
                 }
-                if Progress::is_log_step(done, total, opts.log_every) {
+                if let Some(spike) = &spike {
+                    log_outlier_skip(
+                        out,
+                        metrics,
+                        (&opts.stage, &phase.name, step),
+                        spike,
+                        stability.outlier_threshold,
+                    )?;
+                }
+                if Progress::is_log_step(done, total, opts.log_every) || spike.is_some() {
                     let entry = progress.step_metrics(
                         phase_index,
                         done,
-                        outcome.loss.mean(),
+                        loss.mean(),
                         lr,
-                        outcome.grad_norm,
-                        !outcome.updated,
+                        grad_norm,
+                        !updated,
                     );
                     say(out, entry.progress_line());
                     metrics.append(&entry)?;
@@ -303,7 +335,7 @@ fn run_rank(
                 checkpoints_dir,
             );
             if let Some(target) = target {
-                let state = progress.trainer_state(seed, phase_index, done, Default::default());
+                let state = progress.trainer_state(seed, phase_index, done, guard.state());
                 let run = run_state(
                     recipe,
                     &opts.stage,

@@ -3,7 +3,7 @@
 //! steps with the same words: the stage's step/token/time counters and the metrics line and
 //! trainer state derived from them, when evaluation and checkpoints happen, and event lines.
 
-use crate::guard::GuardState;
+use crate::guard::{GuardState, Spike};
 use crate::metrics::{EventRecord, MetricsFile, StepMetrics};
 use crate::recipe::{PhaseConfig, Recipe, StageConfig};
 use crate::trainer::{say, Start, TrainError, TrainerState};
@@ -159,6 +159,32 @@ pub(crate) fn preempted_record(
         "{signal} received; checkpoint {} written at the end of step {step} (continue with --resume)",
         checkpoint.display()
     ))
+}
+
+/// Logs the outlier guard's skip of step `step`'s update (the same words at any world size).
+pub(crate) fn log_outlier_skip(
+    out: &mut dyn Write,
+    metrics: &mut MetricsFile,
+    (stage, phase, step): (&str, &str, u64),
+    spike: &Spike,
+    threshold: f64,
+) -> Result<(), TrainError> {
+    let record = EventRecord::new(
+        stage,
+        phase,
+        step,
+        "outlier_skip",
+        format!(
+            "{} {:.4} is {:.1} standard deviations above the mean {:.4} of the last {} steps \
+         (stability.outlier_threshold = {threshold}); update skipped",
+            spike.metric, spike.value, spike.z, spike.mean, spike.history,
+        ),
+    );
+    say(
+        out,
+        format!("event outlier_skip: step {step}: {}", record.message),
+    );
+    Ok(metrics.append(&record)?)
 }
 
 /// Prints an event and appends it to the metrics file.

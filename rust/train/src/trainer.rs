@@ -12,7 +12,9 @@ use crate::backend::{BackendChoice, MemoryEstimate, Optimizer, Selected, TrainBa
 use crate::guard::{GuardState, OutlierGuard};
 use crate::lock::RunLock;
 use crate::metrics::{human_count, EvalRecord, EventRecord, MetricsFile, StepMetrics};
-use crate::progress::{checkpoint_target, is_eval_step, log_event, preempted_record, Progress};
+use crate::progress::{
+    checkpoint_target, is_eval_step, log_event, log_outlier_skip, preempted_record, Progress,
+};
 use crate::recipe::{PhaseConfig, Recipe, ScheduleConfig, ScheduleKind, StageConfig};
 use kormo_checkpoint::{Checkpoint, DiskBudget, RunState, Tensor};
 use kormo_cpu::CpuOps;
@@ -132,7 +134,7 @@ pub(crate) struct TrainerState {
     pub guard: GuardState,
 }
 
-fn trainer_state(checkpoint: &Checkpoint) -> Result<TrainerState, TrainError> {
+pub(crate) fn trainer_state(checkpoint: &Checkpoint) -> Result<TrainerState, TrainError> {
     serde_json::from_value(checkpoint.manifest.run.trainer.clone()).map_err(|e| {
         TrainError(format!(
             "{}: bad trainer state: {e}",
@@ -494,19 +496,13 @@ fn run_stage_on<O: TrainBackend>(
             }
             let spike = guard.observe(loss.mean(), grad_norm);
             match &spike {
-                Some(spike) => {
-                    let record = event(step, "outlier_skip", format!(
-                        "{} {:.4} is {:.1} standard deviations above the mean {:.4} of the last {} steps \
-                         (stability.outlier_threshold = {}); update skipped",
-                        spike.metric, spike.value, spike.z, spike.mean,
-                        spike.history, stability.outlier_threshold,
-                    ));
-                    say(
-                        out,
-                        format!("event outlier_skip: step {step}: {}", record.message),
-                    );
-                    metrics.append(&record)?;
-                }
+                Some(spike) => log_outlier_skip(
+                    out,
+                    &mut metrics,
+                    (&opts.stage, &phase.name, step),
+                    spike,
+                    stability.outlier_threshold,
+                )?,
                 None => adamw.apply(&mut model, lr)?,
             }
             phase_step += 1;

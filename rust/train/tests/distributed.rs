@@ -279,3 +279,67 @@ fn non_finite_steps_are_skipped_on_every_rank_and_bounded() {
         "{text}"
     );
 }
+
+#[test]
+fn outlier_guard_skips_the_same_step_at_two_ranks_as_at_one() {
+    // As in tests/faults.rs: the guard armed after 4 steps, step 8 reporting a loss spike.
+    let mut recipe = small_recipe();
+    recipe.file.stability.outlier_window = 8;
+    recipe.file.stability.outlier_warmup = 4;
+    let spiky = |opts: &mut RunOptions| {
+        opts.max_steps = Some(10);
+        opts.faults.loss_override.insert(8, 50.0);
+    };
+    let (one, one_dir) = run(&recipe, "pretrain1", "dist-guard-one", 1, spiky);
+    let (two, two_dir) = run(&recipe, "pretrain1", "dist-guard-two", 2, spiky);
+    let (_, clean_dir) = run(&recipe, "pretrain1", "dist-guard-clean", 2, |opts| {
+        opts.max_steps = Some(10)
+    });
+    let events = |dir: &Path| -> Vec<(String, u64, String)> {
+        read_records::<kormo_train::metrics::EventRecord>(
+            &dir.join("pretrain1/metrics.jsonl"),
+            "event",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event, e.step, e.message))
+        .collect()
+    };
+    let skipped = |logged: &[StepMetrics]| -> Vec<u64> {
+        logged
+            .iter()
+            .filter(|m| m.skipped)
+            .map(|m| m.step)
+            .collect()
+    };
+    assert!(events(&clean_dir).is_empty(), "no spike in a normal run");
+    let (events_one, events_two) = (events(&one_dir), events(&two_dir));
+    assert_eq!(events_two.len(), 1, "{events_two:?}");
+    assert_eq!(
+        (events_two[0].0.as_str(), events_two[0].1),
+        ("outlier_skip", 8)
+    );
+    assert!(
+        events_two[0].2.starts_with("loss 50.0000 is")
+            && events_two[0].2.contains("stability.outlier_threshold = 5"),
+        "{events_two:?}"
+    );
+    assert_eq!(
+        events_one.iter().map(|e| (&e.0, e.1)).collect::<Vec<_>>(),
+        events_two.iter().map(|e| (&e.0, e.1)).collect::<Vec<_>>()
+    );
+    assert_eq!(skipped(&two.logged), [8]);
+    assert_eq!(skipped(&one.logged), [8]);
+    // The same steps, losses and final weights as world size 1, where step 8 was skipped too.
+    assert_close(
+        "guard",
+        &two.logged,
+        &one.logged,
+        &two_dir,
+        &one_dir,
+        "pretrain1",
+    );
+    // And the skip mattered: the run differs from the clean one after step 8.
+    let clean = weights(&clean_dir.join("pretrain1/final"));
+    assert_ne!(weights(&two_dir.join("pretrain1/final")), clean);
+}
