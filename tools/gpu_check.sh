@@ -79,7 +79,7 @@ for line in sys.stdin:
 }
 
 # The whole run must end within the device tool's per-call limit (run(timeout_s=600)).
-BUDGET_S=570
+BUDGET_S="${KORMO_GPU_BUDGET_S:-570}"
 
 # Runs "$@" with a timeout (cut to what is left of BUDGET_S), appending stdout+stderr to a log;
 # prints the exit status (124 on timeout, or when no time was left to start it).
@@ -129,6 +129,24 @@ find_nccl_dir() {
     done
 }
 
+# Starts "$@" in the background under run_logged; its exit status lands in $logs/NAME.rc.
+start_logged() {
+    local name="$1" seconds="$2"
+    shift 2
+    (run_logged "$seconds" "$logs/$name.log" "$@" >"$logs/$name.rc") &
+}
+
+# The exit status a start_logged step left (124 when it never wrote one).
+status_of() {
+    cat "$logs/$1.rc" 2>/dev/null || echo 124
+}
+
+# Whether step $1 is selected (KORMO_GPU_STEPS, space-separated; all steps when unset).
+wanted() {
+    [[ -z "${KORMO_GPU_STEPS:-}" ]] && return 0
+    [[ " $KORMO_GPU_STEPS " == *" $1 "* ]]
+}
+
 run_checks() {
     local out_dir="${1:-bench/results}"
     [[ -x "$CARRY/gpu-tests" && -x "$CARRY/nccl-test" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" && -d "$CARRY/hf" ]] || {
@@ -136,7 +154,7 @@ run_checks() {
         exit 1
     }
     mkdir -p "$out_dir"
-    local gpu_name driver slug date_tag report logs
+    local gpu_name driver slug date_tag report
     gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
     driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)"
     slug="$(tr -c 'A-Za-z0-9\n' '-' <<<"${gpu_name:-unknown}" | tr -s '-' | sed 's/-$//')"
@@ -158,140 +176,163 @@ run_checks() {
         echo "- device: ${gpu_name:-unknown (nvidia-smi failed)}"
         echo "- driver: ${driver:-unknown}"
         echo "- commit: $(tr '\n' ' ' <"$CARRY/COMMIT")"
-        echo "- command: tools/gpu_check.sh run $out_dir"
+        echo "- command: ${KORMO_GPU_STEPS:+KORMO_GPU_STEPS=\"$KORMO_GPU_STEPS\" }tools/gpu_check.sh run $out_dir (budget ${BUDGET_S} s)"
         echo "- glibc: $(ldd --version 2>/dev/null | head -1)"
         echo "- cuBLASLt (CudaOps GEMMs): ${cublaslt_dir:-NOT FOUND: the cuda_ops_* tests will fail}"
         echo "- NCCL: ${nccl_dir:-NOT FOUND: the NCCL world-size-1 check will fail}"
         echo
-        echo "## GPU tests (tests/gpu.rs, one process per test; cuda_ops_* = the model on CudaOps vs CpuOps)"
-        echo
-        echo "| test | result | max relative L2 error | seconds |"
-        echo "| --- | --- | --- | --- |"
     } >"$report"
 
-    local tests t status start secs maxerr result
+    # Phase 1, correctness, all at once (timings mean nothing here): every GPU test in its own
+    # process, NCCL at world size 1, and the transformers comparison (CPU).
+    local tests t flavor
     tests="$("$CARRY/gpu-tests" --list 2>/dev/null | sed -n 's/: test$//p')"
-    for t in $tests; do
-        start=$SECONDS
-        status=$(run_logged 60 "$logs/test-$t.log" "$CARRY/gpu-tests" --exact "$t" --nocapture --test-threads=1)
-        secs=$((SECONDS - start))
-        maxerr="$(grep -o 'relative L2 error [0-9.e+-]*' "$logs/test-$t.log" | awk '{print $4}' | sort -g | tail -1)"
-        case "$status" in
-            0) grep -q "skipped: no CUDA device" "$logs/test-$t.log" && result="SKIPPED (no device)" || result="pass" ;;
-            124) result="TIMEOUT" ;;
-            *) result="FAIL (exit $status)" ;;
-        esac
-        echo "| $t | $result | ${maxerr:--} | $secs |" >>"$report"
-    done
-    {
-        echo
-        echo "Failure messages (if any):"
-        echo '```'
-        grep -h -A3 "panicked at" "$logs"/test-*.log | head -60
-        echo '```'
-        echo
-    } >>"$report"
-
-    {
-        echo "## Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)"
-        echo
-    } >>"$report"
-    status=$(run_logged 150 "$logs/model-step.log" "$CARRY/model-step")
-    cat "$logs/model-step.log" >>"$report"
-    [[ "$status" == 0 ]] || echo "(model-step exit status $status)" >>"$report"
-
-    {
-        echo
-        echo "## Trainer benchmark (train --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark)"
-        echo
-        echo '```'
-    } >>"$report"
-    # The recipe's real shape (micro-batch 4 x seq 4096, grad accum 128), the trainer's own
-    # model/optimizer calls; the JSON result lands beside the logs.
-    status=$(run_logged 150 "$logs/train-benchmark.log" "$CARRY/train" --config=proxy-1b --stage=pretrain1 \
-        --backend=cuda --benchmark --benchmark-warmup=1 --benchmark-steps=3 \
-        --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run")
-    cat "$logs/train-benchmark.log" >>"$report"
-    echo '```' >>"$report"
-    [[ "$status" == 0 ]] || echo "(train --benchmark exit status $status)" >>"$report"
-
-    {
-        echo
-        echo "## NCCL at world size 1 (rust/dist/tests/nccl_device.rs: every collective vs the CPU communicator)"
-        echo
-        echo '```'
-    } >>"$report"
-    status=$(run_logged 60 "$logs/nccl.log" "$CARRY/nccl-test" --nocapture --test-threads=1)
-    grep -E "^test |test result|skipped|panicked" "$logs/nccl.log" >>"$report"
-    echo '```' >>"$report"
-    [[ "$status" == 0 ]] || echo "(nccl-test exit status $status)" >>"$report"
-
-    {
-        echo
-        echo "## Hugging Face export vs transformers (tools/hf_transformers_check.py, tiny model, f32)"
-        echo
-        echo '```'
-    } >>"$report"
-    local flavor
-    for flavor in llama kormo; do
-        status=$(run_logged 90 "$logs/transformers-$flavor.log" python3 tools/hf_transformers_check.py \
-            "$CARRY/hf/$flavor" "$CARRY/hf/$flavor-logits.json")
-        cat "$logs/transformers-$flavor.log" >>"$report"
-        [[ "$status" == 0 ]] || echo "($flavor: exit status $status)" >>"$report"
-    done
-    echo '```' >>"$report"
-
-    {
-        echo
-        echo "## PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)"
-        echo
-    } >>"$report"
-    status=$(run_logged 150 "$logs/torch-model.log" python3 bench/torch_model_reference.py --steps 3 --warmup 1)
-    grep "^|\|^device" "$logs/torch-model.log" >>"$report"
-    [[ "$status" == 0 ]] || { echo "(torch model script exit status $status; tail of its log:)"; tail -5 "$logs/torch-model.log"; } >>"$report"
-
-    {
-        echo
-        echo "## compute-sanitizer"
-        echo
-    } >>"$report"
-
-    local sanitizer tool
-    sanitizer="$(find_sanitizer)"
-    if [[ -z "$sanitizer" ]]; then
-        echo "compute-sanitizer not found on this machine: memcheck/racecheck NOT run." >>"$report"
-    else
-        echo "| tool | exit | errors reported |" >>"$report"
-        echo "| --- | --- | --- |" >>"$report"
-        for tool in memcheck racecheck; do
-            status=$(run_logged 100 "$logs/sanitizer-$tool.log" "$sanitizer" --tool "$tool" --error-exitcode 99 \
-                "$CARRY/gpu-tests" --test-threads=1 --skip cuda_ops_loss_curve)
-            local summary
-            summary="$(grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$logs/sanitizer-$tool.log" | sort | uniq -c | tr '\n' ';')"
-            [[ "$status" == 124 ]] && summary="TIMEOUT after 100 s (partial: $summary)"
-            echo "| $tool | $status | ${summary:-none printed} |" >>"$report"
+    if wanted tests; then
+        for t in $tests; do
+            start_logged "test-$t" 120 "$CARRY/gpu-tests" --exact "$t" --nocapture --test-threads=1
         done
     fi
+    wanted nccl && start_logged nccl 90 "$CARRY/nccl-test" --nocapture --test-threads=1
+    if wanted transformers; then
+        for flavor in llama kormo; do
+            start_logged "transformers-$flavor" 120 python3 tools/hf_transformers_check.py \
+                "$CARRY/hf/$flavor" "$CARRY/hf/$flavor-logits.json"
+        done
+    fi
+    wait
 
-    {
-        echo
-        echo "## Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)"
-        echo
-    } >>"$report"
-    status=$(run_logged 150 "$logs/bench.log" "$CARRY/bench")
-    cat "$logs/bench.log" >>"$report"
-    [[ "$status" == 0 ]] || echo "(bench exit status $status)" >>"$report"
+    local status result maxerr
+    if wanted tests; then
+        {
+            echo "## GPU tests (tests/gpu.rs, one process per test, run concurrently; cuda_ops_* = the model on CudaOps vs CpuOps)"
+            echo
+            echo "| test | result | max relative L2 error |"
+            echo "| --- | --- | --- |"
+        } >>"$report"
+        for t in $tests; do
+            status="$(status_of "test-$t")"
+            maxerr="$(grep -o 'relative L2 error [0-9.e+-]*' "$logs/test-$t.log" | awk '{print $4}' | sort -g | tail -1)"
+            case "$status" in
+                0) grep -q "skipped: no CUDA device" "$logs/test-$t.log" && result="SKIPPED (no device)" || result="pass" ;;
+                124) result="TIMEOUT" ;;
+                *) result="FAIL (exit $status)" ;;
+            esac
+            echo "| $t | $result | ${maxerr:--} |" >>"$report"
+        done
+        {
+            echo
+            echo "Failure messages (if any):"
+            echo '```'
+            grep -h -B2 -A6 "panicked at" "$logs"/test-*.log | head -120
+            echo '```'
+            echo
+        } >>"$report"
+    fi
+    if wanted nccl; then
+        {
+            echo "## NCCL at world size 1 (rust/dist/tests/nccl_device.rs: every collective vs the CPU communicator)"
+            echo
+            echo '```'
+            grep -E "^test |test result|skipped|panicked|Error|error" "$logs/nccl.log" | head -40
+            echo '```'
+            status="$(status_of nccl)"
+            [[ "$status" == 0 ]] || echo "(nccl-test exit status $status)"
+            echo
+        } >>"$report"
+    fi
+    if wanted transformers; then
+        {
+            echo "## Hugging Face export vs transformers (tools/hf_transformers_check.py, tiny model, f32)"
+            echo
+            echo '```'
+            for flavor in llama kormo; do
+                cat "$logs/transformers-$flavor.log"
+                status="$(status_of "transformers-$flavor")"
+                [[ "$status" == 0 ]] || echo "($flavor: exit status $status)"
+            done
+            echo '```'
+            echo
+        } >>"$report"
+    fi
 
-    {
-        echo
-        echo "## PyTorch reference timings (bench/torch_reference.py --quick)"
-        echo
-    } >>"$report"
-    status=$(run_logged 150 "$logs/torch.log" python3 bench/torch_reference.py --quick)
-    grep -v "^\s*$" "$logs/torch.log" | grep "^|\|^device\|total" >>"$report"
-    [[ "$status" == 0 ]] || { echo "(torch script exit status $status; tail of its log:)"; tail -5 "$logs/torch.log"; } >>"$report"
+    # Phase 2, timings, one at a time on an otherwise idle device.
+    if wanted model-step; then
+        echo "## Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)" >>"$report"
+        echo >>"$report"
+        status=$(run_logged 120 "$logs/model-step.log" "$CARRY/model-step")
+        cat "$logs/model-step.log" >>"$report"
+        [[ "$status" == 0 ]] || echo "(model-step exit status $status)" >>"$report"
+        echo >>"$report"
+    fi
+    if wanted train-benchmark; then
+        {
+            echo "## Trainer benchmark (train --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark)"
+            echo
+            echo '```'
+        } >>"$report"
+        # The recipe's real shape (micro-batch 4 x seq 4096), the trainer's own model/optimizer
+        # calls; the JSON result lands beside the logs.
+        status=$(run_logged 120 "$logs/train-benchmark.log" "$CARRY/train" --config=proxy-1b --stage=pretrain1 \
+            --backend=cuda --benchmark --benchmark-warmup=1 --benchmark-steps=3 \
+            --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run")
+        cat "$logs/train-benchmark.log" >>"$report"
+        echo '```' >>"$report"
+        [[ "$status" == 0 ]] || echo "(train --benchmark exit status $status)" >>"$report"
+        echo >>"$report"
+    fi
+    if wanted torch-model; then
+        echo "## PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)" >>"$report"
+        echo >>"$report"
+        status=$(run_logged 150 "$logs/torch-model.log" python3 bench/torch_model_reference.py --steps 3 --warmup 1)
+        grep "^|\|^device" "$logs/torch-model.log" >>"$report"
+        [[ "$status" == 0 ]] || { echo "(torch model script exit status $status; tail of its log:)"; tail -5 "$logs/torch-model.log"; } >>"$report"
+        echo >>"$report"
+    fi
+    if wanted bench; then
+        echo "## Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)" >>"$report"
+        echo >>"$report"
+        status=$(run_logged 120 "$logs/bench.log" "$CARRY/bench")
+        cat "$logs/bench.log" >>"$report"
+        [[ "$status" == 0 ]] || echo "(bench exit status $status)" >>"$report"
+        echo >>"$report"
+    fi
+    if wanted torch; then
+        echo "## PyTorch reference timings (bench/torch_reference.py --quick)" >>"$report"
+        echo >>"$report"
+        status=$(run_logged 120 "$logs/torch.log" python3 bench/torch_reference.py --quick)
+        grep -v "^\s*$" "$logs/torch.log" | grep "^|\|^device\|total" >>"$report"
+        [[ "$status" == 0 ]] || { echo "(torch script exit status $status; tail of its log:)"; tail -5 "$logs/torch.log"; } >>"$report"
+        echo >>"$report"
+    fi
 
-    echo "report: $report"
+    # Phase 3, compute-sanitizer: memcheck and racecheck side by side with what time is left.
+    if wanted sanitizer; then
+        echo "## compute-sanitizer" >>"$report"
+        echo >>"$report"
+        local sanitizer tool summary
+        sanitizer="$(find_sanitizer)"
+        if [[ -z "$sanitizer" ]]; then
+            echo "compute-sanitizer not found on this machine: memcheck/racecheck NOT run." >>"$report"
+        else
+            for tool in memcheck racecheck; do
+                start_logged "sanitizer-$tool" 300 "$sanitizer" --tool "$tool" --error-exitcode 99 \
+                    "$CARRY/gpu-tests" --test-threads=1 --skip cuda_ops_loss_curve
+            done
+            wait
+            echo "| tool | exit | errors reported |" >>"$report"
+            echo "| --- | --- | --- |" >>"$report"
+            for tool in memcheck racecheck; do
+                status="$(status_of "sanitizer-$tool")"
+                summary="$(grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|^test .* \.\.\. \|test result" "$logs/sanitizer-$tool.log" | sort | uniq -c | tr '\n' ';')"
+                [[ "$status" == 124 ]] && summary="TIMEOUT (partial: $summary)"
+                echo "| $tool | $status | ${summary:-none printed} |" >>"$report"
+            done
+        fi
+    fi
+
+    # The device tool returns at most 8 files: the logs travel as one archive.
+    tar -czf "$logs.tar.gz" -C "$(dirname "$logs")" "$(basename "$logs")" && rm -rf "$logs"
+    echo "report: $report (logs: $logs.tar.gz)"
     cat "$report"
 }
 
