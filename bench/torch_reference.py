@@ -129,10 +129,33 @@ def main():
         attempt("adamw step (fp32 params)", variant, f"{nparam} params", opt.step, iters, nbytes=nparam * 28)
     del p, opt
 
+    gemm_rows(iters)
+
     for batch, seq in ((2, 4096), (1, 32768)):
         if args.quick and seq > 4096:
             continue
         attention_rows(batch, seq, iters)
+
+
+def gemm_rows(iters):
+    """The GEMMs of one KORMo-10.8B decoder layer's linears, forward and both backward products,
+    as bf16 torch.matmul (cuBLAS) at the bench's shapes: the counterpart of bench.rs's GEMM rows
+    (kormo accumulates the weight gradient in f32; here it is a bf16 product)."""
+    kv = HEADS_KV * HEAD_DIM
+    linears = ((HIDDEN, HEADS_Q * HEAD_DIM), (HIDDEN, kv), (HIDDEN, kv), (HEADS_Q * HEAD_DIM, HIDDEN),
+               (HIDDEN, FFN), (HIDDEN, FFN), (FFN, HIDDEN))
+    tensors = [(torch.randn(TOKENS, i, device=DEV, dtype=BF16), torch.randn(o, i, device=DEV, dtype=BF16) * 0.02,
+                torch.randn(TOKENS, o, device=DEV, dtype=BF16)) for i, o in linears]
+
+    def layer():
+        for x, w, dy in tensors:
+            x @ w.t()
+            dy @ w
+            dy.t() @ x
+
+    flops = sum(3 * 2 * TOKENS * i * o for i, o in linears)
+    attempt("gemm: one decoder layer's linears, fwd+bwd", "torch.matmul (cuBLAS)",
+            f"{TOKENS} tokens, 7 linears x 3 GEMMs", layer, iters, flops=flops)
 
 
 def attention_rows(batch, seq, iters):

@@ -200,7 +200,10 @@ __device__ void forward(const KormoAttentionFwdArgs& a) {
                 p_sum += p;
                 sp[qi * kTile + lane + 32 * h] = to_bf16(p);
             }
-            p_sum = warp_sum(p_sum);  // also orders every lane's read of row_max before the write
+            p_sum = warp_sum(p_sum);
+            // Every lane read row_max[qi] above; lane 0 rewrites it below. A shuffle is not a
+            // memory barrier (racecheck reported this read/write pair on the H100), __syncwarp is.
+            __syncwarp();
             if (lane == 0) {
                 row_max[qi] = m_new;
                 row_sum[qi] = row_sum[qi] * alpha + p_sum;

@@ -7,6 +7,11 @@
 //! for attention, useful TFLOP/s (masked-out work not counted) as a fraction of the dense bf16
 //! peak. Output is a markdown table (tools/gpu_check.sh pastes it into the report).
 //!
+//! The GEMM rows time kormo's cuBLASLt calls (rust/cuda/src/gemm.rs, what `CudaOps::matmul`
+//! runs) for every linear layer of one KORMo-10.8B decoder layer and the LM head at one
+//! micro-batch (2 x 4096 tokens): forward, input gradient and f32-accumulated weight gradient.
+//! Their sum per layer is the measured matmul efficiency that docs/scaling.md's cost model uses.
+//!
 //! Usage: bench [--quick]   (--quick: fewer iterations, seq 32K attention skipped)
 
 use std::error::Error;
@@ -16,8 +21,9 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 use kormo_cuda::bindings::*;
 use kormo_cuda::random::SplitMix64;
-use kormo_cuda::{bf16, launch, CudaError, Kernels};
-use kormo_model::EmbeddingShape;
+use kormo_cuda::gemm::Gemm;
+use kormo_cuda::{bf16, launch, CudaError, Dtype, Kernels};
+use kormo_model::{EmbeddingShape, MatmulShape};
 
 const HIDDEN: usize = 4096;
 const HEADS_Q: usize = 32;
@@ -150,6 +156,7 @@ fn run(k: Kernels, quick: bool) -> Result<(), Box<dyn Error>> {
     bench_embedding(&b)?;
     bench_cross_entropy(&b)?;
     bench_adamw(&b)?;
+    bench_gemm(&b)?;
     for (batch, seq) in [(2usize, 4096usize), (1, 32768)] {
         if quick && seq > 4096 {
             continue;
@@ -315,6 +322,48 @@ fn bench_adamw(b: &Bench) -> Result<(), Box<dyn Error>> {
     b.timed_row_bytes("adamw step", &shape, (n * (16 + 12 + 2)) as f64, || unsafe { launch::adamw_step(&b.k, &a) })?;
     let s = KormoGradSumsqArgs { grad: a.grad, sumsq: b.ptr(&sumsq), n: n as i64 };
     b.timed_row_bytes("grad sum of squares", &shape, (n * 4) as f64, || unsafe { launch::grad_sumsq(&b.k, &s) })?;
+    Ok(())
+}
+
+/// Forward, input gradient and weight gradient of each linear layer of a KORMo-10.8B decoder
+/// layer (q, k, v, o, gate, up, down) and of the LM head, at TOKENS rows.
+fn bench_gemm(b: &Bench) -> Result<(), Box<dyn Error>> {
+    let gemm = Gemm::new(b.st.clone())?;
+    let kv = HEADS_KV * HEAD_DIM;
+    let linears: [(&str, usize, usize); 8] = [
+        ("q_proj", HIDDEN, HEADS_Q * HEAD_DIM),
+        ("k_proj", HIDDEN, kv),
+        ("v_proj", HIDDEN, kv),
+        ("o_proj", HEADS_Q * HEAD_DIM, HIDDEN),
+        ("gate_proj", HIDDEN, FFN),
+        ("up_proj", HIDDEN, FFN),
+        ("down_proj", FFN, HIDDEN),
+        ("lm_head", HIDDEN, VOCAB),
+    ];
+    let widest = linears.iter().map(|&(_, i, o)| i.max(o)).max().unwrap_or(0);
+    let (x, dy, dx) = (b.bf16_buf(TOKENS * widest, 1.0)?, b.bf16_buf(TOKENS * widest, 1.0)?, b.bf16_buf(TOKENS * widest, 1.0)?);
+    let (w, dw) = (b.bf16_buf(HIDDEN * VOCAB, 0.02)?, b.f32_buf(HIDDEN * VOCAB, 0.0)?);
+    let (mut layer_us, mut layer_flops) = (0.0, 0.0);
+    for (name, in_dim, out_dim) in linears {
+        let flops = 2.0 * (TOKENS * in_dim * out_dim) as f64;
+        let calls = [
+            ("fwd", MatmulShape::linear_fwd(TOKENS, in_dim, out_dim), b.ptr(&x), b.ptr(&w), b.ptr(&dy), Dtype::Bf16),
+            ("bwd input", MatmulShape::linear_bwd_input(TOKENS, in_dim, out_dim, false), b.ptr(&dy), b.ptr(&w), b.ptr(&dx), Dtype::Bf16),
+            ("bwd weight (f32 +=)", MatmulShape::linear_bwd_weight(TOKENS, in_dim, out_dim), b.ptr(&dy), b.ptr(&x), b.ptr(&dw), Dtype::F32),
+        ];
+        let mut total_us = 0.0;
+        for (pass, shape, a_ptr, b_ptr, c_ptr, c_dtype) in calls {
+            // SAFETY: every buffer holds at least the shape's elements (sized for the widest layer).
+            let us = b.time_us(|| unsafe { gemm.matmul(shape, a_ptr, b_ptr, c_ptr, c_dtype) })?;
+            b.row_flops(&format!("gemm {name} {pass}"), &format!("{TOKENS} x {in_dim} -> {out_dim}"), us, flops);
+            total_us += us;
+        }
+        if name != "lm_head" {
+            layer_us += total_us;
+            layer_flops += 3.0 * flops;
+        }
+    }
+    b.row_flops("gemm: one decoder layer's linears, fwd+bwd", &format!("{TOKENS} tokens, 7 linears x 3 GEMMs"), layer_us, layer_flops);
     Ok(())
 }
 
