@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Cost model of KORMo-10.8B training on a GPU cluster (produces the tables of docs/scaling.md).
 
-Nothing here is measured on a GPU: the repository has no single-GPU throughput figures yet.
-Hardware and kernel-efficiency numbers are ASSUMPTIONS (see ASSUMED below), with public
-anchors cited in docs/scaling.md. Run:  python3 tools/scaling_model.py [--scenario NAME]
+Two kinds of scenario: ASSUMED kernel efficiencies (see ASSUMED below, with public anchors cited
+in docs/scaling.md), and `measured`, built from a GPU check report's kernel-bench rows
+(`--measured bench/results/<report>.md`): the bench times every kernel and cuBLASLt GEMM of one
+KORMo-10.8B decoder layer at exactly this job's micro-batch (2 x 4096 tokens), so a layer's and
+the head's forward+backward time is the sum of measured rows. Interconnect numbers stay external.
+Run:  python3 tools/scaling_model.py [--scenario NAME] [--measured REPORT]
 Only the Python standard library is used.
 """
 
@@ -51,13 +54,68 @@ def per_micro_layer(s):
     """(FLOPs, seconds) of one decoder layer, forward + backward, one micro-batch on one GPU."""
     matmul = 6 * (LAYER_PARAMS - 2 * HIDDEN) * TOKENS_PER_MICRO  # fwd 2x, bwd 4x
     attn = 3.5 * attention_fwd_flops_per_token() * TOKENS_PER_MICRO  # bwd = 2.5x fwd
+    if "layer_s" in s:
+        return matmul + attn, s["layer_s"]
     t = matmul / (s["matmul_eff"] * PEAK_TFLOPS * 1e12) + attn / (s["attn_tflops"] * 1e12)
     return matmul + attn, t * (1 + s["elementwise_overhead"])
 
 
 def per_micro_head(s):
     flops = 6 * VOCAB * HIDDEN * TOKENS_PER_MICRO
+    if "head_s" in s:
+        return flops, s["head_s"]
     return flops, flops / (s["matmul_eff"] * PEAK_TFLOPS * 1e12) * (1 + s["elementwise_overhead"])
+
+
+# One decoder layer and the head, forward + backward of one micro-batch, as sums of the kernel
+# bench's rows: (row name, shape prefix, count). RoPE runs on q and k (k: 8 of 32 heads' width)
+# forward and backward; the bench times the forward on q only, so the backward is taken equal
+# to the forward (same traffic) and k as a quarter of q: that one row is scaled, not measured.
+MEASURED_LAYER = [
+    ("gemm: one decoder layer's linears, fwd+bwd", "", 1),
+    ("attention fwd", "b2 s4096 h32/8 d128 causal", 1),
+    ("attention bwd (prepare+main+finish)", "b2 s4096 h32/8 d128 causal", 1),
+    ("rmsnorm fwd", "", 2),
+    ("rmsnorm bwd (+dweight reduce)", "", 2),
+    ("swiglu fwd", "", 1),
+    ("swiglu bwd", "", 1),
+    ("rope fwd (in place, q)", "", 2 * 1.25),
+]
+MEASURED_HEAD = [
+    ("gemm lm_head fwd", "", 1),
+    ("gemm lm_head bwd input", "", 1),
+    ("gemm lm_head bwd weight (f32 +=)", "", 1),
+    ("rmsnorm fwd", "", 1),
+    ("rmsnorm bwd (+dweight reduce)", "", 1),
+    ("cross entropy + dlogits (in place)", "", 1),
+    ("embedding fwd", "", 1),
+    ("embedding bwd (f32 atomics)", "", 1),
+]
+
+
+def measured_scenario(report):
+    """The `measured` scenario from a GPU check report: per-layer and head seconds."""
+    rows = []
+    with open(report) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 3:
+                try:
+                    rows.append((cells[0], cells[1], float(cells[2]) * 1e-6))
+                except ValueError:
+                    pass
+
+    def total(parts):
+        seconds = 0.0
+        for name, shape, count in parts:
+            found = [t for n, sh, t in rows if n == name and sh.startswith(shape)]
+            if not found:
+                raise SystemExit(f"{report}: no kernel-bench row `{name}` {shape} (a report from before the GEMM rows?)")
+            seconds += count * found[0]
+        return seconds
+
+    device = next((line.split(":", 1)[1].strip() for line in open(report) if line.startswith("- device:")), "unknown")
+    return dict(layer_s=total(MEASURED_LAYER), head_s=total(MEASURED_HEAD), source=f"{report} ({device})")
 
 
 def ring_time(bytes_total, ranks, bus_gbps):
@@ -105,8 +163,13 @@ def memory_gb(name, st, grad_bytes):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default=None, help="only this scenario")
+    parser.add_argument("--scenario", default=None, help="only this scenario")
+    parser.add_argument("--measured", metavar="REPORT", help="add the `measured` scenario from a GPU check report")
     args = parser.parse_args()
+    if args.measured:
+        SCENARIOS["measured"] = measured_scenario(args.measured)
+    if args.scenario and args.scenario not in SCENARIOS:
+        parser.error(f"unknown scenario {args.scenario!r} (one of {', '.join(sorted(SCENARIOS))})")
     print(f"# KORMo-10.8B on {NODES} x {GPUS_PER_NODE} GPUs: micro-batch {MICRO_ROWS} x {SEQ} tokens, {ACCUM} accumulation steps")
     print(f"parameters {TOTAL_PARAMS:,} (per layer {LAYER_PARAMS:,}; embedding {EMBED_PARAMS:,}; head+norm {HEAD_PARAMS:,})")
     print(f"global batch {MICRO_ROWS * ACCUM * WORLD} sequences = {TOKENS_PER_MICRO * ACCUM * WORLD / 1e6:.2f}M tokens per step\n")
@@ -116,8 +179,11 @@ def main():
         head_flops, head_t = per_micro_head(s)
         micro_flops = LAYERS * layer_flops + head_flops
         compute = ACCUM * (LAYERS * layer_t + head_t)
-        print(f"## scenario `{name}`: matmul {s['matmul_eff']:.0%} of peak, attention {s['attn_tflops']:.0f} TFLOP/s, "
-              f"elementwise +{s['elementwise_overhead']:.0%}\n")
+        if "source" in s:
+            print(f"## scenario `{name}`: kernel times measured, {s['source']}\n")
+        else:
+            print(f"## scenario `{name}`: matmul {s['matmul_eff']:.0%} of peak, attention {s['attn_tflops']:.0f} TFLOP/s, "
+                  f"elementwise +{s['elementwise_overhead']:.0%}\n")
         print("| quantity | value |\n| --- | --- |")
         print(f"| decoder layer fwd+bwd, one micro-batch | {layer_flops / 1e12:.2f} TFLOP, {layer_t * 1e3:.1f} ms |")
         print(f"| LM head fwd+bwd, one micro-batch | {head_flops / 1e12:.2f} TFLOP, {head_t * 1e3:.1f} ms |")
