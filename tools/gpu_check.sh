@@ -175,6 +175,27 @@ sys.exit(0 if rel < 0.02 else 1)
 PY
 }
 
+# One timing step: runs "$@" (if step $1 is wanted) and appends a report section titled $2 with
+# its output: `raw` (it prints markdown), `fenced` (a code block) or `table` (only its table and
+# device lines); a non-zero exit adds the status and the log's tail.
+timed_step() {
+    local name="$1" title="$2" seconds="$3" form="$4" status
+    shift 4
+    wanted "$name" || return 0
+    status=$(run_logged "$seconds" "$logs/$name.log" "$@")
+    {
+        echo "## $title"
+        echo
+        case "$form" in
+            raw) cat "$logs/$name.log" ;;
+            fenced) echo '```'; cat "$logs/$name.log"; echo '```' ;;
+            table) grep "^|\|^device\|total" "$logs/$name.log" ;;
+        esac
+        [[ "$status" == 0 ]] || { echo "($name exit status $status; tail of its log:)"; echo '```'; tail -5 "$logs/$name.log"; echo '```'; }
+        echo
+    } >>"$report"
+}
+
 run_checks() {
     local out_dir="${1:-bench/results}"
     [[ -x "$CARRY/gpu-tests" && -x "$CARRY/nccl-test" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" && -d "$CARRY/hf" ]] || {
@@ -299,54 +320,18 @@ run_checks() {
     fi
 
     # Phase 2, timings, one at a time on an otherwise idle device.
-    if wanted model-step; then
-        echo "## Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)" >>"$report"
-        echo >>"$report"
-        status=$(run_logged 120 "$logs/model-step.log" "$CARRY/model-step")
-        cat "$logs/model-step.log" >>"$report"
-        [[ "$status" == 0 ]] || echo "(model-step exit status $status)" >>"$report"
-        echo >>"$report"
-    fi
-    if wanted train-benchmark; then
-        {
-            echo "## Trainer benchmark (train --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark)"
-            echo
-            echo '```'
-        } >>"$report"
-        # The recipe's real shape (micro-batch 4 x seq 4096), the trainer's own model/optimizer
-        # calls; the JSON result lands beside the logs.
-        status=$(run_logged 120 "$logs/train-benchmark.log" "$CARRY/train" --config=proxy-1b --stage=pretrain1 \
-            --backend=cuda --benchmark --benchmark-warmup=1 --benchmark-steps=3 \
-            --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run")
-        cat "$logs/train-benchmark.log" >>"$report"
-        echo '```' >>"$report"
-        [[ "$status" == 0 ]] || echo "(train --benchmark exit status $status)" >>"$report"
-        echo >>"$report"
-    fi
-    if wanted torch-model; then
-        echo "## PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)" >>"$report"
-        echo >>"$report"
-        status=$(run_logged 150 "$logs/torch-model.log" python3 bench/torch_model_reference.py --steps 3 --warmup 1)
-        grep "^|\|^device" "$logs/torch-model.log" >>"$report"
-        [[ "$status" == 0 ]] || { echo "(torch model script exit status $status; tail of its log:)"; tail -5 "$logs/torch-model.log"; } >>"$report"
-        echo >>"$report"
-    fi
-    if wanted bench; then
-        echo "## Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)" >>"$report"
-        echo >>"$report"
-        status=$(run_logged 120 "$logs/bench.log" "$CARRY/bench")
-        cat "$logs/bench.log" >>"$report"
-        [[ "$status" == 0 ]] || echo "(bench exit status $status)" >>"$report"
-        echo >>"$report"
-    fi
-    if wanted torch; then
-        echo "## PyTorch reference timings (bench/torch_reference.py --quick)" >>"$report"
-        echo >>"$report"
-        status=$(run_logged 120 "$logs/torch.log" python3 bench/torch_reference.py --quick)
-        grep -v "^\s*$" "$logs/torch.log" | grep "^|\|^device\|total" >>"$report"
-        [[ "$status" == 0 ]] || { echo "(torch script exit status $status; tail of its log:)"; tail -5 "$logs/torch.log"; } >>"$report"
-        echo >>"$report"
-    fi
+    timed_step model-step "Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)" 120 raw \
+        "$CARRY/model-step"
+    # The recipe's real shape (micro-batch 4 x seq 4096), the trainer's own model/optimizer
+    # calls; the JSON result lands beside the logs.
+    timed_step train-benchmark "Trainer benchmark (train --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark)" 120 fenced \
+        "$CARRY/train" --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark --benchmark-warmup=1 \
+        --benchmark-steps=3 --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run"
+    timed_step torch-model "PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)" 150 table \
+        python3 bench/torch_model_reference.py --steps 3 --warmup 1
+    timed_step bench "Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)" 120 raw "$CARRY/bench"
+    timed_step torch "PyTorch reference timings (bench/torch_reference.py --quick)" 120 table \
+        python3 bench/torch_reference.py --quick
 
     # Phase 3, compute-sanitizer: memcheck and racecheck side by side with what time is left.
     if wanted sanitizer; then
