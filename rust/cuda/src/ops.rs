@@ -122,8 +122,10 @@ impl CudaBuf {
         self.len.max(1) * self.dtype().bytes()
     }
 
-    /// The device address, for kernel arguments.
-    pub(crate) fn device_ptr(&self) -> u64 {
+    /// The device address, for kernel arguments (and for engines outside this crate that
+    /// launch kernels or NCCL collectives on sub-ranges of a buffer, such as kormo-dist's
+    /// device FSDP). Valid while the buffer lives; its dtype is [`CudaBuf::dtype`].
+    pub fn device_ptr(&self) -> u64 {
         self.ptr
     }
 }

@@ -17,10 +17,11 @@
 //! So at most two units' full parameters (the one running and the prefetched next one) are held
 //! at any time, besides the shards. *Prefetch*: the next unit's all-gather is issued before the
 //! current unit's compute. The host communicators are synchronous, so here it simply completes
-//! early into a staging buffer that is installed when the unit's window opens. A device FSDP on
-//! NCCL (not written yet) keeps this call order, which puts the all-gather on the communication
-//! stream ahead of the current unit's kernels on the compute stream: that is what overlaps
-//! them. *Release*
+//! early into a staging buffer that is installed when the unit's window opens. The device FSDP
+//! on NCCL ([`crate::device_fsdp`]) runs this same schedule (`UnitSchedule`, `StepHooks`: only
+//! the store that moves the data differs), and the call order puts the all-gather on the
+//! communicator's stream ahead of the current unit's kernels on the compute stream: that is
+//! what overlaps them. *Release*
 //! ([`Release`]): the unit's model buffers are replaced by empty ones (memory returned), or, as
 //! a check, filled with NaN so that any use outside the window poisons the loss. With tied
 //! embeddings the head reads the embedding and adds into its gradient, so the embedding's window
@@ -168,103 +169,110 @@ impl Residency {
     }
 }
 
-/// Everything the per-unit schedule touches: all of a rank's state but the model and the
-/// optimizer, so that [`StepHooks`] can borrow it while the model runs.
-struct UnitShards {
+/// Where a rank's shards live and how a unit moves between its shards and the model: host
+/// vectors here ([`HostStore`]), device buffers and NCCL in [`crate::device_fsdp`]. The
+/// schedule ([`UnitSchedule`], [`StepHooks`]) decides *when* a unit is gathered, installed,
+/// released and reduced, identically for both; a store only does it.
+pub(crate) trait ShardStore {
+    /// A unit's gathered flat (padded) parameters, waiting for its window.
+    type Gathered;
+    /// Issues the all-gather of unit `u` in the shard group (on NCCL it may still run).
+    fn all_gather(&mut self, u: usize) -> Result<Self::Gathered, DistError>;
+    /// A zero-filled stand-in for unit `u`, without communication (after a failure).
+    fn zeros_gathered(&mut self, u: usize) -> Self::Gathered;
+    /// Gives up a gathered unit that will not be installed.
+    fn drop_gathered(&mut self, gathered: Self::Gathered);
+}
+
+/// The model-facing half of a [`ShardStore`], for one backend `O`. An error of any of these
+/// becomes the pass's failure (the model finishes the pass, its result is discarded).
+pub(crate) trait UnitStore<O: Ops>: ShardStore {
+    /// Puts gathered unit `u` into the model's parameter buffers.
+    fn install(
+        &mut self,
+        ops: &O,
+        params: &mut [O::Buf],
+        u: usize,
+        gathered: Self::Gathered,
+    ) -> Result<(), DistError>;
+    /// Replaces unit `u`'s model parameter buffers as `release` says.
+    fn discard(
+        &mut self,
+        ops: &O,
+        params: &mut [O::Buf],
+        u: usize,
+        release: Release,
+    ) -> Result<(), DistError>;
+    /// Moves unit `u`'s gradient out of the model (zeroing the model's copy) and, when
+    /// `communicate`, reduce-scatters it into (adds it to) the gradient shard.
+    fn reduce_scatter(
+        &mut self,
+        ops: &O,
+        grads: &mut [O::Buf],
+        u: usize,
+        communicate: bool,
+    ) -> Result<(), DistError>;
+    /// Gives unit `u` zeroed full-size gradient buffers in the model.
+    fn hold_grads(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) -> Result<(), DistError>;
+    /// Takes unit `u`'s full-size gradient buffers out of the model.
+    fn free_grads(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) -> Result<(), DistError>;
+}
+
+/// The host store: shards are `Vec<f32>`, collectives go through a [`HostTransport`].
+pub(crate) struct HostStore {
     shard_group: Arc<dyn HostTransport>,
     reduce_dtype: ReduceDtype,
-    release: Release,
-    /// Tied embeddings: the head reads the embedding unit.
-    tied: bool,
     units: Vec<Unit>,
     ranges: Vec<ShardRange>,
     specs: Vec<ParamSpec>,
     /// Master parameters per unit, `ranges[u].len()` elements each.
     params: Vec<Vec<f32>>,
     grads: Vec<Vec<f32>>,
-    /// The model holds unit `u`'s current full parameters.
-    resident: Vec<bool>,
-    /// Unit `u`'s model buffers are to be replaced as [`Release`] says at the next hook: they
-    /// hold parameters from before the last update (the initial model, a previous step), or
-    /// were released under another [`Release`].
-    stale: Vec<bool>,
-    /// A gathered unit (flat, padded) waiting for its window.
-    prefetched: Option<(usize, Vec<f32>)>,
-    residency: Residency,
-    /// The model has a full-size gradient buffer for unit `u`.
-    grad_held: Vec<bool>,
-    grad_residency: Residency,
-    schedule: Vec<ScheduleEvent>,
-    /// The first failed collective of the current pass; later ones are skipped and units are
-    /// filled with zeros so the model can finish the pass without touching the network.
-    failure: Option<DistError>,
 }
 
-impl UnitShards {
-    fn index(&self, unit: params::Unit) -> usize {
-        self.units
-            .iter()
-            .position(|u| u.kind == unit)
-            .expect("the model announces only its own units")
-    }
+impl ShardStore for HostStore {
+    type Gathered = Vec<f32>;
 
-    /// Gathers unit `u` (flat, padded to the group); zeros once a collective has failed.
-    fn all_gather(&mut self, u: usize) -> Vec<f32> {
+    fn all_gather(&mut self, u: usize) -> Result<Vec<f32>, DistError> {
         let range = self.ranges[u];
         let mut full = vec![0.0; range.padded * self.shard_group.world_size()];
-        self.residency.add(self.units[u].numel);
-        if self.failure.is_some() {
-            return full;
-        }
-        self.schedule.push(ScheduleEvent::AllGather(u));
         let mut padded = vec![0.0; range.padded];
         padded[..range.len()].copy_from_slice(&self.params[u]);
-        if let Err(e) = self.shard_group.all_gather(&padded, &mut full) {
-            self.failure = Some(e.into());
-        }
-        full
+        self.shard_group.all_gather(&padded, &mut full)?;
+        Ok(full)
     }
 
-    /// Issues unit `u`'s all-gather ahead of its window, unless it is already held.
-    fn prefetch(&mut self, u: usize) {
-        if !self.resident[u] && self.prefetched.is_none() {
-            let full = self.all_gather(u);
-            self.prefetched = Some((u, full));
-        }
+    fn zeros_gathered(&mut self, u: usize) -> Vec<f32> {
+        vec![0.0; self.ranges[u].padded * self.shard_group.world_size()]
     }
 
-    /// Opens unit `u`'s window: its full parameters are in the model when this returns.
-    fn fetch<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf], u: usize) {
-        if self.resident[u] {
-            return;
-        }
-        let full = match self.prefetched.take() {
-            Some((p, full)) if p == u => full,
-            other => {
-                self.prefetched = other;
-                self.all_gather(u)
-            }
-        };
+    fn drop_gathered(&mut self, _gathered: Vec<f32>) {}
+}
+
+impl<O: Ops> UnitStore<O> for HostStore {
+    fn install(
+        &mut self,
+        ops: &O,
+        params: &mut [O::Buf],
+        u: usize,
+        full: Vec<f32>,
+    ) -> Result<(), DistError> {
         let unit = &self.units[u];
         for (&tensor, &offset) in unit.tensors.iter().zip(&unit.offsets) {
             params[tensor] = ops.upload(&full[offset..offset + self.specs[tensor].numel()]);
         }
-        self.resident[u] = true;
+        Ok(())
     }
 
-    /// Closes unit `u`'s window.
-    fn release<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf], u: usize) {
-        if !self.resident[u] {
-            return;
-        }
-        self.schedule.push(ScheduleEvent::Release(u));
-        self.discard(ops, params, u);
-    }
-
-    /// Replaces unit `u`'s model buffers as [`Release`] says.
-    fn discard<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf], u: usize) {
+    fn discard(
+        &mut self,
+        ops: &O,
+        params: &mut [O::Buf],
+        u: usize,
+        release: Release,
+    ) -> Result<(), DistError> {
         for &tensor in &self.units[u].tensors {
-            params[tensor] = match self.release {
+            params[tensor] = match release {
                 Release::Free => ops.zeros(0),
                 Release::PoisonNan => {
                     let mut poison = ops.zeros(self.specs[tensor].numel());
@@ -273,6 +281,198 @@ impl UnitShards {
                 }
             };
         }
+        Ok(())
+    }
+
+    fn reduce_scatter(
+        &mut self,
+        ops: &O,
+        grads: &mut [O::Buf],
+        u: usize,
+        communicate: bool,
+    ) -> Result<(), DistError> {
+        let range = self.ranges[u];
+        let mut full = vec![0.0; range.padded * self.shard_group.world_size()];
+        let unit = &self.units[u];
+        for (&tensor, &offset) in unit.tensors.iter().zip(&unit.offsets) {
+            let n = self.specs[tensor].numel();
+            ops.read(&grads[tensor], &mut full[offset..offset + n]);
+            ops.fill(&mut grads[tensor], 0.0);
+        }
+        if !communicate {
+            return Ok(());
+        }
+        let mut mine = vec![0.0; range.padded];
+        match self.reduce_dtype {
+            ReduceDtype::F32 => self.shard_group.reduce_scatter(&full, &mut mine)?,
+            ReduceDtype::Bf16 => {
+                let wire = bf16::from_f32_slice(&full);
+                let mut out = vec![0u16; range.padded];
+                self.shard_group.reduce_scatter_bf16(&wire, &mut out)?;
+                mine.iter_mut()
+                    .zip(&out)
+                    .for_each(|(m, &b)| *m = bf16::to_f32(b));
+            }
+        }
+        self.grads[u]
+            .iter_mut()
+            .zip(&mine)
+            .for_each(|(g, &x)| *g += x);
+        Ok(())
+    }
+
+    fn hold_grads(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) -> Result<(), DistError> {
+        for &tensor in &self.units[u].tensors {
+            grads[tensor] = ops.zeros(self.specs[tensor].numel());
+        }
+        Ok(())
+    }
+
+    fn free_grads(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) -> Result<(), DistError> {
+        for &tensor in &self.units[u].tensors {
+            grads[tensor] = ops.zeros(0);
+        }
+        Ok(())
+    }
+}
+
+/// Everything the per-unit schedule touches: the store (all of a rank's shards) and which
+/// unit is where, but not the model and the optimizer, so that [`StepHooks`] can borrow it
+/// while the model runs. Shared by the host and the device engine.
+pub(crate) struct UnitSchedule<S: ShardStore> {
+    pub(crate) store: S,
+    pub(crate) release: Release,
+    /// Tied embeddings: the head reads the embedding unit.
+    tied: bool,
+    pub(crate) units: Vec<Unit>,
+    /// The model holds unit `u`'s current full parameters.
+    resident: Vec<bool>,
+    /// Unit `u`'s model buffers are to be replaced as [`Release`] says at the next hook: they
+    /// hold parameters from before the last update (the initial model, a previous step), or
+    /// were released under another [`Release`].
+    stale: Vec<bool>,
+    /// A gathered unit waiting for its window.
+    prefetched: Option<(usize, S::Gathered)>,
+    pub(crate) residency: Residency,
+    /// The model has a full-size gradient buffer for unit `u`.
+    grad_held: Vec<bool>,
+    pub(crate) grad_residency: Residency,
+    pub(crate) schedule: Vec<ScheduleEvent>,
+    /// The first failed collective of the current pass; later ones are skipped and units are
+    /// filled with zeros so the model can finish the pass without touching the network.
+    pub(crate) failure: Option<DistError>,
+}
+
+impl<S: ShardStore> UnitSchedule<S> {
+    /// The schedule of a freshly built model, which holds every unit (as initialised, = the
+    /// shards) and every gradient buffer (zeroed).
+    pub(crate) fn new(store: S, units: Vec<Unit>, tied: bool) -> Self {
+        let unit_count = units.len();
+        let whole_model = units.iter().map(|u| u.numel).sum();
+        let full = Residency {
+            current: whole_model,
+            peak: whole_model,
+        };
+        UnitSchedule {
+            store,
+            release: Release::default(),
+            tied,
+            units,
+            resident: vec![true; unit_count],
+            stale: vec![true; unit_count],
+            prefetched: None,
+            residency: full,
+            grad_held: vec![true; unit_count],
+            grad_residency: full,
+            schedule: Vec::new(),
+            failure: None,
+        }
+    }
+
+    /// Chooses how units leave the model; every unit outside its window is in that state
+    /// from the next pass on.
+    pub(crate) fn set_release(&mut self, release: Release) {
+        self.release = release;
+        self.stale.fill(true);
+    }
+
+    /// Keeps the first error of a pass.
+    fn note(&mut self, result: Result<(), DistError>) {
+        if let Err(e) = result {
+            self.failure.get_or_insert(e);
+        }
+    }
+
+    fn index(&self, unit: params::Unit) -> usize {
+        self.units
+            .iter()
+            .position(|u| u.kind == unit)
+            .expect("the model announces only its own units")
+    }
+
+    /// Gathers unit `u`; zeros once a collective has failed.
+    fn all_gather(&mut self, u: usize) -> S::Gathered {
+        self.residency.add(self.units[u].numel);
+        if self.failure.is_some() {
+            return self.store.zeros_gathered(u);
+        }
+        self.schedule.push(ScheduleEvent::AllGather(u));
+        match self.store.all_gather(u) {
+            Ok(gathered) => gathered,
+            Err(e) => {
+                self.failure = Some(e);
+                self.store.zeros_gathered(u)
+            }
+        }
+    }
+
+    /// Issues unit `u`'s all-gather ahead of its window, unless it is already held.
+    fn prefetch(&mut self, u: usize) {
+        if !self.resident[u] && self.prefetched.is_none() {
+            let gathered = self.all_gather(u);
+            self.prefetched = Some((u, gathered));
+        }
+    }
+
+    /// Opens unit `u`'s window: its full parameters are in the model when this returns.
+    fn fetch<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf], u: usize)
+    where
+        S: UnitStore<O>,
+    {
+        if self.resident[u] {
+            return;
+        }
+        let gathered = match self.prefetched.take() {
+            Some((p, gathered)) if p == u => gathered,
+            other => {
+                self.prefetched = other;
+                self.all_gather(u)
+            }
+        };
+        let installed = self.store.install(ops, params, u, gathered);
+        self.note(installed);
+        self.resident[u] = true;
+    }
+
+    /// Closes unit `u`'s window.
+    fn release<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf], u: usize)
+    where
+        S: UnitStore<O>,
+    {
+        if !self.resident[u] {
+            return;
+        }
+        self.schedule.push(ScheduleEvent::Release(u));
+        self.discard(ops, params, u);
+    }
+
+    /// Replaces unit `u`'s model buffers as [`Release`] says.
+    fn discard<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf], u: usize)
+    where
+        S: UnitStore<O>,
+    {
+        let discarded = self.store.discard(ops, params, u, self.release);
+        self.note(discarded);
         if self.resident[u] {
             self.resident[u] = false;
             self.residency.current -= self.units[u].numel;
@@ -280,7 +480,10 @@ impl UnitShards {
     }
 
     /// Drops parameters that are in the model but out of date (first hook of a pass).
-    fn discard_stale<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf]) {
+    fn discard_stale<O: Ops>(&mut self, ops: &O, params: &mut [O::Buf])
+    where
+        S: UnitStore<O>,
+    {
         for u in 0..self.units.len() {
             if self.stale[u] {
                 self.stale[u] = false;
@@ -291,47 +494,26 @@ impl UnitShards {
 
     /// Reduce-scatters unit `u`'s gradient from the model into its gradient shard and zeroes
     /// the model's copy (so the next micro-batch accumulates from zero).
-    fn reduce_scatter<O: Ops>(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) {
-        let range = self.ranges[u];
-        let mut full = vec![0.0; range.padded * self.shard_group.world_size()];
-        let unit = &self.units[u];
-        for (&tensor, &offset) in unit.tensors.iter().zip(&unit.offsets) {
-            let n = self.specs[tensor].numel();
-            ops.read(&grads[tensor], &mut full[offset..offset + n]);
-            ops.fill(&mut grads[tensor], 0.0);
+    fn reduce_scatter<O: Ops>(&mut self, ops: &O, grads: &mut [O::Buf], u: usize)
+    where
+        S: UnitStore<O>,
+    {
+        let communicate = self.failure.is_none();
+        if communicate {
+            self.schedule.push(ScheduleEvent::ReduceScatter(u));
         }
-        if self.failure.is_some() {
-            return;
-        }
-        self.schedule.push(ScheduleEvent::ReduceScatter(u));
-        let mut mine = vec![0.0; range.padded];
-        let reduced = match self.reduce_dtype {
-            ReduceDtype::F32 => self.shard_group.reduce_scatter(&full, &mut mine),
-            ReduceDtype::Bf16 => {
-                let wire = bf16::from_f32_slice(&full);
-                let mut out = vec![0u16; range.padded];
-                let result = self.shard_group.reduce_scatter_bf16(&wire, &mut out);
-                mine.iter_mut()
-                    .zip(&out)
-                    .for_each(|(m, &b)| *m = bf16::to_f32(b));
-                result
-            }
-        };
-        match reduced {
-            Ok(()) => self.grads[u]
-                .iter_mut()
-                .zip(&mine)
-                .for_each(|(g, &x)| *g += x),
-            Err(e) => self.failure = Some(e.into()),
-        }
+        let reduced = self.store.reduce_scatter(ops, grads, u, communicate);
+        self.note(reduced);
     }
 
     /// Gives unit `u` zeroed gradient buffers in the model unless it has them.
-    fn hold_grads<O: Ops>(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) {
+    fn hold_grads<O: Ops>(&mut self, ops: &O, grads: &mut [O::Buf], u: usize)
+    where
+        S: UnitStore<O>,
+    {
         if !self.grad_held[u] {
-            for &tensor in &self.units[u].tensors {
-                grads[tensor] = ops.zeros(self.specs[tensor].numel());
-            }
+            let held = self.store.hold_grads(ops, grads, u);
+            self.note(held);
             self.grad_held[u] = true;
             self.grad_residency.add(self.units[u].numel);
         }
@@ -339,11 +521,13 @@ impl UnitShards {
 
     /// Frees unit `u`'s gradient buffers in the model (after its reduce-scatter), except the
     /// embedding's with tied embeddings: the head adds into it before the embedding's backward.
-    fn free_grads<O: Ops>(&mut self, ops: &O, grads: &mut [O::Buf], u: usize) {
+    fn free_grads<O: Ops>(&mut self, ops: &O, grads: &mut [O::Buf], u: usize)
+    where
+        S: UnitStore<O>,
+    {
         if self.grad_held[u] && !(self.tied && self.units[u].kind == params::Unit::Embedding) {
-            for &tensor in &self.units[u].tensors {
-                grads[tensor] = ops.zeros(0);
-            }
+            let freed = self.store.free_grads(ops, grads, u);
+            self.note(freed);
             self.grad_held[u] = false;
             self.grad_residency.current -= self.units[u].numel;
         }
@@ -359,13 +543,14 @@ impl UnitShards {
     /// Starts a step or an evaluation: whatever the model holds was gathered before the last
     /// update and is dropped by the first hook, before anything is gathered, so the peaks
     /// count from there.
-    fn begin(&mut self) {
+    pub(crate) fn begin(&mut self) {
         self.schedule.clear();
         for u in 0..self.units.len() {
             self.stale[u] |= self.resident[u];
         }
-        if let Some((u, _)) = self.prefetched.take() {
+        if let Some((u, gathered)) = self.prefetched.take() {
             self.residency.current -= self.units[u].numel;
+            self.store.drop_gathered(gathered);
         }
         self.residency.peak = 0;
         self.grad_residency.peak = self.grad_residency.current;
@@ -373,8 +558,8 @@ impl UnitShards {
 }
 
 /// The per-unit schedule of one micro-batch (see the module docs), as model hooks.
-struct StepHooks<'a> {
-    shards: &'a mut UnitShards,
+pub(crate) struct StepHooks<'a, S: ShardStore> {
+    shards: &'a mut UnitSchedule<S>,
     /// Release each unit after its forward and gather it again for its backward.
     reshard_after_forward: bool,
     /// A backward pass follows the forward (training, not evaluation).
@@ -383,7 +568,7 @@ struct StepHooks<'a> {
     reduce_after_backward: bool,
 }
 
-impl<O: Ops> UnitHooks<O> for StepHooks<'_> {
+impl<O: Ops, S: UnitStore<O>> UnitHooks<O> for StepHooks<'_, S> {
     fn before_forward(&mut self, ops: &O, unit: params::Unit, params: &mut [O::Buf]) {
         let s = &mut *self.shards;
         s.discard_stale(ops, params);
@@ -440,13 +625,93 @@ impl<O: Ops> UnitHooks<O> for StepHooks<'_> {
     }
 }
 
+/// Checks the settings both engines share.
+pub(crate) fn check_config(config: &FsdpConfig) -> Result<(), DistError> {
+    if !(config.grad_clip.is_finite() && config.grad_clip >= 0.0) {
+        return Err(DistError::Config(format!(
+            "grad_clip = {} must be finite and >= 0",
+            config.grad_clip
+        )));
+    }
+    Ok(())
+}
+
+/// Step 1: the gradient scale `1 / sum` of the global batch's loss weights, from this rank's
+/// sum summed over the world by `all_reduce_world`.
+pub(crate) fn grad_scale(
+    micro_batches: &[Batch],
+    all_reduce_world: impl FnOnce(&mut [f64]) -> Result<(), DistError>,
+) -> Result<f32, DistError> {
+    let mut weight = [micro_batches
+        .iter()
+        .map(Batch::loss_weight_sum)
+        .sum::<f64>()];
+    all_reduce_world(&mut weight)?;
+    Ok(if weight[0] > 0.0 {
+        (1.0 / weight[0]) as f32
+    } else {
+        0.0
+    })
+}
+
+/// Step 2: forward and backward of every micro-batch with the per-unit schedule of
+/// `strategy` (`hybrid` runs `full_shard` in its shard group). Returns this rank's loss.
+pub(crate) fn run_micro_batches<O: Ops, S: UnitStore<O>>(
+    model: &mut Model<O>,
+    shards: &mut UnitSchedule<S>,
+    strategy: Strategy,
+    micro_batches: &[Batch],
+    grad_scale: f32,
+) -> Result<LossSum, DistError> {
+    shards.begin();
+    model.zero_grads();
+    let mut loss = LossSum::default();
+    let keep_gathered = strategy == Strategy::ShardGradOp;
+    for (i, batch) in micro_batches.iter().enumerate() {
+        shards.schedule.push(ScheduleEvent::MicroBatch(i));
+        let mut hooks = StepHooks {
+            shards: &mut *shards,
+            reshard_after_forward: !keep_gathered,
+            backward_follows: true,
+            reduce_after_backward: !keep_gathered || i + 1 == micro_batches.len(),
+        };
+        let result = model.forward_backward_with_hooks(batch, grad_scale, &mut hooks);
+        if let Some(failure) = shards.failure.take() {
+            return Err(failure);
+        }
+        loss = loss.add(result?);
+    }
+    Ok(loss)
+}
+
+/// The loss of `batch` on this rank, each unit gathered (with prefetch) just before its
+/// forward and released after it; gradients untouched.
+pub(crate) fn run_evaluate<O: Ops, S: UnitStore<O>>(
+    model: &mut Model<O>,
+    shards: &mut UnitSchedule<S>,
+    batch: &Batch,
+) -> Result<LossSum, DistError> {
+    shards.begin();
+    let mut hooks = StepHooks {
+        shards: &mut *shards,
+        reshard_after_forward: true,
+        backward_follows: false,
+        reduce_after_backward: false,
+    };
+    let result = model.evaluate_with_hooks(batch, &mut hooks);
+    if let Some(failure) = shards.failure.take() {
+        return Err(failure);
+    }
+    Ok(result?)
+}
+
 /// One rank's share of a sharded model and optimizer.
 pub struct FsdpRank<O: Ops> {
     config: FsdpConfig,
     world: Arc<dyn HostTransport>,
     replica_group: Option<SubGroup>,
     model: Model<O>,
-    shards: UnitShards,
+    shards: UnitSchedule<HostStore>,
     segments: Vec<Segment>,
     adamw: AdamW,
     /// `forward_backward` left gradients in the shards that no update has used yet.
@@ -464,12 +729,7 @@ impl<O: Ops> FsdpRank<O> {
         config: FsdpConfig,
     ) -> Result<Self, DistError> {
         let world_size = world.world_size();
-        if !(config.grad_clip.is_finite() && config.grad_clip >= 0.0) {
-            return Err(DistError::Config(format!(
-                "grad_clip = {} must be finite and >= 0",
-                config.grad_clip
-            )));
-        }
+        check_config(&config)?;
         let (shard_group, replica_group): (Arc<dyn HostTransport>, _) = match config.strategy {
             Strategy::FullShard | Strategy::ShardGradOp => (world.clone(), None),
             Strategy::Hybrid => {
@@ -497,57 +757,21 @@ impl<O: Ops> FsdpRank<O> {
             .collect();
         let specs = model.param_specs().to_vec();
         let segment_list = segments(&unit_list, &ranges, &specs);
-        let mut shards: Vec<Vec<f32>> = ranges.iter().map(|r| vec![0.0; r.len()]).collect();
-        let mut host = Vec::new();
-        for seg in &segment_list {
-            let spec = &specs[seg.tensor];
-            host.resize(spec.numel(), 0.0);
-            model.read_param(&spec.name, &mut host)?;
-            let in_tensor = ranges[seg.unit].start + seg.shard_offset
-                - unit_list[seg.unit].offsets[tensor_slot(&unit_list[seg.unit], seg.tensor)];
-            shards[seg.unit][seg.shard_offset..seg.shard_offset + seg.len]
-                .copy_from_slice(&host[in_tensor..in_tensor + seg.len]);
-        }
-        let infos = segment_list
-            .iter()
-            .map(|seg| ParamInfo {
-                name: specs[seg.tensor].name.clone(),
-                numel: seg.len,
-                weight_decay: specs[seg.tensor].weight_decay(),
-            })
-            .collect();
-        let adamw = AdamW::new(adamw, infos)?.with_threads(1);
+        let shards = initial_shards(&model, &unit_list, &ranges, &segment_list)?;
+        let adamw = AdamW::new(adamw, segment_infos(&segment_list, &specs))?.with_threads(1);
         let grads = ranges.iter().map(|r| vec![0.0; r.len()]).collect();
-        let unit_count = unit_list.len();
-        let whole_model = unit_list.iter().map(|u| u.numel).sum();
+        let tied = model.config().tie_embeddings;
+        let store = HostStore {
+            shard_group,
+            reduce_dtype: config.reduce_dtype,
+            units: unit_list.clone(),
+            ranges,
+            specs,
+            params: shards,
+            grads,
+        };
         Ok(FsdpRank {
-            shards: UnitShards {
-                shard_group,
-                reduce_dtype: config.reduce_dtype,
-                release: Release::default(),
-                tied: model.config().tie_embeddings,
-                units: unit_list,
-                ranges,
-                specs,
-                params: shards,
-                grads,
-                // The freshly built model holds every unit, as initialised (= the shards).
-                resident: vec![true; unit_count],
-                stale: vec![true; unit_count],
-                prefetched: None,
-                residency: Residency {
-                    current: whole_model,
-                    peak: whole_model,
-                },
-                // So does its gradient buffer (zeroed).
-                grad_held: vec![true; unit_count],
-                grad_residency: Residency {
-                    current: whole_model,
-                    peak: whole_model,
-                },
-                schedule: Vec::new(),
-                failure: None,
-            },
+            shards: UnitSchedule::new(store, unit_list, tied),
             config,
             world,
             replica_group,
@@ -561,8 +785,7 @@ impl<O: Ops> FsdpRank<O> {
     /// Chooses how units leave the model when their windows close; from the next step on
     /// every unit outside its window is in that state.
     pub fn set_release(&mut self, release: Release) {
-        self.shards.release = release;
-        self.shards.stale.fill(true);
+        self.shards.set_release(release);
     }
 
     pub fn config(&self) -> &FsdpConfig {
@@ -575,7 +798,7 @@ impl<O: Ops> FsdpRank<O> {
 
     /// The group parameters are sharded over (the world, or this rank's node for hybrid).
     pub fn shard_group(&self) -> &dyn HostTransport {
-        self.shards.shard_group.as_ref()
+        self.shards.store.shard_group.as_ref()
     }
 
     /// Rank among the replicas of this shard (0 unless hybrid).
@@ -588,11 +811,11 @@ impl<O: Ops> FsdpRank<O> {
     }
 
     pub fn ranges(&self) -> &[ShardRange] {
-        &self.shards.ranges
+        &self.shards.store.ranges
     }
 
     pub fn shards(&self) -> &[Vec<f32>] {
-        &self.shards.params
+        &self.shards.store.params
     }
 
     pub fn adamw(&self) -> &AdamW {
@@ -606,7 +829,7 @@ impl<O: Ops> FsdpRank<O> {
     }
 
     pub fn param_specs(&self) -> &[ParamSpec] {
-        &self.shards.specs
+        &self.shards.store.specs
     }
 
     /// What the last step or evaluation did, in order (see [`ScheduleEvent`]).
@@ -629,9 +852,9 @@ impl<O: Ops> FsdpRank<O> {
     /// The full parameters, tensor by tensor in canonical order, gathered on the host without
     /// touching the model (collective: every rank calls it).
     pub fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
-        let s = &self.shards;
+        let s = &self.shards.store;
         let mut out: Vec<Vec<f32>> = s.specs.iter().map(|_| Vec::new()).collect();
-        for (u, unit) in s.units.iter().enumerate() {
+        for (u, unit) in self.shards.units.iter().enumerate() {
             let range = s.ranges[u];
             let mut padded = vec![0.0; range.padded];
             padded[..range.len()].copy_from_slice(&s.params[u]);
@@ -667,59 +890,42 @@ impl<O: Ops> FsdpRank<O> {
     /// update, or not (a skipped update needs nothing else: the next call starts from zeroed
     /// gradients). Collective.
     pub fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
-        let mut weight = [micro_batches
-            .iter()
-            .map(Batch::loss_weight_sum)
-            .sum::<f64>()];
-        self.world.all_reduce_scalars(&mut weight)?;
-        let grad_scale = if weight[0] > 0.0 {
-            (1.0 / weight[0]) as f32
-        } else {
-            0.0
-        };
-        self.shards.begin();
-        self.shards.grads.iter_mut().for_each(|g| g.fill(0.0));
-        self.model.zero_grads();
+        let grad_scale = grad_scale(micro_batches, |v| {
+            Ok(self.world.as_ref().all_reduce_scalars(v)?)
+        })?;
+        self.shards.store.grads.iter_mut().for_each(|g| g.fill(0.0));
         self.gradients_ready = false;
-
-        let mut loss = LossSum::default();
-        let keep_gathered = self.config.strategy == Strategy::ShardGradOp;
-        for (i, batch) in micro_batches.iter().enumerate() {
-            self.shards.schedule.push(ScheduleEvent::MicroBatch(i));
-            let mut hooks = StepHooks {
-                shards: &mut self.shards,
-                reshard_after_forward: !keep_gathered,
-                backward_follows: true,
-                reduce_after_backward: !keep_gathered || i + 1 == micro_batches.len(),
-            };
-            let result = self
-                .model
-                .forward_backward_with_hooks(batch, grad_scale, &mut hooks);
-            if let Some(failure) = self.shards.failure.take() {
-                return Err(failure);
-            }
-            loss = loss.add(result?);
-        }
+        let loss = run_micro_batches(
+            &mut self.model,
+            &mut self.shards,
+            self.config.strategy,
+            micro_batches,
+            grad_scale,
+        )?;
         if let Some(replicas) = &self.replica_group {
             let s = &mut self.shards;
-            for u in 0..s.grads.len() {
+            for u in 0..s.store.grads.len() {
                 s.schedule.push(ScheduleEvent::ReplicaAllReduce(u));
-                replicas.all_reduce(&mut s.grads[u])?;
+                replicas.all_reduce(&mut s.store.grads[u])?;
             }
         }
 
         // Replicas hold identical shards, so the shard group alone covers every element once.
         let mut squares = [kormo_optim::sum_of_squares(&segment_grads(
-            &self.shards.grads,
+            &self.shards.store.grads,
             &self.segments,
         ))];
-        self.shards.shard_group.all_reduce_scalars(&mut squares)?;
+        self.shards
+            .store
+            .shard_group
+            .all_reduce_scalars(&mut squares)?;
         let grad_norm = squares[0].sqrt();
         let max = self.config.grad_clip;
         if grad_norm.is_finite() && max > 0.0 && grad_norm > max {
             // Same factor as kormo_optim::clip_grad_norm.
             let scale = (max / (grad_norm + 1e-6)) as f32;
             self.shards
+                .store
                 .grads
                 .iter_mut()
                 .for_each(|g| g.iter_mut().for_each(|x| *x *= scale));
@@ -745,8 +951,9 @@ impl<O: Ops> FsdpRank<O> {
                 "FsdpRank::apply without new gradients (call forward_backward first)".into(),
             ));
         }
-        let grads = segment_grads(&self.shards.grads, &self.segments);
-        let mut params = split_segments(&mut self.shards.params, &self.segments);
+        let store = &mut self.shards.store;
+        let grads = segment_grads(&store.grads, &self.segments);
+        let mut params = split_segments(&mut store.params, &self.segments);
         self.adamw.step(&mut params, &grads, lr)?;
         Ok(())
     }
@@ -755,18 +962,7 @@ impl<O: Ops> FsdpRank<O> {
     /// unit is gathered (with prefetch) just before its forward and released after it.
     /// Collective.
     pub fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
-        self.shards.begin();
-        let mut hooks = StepHooks {
-            shards: &mut self.shards,
-            reshard_after_forward: true,
-            backward_follows: false,
-            reduce_after_backward: false,
-        };
-        let result = self.model.evaluate_with_hooks(batch, &mut hooks);
-        if let Some(failure) = self.shards.failure.take() {
-            return Err(failure);
-        }
-        let loss = result?;
+        let loss = run_evaluate(&mut self.model, &mut self.shards, batch)?;
         let mut sums = [loss.weighted_loss, loss.weight];
         self.world.all_reduce_scalars(&mut sums)?;
         Ok(LossSum {
@@ -779,6 +975,7 @@ impl<O: Ops> FsdpRank<O> {
     pub fn moment_shards(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
         let mut m: Vec<Vec<f32>> = self
             .shards
+            .store
             .ranges
             .iter()
             .map(|r| Vec::with_capacity(r.len()))
@@ -802,7 +999,7 @@ impl<O: Ops> FsdpRank<O> {
         step: u64,
     ) -> Result<(), DistError> {
         for (u, p) in params.iter().enumerate() {
-            if p.len() != self.shards.ranges[u].len()
+            if p.len() != self.shards.store.ranges[u].len()
                 || exp_avg[u].len() != p.len()
                 || exp_avg_sq[u].len() != p.len()
             {
@@ -812,14 +1009,14 @@ impl<O: Ops> FsdpRank<O> {
                 )));
             }
         }
-        self.shards.params = params;
+        self.shards.store.params = params;
         self.gradients_ready = false;
         let names: Vec<(String, usize, usize, usize)> = self
             .segments
             .iter()
             .map(|s| {
                 (
-                    self.shards.specs[s.tensor].name.clone(),
+                    self.shards.store.specs[s.tensor].name.clone(),
                     s.unit,
                     s.shard_offset,
                     s.len,
@@ -839,6 +1036,42 @@ impl<O: Ops> FsdpRank<O> {
         self.adamw.set_step_count(step);
         Ok(())
     }
+}
+
+/// This rank's shards of `model`'s current parameters, per unit (unpadded, `ranges[u].len()`
+/// elements), read tensor by tensor through the host.
+pub(crate) fn initial_shards<O: Ops>(
+    model: &Model<O>,
+    units: &[Unit],
+    ranges: &[ShardRange],
+    segments: &[Segment],
+) -> Result<Vec<Vec<f32>>, DistError> {
+    let specs = model.param_specs();
+    let mut shards: Vec<Vec<f32>> = ranges.iter().map(|r| vec![0.0; r.len()]).collect();
+    let mut host = Vec::new();
+    for seg in segments {
+        let spec = &specs[seg.tensor];
+        host.resize(spec.numel(), 0.0);
+        model.read_param(&spec.name, &mut host)?;
+        let in_tensor = ranges[seg.unit].start + seg.shard_offset
+            - units[seg.unit].offsets[tensor_slot(&units[seg.unit], seg.tensor)];
+        shards[seg.unit][seg.shard_offset..seg.shard_offset + seg.len]
+            .copy_from_slice(&host[in_tensor..in_tensor + seg.len]);
+    }
+    Ok(shards)
+}
+
+/// One optimizer tensor per segment: the tensor's name and weight-decay flag, the segment's
+/// length (sharding changes nothing numerically, AdamW being elementwise).
+pub(crate) fn segment_infos(segments: &[Segment], specs: &[ParamSpec]) -> Vec<ParamInfo> {
+    segments
+        .iter()
+        .map(|seg| ParamInfo {
+            name: specs[seg.tensor].name.clone(),
+            numel: seg.len,
+            weight_decay: specs[seg.tensor].weight_decay(),
+        })
+        .collect()
 }
 
 fn tensor_slot(unit: &Unit, tensor: usize) -> usize {

@@ -5,6 +5,8 @@
 //!   one primitive ([`HostTransport::exchange`]) and reduce in rank order; [`SubGroup`] splits a
 //!   group (hybrid sharding).
 //! * [`nccl`] — the same trait over NCCL on device buffers (compiled everywhere, runs on GPUs).
+//! * [`device_fsdp`] — [`DeviceFsdpRank`]: the FSDP engine of [`fsdp`] with its shards,
+//!   gathers and reductions on the GPU (`Model<CudaOps>`, NCCL on a second stream).
 //! * [`local`] — in-process communicator, one thread per rank (tests, `--world-size N` on CPU).
 //! * [`shard`], [`fsdp`], [`sampling`] — FSDP units and shards, the per-rank training step with
 //!   the `full_shard`, `shard_grad_op` and `hybrid` strategies, and data-parallel row sampling.
@@ -15,6 +17,7 @@
 //!
 //! See docs/distributed.md for the design and docs/scaling.md for the cost model.
 pub mod comm;
+pub mod device_fsdp;
 pub mod error;
 pub mod fsdp;
 pub mod launch;
@@ -26,6 +29,7 @@ pub mod sharded_checkpoint;
 pub mod tcp;
 
 pub use comm::{Collectives, CommError, HostTransport, Op, SubGroup};
+pub use device_fsdp::DeviceFsdpRank;
 pub use error::DistError;
 pub use fsdp::{
     FsdpConfig, FsdpRank, Gradients, ReduceDtype, Release, Residency, ScheduleEvent, StepOutcome,

@@ -220,6 +220,126 @@ impl NcclComm {
     }
 }
 
+/// Element type of a raw-pointer collective ([`NcclComm::all_gather_ptr`] and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireDtype {
+    F32,
+    /// bf16 as raw `u16` bits (`ncclBfloat16`).
+    Bf16,
+}
+
+impl WireDtype {
+    fn nccl(self) -> sys::ncclDataType_t {
+        match self {
+            WireDtype::F32 => sys::ncclDataType_t::ncclFloat32,
+            WireDtype::Bf16 => sys::ncclDataType_t::ncclBfloat16,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            WireDtype::F32 => 4,
+            WireDtype::Bf16 => 2,
+        }
+    }
+}
+
+/// Collectives on raw device addresses, for engines that keep their buffers in another
+/// container (the device FSDP's `CudaBuf`s, sub-ranges of one allocation). Each enqueues on
+/// [`NcclComm::stream`]; ordering against other streams is the caller's (CUDA events).
+impl NcclComm {
+    fn failed(&self, name: &str, e: NcclError) -> CommError {
+        nccl_error(
+            &format!("rank {} of {}: {name}", self.rank, self.world_size),
+            e,
+        )
+    }
+
+    /// `recv[r * count .. (r + 1) * count] = send of rank r`.
+    ///
+    /// # Safety
+    /// `send` must address `count` and `recv` `count * world_size` elements of `dtype` on this
+    /// communicator's device, both valid (and `recv` not used by other work) until the
+    /// collective has completed on [`NcclComm::stream`].
+    pub unsafe fn all_gather_ptr(
+        &self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        dtype: WireDtype,
+    ) -> Result<(), CommError> {
+        // SAFETY: the caller's contract.
+        unsafe {
+            result::all_gather(
+                send as *const c_void,
+                recv as *mut c_void,
+                count,
+                dtype.nccl(),
+                self.comm,
+                self.raw_stream(),
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| self.failed("ncclAllGather", e))
+    }
+
+    /// `recv = sum over ranks of send[rank * count .. (rank + 1) * count]`.
+    ///
+    /// # Safety
+    /// `send` must address `count * world_size` and `recv` `count` elements of `dtype`, valid
+    /// until the collective has completed on [`NcclComm::stream`].
+    pub unsafe fn reduce_scatter_ptr(
+        &self,
+        send: u64,
+        recv: u64,
+        count: usize,
+        dtype: WireDtype,
+    ) -> Result<(), CommError> {
+        // SAFETY: the caller's contract.
+        unsafe {
+            result::reduce_scatter(
+                send as *const c_void,
+                recv as *mut c_void,
+                count,
+                dtype.nccl(),
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                self.raw_stream(),
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| self.failed("ncclReduceScatter", e))
+    }
+
+    /// In-place sum of `count` elements at `buf` over all ranks.
+    ///
+    /// # Safety
+    /// `buf` must address `count` elements of `dtype`, valid until the collective has
+    /// completed on [`NcclComm::stream`].
+    pub unsafe fn all_reduce_ptr(
+        &self,
+        buf: u64,
+        count: usize,
+        dtype: WireDtype,
+    ) -> Result<(), CommError> {
+        // SAFETY: the caller's contract.
+        unsafe {
+            result::all_reduce(
+                buf as *const c_void,
+                buf as *mut c_void,
+                count,
+                dtype.nccl(),
+                sys::ncclRedOp_t::ncclSum,
+                self.comm,
+                self.raw_stream(),
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| self.failed("ncclAllReduce", e))
+    }
+}
+
 impl Drop for NcclComm {
     fn drop(&mut self) {
         // Abort rather than destroy: it also works when a peer has died mid-collective. A

@@ -24,10 +24,132 @@ use kormo_checkpoint::{CheckpointError, Manifest, RunState, SafetensorsFile, Ten
 use kormo_model::Ops;
 use serde::{Deserialize, Serialize};
 
-use crate::comm::{Collectives, HostTransport};
+use crate::comm::Collectives;
+use crate::device_fsdp::DeviceFsdpRank;
 use crate::error::DistError;
 use crate::fsdp::FsdpRank;
-use crate::shard::ShardRange;
+use crate::shard::{ShardRange, Unit};
+use kormo_model::ParamSpec;
+
+/// What a sharded checkpoint reads from and writes into a rank, whatever holds its shards:
+/// [`FsdpRank`] (host vectors) or [`DeviceFsdpRank`] (device buffers, copied to the host for
+/// writing and uploaded on restore). The files are the same for both.
+pub trait ShardedState {
+    /// This rank in the world and the world size (every rank takes part in a save).
+    fn world_rank(&self) -> usize;
+    fn world_size(&self) -> usize;
+    /// Sum of host scalars over the world.
+    fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError>;
+    /// This rank in its shard group, and the group's size (the shard count).
+    fn shard_rank(&self) -> usize;
+    fn shard_count(&self) -> usize;
+    /// Rank among the replicas of this shard (0 unless hybrid); only replica 0 writes.
+    fn replica_rank(&self) -> usize;
+    fn units(&self) -> &[Unit];
+    fn param_specs(&self) -> &[ParamSpec];
+    fn ranges(&self) -> &[ShardRange];
+    /// Per unit, this rank's parameter, `exp_avg` and `exp_avg_sq` shards (unpadded), and
+    /// the optimizer step count.
+    #[allow(clippy::type_complexity)]
+    fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError>;
+    /// Replaces the shards and the step count (lengths as [`ShardedState::ranges`]).
+    fn load_shards(
+        &mut self,
+        params: Vec<Vec<f32>>,
+        exp_avg: &[Vec<f32>],
+        exp_avg_sq: &[Vec<f32>],
+        step: u64,
+    ) -> Result<(), DistError>;
+}
+
+impl<O: Ops> ShardedState for FsdpRank<O> {
+    fn world_rank(&self) -> usize {
+        self.world().rank()
+    }
+    fn world_size(&self) -> usize {
+        self.world().world_size()
+    }
+    fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError> {
+        Ok(self.world().all_reduce_scalars(values)?)
+    }
+    fn shard_rank(&self) -> usize {
+        self.shard_group().rank()
+    }
+    fn shard_count(&self) -> usize {
+        self.shard_group().world_size()
+    }
+    fn replica_rank(&self) -> usize {
+        FsdpRank::replica_rank(self)
+    }
+    fn units(&self) -> &[Unit] {
+        FsdpRank::units(self)
+    }
+    fn param_specs(&self) -> &[ParamSpec] {
+        FsdpRank::param_specs(self)
+    }
+    fn ranges(&self) -> &[ShardRange] {
+        FsdpRank::ranges(self)
+    }
+    fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
+        let (exp_avg, exp_avg_sq) = self.moment_shards();
+        Ok((
+            [self.shards().to_vec(), exp_avg, exp_avg_sq],
+            self.adamw().step_count(),
+        ))
+    }
+    fn load_shards(
+        &mut self,
+        params: Vec<Vec<f32>>,
+        exp_avg: &[Vec<f32>],
+        exp_avg_sq: &[Vec<f32>],
+        step: u64,
+    ) -> Result<(), DistError> {
+        FsdpRank::load_shards(self, params, exp_avg, exp_avg_sq, step)
+    }
+}
+
+impl ShardedState for DeviceFsdpRank {
+    fn world_rank(&self) -> usize {
+        DeviceFsdpRank::world_rank(self)
+    }
+    fn world_size(&self) -> usize {
+        DeviceFsdpRank::world_size(self)
+    }
+    fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError> {
+        DeviceFsdpRank::all_reduce_world(self, values)
+    }
+    fn shard_rank(&self) -> usize {
+        self.shard_group().rank()
+    }
+    fn shard_count(&self) -> usize {
+        self.shard_group().world_size()
+    }
+    fn replica_rank(&self) -> usize {
+        DeviceFsdpRank::replica_rank(self)
+    }
+    fn units(&self) -> &[Unit] {
+        DeviceFsdpRank::units(self)
+    }
+    fn param_specs(&self) -> &[ParamSpec] {
+        DeviceFsdpRank::param_specs(self)
+    }
+    fn ranges(&self) -> &[ShardRange] {
+        DeviceFsdpRank::ranges(self)
+    }
+    fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
+        let (exp_avg, exp_avg_sq) = self.moment_shards()?;
+        Ok(([self.shards()?, exp_avg, exp_avg_sq], self.step_count()))
+    }
+    fn load_shards(
+        &mut self,
+        params: Vec<Vec<f32>>,
+        exp_avg: &[Vec<f32>],
+        exp_avg_sq: &[Vec<f32>],
+        step: u64,
+    ) -> Result<(), DistError> {
+        DeviceFsdpRank::load_shards(self, params, exp_avg, exp_avg_sq, step)
+    }
+}
 
 pub const FORMAT_VERSION: u32 = 1;
 pub const META_FILE: &str = "sharded.json";
@@ -66,7 +188,7 @@ pub fn shard_file_name(rank: usize, count: usize) -> String {
     format!("shard-{rank:05}-of-{count:05}.safetensors")
 }
 
-fn unit_metas<O: Ops>(rank: &FsdpRank<O>) -> Vec<UnitMeta> {
+fn unit_metas<S: ShardedState + ?Sized>(rank: &S) -> Vec<UnitMeta> {
     let specs = rank.param_specs();
     rank.units()
         .iter()
@@ -108,14 +230,14 @@ fn write_atomic(
 
 /// Runs `work` on every rank and fails on all ranks if it failed on any (naming the ranks), so
 /// a rank whose disk write failed cannot leave the others waiting at the next barrier.
-fn all_or_nothing(
-    world: &dyn HostTransport,
+fn all_or_nothing<S: ShardedState + ?Sized>(
+    world: &S,
     what: &str,
     result: Result<(), DistError>,
 ) -> Result<(), DistError> {
     let mut failed = vec![0.0; world.world_size()];
-    failed[world.rank()] = if result.is_err() { 1.0 } else { 0.0 };
-    world.all_reduce_scalars(&mut failed)?;
+    failed[world.world_rank()] = if result.is_err() { 1.0 } else { 0.0 };
+    world.all_reduce_world(&mut failed)?;
     result?;
     let bad: Vec<String> = failed
         .iter()
@@ -134,12 +256,16 @@ fn all_or_nothing(
 }
 
 /// Saves `rank`'s shards into `dir` (collective over the world).
-pub fn save<O: Ops>(rank: &FsdpRank<O>, dir: &Path, run: &RunState) -> Result<(), DistError> {
-    let world = rank.world();
+pub fn save<S: ShardedState + ?Sized>(
+    rank: &S,
+    dir: &Path,
+    run: &RunState,
+) -> Result<(), DistError> {
+    let world = rank;
     let prepare = (|| {
         std::fs::create_dir_all(dir)
             .map_err(|e| io_error(dir, "cannot create checkpoint directory", e))?;
-        if world.rank() == 0 {
+        if world.world_rank() == 0 {
             match std::fs::remove_file(dir.join(META_FILE)) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -155,42 +281,41 @@ pub fn save<O: Ops>(rank: &FsdpRank<O>, dir: &Path, run: &RunState) -> Result<()
     })();
     all_or_nothing(world, "preparing the checkpoint directory", prepare)?;
 
-    let group = rank.shard_group();
+    let (shard_rank, shard_count) = (rank.shard_rank(), rank.shard_count());
     let written = if rank.replica_rank() == 0 {
-        let (exp_avg, exp_avg_sq) = rank.moment_shards();
-        let mut tensors = Vec::new();
-        for (u, unit) in rank.units().iter().enumerate() {
-            for (kind, values) in KINDS
-                .iter()
-                .zip([&rank.shards()[u], &exp_avg[u], &exp_avg_sq[u]])
-            {
-                tensors.push(Tensor::f32(
-                    format!("{}.{kind}", unit.name),
-                    vec![values.len()],
-                    values,
-                ));
+        (|| {
+            let ([params, exp_avg, exp_avg_sq], step) = rank.host_shards()?;
+            let mut tensors = Vec::new();
+            for (u, unit) in rank.units().iter().enumerate() {
+                for (kind, values) in KINDS.iter().zip([&params[u], &exp_avg[u], &exp_avg_sq[u]]) {
+                    tensors.push(Tensor::f32(
+                        format!("{}.{kind}", unit.name),
+                        vec![values.len()],
+                        values,
+                    ));
+                }
             }
-        }
-        tensors.push(Tensor::u64("step", vec![1], &[rank.adamw().step_count()]));
-        let metadata = BTreeMap::from([
-            ("shard_rank".to_string(), group.rank().to_string()),
-            ("shard_count".to_string(), group.world_size().to_string()),
-        ]);
-        let path = dir.join(shard_file_name(group.rank(), group.world_size()));
-        write_atomic(&path, |temp| {
-            Ok(kormo_checkpoint::safetensors::write(
-                temp, &tensors, &metadata,
-            )?)
-        })
+            tensors.push(Tensor::u64("step", vec![1], &[step]));
+            let metadata = BTreeMap::from([
+                ("shard_rank".to_string(), shard_rank.to_string()),
+                ("shard_count".to_string(), shard_count.to_string()),
+            ]);
+            let path = dir.join(shard_file_name(shard_rank, shard_count));
+            write_atomic(&path, |temp| {
+                Ok(kormo_checkpoint::safetensors::write(
+                    temp, &tensors, &metadata,
+                )?)
+            })
+        })()
     } else {
         Ok(())
     };
     all_or_nothing(world, "writing checkpoint shards", written)?;
 
-    let meta_written = if world.rank() == 0 {
+    let meta_written = if world.world_rank() == 0 {
         let meta = ShardedMeta {
             format_version: FORMAT_VERSION,
-            shard_count: group.world_size(),
+            shard_count,
             units: unit_metas(rank),
             run: run.clone(),
         };
@@ -305,7 +430,7 @@ impl ShardedCheckpoint {
     }
 
     /// Loads this rank's shards (any shard count) into `rank` and returns the run state.
-    pub fn restore<O: Ops>(&self, rank: &mut FsdpRank<O>) -> Result<RunState, DistError> {
+    pub fn restore<S: ShardedState + ?Sized>(&self, rank: &mut S) -> Result<RunState, DistError> {
         let expected = unit_metas(rank);
         let meta_path = self.dir.join(META_FILE);
         if expected.len() != self.meta.units.len() {
@@ -320,11 +445,17 @@ impl ShardedCheckpoint {
         }
         for (want, have) in expected.iter().zip(&self.meta.units) {
             if want != have {
-                return Err(DistError::Checkpoint(CheckpointError::new(&meta_path, format!(
-                    "unit `{}` ({} elements) does not match the model's unit `{}` ({} elements, tensors {:?})",
-                    have.name, have.numel, want.name, want.numel,
-                    want.tensors.iter().map(|t| &t.name).collect::<Vec<_>>()
-                ))));
+                return Err(DistError::Checkpoint(CheckpointError::new(
+                    &meta_path,
+                    format!(
+                        "unit `{}` ({} elements) does not match the model's unit `{}` ({} elements, tensors {:?})",
+                        have.name,
+                        have.numel,
+                        want.name,
+                        want.numel,
+                        want.tensors.iter().map(|t| &t.name).collect::<Vec<_>>()
+                    ),
+                )));
             }
         }
         let mut loaded: [Vec<Vec<f32>>; 3] = Default::default();
