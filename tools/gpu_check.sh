@@ -24,31 +24,35 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 CARRY=.gpu-carry
 
+# Path of the release test executable `$2` of crate `$1` (cargo names it with a hash), from
+# cargo's JSON messages; exits when there is none.
+test_executable() {
+    local path
+    path="$(cargo test --release -p "$1" --test "$2" --no-run --message-format=json \
+        | python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$2")"
+    [[ -n "$path" ]] || { echo "gpu_check build: no $2 test executable in $1" >&2; exit 1; }
+    echo "$path"
+}
+
 build() {
     set -e
     command -v cargo >/dev/null || { echo "gpu_check build: cargo not found" >&2; exit 1; }
     mkdir -p "$CARRY"
     # The test executable's path comes from cargo's JSON messages (its name carries a hash).
     local test_bin
-    test_bin="$(cargo test --release -p kormo-cuda --test gpu --no-run --message-format=json \
-        | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu":
-        print(m["executable"])')"
-    [[ -n "$test_bin" ]] || { echo "gpu_check build: no gpu test executable found" >&2; exit 1; }
-    local nccl_bin
-    nccl_bin="$(cargo test --release -p kormo-dist --test nccl_device --no-run --message-format=json \
-        | python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "nccl_device":
-        print(m["executable"])')"
-    [[ -n "$nccl_bin" ]] || { echo "gpu_check build: no nccl_device test executable found" >&2; exit 1; }
+    test_bin="$(test_executable kormo-cuda gpu)"
+    local nccl_bin fsdp_bin
+    nccl_bin="$(test_executable kormo-dist nccl_device)"
+    fsdp_bin="$(test_executable kormo-dist device_fsdp)"
     cargo build --release -p kormo-cuda --bin bench --bin model_step
     cargo build --release -p kormo-train --bin train
     cargo build --release -p kormo-hf --bin hf
     cp "$nccl_bin" "$CARRY/nccl-test"
+    cp "$fsdp_bin" "$CARRY/device-fsdp-test"
     # A few steps of the tiny recipe, exported in both flavours with kormo's own logits, for the
     # transformers comparison on the device (tools/hf_transformers_check.py).
     local hf_run="$CARRY/hf-run" tokens="256,72,101,108,108,111,32,236,149,136,257,3,200"
@@ -75,7 +79,7 @@ for line in sys.stdin:
         git status --porcelain 2>/dev/null | grep -q . && echo "(working tree had uncommitted changes)"
     } >"$CARRY/COMMIT"
     du -sh "$CARRY"
-    echo "built $CARRY/{gpu-tests,nccl-test,bench,model-step,train,hf}; carry '$CARRY' with the device tool (docs/gpu.md)"
+    echo "built $CARRY/{gpu-tests,nccl-test,device-fsdp-test,bench,model-step,train,hf}; carry '$CARRY' with the device tool (docs/gpu.md)"
 }
 
 # The whole run must end within the device tool's per-call limit (run(timeout_s=600)).
@@ -198,8 +202,8 @@ timed_step() {
 
 run_checks() {
     local out_dir="${1:-bench/results}"
-    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/nccl-test" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" && -d "$CARRY/hf" ]] || {
-        echo "gpu_check run: $CARRY/{gpu-tests,nccl-test,bench,model-step,train,hf} incomplete: run 'tools/gpu_check.sh build' here first" >&2
+    [[ -x "$CARRY/gpu-tests" && -x "$CARRY/nccl-test" && -x "$CARRY/device-fsdp-test" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" && -d "$CARRY/hf" ]] || {
+        echo "gpu_check run: $CARRY/{gpu-tests,nccl-test,device-fsdp-test,bench,model-step,train,hf} incomplete: run 'tools/gpu_check.sh build' here first" >&2
         exit 1
     }
     mkdir -p "$out_dir"
@@ -242,6 +246,7 @@ run_checks() {
         done
     fi
     wanted nccl && start_logged nccl 90 "$CARRY/nccl-test" --nocapture --test-threads=1
+    wanted device-fsdp && start_logged device-fsdp 120 "$CARRY/device-fsdp-test" --nocapture --test-threads=1
     if wanted transformers; then
         for flavor in llama kormo; do
             start_logged "transformers-$flavor" 120 python3 tools/hf_transformers_check.py \
@@ -290,6 +295,18 @@ run_checks() {
             echo '```'
             status="$(status_of nccl)"
             [[ "$status" == 0 ]] || echo "(nccl-test exit status $status)"
+            echo
+        } >>"$report"
+    fi
+    if wanted device-fsdp; then
+        {
+            echo "## Device FSDP at world size 1 (rust/dist/tests/device_fsdp.rs: DeviceFsdpRank over NCCL vs the single-GPU step and FsdpRank<CudaOps> over the CPU communicator)"
+            echo
+            echo '```'
+            grep -E "^test |test result|^case |^  [A-Za-z].*:$|step 5:|masters:|allocations per step|FAILURES|panicked|skipped" "$logs/device-fsdp.log" | head -80
+            echo '```'
+            status="$(status_of device-fsdp)"
+            [[ "$status" == 0 ]] || echo "(device-fsdp-test exit status $status)"
             echo
         } >>"$report"
     fi
