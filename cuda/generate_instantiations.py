@@ -33,18 +33,20 @@ GENERATED = CUDA / "generated"
 
 HEAD_DIMS = (64, 128)
 MASKS = (("causal", False), ("doc", True))  # (name, doc-id mask on top of causal)
-TILE = 64
-WARPS = 4
+TILE = 64  # keys per tile (both passes) and queries per backward block
+FWD_ROWS = 128  # queries per forward block
+THREADS = 128  # 4 warps per block, both passes
 
 
 def fwd_smem_bytes(d):
-    # q, k, v bf16 [64][d]; s f32 [64][64]; p bf16 [64][64]; o f32 [64][d]; 4 x [64] of 4 bytes
-    return 3 * TILE * d * 2 + TILE * TILE * 4 + TILE * TILE * 2 + TILE * d * 4 + 4 * TILE * 4
+    # q bf16 [128][d], k, v bf16 [64][d] (all swizzled); k doc ids uint32 [64]
+    return FWD_ROWS * d * 2 + 2 * TILE * d * 2 + TILE * 4
 
 
 def bwd_smem_bytes(d):
-    # k, v, q, dout bf16 [64][d]; s, p32 f32 [64][64]; p, ds bf16 [64][64]; dq scratch; 4 x [64]
-    return 4 * TILE * d * 2 + 2 * TILE * TILE * 4 + 2 * TILE * TILE * 2 + WARPS * 256 * 4 + 4 * TILE * 4
+    # k, v bf16 [64][d]; q, dout bf16 [2][64][d] (double-buffered); dS^T bf16 [64][64];
+    # lse, delta, q doc ids 4 bytes x [2][64]
+    return 6 * TILE * d * 2 + TILE * TILE * 2 + 3 * 2 * TILE * 4
 
 
 def variants():
@@ -75,7 +77,9 @@ def variant_source(v):
         + ".\n"
         + '#include "kormo_attention.cuh"\n\n'
         + f"static_assert(kormo::attention::FwdSmem<{d}>::bytes == {v['fwd_smem']}, \"regenerate: fwd smem\");\n"
-        + f"static_assert(kormo::attention::BwdSmem<{d}>::bytes == {v['bwd_smem']}, \"regenerate: bwd smem\");\n\n"
+        + f"static_assert(kormo::attention::BwdSmem<{d}>::bytes == {v['bwd_smem']}, \"regenerate: bwd smem\");\n"
+        + f"static_assert(kormo::attention::kFwdRows == {FWD_ROWS} && kormo::attention::kTile == {TILE}, \"regenerate: tiles\");\n"
+        + f"static_assert(kormo::attention::kThreads == {THREADS}, \"regenerate: threads\");\n\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
         + f"{v['fwd']}(KormoAttentionFwdArgs a) {{\n"
         + f"    kormo::attention::forward<{d}, {doc}>(a);\n}}\n\n"
@@ -129,6 +133,13 @@ def rust_source(vs, names):
     out += [
         "];",
         "",
+        "/// Queries per forward block (grid x = ceil(seq_len / this)).",
+        f"pub const ATTENTION_FWD_BLOCK_QUERIES: i64 = {FWD_ROWS};",
+        "/// Keys per backward block (grid x = ceil(seq_len / this)).",
+        f"pub const ATTENTION_BWD_BLOCK_KEYS: i64 = {TILE};",
+        "/// Threads per block of both attention passes.",
+        f"pub const ATTENTION_THREADS: u32 = {THREADS};",
+        "",
         "/// One compiled attention variant (head dim x mask).",
         "#[derive(Debug, Clone, Copy, PartialEq, Eq)]",
         "pub struct AttentionVariant {",
@@ -137,9 +148,9 @@ def rust_source(vs, names):
         "    pub doc_mask: bool,",
         "    pub fwd: &'static str,",
         "    pub bwd: &'static str,",
-        "    /// Dynamic shared memory of the forward kernel (128 threads per block).",
+        "    /// Dynamic shared memory of the forward kernel (ATTENTION_THREADS per block).",
         "    pub fwd_smem_bytes: u32,",
-        "    /// Dynamic shared memory of the backward kernel (128 threads per block).",
+        "    /// Dynamic shared memory of the backward kernel (ATTENTION_THREADS per block).",
         "    pub bwd_smem_bytes: u32,",
         "}",
         "",

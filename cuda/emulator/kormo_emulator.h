@@ -6,9 +6,11 @@
 // a block barrier, __syncwarp a per-warp barrier, shuffles go through a per-warp exchange buffer
 // between two warp barriers. __shared__ variables become function statics (one block at a time,
 // so "per block" = "per process"); dynamic shared memory is a per-launch buffer, filled with a
-// garbage pattern before each block so reads of unwritten shared memory show up. What it does
-// not model: memory-model races between warps without a barrier (compute-sanitizer's racecheck
-// on the device covers those), real WMMA fragment layouts, performance.
+// garbage pattern before each block so reads of unwritten shared memory show up. The tensor-core
+// wrappers of kormo_device.cuh (mma.sync, ldmatrix, cp.async) are emulated per lane from the PTX
+// ISA's fragment layouts in kormo_ptx.h. What it does not model: memory-model races between
+// warps without a barrier (compute-sanitizer's racecheck on the device covers those), cp.async
+// timing beyond "lands at the wait that retires its group", performance.
 #pragma once
 
 #include <algorithm>
@@ -29,6 +31,7 @@ struct dim3 {
 inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 inline unsigned char* kormo_emu_dynamic_smem = nullptr;
+inline size_t kormo_emu_dynamic_smem_bytes = 0;  // the launch's dynamic shared memory size
 inline std::barrier<>* kormo_emu_block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> kormo_emu_warp_barriers;
 inline float kormo_emu_shuffle[32][32];  // [warp][lane], blocks of up to 1024 threads
@@ -74,6 +77,7 @@ void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_s
     std::vector<unsigned char> smem(dynamic_smem + 128);
     kormo_emu_dynamic_smem =
         reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem.data()) + 127) & ~uintptr_t(127));
+    kormo_emu_dynamic_smem_bytes = dynamic_smem;
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {

@@ -2,8 +2,10 @@
 // Attention variant hd128_doc: head dim 128, causal + document mask.
 #include "kormo_attention.cuh"
 
-static_assert(kormo::attention::FwdSmem<128>::bytes == 107520, "regenerate: fwd smem");
-static_assert(kormo::attention::BwdSmem<128>::bytes == 119808, "regenerate: bwd smem");
+static_assert(kormo::attention::FwdSmem<128>::bytes == 65792, "regenerate: fwd smem");
+static_assert(kormo::attention::BwdSmem<128>::bytes == 108032, "regenerate: bwd smem");
+static_assert(kormo::attention::kFwdRows == 128 && kormo::attention::kTile == 64, "regenerate: tiles");
+static_assert(kormo::attention::kThreads == 128, "regenerate: threads");
 
 extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
 kormo_attention_fwd_hd128_doc(KormoAttentionFwdArgs a) {

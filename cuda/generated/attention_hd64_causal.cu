@@ -2,8 +2,10 @@
 // Attention variant hd64_causal: head dim 64, causal mask.
 #include "kormo_attention.cuh"
 
-static_assert(kormo::attention::FwdSmem<64>::bytes == 66560, "regenerate: fwd smem");
-static_assert(kormo::attention::BwdSmem<64>::bytes == 87040, "regenerate: bwd smem");
+static_assert(kormo::attention::FwdSmem<64>::bytes == 33024, "regenerate: fwd smem");
+static_assert(kormo::attention::BwdSmem<64>::bytes == 58880, "regenerate: bwd smem");
+static_assert(kormo::attention::kFwdRows == 128 && kormo::attention::kTile == 64, "regenerate: tiles");
+static_assert(kormo::attention::kThreads == 128, "regenerate: threads");
 
 extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
 kormo_attention_fwd_hd64_causal(KormoAttentionFwdArgs a) {

@@ -3,9 +3,9 @@
 #ifndef KORMO_ATTENTION_VARIANTS_H
 #define KORMO_ATTENTION_VARIANTS_H
 #define KORMO_ATTENTION_VARIANTS(X) \
-    X(hd64_causal, 64, 0, 66560, 87040) \
-    X(hd64_doc, 64, 1, 66560, 87040) \
-    X(hd128_causal, 128, 0, 107520, 119808) \
-    X(hd128_doc, 128, 1, 107520, 119808) \
+    X(hd64_causal, 64, 0, 33024, 58880) \
+    X(hd64_doc, 64, 1, 33024, 58880) \
+    X(hd128_causal, 128, 0, 65792, 108032) \
+    X(hd128_doc, 128, 1, 65792, 108032) \
 
 #endif

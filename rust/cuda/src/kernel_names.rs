@@ -29,6 +29,13 @@ pub const KERNEL_NAMES: &[&str] = &[
     "kormo_attention_bwd_hd128_doc",
 ];
 
+/// Queries per forward block (grid x = ceil(seq_len / this)).
+pub const ATTENTION_FWD_BLOCK_QUERIES: i64 = 128;
+/// Keys per backward block (grid x = ceil(seq_len / this)).
+pub const ATTENTION_BWD_BLOCK_KEYS: i64 = 64;
+/// Threads per block of both attention passes.
+pub const ATTENTION_THREADS: u32 = 128;
+
 /// One compiled attention variant (head dim x mask).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionVariant {
@@ -37,15 +44,15 @@ pub struct AttentionVariant {
     pub doc_mask: bool,
     pub fwd: &'static str,
     pub bwd: &'static str,
-    /// Dynamic shared memory of the forward kernel (128 threads per block).
+    /// Dynamic shared memory of the forward kernel (ATTENTION_THREADS per block).
     pub fwd_smem_bytes: u32,
-    /// Dynamic shared memory of the backward kernel (128 threads per block).
+    /// Dynamic shared memory of the backward kernel (ATTENTION_THREADS per block).
     pub bwd_smem_bytes: u32,
 }
 
 pub const ATTENTION_VARIANTS: &[AttentionVariant] = &[
-    AttentionVariant { head_dim: 64, doc_mask: false, fwd: "kormo_attention_fwd_hd64_causal", bwd: "kormo_attention_bwd_hd64_causal", fwd_smem_bytes: 66560, bwd_smem_bytes: 87040 },
-    AttentionVariant { head_dim: 64, doc_mask: true, fwd: "kormo_attention_fwd_hd64_doc", bwd: "kormo_attention_bwd_hd64_doc", fwd_smem_bytes: 66560, bwd_smem_bytes: 87040 },
-    AttentionVariant { head_dim: 128, doc_mask: false, fwd: "kormo_attention_fwd_hd128_causal", bwd: "kormo_attention_bwd_hd128_causal", fwd_smem_bytes: 107520, bwd_smem_bytes: 119808 },
-    AttentionVariant { head_dim: 128, doc_mask: true, fwd: "kormo_attention_fwd_hd128_doc", bwd: "kormo_attention_bwd_hd128_doc", fwd_smem_bytes: 107520, bwd_smem_bytes: 119808 },
+    AttentionVariant { head_dim: 64, doc_mask: false, fwd: "kormo_attention_fwd_hd64_causal", bwd: "kormo_attention_bwd_hd64_causal", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880 },
+    AttentionVariant { head_dim: 64, doc_mask: true, fwd: "kormo_attention_fwd_hd64_doc", bwd: "kormo_attention_bwd_hd64_doc", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880 },
+    AttentionVariant { head_dim: 128, doc_mask: false, fwd: "kormo_attention_fwd_hd128_causal", bwd: "kormo_attention_bwd_hd128_causal", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032 },
+    AttentionVariant { head_dim: 128, doc_mask: true, fwd: "kormo_attention_fwd_hd128_doc", bwd: "kormo_attention_bwd_hd128_doc", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032 },
 ];

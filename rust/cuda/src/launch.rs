@@ -11,7 +11,9 @@ use kormo_model::EmbeddingShape;
 
 use crate::bindings::*;
 use crate::device::CudaError;
-use crate::kernel_names::{AttentionVariant, ATTENTION_VARIANTS};
+use crate::kernel_names::{
+    AttentionVariant, ATTENTION_BWD_BLOCK_KEYS, ATTENTION_FWD_BLOCK_QUERIES, ATTENTION_THREADS, ATTENTION_VARIANTS,
+};
 use crate::module::Kernels;
 
 // SAFETY: plain C structs of integers and floats with the C layout (bindgen, repr(C)); the kernels
@@ -263,7 +265,8 @@ fn check_attention(
     })?;
     grid_dim(name, "batch", batch, 65535)?;
     grid_dim(name, "heads_q", heads_q, 65535)?;
-    grid_dim(name, "seq_len / 64", (seq_len + 63) / 64, i32::MAX as i64)?;
+    // The kernels keep positions inside a row in 32 bits.
+    require(seq_len >= 1 && seq_len <= i32::MAX as i64, name, || format!("seq_len {seq_len} out of range"))?;
     require(strides.iter().all(|s| s % 8 == 0), name, || {
         format!("token/head strides {strides:?} must be multiples of 8 elements (16-byte loads)")
     })?;
@@ -276,9 +279,11 @@ pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Res
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     let strides = attention_strides!(a);
     check_attention(v.fwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o])?;
+    let tiles = (a.seq_len + ATTENTION_FWD_BLOCK_QUERIES - 1) / ATTENTION_FWD_BLOCK_QUERIES;
+    let blocks = grid_dim(v.fwd, "query tiles", tiles, i32::MAX as i64)?;
     let cfg = LaunchConfig {
-        grid_dim: (((a.seq_len + 63) / 64) as u32, a.heads_q as u32, a.batch as u32),
-        block_dim: (128, 1, 1),
+        grid_dim: (blocks, a.heads_q as u32, a.batch as u32),
+        block_dim: (ATTENTION_THREADS, 1, 1),
         shared_mem_bytes: v.fwd_smem_bytes,
     };
     unsafe { launch(k, v.fwd, a, cfg) }
@@ -292,12 +297,14 @@ pub unsafe fn attention_bwd(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Res
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     let strides = attention_strides!(a);
     check_attention(v.bwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
+    let tiles = (a.seq_len + ATTENTION_BWD_BLOCK_KEYS - 1) / ATTENTION_BWD_BLOCK_KEYS;
+    let blocks = grid_dim(v.bwd, "key tiles", tiles, i32::MAX as i64)?;
     let tokens = a.batch * a.seq_len;
     let warps = tokens * a.heads_q;
     unsafe { launch(k, "kormo_attention_bwd_prepare", a, elementwise_cfg(warps * 32)) }?;
     let cfg = LaunchConfig {
-        grid_dim: (((a.seq_len + 63) / 64) as u32, a.heads_kv as u32, a.batch as u32),
-        block_dim: (128, 1, 1),
+        grid_dim: (blocks, a.heads_kv as u32, a.batch as u32),
+        block_dim: (ATTENTION_THREADS, 1, 1),
         shared_mem_bytes: v.bwd_smem_bytes,
     };
     unsafe { launch(k, v.bwd, a, cfg) }?;
