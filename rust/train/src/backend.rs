@@ -94,13 +94,24 @@ pub fn select(
     config: &ModelConfig,
     world_size: usize,
 ) -> Result<Selected, TrainError> {
+    select_on(choice, config, world_size, 0)
+}
+
+/// [`select`] with CUDA on device `ordinal` (a launched rank's local rank: one process per GPU).
+pub fn select_on(
+    choice: BackendChoice,
+    config: &ModelConfig,
+    world_size: usize,
+    ordinal: usize,
+) -> Result<Selected, TrainError> {
     if choice == BackendChoice::Cpu {
         return Ok(Selected::Cpu { why: None });
     }
     if world_size > 1 {
         return match choice {
             BackendChoice::Cuda => Err(TrainError(format!(
-                "--backend=cuda with --world-size={world_size}: distributed training runs on the CPU only for now; use --world-size=1 or --backend=cpu"
+                "--backend=cuda with --world-size={world_size}: --world-size runs the ranks as threads of one process, which would all share one GPU; \
+                 for FSDP over several GPUs start one train process per GPU (--launcher, e.g. srun or RANK/WORLD_SIZE; see docs/distributed.md), or use --backend=cpu"
             ))),
             _ => Ok(Selected::Cpu {
                 why: Some(format!(
@@ -110,8 +121,8 @@ pub fn select(
         };
     }
     // Presence first, so a machine without a GPU says so whatever the model.
-    let opened =
-        kormo_cuda::detect_devices().and_then(|_| kormo_cuda::benchmark::open_for_model(config, 0));
+    let opened = kormo_cuda::detect_devices()
+        .and_then(|_| kormo_cuda::benchmark::open_for_model(config, ordinal));
     match opened {
         Ok((ops, device)) => Ok(Selected::Cuda { ops, device }),
         Err(e) => match choice {

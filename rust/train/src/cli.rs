@@ -29,8 +29,18 @@ options:
   --threads=N         CPU threads (default: all cores; split between ranks)
   --init-hf=FOLDER    start the stage from a Hugging Face model folder (KORMo or Llama
                       naming) instead of its recipe `init`
-  --world-size=N      train with N FSDP ranks, threads of this process (default 1; the
-                      recipe's [dist] table picks the strategy)
+  --world-size=N      train with N FSDP ranks, threads of this process, CPU only (default 1;
+                      the recipe's [dist] table picks the strategy)
+  --launcher=NAME     multi-process FSDP, one process per rank (or per GPU, on the device of
+                      its local rank): auto (default: RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/
+                      MASTER_PORT when RANK is set) | env (those, required) | slurm
+                      (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID under srun; rank 0's host is
+                      the first of the job's nodes unless MASTER_ADDR is set) | none (one
+                      process, whatever the environment says). Every rank prints what it
+                      detected; rank 0 alone logs progress and metrics; every rank writes its
+                      checkpoint shard and the run directory must be shared (docs/distributed.md)
+  --dist-timeout=SECS how long a rank waits for the others (rendezvous, each collective)
+                      before exiting with an error naming the missing rank (default 600)
   --log-every=N       print and record metrics every N steps (default 10; first and last step always)
   --benchmark         do not train: time the stage's first phase on synthetic tokens of its shape
                       (one micro-batch forward+backward, one optimizer update) and report
@@ -57,6 +67,8 @@ pub struct Options {
     pub threads: Option<usize>,
     pub log_every: u64,
     pub world_size: usize,
+    pub launcher: crate::launch::Launcher,
+    pub dist_timeout_s: u64,
     pub init_hf: Option<PathBuf>,
     pub benchmark: bool,
     pub benchmark_steps: usize,
@@ -86,6 +98,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         threads: None,
         log_every: 10,
         world_size: 1,
+        launcher: crate::launch::Launcher::Auto,
+        dist_timeout_s: 600,
         init_hf: None,
         benchmark: false,
         benchmark_steps: 5,
@@ -117,7 +131,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             }
             _ => {}
         }
-        const VALUED: [&str; 14] = [
+        const VALUED: [&str; 16] = [
             "stage",
             "config",
             "run-dir",
@@ -128,6 +142,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "threads",
             "log-every",
             "world-size",
+            "launcher",
+            "dist-timeout",
             "init-hf",
             "benchmark-steps",
             "benchmark-warmup",
@@ -167,6 +183,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
             "threads" => opts.threads = Some(positive(&value)? as usize),
             "log-every" => opts.log_every = positive(&value)?,
             "world-size" => opts.world_size = positive(&value)? as usize,
+            "launcher" => opts.launcher = crate::launch::Launcher::parse(&value)?,
+            "dist-timeout" => opts.dist_timeout_s = positive(&value)?,
             "init-hf" => opts.init_hf = Some(PathBuf::from(value)),
             "benchmark-steps" => opts.benchmark_steps = positive(&value)? as usize,
             "benchmark-warmup" => opts.benchmark_warmup = number(&value)? as usize,
@@ -218,6 +236,31 @@ pub fn run(args: &[String], out: &mut dyn std::io::Write) -> Result<(), String> 
         init_hf: opts.init_hf.as_deref().map(from_user_dir),
         faults: crate::trainer::Faults::default(),
     };
+    let (launch, note) = crate::launch::detect(
+        opts.launcher,
+        std::time::Duration::from_secs(opts.dist_timeout_s),
+    )?;
+    if let Some(note) = note {
+        let _ = writeln!(out, "{note}");
+    }
+    if let Some(launch) = &launch {
+        let _ = writeln!(out, "{}", launch.describe());
+        if opts.world_size > 1 {
+            return Err(format!(
+                "--world-size={} runs ranks as threads of one process, but this process is rank {} of {} of a launched job (--launcher={}); drop --world-size, or pass --launcher=none",
+                opts.world_size,
+                launch.env.rank,
+                launch.env.world_size,
+                launch.env.source
+            ));
+        }
+        if opts.benchmark {
+            return Err(
+                "--benchmark times one process; pass --launcher=none (or unset RANK/WORLD_SIZE)"
+                    .into(),
+            );
+        }
+    }
     if opts.benchmark {
         let bench = crate::benchmark::BenchmarkOptions {
             warmup: opts.benchmark_warmup,
@@ -231,7 +274,7 @@ pub fn run(args: &[String], out: &mut dyn std::io::Write) -> Result<(), String> 
             .map(|_| ())
             .map_err(|e| e.to_string());
     }
-    crate::trainer::run_stage(&recipe, &run, out)
+    crate::trainer::run_stage_launched(&recipe, &run, launch.as_ref(), out)
         .map(|_| ())
         .map_err(|e| e.to_string())
 }
@@ -347,5 +390,7 @@ mod tests {
             err(&["--stage=sft", "--benchmark", "--world-size=2"]).contains("drop --world-size")
         );
         assert!(err(&["--stage=sft", "--benchmark-steps=0"]).contains("at least 1"));
+        assert!(err(&["--stage=sft", "--launcher=mpi"]).contains("auto, env, slurm or none"));
+        assert!(err(&["--stage=sft", "--dist-timeout=0"]).contains("at least 1"));
     }
 }

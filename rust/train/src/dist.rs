@@ -1,5 +1,14 @@
-//! `train --world-size N` on CPU: the stage's phases trained by N FSDP ranks (kormo_dist), one
-//! thread each in this process (`LocalComm`), with the strategy of the recipe's `[dist]` table.
+//! The FSDP step loop (kormo_dist), with the strategy of the recipe's `[dist]` table, for two
+//! ways of running ranks:
+//! * `train --world-size N` on CPU: N ranks, one thread each in this process (`LocalComm`),
+//!   [`run_threads`];
+//! * one rank per process (`--launcher`, see launch.rs), [`run_process`]: `FsdpRank<CpuOps>`
+//!   over the TCP group on the CPU, `DeviceFsdpRank` over NCCL on the GPU of the local rank
+//!   (the TCP group then carries the host-side agreement: the stop decision, the NCCL id).
+//!
+//! There is one loop ([`run_rank`]), generic over the engine ([`Engine`]: forward_backward,
+//! apply, evaluate, full parameters, and kormo_dist's `ShardedState` for checkpoints) that a
+//! backend builds for each phase ([`DistBackend`]).
 //!
 //! Everything before the first step — recipe, data, init or resume, metrics file — is the
 //! single-process trainer's (trainer.rs); this module only replaces the step loop, and shares its
@@ -11,16 +20,21 @@
 //!
 //! Checkpoints are written in the single-process format (sharded save, then consolidation by
 //! rank 0), so any world size can resume them and the next stage can start from them. Rank 0
-//! logs; the stop decision (a preemption signal) is agreed on by all ranks each step.
+//! logs; the stop decision (a preemption signal) is agreed on by all ranks each step, over the
+//! host group. A rank that dies or stops answering makes the others fail at their next
+//! collective with an error naming it (kormo_dist's TCP layer; the collective timeout bounds a
+//! hang), which `train` prints before exiting with code 2.
 //!
-//! Held-out evaluation runs here too (FsdpRank::evaluate over each rank's rows). Each step is
-//! split like the single-process one: `FsdpRank::forward_backward` gives the global loss and
-//! gradient norm, the same on every rank, and every rank runs the same outlier guard (guard.rs)
-//! on them, so all skip or `apply` the same updates, as world size 1 does; the guard's history
-//! is checkpointed the same way. The loss-override fault seam is applied on every rank. Not in
-//! this path (a line at the start says so): NaN restores. A non-finite loss or norm skips the
-//! update on every rank instead, which is logged, and more than `stability.nonfinite_retries` of
-//! them stop the run. The disk-budget fault seam is not wired here.
+//! Held-out evaluation runs here too (each rank evaluates its rows). Each step is split like
+//! the single-process one: the engine's `forward_backward` gives the global loss and gradient
+//! norm, the same on every rank, and every rank runs the same outlier guard (guard.rs) on them,
+//! so all skip or `apply` the same updates, as world size 1 does; the guard's history is
+//! checkpointed the same way. The loss-override fault seam is applied on every rank. A
+//! non-finite loss or norm restores the last good checkpoint of the phase on every rank, as at
+//! world size 1 (rank 0 picks it and tells the others its step; at most
+//! `stability.nonfinite_retries` times). A failed checkpoint save is logged by rank 0 with the
+//! last good checkpoint, as at world size 1; the disk-budget fault seam is not wired here (the
+//! sharded save and consolidation of kormo_dist take no budget), and setting it is an error.
 
 use crate::guard::OutlierGuard;
 use crate::metrics::{EventRecord, MetricsFile};
@@ -33,22 +47,186 @@ use crate::trainer::{
     Backend, PhaseData, RunOptions, StageReport, Start, TrainError, OPTIMIZER_FILE,
 };
 use kormo_checkpoint::Checkpoint;
-use kormo_dist::{sampling, sharded_checkpoint, Collectives, FsdpConfig, FsdpRank, HostTransport};
-use kormo_model::Model;
+use kormo_cuda::CudaOps;
+use kormo_dist::sharded_checkpoint::ShardedState;
+use kormo_dist::{
+    sampling, sharded_checkpoint, Collectives, DeviceFsdpRank, DistError, FsdpConfig, FsdpRank,
+    Gradients, HostTransport, Op, Strategy,
+};
+use kormo_model::{Batch, LossSum, Model, Ops};
+use kormo_optim::AdamWConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How long a rank waits for the others at a collective before naming the missing rank.
+/// How long a thread rank waits for the others at a collective before naming the missing rank.
 const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the step loop needs of a rank's FSDP engine, whichever holds its shards.
+pub(crate) trait Engine: ShardedState {
+    /// Forward and backward over this rank's micro-batches; the global loss and gradient norm,
+    /// the same on every rank. Collective.
+    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError>;
+    /// The update with the last forward_backward's (clipped) gradients.
+    fn apply(&mut self, lr: f64) -> Result<(), DistError>;
+    /// Loss of this rank's rows, summed over all ranks. Collective.
+    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError>;
+    /// The full f32 parameters, in parameter order. Collective.
+    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError>;
+}
+
+impl<O: Ops> Engine for FsdpRank<O> {
+    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
+        FsdpRank::forward_backward(self, micro_batches)
+    }
+    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
+        FsdpRank::apply(self, lr)
+    }
+    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
+        FsdpRank::evaluate(self, batch)
+    }
+    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
+        FsdpRank::full_params(self)
+    }
+}
+
+impl Engine for DeviceFsdpRank {
+    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
+        DeviceFsdpRank::forward_backward(self, micro_batches)
+    }
+    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
+        DeviceFsdpRank::apply(self, lr)
+    }
+    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
+        DeviceFsdpRank::evaluate(self, batch)
+    }
+    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
+        DeviceFsdpRank::full_params(self)
+    }
+}
+
+/// Bounds a hang inside collectives that have no timeout (NCCL, when a peer died in one): the
+/// step loop reports progress ([`Watchdog::alive`]) at every step, and a thread ends the
+/// process with exit code 2 and a message when none came for the timeout. It cannot name the
+/// rank at fault (NCCL does not say); under SLURM `--kill-on-bad-exit` ends the job step as
+/// soon as the failed rank exits, which is sooner.
+struct Watchdog;
+
+/// Milliseconds since [`WATCHDOG_EPOCH`] of the last progress.
+static LAST_PROGRESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WATCHDOG_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+impl Watchdog {
+    fn now_ms() -> u64 {
+        WATCHDOG_EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+    }
+
+    fn alive() {
+        LAST_PROGRESS_MS.store(Self::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn start(rank: usize, world_size: usize, timeout: Duration) {
+        Self::alive();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let last = LAST_PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed);
+            let idle = Duration::from_millis(Self::now_ms().saturating_sub(last));
+            if idle > timeout {
+                eprintln!(
+                    "error: rank {rank} of {world_size}: no training step finished for {}s (--dist-timeout); \
+                     another rank probably failed inside an NCCL collective (see its own error)",
+                    idle.as_secs()
+                );
+                std::process::exit(2);
+            }
+        });
+    }
+}
+
+/// A backend FSDP ranks run on: builds a phase's engine over a model on it.
+pub(crate) trait DistBackend: Ops + Clone + Sized {
+    type Engine: Engine;
+    /// True when the engine's collectives can block without a timeout (NCCL), so a launched
+    /// rank runs a watchdog ([`Watchdog`]).
+    const NEEDS_WATCHDOG: bool;
+    /// `model`: built with the same seed on every rank, holding the phase's starting weights.
+    /// `world`: the host group of the ranks.
+    fn engine(
+        model: Model<Self>,
+        world: &Arc<dyn HostTransport>,
+        adamw: AdamWConfig,
+        fsdp: FsdpConfig,
+    ) -> Result<Self::Engine, TrainError>;
+}
+
+impl DistBackend for Backend {
+    type Engine = FsdpRank<Backend>;
+    // Every host collective has the group's timeout.
+    const NEEDS_WATCHDOG: bool = false;
+    fn engine(
+        model: Model<Self>,
+        world: &Arc<dyn HostTransport>,
+        adamw: AdamWConfig,
+        fsdp: FsdpConfig,
+    ) -> Result<Self::Engine, TrainError> {
+        FsdpRank::new(world.clone(), model, adamw, fsdp).map_err(dist_error)
+    }
+}
+
+impl DistBackend for CudaOps {
+    type Engine = DeviceFsdpRank;
+    // NCCL waits forever for a peer that died inside a collective.
+    const NEEDS_WATCHDOG: bool = true;
+    /// A fresh NCCL communicator per phase (a DeviceFsdpRank owns its communicator): rank 0
+    /// makes the unique id and the host group hands it to every rank; NCCL runs on a second
+    /// stream of the model's device.
+    fn engine(
+        model: Model<Self>,
+        world: &Arc<dyn HostTransport>,
+        adamw: AdamWConfig,
+        fsdp: FsdpConfig,
+    ) -> Result<Self::Engine, TrainError> {
+        if fsdp.strategy == Strategy::Hybrid {
+            return Err(TrainError(
+                "--backend=cuda with several processes: strategy `hybrid` is not wired in train yet \
+                 (DeviceFsdpRank::new_hybrid needs a second, replica-group NCCL communicator); \
+                 use `full_shard` or `shard_grad_op` in the recipe's [dist] table"
+                    .into(),
+            ));
+        }
+        let world = world.as_ref();
+        let (rank, size) = (HostTransport::rank(world), HostTransport::world_size(world));
+        let mine = if rank == 0 {
+            kormo_dist::nccl::unique_id_blob().map_err(|e| TrainError(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let all = world
+            .exchange(Op::Broadcast, mine)
+            .map_err(|e| TrainError(e.to_string()))?;
+        let stream = model
+            .ops()
+            .kernels()
+            .context()
+            .new_stream()
+            .map_err(|e| TrainError(format!("rank {rank}: a CUDA stream for NCCL: {e:?}")))?;
+        let comm = kormo_dist::nccl::NcclComm::init(stream, rank, size, &all[0])
+            .map_err(|e| TrainError(e.to_string()))?;
+        DeviceFsdpRank::new(comm, model, adamw, fsdp).map_err(dist_error)
+    }
+}
 
 /// What the single-process prelude hands over.
 pub(crate) struct Prepared<'a> {
     pub shared: Shared<'a>,
     /// Per rank, per phase: the data (rank 0's is the one whose opening was reported).
     pub data: Vec<Vec<Option<PhaseData>>>,
-    pub metrics: MetricsFile,
+    /// Rank 0's (the only one that logs); None on the other ranks of a multi-process run.
+    pub metrics: Option<MetricsFile>,
 }
 
 /// The read-only state every rank shares.
@@ -63,6 +241,7 @@ pub(crate) struct Shared<'a> {
     /// Full parameters to start from (init or resume), in parameter order.
     pub params: Vec<Vec<f32>>,
     pub start: Start,
+    /// CPU threads of each thread rank (`--world-size N`).
     pub threads_per_rank: usize,
 }
 
@@ -81,61 +260,110 @@ fn dist_error(e: kormo_dist::DistError) -> TrainError {
     TrainError(e.to_string())
 }
 
-/// Trains the phases with `opts.world_size` ranks; rank 0 runs on this thread and reports.
-pub(crate) fn run_phases(
-    prepared: Prepared<'_>,
-    out: &mut dyn Write,
-) -> Result<StageReport, TrainError> {
-    let Prepared {
-        shared,
-        data,
-        mut metrics,
-    } = prepared;
+/// Refuses batches and evaluation rows that do not divide over `world_size` ranks.
+fn check_divisible(shared: &Shared<'_>, world_size: usize, flag: &str) -> Result<(), TrainError> {
     let Shared {
         recipe,
         opts,
         stage,
-        threads_per_rank,
         ..
     } = shared;
-    let world_size = opts.world_size;
-    say(out, format!(
-        "distributed: {world_size} ranks (threads of this process, {threads_per_rank} compute threads each), strategy {}",
-        crate::trainer::serde_name(&fsdp_config(recipe).strategy)
-    ));
     for (i, phase) in stage.phases.iter().enumerate() {
         let rows = phase.micro_batch * phase.grad_accum;
         if rows % world_size != 0 {
             return Err(TrainError(format!(
-                "{}: key `stages.{}.phases[{i}]`: micro_batch x grad_accum = {rows} rows per step do not divide over --world-size {world_size}",
+                "{}: key `stages.{}.phases[{i}]`: micro_batch x grad_accum = {rows} rows per step do not divide over {flag} {world_size}",
                 recipe.origin, opts.stage
             )));
         }
     }
     if recipe.file.eval.every_steps > 0 && recipe.file.eval.rows % world_size != 0 {
         return Err(TrainError(format!(
-            "{}: key `eval.rows`: {} rows do not divide over --world-size {world_size}",
+            "{}: key `eval.rows`: {} rows do not divide over {flag} {world_size}",
             recipe.origin, recipe.file.eval.rows
         )));
     }
-    say(out, "distributed: NaN restores run only at --world-size 1; a non-finite loss or gradient norm skips the update on every rank");
+    Ok(())
+}
+
+/// This process is one rank of `world` (launched with `--launcher`): trains the phases on
+/// `ops` (the CPU, or the GPU of the local rank), rank 0 reporting.
+/// `timeout`: how long a rank may go without finishing a step (or a phase's setup) before its
+/// watchdog ends the process, when the engine's collectives have no timeout of their own.
+pub(crate) fn run_process<O: DistBackend>(
+    prepared: Prepared<'_>,
+    world: Arc<dyn HostTransport>,
+    ops: O,
+    timeout: Duration,
+    out: &mut dyn Write,
+) -> Result<StageReport, TrainError> {
+    let Prepared {
+        shared,
+        mut data,
+        mut metrics,
+    } = prepared;
+    let (rank, world_size) = (
+        HostTransport::rank(world.as_ref()),
+        HostTransport::world_size(world.as_ref()),
+    );
+    say(out, format!(
+        "distributed: world size {world_size}, one rank per process (this is rank {rank}), strategy {}",
+        crate::trainer::serde_name(&fsdp_config(shared.recipe).strategy)
+    ));
+    check_divisible(&shared, world_size, "WORLD_SIZE")?;
+    let phases = data.pop().expect("this rank's data");
+    if O::NEEDS_WATCHDOG && world_size > 1 {
+        Watchdog::start(rank, world_size, timeout);
+    }
+    run_rank(&shared, world, ops, phases, metrics.as_mut(), out)
+        .map_err(|e| TrainError(format!("rank {rank} of {world_size}: {e}")))
+}
+
+/// Trains the phases with `opts.world_size` thread ranks on the CPU; rank 0 runs on this
+/// thread and reports.
+pub(crate) fn run_threads(
+    prepared: Prepared<'_>,
+    out: &mut dyn Write,
+) -> Result<StageReport, TrainError> {
+    let Prepared {
+        shared,
+        data,
+        metrics,
+    } = prepared;
+    let mut metrics = metrics.expect("the thread ranks' process logs");
+    let world_size = shared.opts.world_size;
+    let threads_per_rank = shared.threads_per_rank;
+    say(out, format!(
+        "distributed: {world_size} ranks (threads of this process, {threads_per_rank} compute threads each), strategy {}",
+        crate::trainer::serde_name(&fsdp_config(shared.recipe).strategy)
+    ));
+    check_divisible(&shared, world_size, "--world-size")?;
     let mut comms = kormo_dist::LocalComm::group(world_size, COLLECTIVE_TIMEOUT).into_iter();
     let mut data = data.into_iter();
     let rank0_comm = comms.next().expect("world size >= 1");
     let rank0_data = data.next().expect("data for every rank");
+    let ops = || Backend::with_threads(threads_per_rank);
     std::thread::scope(|scope| {
         let others: Vec<_> = comms
             .zip(data)
             .map(|(comm, phases)| {
                 let shared = &shared;
                 scope.spawn(move || {
-                    run_rank(shared, Arc::new(comm), phases, None, &mut std::io::sink())
+                    run_rank(
+                        shared,
+                        Arc::new(comm),
+                        ops(),
+                        phases,
+                        None,
+                        &mut std::io::sink(),
+                    )
                 })
             })
             .collect();
         let report = run_rank(
             &shared,
             Arc::new(rank0_comm),
+            ops(),
             rank0_data,
             Some(&mut metrics),
             out,
@@ -159,10 +387,12 @@ pub(crate) fn run_phases(
     })
 }
 
-/// One rank's training; rank 0 (`metrics` given) logs and writes the consolidated checkpoints.
-fn run_rank(
+/// One rank's training on `ops`; rank 0 (`metrics` given) logs and writes the consolidated
+/// checkpoints. `world`: the host group (the stop decision, and the CPU engine's collectives).
+fn run_rank<O: DistBackend>(
     shared: &Shared<'_>,
     world: Arc<dyn HostTransport>,
+    ops: O,
     mut phases: Vec<Option<PhaseData>>,
     mut metrics: Option<&mut MetricsFile>,
     out: &mut dyn Write,
@@ -177,11 +407,11 @@ fn run_rank(
         ref final_dir,
         ref params,
         ref start,
-        threads_per_rank,
+        ..
     } = *shared;
     let fsdp = fsdp_config(recipe);
-    let rank = world.rank();
-    let world_size = world.world_size();
+    let rank = HostTransport::rank(world.as_ref());
+    let world_size = HostTransport::world_size(world.as_ref());
     let mut report = StageReport {
         logged: Vec::new(),
         completed: false,
@@ -189,7 +419,20 @@ fn run_rank(
     };
     let mut full: Vec<Vec<f32>> = params.to_vec();
     let mut progress = Progress::new(&opts.stage, stage, phase_steps, start);
-    let mut nonfinite_skips = 0u32;
+    // NaN restores in this run (bounded by stability.nonfinite_retries, as at world size 1).
+    let mut restores = 0u32;
+    // The newest checkpoint this invocation wrote (named when a later save fails).
+    let mut last_saved: Option<PathBuf> = None;
+    if opts.faults.checkpoint_disk_budget.is_some() {
+        // The sharded save and the consolidation (kormo_dist) take no disk budget yet.
+        return Err(TrainError(
+            "the checkpoint disk-budget fault is not wired into the distributed save".into(),
+        ));
+    }
+    let metrics_path = checkpoints_dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("metrics.jsonl");
     let stability = &recipe.file.stability;
     // Every rank applies the same faults, so all see the same (overridden) loss.
     let mut loss_overrides = opts.faults.loss_override.clone();
@@ -204,26 +447,25 @@ fn run_rank(
             mut loader,
             held_out,
         } = phases[phase_index].take().expect("each phase runs once");
-        // A fresh optimizer per phase (as at world size 1): a new FsdpRank over the current
+        // A fresh optimizer per phase (as at world size 1): a new engine over the current
         // full weights, every rank building the same model.
-        let mut model = Model::new(
-            recipe.model.clone(),
-            Backend::with_threads(threads_per_rank),
-            seed,
-        )?;
+        let mut model = Model::new(recipe.model.clone(), ops.clone(), seed)?;
         for (spec, values) in model.param_specs().to_vec().iter().zip(&full) {
             model.write_param(&spec.name, values)?;
         }
         model.set_z_loss(recipe.file.stability.z_loss as f32);
         model.set_activation_checkpointing(stage.activation_checkpointing);
-        let mut fsdp_rank = FsdpRank::new(world.clone(), model, adamw_config(recipe), fsdp.clone())
-            .map_err(dist_error)?;
+        let mut fsdp_rank = O::engine(model, &world, adamw_config(recipe), fsdp.clone())?;
         let mut guard = OutlierGuard::new(stability);
-        if phase_index == start.phase_index {
-            if let Some(checkpoint) = &start.resumed {
-                restore_sharded(checkpoint, &mut fsdp_rank, &mut loader)?;
-                guard.restore(&trainer_state(checkpoint)?.guard);
-            }
+        let resumed = start
+            .resumed
+            .as_ref()
+            .filter(|_| phase_index == start.phase_index);
+        // The f32 weights of record into the shards (a bf16 model rounded them), and the
+        // optimizer and data state when resuming inside this phase.
+        load_state(resumed, &full, &mut fsdp_rank, Some(&mut loader))?;
+        if let Some(checkpoint) = resumed {
+            guard.restore(&trainer_state(checkpoint)?.guard);
         }
         let (peak_lr, schedule) = recipe.phase_schedule(phase);
         let lr_schedule = lr_schedule(peak_lr, &schedule, total)?;
@@ -237,7 +479,9 @@ fn run_rank(
             ));
         }
 
-        for phase_step in first_step..total {
+        let mut phase_step = first_step;
+        while phase_step < total {
+            Watchdog::alive();
             let lr = lr_schedule.lr(phase_step);
             let global = to_batch(loader.next_rows(global_rows)?);
             let mine = sampling::rank_rows(&global, rank, world_size).map_err(dist_error)?;
@@ -250,16 +494,47 @@ fn run_rank(
                 // Fault injection (tests): this step measured `value` as its mean loss.
                 loss.weighted_loss = value * loss.weight;
             }
+            // The same loss and norm on every rank, so the same decisions everywhere.
             let finite = loss.mean().is_finite() && grad_norm.is_finite();
-            // The same loss and norm on every rank, so the same decision everywhere.
-            let spike = finite
-                .then(|| guard.observe(loss.mean(), grad_norm))
-                .flatten();
-            let updated = finite && spike.is_none();
+            if !finite {
+                // As at world size 1: restore the last good checkpoint of this phase on every
+                // rank; the data stream moves on, so the batches that led here are not replayed.
+                let what = format!(
+                    "loss {} / grad norm {grad_norm} is not finite at step {step}",
+                    loss.mean()
+                );
+                let restored = restore_last_good(
+                    shared,
+                    world.as_ref(),
+                    &mut fsdp_rank,
+                    &mut guard,
+                    (phase_index, phase),
+                    restores,
+                    &what,
+                )?;
+                restores += 1;
+                progress.step = restored.step;
+                progress.tokens = restored.tokens;
+                phase_step = restored.phase_step;
+                if let Some(metrics) = metrics.as_deref_mut() {
+                    // The steps after the checkpoint are undone: so are their metrics lines.
+                    crate::metrics::truncate_after(&metrics_path, restored.step)?;
+                    report.logged.retain(|m| m.step <= restored.step);
+                    let record = EventRecord::new(&opts.stage, &phase.name, restored.step, "nonfinite_restore", format!(
+                        "{what}; restored {} on every rank (step {}, restore {restores} of at most {}) and continue on fresh data",
+                        restored.dir.display(), restored.step, stability.nonfinite_retries
+                    ));
+                    log_event(out, metrics, &record)?;
+                }
+                continue;
+            }
+            let spike = guard.observe(loss.mean(), grad_norm);
+            let updated = spike.is_none();
             if updated {
                 fsdp_rank.apply(lr).map_err(dist_error)?;
             }
-            let done = phase_step + 1;
+            phase_step += 1;
+            let done = phase_step;
             let stage_done = phase_index + 1 == stage.phases.len() && done == total;
             // All ranks stop at the same step: rank 0's view of the signal decides.
             let signal = crate::signals::stop_requested().filter(|_| rank == 0);
@@ -270,27 +545,7 @@ fn run_rank(
             let stopping =
                 (opts.stop_after == Some(progress.steps_this_run) || preempted) && !stage_done;
 
-            if !finite {
-                // The weights are still those of the last good step; a run that keeps failing
-                // stops, bounded like the restores at world size 1.
-                nonfinite_skips += 1;
-                let retries = stability.nonfinite_retries;
-                if nonfinite_skips > retries {
-                    return Err(TrainError(format!(
-                        "phase {}: loss {} / grad norm {} is not finite at step {step}, the {} time in this run \
-                         (stability.nonfinite_retries = {retries}); lower the learning rate or check the data",
-                        phase.name, loss.mean(), grad_norm, ordinal(nonfinite_skips)
-                    )));
-                }
-            }
             if let Some(metrics) = metrics.as_deref_mut() {
-                if !finite {
-                    let record = EventRecord::new(&opts.stage, &phase.name, step, "nonfinite_skip", format!(
-                        "loss {} / grad norm {grad_norm} is not finite at step {step}; the update was skipped on every rank ({nonfinite_skips} of at most {})",
-                        loss.mean(), stability.nonfinite_retries
-                    ));
-                    log_event(out, metrics, &record)?;
-                }
                 if let Some(spike) = &spike {
                     log_outlier_skip(
                         out,
@@ -344,7 +599,28 @@ fn run_rank(
                     &state,
                     &loader.cursor(),
                 );
-                save_consolidated(&fsdp_rank, &target, &run)?;
+                if let Err(e) = save_consolidated(&fsdp_rank, &target, &run) {
+                    // As at world size 1: say which checkpoint is still good (rank 0 logs).
+                    let fallback = match &last_saved {
+                        Some(previous) => format!("the last good checkpoint, {}, is intact; continue from it with --resume", previous.display()),
+                        None if opts.resume => "the checkpoint this run resumed from is intact; continue from it with --resume".into(),
+                        None => "no checkpoint of this run was written yet".into(),
+                    };
+                    let record = EventRecord::new(
+                        &opts.stage,
+                        &phase.name,
+                        step,
+                        "checkpoint_failed",
+                        format!("{e}\n{fallback}"),
+                    );
+                    if let Some(metrics) = metrics.as_deref_mut() {
+                        say(out, format!("event checkpoint_failed: {}", record.message));
+                        // Best effort: the disk may be what failed.
+                        let _ = metrics.append(&record);
+                    }
+                    return Err(TrainError(record.message));
+                }
+                last_saved = Some(target.clone());
                 if rank == 0 && !stage_done {
                     kormo_checkpoint::keep_last(checkpoints_dir, recipe.file.checkpoint.keep_last)?;
                 }
@@ -389,36 +665,24 @@ fn run_rank(
 /// Held-out loss of one source at world size N (collective): the same `eval.rows` rows as at
 /// world size 1, each rank evaluating its rows `r, r+N, ...` in micro-batches; the loss sums
 /// come back summed over ranks.
-fn evaluate<O: kormo_model::Ops>(
-    rank: &mut FsdpRank<O>,
+fn evaluate<E: Engine>(
+    rank: &mut E,
     source: &kormo_data::Source,
     phase: &crate::recipe::PhaseConfig,
     recipe: &Recipe,
     stage: &str,
     step: u64,
 ) -> Result<crate::metrics::EvalRecord, TrainError> {
-    let world_size = rank.world().world_size();
+    let world_size = rank.world_size();
     let rows = recipe.file.eval.rows;
     let global = to_batch(held_out_rows(source, phase, recipe)?.next_rows(rows)?);
-    let mine = sampling::rank_rows(&global, rank.world().rank(), world_size).map_err(dist_error)?;
+    let mine = sampling::rank_rows(&global, rank.world_rank(), world_size).map_err(dist_error)?;
     let micro_rows = largest_divisor_at_most(rows / world_size, phase.micro_batch);
     let mut sum = kormo_model::LossSum::default();
     for batch in sampling::micro_batches(&mine, micro_rows).map_err(dist_error)? {
         sum = sum.add(rank.evaluate(&batch).map_err(dist_error)?);
     }
     Ok(eval_record(source, phase, stage, step, sum))
-}
-
-/// 1 -> "1st", 2 -> "2nd", 4 -> "4th" (small counts in messages).
-fn ordinal(n: u32) -> String {
-    let suffix = match (n % 10, n % 100) {
-        (_, 11..=13) => "th",
-        (1, _) => "st",
-        (2, _) => "nd",
-        (3, _) => "rd",
-        _ => "th",
-    };
-    format!("{n}{suffix}")
 }
 
 /// The largest number of rows, at most `limit`, that divides `rows` (micro-batch size).
@@ -431,8 +695,8 @@ fn largest_divisor_at_most(rows: usize, limit: usize) -> usize {
 
 /// Sharded save by every rank into a hidden directory next to `target`, then rank 0 writes
 /// the single-process checkpoint at `target` from it (atomically) and removes the shards.
-fn save_consolidated<O: kormo_model::Ops>(
-    rank: &FsdpRank<O>,
+fn save_consolidated<E: Engine>(
+    rank: &E,
     target: &Path,
     run: &kormo_checkpoint::RunState,
 ) -> Result<(), TrainError> {
@@ -442,7 +706,7 @@ fn save_consolidated<O: kormo_model::Ops>(
         .unwrap_or("checkpoint");
     let shards = target.with_file_name(format!(".sharded-{name}"));
     sharded_checkpoint::save(rank, &shards, run).map_err(dist_error)?;
-    if rank.world().rank() == 0 {
+    if rank.world_rank() == 0 {
         sharded_checkpoint::ShardedCheckpoint::open(&shards)
             .and_then(|c| c.consolidate(target))
             .map_err(dist_error)?;
@@ -452,34 +716,125 @@ fn save_consolidated<O: kormo_model::Ops>(
     Ok(())
 }
 
-/// Loads a single-process checkpoint's AdamW moments and step into this rank's shards (the
-/// weights went into the model before sharding) and its data cursor into `loader`.
-fn restore_sharded<O: kormo_model::Ops>(
-    checkpoint: &Checkpoint,
-    rank: &mut FsdpRank<O>,
-    loader: &mut kormo_data::Loader,
+/// Loads this rank's shards of `full` (the f32 weights of record) into the engine, with a
+/// single-process checkpoint's AdamW moments and step when `checkpoint` is given (its weights
+/// are `full`) and its data cursor into `loader` when given; zero moments at step 0 otherwise.
+fn load_state<E: Engine>(
+    checkpoint: Option<&Checkpoint>,
+    full: &[Vec<f32>],
+    rank: &mut E,
+    loader: Option<&mut kormo_data::Loader>,
 ) -> Result<(), TrainError> {
-    let file = checkpoint.file(OPTIMIZER_FILE)?;
     let specs = rank.param_specs().to_vec();
-    let shard = |suffix: &str| -> Result<Vec<Vec<f32>>, TrainError> {
-        rank.units()
+    let units = rank.units().to_vec();
+    let ranges = rank.ranges().to_vec();
+    let shard = |tensor: &dyn Fn(usize) -> Result<Vec<f32>, TrainError>| -> Result<Vec<Vec<f32>>, TrainError> {
+        units
             .iter()
-            .zip(rank.ranges())
+            .zip(&ranges)
             .map(|(unit, range)| {
                 let mut flat = Vec::with_capacity(unit.numel);
                 for &t in &unit.tensors {
-                    let name = format!("{}{suffix}", specs[t].name);
-                    flat.extend(file.f32(&name, Some(&[specs[t].numel()]))?);
+                    flat.extend(tensor(t)?);
                 }
                 Ok(flat[range.start..range.end].to_vec())
             })
             .collect()
     };
-    let exp_avg = shard(".exp_avg")?;
-    let exp_avg_sq = shard(".exp_avg_sq")?;
-    let params = rank.shards().to_vec();
+    let params = shard(&|t| Ok(full[t].clone()))?;
+    let Some(checkpoint) = checkpoint else {
+        let zeros: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        return rank
+            .load_shards(params, &zeros, &zeros, 0)
+            .map_err(dist_error);
+    };
+    let file = checkpoint.file(OPTIMIZER_FILE)?;
+    let moment = |suffix: &str| {
+        shard(&|t| {
+            let name = format!("{}{suffix}", specs[t].name);
+            Ok(file.f32(&name, Some(&[specs[t].numel()]))?)
+        })
+    };
+    let exp_avg = moment(".exp_avg")?;
+    let exp_avg_sq = moment(".exp_avg_sq")?;
     let step = file.u64("step", Some(&[1]))?[0];
     rank.load_shards(params, &exp_avg, &exp_avg_sq, step)
         .map_err(dist_error)?;
-    crate::trainer::restore_data(checkpoint, loader)
+    match loader {
+        Some(loader) => crate::trainer::restore_data(checkpoint, loader),
+        None => Ok(()),
+    }
+}
+
+/// Where a NaN restore put the run.
+struct Restored {
+    dir: PathBuf,
+    step: u64,
+    phase_step: u64,
+    tokens: u64,
+}
+
+/// Restores the last good checkpoint of phase `phase_index` into `rank` (weights, AdamW state)
+/// and `guard`, the same one on every rank: rank 0, which wrote the checkpoints, picks it and
+/// the host group tells the others its step. `restores` so far are bounded by
+/// `stability.nonfinite_retries`; errors say why no restore is possible.
+fn restore_last_good<E: Engine>(
+    shared: &Shared<'_>,
+    world: &dyn HostTransport,
+    rank: &mut E,
+    guard: &mut OutlierGuard,
+    (phase_index, phase): (usize, &crate::recipe::PhaseConfig),
+    restores: u32,
+    what: &str,
+) -> Result<Restored, TrainError> {
+    let Shared {
+        recipe,
+        opts,
+        ref checkpoints_dir,
+        ..
+    } = *shared;
+    let retries = recipe.file.stability.nonfinite_retries;
+    if restores >= retries {
+        return Err(TrainError(format!(
+            "phase {}: {what}, after {restores} restores of the last good checkpoint \
+             (stability.nonfinite_retries = {retries}); lower the learning rate or check the data",
+            phase.name
+        )));
+    }
+    let mut pick = [0.0];
+    if HostTransport::rank(world) == 0 {
+        if let Some((_, checkpoint, _)) =
+            crate::trainer::last_good_checkpoint(checkpoints_dir, &opts.stage, phase_index)
+        {
+            pick[0] = checkpoint.manifest.run.step as f64 + 1.0;
+        }
+    }
+    Collectives::all_reduce_scalars(world, &mut pick).map_err(|e| TrainError(e.to_string()))?;
+    if pick[0] == 0.0 {
+        return Err(TrainError(format!(
+            "phase {}: {what}, and no checkpoint of this phase exists in {} to restore \
+             (checkpoint.every_steps = {}); lower the learning rate or checkpoint more often",
+            phase.name,
+            checkpoints_dir.display(),
+            recipe.file.checkpoint.every_steps
+        )));
+    }
+    let step = pick[0] as u64 - 1;
+    let dir = checkpoints_dir.join(kormo_checkpoint::step_dir_name(step));
+    let checkpoint = Checkpoint::load(&dir)?;
+    let state = trainer_state(&checkpoint)?;
+    let file = checkpoint.file(crate::trainer::MODEL_FILE)?;
+    let weights = rank
+        .param_specs()
+        .iter()
+        .map(|spec| file.f32(&spec.name, Some(&spec.shape)))
+        .collect::<Result<Vec<_>, _>>()?;
+    load_state(Some(&checkpoint), &weights, rank, None)?;
+    guard.restore(&state.guard);
+    Ok(Restored {
+        dir,
+        step,
+        phase_step: state.phase_step,
+        tokens: state.tokens,
+    })
 }

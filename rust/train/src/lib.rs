@@ -7,9 +7,11 @@
 //! * [`benchmark`] — `train --benchmark`: tokens/s, FLOP rate and MFU of a stage's shape.
 //! * [`cli`] — the `train` command line.
 //! * [`guard`] — the outlier guard that skips spiking updates.
+//! * [`launch`] — `--launcher`: one process per rank (torchrun-style variables or SLURM).
 //! * [`lock`] — one job per run directory.
 //! * [`signals`] — SIGTERM/SIGUSR1: checkpoint at the end of the step and exit.
-//! * `dist` — the step loop of `train --world-size N` (FSDP ranks as threads, kormo_dist).
+//! * `dist` — the FSDP step loop (kormo_dist): ranks as threads (`--world-size N`, CPU) or one
+//!   rank per process (`--launcher`, CPU over TCP or CUDA over NCCL).
 //! * `progress` — step counters, metrics lines, eval/checkpoint steps and event lines that both
 //!   step loops share.
 
@@ -18,6 +20,7 @@ pub mod benchmark;
 pub mod cli;
 mod dist;
 pub mod guard;
+pub mod launch;
 pub mod lock;
 pub mod metrics;
 mod progress;

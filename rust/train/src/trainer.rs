@@ -147,7 +147,7 @@ pub(crate) fn trainer_state(checkpoint: &Checkpoint) -> Result<TrainerState, Tra
 }
 
 /// The newest periodic checkpoint of `stage` inside phase `phase_index` that loads cleanly.
-fn last_good_checkpoint(
+pub(crate) fn last_good_checkpoint(
     checkpoints_dir: &Path,
     stage: &str,
     phase_index: usize,
@@ -200,27 +200,93 @@ pub fn run_stage(
     opts: &RunOptions,
     out: &mut dyn Write,
 ) -> Result<StageReport, TrainError> {
+    run_stage_launched(recipe, opts, None, out)
+}
+
+/// [`run_stage`] as one rank of a multi-process job when `launch` is given (launch.rs): the
+/// backend on the device of its local rank, the ranks met before anything touches the run
+/// directory, rank 0 alone preparing it (lock, data, metrics) and reporting on `out`.
+pub fn run_stage_launched(
+    recipe: &Recipe,
+    opts: &RunOptions,
+    launch: Option<&crate::launch::Launch>,
+    out: &mut dyn Write,
+) -> Result<StageReport, TrainError> {
     let cpu = opts.threads.map(Backend::with_threads).unwrap_or_default();
     let threads = cpu.threads();
-    let selected = crate::backend::select(opts.backend, &recipe.model, opts.world_size)?;
+    let ordinal = launch.map_or(0, |l| l.env.local_rank);
+    let selected =
+        crate::backend::select_on(opts.backend, &recipe.model, opts.world_size, ordinal)?;
     let line = selected.describe(threads);
+    let group = launch
+        .map(|l| l.connect().map_err(TrainError))
+        .transpose()?;
+    let dist_timeout = launch.map_or(std::time::Duration::from_secs(600), |l| l.timeout);
+    let mut sink = std::io::sink();
+    let out: &mut dyn Write = match &group {
+        Some(group) => {
+            let rank = kormo_dist::HostTransport::rank(group.as_ref());
+            say(
+                out,
+                format!(
+                    "launch: rank {rank}: all {} ranks connected",
+                    kormo_dist::HostTransport::world_size(group.as_ref())
+                ),
+            );
+            if rank == 0 {
+                out
+            } else {
+                say(
+                    out,
+                    format!("launch: rank {rank} is quiet from here on; rank 0 reports"),
+                );
+                &mut sink
+            }
+        }
+        None => out,
+    };
     match selected {
         Selected::Cpu { .. } => {
             let available = available_host_memory();
-            run_stage_on(recipe, opts, cpu, threads, &line, available, out)
+            run_stage_on(
+                recipe,
+                opts,
+                (group, dist_timeout),
+                cpu,
+                threads,
+                &line,
+                available,
+                out,
+            )
         }
         Selected::Cuda { ops, device } => {
             let available = Some(device.total_memory_bytes as u64);
-            run_stage_on(recipe, opts, ops, threads, &line, available, out)
+            run_stage_on(
+                recipe,
+                opts,
+                (group, dist_timeout),
+                ops,
+                threads,
+                &line,
+                available,
+                out,
+            )
         }
     }
 }
 
 /// [`run_stage`] on backend `ops`, announced by `backend_line`; `threads`: CPU threads (the
-/// distributed ranks and the host optimizer use them); `available`: the backend's memory.
-fn run_stage_on<O: TrainBackend>(
+/// distributed ranks and the host optimizer use them); `available`: the backend's memory;
+/// `group`: the ranks of a launched multi-process job (this process is one) and the time a rank
+/// may wait for the others.
+#[allow(clippy::too_many_arguments)]
+fn run_stage_on<O: TrainBackend + crate::dist::DistBackend>(
     recipe: &Recipe,
     opts: &RunOptions,
+    (group, dist_timeout): (
+        Option<std::sync::Arc<dyn kormo_dist::HostTransport>>,
+        std::time::Duration,
+    ),
     ops: O,
     threads: usize,
     backend_line: &str,
@@ -245,8 +311,23 @@ fn run_stage_on<O: TrainBackend>(
         })
         .collect();
 
-    // One job per run directory, held until this function returns.
-    let (_lock, stale_lock) = RunLock::acquire(&opts.run_dir)?;
+    // Rank 0 of a launched job prepares the run directory (lock, data, checkpoints, metrics)
+    // while the others wait at a barrier, then they read what it prepared.
+    let rank0 = group
+        .as_ref()
+        .is_none_or(|g| kormo_dist::HostTransport::rank(g.as_ref()) == 0);
+    let barrier = |g: &std::sync::Arc<dyn kormo_dist::HostTransport>| {
+        kormo_dist::Collectives::barrier(g.as_ref())
+            .map_err(|e| TrainError(format!("waiting for rank 0 to prepare the run: {e}")))
+    };
+    // One job per run directory, held until this function returns (by rank 0 for all ranks).
+    let (_lock, stale_lock) = if rank0 {
+        let (lock, stale) = RunLock::acquire(&opts.run_dir)?;
+        (Some(lock), stale)
+    } else {
+        barrier(group.as_ref().expect("a rank other than 0 is launched"))?;
+        (None, None)
+    };
     // Events before the metrics file is open (it is truncated or trimmed first).
     let mut early_events = Vec::new();
     if let Some(pid) = stale_lock {
@@ -280,7 +361,7 @@ fn run_stage_on<O: TrainBackend>(
     // Data for every phase, opened (and synthetic corpora generated) before any training, so a
     // missing file stops the run now rather than hours in.
     let mut fingerprint = recipe.tokenizer_fingerprint().map(str::to_string);
-    let mut loaders = open_phase_data(recipe, opts, stage, seed, &mut fingerprint, out)?;
+    let mut loaders = open_phase_data(recipe, opts, stage, seed, &mut fingerprint, rank0, out)?;
     let micro_batch_tokens = stage
         .phases
         .iter()
@@ -322,8 +403,10 @@ fn run_stage_on<O: TrainBackend>(
             out,
         )?
     } else {
-        std::fs::remove_dir_all(&checkpoints_dir).or_else(ignore_missing)?;
-        std::fs::remove_dir_all(stage_dir.join("final")).or_else(ignore_missing)?;
+        if rank0 {
+            std::fs::remove_dir_all(&checkpoints_dir).or_else(ignore_missing)?;
+            std::fs::remove_dir_all(stage_dir.join("final")).or_else(ignore_missing)?;
+        }
         let weights = initialise(recipe, stage, opts, &mut model, out)?;
         Start {
             phase_index: 0,
@@ -337,59 +420,77 @@ fn run_stage_on<O: TrainBackend>(
     let mut resumed = start.resumed.take();
     let mut weights = start.weights.take();
     let metrics_path = stage_dir.join("metrics.jsonl");
-    if opts.resume {
-        // Lines logged after the checkpoint (a crash between log and save) are replayed below.
-        crate::metrics::truncate_after(&metrics_path, start.step)?;
-    }
-    let mut metrics = MetricsFile::open(&metrics_path, !opts.resume)?;
-    let start_phase = stage
-        .phases
-        .get(start.phase_index)
-        .map_or("", |p| p.name.as_str());
-    for (event, message) in early_events {
-        let record = EventRecord::new(&opts.stage, start_phase, start.step, event, message);
-        log_event(out, &mut metrics, &record)?;
-    }
+    let metrics = if rank0 {
+        if opts.resume {
+            // Lines logged after the checkpoint (a crash between log and save) are replayed below.
+            crate::metrics::truncate_after(&metrics_path, start.step)?;
+        }
+        let mut metrics = MetricsFile::open(&metrics_path, !opts.resume)?;
+        let start_phase = stage
+            .phases
+            .get(start.phase_index)
+            .map_or("", |p| p.name.as_str());
+        for (event, message) in early_events {
+            let record = EventRecord::new(&opts.stage, start_phase, start.step, event, message);
+            log_event(out, &mut metrics, &record)?;
+        }
+        Some(metrics)
+    } else {
+        None
+    };
     let final_dir = stage_dir.join("final");
-    if opts.world_size > 1 {
-        // Every rank needs its own data stream (the same one); rank 0's was opened above.
+    if group.is_some() || opts.world_size > 1 {
         let mut data = vec![loaders];
-        for _ in 1..opts.world_size {
-            let sink = &mut std::io::sink();
-            data.push(open_phase_data(
-                recipe,
-                opts,
-                stage,
-                seed,
-                &mut fingerprint,
-                sink,
-            )?);
+        if group.is_none() {
+            // Every thread rank needs its own data stream (the same one); rank 0's was opened
+            // above.
+            for _ in 1..opts.world_size {
+                let sink = &mut std::io::sink();
+                data.push(open_phase_data(
+                    recipe,
+                    opts,
+                    stage,
+                    seed,
+                    &mut fingerprint,
+                    false,
+                    sink,
+                )?);
+            }
         }
         let params = match weights.take() {
             Some(loaded) => loaded,
             None => crate::backend::read_params(&model)?,
         };
+        let rank_ops = model.ops().clone();
         drop(model);
-        return crate::dist::run_phases(
-            crate::dist::Prepared {
-                shared: crate::dist::Shared {
-                    recipe,
-                    opts,
-                    stage,
-                    seed,
-                    phase_steps,
-                    checkpoints_dir,
-                    final_dir,
-                    params,
-                    start: Start { resumed, ..start },
-                    threads_per_rank: (threads / opts.world_size).max(1),
-                },
-                data,
-                metrics,
+        let prepared = crate::dist::Prepared {
+            shared: crate::dist::Shared {
+                recipe,
+                opts,
+                stage,
+                seed,
+                phase_steps,
+                checkpoints_dir,
+                final_dir,
+                params,
+                start: Start { resumed, ..start },
+                threads_per_rank: (threads / opts.world_size).max(1),
             },
-            out,
-        );
+            data,
+            metrics,
+        };
+        return match group {
+            Some(group) => {
+                if rank0 {
+                    // The run directory is ready: the other ranks may read it.
+                    barrier(&group)?;
+                }
+                crate::dist::run_process(prepared, group, rank_ops, dist_timeout, out)
+            }
+            None => crate::dist::run_threads(prepared, out),
+        };
     }
+    let mut metrics = metrics.expect("a single process is rank 0");
     let mut report = StageReport {
         logged: Vec::new(),
         completed: false,
@@ -1149,13 +1250,18 @@ fn open_phase_data(
     stage: &StageConfig,
     seed: u64,
     fingerprint: &mut Option<String>,
+    install: bool,
     out: &mut dyn Write,
 ) -> Result<Vec<Option<PhaseData>>, TrainError> {
-    if let Some(path) = recipe
-        .install_tokenizer(&opts.run_dir)
-        .map_err(TrainError)?
-    {
-        say(out, format!("tokenizer: {}", path.display()));
+    // `install`: copy the recipe's tokenizer into the run directory (once per run directory:
+    // rank 0's job when several processes share it).
+    if install {
+        if let Some(path) = recipe
+            .install_tokenizer(&opts.run_dir)
+            .map_err(TrainError)?
+        {
+            say(out, format!("tokenizer: {}", path.display()));
+        }
     }
     stage
         .phases

@@ -247,36 +247,86 @@ fn rows_that_do_not_divide_over_the_ranks_are_a_recipe_error() {
 }
 
 #[test]
-fn non_finite_steps_are_skipped_on_every_rank_and_bounded() {
-    // An absurd LR blows the weights up after the first update: every later gradient is NaN.
+fn non_finite_steps_restore_the_last_good_checkpoint_on_every_rank() {
+    // As tests/faults.rs at world size 1: checkpoints every 3 steps, step 5 reports a NaN loss.
     let mut recipe = small_recipe();
-    recipe.file.optimizer.lr = 1e30;
-    recipe.file.stability.nonfinite_retries = 2;
-    let dir = scratch("dist-nan");
+    recipe.file.checkpoint.every_steps = 3;
+    recipe.file.checkpoint.keep_last = 100;
+    let nan_at = |steps: &[(u64, f64)]| {
+        let steps = steps.to_vec();
+        move |opts: &mut RunOptions| {
+            opts.max_steps = Some(8);
+            opts.faults.loss_override.extend(steps.iter().copied());
+        }
+    };
+    let (single, single_dir) = run(
+        &recipe,
+        "pretrain1",
+        "dist-nan-1",
+        1,
+        nan_at(&[(5, f64::NAN)]),
+    );
+    let (two, two_dir) = run(
+        &recipe,
+        "pretrain1",
+        "dist-nan-2",
+        2,
+        nan_at(&[(5, f64::NAN)]),
+    );
+    assert!(two.completed);
+    let events = |dir: &Path| -> Vec<(String, u64)> {
+        read_records::<kormo_train::metrics::EventRecord>(
+            &dir.join("pretrain1/metrics.jsonl"),
+            "event",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event, e.step))
+        .collect()
+    };
+    assert_eq!(events(&two_dir), [("nonfinite_restore".to_string(), 3)]);
+    assert_eq!(events(&two_dir), events(&single_dir));
+    // Every step logged once, the undone 4 and 5 only in their replay (on fresh data), and
+    // the replay equals world size 1's replay.
+    let logged =
+        kormo_train::metrics::read_metrics(&two_dir.join("pretrain1/metrics.jsonl")).unwrap();
+    assert_eq!(
+        logged.iter().map(|m| m.step).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6, 7, 8]
+    );
+    assert_close(
+        "nan restore",
+        &two.logged,
+        &single.logged,
+        &two_dir,
+        &single_dir,
+        "pretrain1",
+    );
+
+    // Bounded: a second fault with retries = 1 is a clear failure on every rank.
+    let mut strict = recipe.clone();
+    strict.file.stability.nonfinite_retries = 1;
+    let dir = scratch("dist-nan-bound");
     let mut opts = options("pretrain1", &dir);
-    opts.max_steps = Some(10);
+    nan_at(&[(5, f64::NAN), (6, f64::INFINITY)])(&mut opts);
     opts.world_size = 2;
-    let mut out = Vec::new();
-    let err = run_stage(&recipe, &opts, &mut out).unwrap_err().to_string();
+    let err = run_error(&strict, &opts);
     assert!(
         err.contains("rank 0: phase pretrain1")
-            && err.contains("not finite at step 4, the 3rd time")
-            && err.contains("stability.nonfinite_retries = 2"),
+            && err.contains("not finite at step 6")
+            && err.contains("after 1 restores")
+            && err.contains("stability.nonfinite_retries = 1"),
         "{err}"
     );
-    let events: Vec<kormo_train::metrics::EventRecord> =
-        read_records(&dir.join("pretrain1/metrics.jsonl"), "event").unwrap();
-    assert_eq!(
-        events
-            .iter()
-            .map(|e| (e.event.as_str(), e.step))
-            .collect::<Vec<_>>(),
-        [("nonfinite_skip", 2), ("nonfinite_skip", 3)]
-    );
-    let text = String::from_utf8(out).unwrap();
+    // Before any checkpoint of the phase there is nothing to restore.
+    let dir = scratch("dist-nan-early");
+    let mut opts = options("pretrain1", &dir);
+    nan_at(&[(2, f64::NAN)])(&mut opts);
+    opts.world_size = 2;
+    let err = run_error(&recipe, &opts);
     assert!(
-        text.contains("update was skipped on every rank (1 of at most 2)"),
-        "{text}"
+        err.contains("not finite at step 2") && err.contains("no checkpoint of this phase"),
+        "{err}"
     );
 }
 
