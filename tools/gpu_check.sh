@@ -157,8 +157,7 @@ wanted() {
 train_smoke() {
     local dir="$1"
     mkdir -p "$dir"
-    sed -e 's/^name = "tiny"/name = "gpu-smoke"/' \
-        -e 's/^preset = "tiny"/preset = "tiny"\nheads = 2\nkv_heads = 1\nhead_dim = 64/' configs/tiny.toml >"$dir/gpu-smoke.toml"
+    tools/gpu_smoke_recipe.sh gpu-smoke >"$dir/gpu-smoke.toml"
     local common=(--config="$dir/gpu-smoke.toml" --stage=pretrain1 --max-steps=60 --log-every=10)
     "$CARRY/train" "${common[@]}" --backend=cuda --stop-after=30 --run-dir="$dir/cuda" || return 1
     "$CARRY/train" "${common[@]}" --backend=cuda --resume --run-dir="$dir/cuda" || return 1
@@ -257,6 +256,7 @@ run_checks() {
     export -f train_smoke
     export CARRY
     wanted train-smoke && start_logged train-smoke 150 bash -c 'train_smoke "$1"' _ "$logs/train-smoke"
+    wanted train-launch && start_logged train-launch 150 tools/gpu_train_launch_check.sh "$CARRY/train" "$logs/train-launch"
     wait
 
     local status result maxerr
@@ -332,6 +332,17 @@ run_checks() {
             grep "^|\|^final step" "$logs/train-smoke.log"
             status="$(status_of train-smoke)"
             [[ "$status" == 0 ]] || { echo "(train smoke exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/train-smoke.log"; echo '```'; }
+            echo
+        } >>"$report"
+    fi
+
+    if wanted train-launch; then
+        {
+            echo "## train as a launched rank at world size 1 (DeviceFsdpRank + NCCL in the trainer) vs plain --backend=cuda, and stopped at 5 + resumed (tools/gpu_train_launch_check.sh)"
+            echo
+            grep "^|\|^largest\|^FAIL\|^PASS\|skipped" "$logs/train-launch.log"
+            status="$(status_of train-launch)"
+            [[ "$status" == 0 ]] || { echo "(exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/train-launch.log"; echo '```'; }
             echo
         } >>"$report"
     fi

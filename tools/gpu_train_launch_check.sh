@@ -17,8 +17,7 @@
 #
 # TRAIN_BINARY defaults to .gpu-carry/train (tools/gpu_check.sh build), WORK_DIR to a fresh
 # temporary directory. Needs one GPU with NCCL; about a minute. The recipe is configs/tiny.toml
-# with head dim 64 (the attention kernels support 64 and 128 only), as gpu_check.sh's
-# train_smoke makes it.
+# with head dim 64 (the attention kernels support 64 and 128 only): tools/gpu_smoke_recipe.sh.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -27,9 +26,7 @@ DIR=${2:-$(mktemp -d)}
 mkdir -p "$DIR"
 [[ -x $TRAIN ]] || { echo "gpu_train_launch_check: $TRAIN is not an executable" >&2; exit 2; }
 
-sed -e 's/^name = "tiny"/name = "gpu-launch"/' \
-    -e 's/^preset = "tiny"/preset = "tiny"\nheads = 2\nkv_heads = 1\nhead_dim = 64/' \
-    configs/tiny.toml >"$DIR/gpu-launch.toml"
+tools/gpu_smoke_recipe.sh gpu-launch >"$DIR/gpu-launch.toml"
 common=(--config="$DIR/gpu-launch.toml" --stage=pretrain1 --max-steps=10 --log-every=1 --backend=cuda)
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 launched() {
