@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kormo_checkpoint::{CheckpointError, Manifest, RunState, SafetensorsFile, Tensor};
+use kormo_checkpoint::{CheckpointError, DiskBudget, Manifest, RunState, SafetensorsFile, Tensor};
 use kormo_model::Ops;
 use serde::{Deserialize, Serialize};
 
@@ -471,6 +471,13 @@ impl ShardedCheckpoint {
 
     /// Writes the single-process checkpoint (full tensors and moments) to `target`.
     pub fn consolidate(&self, target: &Path) -> Result<Manifest, DistError> {
+        self.consolidate_with_budget(target, &DiskBudget::unlimited())
+    }
+
+    /// [`Self::consolidate`] with its writes drawn from `budget`, which fails like a full disk
+    /// once spent (the trainer's fault seam); the write is atomic either way, so a failed one
+    /// leaves nothing at `target`.
+    pub fn consolidate_with_budget(&self, target: &Path, budget: &DiskBudget) -> Result<Manifest, DistError> {
         let mut model = Vec::new();
         let mut optimizer = Vec::new();
         for (u, unit) in self.meta.units.iter().enumerate() {
@@ -498,10 +505,11 @@ impl ShardedCheckpoint {
             }
         }
         optimizer.push(Tensor::u64("step", vec![1], &[self.step()?]));
-        Ok(kormo_checkpoint::save(
+        Ok(kormo_checkpoint::save_with_budget(
             target,
             self.meta.run.clone(),
             &[(MODEL_FILE, model), (OPTIMIZER_FILE, optimizer)],
+            budget,
         )?)
     }
 }

@@ -33,8 +33,9 @@
 //! non-finite loss or norm restores the last good checkpoint of the phase on every rank, as at
 //! world size 1 (rank 0 picks it and tells the others its step; at most
 //! `stability.nonfinite_retries` times). A failed checkpoint save is logged by rank 0 with the
-//! last good checkpoint, as at world size 1; the disk-budget fault seam is not wired here (the
-//! sharded save and consolidation of kormo_dist take no budget), and setting it is an error.
+//! last good checkpoint, as at world size 1, and every rank stops with it (rank 0's outcome is
+//! shared); the disk-budget fault seam draws on rank 0's consolidations, which are the writes
+//! that land in the checkpoint directory.
 
 use crate::guard::OutlierGuard;
 use crate::metrics::{EventRecord, MetricsFile};
@@ -46,7 +47,7 @@ use crate::trainer::{
     adamw_config, eval_record, held_out_rows, lr_schedule, run_state, say, to_batch, trainer_state,
     Backend, PhaseData, RunOptions, StageReport, Start, TrainError, OPTIMIZER_FILE,
 };
-use kormo_checkpoint::Checkpoint;
+use kormo_checkpoint::{Checkpoint, DiskBudget};
 use kormo_cuda::CudaOps;
 use kormo_dist::sharded_checkpoint::ShardedState;
 use kormo_dist::{
@@ -423,12 +424,12 @@ fn run_rank<O: DistBackend>(
     let mut restores = 0u32;
     // The newest checkpoint this invocation wrote (named when a later save fails).
     let mut last_saved: Option<PathBuf> = None;
-    if opts.faults.checkpoint_disk_budget.is_some() {
-        // The sharded save and the consolidation (kormo_dist) take no disk budget yet.
-        return Err(TrainError(
-            "the checkpoint disk-budget fault is not wired into the distributed save".into(),
-        ));
-    }
+    // The disk-full fault seam (tests), drawn on by rank 0's consolidations: the single-process
+    // checkpoints of the run, as at world size 1 (the hidden shards are temporary).
+    let disk = opts
+        .faults
+        .checkpoint_disk_budget
+        .map_or_else(DiskBudget::unlimited, DiskBudget::fail_after);
     let metrics_path = checkpoints_dir
         .parent()
         .unwrap_or(Path::new("."))
@@ -599,7 +600,7 @@ fn run_rank<O: DistBackend>(
                     &state,
                     &loader.cursor(),
                 );
-                if let Err(e) = save_consolidated(&fsdp_rank, &target, &run) {
+                if let Err(e) = save_consolidated(&fsdp_rank, world.as_ref(), &target, &run, &disk) {
                     // As at world size 1: say which checkpoint is still good (rank 0 logs).
                     let fallback = match &last_saved {
                         Some(previous) => format!("the last good checkpoint, {}, is intact; continue from it with --resume", previous.display()),
@@ -694,11 +695,15 @@ fn largest_divisor_at_most(rows: usize, limit: usize) -> usize {
 }
 
 /// Sharded save by every rank into a hidden directory next to `target`, then rank 0 writes
-/// the single-process checkpoint at `target` from it (atomically) and removes the shards.
+/// the single-process checkpoint at `target` from it (atomically, through `disk`) and removes
+/// the shards, whether or not that worked. Every rank learns rank 0's outcome, so all of them
+/// continue or all stop with the error (rank 0 with the reason, the others naming rank 0).
 fn save_consolidated<E: Engine>(
     rank: &E,
+    world: &dyn HostTransport,
     target: &Path,
     run: &kormo_checkpoint::RunState,
+    disk: &DiskBudget,
 ) -> Result<(), TrainError> {
     let name = target
         .file_name()
@@ -706,14 +711,25 @@ fn save_consolidated<E: Engine>(
         .unwrap_or("checkpoint");
     let shards = target.with_file_name(format!(".sharded-{name}"));
     sharded_checkpoint::save(rank, &shards, run).map_err(dist_error)?;
+    let mut outcome = Ok(());
     if rank.world_rank() == 0 {
-        sharded_checkpoint::ShardedCheckpoint::open(&shards)
-            .and_then(|c| c.consolidate(target))
-            .map_err(dist_error)?;
+        outcome = sharded_checkpoint::ShardedCheckpoint::open(&shards)
+            .and_then(|c| c.consolidate_with_budget(target, disk))
+            .map(|_| ())
+            .map_err(dist_error);
         std::fs::remove_dir_all(&shards)
             .map_err(|e| TrainError(format!("{}: cannot remove: {e}", shards.display())))?;
     }
-    Ok(())
+    let mut failed = [if outcome.is_err() { 1.0 } else { 0.0 }];
+    Collectives::all_reduce_scalars(world, &mut failed).map_err(|e| TrainError(e.to_string()))?;
+    match outcome {
+        Err(e) => Err(e),
+        Ok(()) if failed[0] > 0.0 => Err(TrainError(format!(
+            "rank 0 could not write the checkpoint {}",
+            target.display()
+        ))),
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Loads this rank's shards of `full` (the f32 weights of record) into the engine, with a

@@ -331,6 +331,56 @@ fn non_finite_steps_restore_the_last_good_checkpoint_on_every_rank() {
 }
 
 #[test]
+fn full_disk_at_two_ranks_keeps_the_previous_checkpoint_on_every_rank() {
+    // As tests/faults.rs at world size 1: room for one checkpoint and a half, so the save at
+    // step 6 runs out of space; every rank stops, nothing partial is left, --resume continues.
+    let mut recipe = small_recipe();
+    recipe.file.checkpoint.every_steps = 3;
+    recipe.file.checkpoint.keep_last = 100;
+    let eight_steps = |opts: &mut RunOptions| opts.max_steps = Some(8);
+    let (straight, straight_dir) = run(&recipe, "pretrain1", "dist-disk-straight", 2, eight_steps);
+    let checkpoints = |dir: &Path| dir.join("pretrain1/checkpoints");
+    let step_dir = |dir: &Path, step: u64| checkpoints(dir).join(kormo_checkpoint::step_dir_name(step));
+    let checkpoint_bytes: u64 = std::fs::read_dir(step_dir(&straight_dir, 3))
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .sum();
+
+    let dir = scratch("dist-disk");
+    let mut opts = options("pretrain1", &dir);
+    eight_steps(&mut opts);
+    opts.world_size = 2;
+    opts.faults.checkpoint_disk_budget = Some(checkpoint_bytes * 3 / 2);
+    let err = run_error(&recipe, &opts);
+    let previous = step_dir(&dir, 3);
+    assert!(
+        err.contains("No space left on device")
+            && err.contains("the disk is full")
+            && err.contains(&format!("the last good checkpoint, {}, is intact", previous.display())),
+        "{err}"
+    );
+    assert_eq!(Checkpoint::load(&previous).unwrap().manifest.run.step, 3);
+    let left: Vec<_> = std::fs::read_dir(checkpoints(&dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(left, [kormo_checkpoint::step_dir_name(3)], "no partial checkpoint or shards left");
+    let failed: Vec<_> = read_records::<kormo_train::metrics::EventRecord>(&dir.join("pretrain1/metrics.jsonl"), "event")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.event, e.step))
+        .collect();
+    assert_eq!(failed, [("checkpoint_failed".to_string(), 6)]);
+
+    // With space again, two ranks resume from step 3 as if nothing happened.
+    opts.faults.checkpoint_disk_budget = None;
+    opts.resume = true;
+    let resumed = kormo_train::trainer::run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    let bits = |logged: &[StepMetrics]| logged.iter().map(|m| (m.step, m.loss.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&resumed.logged), bits(&straight.logged[3..]));
+}
+
+#[test]
 fn outlier_guard_skips_the_same_step_at_two_ranks_as_at_one() {
     // As in tests/faults.rs: the guard armed after 4 steps, step 8 reporting a loss spike.
     let mut recipe = small_recipe();
