@@ -39,7 +39,9 @@ pub mod rope;
 pub mod swiglu;
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
+use kormo_model::profile::{matmul_label, OpProfile, OpTimer};
 use kormo_model::{AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape};
 
 pub use float::Float;
@@ -49,6 +51,9 @@ pub use float::Float;
 pub struct CpuOps<T> {
     threads: usize,
     precision: PhantomData<T>,
+    /// Wall-clock op timer, off unless a benchmark profiles ([`Ops::start_op_profile`]);
+    /// shared by clones.
+    timer: Arc<OpTimer>,
 }
 
 impl<T: Float> Default for CpuOps<T> {
@@ -67,7 +72,7 @@ impl<T: Float> CpuOps<T> {
 
     /// Uses `threads` threads (at least 1) for the non-matmul kernels.
     pub fn with_threads(threads: usize) -> Self {
-        CpuOps { threads: threads.max(1), precision: PhantomData }
+        CpuOps { threads: threads.max(1), precision: PhantomData, timer: Arc::default() }
     }
 
     pub fn threads(&self) -> usize {
@@ -111,46 +116,56 @@ impl<T: Float> Ops for CpuOps<T> {
     }
 
     fn write(&self, dst: &mut Vec<T>, host: &[f32]) {
+        let _timing = self.timer.time("write", 0.0);
         assert_eq!(dst.len(), host.len(), "write: lengths differ");
         dst.iter_mut().zip(host).for_each(|(d, &h)| *d = T::from_f32(h));
     }
 
     fn write_idx(&self, dst: &mut Vec<u32>, host: &[u32]) {
+        let _timing = self.timer.time("write_idx", 0.0);
         dst.copy_from_slice(host);
     }
 
     fn read(&self, src: &Vec<T>, host: &mut [f32]) {
+        let _timing = self.timer.time("read", 0.0);
         assert_eq!(src.len(), host.len(), "read: lengths differ");
         host.iter_mut().zip(src).for_each(|(h, &s)| *h = s.to_f32());
     }
 
     fn sum(&self, x: &Vec<T>) -> f64 {
+        let _timing = self.timer.time("sum", 0.0);
         x.iter().map(|&e| e.to_f64()).sum()
     }
 
     fn fill(&self, x: &mut Vec<T>, value: f32) {
+        let _timing = self.timer.time("fill", 0.0);
         let value = T::from_f32(value);
         self.map(x, |e| *e = value);
     }
 
     fn copy(&self, src: &Vec<T>, dst: &mut Vec<T>) {
+        let _timing = self.timer.time("copy", 0.0);
         self.zip_map(dst, src, |d, s| *d = s);
     }
 
     fn scale(&self, x: &mut Vec<T>, alpha: f32) {
+        let _timing = self.timer.time("scale", 0.0);
         let alpha = T::from_f32(alpha);
         self.map(x, |e| *e *= alpha);
     }
 
     fn add_assign(&self, dst: &mut Vec<T>, src: &Vec<T>) {
+        let _timing = self.timer.time("add_assign", 0.0);
         self.zip_map(dst, src, |d, s| *d += s);
     }
 
     fn matmul(&self, a: &Vec<T>, b: &Vec<T>, c: &mut Vec<T>, shape: MatmulShape) {
+        let _timing = self.timer.time(matmul_label(&shape), shape.flops());
         matmul::matmul(a, b, c, shape);
     }
 
     fn rmsnorm_fwd(&self, x: &Vec<T>, weight: &Vec<T>, y: &mut Vec<T>, inv_rms: &mut Vec<T>, shape: RowsShape, eps: f32) {
+        let _timing = self.timer.time("rmsnorm_fwd", 0.0);
         rmsnorm::rmsnorm_fwd(self.threads, x, weight, y, inv_rms, shape, eps);
     }
 
@@ -164,14 +179,17 @@ impl<T: Float> Ops for CpuOps<T> {
         dweight: &mut Vec<T>,
         shape: RowsShape,
     ) {
+        let _timing = self.timer.time("rmsnorm_bwd", 0.0);
         rmsnorm::rmsnorm_bwd(self.threads, x, weight, inv_rms, dy, dx, dweight, shape);
     }
 
     fn rope_fwd(&self, x: &mut Vec<T>, positions: &Vec<u32>, shape: RopeShape, theta: f32) {
+        let _timing = self.timer.time("rope_fwd", 0.0);
         rope::rope_rotate(self.threads, x, positions, shape, theta, 1.0);
     }
 
     fn rope_bwd(&self, dx: &mut Vec<T>, positions: &Vec<u32>, shape: RopeShape, theta: f32) {
+        let _timing = self.timer.time("rope_bwd", 0.0);
         rope::rope_rotate(self.threads, dx, positions, shape, theta, -1.0);
     }
 
@@ -185,6 +203,7 @@ impl<T: Float> Ops for CpuOps<T> {
         lse: &mut Vec<T>,
         shape: AttentionShape,
     ) {
+        let _timing = self.timer.time("attention_fwd", 0.0);
         attention::attention_fwd(self.threads, q, k, v, doc_ids, out, lse, shape);
     }
 
@@ -202,24 +221,29 @@ impl<T: Float> Ops for CpuOps<T> {
         dv: &mut Vec<T>,
         shape: AttentionShape,
     ) {
+        let _timing = self.timer.time("attention_bwd", 0.0);
         attention::attention_bwd(self.threads, q, k, v, doc_ids, out, lse, dout, dq, dk, dv, shape);
     }
 
     fn swiglu_fwd(&self, gate: &Vec<T>, up: &Vec<T>, h: &mut Vec<T>, len: usize) {
+        let _timing = self.timer.time("swiglu_fwd", 0.0);
         assert_eq!(h.len(), len, "swiglu: length");
         swiglu::swiglu_fwd(self.threads, gate, up, h);
     }
 
     fn swiglu_bwd(&self, gate: &Vec<T>, up: &Vec<T>, dh: &Vec<T>, dgate: &mut Vec<T>, dup: &mut Vec<T>, len: usize) {
+        let _timing = self.timer.time("swiglu_bwd", 0.0);
         assert_eq!(dh.len(), len, "swiglu: length");
         swiglu::swiglu_bwd(self.threads, gate, up, dh, dgate, dup);
     }
 
     fn embedding_fwd(&self, table: &Vec<T>, tokens: &Vec<u32>, out: &mut Vec<T>, shape: EmbeddingShape) {
+        let _timing = self.timer.time("embedding_fwd", 0.0);
         embedding::embedding_fwd(self.threads, table, tokens, out, shape);
     }
 
     fn embedding_bwd(&self, dout: &Vec<T>, tokens: &Vec<u32>, dtable: &mut Vec<T>, shape: EmbeddingShape) {
+        let _timing = self.timer.time("embedding_bwd", 0.0);
         embedding::embedding_bwd(dout, tokens, dtable, shape);
     }
 
@@ -233,6 +257,16 @@ impl<T: Float> Ops for CpuOps<T> {
         z_loss: f32,
         grad_scale: f32,
     ) {
+        let _timing = self.timer.time("cross_entropy", 0.0);
         cross_entropy::cross_entropy(self.threads, logits, targets, weights, losses, shape, z_loss, grad_scale);
+    }
+
+    fn start_op_profile(&self) -> Result<(), String> {
+        self.timer.start();
+        Ok(())
+    }
+
+    fn finish_op_profile(&self) -> Result<OpProfile, String> {
+        Ok(self.timer.finish())
     }
 }

@@ -25,7 +25,9 @@
 //! can check that a second step made none.
 //!
 //! No host synchronisation except in [`Ops::read`] and [`Ops::sum`] (which must return host
-//! data): every op enqueues on one stream. Host-to-device writes of batch inputs are plain
+//! data) and [`Ops::finish_op_profile`]: every op enqueues on one stream. While a benchmark
+//! profiles (`Ops::start_op_profile`), each op also records a start and an end CUDA event
+//! around its launches ([`crate::benchmark`]'s event timer). Host-to-device writes of batch inputs are plain
 //! stream copies.
 //!
 //! Errors: `Ops` has no error channel, so a refused launch or a driver error panics with the op's
@@ -39,10 +41,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+use kormo_model::profile::{matmul_label, OpProfile};
 use kormo_model::{
     AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, ModelConfig, Ops, RopeShape, RowsShape,
 };
 
+use crate::benchmark::EventTimer;
 use crate::bindings::*;
 use crate::device::CudaError;
 use crate::gemm::Gemm;
@@ -194,6 +198,8 @@ pub struct CudaOps {
     gemm: Arc<Gemm>,
     scratch: Arc<Mutex<Vec<Option<CudaBuf>>>>,
     counters: Arc<Counters>,
+    /// Per-op event timer, off unless a benchmark profiles ([`Ops::start_op_profile`]).
+    timer: Arc<EventTimer>,
 }
 
 fn expect_ok<T>(op: &str, r: Result<T, CudaError>) -> T {
@@ -220,6 +226,7 @@ impl CudaOps {
             gemm: Arc::new(gemm),
             scratch: Arc::new(Mutex::new((0..2 * SLOTS).map(|_| None).collect())),
             counters,
+            timer: Arc::default(),
         })
     }
 
@@ -390,6 +397,7 @@ impl Ops for CudaOps {
     }
 
     fn write(&self, dst: &mut CudaBuf, host: &[f32]) {
+        let _timing = self.timer.time(self.stream(), "write", 0.0);
         check_len("write", "dst", dst.len, host.len());
         if host.is_empty() {
             return;
@@ -403,6 +411,7 @@ impl Ops for CudaOps {
     }
 
     fn write_idx(&self, dst: &mut CudaIdxBuf, host: &[u32]) {
+        let _timing = self.timer.time(self.stream(), "write_idx", 0.0);
         check_len("write_idx", "dst", dst.len, host.len());
         if host.is_empty() {
             return;
@@ -412,33 +421,40 @@ impl Ops for CudaOps {
     }
 
     fn read(&self, src: &CudaBuf, host: &mut [f32]) {
+        let _timing = self.timer.time(self.stream(), "read", 0.0);
         check_len("read", "host", host.len(), src.len);
         host.copy_from_slice(&self.host_f32(src));
     }
 
     fn sum(&self, x: &CudaBuf) -> f64 {
+        let _timing = self.timer.time(self.stream(), "sum", 0.0);
         self.host_f32(x).iter().map(|&v| v as f64).sum()
     }
 
     fn fill(&self, x: &mut CudaBuf, value: f32) {
+        let _timing = self.timer.time(self.stream(), "fill", 0.0);
         self.elementwise("fill", KormoElementwiseOp_KORMO_ELEMENTWISE_FILL, x, None, value);
     }
 
     fn copy(&self, src: &CudaBuf, dst: &mut CudaBuf) {
+        let _timing = self.timer.time(self.stream(), "copy", 0.0);
         check_len("copy", "src", src.len, dst.len);
         self.elementwise("copy", KormoElementwiseOp_KORMO_ELEMENTWISE_COPY, dst, Some(src), 0.0);
     }
 
     fn scale(&self, x: &mut CudaBuf, alpha: f32) {
+        let _timing = self.timer.time(self.stream(), "scale", 0.0);
         self.elementwise("scale", KormoElementwiseOp_KORMO_ELEMENTWISE_SCALE, x, None, alpha);
     }
 
     fn add_assign(&self, dst: &mut CudaBuf, src: &CudaBuf) {
+        let _timing = self.timer.time(self.stream(), "add_assign", 0.0);
         check_len("add_assign", "src", src.len, dst.len);
         self.elementwise("add_assign", KormoElementwiseOp_KORMO_ELEMENTWISE_ADD, dst, Some(src), 0.0);
     }
 
     fn matmul(&self, a: &CudaBuf, b: &CudaBuf, c: &mut CudaBuf, shape: MatmulShape) {
+        let _timing = self.timer.time(self.stream(), matmul_label(&shape), shape.flops());
         check_len("matmul", "A", a.len, shape.m * shape.k);
         check_len("matmul", "B", b.len, shape.k * shape.n);
         check_len("matmul", "C", c.len, shape.m * shape.n);
@@ -451,6 +467,7 @@ impl Ops for CudaOps {
     }
 
     fn rmsnorm_fwd(&self, x: &CudaBuf, weight: &CudaBuf, y: &mut CudaBuf, inv_rms: &mut CudaBuf, shape: RowsShape, eps: f32) {
+        let _timing = self.timer.time(self.stream(), "rmsnorm_fwd", 0.0);
         let n = shape.rows * shape.dim;
         check_len("rmsnorm_fwd", "x", x.len, n);
         check_len("rmsnorm_fwd", "y", y.len, n);
@@ -487,6 +504,7 @@ impl Ops for CudaOps {
         dweight: &mut CudaBuf,
         shape: RowsShape,
     ) {
+        let _timing = self.timer.time(self.stream(), "rmsnorm_bwd", 0.0);
         let n = shape.rows * shape.dim;
         for (what, buf, want) in [("x", x, n), ("dy", dy, n), ("weight", weight, shape.dim), ("inv_rms", inv_rms, shape.rows)] {
             check_len("rmsnorm_bwd", what, buf.len, want);
@@ -519,10 +537,12 @@ impl Ops for CudaOps {
     }
 
     fn rope_fwd(&self, x: &mut CudaBuf, positions: &CudaIdxBuf, shape: RopeShape, theta: f32) {
+        let _timing = self.timer.time(self.stream(), "rope_fwd", 0.0);
         self.rope("rope_fwd", x, positions, shape, theta, true);
     }
 
     fn rope_bwd(&self, dx: &mut CudaBuf, positions: &CudaIdxBuf, shape: RopeShape, theta: f32) {
+        let _timing = self.timer.time(self.stream(), "rope_bwd", 0.0);
         self.rope("rope_bwd", dx, positions, shape, theta, false);
     }
 
@@ -536,6 +556,7 @@ impl Ops for CudaOps {
         lse: &mut CudaBuf,
         shape: AttentionShape,
     ) {
+        let _timing = self.timer.time(self.stream(), "attention_fwd", 0.0);
         check_attention("attention_fwd", &shape, q, k, v, doc_ids);
         check_len("attention_fwd", "out", out.len, q.len);
         check_len("attention_fwd", "lse", lse.len, shape.tokens() * shape.heads);
@@ -566,6 +587,7 @@ impl Ops for CudaOps {
         dv: &mut CudaBuf,
         shape: AttentionShape,
     ) {
+        let _timing = self.timer.time(self.stream(), "attention_bwd", 0.0);
         check_attention("attention_bwd", &shape, q, k, v, doc_ids);
         for (what, buf, want) in [("out", out, q.len), ("dout", dout, q.len), ("lse", lse, shape.tokens() * shape.heads)] {
             check_len("attention_bwd", what, buf.len, want);
@@ -592,6 +614,7 @@ impl Ops for CudaOps {
     }
 
     fn swiglu_fwd(&self, gate: &CudaBuf, up: &CudaBuf, h: &mut CudaBuf, len: usize) {
+        let _timing = self.timer.time(self.stream(), "swiglu_fwd", 0.0);
         for (what, buf) in [("gate", gate), ("up", up)] {
             check_len("swiglu_fwd", what, buf.len, len);
         }
@@ -603,6 +626,7 @@ impl Ops for CudaOps {
     }
 
     fn swiglu_bwd(&self, gate: &CudaBuf, up: &CudaBuf, dh: &CudaBuf, dgate: &mut CudaBuf, dup: &mut CudaBuf, len: usize) {
+        let _timing = self.timer.time(self.stream(), "swiglu_bwd", 0.0);
         for (what, buf) in [("gate", gate), ("up", up), ("dh", dh)] {
             check_len("swiglu_bwd", what, buf.len, len);
         }
@@ -623,6 +647,7 @@ impl Ops for CudaOps {
     }
 
     fn embedding_fwd(&self, table: &CudaBuf, tokens: &CudaIdxBuf, out: &mut CudaBuf, shape: EmbeddingShape) {
+        let _timing = self.timer.time(self.stream(), "embedding_fwd", 0.0);
         check_len("embedding_fwd", "table", table.len, shape.vocab * shape.dim);
         check_len("embedding_fwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_fwd", "out", out.len, shape.tokens * shape.dim);
@@ -633,6 +658,7 @@ impl Ops for CudaOps {
     }
 
     fn embedding_bwd(&self, dout: &CudaBuf, tokens: &CudaIdxBuf, dtable: &mut CudaBuf, shape: EmbeddingShape) {
+        let _timing = self.timer.time(self.stream(), "embedding_bwd", 0.0);
         check_len("embedding_bwd", "dtable", dtable.len, shape.vocab * shape.dim);
         check_len("embedding_bwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_bwd", "dout", dout.len, shape.tokens * shape.dim);
@@ -652,6 +678,7 @@ impl Ops for CudaOps {
         z_loss: f32,
         grad_scale: f32,
     ) {
+        let _timing = self.timer.time(self.stream(), "cross_entropy", 0.0);
         check_len("cross_entropy", "logits", logits.len, shape.tokens * shape.vocab);
         check_len("cross_entropy", "targets", targets.len, shape.tokens);
         check_len("cross_entropy", "weights", weights.len, shape.tokens);
@@ -689,6 +716,14 @@ impl Ops for CudaOps {
         };
         // SAFETY: sizes checked; targets with non-zero weight are < vocab (validated batch).
         expect_ok("cross_entropy", unsafe { launch::cross_entropy(&*self.kernels, &a) });
+    }
+
+    fn start_op_profile(&self) -> Result<(), String> {
+        self.timer.start(self.kernels.context())
+    }
+
+    fn finish_op_profile(&self) -> Result<OpProfile, String> {
+        self.timer.finish(self.stream())
     }
 }
 

@@ -12,6 +12,8 @@
 //!   buffers that the optimizer and checkpoint code read by name. Optional activation
 //!   checkpointing (per-layer recomputation); [`ActivationMemory`] / [`MemoryPlan`] size it.
 //!
+//! * [`profile`] — the per-op time breakdown of benchmarks: op labels, the aggregation every
+//!   backend's op timer feeds, and a wall-clock timer for synchronous backends.
 //! * [`bf16`] — f32 <-> bf16 (raw `u16` bits) rounding shared by exports and bf16 communication.
 //!
 //! Nothing here knows about files, ranks or devices.
@@ -30,6 +32,7 @@ mod error;
 mod model;
 pub mod ops;
 pub mod params;
+pub mod profile;
 
 pub use batch::{Batch, LossSum};
 pub use config::ModelConfig;
@@ -39,3 +42,4 @@ pub use ops::{
     AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape,
 };
 pub use params::{ParamKind, ParamSpec, Unit};
+pub use profile::{OpBreakdown, OpProfile, OpRow, OpTimer};

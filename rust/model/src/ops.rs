@@ -244,4 +244,18 @@ pub trait Ops {
         z_loss: f32,
         grad_scale: f32,
     );
+
+    /// Starts a per-op time profile (benchmarks, [`crate::profile`]): from now on every op call
+    /// of this backend and its clones is timed under its label, until
+    /// [`Ops::finish_op_profile`]. `Err` says why the backend cannot (the default: no op timers).
+    fn start_op_profile(&self) -> Result<(), String> {
+        Err("this backend has no op timers".into())
+    }
+
+    /// Stops the profile and returns the per-op times since [`Ops::start_op_profile`], after
+    /// waiting for the calls to finish; `Err` says why there is none (profiling failed, or the
+    /// backend has no op timers).
+    fn finish_op_profile(&self) -> Result<crate::profile::OpProfile, String> {
+        Err("this backend has no op timers".into())
+    }
 }

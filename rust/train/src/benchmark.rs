@@ -10,15 +10,23 @@
 //! a device of known peak, MFU against its dense bf16 rate. Medians over the timed iterations
 //! resist one slow outlier. The result goes to stdout and to a JSON file.
 //!
-//! Per-op times are not measured: neither backend has op timers (on CUDA they would need
-//! events around each launch), so the breakdown is forward+backward versus optimizer.
+//! Then a per-op breakdown of the forward+backward: [`PROFILED_MICRO_BATCHES`] more
+//! micro-batches run with the backend's op profiler on (`Ops::start_op_profile`, see
+//! `kormo_model::profile`), after and apart from the timed iterations so the profiler's own cost
+//! (a clock read or two CUDA event records per op) never touches the headline numbers. Per op
+//! label (the `Ops` method name, GEMMs split into forward / input-gradient / weight-gradient) it
+//! reports calls and time per micro-batch, the share of the profiled forward+backward wall time,
+//! the achieved TFLOP/s of GEMMs (`2 m n k` per call), and the unaccounted remainder (wall time
+//! minus the op times: launch gaps and host work). The CPU backend times each call with the
+//! wall clock (its ops are synchronous); CUDA with a pair of events on its stream around each
+//! call's launches, read after the synchronize (device time).
 
 use crate::backend::{human_bytes, MemoryEstimate, Optimizer, Selected, TrainBackend};
 use crate::recipe::Recipe;
 use crate::trainer::{adamw_config, check_memory, say, RunOptions, TrainError};
 use kormo_cuda::benchmark::{mfu, peak_bf16_flops, training_flops_per_token};
 use kormo_cuda::random::SplitMix64;
-use kormo_model::{Batch, Model};
+use kormo_model::{Batch, Model, OpBreakdown};
 use serde::Serialize;
 use std::io::Write;
 use std::path::PathBuf;
@@ -70,9 +78,16 @@ pub struct BenchmarkResult {
     /// Peak bytes of the backend's buffers, where it counts them (CUDA).
     pub measured_peak_bytes: Option<u64>,
     pub last_loss: f64,
+    /// Per-op times of [`PROFILED_MICRO_BATCHES`] profiled forward+backward passes run after the
+    /// timed iterations; None when the backend could not profile (`op_breakdown_error` says why).
+    pub op_breakdown: Option<OpBreakdown>,
+    pub op_breakdown_error: Option<String>,
     /// What the breakdown covers.
     pub note: String,
 }
+
+/// Micro-batches the per-op breakdown averages over (run after the timed iterations).
+pub const PROFILED_MICRO_BATCHES: usize = 2;
 
 /// Runs the benchmark of `opts.stage` on the backend `opts.backend` selects.
 pub fn run(
@@ -221,6 +236,16 @@ fn run_on<O: TrainBackend>(
             optimizer_s.push(opt);
         }
     }
+    let timing = if device.is_some() {
+        "CUDA events around each op's launches: device time"
+    } else {
+        "wall clock around each op call"
+    };
+    let (op_breakdown, op_breakdown_error) =
+        match profile_ops(&mut model, &batch, grad_scale, timing)? {
+            Ok(breakdown) => (Some(breakdown), None),
+            Err(why) => (None, Some(why)),
+        };
     let (fb, opt) = (median(&forward_backward_s), median(&optimizer_s));
     let step_s = phase.grad_accum as f64 * fb + opt;
     let tokens_per_step = phase.tokens_per_step();
@@ -256,7 +281,9 @@ fn run_on<O: TrainBackend>(
         memory_estimate: memory,
         measured_peak_bytes: model.ops().measured_peak_bytes(),
         last_loss,
-        note: "per-op times are not measured (no op timers in the backends); the breakdown is one micro-batch's forward+backward and one optimizer update (clip + AdamW)".into(),
+        op_breakdown,
+        op_breakdown_error,
+        note: "forward_backward_s and optimizer_s are one micro-batch's forward+backward and one optimizer update (clip + AdamW), timed without the op profiler; op_breakdown comes from separate profiled micro-batches (forward+backward only)".into(),
     };
     say(
         out,
@@ -288,8 +315,47 @@ fn run_on<O: TrainBackend>(
             ),
         );
     }
-    say(out, "per-op breakdown: n/a (no op timers in the backends; the times above are forward+backward and the optimizer update)");
+    match (&result.op_breakdown, &result.op_breakdown_error) {
+        (Some(breakdown), _) => say(out, breakdown.render()),
+        (None, why) => say(
+            out,
+            format!(
+                "per-op breakdown: n/a ({})",
+                why.as_deref().unwrap_or("not measured")
+            ),
+        ),
+    }
     Ok(result)
+}
+
+/// Runs [`PROFILED_MICRO_BATCHES`] forward+backward passes (each from `zero_grads` to the
+/// backend's synchronize, as timed above) with the op profiler on. The outer error is a failed
+/// step; the inner one why there is no breakdown (the profiler could not start or failed).
+fn profile_ops<O: TrainBackend>(
+    model: &mut Model<O>,
+    batch: &Batch,
+    grad_scale: f32,
+    timing: &str,
+) -> Result<Result<OpBreakdown, String>, TrainError> {
+    if let Err(why) = model.ops().start_op_profile() {
+        return Ok(Err(why));
+    }
+    let mut wall_s = 0.0;
+    for _ in 0..PROFILED_MICRO_BATCHES {
+        let start = Instant::now();
+        model.zero_grads();
+        let pass = model.forward_backward(batch, grad_scale);
+        let synced = model.ops().synchronize();
+        wall_s += start.elapsed().as_secs_f64();
+        if let Err(e) = pass.map_err(TrainError::from).and(synced) {
+            let _ = model.ops().finish_op_profile(); // switch the profiler off
+            return Err(e);
+        }
+    }
+    Ok(model
+        .ops()
+        .finish_op_profile()
+        .map(|profile| profile.breakdown(wall_s, PROFILED_MICRO_BATCHES, timing)))
 }
 
 /// Random tokens of a `vocab`-token vocabulary, `rows` x `seq_len`, packed into documents of

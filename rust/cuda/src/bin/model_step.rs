@@ -3,7 +3,9 @@
 //! lengths, as `train --benchmark` would run it (docs/gpu.md, section 4). Prints a markdown table:
 //! tokens per step, median step time, tokens/s, achieved TFLOP/s, MFU against the device's dense
 //! bf16 peak (FLOPs per token from `kormo_cuda::benchmark`), device memory, and the allocation
-//! count before and after the timed steps (equal when the step allocates nothing).
+//! count before and after the timed steps (equal when the step allocates nothing). Then, as in
+//! `train --benchmark`, a per-op breakdown of two more forward+backward passes run with the op
+//! profiler on (CUDA events around each op; `kormo_model::profile`), apart from the timed steps.
 //!
 //! Usage: model_step [--model proxy-1b|kormo-10.8b] [--seq 4096] [--batch 1] [--steps 5]
 //! (defaults shown; two untimed warm-up steps come first). Without a device it prints
@@ -15,8 +17,8 @@ use std::time::Instant;
 use kormo_cuda::benchmark::{mfu, open_for_model, peak_bf16_flops, training_flops_per_token};
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::random::SplitMix64;
-use kormo_cuda::CudaError;
-use kormo_model::{Batch, Model, ModelConfig};
+use kormo_cuda::{CudaError, CudaOps};
+use kormo_model::{Batch, Model, ModelConfig, Ops};
 use kormo_optim::{AdamWConfig, ParamInfo};
 
 struct Options {
@@ -118,6 +120,8 @@ fn run(o: &Options) -> Result<(), Box<dyn Error>> {
         ops.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
+    let allocations_after = ops.memory().allocations;
+    let breakdown = profile_ops(&mut model, &ops, &batch, grad_scale)?;
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
     let tokens = (o.batch * o.seq) as f64;
@@ -137,9 +141,42 @@ fn run(o: &Options) -> Result<(), Box<dyn Error>> {
         tokens_per_s * flops_per_token / 1e12,
         memory.peak_bytes >> 20,
         ops.device_memory_used()? >> 20,
-        memory.allocations
+        allocations_after
     );
+    match breakdown {
+        Ok(breakdown) => println!("\n```text\n{}\n```", breakdown.render()),
+        Err(why) => println!("\nper-op breakdown: n/a ({why})"),
+    }
     Ok(())
+}
+
+/// Forward+backward passes with the op profiler on, as `train --benchmark` runs them (each from
+/// `zero_grads` to the synchronize). The outer error is a failed step, the inner one why there
+/// is no breakdown.
+fn profile_ops(
+    model: &mut Model<CudaOps>,
+    ops: &CudaOps,
+    batch: &Batch,
+    grad_scale: f32,
+) -> Result<Result<kormo_model::OpBreakdown, String>, Box<dyn Error>> {
+    const MICRO_BATCHES: usize = 2;
+    if let Err(why) = ops.start_op_profile() {
+        return Ok(Err(why));
+    }
+    let mut wall_s = 0.0;
+    for _ in 0..MICRO_BATCHES {
+        let start = Instant::now();
+        model.zero_grads();
+        let pass = model.forward_backward(batch, grad_scale).map(|_| ());
+        let synced = ops.synchronize();
+        wall_s += start.elapsed().as_secs_f64();
+        if let Err(e) = pass.map_err(Box::<dyn Error>::from).and(synced.map_err(Box::<dyn Error>::from)) {
+            let _ = ops.finish_op_profile(); // switch the profiler off
+            return Err(e);
+        }
+    }
+    let timing = "CUDA events around each op's launches: device time";
+    Ok(ops.finish_op_profile().map(|profile| profile.breakdown(wall_s, MICRO_BATCHES, timing)))
 }
 
 fn main() {
