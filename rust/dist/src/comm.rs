@@ -164,6 +164,81 @@ pub trait HostTransport: Send + Sync {
     /// Every rank calls this with its payload for the same `op`; all receive every payload in
     /// rank order, or an error naming the rank that failed to take part.
     fn exchange(&self, op: Op, payload: Vec<u8>) -> Result<Contributions, CommError>;
+    /// The state of this rank's connections to its peers, for naming a lost rank when work
+    /// outside this transport hangs (an NCCL collective): returns at once, without taking part
+    /// in a collective or consuming data. Empty when the transport cannot tell (in-process
+    /// groups, whose ranks cannot be lost alone).
+    fn peer_health(&self) -> Vec<PeerHealth> {
+        Vec::new()
+    }
+}
+
+/// One peer connection as [`HostTransport::peer_health`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerHealth {
+    pub rank: usize,
+    pub state: PeerState,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerState {
+    /// Connected (the peer may still be hung, e.g. stopped or stuck on its GPU).
+    Open,
+    /// The connection is closed or broken (the peer's process exited or was killed), with why.
+    Closed(String),
+    /// In use by a collective of this rank right now, so not probed.
+    Busy,
+}
+
+/// Names the lost peers in `health` (rank `me`'s view), for a message when a rank gives up
+/// waiting: "rank 2 was lost (its TCP connection to rank 0 closed: ...)", or what is known when
+/// no connection closed. `None` when the transport cannot tell (no connections).
+pub fn lost_peers_message(me: usize, health: &[PeerHealth]) -> Option<String> {
+    if health.is_empty() {
+        return None;
+    }
+    let lost: Vec<String> = health
+        .iter()
+        .filter_map(|p| match &p.state {
+            PeerState::Closed(why) => Some(format!(
+                "rank {} was lost (its TCP connection to rank {me} {why})",
+                p.rank
+            )),
+            _ => None,
+        })
+        .collect();
+    if !lost.is_empty() {
+        return Some(lost.join("; "));
+    }
+    let list = |state: fn(&PeerState) -> bool| -> Vec<String> {
+        health
+            .iter()
+            .filter(|p| state(&p.state))
+            .map(|p| p.rank.to_string())
+            .collect()
+    };
+    let open = list(|s| *s == PeerState::Open);
+    let busy = list(|s| *s == PeerState::Busy);
+    let mut message = format!(
+        "no TCP connection to rank {me} closed (connected: rank {})",
+        if open.is_empty() {
+            "none".into()
+        } else {
+            open.join(", rank ")
+        }
+    );
+    if !busy.is_empty() {
+        message.push_str(&format!(
+            "; in use by a host collective: rank {}",
+            busy.join(", rank ")
+        ));
+    }
+    if me != 0 {
+        message.push_str("; rank 0's own error names a rank it lost");
+    } else {
+        message.push_str("; a rank may be hung (stopped, or stuck on its GPU)");
+    }
+    Some(message)
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -385,5 +460,10 @@ impl HostTransport for SubGroup {
         Ok(Arc::new(
             self.members.iter().map(|&r| all[r].clone()).collect(),
         ))
+    }
+
+    /// The parent's connections (parent ranks).
+    fn peer_health(&self) -> Vec<PeerHealth> {
+        self.parent.peer_health()
     }
 }

@@ -4,7 +4,9 @@
 //!   all-reduce, broadcast, barrier) over host or device buffers; host communicators implement
 //!   one primitive ([`HostTransport::exchange`]) and reduce in rank order; [`SubGroup`] splits a
 //!   group (hybrid sharding).
-//! * [`nccl`] — the same trait over NCCL on device buffers (compiled everywhere, runs on GPUs).
+//! * [`nccl`] — the same trait over NCCL on device buffers (compiled everywhere, runs on GPUs);
+//!   a strategy's communicators (`connect_groups`: the world, or `hybrid`'s shard and replica
+//!   groups) and a watchdog's handle on them (`NcclWatch`).
 //! * [`device_fsdp`] — [`DeviceFsdpRank`]: the FSDP engine of [`fsdp`] with its shards,
 //!   gathers and reductions on the GPU (`Model<CudaOps>`, NCCL on a second stream).
 //! * [`local`] — in-process communicator, one thread per rank (tests, `--world-size N` on CPU).
@@ -28,7 +30,9 @@ pub mod shard;
 pub mod sharded_checkpoint;
 pub mod tcp;
 
-pub use comm::{Collectives, CommError, HostTransport, Op, SubGroup};
+pub use comm::{
+    lost_peers_message, Collectives, CommError, HostTransport, Op, PeerHealth, PeerState, SubGroup,
+};
 pub use device_fsdp::DeviceFsdpRank;
 pub use error::DistError;
 pub use fsdp::{

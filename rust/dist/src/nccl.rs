@@ -11,8 +11,15 @@
 //! that bf16 buffers, which kormo keeps as `u16` bits, can be reduced as `ncclBfloat16`
 //! without a half-float crate.
 //!
-//! This file is compiled everywhere but only runs on a machine with GPUs and NCCL; it is not
-//! exercised by the CPU test suite (see docs/distributed.md, "What is verified").
+//! Several communicators per rank ([`connect_groups`]): the world, or for `hybrid` a shard group
+//! and a replica group ([`group_places`], the host path's `SubGroup`s), each group's first rank
+//! creating its unique id and the host group handing them out in one exchange
+//! ([`exchange_group_ids`]). [`NcclWatch`] lets a watchdog thread poll a communicator's
+//! asynchronous error and abort it.
+//!
+//! The group layout and the id exchange are plain host code, tested on the CPU
+//! (tests/hybrid_groups.rs, with fake ids); everything that calls NCCL is compiled everywhere but
+//! only runs on a machine with GPUs and NCCL (see docs/distributed.md, "What is verified").
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -21,7 +28,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use cudarc::nccl::result::{NcclError, NcclStatus};
 use cudarc::nccl::{result, sys};
 
-use crate::comm::{check_per_rank, Collectives, CommError};
+use crate::comm::{check_per_rank, Collectives, CommError, HostTransport, Op};
 use crate::launch::LaunchEnv;
 use crate::tcp::{rendezvous, TcpComm};
 
@@ -66,16 +73,398 @@ pub fn connect(
     Ok((tcp, nccl))
 }
 
+/// This rank's place in one NCCL communicator of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupPlace {
+    /// `"world"`, `"shard-group"` or `"replica-group"` (for messages).
+    pub name: &'static str,
+    /// World ranks of the members, in group-rank order; the first one creates the group's
+    /// NCCL unique id.
+    pub members: Vec<usize>,
+    /// This rank's position in `members` (its NCCL rank in the group).
+    pub rank: usize,
+}
+
+impl GroupPlace {
+    /// The world rank that creates this group's NCCL unique id.
+    pub fn leader(&self) -> usize {
+        self.members[0]
+    }
+
+    pub fn size(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The ranks of `0..world_size` with `color(rank)`'s value, as
+    /// [`crate::comm::SubGroup::split`] groups them (rank order).
+    fn split(
+        name: &'static str,
+        rank: usize,
+        world_size: usize,
+        color: impl Fn(usize) -> usize,
+    ) -> GroupPlace {
+        let members: Vec<usize> = (0..world_size)
+            .filter(|&r| color(r) == color(rank))
+            .collect();
+        let rank = members
+            .iter()
+            .position(|&r| r == rank)
+            .expect("a rank is in its own group");
+        GroupPlace {
+            name,
+            members,
+            rank,
+        }
+    }
+}
+
+/// Shard group of `rank` for `hybrid`: `group_size` consecutive ranks (a node), as
+/// [`crate::FsdpRank`] splits its host group.
+pub fn hybrid_shard_color(group_size: usize) -> impl Fn(usize) -> usize {
+    move |r| r / group_size
+}
+
+/// Replica group of `rank` for `hybrid`: the ranks at the same position in their shard
+/// groups, as [`crate::FsdpRank`] splits its host group.
+pub fn hybrid_replica_color(group_size: usize) -> impl Fn(usize) -> usize {
+    move |r| r % group_size
+}
+
+/// The NCCL communicators rank `rank` of `world_size` needs: the world (`hybrid_group_size`
+/// `None`: `full_shard`, `shard_grad_op`), or for `hybrid` its shard group (`group_size`
+/// consecutive ranks) then its replica group (the ranks with the same shard rank), so that
+/// world rank = replica rank x group size + shard rank, as on the host path. Errors name
+/// `hybrid_group_size` when it is 0 or does not divide the world size.
+pub fn group_places(
+    rank: usize,
+    world_size: usize,
+    hybrid_group_size: Option<usize>,
+) -> Result<Vec<GroupPlace>, CommError> {
+    if world_size == 0 || rank >= world_size {
+        return Err(CommError::Setup(format!(
+            "rank {rank} is not below world size {world_size}"
+        )));
+    }
+    let Some(size) = hybrid_group_size else {
+        return Ok(vec![GroupPlace::split("world", rank, world_size, |_| 0)]);
+    };
+    if size == 0 || !world_size.is_multiple_of(size) {
+        return Err(CommError::Setup(format!(
+            "hybrid_group_size = {size} must be at least 1 and divide the world size {world_size} \
+             (ranks per shard group, usually the GPUs of a node)"
+        )));
+    }
+    Ok(vec![
+        GroupPlace::split("shard-group", rank, world_size, hybrid_shard_color(size)),
+        GroupPlace::split(
+            "replica-group",
+            rank,
+            world_size,
+            hybrid_replica_color(size),
+        ),
+    ])
+}
+
+/// One rank's entry for one group in [`exchange_group_ids`].
+struct IdEntry {
+    /// 0: `bytes` is the id; 1: `bytes` is the leader's error text; 2: not the leader.
+    status: u8,
+    bytes: Vec<u8>,
+    /// The group's members as this rank sees them.
+    members: Vec<usize>,
+}
+
+impl IdEntry {
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(self.status);
+        out.extend_from_slice(&(self.bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.bytes);
+        out.extend_from_slice(&(self.members.len() as u32).to_le_bytes());
+        for &m in &self.members {
+            out.extend_from_slice(&(m as u32).to_le_bytes());
+        }
+    }
+
+    /// Reads one entry off the front of `rest`.
+    fn read(rest: &mut &[u8]) -> Option<IdEntry> {
+        fn take<'a>(rest: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, tail) = (rest.get(..n)?, rest.get(n..)?);
+            *rest = tail;
+            Some(head)
+        }
+        fn u32_at(rest: &mut &[u8]) -> Option<usize> {
+            Some(u32::from_le_bytes(take(rest, 4)?.try_into().ok()?) as usize)
+        }
+        let status = take(rest, 1)?[0];
+        let len = u32_at(rest)?;
+        let bytes = take(rest, len)?.to_vec();
+        let count = u32_at(rest)?;
+        let members = (0..count)
+            .map(|_| u32_at(rest))
+            .collect::<Option<Vec<_>>>()?;
+        Some(IdEntry {
+            status,
+            bytes,
+            members,
+        })
+    }
+}
+
+/// Hands every group in `places` its NCCL unique id in one exchange over the host group
+/// `world` (every rank calls it with its own places): the leader of each group creates the id
+/// with `make_id` (`unique_id_blob` on a GPU), every rank sends the ids of the groups it leads
+/// with its view of each group's members, and takes its groups' ids from their leaders.
+/// Returns one id per place. Every rank checks every rank's entries, so all fail alike, with
+/// an error naming the rank concerned, when a leader's `make_id` failed (it still takes part
+/// rather than leaving the others to time out) or two ranks disagree on a group's members.
+pub fn exchange_group_ids(
+    world: &dyn HostTransport,
+    places: &[GroupPlace],
+    mut make_id: impl FnMut() -> Result<Vec<u8>, CommError>,
+) -> Result<Vec<Vec<u8>>, CommError> {
+    let me = HostTransport::rank(world);
+    let mut payload = Vec::new();
+    for place in places {
+        let (status, bytes) = if place.leader() != me {
+            (2u8, Vec::new())
+        } else {
+            match make_id() {
+                Ok(id) => (0, id),
+                Err(e) => (1, e.to_string().into_bytes()),
+            }
+        };
+        IdEntry {
+            status,
+            bytes,
+            members: place.members.clone(),
+        }
+        .write(&mut payload);
+    }
+    let all = world.exchange(Op::AllGather, payload)?;
+    let mut entries: Vec<Vec<IdEntry>> = Vec::with_capacity(all.len());
+    for (rank, bytes) in all.iter().enumerate() {
+        let mut rest: &[u8] = bytes;
+        let mine = places
+            .iter()
+            .map(|_| IdEntry::read(&mut rest))
+            .collect::<Option<Vec<_>>>()
+            .filter(|_| rest.is_empty())
+            .ok_or_else(|| {
+                CommError::Mismatch(format!(
+                    "NCCL id exchange: rank {rank}'s payload does not hold {} group entries \
+                     (the ranks disagree on the strategy)",
+                    places.len()
+                ))
+            })?;
+        entries.push(mine);
+    }
+    for (rank, theirs) in entries.iter().enumerate() {
+        for (index, entry) in theirs.iter().enumerate() {
+            let name = places[index].name;
+            if entry.status == 1 {
+                return Err(CommError::Setup(format!(
+                    "rank {rank} could not create the NCCL unique id of its {name}: {}",
+                    String::from_utf8_lossy(&entry.bytes)
+                )));
+            }
+            for &member in &entry.members {
+                let seen = entries.get(member).map(|e| &e[index].members);
+                if seen != Some(&entry.members) {
+                    return Err(CommError::Mismatch(format!(
+                        "rank {rank} puts rank {member} in its {name} {:?}, but rank {member} \
+                         sees {} (the ranks disagree on dist.hybrid_group_size or the world size)",
+                        entry.members,
+                        seen.map_or("no such rank".into(), |m| format!("{m:?}"))
+                    )));
+                }
+            }
+        }
+    }
+    places
+        .iter()
+        .enumerate()
+        .map(|(index, place)| {
+            let leader = place.leader();
+            match entries.get(leader).map(|e| &e[index]) {
+                Some(entry) if entry.status == 0 => Ok(entry.bytes.clone()),
+                _ => Err(CommError::Mismatch(format!(
+                    "rank {me}'s {} {:?} expects its NCCL id from rank {leader}, which did not \
+                     create one",
+                    place.name, place.members
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// This rank's NCCL communicators for `hybrid_group_size` (see [`group_places`]): the world,
+/// or the shard group then the replica group. Ids travel over the host group `world`
+/// ([`exchange_group_ids`]); each communicator runs on a fresh stream from `new_stream` (of
+/// this rank's device). `ncclCommInitRank` is collective within each group; every rank joins
+/// its groups in the same order, so no group waits on another. Returns each communicator with
+/// its place, in [`group_places`] order.
+pub fn connect_groups(
+    world: &dyn HostTransport,
+    hybrid_group_size: Option<usize>,
+    mut new_stream: impl FnMut() -> Result<Arc<CudaStream>, CommError>,
+) -> Result<Vec<(GroupPlace, NcclComm)>, CommError> {
+    let places = group_places(
+        HostTransport::rank(world),
+        HostTransport::world_size(world),
+        hybrid_group_size,
+    )?;
+    let ids = exchange_group_ids(world, &places, unique_id_blob)?;
+    places
+        .iter()
+        .zip(&ids)
+        .map(|(place, id)| {
+            let comm =
+                NcclComm::init(new_stream()?, place.rank, place.size(), id).map_err(|e| {
+                    CommError::Setup(format!(
+                        "rank {} joining its {} (ranks {:?}): {e}",
+                        HostTransport::rank(world),
+                        place.name,
+                        place.members
+                    ))
+                })?;
+            Ok((place.clone(), comm))
+        })
+        .collect()
+}
+
 /// One rank's NCCL communicator bound to a device stream.
 pub struct NcclComm {
-    comm: sys::ncclComm_t,
+    shared: Arc<Shared>,
     stream: Arc<CudaStream>,
     rank: usize,
     world_size: usize,
 }
 
-// SAFETY: an NCCL communicator may be used from any one thread at a time; NcclComm is not Sync.
-unsafe impl Send for NcclComm {}
+/// The raw communicator; null once aborted.
+struct Handle(sys::ncclComm_t);
+
+// SAFETY: the handle is only used under [`Shared::handle`]'s lock: collectives are enqueued
+// by the one thread owning the NcclComm (read lock), the asynchronous error is polled by a
+// watchdog thread (read lock; NCCL allows `ncclCommGetAsyncError` concurrently with other
+// calls), and abort (write lock) happens once, after which the handle is null.
+unsafe impl Send for Handle {}
+unsafe impl Sync for Handle {}
+
+/// What an [`NcclComm`] shares with its [`NcclWatch`]es.
+struct Shared {
+    handle: std::sync::RwLock<Handle>,
+    rank: usize,
+    world_size: usize,
+    /// The NCCL call of the last collective enqueued, and how many were.
+    last_op: std::sync::Mutex<&'static str>,
+    enqueued: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Handle> {
+        self.handle.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Aborts the communicator unless it already was; true when this call aborted it.
+    fn abort(&self, wait: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now().checked_add(wait);
+        let mut handle = loop {
+            match self.handle.try_write() {
+                Ok(handle) => break handle,
+                Err(std::sync::TryLockError::Poisoned(e)) => break e.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        return false;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        };
+        if handle.0.is_null() {
+            return false;
+        }
+        // SAFETY: a live communicator from ncclCommInitRank, released exactly once (the
+        // handle is null afterwards); no enqueue holds the read lock now.
+        let _ = unsafe { result::comm_abort(handle.0) };
+        handle.0 = std::ptr::null_mut();
+        true
+    }
+
+    /// "collective #12 (ncclAllGather)": the last one enqueued.
+    fn last(&self) -> String {
+        let count = self.enqueued.load(std::sync::atomic::Ordering::Relaxed);
+        if count == 0 {
+            return "no collective enqueued yet".into();
+        }
+        let op = *self.last_op.lock().unwrap_or_else(|e| e.into_inner());
+        format!("collective #{count} ({op}) the last enqueued")
+    }
+}
+
+/// A live communicator, read-locked for enqueuing one collective.
+struct Live<'a>(std::sync::RwLockReadGuard<'a, Handle>);
+
+impl Live<'_> {
+    fn comm(&self) -> sys::ncclComm_t {
+        self.0 .0
+    }
+}
+
+/// A handle on an [`NcclComm`] for another thread (a watchdog): polls NCCL's asynchronous
+/// error (a peer lost inside a collective, a network failure) and aborts the communicator so
+/// that a rank blocked in a collective or stream synchronisation returns and the process can
+/// exit instead of hanging in the driver. Cheap to clone; outlives its communicator safely
+/// (it then reports nothing and aborts nothing).
+#[derive(Clone)]
+pub struct NcclWatch {
+    shared: Arc<Shared>,
+    group: String,
+}
+
+impl NcclWatch {
+    /// The communicator's asynchronous error with its rank and last collective, if NCCL
+    /// reports one (`ncclCommGetAsyncError`); `None` when healthy or already aborted.
+    pub fn async_error(&self) -> Option<String> {
+        let handle = self.shared.read();
+        if handle.0.is_null() {
+            return None;
+        }
+        let mut state = sys::ncclResult_t::ncclSuccess;
+        // SAFETY: a live communicator (under the read lock) and a valid out pointer.
+        let called = unsafe { sys::ncclCommGetAsyncError(handle.0, &mut state) };
+        let problem = match (called, state) {
+            (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclSuccess)
+            | (sys::ncclResult_t::ncclSuccess, sys::ncclResult_t::ncclInProgress) => return None,
+            (sys::ncclResult_t::ncclSuccess, error) => format!("{error:?}"),
+            (failed, _) => format!("ncclCommGetAsyncError itself failed with {failed:?}"),
+        };
+        Some(format!(
+            "NCCL asynchronous error {problem} on the {} communicator (rank {} of {}; {})",
+            self.group,
+            self.shared.rank,
+            self.shared.world_size,
+            self.shared.last()
+        ))
+    }
+
+    /// Aborts the communicator (`ncclCommAbort`) unless it already was, waiting at most
+    /// `wait` for a collective being enqueued; true when this call aborted it. Collectives
+    /// enqueued afterwards fail; dropping the NcclComm then releases nothing more.
+    pub fn abort(&self, wait: std::time::Duration) -> bool {
+        self.shared.abort(wait)
+    }
+
+    /// Which communicator: the group name given to [`NcclComm::watch`], rank and size.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} communicator (rank {} of {}; {})",
+            self.group,
+            self.shared.rank,
+            self.shared.world_size,
+            self.shared.last()
+        )
+    }
+}
 
 impl NcclComm {
     /// Joins the communicator identified by `unique_id` (rank 0's [`unique_id_blob`]).
@@ -117,7 +506,13 @@ impl NcclComm {
             comm.assume_init()
         };
         Ok(NcclComm {
-            comm,
+            shared: Arc::new(Shared {
+                handle: std::sync::RwLock::new(Handle(comm)),
+                rank,
+                world_size,
+                last_op: std::sync::Mutex::new(""),
+                enqueued: std::sync::atomic::AtomicU64::new(0),
+            }),
             stream,
             rank,
             world_size,
@@ -126,6 +521,36 @@ impl NcclComm {
 
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// A handle for a watchdog thread ([`NcclWatch`]); `group` names this communicator in its
+    /// messages ("world", "shard-group", "replica-group").
+    pub fn watch(&self, group: &str) -> NcclWatch {
+        NcclWatch {
+            shared: self.shared.clone(),
+            group: group.into(),
+        }
+    }
+
+    /// The live communicator, read-locked while collective `op` is enqueued (so a watchdog's
+    /// abort cannot free it meanwhile); an error once it was aborted.
+    fn live(&self, op: &'static str) -> Result<Live<'_>, CommError> {
+        let handle = self.shared.read();
+        if handle.0.is_null() {
+            return Err(CommError::Device(format!(
+                "rank {} of {}: {op}: the NCCL communicator was aborted",
+                self.rank, self.world_size
+            )));
+        }
+        *self
+            .shared
+            .last_op
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = op;
+        self.shared
+            .enqueued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Live(handle))
     }
 
     fn raw_stream(&self) -> sys::cudaStream_t {
@@ -174,6 +599,7 @@ impl NcclComm {
             self.world_size,
         )?;
         let count = out.len();
+        let live = self.live("ncclReduceScatter")?;
         self.out_of_place("ncclReduceScatter", input, out, |src, dst| {
             // SAFETY: both pointers are live device allocations of the checked lengths on this
             // communicator's stream.
@@ -184,7 +610,7 @@ impl NcclComm {
                     count,
                     dtype,
                     sys::ncclRedOp_t::ncclSum,
-                    self.comm,
+                    live.comm(),
                     self.raw_stream(),
                 )
             }
@@ -197,6 +623,7 @@ impl NcclComm {
         dtype: sys::ncclDataType_t,
     ) -> Result<(), CommError> {
         let count = buf.len();
+        let live = self.live("ncclAllReduce")?;
         self.in_place("ncclAllReduce", buf, |ptr| {
             // SAFETY: in-place all-reduce of a live device allocation of `count` elements.
             unsafe {
@@ -206,7 +633,7 @@ impl NcclComm {
                     count,
                     dtype,
                     sys::ncclRedOp_t::ncclSum,
-                    self.comm,
+                    live.comm(),
                     self.raw_stream(),
                 )
             }
@@ -269,6 +696,7 @@ impl NcclComm {
         count: usize,
         dtype: WireDtype,
     ) -> Result<(), CommError> {
+        let live = self.live("ncclAllGather")?;
         // SAFETY: the caller's contract.
         unsafe {
             result::all_gather(
@@ -276,7 +704,7 @@ impl NcclComm {
                 recv as *mut c_void,
                 count,
                 dtype.nccl(),
-                self.comm,
+                live.comm(),
                 self.raw_stream(),
             )
         }
@@ -296,6 +724,7 @@ impl NcclComm {
         count: usize,
         dtype: WireDtype,
     ) -> Result<(), CommError> {
+        let live = self.live("ncclReduceScatter")?;
         // SAFETY: the caller's contract.
         unsafe {
             result::reduce_scatter(
@@ -304,7 +733,7 @@ impl NcclComm {
                 count,
                 dtype.nccl(),
                 sys::ncclRedOp_t::ncclSum,
-                self.comm,
+                live.comm(),
                 self.raw_stream(),
             )
         }
@@ -323,6 +752,7 @@ impl NcclComm {
         count: usize,
         dtype: WireDtype,
     ) -> Result<(), CommError> {
+        let live = self.live("ncclAllReduce")?;
         // SAFETY: the caller's contract.
         unsafe {
             result::all_reduce(
@@ -331,7 +761,7 @@ impl NcclComm {
                 count,
                 dtype.nccl(),
                 sys::ncclRedOp_t::ncclSum,
-                self.comm,
+                live.comm(),
                 self.raw_stream(),
             )
         }
@@ -343,9 +773,8 @@ impl NcclComm {
 impl Drop for NcclComm {
     fn drop(&mut self) {
         // Abort rather than destroy: it also works when a peer has died mid-collective. A
-        // failure here cannot be reported from drop.
-        // SAFETY: `comm` came from ncclCommInitRank and is released exactly once.
-        let _ = unsafe { result::comm_abort(self.comm) };
+        // failure here cannot be reported from drop; nothing to do when a watchdog aborted it.
+        self.shared.abort(std::time::Duration::MAX);
     }
 }
 
@@ -368,6 +797,7 @@ impl Collectives for NcclComm {
     ) -> Result<(), CommError> {
         check_per_rank("all_gather output", out.len(), shard.len(), self.world_size)?;
         let count = shard.len();
+        let live = self.live("ncclAllGather")?;
         self.out_of_place("ncclAllGather", shard, out, |src, dst| {
             // SAFETY: live device allocations of the checked lengths.
             unsafe {
@@ -376,7 +806,7 @@ impl Collectives for NcclComm {
                     dst,
                     count,
                     sys::ncclDataType_t::ncclFloat32,
-                    self.comm,
+                    live.comm(),
                     self.raw_stream(),
                 )
             }
@@ -421,6 +851,7 @@ impl Collectives for NcclComm {
             )));
         }
         let count = buf.len();
+        let live = self.live("ncclBroadcast")?;
         self.in_place("ncclBroadcast", buf, |ptr| {
             // SAFETY: in-place broadcast of a live device allocation.
             unsafe {
@@ -430,7 +861,7 @@ impl Collectives for NcclComm {
                     count,
                     sys::ncclDataType_t::ncclFloat32,
                     root as i32,
-                    self.comm,
+                    live.comm(),
                     self.raw_stream(),
                 )
             }

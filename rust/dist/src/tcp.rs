@@ -11,6 +11,8 @@
 //! of file from it, names that rank in a [`CommError::PeerLost`], and forwards the message to
 //! every other rank as [`CommError::Aborted`] before giving up; a rank that loses rank 0 reports
 //! rank 0. A rank that stays silent past the timeout is named in a [`CommError::Timeout`].
+//! [`HostTransport::peer_health`] probes the connections without a collective (a non-blocking
+//! peek), so a rank stuck elsewhere (in NCCL) can still name the peers whose sockets closed.
 //!
 //! Frames (little endian): hello `b"KORMO-RDV1" rank:u32 world:u32`; welcome `0u8 len:u32 blob`
 //! or refusal `1u8 len:u32 utf8`; collective `seq:u64 op:u8 len:u64 payload`; reply `0u8` then
@@ -22,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::comm::{CommError, Contributions, HostTransport, Op};
+use crate::comm::{CommError, Contributions, HostTransport, Op, PeerHealth, PeerState};
 
 const HELLO_MAGIC: &[u8; 10] = b"KORMO-RDV1";
 const POLL: Duration = Duration::from_millis(20);
@@ -394,6 +396,46 @@ impl HostTransport for TcpComm {
             self.member_exchange(op, seq, payload)
         }
     }
+
+    /// Probes each connection without blocking or consuming data: a connection in use by a
+    /// collective of this rank is `Busy`; otherwise a non-blocking peek tells end of file or a
+    /// reset (the peer's process is gone: its kernel closed the socket) from an open one.
+    fn peer_health(&self) -> Vec<PeerHealth> {
+        self.peers
+            .iter()
+            .enumerate()
+            .filter_map(|(rank, peer)| Some((rank, peer.as_ref()?)))
+            .map(|(rank, peer)| {
+                let state = match peer.try_lock() {
+                    Ok(stream) => probe(&stream),
+                    // A rank that panicked holding the lock: the stream itself is still fine.
+                    Err(std::sync::TryLockError::Poisoned(stream)) => probe(&stream.into_inner()),
+                    Err(std::sync::TryLockError::WouldBlock) => PeerState::Busy,
+                };
+                PeerHealth { rank, state }
+            })
+            .collect()
+    }
+}
+
+/// One connection's state by a non-blocking peek (the stream is back to blocking after).
+fn probe(stream: &TcpStream) -> PeerState {
+    if let Err(e) = stream.set_nonblocking(true) {
+        return PeerState::Closed(format!("cannot be probed: {e}"));
+    }
+    let mut byte = [0u8; 1];
+    let state = match stream.peek(&mut byte) {
+        Ok(0) => PeerState::Closed("closed".into()),
+        Ok(_) => PeerState::Open,
+        Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::Interrupted => {
+            PeerState::Open
+        }
+        Err(e) => PeerState::Closed(format!("broke: {e}")),
+    };
+    if let Err(e) = stream.set_nonblocking(false) {
+        return PeerState::Closed(format!("cannot be restored to blocking after a probe: {e}"));
+    }
+    state
 }
 
 #[cfg(test)]
@@ -443,6 +485,109 @@ mod tests {
             assert_eq!(blob, vec![7, 1, 2, 3]);
             assert_eq!(values, vec![3.75, 3.0, 0.0, 1.0, 2.0]);
         }
+    }
+
+    #[test]
+    fn peer_health_names_a_closed_connection_and_leaves_open_ones_usable() {
+        let port = free_port();
+        let (root, member) = std::thread::scope(|scope| {
+            let (gone_tx, gone_rx) = std::sync::mpsc::channel::<()>();
+            let (probed_tx, probed_rx) = std::sync::mpsc::channel::<()>();
+            let root = scope.spawn(move || {
+                let comm = rendezvous(&config(0, 3, port), || Ok(Vec::new())).unwrap();
+                // Rank 1 sends its frame of the next collective first: a peek must not eat it.
+                std::thread::sleep(Duration::from_millis(100));
+                gone_rx.recv().unwrap();
+                // Rank 2's socket was closed (as its kernel does when the process dies).
+                let health = comm.peer_health();
+                let message = crate::comm::lost_peers_message(0, &health).unwrap();
+                probed_tx.send(()).unwrap();
+                // The open connection still carries a collective: the probe consumed nothing
+                // (rank 2 is gone, so it is named as lost by the exchange itself).
+                let after = comm.barrier().unwrap_err().to_string();
+                (health, message, after)
+            });
+            let member = scope.spawn(move || {
+                let comm = rendezvous(&config(1, 3, port), || Ok(Vec::new())).unwrap();
+                let health = comm.peer_health();
+                let barrier = std::thread::spawn(move || {
+                    let result = comm.barrier().map_err(|e| e.to_string());
+                    (comm, result)
+                });
+                probed_rx.recv().unwrap();
+                let (comm, result) = barrier.join().unwrap();
+                (health, result.unwrap_err(), comm.peer_health())
+            });
+            let gone = rendezvous(&config(2, 3, port), || Ok(Vec::new())).unwrap();
+            drop(gone);
+            gone_tx.send(()).unwrap();
+            (root.join().unwrap(), member.join().unwrap())
+        });
+        let (health, message, after) = root;
+        assert_eq!(
+            health,
+            vec![
+                PeerHealth {
+                    rank: 1,
+                    state: PeerState::Open
+                },
+                PeerHealth {
+                    rank: 2,
+                    state: PeerState::Closed("closed".into())
+                },
+            ]
+        );
+        assert_eq!(
+            message,
+            "rank 2 was lost (its TCP connection to rank 0 closed)"
+        );
+        assert!(after.contains("rank 2 was lost during barrier"), "{after}");
+        let (before, aborted, later) = member;
+        assert_eq!(
+            before,
+            vec![PeerHealth {
+                rank: 0,
+                state: PeerState::Open
+            }]
+        );
+        // Rank 0 read rank 1's barrier frame after the probe and told it about rank 2.
+        assert!(
+            aborted.contains("rank 2 was lost during barrier"),
+            "{aborted}"
+        );
+        // One connection (to rank 0), whatever its state by now.
+        assert_eq!(later.len(), 1);
+    }
+
+    #[test]
+    fn lost_peer_messages_say_what_is_known() {
+        let peer = |rank, state| PeerHealth { rank, state };
+        use crate::comm::lost_peers_message as message;
+        assert_eq!(message(0, &[]), None);
+        let m = message(
+            0,
+            &[
+                peer(1, PeerState::Open),
+                peer(2, PeerState::Busy),
+                peer(3, PeerState::Open),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            m,
+            "no TCP connection to rank 0 closed (connected: rank 1, rank 3); in use by a host \
+             collective: rank 2; a rank may be hung (stopped, or stuck on its GPU)"
+        );
+        let m = message(3, &[peer(0, PeerState::Open)]).unwrap();
+        assert!(
+            m.ends_with("rank 0's own error names a rank it lost"),
+            "{m}"
+        );
+        let m = message(3, &[peer(0, PeerState::Closed("broke: reset".into()))]).unwrap();
+        assert_eq!(
+            m,
+            "rank 0 was lost (its TCP connection to rank 3 broke: reset)"
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Real processes of `dist_selftest` meeting over loopback TCP: a clean run, a killed rank
-//! reported by rank number with a non-zero exit, and a rendezvous timeout.
+//! reported by rank number with a non-zero exit, a rendezvous timeout, and `peer_health`
+//! naming a SIGKILLed rank (this test as rank 0) without consuming a pending frame.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
@@ -132,4 +133,66 @@ fn missing_rank_times_out_at_rendezvous() {
     let (ok, _, err) = finish(child, Duration::from_secs(30));
     assert!(!ok);
     assert!(err.contains("rank 1 did not connect"), "{err}");
+}
+
+#[test]
+fn peer_health_names_a_killed_process_without_taking_part_in_a_collective() {
+    // This test is rank 0 (as a watchdog would ask it while its NCCL collective hangs); ranks
+    // 1 and 2 are dist_selftest processes, which send their first all-reduce and wait for it.
+    use kormo_dist::tcp::{rendezvous, RendezvousConfig};
+    use kormo_dist::{lost_peers_message, HostTransport, PeerHealth, PeerState};
+    let port = free_port();
+    let args = ["--iterations", "1", "--timeout-secs", "60"];
+    let mut children: Vec<Child> = (1..3).map(|rank| spawn(rank, 3, port, &args)).collect();
+    let config = RendezvousConfig {
+        rank: 0,
+        world_size: 3,
+        master_addr: "127.0.0.1".into(),
+        master_port: port,
+        timeout: Duration::from_secs(30),
+    };
+    let comm = rendezvous(&config, || Ok(vec![0; 128])).unwrap();
+    // Both are alive: connections open (their collective frames wait unread).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let open = |rank| PeerHealth {
+        rank,
+        state: PeerState::Open,
+    };
+    assert_eq!(comm.peer_health(), vec![open(1), open(2)]);
+    // SIGKILL rank 2: its kernel closes the socket.
+    let mut victim = children.remove(1);
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let health = loop {
+        let health = comm.peer_health();
+        if health[1].state != PeerState::Open || Instant::now() > deadline {
+            break health;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(health[0], open(1));
+    assert!(
+        matches!(
+            &health[1],
+            PeerHealth {
+                rank: 2,
+                state: PeerState::Closed(_)
+            }
+        ),
+        "{health:?}"
+    );
+    let message = lost_peers_message(0, &health).unwrap();
+    assert!(
+        message.starts_with("rank 2 was lost (its TCP connection to rank 0 "),
+        "{message}"
+    );
+    // The probes consumed nothing: rank 1's pending frame (its first all-reduce) is read
+    // whole by the next collective, which names it.
+    let e = kormo_dist::Collectives::barrier(&comm)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rank 1 sent #0 (all_reduce)"), "{e}");
+    drop(comm);
+    let (ok, _, err) = finish(children.remove(0), Duration::from_secs(60));
+    assert!(!ok, "rank 1 must exit non-zero: {err}");
 }

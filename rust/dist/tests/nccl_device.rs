@@ -3,9 +3,10 @@
 //! length handling and the bf16 data type on real hardware. Without libnccl, the CUDA driver
 //! or a device it prints "skipped"; under cargo it then passes, under Bazel (TEST_SRCDIR set)
 //! it exits with 77, which the "gpu" test wrapper reports as skipped. Multi-GPU runs are
-//! checked with srun (see docs/distributed.md).
+//! checked with srun (see docs/distributed.md). Also: `connect_groups` for `hybrid` 1 x 1 (two
+//! communicators, ids through a host group) and an `NcclWatch` aborting a communicator once.
 
-use kormo_dist::nccl::{nccl_available, unique_id_blob, NcclComm};
+use kormo_dist::nccl::{connect_groups, nccl_available, unique_id_blob, NcclComm};
 use kormo_dist::Collectives;
 
 fn values(n: usize) -> Vec<f32> {
@@ -72,4 +73,58 @@ fn world_size_one_collectives_are_identities() {
     let shard = stream.clone_htod(&host).unwrap();
     let mut too_big = stream.alloc_zeros::<f32>(2 * n).unwrap();
     assert!(comm.all_gather(&shard, &mut too_big).is_err());
+}
+
+#[test]
+fn hybrid_groups_connect_and_a_watch_aborts_once() {
+    if !nccl_available() {
+        return skip("no libnccl or CUDA driver library");
+    }
+    match cudarc::driver::CudaContext::device_count() {
+        Ok(n) if n > 0 => {}
+        other => return skip(&format!("no CUDA device ({other:?})")),
+    }
+    let context = cudarc::driver::CudaContext::new(0).unwrap();
+    // World size 1 over an in-process host group: `hybrid` 1 x 1 makes a shard-group and a
+    // replica-group communicator, each with an id of its own, on streams of their own.
+    let world = kormo_dist::LocalComm::group(1, std::time::Duration::from_secs(60))
+        .pop()
+        .unwrap();
+    let comms = connect_groups(&world, Some(1), || {
+        context
+            .new_stream()
+            .map_err(|e| kormo_dist::CommError::Device(format!("{e:?}")))
+    })
+    .unwrap();
+    let names: Vec<_> = comms.iter().map(|(place, _)| place.name).collect();
+    assert_eq!(names, ["shard-group", "replica-group"]);
+    let (_, replica) = &comms[1];
+    let stream = replica.stream().clone();
+    let mut buf = stream.clone_htod(&values(33)).unwrap();
+    replica.all_reduce(&mut buf).unwrap();
+    replica.barrier().unwrap();
+    let watch = replica.watch("replica-group");
+    assert_eq!(watch.async_error(), None, "a healthy communicator");
+    assert!(
+        watch.describe().contains("ncclAllReduce"),
+        "{}",
+        watch.describe()
+    );
+    // The watchdog's abort: once; later collectives fail instead of touching a freed
+    // communicator, and dropping the NcclComm releases nothing twice.
+    assert!(watch.abort(std::time::Duration::from_secs(5)));
+    assert!(!watch.abort(std::time::Duration::from_secs(5)));
+    let e = replica.all_reduce(&mut buf).unwrap_err().to_string();
+    assert!(e.contains("aborted"), "{e}");
+    drop(comms);
+    assert_eq!(watch.async_error(), None);
+    // The world layout: one communicator.
+    let comms = connect_groups(&world, None, || {
+        context
+            .new_stream()
+            .map_err(|e| kormo_dist::CommError::Device(format!("{e:?}")))
+    })
+    .unwrap();
+    assert_eq!(comms.len(), 1);
+    assert_eq!(comms[0].0.name, "world");
 }

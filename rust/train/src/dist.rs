@@ -3,8 +3,10 @@
 //! * `train --world-size N` on CPU: N ranks, one thread each in this process (`LocalComm`),
 //!   [`run_threads`];
 //! * one rank per process (`--launcher`, see launch.rs), [`run_process`]: `FsdpRank<CpuOps>`
-//!   over the TCP group on the CPU, `DeviceFsdpRank` over NCCL on the GPU of the local rank
-//!   (the TCP group then carries the host-side agreement: the stop decision, the NCCL id).
+//!   over the TCP group on the CPU, `DeviceFsdpRank` over NCCL on the GPU of the local rank,
+//!   every strategy (`hybrid`: a shard-group and a replica-group communicator); the TCP group
+//!   then carries the host-side agreement (the stop decision, the NCCL ids) and names a lost
+//!   rank when the watchdog ends a rank stuck in NCCL.
 //!
 //! There is one loop ([`run_rank`]), generic over the engine ([`Engine`]: forward_backward,
 //! apply, evaluate, full parameters, and kormo_dist's `ShardedState` for checkpoints) that a
@@ -52,7 +54,7 @@ use kormo_cuda::CudaOps;
 use kormo_dist::sharded_checkpoint::ShardedState;
 use kormo_dist::{
     sampling, sharded_checkpoint, Collectives, DeviceFsdpRank, DistError, FsdpConfig, FsdpRank,
-    Gradients, HostTransport, Op, Strategy,
+    Gradients, HostTransport, Strategy,
 };
 use kormo_model::{Batch, LossSum, Model, Ops};
 use kormo_optim::AdamWConfig;
@@ -109,14 +111,23 @@ impl Engine for DeviceFsdpRank {
 
 /// Bounds a hang inside collectives that have no timeout (NCCL, when a peer died in one): the
 /// step loop reports progress ([`Watchdog::alive`]) at every step, and a thread ends the
-/// process with exit code 2 and a message when none came for the timeout. It cannot name the
-/// rank at fault (NCCL does not say); under SLURM `--kill-on-bad-exit` ends the job step as
-/// soon as the failed rank exits, which is sooner.
+/// process with exit code 2 and a message when none came for the timeout. Every second it also
+/// polls the current NCCL communicators' asynchronous errors ([`Watchdog::watch`]; NCCL sets
+/// one when it sees a peer's connection fail inside a collective) and ends the process at once
+/// on one, naming the communicator, the rank and the last collective enqueued. Before exiting
+/// it asks the host (TCP) group which peers' connections closed, to name the lost rank ("rank
+/// 3 was lost (its TCP connection to rank 0 closed)"; rank 0 sees every peer, the others only
+/// rank 0), and aborts the NCCL communicators (`ncclCommAbort`), so that the exit does not
+/// hang behind a collective still spinning on the GPU. Under SLURM `--kill-on-bad-exit` ends
+/// the job step as soon as the first rank exits, which may be sooner.
 struct Watchdog;
 
 /// Milliseconds since [`WATCHDOG_EPOCH`] of the last progress.
 static LAST_PROGRESS_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 static WATCHDOG_EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+/// The NCCL communicators of the current phase's engine.
+static WATCHED: std::sync::Mutex<Vec<kormo_dist::nccl::NcclWatch>> =
+    std::sync::Mutex::new(Vec::new());
 
 impl Watchdog {
     fn now_ms() -> u64 {
@@ -130,20 +141,44 @@ impl Watchdog {
         LAST_PROGRESS_MS.store(Self::now_ms(), std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn start(rank: usize, world_size: usize, timeout: Duration) {
+    /// The communicators to poll and abort from now on (a new phase's engine).
+    fn watch(comms: Vec<kormo_dist::nccl::NcclWatch>) {
+        *WATCHED.lock().unwrap_or_else(|e| e.into_inner()) = comms;
+    }
+
+    fn start(world: Arc<dyn HostTransport>, timeout: Duration) {
+        let (rank, world_size) = (
+            HostTransport::rank(world.as_ref()),
+            HostTransport::world_size(world.as_ref()),
+        );
         Self::alive();
         std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_secs(1));
+            let watched = WATCHED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let nccl_error = watched.iter().find_map(|w| w.async_error());
             let last = LAST_PROGRESS_MS.load(std::sync::atomic::Ordering::Relaxed);
             let idle = Duration::from_millis(Self::now_ms().saturating_sub(last));
-            if idle > timeout {
-                eprintln!(
-                    "error: rank {rank} of {world_size}: no training step finished for {}s (--dist-timeout); \
-                     another rank probably failed inside an NCCL collective (see its own error)",
+            let what = match nccl_error {
+                Some(error) => error,
+                None if idle > timeout => format!(
+                    "no training step finished for {}s (--dist-timeout); another rank probably \
+                     failed inside an NCCL collective",
                     idle.as_secs()
-                );
-                std::process::exit(2);
+                ),
+                None => continue,
+            };
+            let peers = kormo_dist::lost_peers_message(rank, &world.peer_health())
+                .unwrap_or_else(|| "the host group cannot tell which rank was lost".into());
+            eprintln!("error: rank {rank} of {world_size}: {what}; {peers}");
+            for watch in &watched {
+                if !watch.abort(Duration::from_secs(5)) {
+                    eprintln!(
+                        "note: did not abort the {} (busy or already released)",
+                        watch.describe()
+                    );
+                }
             }
+            std::process::exit(2);
         });
     }
 }
@@ -182,42 +217,49 @@ impl DistBackend for CudaOps {
     type Engine = DeviceFsdpRank;
     // NCCL waits forever for a peer that died inside a collective.
     const NEEDS_WATCHDOG: bool = true;
-    /// A fresh NCCL communicator per phase (a DeviceFsdpRank owns its communicator): rank 0
-    /// makes the unique id and the host group hands it to every rank; NCCL runs on a second
-    /// stream of the model's device.
+    /// Fresh NCCL communicators per phase (a DeviceFsdpRank owns them): one over the world,
+    /// or for `hybrid` one per shard group (`hybrid_group_size` consecutive ranks, a node) and
+    /// one per replica group (the ranks at the same place in their nodes), the groups the CPU
+    /// path's `SubGroup`s form. Each group's first rank makes its NCCL unique id and the host
+    /// group hands them out in one exchange (kormo_dist::nccl::connect_groups); each
+    /// communicator runs on its own stream of the model's device.
     fn engine(
         model: Model<Self>,
         world: &Arc<dyn HostTransport>,
         adamw: AdamWConfig,
         fsdp: FsdpConfig,
     ) -> Result<Self::Engine, TrainError> {
-        if fsdp.strategy == Strategy::Hybrid {
-            return Err(TrainError(
-                "--backend=cuda with several processes: strategy `hybrid` is not wired in train yet \
-                 (DeviceFsdpRank::new_hybrid needs a second, replica-group NCCL communicator); \
-                 use `full_shard` or `shard_grad_op` in the recipe's [dist] table"
-                    .into(),
-            ));
-        }
         let world = world.as_ref();
-        let (rank, size) = (HostTransport::rank(world), HostTransport::world_size(world));
-        let mine = if rank == 0 {
-            kormo_dist::nccl::unique_id_blob().map_err(|e| TrainError(e.to_string()))?
-        } else {
-            Vec::new()
+        let rank = HostTransport::rank(world);
+        let context = model.ops().kernels().context().clone();
+        let groups = match fsdp.strategy {
+            Strategy::Hybrid => Some(fsdp.hybrid_group_size.ok_or_else(|| {
+                TrainError("strategy hybrid needs dist.hybrid_group_size (ranks per node)".into())
+            })?),
+            Strategy::FullShard | Strategy::ShardGradOp => None,
         };
-        let all = world
-            .exchange(Op::Broadcast, mine)
+        let new_stream = || {
+            context.new_stream().map_err(|e| {
+                kormo_dist::CommError::Device(format!("rank {rank}: a CUDA stream for NCCL: {e:?}"))
+            })
+        };
+        let comms = kormo_dist::nccl::connect_groups(world, groups, new_stream)
             .map_err(|e| TrainError(e.to_string()))?;
-        let stream = model
-            .ops()
-            .kernels()
-            .context()
-            .new_stream()
-            .map_err(|e| TrainError(format!("rank {rank}: a CUDA stream for NCCL: {e:?}")))?;
-        let comm = kormo_dist::nccl::NcclComm::init(stream, rank, size, &all[0])
-            .map_err(|e| TrainError(e.to_string()))?;
-        DeviceFsdpRank::new(comm, model, adamw, fsdp).map_err(dist_error)
+        Watchdog::watch(
+            comms
+                .iter()
+                .map(|(place, comm)| comm.watch(place.name))
+                .collect(),
+        );
+        let mut comms = comms.into_iter().map(|(_, comm)| comm);
+        let first = comms.next().expect("at least one communicator");
+        let engine = match comms.next() {
+            Some(replica_group) => {
+                DeviceFsdpRank::new_hybrid(first, replica_group, model, adamw, fsdp)
+            }
+            None => DeviceFsdpRank::new(first, model, adamw, fsdp),
+        };
+        engine.map_err(dist_error)
     }
 }
 
@@ -278,6 +320,16 @@ fn check_divisible(shared: &Shared<'_>, world_size: usize, flag: &str) -> Result
             )));
         }
     }
+    let dist = recipe.file.dist.unwrap_or_default();
+    if let (Strategy::Hybrid, Some(group)) = (dist.strategy, dist.hybrid_group_size) {
+        if group == 0 || !world_size.is_multiple_of(group) {
+            return Err(TrainError(format!(
+                "{}: key `dist.hybrid_group_size`: {group} ranks per shard group do not divide {flag} {world_size} \
+                 (use the GPUs per node, e.g. 8, with a world size of nodes x 8)",
+                recipe.origin
+            )));
+        }
+    }
     if recipe.file.eval.every_steps > 0 && recipe.file.eval.rows % world_size != 0 {
         return Err(TrainError(format!(
             "{}: key `eval.rows`: {} rows do not divide over {flag} {world_size}",
@@ -314,7 +366,7 @@ pub(crate) fn run_process<O: DistBackend>(
     check_divisible(&shared, world_size, "WORLD_SIZE")?;
     let phases = data.pop().expect("this rank's data");
     if O::NEEDS_WATCHDOG && world_size > 1 {
-        Watchdog::start(rank, world_size, timeout);
+        Watchdog::start(world.clone(), timeout);
     }
     run_rank(&shared, world, ops, phases, metrics.as_mut(), out)
         .map_err(|e| TrainError(format!("rank {rank} of {world_size}: {e}")))

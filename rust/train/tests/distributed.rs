@@ -223,7 +223,7 @@ fn two_ranks_across_phases_and_accumulation_and_resume() {
 }
 
 #[test]
-fn rows_that_do_not_divide_over_the_ranks_are_a_recipe_error() {
+fn rows_or_groups_that_do_not_divide_over_the_ranks_are_a_recipe_error() {
     let recipe = small_recipe();
     let dir = scratch("dist-rows");
     let mut opts = options("pretrain1", &dir);
@@ -242,6 +242,21 @@ fn rows_that_do_not_divide_over_the_ranks_are_a_recipe_error() {
     let err = run_error(&with_eval, &opts);
     assert!(
         err.contains("key `eval.rows`: 3 rows do not divide over --world-size 2"),
+        "{err}"
+    );
+    // hybrid: shard groups of 4 ranks do not fit 2 ranks (refused before any step, on the
+    // thread path as on the process paths, CPU and CUDA).
+    let mut hybrid = recipe.clone();
+    hybrid.file.dist = Some(DistConfig {
+        strategy: kormo_dist::Strategy::Hybrid,
+        hybrid_group_size: Some(4),
+        ..DistConfig::default()
+    });
+    let err = run_error(&hybrid, &opts);
+    assert!(
+        err.contains(
+            "key `dist.hybrid_group_size`: 4 ranks per shard group do not divide --world-size 2"
+        ),
         "{err}"
     );
 }

@@ -566,3 +566,44 @@ fn every_strategy_over_processes_equals_threads() {
         }
     }
 }
+
+#[test]
+fn a_hybrid_group_size_that_does_not_divide_the_world_exits_2_on_every_rank() {
+    // Refused by every rank before any step, naming the recipe key (the same check runs
+    // before the CUDA path builds its shard- and replica-group NCCL communicators).
+    let base = std::fs::read_to_string(repo().join("tests/recipes/test-small.toml")).unwrap();
+    let dir = scratch("mp-hybrid-bad-group");
+    std::fs::create_dir_all(&dir).unwrap();
+    let recipe = dir.join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!("{base}\n[dist]\nstrategy = \"hybrid\"\nhybrid_group_size = 4\n"),
+    )
+    .unwrap();
+    let config = format!("--config={}", recipe.display());
+    let port = free_port();
+    let run = dir.join("run");
+    let children: Vec<Child> = (0..2)
+        .map(|rank| {
+            spawn_rank(
+                rank,
+                2,
+                port,
+                &args(&run, &[&config, "--threads=1", "--dist-timeout=60"]),
+            )
+        })
+        .collect();
+    for (rank, child) in children.into_iter().enumerate() {
+        let (code, err) = stderr_of(child, Duration::from_secs(120));
+        assert_eq!(code, Some(2), "rank {rank}: {err}");
+        assert!(
+            err.starts_with("error: ")
+                && err.contains(
+                    "key `dist.hybrid_group_size`: 4 ranks per shard group do not divide WORLD_SIZE 2"
+                )
+                && !err.contains("panicked"),
+            "rank {rank}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
