@@ -70,8 +70,8 @@ use crate::comm::{Collectives, CommError};
 use crate::error::DistError;
 use crate::fsdp::{
     check_config, grad_scale, initial_shards, run_evaluate, run_micro_batches, segment_infos,
-    FsdpConfig, Gradients, ReduceDtype, Release, Residency, ScheduleEvent, ShardStore, StepOutcome,
-    Strategy, UnitSchedule, UnitStore,
+    FsdpConfig, Gradients, ReduceDtype, Release, Residency, ScheduleEvent, ShardStore, Strategy,
+    UnitSchedule, UnitStore,
 };
 use crate::nccl::{NcclComm, WireDtype};
 use crate::shard::{segments, units, Segment, ShardRange, Unit};
@@ -837,20 +837,6 @@ impl DeviceFsdpRank {
         self.shards.grad_residency
     }
 
-    /// One optimizer step, as [`crate::FsdpRank::step`]. Collective.
-    pub fn step(&mut self, micro_batches: &[Batch], lr: f64) -> Result<StepOutcome, DistError> {
-        let gradients = self.forward_backward(micro_batches)?;
-        let updated = gradients.grad_norm.is_finite();
-        if updated {
-            self.apply(lr)?;
-        }
-        Ok(StepOutcome {
-            loss: gradients.loss,
-            grad_norm: gradients.grad_norm,
-            updated,
-        })
-    }
-
     /// Forward and backward over this rank's micro-batches, gradients reduced into the
     /// device shards, global norm measured and the clip scale set on the device (as
     /// [`crate::FsdpRank::forward_backward`]). Collective.
@@ -1147,6 +1133,21 @@ impl DeviceFsdpRank {
         self.step = step;
         self.gradients_ready = false;
         Ok(())
+    }
+}
+
+impl crate::fsdp::FsdpEngine for DeviceFsdpRank {
+    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
+        DeviceFsdpRank::forward_backward(self, micro_batches)
+    }
+    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
+        DeviceFsdpRank::apply(self, lr)
+    }
+    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
+        DeviceFsdpRank::evaluate(self, batch)
+    }
+    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
+        DeviceFsdpRank::full_params(self)
     }
 }
 

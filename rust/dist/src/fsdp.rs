@@ -705,6 +705,51 @@ pub(crate) fn run_evaluate<O: Ops, S: UnitStore<O>>(
     Ok(result?)
 }
 
+/// A sharded engine as a training loop drives it: the host [`FsdpRank`] and the device
+/// [`crate::DeviceFsdpRank`]. Every method is collective (all ranks call it in the same order).
+pub trait FsdpEngine: crate::sharded_checkpoint::ShardedState {
+    /// Forward and backward over this rank's micro-batches (its rows of the global batch, see
+    /// [`crate::sampling`]), gradients reduced into this rank's shards and clipped; the global
+    /// loss and gradient norm, identical on every rank.
+    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError>;
+    /// The update with the last `forward_backward`'s gradients (skipping it skips the step).
+    fn apply(&mut self, lr: f64) -> Result<(), DistError>;
+    /// Loss of this rank's rows, summed over all ranks.
+    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError>;
+    /// The full f32 parameters, in parameter order.
+    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError>;
+
+    /// One optimizer step at learning rate `lr`: `forward_backward`, then `apply` unless the
+    /// gradient norm is not finite.
+    fn step(&mut self, micro_batches: &[Batch], lr: f64) -> Result<StepOutcome, DistError> {
+        let gradients = self.forward_backward(micro_batches)?;
+        let updated = gradients.grad_norm.is_finite();
+        if updated {
+            self.apply(lr)?;
+        }
+        Ok(StepOutcome {
+            loss: gradients.loss,
+            grad_norm: gradients.grad_norm,
+            updated,
+        })
+    }
+}
+
+impl<O: Ops> FsdpEngine for FsdpRank<O> {
+    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
+        FsdpRank::forward_backward(self, micro_batches)
+    }
+    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
+        FsdpRank::apply(self, lr)
+    }
+    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
+        FsdpRank::evaluate(self, batch)
+    }
+    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
+        FsdpRank::full_params(self)
+    }
+}
+
 /// One rank's share of a sharded model and optimizer.
 pub struct FsdpRank<O: Ops> {
     config: FsdpConfig,
@@ -865,22 +910,6 @@ impl<O: Ops> FsdpRank<O> {
             }
         }
         Ok(out)
-    }
-
-    /// One optimizer step over this rank's `micro_batches` (its rows of the global batch, see
-    /// [`crate::sampling`]) at learning rate `lr`: [`FsdpRank::forward_backward`], then
-    /// [`FsdpRank::apply`] unless the gradient norm is not finite. Collective.
-    pub fn step(&mut self, micro_batches: &[Batch], lr: f64) -> Result<StepOutcome, DistError> {
-        let gradients = self.forward_backward(micro_batches)?;
-        let updated = gradients.grad_norm.is_finite();
-        if updated {
-            self.apply(lr)?;
-        }
-        Ok(StepOutcome {
-            loss: gradients.loss,
-            grad_norm: gradients.grad_norm,
-            updated,
-        })
     }
 
     /// Forward and backward over this rank's `micro_batches` (its rows of the global batch,

@@ -36,7 +36,7 @@ pub use comm::{
 pub use device_fsdp::DeviceFsdpRank;
 pub use error::DistError;
 pub use fsdp::{
-    FsdpConfig, FsdpRank, Gradients, ReduceDtype, Release, Residency, ScheduleEvent, StepOutcome,
-    Strategy,
+    FsdpConfig, FsdpEngine, FsdpRank, Gradients, ReduceDtype, Release, Residency, ScheduleEvent,
+    StepOutcome, Strategy,
 };
 pub use local::LocalComm;

@@ -477,7 +477,11 @@ impl ShardedCheckpoint {
     /// [`Self::consolidate`] with its writes drawn from `budget`, which fails like a full disk
     /// once spent (the trainer's fault seam); the write is atomic either way, so a failed one
     /// leaves nothing at `target`.
-    pub fn consolidate_with_budget(&self, target: &Path, budget: &DiskBudget) -> Result<Manifest, DistError> {
+    pub fn consolidate_with_budget(
+        &self,
+        target: &Path,
+        budget: &DiskBudget,
+    ) -> Result<Manifest, DistError> {
         let mut model = Vec::new();
         let mut optimizer = Vec::new();
         for (u, unit) in self.meta.units.iter().enumerate() {

@@ -34,7 +34,9 @@ use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::CudaOps;
 use kormo_dist::nccl::{nccl_available, unique_id_blob, NcclComm};
 use kormo_dist::sharded_checkpoint::{self, ShardedCheckpoint, ShardedState};
-use kormo_dist::{DeviceFsdpRank, FsdpConfig, FsdpRank, LocalComm, ReduceDtype, Strategy};
+use kormo_dist::{
+    DeviceFsdpRank, FsdpConfig, FsdpEngine, FsdpRank, LocalComm, ReduceDtype, Strategy,
+};
 use kormo_model::{Batch, Model, ModelConfig};
 use kormo_optim::{AdamWConfig, ParamInfo};
 

@@ -19,7 +19,7 @@ use common::*;
 use kormo_cpu::CpuOps;
 use kormo_dist::comm::Contributions;
 use kormo_dist::{
-    sampling, CommError, FsdpConfig, FsdpRank, HostTransport, LocalComm, Op,
+    sampling, CommError, FsdpConfig, FsdpEngine, FsdpRank, HostTransport, LocalComm, Op,
     ScheduleEvent::{self, *},
     Strategy,
 };

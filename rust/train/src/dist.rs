@@ -8,7 +8,7 @@
 //!   then carries the host-side agreement (the stop decision, the NCCL ids) and names a lost
 //!   rank when the watchdog ends a rank stuck in NCCL.
 //!
-//! There is one loop ([`run_rank`]), generic over the engine ([`Engine`]: forward_backward,
+//! There is one loop ([`run_rank`]), generic over the engine ([`FsdpEngine`]: forward_backward,
 //! apply, evaluate, full parameters, and kormo_dist's `ShardedState` for checkpoints) that a
 //! backend builds for each phase ([`DistBackend`]).
 //!
@@ -51,12 +51,11 @@ use crate::trainer::{
 };
 use kormo_checkpoint::{Checkpoint, DiskBudget};
 use kormo_cuda::CudaOps;
-use kormo_dist::sharded_checkpoint::ShardedState;
 use kormo_dist::{
-    sampling, sharded_checkpoint, Collectives, DeviceFsdpRank, DistError, FsdpConfig, FsdpRank,
-    Gradients, HostTransport, Strategy,
+    sampling, sharded_checkpoint, Collectives, DeviceFsdpRank, FsdpConfig, FsdpEngine, FsdpRank,
+    HostTransport, Strategy,
 };
-use kormo_model::{Batch, LossSum, Model, Ops};
+use kormo_model::{Model, Ops};
 use kormo_optim::AdamWConfig;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,49 +64,6 @@ use std::time::Duration;
 
 /// How long a thread rank waits for the others at a collective before naming the missing rank.
 const COLLECTIVE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// What the step loop needs of a rank's FSDP engine, whichever holds its shards.
-pub(crate) trait Engine: ShardedState {
-    /// Forward and backward over this rank's micro-batches; the global loss and gradient norm,
-    /// the same on every rank. Collective.
-    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError>;
-    /// The update with the last forward_backward's (clipped) gradients.
-    fn apply(&mut self, lr: f64) -> Result<(), DistError>;
-    /// Loss of this rank's rows, summed over all ranks. Collective.
-    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError>;
-    /// The full f32 parameters, in parameter order. Collective.
-    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError>;
-}
-
-impl<O: Ops> Engine for FsdpRank<O> {
-    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
-        FsdpRank::forward_backward(self, micro_batches)
-    }
-    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
-        FsdpRank::apply(self, lr)
-    }
-    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
-        FsdpRank::evaluate(self, batch)
-    }
-    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
-        FsdpRank::full_params(self)
-    }
-}
-
-impl Engine for DeviceFsdpRank {
-    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
-        DeviceFsdpRank::forward_backward(self, micro_batches)
-    }
-    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
-        DeviceFsdpRank::apply(self, lr)
-    }
-    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
-        DeviceFsdpRank::evaluate(self, batch)
-    }
-    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
-        DeviceFsdpRank::full_params(self)
-    }
-}
 
 /// Bounds a hang inside collectives that have no timeout (NCCL, when a peer died in one): the
 /// step loop reports progress ([`Watchdog::alive`]) at every step, and a thread ends the
@@ -185,7 +141,7 @@ impl Watchdog {
 
 /// A backend FSDP ranks run on: builds a phase's engine over a model on it.
 pub(crate) trait DistBackend: Ops + Clone + Sized {
-    type Engine: Engine;
+    type Engine: FsdpEngine;
     /// True when the engine's collectives can block without a timeout (NCCL), so a launched
     /// rank runs a watchdog ([`Watchdog`]).
     const NEEDS_WATCHDOG: bool;
@@ -652,7 +608,8 @@ fn run_rank<O: DistBackend>(
                     &state,
                     &loader.cursor(),
                 );
-                if let Err(e) = save_consolidated(&fsdp_rank, world.as_ref(), &target, &run, &disk) {
+                if let Err(e) = save_consolidated(&fsdp_rank, world.as_ref(), &target, &run, &disk)
+                {
                     // As at world size 1: say which checkpoint is still good (rank 0 logs).
                     let fallback = match &last_saved {
                         Some(previous) => format!("the last good checkpoint, {}, is intact; continue from it with --resume", previous.display()),
@@ -718,7 +675,7 @@ fn run_rank<O: DistBackend>(
 /// Held-out loss of one source at world size N (collective): the same `eval.rows` rows as at
 /// world size 1, each rank evaluating its rows `r, r+N, ...` in micro-batches; the loss sums
 /// come back summed over ranks.
-fn evaluate<E: Engine>(
+fn evaluate<E: FsdpEngine>(
     rank: &mut E,
     source: &kormo_data::Source,
     phase: &crate::recipe::PhaseConfig,
@@ -750,7 +707,7 @@ fn largest_divisor_at_most(rows: usize, limit: usize) -> usize {
 /// the single-process checkpoint at `target` from it (atomically, through `disk`) and removes
 /// the shards, whether or not that worked. Every rank learns rank 0's outcome, so all of them
 /// continue or all stop with the error (rank 0 with the reason, the others naming rank 0).
-fn save_consolidated<E: Engine>(
+fn save_consolidated<E: FsdpEngine>(
     rank: &E,
     world: &dyn HostTransport,
     target: &Path,
@@ -787,7 +744,7 @@ fn save_consolidated<E: Engine>(
 /// Loads this rank's shards of `full` (the f32 weights of record) into the engine, with a
 /// single-process checkpoint's AdamW moments and step when `checkpoint` is given (its weights
 /// are `full`) and its data cursor into `loader` when given; zero moments at step 0 otherwise.
-fn load_state<E: Engine>(
+fn load_state<E: FsdpEngine>(
     checkpoint: Option<&Checkpoint>,
     full: &[Vec<f32>],
     rank: &mut E,
@@ -846,7 +803,7 @@ struct Restored {
 /// and `guard`, the same one on every rank: rank 0, which wrote the checkpoints, picks it and
 /// the host group tells the others its step. `restores` so far are bounded by
 /// `stability.nonfinite_retries`; errors say why no restore is possible.
-fn restore_last_good<E: Engine>(
+fn restore_last_good<E: FsdpEngine>(
     shared: &Shared<'_>,
     world: &dyn HostTransport,
     rank: &mut E,

@@ -355,7 +355,8 @@ fn full_disk_at_two_ranks_keeps_the_previous_checkpoint_on_every_rank() {
     let eight_steps = |opts: &mut RunOptions| opts.max_steps = Some(8);
     let (straight, straight_dir) = run(&recipe, "pretrain1", "dist-disk-straight", 2, eight_steps);
     let checkpoints = |dir: &Path| dir.join("pretrain1/checkpoints");
-    let step_dir = |dir: &Path, step: u64| checkpoints(dir).join(kormo_checkpoint::step_dir_name(step));
+    let step_dir =
+        |dir: &Path, step: u64| checkpoints(dir).join(kormo_checkpoint::step_dir_name(step));
     let checkpoint_bytes: u64 = std::fs::read_dir(step_dir(&straight_dir, 3))
         .unwrap()
         .map(|e| e.unwrap().metadata().unwrap().len())
@@ -371,7 +372,10 @@ fn full_disk_at_two_ranks_keeps_the_previous_checkpoint_on_every_rank() {
     assert!(
         err.contains("No space left on device")
             && err.contains("the disk is full")
-            && err.contains(&format!("the last good checkpoint, {}, is intact", previous.display())),
+            && err.contains(&format!(
+                "the last good checkpoint, {}, is intact",
+                previous.display()
+            )),
         "{err}"
     );
     assert_eq!(Checkpoint::load(&previous).unwrap().manifest.run.step, 3);
@@ -379,19 +383,31 @@ fn full_disk_at_two_ranks_keeps_the_previous_checkpoint_on_every_rank() {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(left, [kormo_checkpoint::step_dir_name(3)], "no partial checkpoint or shards left");
-    let failed: Vec<_> = read_records::<kormo_train::metrics::EventRecord>(&dir.join("pretrain1/metrics.jsonl"), "event")
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.event, e.step))
-        .collect();
+    assert_eq!(
+        left,
+        [kormo_checkpoint::step_dir_name(3)],
+        "no partial checkpoint or shards left"
+    );
+    let failed: Vec<_> = read_records::<kormo_train::metrics::EventRecord>(
+        &dir.join("pretrain1/metrics.jsonl"),
+        "event",
+    )
+    .unwrap()
+    .into_iter()
+    .map(|e| (e.event, e.step))
+    .collect();
     assert_eq!(failed, [("checkpoint_failed".to_string(), 6)]);
 
     // With space again, two ranks resume from step 3 as if nothing happened.
     opts.faults.checkpoint_disk_budget = None;
     opts.resume = true;
     let resumed = kormo_train::trainer::run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
-    let bits = |logged: &[StepMetrics]| logged.iter().map(|m| (m.step, m.loss.to_bits())).collect::<Vec<_>>();
+    let bits = |logged: &[StepMetrics]| {
+        logged
+            .iter()
+            .map(|m| (m.step, m.loss.to_bits()))
+            .collect::<Vec<_>>()
+    };
     assert_eq!(bits(&resumed.logged), bits(&straight.logged[3..]));
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kormo_cpu::CpuOps;
-use kormo_dist::{sampling, FsdpConfig, FsdpRank, LocalComm, ReduceDtype, Strategy};
+use kormo_dist::{sampling, FsdpConfig, FsdpEngine, FsdpRank, LocalComm, ReduceDtype, Strategy};
 use kormo_model::{Batch, Model, ModelConfig};
 use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
 
