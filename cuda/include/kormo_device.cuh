@@ -65,6 +65,53 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return total;
 }
 
+// 16-byte vectors of 8 bf16 (element 0 in the low half of .x). p must be 16-byte aligned: callers
+// check it (misaligned vector accesses fault on the device; the emulator traps). The emulator
+// goes through memcpy so the host compiler's strict aliasing cannot reorder the accesses.
+__device__ __forceinline__ bool is_aligned_16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+#ifdef KORMO_EMULATOR
+__device__ __forceinline__ float f32_from_bits(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+__device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
+    return uint32_t(to_bf16(lo).bits) | (uint32_t(to_bf16(hi).bits) << 16);
+}
+__device__ __forceinline__ uint4 load_16(const void* p) {
+    if (!is_aligned_16(p)) __builtin_trap();
+    uint4 v;
+    std::memcpy(&v, p, 16);
+    return v;
+}
+__device__ __forceinline__ void store_16(void* p, uint4 v) {
+    if (!is_aligned_16(p)) __builtin_trap();
+    std::memcpy(p, &v, 16);
+}
+#else
+__device__ __forceinline__ float f32_from_bits(uint32_t u) { return __uint_as_float(u); }
+__device__ __forceinline__ uint32_t bf16x2_bits(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+__device__ __forceinline__ uint4 load_16(const void* p) { return *reinterpret_cast<const uint4*>(p); }
+__device__ __forceinline__ void store_16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+#endif
+
+// The 8 bf16 of a 16-byte vector as floats, and back (round to nearest even).
+__device__ __forceinline__ void unpack_bf16x8(uint4 v, float (&f)[8]) {
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        f[2 * k] = f32_from_bits(w[k] << 16);
+        f[2 * k + 1] = f32_from_bits(w[k] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ uint4 pack_bf16x8(const float (&f)[8]) {
+    return make_uint4(bf16x2_bits(f[0], f[1]), bf16x2_bits(f[2], f[3]), bf16x2_bits(f[4], f[5]), bf16x2_bits(f[6], f[7]));
+}
+
 // Grid-stride loop helper over [0, n) with 64-bit indices.
 #define KORMO_GRID_STRIDE(i, n)                                                            \
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \

@@ -146,18 +146,27 @@ fn check_rope(name: &'static str, a: &KormoRopeArgs) -> Result<(), CudaError> {
     require(a.theta > 0.0, name, || format!("theta {} must be positive", a.theta))
 }
 
+/// Threads the RoPE kernels want: one per (token, run of pairs), a run being 8 pairs on the
+/// kernel's 16-byte path (same test as `rope_vec8_ok` in cuda/rope.cu) and 1 pair otherwise. Only
+/// the grid size depends on it: the kernels loop (grid stride) over whatever they are given.
+fn rope_threads(a: &KormoRopeArgs) -> i64 {
+    let half = a.head_dim / 2;
+    let vec8 = a.x.is_multiple_of(16) && a.y.is_multiple_of(16) && a.token_stride % 8 == 0 && a.head_stride % 8 == 0 && half % 8 == 0;
+    a.tokens * if vec8 { half / 8 } else { half }
+}
+
 /// # Safety
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
 pub unsafe fn rope_fwd(k: &impl Launcher, a: &KormoRopeArgs) -> Result<(), CudaError> {
     check_rope("kormo_rope_fwd", a)?;
-    unsafe { launch(k, "kormo_rope_fwd", a, elementwise_cfg(a.tokens * a.heads * a.head_dim / 2)) }
+    unsafe { launch(k, "kormo_rope_fwd", a, elementwise_cfg(rope_threads(a))) }
 }
 
 /// # Safety
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
 pub unsafe fn rope_bwd(k: &impl Launcher, a: &KormoRopeArgs) -> Result<(), CudaError> {
     check_rope("kormo_rope_bwd", a)?;
-    unsafe { launch(k, "kormo_rope_bwd", a, elementwise_cfg(a.tokens * a.heads * a.head_dim / 2)) }
+    unsafe { launch(k, "kormo_rope_bwd", a, elementwise_cfg(rope_threads(a))) }
 }
 
 /// The compiled variant for a head dim and mask kind (document mask when doc_ids != 0).
@@ -324,7 +333,11 @@ pub unsafe fn cross_entropy(k: &impl Launcher, a: &KormoCrossEntropyArgs) -> Res
 /// # Safety
 /// Pointers must be valid device buffers of the sizes/strides in `a`; tokens must be < vocab.
 pub unsafe fn embedding_fwd(k: &impl Launcher, a: &KormoEmbeddingArgs) -> Result<(), CudaError> {
-    unsafe { launch(k, "kormo_embedding_fwd", a, elementwise_cfg(a.num_tokens * a.dim)) }
+    // One thread per 16-byte copy on the kernel's vector path (same test as in cuda/embedding.cu),
+    // per element otherwise; the kernel loops (grid stride) over whatever it is given.
+    let vec8 = a.table.is_multiple_of(16) && a.rows.is_multiple_of(16) && a.dim % 8 == 0 && a.table_row_stride % 8 == 0 && a.rows_row_stride % 8 == 0;
+    let n = if vec8 { a.num_tokens * (a.dim / 8) } else { a.num_tokens * a.dim };
+    unsafe { launch(k, "kormo_embedding_fwd", a, elementwise_cfg(n)) }
 }
 
 /// # Safety

@@ -25,6 +25,13 @@ fn rope_emulated() {
     cases::check_rope(&Emulator::new(), &[(6, 5, 3, 128, 500000.0), (7, 4, 2, 64, 10000.0)]);
 }
 
+/// The kernels' 16-byte path and every way out of it onto the 2-byte path
+/// (`cases::rope_layouts`).
+#[test]
+fn rope_layouts_emulated() {
+    cases::check_rope_layouts(&Emulator::new(), &cases::rope_layouts());
+}
+
 #[test]
 fn attention_emulated() {
     let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
@@ -49,9 +56,16 @@ fn cross_entropy_emulated() {
     cases::check_cross_entropy(&Emulator::new(), &[(31, 5, 3001, false, 0.0), (32, 4, 2000, true, 0.05)]);
 }
 
+/// The kernel's row split at every alignment phase (`cases::cross_entropy_layouts`).
+#[test]
+fn cross_entropy_layouts_emulated() {
+    cases::check_cross_entropy_layouts(&Emulator::new(), &cases::cross_entropy_layouts());
+}
+
 #[test]
 fn embedding_emulated() {
-    cases::check_embedding(&Emulator::new(), (300, 40, 57));
+    cases::check_embedding(&Emulator::new(), (300, 40, 57)); // 16-byte copies
+    cases::check_embedding(&Emulator::new(), (300, 37, 23)); // dim not a multiple of 8: 2-byte copies
 }
 
 #[test]

@@ -31,6 +31,7 @@ fn swiglu_forward_and_backward() {
 fn rope_forward_and_backward() {
     let Some(k) = kernels_or_skip() else { return };
     cases::check_rope(&k, &[(6, 50, 5, 128, 500000.0), (7, 77, 3, 64, 10000.0)]);
+    cases::check_rope_layouts(&k, &cases::rope_layouts());
 }
 
 #[test]
@@ -58,12 +59,14 @@ fn attention_forward_and_backward_over_document_layouts() {
 fn cross_entropy_loss_and_gradient() {
     let Some(k) = kernels_or_skip() else { return };
     cases::check_cross_entropy(&k, &[(31, 19, 5003, false, 0.0), (32, 3, 125_184, true, 1e-4), (33, 7, 1000, true, 0.05)]);
+    cases::check_cross_entropy_layouts(&k, &cases::cross_entropy_layouts());
 }
 
 #[test]
 fn embedding_lookup_and_scatter_add() {
     let Some(k) = kernels_or_skip() else { return };
-    cases::check_embedding(&k, (1000, 136, 777));
+    cases::check_embedding(&k, (1000, 136, 777)); // 16-byte copies
+    cases::check_embedding(&k, (1000, 37, 777)); // dim not a multiple of 8: 2-byte copies
 }
 
 #[test]

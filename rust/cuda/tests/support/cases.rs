@@ -182,40 +182,126 @@ pub fn check_swiglu<B: Backend>(b: &B, cases: &[(u64, usize, usize)]) {
 }
 
 pub fn check_rope<B: Backend>(b: &B, cases: &[(u64, usize, usize, usize, f32)]) {
-    for &(seed, tokens, heads, hd, theta) in cases {
-        let mut rng = SplitMix64::new(seed);
-        let row = heads * hd;
-        let stride = row + 16;
-        let x = bf16_values(&mut rng, tokens * row, 2.0);
-        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(40_000) as u32).collect();
-        let d_x = b.upload(&padded(&x, tokens, row, stride));
-        let d_y = b.upload(&vec![bf16::POISON; tokens * stride]);
+    let cases: Vec<RopeCase> = cases
+        .iter()
+        .map(|&(seed, tokens, heads, head_dim, theta)| RopeCase { seed, tokens, heads, head_dim, theta, ..RopeCase::default() })
+        .collect();
+    check_rope_layouts(b, &cases);
+}
+
+/// A RoPE case with an explicit layout: element (t, h, d) of x and y lives at
+/// `offset + t * token_stride + h * head_stride + d`, head_stride = head_dim + head_pad and
+/// token_stride = heads * head_stride + token_pad; positions are below `max_pos`.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeCase {
+    pub seed: u64,
+    pub tokens: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub theta: f32,
+    pub token_pad: usize,
+    pub head_pad: usize,
+    /// Elements before the first one (1: the tensors start 2 bytes past a 16-byte boundary).
+    pub offset: usize,
+    pub max_pos: u64,
+}
+
+impl Default for RopeCase {
+    fn default() -> Self {
+        RopeCase { seed: 0, tokens: 1, heads: 1, head_dim: 2, theta: 10000.0, token_pad: 16, head_pad: 0, offset: 0, max_pos: 40_000 }
+    }
+}
+
+/// Forward out of place, then the backward in place (x == y) on the forward's output.
+/// RoPE layouts for the kernels' 16-byte path (aligned x/y, strides and head_dim/2 multiples of
+/// 8) and every way out of it onto the 2-byte path; long positions; more heads than one load
+/// step holds. Shared by the emulator and the GPU tests.
+pub fn rope_layouts() -> Vec<RopeCase> {
+    let case = |seed, tokens, heads, head_dim, token_pad, head_pad, offset| RopeCase {
+        seed,
+        tokens,
+        heads,
+        head_dim,
+        theta: 500000.0,
+        token_pad,
+        head_pad,
+        offset,
+        max_pos: 131_072,
+    };
+    vec![
+        case(60, 5, 9, 128, 8, 8, 0),  // 16-byte path, padded heads, 9 heads (3 load steps)
+        case(61, 4, 5, 16, 0, 0, 0),   // 16-byte path, one vector per half, no padding
+        case(62, 6, 3, 6, 2, 0, 0),    // head_dim/2 = 3: 2-byte path
+        case(63, 3, 5, 64, 3, 0, 0),   // odd token stride: 2-byte path
+        case(64, 3, 2, 64, 6, 5, 0),   // odd head stride (token stride 144): 2-byte path
+        case(65, 4, 3, 128, 8, 0, 1),  // x, y 2 bytes past a 16-byte boundary: 2-byte path
+    ]
+}
+
+pub fn check_rope_layouts<B: Backend>(b: &B, cases: &[RopeCase]) {
+    for c in cases {
+        let mut rng = SplitMix64::new(c.seed);
+        let (hd, heads, tokens) = (c.head_dim, c.heads, c.tokens);
+        let head_stride = hd + c.head_pad;
+        let token_stride = heads * head_stride + c.token_pad;
+        let len = c.offset + tokens * token_stride;
+        let at = |t: usize, h: usize, d: usize| c.offset + t * token_stride + h * head_stride + d;
+        let scatter = |values: &[f32]| {
+            let mut out = vec![bf16::POISON; len];
+            for t in 0..tokens {
+                for h in 0..heads {
+                    for d in 0..hd {
+                        out[at(t, h, d)] = bf16::from_f32(values[(t * heads + h) * hd + d]);
+                    }
+                }
+            }
+            out
+        };
+        let gather = |what: &str, bits: &[u16]| {
+            let mut logical = vec![false; len];
+            let mut out = Vec::with_capacity(tokens * heads * hd);
+            for t in 0..tokens {
+                for h in 0..heads {
+                    for d in 0..hd {
+                        logical[at(t, h, d)] = true;
+                        out.push(bf16::to_f32(bits[at(t, h, d)]));
+                    }
+                }
+            }
+            let clobbered = (0..len).find(|&i| !logical[i] && bits[i] != bf16::POISON);
+            assert!(clobbered.is_none(), "{what} ({c:?}): element {clobbered:?} outside the tensor was overwritten");
+            out
+        };
+        let x = bf16_values(&mut rng, tokens * heads * hd, 2.0);
+        let positions: Vec<u32> = (0..tokens).map(|_| rng.below(c.max_pos) as u32).collect();
+        let d_x = b.upload(&scatter(&x));
+        let d_y = b.upload(&vec![bf16::POISON; len]);
         let d_pos = b.upload(&positions);
         let mut a = KormoRopeArgs {
-            x: b.ptr(&d_x),
-            y: b.ptr(&d_y),
+            x: b.ptr(&d_x) + 2 * c.offset as u64,
+            y: b.ptr(&d_y) + 2 * c.offset as u64,
             positions: b.ptr(&d_pos),
             tokens: tokens as i64,
             heads: heads as i64,
             head_dim: hd as i64,
-            token_stride: stride as i64,
-            head_stride: hd as i64,
-            theta,
+            token_stride: token_stride as i64,
+            head_stride: head_stride as i64,
+            theta: c.theta,
             _pad0: 0,
         };
         unsafe { launch::rope_fwd(b, &a) }.expect("launch rope_fwd");
         let shape = RopeShape { tokens, heads, head_dim: hd };
         let mut want = to_f64(&x);
-        rope::rope_rotate(1, &mut want, &positions, shape, theta, 1.0);
-        let y = unpadded("rope y", &b.download(&d_y), tokens, row, stride);
-        assert_close(&format!("rope y (seed {seed})"), &y, &want, BF16_REL_L2);
+        rope::rope_rotate(1, &mut want, &positions, shape, c.theta, 1.0);
+        let y = gather("rope y", &b.download(&d_y));
+        assert_close(&format!("rope y ({c:?})"), &y, &want, BF16_REL_L2);
         // Backward in place on y: the inverse rotation of y's bf16 values.
         a.x = a.y;
         unsafe { launch::rope_bwd(b, &a) }.expect("launch rope_bwd");
         let mut want_dx = to_f64(&y);
-        rope::rope_rotate(1, &mut want_dx, &positions, shape, theta, -1.0);
-        let dx = unpadded("rope dx", &b.download(&d_y), tokens, row, stride);
-        assert_close("rope dx (in place)", &dx, &want_dx, BF16_REL_L2);
+        rope::rope_rotate(1, &mut want_dx, &positions, shape, c.theta, -1.0);
+        let dx = gather("rope dx", &b.download(&d_y));
+        assert_close(&format!("rope dx in place ({c:?})"), &dx, &want_dx, BF16_REL_L2);
     }
 }
 
@@ -355,43 +441,144 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
 
 /// Cases: (seed, rows, vocab, dlogits in place, z_loss).
 pub fn check_cross_entropy<B: Backend>(b: &B, cases: &[(u64, usize, usize, bool, f32)]) {
-    for &(seed, rows, vocab, in_place, z_loss) in cases {
-        let mut rng = SplitMix64::new(seed);
-        let stride = vocab + 8;
+    let cases: Vec<CeCase> = cases
+        .iter()
+        .map(|&(seed, rows, vocab, in_place, z_loss)| CeCase { seed, rows, vocab, in_place, z_loss, ..CeCase::default() })
+        .collect();
+    check_cross_entropy_layouts(b, &cases);
+}
+
+/// A cross-entropy case with an explicit layout: logits row r starts at element
+/// `logits_offset + r * (vocab + logits_pad)` of its buffer, dlogits likewise (in place: the
+/// logits' layout). Row weights cycle through 1, 0, 0.5, 2 (0: an ignored row). `bad_target`
+/// gives that row (weight non-zero) the target `vocab`: its loss must come out NaN.
+#[derive(Clone, Copy, Debug)]
+pub struct CeCase {
+    pub seed: u64,
+    pub rows: usize,
+    pub vocab: usize,
+    pub in_place: bool,
+    pub z_loss: f32,
+    pub logits_pad: usize,
+    pub dlogits_pad: usize,
+    pub logits_offset: usize,
+    pub dlogits_offset: usize,
+    pub bad_target: Option<usize>,
+}
+
+impl Default for CeCase {
+    fn default() -> Self {
+        CeCase {
+            seed: 0,
+            rows: 1,
+            vocab: 1,
+            in_place: false,
+            z_loss: 0.0,
+            logits_pad: 8,
+            dlogits_pad: 8,
+            logits_offset: 0,
+            dlogits_offset: 0,
+            bad_target: None,
+        }
+    }
+}
+
+/// Cross-entropy layouts for the kernel's row split (scalar head, 16-byte vectors, scalar tail)
+/// at every alignment phase, rows long enough for several 4-vector load steps per thread
+/// (> 4 * 512 * 8 elements), logits and dlogits in different phases (2-byte gradient stores),
+/// ignored rows, z-loss, a bad target. Shared by the emulator and the GPU tests.
+pub fn cross_entropy_layouts() -> Vec<CeCase> {
+    let base = CeCase::default();
+    vec![
+        // Vocab a multiple of 8, no padding: every row aligned, no scalar elements.
+        CeCase { seed: 70, rows: 3, vocab: 36_864, logits_pad: 0, dlogits_pad: 0, z_loss: 1e-3, ..base },
+        // Odd vocab and stride: each row in its own phase; in place.
+        CeCase { seed: 71, rows: 9, vocab: 20_003, in_place: true, logits_pad: 0, z_loss: 0.05, ..base },
+        // Different phases for logits and dlogits; misaligned bases; a bad target.
+        CeCase { seed: 72, rows: 6, vocab: 17_000, logits_pad: 3, dlogits_pad: 8, logits_offset: 1, dlogits_offset: 2, bad_target: Some(2), ..base },
+        // Same phase through offsets (vector path) with a bad target, in place.
+        CeCase { seed: 73, rows: 4, vocab: 16_392, in_place: true, logits_pad: 0, logits_offset: 3, bad_target: Some(0), z_loss: 1e-4, ..base },
+        // Rows shorter than one vector per thread, and shorter than 8.
+        CeCase { seed: 74, rows: 5, vocab: 13, logits_pad: 1, dlogits_pad: 1, ..base },
+        CeCase { seed: 75, rows: 2, vocab: 5, in_place: true, logits_pad: 0, logits_offset: 7, ..base },
+    ]
+}
+
+pub fn check_cross_entropy_layouts<B: Backend>(b: &B, cases: &[CeCase]) {
+    for c in cases {
+        let (rows, vocab) = (c.rows, c.vocab);
+        let mut rng = SplitMix64::new(c.seed);
+        let (pad, off) = (c.logits_pad, c.logits_offset);
+        let (dpad, doff) = if c.in_place { (pad, off) } else { (c.dlogits_pad, c.dlogits_offset) };
+        let (stride, dstride) = (vocab + pad, vocab + dpad);
         let logits = bf16_values(&mut rng, rows * vocab, 8.0);
-        let targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
+        let mut targets: Vec<u32> = (0..rows).map(|_| rng.below(vocab as u64) as u32).collect();
         let weights: Vec<f32> = (0..rows).map(|r| [1.0, 0.0, 0.5, 2.0][r % 4]).collect();
         let grad_scale = 1.0 / weights.iter().sum::<f32>();
-        let d_logits = b.upload(&padded(&logits, rows, vocab, stride));
-        let d_dlogits = b.upload(&vec![bf16::POISON; rows * stride]);
-        let (d_t, d_w, d_gs) = (b.upload(&targets), b.upload(&weights), b.upload(&[grad_scale]));
+        let mut kernel_targets = targets.clone();
+        if let Some(r) = c.bad_target {
+            assert!(weights[r] != 0.0, "bad_target must name a row with a non-zero weight");
+            kernel_targets[r] = vocab as u32;
+            targets[r] = 0; // the reference needs a valid one; row r's outputs are checked apart
+        }
+        let with_offset = |offset: usize, bits: Vec<u16>| {
+            let mut out = vec![bf16::POISON; offset];
+            out.extend(bits);
+            out
+        };
+        let d_logits = b.upload(&with_offset(off, padded(&logits, rows, vocab, stride)));
+        let d_dlogits = b.upload(&vec![bf16::POISON; doff + rows * dstride]);
+        let (d_t, d_w, d_gs) = (b.upload(&kernel_targets), b.upload(&weights), b.upload(&[grad_scale]));
         let (d_loss, d_lse) = (poisoned_f32(b, rows), poisoned_f32(b, rows));
-        let out = if in_place { &d_logits } else { &d_dlogits };
+        let out = if c.in_place { &d_logits } else { &d_dlogits };
         let a = KormoCrossEntropyArgs {
-            logits: b.ptr(&d_logits),
+            logits: b.ptr(&d_logits) + 2 * off as u64,
             targets: b.ptr(&d_t),
             loss_weights: b.ptr(&d_w),
             grad_scale: b.ptr(&d_gs),
             loss: b.ptr(&d_loss),
             lse: b.ptr(&d_lse),
-            dlogits: b.ptr(out),
+            dlogits: b.ptr(out) + 2 * doff as u64,
             rows: rows as i64,
             vocab: vocab as i64,
             logits_row_stride: stride as i64,
-            dlogits_row_stride: stride as i64,
-            z_loss,
+            dlogits_row_stride: dstride as i64,
+            z_loss: c.z_loss,
             _pad0: 0,
         };
         unsafe { launch::cross_entropy(b, &a) }.expect("launch cross_entropy");
         // kormo_cpu overwrites the logits with their gradient, as the kernel does in place.
         let (mut want_d, mut want_loss) = (to_f64(&logits), vec![0.0; rows]);
         let shape = CrossEntropyShape { tokens: rows, vocab };
-        cross_entropy::cross_entropy(1, &mut want_d, &targets, &to_f64(&weights), &mut want_loss, shape, z_loss, grad_scale);
-        assert_close(&format!("cross entropy loss (seed {seed}, z_loss {z_loss})"), &b.download(&d_loss), &want_loss, 1e-4);
+        cross_entropy::cross_entropy(1, &mut want_d, &targets, &to_f64(&weights), &mut want_loss, shape, c.z_loss, grad_scale);
+        let mut loss = b.download(&d_loss);
         let lse = b.download(&d_lse);
-        assert!(lse.iter().all(|x| x.is_finite()), "lse not fully written");
-        let d = unpadded("dlogits", &b.download(out), rows, vocab, stride);
-        assert_close(&format!("cross entropy dlogits (in place: {in_place})"), &d, &want_d, BF16_REL_L2);
+        assert!(lse.iter().all(|x| x.is_finite()), "lse not fully written ({c:?})");
+        let dl = b.download(out);
+        assert!(dl[..doff].iter().all(|&x| x == bf16::POISON), "dlogits: elements before the tensor were overwritten ({c:?})");
+        let mut d = unpadded("dlogits", &dl[doff..], rows, vocab, dstride);
+        if let Some(r) = c.bad_target {
+            assert!(loss[r].is_nan(), "a bad target must poison the loss ({c:?}): got {}", loss[r]);
+            // Without a valid target the row's gradient is g * p * (1 + 2 z lse): no onehot.
+            let g = weights[r] as f64 * grad_scale as f64;
+            let row_sum: f64 = d[r * vocab..][..vocab].iter().map(|&x| x as f64).sum();
+            let want_sum = g * (1.0 + 2.0 * c.z_loss as f64 * lse[r] as f64);
+            assert!((row_sum - want_sum).abs() <= 2e-2 * want_sum.abs(), "bad-target row gradient sums to {row_sum}, want {want_sum}");
+            loss[r] = want_loss[r] as f32;
+            d[r * vocab..][..vocab].iter_mut().zip(&want_d[r * vocab..][..vocab]).for_each(|(g, &w)| *g = w as f32);
+        }
+        assert_close(&format!("cross entropy loss ({c:?})"), &loss, &want_loss, 1e-4);
+        assert_close(&format!("cross entropy dlogits ({c:?})"), &d, &want_d, BF16_REL_L2);
+        // Rows are also checked one by one: a row's error must not hide in the others'.
+        for r in 0..rows {
+            let got = &d[r * vocab..][..vocab];
+            let want = &want_d[r * vocab..][..vocab];
+            if want.iter().all(|&w| w == 0.0) {
+                assert!(got.iter().all(|&g| g == 0.0), "dlogits row {r} (weight 0) not zero ({c:?})");
+            } else {
+                assert_close(&format!("cross entropy dlogits row {r} ({c:?})"), got, want, BF16_REL_L2);
+            }
+        }
     }
 }
 
