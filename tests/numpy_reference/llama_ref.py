@@ -11,18 +11,14 @@ final norm, LM head), and writes the logits.
       TOKENS: comma-separated token ids (one sequence, positions 0..n-1)
       OUT:    logits [n, vocab] as little-endian float64
 
-Exit status 3 with "skipped: numpy not installed" on stderr when NumPy is missing.
+Needs NumPy (pinned in third_party/python/requirements.txt; the Bazel build's python3 has it).
 """
 import json
 import os
 import struct
 import sys
 
-try:
-    import numpy as np
-except ImportError:
-    sys.stderr.write("skipped: numpy not installed\n")
-    sys.exit(3)
+import numpy as np
 
 
 def read_safetensors(path):

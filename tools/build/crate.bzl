@@ -27,6 +27,28 @@ load("//tools/build:rust.bzl", "rust_binary", "rust_library", "rust_test")
 # [workspace.package] version of the root Cargo.toml (checked by cargo_bazel_deps_test).
 WORKSPACE_VERSION = "0.1.0"
 
+_FAQ_INDEX = "@debian_faq//:usr/share/doc/debian/FAQ/index.en.html"
+
+# What a crate's tests may need from the build (kormo_crate's test_deps): the run-time files and
+# the environment variables naming them (runfiles-relative), which rust/testdeps reads.
+TEST_DEPS = {
+    # The machine's python3 with only the wheels of third_party/python/requirements.txt.
+    "python": struct(
+        data = ["@test_python//:python3"],
+        env = {"KORMO_TEST_PYTHON": "$(rootpath @test_python//:python3)"},
+    ),
+    # libclang.so of the wheel in third_party/libclang, for bindgen (clang-sys reads LIBCLANG_PATH).
+    "libclang": struct(
+        data = ["@libclang//:site/clang/native/libclang.so"],
+        env = {"LIBCLANG_PATH": "$(rootpath @libclang//:site/clang/native/libclang.so)"},
+    ),
+    # The Debian FAQ's English pages and ko/ Korean pages (a file in the folder names it).
+    "debian_faq": struct(
+        data = ["@debian_faq//:faq", _FAQ_INDEX],
+        env = {"KORMO_DEBIAN_FAQ": "$(rootpath %s)" % _FAQ_INDEX},
+    ),
+}
+
 def _binary_target(name, directory):
     # The library owns the label //rust/<dir>; a binary of the same name steps aside.
     return name + "_bin" if name == directory else name
@@ -41,6 +63,7 @@ def kormo_crate(
         data = [],
         test_data = ["//configs", "//tests"],
         gpu_tests = [],
+        test_deps = [],
         test_size = "medium"):
     """Defines a crate's library, tests, binaries and benches; see the file docstring.
 
@@ -56,6 +79,8 @@ def kormo_crate(
       test_data: extra run-time files for tests (default: everything under configs/ and tests/); the
         crate's own files are always shipped to its tests.
       gpu_tests: test stems that need a GPU ("unit" = the unit test); tagged "gpu".
+      test_deps: what every test of the crate gets from the build: keys of TEST_DEPS
+        ("python", "libclang", "debian_faq").
       test_size: Bazel test size (timeout class) for every test.
     """
     package = native.package_name()
@@ -72,6 +97,12 @@ def kormo_crate(
 
     # Tests see the crate's own files at run time, as under cargo (scripts, checked-in outputs).
     test_data = test_data + native.glob(["**"], exclude = ["BUILD.bazel"])
+    test_env = {}
+    for dep in test_deps:
+        if dep not in TEST_DEPS:
+            fail("test_deps: unknown %r (known: %s)" % (dep, ", ".join(sorted(TEST_DEPS))))
+        test_data = test_data + TEST_DEPS[dep].data
+        test_env.update(TEST_DEPS[dep].env)
 
     lib_srcs = native.glob(["src/**/*.rs"], exclude = ["src/bin/**", "src/main.rs"])
     has_lib = "src/lib.rs" in lib_srcs
@@ -105,6 +136,7 @@ def kormo_crate(
             crate_root = "src/lib.rs",
             deps = deps + dev_deps,
             data = data + test_data,
+            env = test_env,
             size = test_size,
             tags = ["gpu"] if "unit" in gpu_tests else [],
             **common
@@ -127,10 +159,10 @@ def kormo_crate(
         "CARGO_BIN_EXE_" + name: "%s/%s" % (package, "bin/" + name if name == directory else name)
         for name in binaries
     }
-    test_env = dict(rustc_env)
-    test_env.update(bin_env)
+    test_rustc_env = dict(rustc_env)
+    test_rustc_env.update(bin_env)
     test_common = dict(common)
-    test_common["rustc_env"] = test_env
+    test_common["rustc_env"] = test_rustc_env
     # Integration tests may include_str! crate sources (e.g. checked-in generated code).
     test_srcs = native.glob(["tests/**/*.rs"]) + src_srcs
     for path in native.glob(["tests/*.rs"]):
@@ -142,6 +174,7 @@ def kormo_crate(
             crate_root = path,
             deps = lib_deps + dev_deps,
             data = data + test_data + [":" + _binary_target(name, directory) for name in binaries],
+            env = test_env,
             size = test_size,
             tags = ["gpu"] if stem in gpu_tests else [],
             **test_common

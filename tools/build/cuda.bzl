@@ -2,11 +2,8 @@
 
 Uses a local toolkit when one is installed and reports release 13.0 ($KORMO_CUDA_HOME, else
 /usr/local/cuda). Otherwise installs the pinned PyPI wheels of
-//third_party/cuda:requirements.txt with ONE
-  pip install --require-hashes --no-deps --only-binary=:all: --target <repo>/pip -r requirements.txt
-(one call: a second --target install into the same folder silently skips the shared nvidia/
-folder). pip downloads from PyPI itself and keeps them in its own cache (~/.cache/pip), so
-new output bases reinstall without downloading.
+//third_party/cuda:requirements.txt into <repo>/pip with pip_install (//tools/build:pip.bzl:
+one pip call, so the wheels' shared nvidia/ folder is complete).
 
 Targets:
   @cuda//:nvcc       the nvcc binary (nvcc finds the rest relative to itself)
@@ -16,6 +13,8 @@ Targets:
   @cuda//:defs.bzl   TOOLKIT_ROOT, INCLUDE_DIRS (exec-root relative) and SOURCE ("local"/"pip")
 Nvcc calls the host compiler: actions running it need /usr/bin on PATH.
 """
+
+load("//tools/build:pip.bzl", "pip_install")
 
 _CUDA_RELEASE = "13.0"
 
@@ -37,29 +36,7 @@ def _cuda_toolkit_impl(rctx):
         rctx.symlink(local, "local")
         prefix = "local"
     else:
-        requirements = rctx.path(Label("//third_party/cuda:requirements.txt"))
-        python = rctx.which("python3")
-        if not python:
-            fail("@cuda: python3 (with pip) is needed to install the CUDA toolkit wheels")
-        rctx.report_progress("pip install CUDA %s toolkit wheels" % _CUDA_RELEASE)
-        result = rctx.execute([
-            python,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-warn-script-location",
-            "--require-hashes",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--target",
-            "pip",
-            "-r",
-            str(requirements),
-        ], timeout = 1800, quiet = True)
-        if result.return_code != 0:
-            fail("@cuda: pip install of the CUDA wheels (%s) failed:\n%s" % (requirements, result.stderr[-4000:]))
+        pip_install(rctx, rctx.path(Label("//third_party/cuda:requirements.txt")), "pip", "@cuda")
         prefix = "pip/nvidia/cu13"
 
     for tool in ("nvcc", "cuobjdump"):

@@ -183,10 +183,13 @@ def _rust_test_impl(ctx):
             code = SKIP_EXIT_CODE,
         ), is_executable = True)
         files = [executable, output]
+    # Also at run time, for tests that read std::env::var("CARGO_MANIFEST_DIR").
+    env = {"CARGO_MANIFEST_DIR": ctx.label.package, "RUST_BACKTRACE": "1"}
+    for key, value in ctx.attr.env.items():
+        env[key] = ctx.expand_location(value, ctx.attr.data)
     return [
         DefaultInfo(executable = executable, runfiles = _runfiles(ctx, files)),
-        # Also at run time, for tests that read std::env::var("CARGO_MANIFEST_DIR").
-        testing.TestEnvironment({"CARGO_MANIFEST_DIR": ctx.label.package, "RUST_BACKTRACE": "1"}),
+        testing.TestEnvironment(env),
     ]
 
 _COMMON_ATTRS = {
@@ -215,7 +218,9 @@ rust_binary = rule(
 
 rust_test = rule(
     implementation = _rust_test_impl,
-    attrs = _COMMON_ATTRS,
+    attrs = dict(_COMMON_ATTRS, env = attr.string_dict(
+        doc = "Run-time environment; $(rootpath label) of a `data` file is expanded (runfiles-relative, the test's working directory).",
+    )),
     test = True,
 )
 

@@ -3,14 +3,12 @@
 //!   src/kernel_names.rs are what the generator writes now;
 //! - every expected kernel is present in the embedded fatbin (when nvcc was available at build time).
 
-use std::process::Command;
-
 const GENERATOR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cuda/generate_instantiations.py");
 const EXPECTED: &str = include_str!("../../../cuda/expected_kernels.txt");
 
 #[test]
 fn generated_files_in_sync() {
-    let out = Command::new("python3")
+    let out = kormo_testdeps::python(&[])
         .arg(GENERATOR)
         .arg("--check")
         .output()

@@ -1,7 +1,7 @@
 //! An exported model's logits from an independent implementation: tests/numpy_reference/
 //! llama_ref.py (own safetensors parser, float64 NumPy Llama forward) against kormo's CPU
-//! forward pass, for both flavours and a sharded bf16 export. Reports "skipped" when python3
-//! or NumPy is missing (CI installs NumPy).
+//! forward pass, for both flavours and a sharded bf16 export. The python3 with NumPy comes from
+//! the build (kormo_testdeps).
 
 mod common;
 
@@ -11,36 +11,23 @@ use kormo_hf::Weights;
 use kormo_hf::vocab::{byte_tokenizer, ModelTokenizer, TokenizerSource};
 use kormo_hf::{export_folder, load_hf_folder, ExportDtype, ExportOptions, Flavor};
 use std::path::Path;
-use std::process::Command;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/numpy_reference/llama_ref.py");
 
-/// A missing optional test dependency (Python module, Debian corpus) skips the check, saying
-/// so; under CI (`KORMO_REQUIRE_TEST_DEPS`, set by .ci/run, which installs them) it fails.
-fn skip_or_fail(reason: &str) {
-    assert!(std::env::var_os("KORMO_REQUIRE_TEST_DEPS").is_none(), "{reason}, but KORMO_REQUIRE_TEST_DEPS is set");
-    eprintln!("skipped: {reason}");
-}
-
-/// Logits from the NumPy reference, or None (with the reason printed) when it cannot run.
-fn numpy_logits(dir: &Path, tokens: &[u32]) -> Option<Vec<f64>> {
+/// Logits from the NumPy reference (run by the build's python3, which has NumPy).
+fn numpy_logits(dir: &Path, tokens: &[u32]) -> Vec<f64> {
     let out = dir.join("reference.f64");
     let ids: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
-    let result = match Command::new("python3").arg(SCRIPT).arg(dir).arg(ids.join(",")).arg(&out).output() {
-        Ok(result) => result,
-        Err(e) => {
-            skip_or_fail(&format!("python3 not available ({e})"));
-            return None;
-        }
-    };
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    if result.status.code() == Some(3) {
-        skip_or_fail(stderr.trim().trim_start_matches("skipped: "));
-        return None;
-    }
-    assert!(result.status.success(), "llama_ref.py failed: {stderr}");
+    let result = kormo_testdeps::python(&["numpy"])
+        .arg(SCRIPT)
+        .arg(dir)
+        .arg(ids.join(","))
+        .arg(&out)
+        .output()
+        .expect("running the checked python3");
+    assert!(result.status.success(), "llama_ref.py failed: {}", String::from_utf8_lossy(&result.stderr));
     let bytes = std::fs::read(&out).unwrap();
-    Some(bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+    bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
 /// Logits of `tokens` (one sequence) from kormo's own forward pass on the CPU backend.
@@ -71,10 +58,7 @@ fn exported_logits_match_an_independent_numpy_forward() {
         export_folder(weights, &tokenizer, &dir, &opts).unwrap();
         // kormo computes with what the folder holds (bf16-rounded for a bf16 export).
         let ours = kormo_logits(&load_hf_folder(&dir).unwrap(), &tokens);
-        let Some(reference) = numpy_logits(&dir, &tokens) else {
-            std::fs::remove_dir_all(&dir).unwrap();
-            return;
-        };
+        let reference = numpy_logits(&dir, &tokens);
         assert_eq!(reference.len(), ours.len());
         let max_abs = reference.iter().fold(0f64, |m, &x| m.max(x.abs()));
         assert!(max_abs > 0.5, "logits too small to be a meaningful check: {max_abs}");

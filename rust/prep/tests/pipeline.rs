@@ -1,7 +1,7 @@
 //! End-to-end tests of the `prepare` pipeline: counts per stage, shards that decode back
 //! to the kept text, determinism across thread counts, resuming after an interruption,
-//! refusing a directory of another run, and (when the `debian-faq`/`debian-faq-ko`
-//! packages are installed) real Korean and English HTML.
+//! refusing a directory of another run, and real Korean and English HTML (the Debian FAQ,
+//! from the build: kormo_testdeps).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -124,16 +124,6 @@ fn without_timings(mut c: BTreeMap<String, StageCounts>) -> BTreeMap<String, Sta
     c
 }
 
-/// A missing optional test dependency (Python module, Debian corpus) skips the check, saying
-/// so; under CI (`KORMO_REQUIRE_TEST_DEPS`, set by .ci/run, which installs them) it fails.
-fn skip_or_fail(reason: &str) {
-    assert!(
-        std::env::var_os("KORMO_REQUIRE_TEST_DEPS").is_none(),
-        "{reason}, but KORMO_REQUIRE_TEST_DEPS is set"
-    );
-    eprintln!("skipped: {reason}");
-}
-
 #[test]
 fn pipeline_counts_stages_writes_shards_and_resumes() {
     let dir = test_dir("prep-pipeline");
@@ -237,17 +227,13 @@ fn bad_config_and_inputs_are_reported_not_panicked() {
 
 #[test]
 fn debian_faq_korean_and_english() {
-    if corpus::debian_faq().is_none() {
-        skip_or_fail("debian-faq and debian-faq-ko are not installed");
-        return;
-    }
+    let faq = kormo_testdeps::debian_faq();
     let dir = test_dir("prep-faq");
     let tok_path = tokenizer_file(&dir.join("tok"));
-    let faq = Path::new(corpus::DEBIAN_FAQ_DIR);
     let sources = vec![
         Source {
             name: "en".into(),
-            files: corpus::files_with_suffix(faq, ".en.html"),
+            files: corpus::files_with_suffix(&faq, ".en.html"),
         },
         Source {
             name: "ko".into(),

@@ -125,35 +125,22 @@ mod tests {
         }
     }
 
-    /// A missing Python dependency skips the check, saying so; under CI
-    /// (`KORMO_REQUIRE_TEST_DEPS`, set by .ci/run, which installs it) it fails.
-    fn skip_or_fail(reason: &str) {
-        assert!(std::env::var_os("KORMO_REQUIRE_TEST_DEPS").is_none(), "{reason}, but KORMO_REQUIRE_TEST_DEPS is set");
-        eprintln!("skipped: {reason}");
-    }
-
-    /// The committed tables equal the generator's output (skipped, saying so, when python3
-    /// or Unicode data of the pinned version is missing: the generator exits with 3).
+    /// The committed tables equal the generator's output (run by the build's pinned python3 with
+    /// unicodedata2 16.0).
     #[test]
     fn unicode_tables_in_sync() {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tools/gen_unicode_tables.py");
         let committed = include_str!("unicode_tables.rs");
-        let output = match std::process::Command::new("python3")
+        let output = kormo_testdeps::python(&["unicodedata2"])
             .arg(script)
             .arg("--stdout")
             .output()
-        {
-            Ok(o) if o.status.success() => o,
-            Ok(o) if o.status.code() == Some(3) => {
-                skip_or_fail(String::from_utf8_lossy(&o.stderr).trim());
-                return;
-            }
-            Ok(o) => panic!("{script} failed: {}", String::from_utf8_lossy(&o.stderr)),
-            Err(e) => {
-                skip_or_fail(&format!("python3 not runnable ({e})"));
-                return;
-            }
-        };
+            .expect("running the checked python3");
+        assert!(
+            output.status.success(),
+            "{script} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let generated = String::from_utf8(output.stdout).unwrap();
         assert!(
             generated == committed,

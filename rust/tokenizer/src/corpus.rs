@@ -1,13 +1,11 @@
-//! Real-language text for tests and benchmarks, taken from HTML documentation that Debian
-//! packages install (nothing third-party is committed): `debian-faq` (English) and
-//! `debian-faq-ko` (Korean) under /usr/share/doc/debian/FAQ, or any directory of HTML files.
+//! Real-language text for tests and benchmarks, taken from HTML documentation of Debian
+//! packages (nothing third-party is committed): `debian-faq` (English) and `debian-faq-ko`
+//! (Korean), which the Bazel build unpacks for the tests (kormo_testdeps::debian_faq names the
+//! folder), or any directory of HTML files.
 //! `html_to_text` is a small tag stripper: script/style bodies dropped, block-level tags
 //! become line breaks, the common character entities decoded, blank-line runs collapsed.
 
 use std::path::{Path, PathBuf};
-
-/// Where `debian-faq` installs its HTML.
-pub const DEBIAN_FAQ_DIR: &str = "/usr/share/doc/debian/FAQ";
 
 const BLOCK_TAGS: [&str; 18] = [
     "p",
@@ -151,12 +149,11 @@ pub fn html_files_text(files: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
-/// English and Korean Debian FAQ documents, if both packages are installed.
-pub fn debian_faq() -> Option<(Vec<String>, Vec<String>)> {
-    let dir = Path::new(DEBIAN_FAQ_DIR);
+/// English and Korean Debian FAQ documents: `dir`'s `*.en.html` and its `ko/*.ko.html`.
+pub fn debian_faq(dir: &Path) -> (Vec<String>, Vec<String>) {
     let english = html_files_text(&files_with_suffix(dir, ".en.html"));
     let korean = html_files_text(&files_with_suffix(&dir.join("ko"), ".ko.html"));
-    (!english.is_empty() && !korean.is_empty()).then_some((english, korean))
+    (english, korean)
 }
 
 #[cfg(test)]

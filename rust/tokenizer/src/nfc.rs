@@ -149,9 +149,9 @@ mod tests {
         assert!(matches!(nfc("plain 한국어 text"), Cow::Borrowed(_)));
     }
 
-    /// Against Python's NFC (unicodedata2 16.0, the tables' version) on every code point of
-    /// planes 0-2 alone (no code point above is one NFC may touch, as asserted), and on random strings of characters NFC may touch;
-    /// skipped, saying so, without python3 + unicodedata2.
+    /// Against Python's NFC (unicodedata2 16.0, the tables' version, from the build's pinned
+    /// Python modules) on every code point of planes 0-2 alone (no code point above is one NFC
+    /// may touch, as asserted), and on random strings of characters NFC may touch.
     #[test]
     fn matches_python_unicodedata() {
         use rand::{Rng, SeedableRng};
@@ -182,38 +182,29 @@ mod tests {
         };
         let input: String = samples.iter().map(|s| hex(s) + "\n").collect();
         // One line of hex code points in, one line of the NFC's hex code points out.
-        let script =
-            "import sys\ntry:\n import unicodedata2 as u\nexcept ImportError:\n sys.exit(3)\n\
-                      if u.unidata_version != '16.0.0': sys.exit(3)\n\
+        let script = "import sys, unicodedata2 as u\n\
+                      if u.unidata_version != '16.0.0': sys.exit('unicodedata2 is not 16.0.0')\n\
                       for line in sys.stdin.read().split('\\n')[:-1]:\n\
                       \x20s = ''.join(chr(int(h, 16)) for h in line.split())\n\
                       \x20print(' '.join('%x' % ord(c) for c in u.normalize('NFC', s)))\n";
-        let mut child = match std::process::Command::new("python3")
+        let mut child = kormo_testdeps::python(&["unicodedata2"])
             .args(["-c", script])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("skipped: python3 not runnable ({e})");
-                return;
-            }
-        };
+            .expect("spawning the checked python3");
         let mut stdin = child.stdin.take().unwrap();
         let writer =
             std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
         let output = child.wait_with_output().unwrap();
-        writer.join().unwrap().unwrap();
-        if output.status.code() == Some(3) {
-            eprintln!("skipped: needs unicodedata2 16.0.0 (pip install unicodedata2==16.0.0)");
-            return;
-        }
+        let written = writer.join().unwrap();
         assert!(
             output.status.success(),
-            "{}",
+            "the Python NFC helper failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
+        written.expect("writing to the Python NFC helper");
         let expected: Vec<&str> = std::str::from_utf8(&output.stdout)
             .unwrap()
             .lines()

@@ -9,17 +9,13 @@
       Trains a tokenizer with `tokenizers` in STYLE "qwen2" (NFC normalizer, Qwen2 split +
       ByteLevel, as Qwen2's tokenizer.json has them) or "gpt2" (ByteLevel with its own regex),
       saves it, and writes its ids for every case's text into CASES_JSON for kormo to compare.
-Exit status 77 with "skipped: tokenizers not installed" when the package is missing.
+Needs `tokenizers` (pinned in third_party/python/requirements.txt; the Bazel build's python3 has it).
 """
 import json
 import sys
 
-try:
-    import tokenizers
-    from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers, decoders, trainers
-except ImportError:
-    print("skipped: tokenizers not installed")
-    sys.exit(77)
+import tokenizers
+from tokenizers import Tokenizer, Regex, models, normalizers, pre_tokenizers, decoders, trainers
 
 QWEN2 = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 

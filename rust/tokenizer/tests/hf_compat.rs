@@ -1,14 +1,13 @@
 //! Compatibility with Hugging Face `tokenizers`, both ways, through tests/hf_compat.py:
 //! a tokenizer trained by kormo and saved as tokenizer.json encodes identically in
 //! `tokenizers`, and tokenizers trained by `tokenizers` (Qwen2 style with its NFC normalizer,
-//! and GPT-2 style) load into kormo and encode identically there. The texts: the Debian FAQ in English and Korean (when the
-//! `debian-faq` and `debian-faq-ko` packages are installed) plus generated adversarial
-//! strings (every whitespace kind, newlines, contractions, digits, Hangul, marks, emoji,
-//! special tokens, random code points of every general category). Skips, saying why, when
-//! python3 or the `tokenizers` package is missing.
+//! and GPT-2 style) load into kormo and encode identically there. The texts: the Debian FAQ in
+//! English and Korean plus generated adversarial strings (every whitespace kind, newlines,
+//! contractions, digits, Hangul, marks, emoji, special tokens, random code points of every
+//! general category). The FAQ and the python3 with `tokenizers` come from the build
+//! (kormo_testdeps).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kormo_tokenizer::bytelevel::bytes_to_string;
 use kormo_tokenizer::documents::test_dir;
@@ -142,49 +141,31 @@ fn cases_json(tok: Option<&Tokenizer>, texts: &[String]) -> String {
     serde_json::to_string(&cases).unwrap()
 }
 
-/// Runs the script; `None` if the run was skipped (message printed).
-fn run_script(args: &[&Path]) -> Option<String> {
-    let output = match Command::new("python3").arg(SCRIPT).args(args).output() {
-        Ok(o) => o,
-        Err(e) => {
-            skip_or_fail(&format!("python3 not runnable ({e})"));
-            return None;
-        }
-    };
+/// Runs the script with the build's python3 (which has `tokenizers`); its stdout.
+fn run_script(args: &[&Path]) -> String {
+    let output = kormo_testdeps::python(&["tokenizers"])
+        .arg(SCRIPT)
+        .args(args)
+        .output()
+        .expect("running the checked python3");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     eprintln!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    match output.status.code() {
-        Some(0) => Some(stdout),
-        Some(77) => {
-            skip_or_fail("tokenizers not installed");
-            None
-        }
-        _ => panic!(
-            "hf_compat.py failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+    assert!(
+        output.status.success(),
+        "hf_compat.py failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 fn texts_and_corpus() -> (Vec<String>, String) {
     let mut texts = adversarial_texts(3000);
-    match corpus::debian_faq() {
-        Some((english, korean)) => {
-            eprintln!("using the Debian FAQ: {} English and {} Korean documents", english.len(), korean.len());
-            texts.extend(english);
-            texts.extend(korean);
-        }
-        None => skip_or_fail("Debian FAQ not installed (apt-get install debian-faq debian-faq-ko): adversarial texts only"),
-    }
+    let (english, korean) = corpus::debian_faq(&kormo_testdeps::debian_faq());
+    eprintln!("using the Debian FAQ: {} English and {} Korean documents", english.len(), korean.len());
+    texts.extend(english);
+    texts.extend(korean);
     let corpus = texts.join("\n\n");
     (texts, corpus)
-}
-
-/// A missing optional test dependency (Python module, Debian corpus) skips the check, saying
-/// so; under CI (`KORMO_REQUIRE_TEST_DEPS`, set by .ci/run, which installs them) it fails.
-fn skip_or_fail(reason: &str) {
-    assert!(std::env::var_os("KORMO_REQUIRE_TEST_DEPS").is_none(), "{reason}, but KORMO_REQUIRE_TEST_DEPS is set");
-    eprintln!("skipped: {reason}");
 }
 
 #[test]
@@ -208,12 +189,11 @@ fn kormo_trained_tokenizer_encodes_identically_in_hf_tokenizers() {
     hf::save(&tok, &dir).unwrap();
     let cases = dir.join("cases.json");
     std::fs::write(&cases, cases_json(Some(&tok), &texts)).unwrap();
-    if let Some(out) = run_script(&[Path::new("check"), &dir.join("tokenizer.json"), &cases]) {
-        assert!(
-            out.contains(&format!("{0}/{0} cases identical", texts.len())),
-            "{out}"
-        );
-    }
+    let out = run_script(&[Path::new("check"), &dir.join("tokenizer.json"), &cases]);
+    assert!(
+        out.contains(&format!("{0}/{0} cases identical", texts.len())),
+        "{out}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
@@ -230,42 +210,39 @@ fn hf_trained_tokenizer_encodes_identically_in_kormo(
     let cases = dir.join("cases.json");
     std::fs::write(&cases, cases_json(None, &texts)).unwrap();
     let out_json = dir.join("hf-tokenizer.json");
-    if run_script(&[
+    run_script(&[
         Path::new("train"),
         Path::new(style),
         &corpus_path,
         Path::new("3000"),
         &out_json,
         &cases,
-    ])
-    .is_some()
-    {
-        let tok = hf::load(&out_json).unwrap();
-        assert_eq!(tok.vocab_size(), 3000);
-        assert_eq!((tok.pattern(), tok.normalizer()), (pattern, normalizer));
-        let cases: Vec<serde_json::Value> =
-            serde_json::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
-        let mut mismatches = 0;
-        for case in &cases {
-            let text = case["text"].as_str().unwrap();
-            let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
-            if tok.encode(text) != expected {
-                mismatches += 1;
-                if mismatches <= 5 {
-                    eprintln!(
-                        "mismatch on {text:?}:\n  kormo {:?}\n  hf    {expected:?}",
-                        tok.encode(text)
-                    );
-                }
+    ]);
+    let tok = hf::load(&out_json).unwrap();
+    assert_eq!(tok.vocab_size(), 3000);
+    assert_eq!((tok.pattern(), tok.normalizer()), (pattern, normalizer));
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&cases).unwrap()).unwrap();
+    let mut mismatches = 0;
+    for case in &cases {
+        let text = case["text"].as_str().unwrap();
+        let expected: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        if tok.encode(text) != expected {
+            mismatches += 1;
+            if mismatches <= 5 {
+                eprintln!(
+                    "mismatch on {text:?}:\n  kormo {:?}\n  hf    {expected:?}",
+                    tok.encode(text)
+                );
             }
         }
-        assert_eq!(
-            mismatches,
-            0,
-            "{mismatches}/{} texts encode differently",
-            cases.len()
-        );
     }
+    assert_eq!(
+        mismatches,
+        0,
+        "{mismatches}/{} texts encode differently",
+        cases.len()
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
