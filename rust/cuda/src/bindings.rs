@@ -24,34 +24,51 @@ pub struct KormoRmsNormFwdArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoRmsNormFwdArgs"][::std::mem::size_of::<KormoRmsNormFwdArgs>() - 96usize];
-    ["Alignment of KormoRmsNormFwdArgs"][::std::mem::align_of::<KormoRmsNormFwdArgs>() - 8usize];
-    ["Offset of field: KormoRmsNormFwdArgs::x"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, x) - 0usize];
-    ["Offset of field: KormoRmsNormFwdArgs::residual"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, residual) - 8usize];
-    ["Offset of field: KormoRmsNormFwdArgs::residual_out"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, residual_out) - 16usize];
-    ["Offset of field: KormoRmsNormFwdArgs::weight"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, weight) - 24usize];
-    ["Offset of field: KormoRmsNormFwdArgs::y"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, y) - 32usize];
-    ["Offset of field: KormoRmsNormFwdArgs::rstd"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, rstd) - 40usize];
-    ["Offset of field: KormoRmsNormFwdArgs::rows"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, rows) - 48usize];
-    ["Offset of field: KormoRmsNormFwdArgs::hidden"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, hidden) - 56usize];
-    ["Offset of field: KormoRmsNormFwdArgs::x_row_stride"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, x_row_stride) - 64usize];
-    ["Offset of field: KormoRmsNormFwdArgs::residual_row_stride"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, residual_row_stride) - 72usize];
-    ["Offset of field: KormoRmsNormFwdArgs::y_row_stride"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, y_row_stride) - 80usize];
-    ["Offset of field: KormoRmsNormFwdArgs::eps"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, eps) - 88usize];
-    ["Offset of field: KormoRmsNormFwdArgs::_pad0"]
-        [::std::mem::offset_of!(KormoRmsNormFwdArgs, _pad0) - 92usize];
+    [
+        "Size of KormoRmsNormFwdArgs",
+    ][::std::mem::size_of::<KormoRmsNormFwdArgs>() - 96usize];
+    [
+        "Alignment of KormoRmsNormFwdArgs",
+    ][::std::mem::align_of::<KormoRmsNormFwdArgs>() - 8usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::x",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, x) - 0usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::residual",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, residual) - 8usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::residual_out",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, residual_out) - 16usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::weight",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, weight) - 24usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::y",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, y) - 32usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::rstd",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, rstd) - 40usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::rows",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, rows) - 48usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::hidden",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, hidden) - 56usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::x_row_stride",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, x_row_stride) - 64usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::residual_row_stride",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, residual_row_stride) - 72usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::y_row_stride",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, y_row_stride) - 80usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::eps",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, eps) - 88usize];
+    [
+        "Offset of field: KormoRmsNormFwdArgs::_pad0",
+    ][::std::mem::offset_of!(KormoRmsNormFwdArgs, _pad0) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -72,34 +89,51 @@ pub struct KormoRmsNormBwdArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoRmsNormBwdArgs"][::std::mem::size_of::<KormoRmsNormBwdArgs>() - 104usize];
-    ["Alignment of KormoRmsNormBwdArgs"][::std::mem::align_of::<KormoRmsNormBwdArgs>() - 8usize];
-    ["Offset of field: KormoRmsNormBwdArgs::h"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, h) - 0usize];
-    ["Offset of field: KormoRmsNormBwdArgs::dy"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, dy) - 8usize];
-    ["Offset of field: KormoRmsNormBwdArgs::dresidual"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, dresidual) - 16usize];
-    ["Offset of field: KormoRmsNormBwdArgs::weight"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, weight) - 24usize];
-    ["Offset of field: KormoRmsNormBwdArgs::rstd"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, rstd) - 32usize];
-    ["Offset of field: KormoRmsNormBwdArgs::dh"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, dh) - 40usize];
-    ["Offset of field: KormoRmsNormBwdArgs::dweight_partial"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, dweight_partial) - 48usize];
-    ["Offset of field: KormoRmsNormBwdArgs::rows"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, rows) - 56usize];
-    ["Offset of field: KormoRmsNormBwdArgs::hidden"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, hidden) - 64usize];
-    ["Offset of field: KormoRmsNormBwdArgs::h_row_stride"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, h_row_stride) - 72usize];
-    ["Offset of field: KormoRmsNormBwdArgs::dy_row_stride"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, dy_row_stride) - 80usize];
-    ["Offset of field: KormoRmsNormBwdArgs::dh_row_stride"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, dh_row_stride) - 88usize];
-    ["Offset of field: KormoRmsNormBwdArgs::partial_rows"]
-        [::std::mem::offset_of!(KormoRmsNormBwdArgs, partial_rows) - 96usize];
+    [
+        "Size of KormoRmsNormBwdArgs",
+    ][::std::mem::size_of::<KormoRmsNormBwdArgs>() - 104usize];
+    [
+        "Alignment of KormoRmsNormBwdArgs",
+    ][::std::mem::align_of::<KormoRmsNormBwdArgs>() - 8usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::h",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, h) - 0usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::dy",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, dy) - 8usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::dresidual",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, dresidual) - 16usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::weight",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, weight) - 24usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::rstd",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, rstd) - 32usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::dh",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, dh) - 40usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::dweight_partial",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, dweight_partial) - 48usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::rows",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, rows) - 56usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::hidden",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, hidden) - 64usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::h_row_stride",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, h_row_stride) - 72usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::dy_row_stride",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, dy_row_stride) - 80usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::dh_row_stride",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, dh_row_stride) - 88usize];
+    [
+        "Offset of field: KormoRmsNormBwdArgs::partial_rows",
+    ][::std::mem::offset_of!(KormoRmsNormBwdArgs, partial_rows) - 96usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -113,22 +147,30 @@ pub struct KormoRmsNormDweightReduceArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoRmsNormDweightReduceArgs"]
-        [::std::mem::size_of::<KormoRmsNormDweightReduceArgs>() - 40usize];
-    ["Alignment of KormoRmsNormDweightReduceArgs"]
-        [::std::mem::align_of::<KormoRmsNormDweightReduceArgs>() - 8usize];
-    ["Offset of field: KormoRmsNormDweightReduceArgs::dweight_partial"]
-        [::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, dweight_partial) - 0usize];
-    ["Offset of field: KormoRmsNormDweightReduceArgs::dweight"]
-        [::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, dweight) - 8usize];
-    ["Offset of field: KormoRmsNormDweightReduceArgs::partial_rows"]
-        [::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, partial_rows) - 16usize];
-    ["Offset of field: KormoRmsNormDweightReduceArgs::hidden"]
-        [::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, hidden) - 24usize];
-    ["Offset of field: KormoRmsNormDweightReduceArgs::accumulate"]
-        [::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, accumulate) - 32usize];
-    ["Offset of field: KormoRmsNormDweightReduceArgs::_pad0"]
-        [::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, _pad0) - 36usize];
+    [
+        "Size of KormoRmsNormDweightReduceArgs",
+    ][::std::mem::size_of::<KormoRmsNormDweightReduceArgs>() - 40usize];
+    [
+        "Alignment of KormoRmsNormDweightReduceArgs",
+    ][::std::mem::align_of::<KormoRmsNormDweightReduceArgs>() - 8usize];
+    [
+        "Offset of field: KormoRmsNormDweightReduceArgs::dweight_partial",
+    ][::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, dweight_partial) - 0usize];
+    [
+        "Offset of field: KormoRmsNormDweightReduceArgs::dweight",
+    ][::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, dweight) - 8usize];
+    [
+        "Offset of field: KormoRmsNormDweightReduceArgs::partial_rows",
+    ][::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, partial_rows) - 16usize];
+    [
+        "Offset of field: KormoRmsNormDweightReduceArgs::hidden",
+    ][::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, hidden) - 24usize];
+    [
+        "Offset of field: KormoRmsNormDweightReduceArgs::accumulate",
+    ][::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, accumulate) - 32usize];
+    [
+        "Offset of field: KormoRmsNormDweightReduceArgs::_pad0",
+    ][::std::mem::offset_of!(KormoRmsNormDweightReduceArgs, _pad0) - 36usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -147,23 +189,33 @@ pub struct KormoSwigluArgs {
 const _: () = {
     ["Size of KormoSwigluArgs"][::std::mem::size_of::<KormoSwigluArgs>() - 72usize];
     ["Alignment of KormoSwigluArgs"][::std::mem::align_of::<KormoSwigluArgs>() - 8usize];
-    ["Offset of field: KormoSwigluArgs::gate"]
-        [::std::mem::offset_of!(KormoSwigluArgs, gate) - 0usize];
-    ["Offset of field: KormoSwigluArgs::up"][::std::mem::offset_of!(KormoSwigluArgs, up) - 8usize];
-    ["Offset of field: KormoSwigluArgs::out"]
-        [::std::mem::offset_of!(KormoSwigluArgs, out) - 16usize];
-    ["Offset of field: KormoSwigluArgs::dgate"]
-        [::std::mem::offset_of!(KormoSwigluArgs, dgate) - 24usize];
-    ["Offset of field: KormoSwigluArgs::dup"]
-        [::std::mem::offset_of!(KormoSwigluArgs, dup) - 32usize];
-    ["Offset of field: KormoSwigluArgs::rows"]
-        [::std::mem::offset_of!(KormoSwigluArgs, rows) - 40usize];
-    ["Offset of field: KormoSwigluArgs::cols"]
-        [::std::mem::offset_of!(KormoSwigluArgs, cols) - 48usize];
-    ["Offset of field: KormoSwigluArgs::in_row_stride"]
-        [::std::mem::offset_of!(KormoSwigluArgs, in_row_stride) - 56usize];
-    ["Offset of field: KormoSwigluArgs::out_row_stride"]
-        [::std::mem::offset_of!(KormoSwigluArgs, out_row_stride) - 64usize];
+    [
+        "Offset of field: KormoSwigluArgs::gate",
+    ][::std::mem::offset_of!(KormoSwigluArgs, gate) - 0usize];
+    [
+        "Offset of field: KormoSwigluArgs::up",
+    ][::std::mem::offset_of!(KormoSwigluArgs, up) - 8usize];
+    [
+        "Offset of field: KormoSwigluArgs::out",
+    ][::std::mem::offset_of!(KormoSwigluArgs, out) - 16usize];
+    [
+        "Offset of field: KormoSwigluArgs::dgate",
+    ][::std::mem::offset_of!(KormoSwigluArgs, dgate) - 24usize];
+    [
+        "Offset of field: KormoSwigluArgs::dup",
+    ][::std::mem::offset_of!(KormoSwigluArgs, dup) - 32usize];
+    [
+        "Offset of field: KormoSwigluArgs::rows",
+    ][::std::mem::offset_of!(KormoSwigluArgs, rows) - 40usize];
+    [
+        "Offset of field: KormoSwigluArgs::cols",
+    ][::std::mem::offset_of!(KormoSwigluArgs, cols) - 48usize];
+    [
+        "Offset of field: KormoSwigluArgs::in_row_stride",
+    ][::std::mem::offset_of!(KormoSwigluArgs, in_row_stride) - 56usize];
+    [
+        "Offset of field: KormoSwigluArgs::out_row_stride",
+    ][::std::mem::offset_of!(KormoSwigluArgs, out_row_stride) - 64usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -183,24 +235,36 @@ pub struct KormoRopeArgs {
 const _: () = {
     ["Size of KormoRopeArgs"][::std::mem::size_of::<KormoRopeArgs>() - 72usize];
     ["Alignment of KormoRopeArgs"][::std::mem::align_of::<KormoRopeArgs>() - 8usize];
-    ["Offset of field: KormoRopeArgs::x"][::std::mem::offset_of!(KormoRopeArgs, x) - 0usize];
-    ["Offset of field: KormoRopeArgs::y"][::std::mem::offset_of!(KormoRopeArgs, y) - 8usize];
-    ["Offset of field: KormoRopeArgs::positions"]
-        [::std::mem::offset_of!(KormoRopeArgs, positions) - 16usize];
-    ["Offset of field: KormoRopeArgs::tokens"]
-        [::std::mem::offset_of!(KormoRopeArgs, tokens) - 24usize];
-    ["Offset of field: KormoRopeArgs::heads"]
-        [::std::mem::offset_of!(KormoRopeArgs, heads) - 32usize];
-    ["Offset of field: KormoRopeArgs::head_dim"]
-        [::std::mem::offset_of!(KormoRopeArgs, head_dim) - 40usize];
-    ["Offset of field: KormoRopeArgs::token_stride"]
-        [::std::mem::offset_of!(KormoRopeArgs, token_stride) - 48usize];
-    ["Offset of field: KormoRopeArgs::head_stride"]
-        [::std::mem::offset_of!(KormoRopeArgs, head_stride) - 56usize];
-    ["Offset of field: KormoRopeArgs::theta"]
-        [::std::mem::offset_of!(KormoRopeArgs, theta) - 64usize];
-    ["Offset of field: KormoRopeArgs::_pad0"]
-        [::std::mem::offset_of!(KormoRopeArgs, _pad0) - 68usize];
+    [
+        "Offset of field: KormoRopeArgs::x",
+    ][::std::mem::offset_of!(KormoRopeArgs, x) - 0usize];
+    [
+        "Offset of field: KormoRopeArgs::y",
+    ][::std::mem::offset_of!(KormoRopeArgs, y) - 8usize];
+    [
+        "Offset of field: KormoRopeArgs::positions",
+    ][::std::mem::offset_of!(KormoRopeArgs, positions) - 16usize];
+    [
+        "Offset of field: KormoRopeArgs::tokens",
+    ][::std::mem::offset_of!(KormoRopeArgs, tokens) - 24usize];
+    [
+        "Offset of field: KormoRopeArgs::heads",
+    ][::std::mem::offset_of!(KormoRopeArgs, heads) - 32usize];
+    [
+        "Offset of field: KormoRopeArgs::head_dim",
+    ][::std::mem::offset_of!(KormoRopeArgs, head_dim) - 40usize];
+    [
+        "Offset of field: KormoRopeArgs::token_stride",
+    ][::std::mem::offset_of!(KormoRopeArgs, token_stride) - 48usize];
+    [
+        "Offset of field: KormoRopeArgs::head_stride",
+    ][::std::mem::offset_of!(KormoRopeArgs, head_stride) - 56usize];
+    [
+        "Offset of field: KormoRopeArgs::theta",
+    ][::std::mem::offset_of!(KormoRopeArgs, theta) - 64usize];
+    [
+        "Offset of field: KormoRopeArgs::_pad0",
+    ][::std::mem::offset_of!(KormoRopeArgs, _pad0) - 68usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -228,49 +292,72 @@ pub struct KormoAttentionFwdArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoAttentionFwdArgs"][::std::mem::size_of::<KormoAttentionFwdArgs>() - 152usize];
-    ["Alignment of KormoAttentionFwdArgs"]
-        [::std::mem::align_of::<KormoAttentionFwdArgs>() - 8usize];
-    ["Offset of field: KormoAttentionFwdArgs::q"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, q) - 0usize];
-    ["Offset of field: KormoAttentionFwdArgs::k"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, k) - 8usize];
-    ["Offset of field: KormoAttentionFwdArgs::v"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, v) - 16usize];
-    ["Offset of field: KormoAttentionFwdArgs::o"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, o) - 24usize];
-    ["Offset of field: KormoAttentionFwdArgs::lse"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, lse) - 32usize];
-    ["Offset of field: KormoAttentionFwdArgs::doc_ids"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, doc_ids) - 40usize];
-    ["Offset of field: KormoAttentionFwdArgs::batch"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, batch) - 48usize];
-    ["Offset of field: KormoAttentionFwdArgs::seq_len"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, seq_len) - 56usize];
-    ["Offset of field: KormoAttentionFwdArgs::heads_q"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, heads_q) - 64usize];
-    ["Offset of field: KormoAttentionFwdArgs::heads_kv"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, heads_kv) - 72usize];
-    ["Offset of field: KormoAttentionFwdArgs::q_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, q_token_stride) - 80usize];
-    ["Offset of field: KormoAttentionFwdArgs::q_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, q_head_stride) - 88usize];
-    ["Offset of field: KormoAttentionFwdArgs::k_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, k_token_stride) - 96usize];
-    ["Offset of field: KormoAttentionFwdArgs::k_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, k_head_stride) - 104usize];
-    ["Offset of field: KormoAttentionFwdArgs::v_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, v_token_stride) - 112usize];
-    ["Offset of field: KormoAttentionFwdArgs::v_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, v_head_stride) - 120usize];
-    ["Offset of field: KormoAttentionFwdArgs::o_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, o_token_stride) - 128usize];
-    ["Offset of field: KormoAttentionFwdArgs::o_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, o_head_stride) - 136usize];
-    ["Offset of field: KormoAttentionFwdArgs::softmax_scale"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, softmax_scale) - 144usize];
-    ["Offset of field: KormoAttentionFwdArgs::head_dim"]
-        [::std::mem::offset_of!(KormoAttentionFwdArgs, head_dim) - 148usize];
+    [
+        "Size of KormoAttentionFwdArgs",
+    ][::std::mem::size_of::<KormoAttentionFwdArgs>() - 152usize];
+    [
+        "Alignment of KormoAttentionFwdArgs",
+    ][::std::mem::align_of::<KormoAttentionFwdArgs>() - 8usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::q",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, q) - 0usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::k",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, k) - 8usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::v",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, v) - 16usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::o",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, o) - 24usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::lse",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, lse) - 32usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::doc_ids",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, doc_ids) - 40usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::batch",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, batch) - 48usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::seq_len",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, seq_len) - 56usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::heads_q",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, heads_q) - 64usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::heads_kv",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, heads_kv) - 72usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::q_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, q_token_stride) - 80usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::q_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, q_head_stride) - 88usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::k_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, k_token_stride) - 96usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::k_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, k_head_stride) - 104usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::v_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, v_token_stride) - 112usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::v_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, v_head_stride) - 120usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::o_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, o_token_stride) - 128usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::o_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, o_head_stride) - 136usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::softmax_scale",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, softmax_scale) - 144usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::head_dim",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, head_dim) - 148usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -304,61 +391,90 @@ pub struct KormoAttentionBwdArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoAttentionBwdArgs"][::std::mem::size_of::<KormoAttentionBwdArgs>() - 200usize];
-    ["Alignment of KormoAttentionBwdArgs"]
-        [::std::mem::align_of::<KormoAttentionBwdArgs>() - 8usize];
-    ["Offset of field: KormoAttentionBwdArgs::q"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, q) - 0usize];
-    ["Offset of field: KormoAttentionBwdArgs::k"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, k) - 8usize];
-    ["Offset of field: KormoAttentionBwdArgs::v"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, v) - 16usize];
-    ["Offset of field: KormoAttentionBwdArgs::o"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, o) - 24usize];
-    ["Offset of field: KormoAttentionBwdArgs::dout"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, dout) - 32usize];
-    ["Offset of field: KormoAttentionBwdArgs::lse"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, lse) - 40usize];
-    ["Offset of field: KormoAttentionBwdArgs::delta"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, delta) - 48usize];
-    ["Offset of field: KormoAttentionBwdArgs::dq_accum"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, dq_accum) - 56usize];
-    ["Offset of field: KormoAttentionBwdArgs::dq"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, dq) - 64usize];
-    ["Offset of field: KormoAttentionBwdArgs::dk"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, dk) - 72usize];
-    ["Offset of field: KormoAttentionBwdArgs::dv"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, dv) - 80usize];
-    ["Offset of field: KormoAttentionBwdArgs::doc_ids"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, doc_ids) - 88usize];
-    ["Offset of field: KormoAttentionBwdArgs::batch"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, batch) - 96usize];
-    ["Offset of field: KormoAttentionBwdArgs::seq_len"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, seq_len) - 104usize];
-    ["Offset of field: KormoAttentionBwdArgs::heads_q"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, heads_q) - 112usize];
-    ["Offset of field: KormoAttentionBwdArgs::heads_kv"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, heads_kv) - 120usize];
-    ["Offset of field: KormoAttentionBwdArgs::q_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, q_token_stride) - 128usize];
-    ["Offset of field: KormoAttentionBwdArgs::q_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, q_head_stride) - 136usize];
-    ["Offset of field: KormoAttentionBwdArgs::k_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, k_token_stride) - 144usize];
-    ["Offset of field: KormoAttentionBwdArgs::k_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, k_head_stride) - 152usize];
-    ["Offset of field: KormoAttentionBwdArgs::v_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, v_token_stride) - 160usize];
-    ["Offset of field: KormoAttentionBwdArgs::v_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, v_head_stride) - 168usize];
-    ["Offset of field: KormoAttentionBwdArgs::o_token_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, o_token_stride) - 176usize];
-    ["Offset of field: KormoAttentionBwdArgs::o_head_stride"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, o_head_stride) - 184usize];
-    ["Offset of field: KormoAttentionBwdArgs::softmax_scale"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, softmax_scale) - 192usize];
-    ["Offset of field: KormoAttentionBwdArgs::head_dim"]
-        [::std::mem::offset_of!(KormoAttentionBwdArgs, head_dim) - 196usize];
+    [
+        "Size of KormoAttentionBwdArgs",
+    ][::std::mem::size_of::<KormoAttentionBwdArgs>() - 200usize];
+    [
+        "Alignment of KormoAttentionBwdArgs",
+    ][::std::mem::align_of::<KormoAttentionBwdArgs>() - 8usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::q",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, q) - 0usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::k",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, k) - 8usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::v",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, v) - 16usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::o",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, o) - 24usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::dout",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, dout) - 32usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::lse",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, lse) - 40usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::delta",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, delta) - 48usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::dq_accum",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, dq_accum) - 56usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::dq",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, dq) - 64usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::dk",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, dk) - 72usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::dv",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, dv) - 80usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::doc_ids",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, doc_ids) - 88usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::batch",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, batch) - 96usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::seq_len",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, seq_len) - 104usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::heads_q",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, heads_q) - 112usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::heads_kv",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, heads_kv) - 120usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::q_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, q_token_stride) - 128usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::q_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, q_head_stride) - 136usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::k_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, k_token_stride) - 144usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::k_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, k_head_stride) - 152usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::v_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, v_token_stride) - 160usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::v_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, v_head_stride) - 168usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::o_token_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, o_token_stride) - 176usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::o_head_stride",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, o_head_stride) - 184usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::softmax_scale",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, softmax_scale) - 192usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::head_dim",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, head_dim) - 196usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -379,35 +495,51 @@ pub struct KormoCrossEntropyArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoCrossEntropyArgs"][::std::mem::size_of::<KormoCrossEntropyArgs>() - 96usize];
-    ["Alignment of KormoCrossEntropyArgs"]
-        [::std::mem::align_of::<KormoCrossEntropyArgs>() - 8usize];
-    ["Offset of field: KormoCrossEntropyArgs::logits"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, logits) - 0usize];
-    ["Offset of field: KormoCrossEntropyArgs::targets"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, targets) - 8usize];
-    ["Offset of field: KormoCrossEntropyArgs::loss_weights"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, loss_weights) - 16usize];
-    ["Offset of field: KormoCrossEntropyArgs::grad_scale"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, grad_scale) - 24usize];
-    ["Offset of field: KormoCrossEntropyArgs::loss"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, loss) - 32usize];
-    ["Offset of field: KormoCrossEntropyArgs::lse"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, lse) - 40usize];
-    ["Offset of field: KormoCrossEntropyArgs::dlogits"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, dlogits) - 48usize];
-    ["Offset of field: KormoCrossEntropyArgs::rows"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, rows) - 56usize];
-    ["Offset of field: KormoCrossEntropyArgs::vocab"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, vocab) - 64usize];
-    ["Offset of field: KormoCrossEntropyArgs::logits_row_stride"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, logits_row_stride) - 72usize];
-    ["Offset of field: KormoCrossEntropyArgs::dlogits_row_stride"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, dlogits_row_stride) - 80usize];
-    ["Offset of field: KormoCrossEntropyArgs::z_loss"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, z_loss) - 88usize];
-    ["Offset of field: KormoCrossEntropyArgs::_pad0"]
-        [::std::mem::offset_of!(KormoCrossEntropyArgs, _pad0) - 92usize];
+    [
+        "Size of KormoCrossEntropyArgs",
+    ][::std::mem::size_of::<KormoCrossEntropyArgs>() - 96usize];
+    [
+        "Alignment of KormoCrossEntropyArgs",
+    ][::std::mem::align_of::<KormoCrossEntropyArgs>() - 8usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::logits",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, logits) - 0usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::targets",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, targets) - 8usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::loss_weights",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, loss_weights) - 16usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::grad_scale",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, grad_scale) - 24usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::loss",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, loss) - 32usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::lse",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, lse) - 40usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::dlogits",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, dlogits) - 48usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::rows",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, rows) - 56usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::vocab",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, vocab) - 64usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::logits_row_stride",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, logits_row_stride) - 72usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::dlogits_row_stride",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, dlogits_row_stride) - 80usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::z_loss",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, z_loss) - 88usize];
+    [
+        "Offset of field: KormoCrossEntropyArgs::_pad0",
+    ][::std::mem::offset_of!(KormoCrossEntropyArgs, _pad0) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -423,24 +555,36 @@ pub struct KormoEmbeddingArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoEmbeddingArgs"][::std::mem::size_of::<KormoEmbeddingArgs>() - 64usize];
-    ["Alignment of KormoEmbeddingArgs"][::std::mem::align_of::<KormoEmbeddingArgs>() - 8usize];
-    ["Offset of field: KormoEmbeddingArgs::tokens"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, tokens) - 0usize];
-    ["Offset of field: KormoEmbeddingArgs::table"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, table) - 8usize];
-    ["Offset of field: KormoEmbeddingArgs::rows"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, rows) - 16usize];
-    ["Offset of field: KormoEmbeddingArgs::num_tokens"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, num_tokens) - 24usize];
-    ["Offset of field: KormoEmbeddingArgs::vocab"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, vocab) - 32usize];
-    ["Offset of field: KormoEmbeddingArgs::dim"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, dim) - 40usize];
-    ["Offset of field: KormoEmbeddingArgs::table_row_stride"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, table_row_stride) - 48usize];
-    ["Offset of field: KormoEmbeddingArgs::rows_row_stride"]
-        [::std::mem::offset_of!(KormoEmbeddingArgs, rows_row_stride) - 56usize];
+    [
+        "Size of KormoEmbeddingArgs",
+    ][::std::mem::size_of::<KormoEmbeddingArgs>() - 64usize];
+    [
+        "Alignment of KormoEmbeddingArgs",
+    ][::std::mem::align_of::<KormoEmbeddingArgs>() - 8usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::tokens",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, tokens) - 0usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::table",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, table) - 8usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::rows",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, rows) - 16usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::num_tokens",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, num_tokens) - 24usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::vocab",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, vocab) - 32usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::dim",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, dim) - 40usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::table_row_stride",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, table_row_stride) - 48usize];
+    [
+        "Offset of field: KormoEmbeddingArgs::rows_row_stride",
+    ][::std::mem::offset_of!(KormoEmbeddingArgs, rows_row_stride) - 56usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -466,35 +610,54 @@ pub struct KormoAdamwArgs {
 const _: () = {
     ["Size of KormoAdamwArgs"][::std::mem::size_of::<KormoAdamwArgs>() - 96usize];
     ["Alignment of KormoAdamwArgs"][::std::mem::align_of::<KormoAdamwArgs>() - 8usize];
-    ["Offset of field: KormoAdamwArgs::master"]
-        [::std::mem::offset_of!(KormoAdamwArgs, master) - 0usize];
-    ["Offset of field: KormoAdamwArgs::grad"]
-        [::std::mem::offset_of!(KormoAdamwArgs, grad) - 8usize];
-    ["Offset of field: KormoAdamwArgs::exp_avg"]
-        [::std::mem::offset_of!(KormoAdamwArgs, exp_avg) - 16usize];
-    ["Offset of field: KormoAdamwArgs::exp_avg_sq"]
-        [::std::mem::offset_of!(KormoAdamwArgs, exp_avg_sq) - 24usize];
-    ["Offset of field: KormoAdamwArgs::weight"]
-        [::std::mem::offset_of!(KormoAdamwArgs, weight) - 32usize];
-    ["Offset of field: KormoAdamwArgs::lr"][::std::mem::offset_of!(KormoAdamwArgs, lr) - 40usize];
-    ["Offset of field: KormoAdamwArgs::clip_scale"]
-        [::std::mem::offset_of!(KormoAdamwArgs, clip_scale) - 48usize];
-    ["Offset of field: KormoAdamwArgs::n"][::std::mem::offset_of!(KormoAdamwArgs, n) - 56usize];
-    ["Offset of field: KormoAdamwArgs::beta1"]
-        [::std::mem::offset_of!(KormoAdamwArgs, beta1) - 64usize];
-    ["Offset of field: KormoAdamwArgs::beta2"]
-        [::std::mem::offset_of!(KormoAdamwArgs, beta2) - 68usize];
-    ["Offset of field: KormoAdamwArgs::eps"][::std::mem::offset_of!(KormoAdamwArgs, eps) - 72usize];
-    ["Offset of field: KormoAdamwArgs::weight_decay"]
-        [::std::mem::offset_of!(KormoAdamwArgs, weight_decay) - 76usize];
-    ["Offset of field: KormoAdamwArgs::bias_correction1"]
-        [::std::mem::offset_of!(KormoAdamwArgs, bias_correction1) - 80usize];
-    ["Offset of field: KormoAdamwArgs::bias_correction2"]
-        [::std::mem::offset_of!(KormoAdamwArgs, bias_correction2) - 84usize];
-    ["Offset of field: KormoAdamwArgs::apply_weight_decay"]
-        [::std::mem::offset_of!(KormoAdamwArgs, apply_weight_decay) - 88usize];
-    ["Offset of field: KormoAdamwArgs::_pad0"]
-        [::std::mem::offset_of!(KormoAdamwArgs, _pad0) - 92usize];
+    [
+        "Offset of field: KormoAdamwArgs::master",
+    ][::std::mem::offset_of!(KormoAdamwArgs, master) - 0usize];
+    [
+        "Offset of field: KormoAdamwArgs::grad",
+    ][::std::mem::offset_of!(KormoAdamwArgs, grad) - 8usize];
+    [
+        "Offset of field: KormoAdamwArgs::exp_avg",
+    ][::std::mem::offset_of!(KormoAdamwArgs, exp_avg) - 16usize];
+    [
+        "Offset of field: KormoAdamwArgs::exp_avg_sq",
+    ][::std::mem::offset_of!(KormoAdamwArgs, exp_avg_sq) - 24usize];
+    [
+        "Offset of field: KormoAdamwArgs::weight",
+    ][::std::mem::offset_of!(KormoAdamwArgs, weight) - 32usize];
+    [
+        "Offset of field: KormoAdamwArgs::lr",
+    ][::std::mem::offset_of!(KormoAdamwArgs, lr) - 40usize];
+    [
+        "Offset of field: KormoAdamwArgs::clip_scale",
+    ][::std::mem::offset_of!(KormoAdamwArgs, clip_scale) - 48usize];
+    [
+        "Offset of field: KormoAdamwArgs::n",
+    ][::std::mem::offset_of!(KormoAdamwArgs, n) - 56usize];
+    [
+        "Offset of field: KormoAdamwArgs::beta1",
+    ][::std::mem::offset_of!(KormoAdamwArgs, beta1) - 64usize];
+    [
+        "Offset of field: KormoAdamwArgs::beta2",
+    ][::std::mem::offset_of!(KormoAdamwArgs, beta2) - 68usize];
+    [
+        "Offset of field: KormoAdamwArgs::eps",
+    ][::std::mem::offset_of!(KormoAdamwArgs, eps) - 72usize];
+    [
+        "Offset of field: KormoAdamwArgs::weight_decay",
+    ][::std::mem::offset_of!(KormoAdamwArgs, weight_decay) - 76usize];
+    [
+        "Offset of field: KormoAdamwArgs::bias_correction1",
+    ][::std::mem::offset_of!(KormoAdamwArgs, bias_correction1) - 80usize];
+    [
+        "Offset of field: KormoAdamwArgs::bias_correction2",
+    ][::std::mem::offset_of!(KormoAdamwArgs, bias_correction2) - 84usize];
+    [
+        "Offset of field: KormoAdamwArgs::apply_weight_decay",
+    ][::std::mem::offset_of!(KormoAdamwArgs, apply_weight_decay) - 88usize];
+    [
+        "Offset of field: KormoAdamwArgs::_pad0",
+    ][::std::mem::offset_of!(KormoAdamwArgs, _pad0) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
@@ -505,14 +668,21 @@ pub struct KormoGradSumsqArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoGradSumsqArgs"][::std::mem::size_of::<KormoGradSumsqArgs>() - 24usize];
-    ["Alignment of KormoGradSumsqArgs"][::std::mem::align_of::<KormoGradSumsqArgs>() - 8usize];
-    ["Offset of field: KormoGradSumsqArgs::grad"]
-        [::std::mem::offset_of!(KormoGradSumsqArgs, grad) - 0usize];
-    ["Offset of field: KormoGradSumsqArgs::sumsq"]
-        [::std::mem::offset_of!(KormoGradSumsqArgs, sumsq) - 8usize];
-    ["Offset of field: KormoGradSumsqArgs::n"]
-        [::std::mem::offset_of!(KormoGradSumsqArgs, n) - 16usize];
+    [
+        "Size of KormoGradSumsqArgs",
+    ][::std::mem::size_of::<KormoGradSumsqArgs>() - 24usize];
+    [
+        "Alignment of KormoGradSumsqArgs",
+    ][::std::mem::align_of::<KormoGradSumsqArgs>() - 8usize];
+    [
+        "Offset of field: KormoGradSumsqArgs::grad",
+    ][::std::mem::offset_of!(KormoGradSumsqArgs, grad) - 0usize];
+    [
+        "Offset of field: KormoGradSumsqArgs::sumsq",
+    ][::std::mem::offset_of!(KormoGradSumsqArgs, sumsq) - 8usize];
+    [
+        "Offset of field: KormoGradSumsqArgs::n",
+    ][::std::mem::offset_of!(KormoGradSumsqArgs, n) - 16usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -524,16 +694,24 @@ pub struct KormoClipScaleArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoClipScaleArgs"][::std::mem::size_of::<KormoClipScaleArgs>() - 24usize];
-    ["Alignment of KormoClipScaleArgs"][::std::mem::align_of::<KormoClipScaleArgs>() - 8usize];
-    ["Offset of field: KormoClipScaleArgs::sumsq"]
-        [::std::mem::offset_of!(KormoClipScaleArgs, sumsq) - 0usize];
-    ["Offset of field: KormoClipScaleArgs::clip_scale"]
-        [::std::mem::offset_of!(KormoClipScaleArgs, clip_scale) - 8usize];
-    ["Offset of field: KormoClipScaleArgs::max_norm"]
-        [::std::mem::offset_of!(KormoClipScaleArgs, max_norm) - 16usize];
-    ["Offset of field: KormoClipScaleArgs::_pad0"]
-        [::std::mem::offset_of!(KormoClipScaleArgs, _pad0) - 20usize];
+    [
+        "Size of KormoClipScaleArgs",
+    ][::std::mem::size_of::<KormoClipScaleArgs>() - 24usize];
+    [
+        "Alignment of KormoClipScaleArgs",
+    ][::std::mem::align_of::<KormoClipScaleArgs>() - 8usize];
+    [
+        "Offset of field: KormoClipScaleArgs::sumsq",
+    ][::std::mem::offset_of!(KormoClipScaleArgs, sumsq) - 0usize];
+    [
+        "Offset of field: KormoClipScaleArgs::clip_scale",
+    ][::std::mem::offset_of!(KormoClipScaleArgs, clip_scale) - 8usize];
+    [
+        "Offset of field: KormoClipScaleArgs::max_norm",
+    ][::std::mem::offset_of!(KormoClipScaleArgs, max_norm) - 16usize];
+    [
+        "Offset of field: KormoClipScaleArgs::_pad0",
+    ][::std::mem::offset_of!(KormoClipScaleArgs, _pad0) - 20usize];
 };
 pub const KormoDtype_KORMO_DTYPE_BF16: KormoDtype = 0;
 pub const KormoDtype_KORMO_DTYPE_F32: KormoDtype = 1;
@@ -556,20 +734,31 @@ pub struct KormoElementwiseArgs {
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of KormoElementwiseArgs"][::std::mem::size_of::<KormoElementwiseArgs>() - 40usize];
-    ["Alignment of KormoElementwiseArgs"][::std::mem::align_of::<KormoElementwiseArgs>() - 8usize];
-    ["Offset of field: KormoElementwiseArgs::dst"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, dst) - 0usize];
-    ["Offset of field: KormoElementwiseArgs::src"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, src) - 8usize];
-    ["Offset of field: KormoElementwiseArgs::n"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, n) - 16usize];
-    ["Offset of field: KormoElementwiseArgs::op"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, op) - 24usize];
-    ["Offset of field: KormoElementwiseArgs::dst_dtype"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, dst_dtype) - 28usize];
-    ["Offset of field: KormoElementwiseArgs::src_dtype"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, src_dtype) - 32usize];
-    ["Offset of field: KormoElementwiseArgs::value"]
-        [::std::mem::offset_of!(KormoElementwiseArgs, value) - 36usize];
+    [
+        "Size of KormoElementwiseArgs",
+    ][::std::mem::size_of::<KormoElementwiseArgs>() - 40usize];
+    [
+        "Alignment of KormoElementwiseArgs",
+    ][::std::mem::align_of::<KormoElementwiseArgs>() - 8usize];
+    [
+        "Offset of field: KormoElementwiseArgs::dst",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, dst) - 0usize];
+    [
+        "Offset of field: KormoElementwiseArgs::src",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, src) - 8usize];
+    [
+        "Offset of field: KormoElementwiseArgs::n",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, n) - 16usize];
+    [
+        "Offset of field: KormoElementwiseArgs::op",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, op) - 24usize];
+    [
+        "Offset of field: KormoElementwiseArgs::dst_dtype",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, dst_dtype) - 28usize];
+    [
+        "Offset of field: KormoElementwiseArgs::src_dtype",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, src_dtype) - 32usize];
+    [
+        "Offset of field: KormoElementwiseArgs::value",
+    ][::std::mem::offset_of!(KormoElementwiseArgs, value) - 36usize];
 };

@@ -2,8 +2,8 @@
 //!
 //! Run with KORMO_UPDATE_BINDINGS=1 to rewrite the checked-in file after editing the header.
 //! bindgen loads libclang at run time: the build's pinned libclang (LIBCLANG_PATH, see
-//! kormo_testdeps). Formatting goes through prettyplease (a crate, pinned by Cargo.lock), so the
-//! text does not depend on the rustfmt installed.
+//! kormo_testdeps). Formatting goes through prettyplease (a crate, pinned by Cargo.lock; bindgen's
+//! default would run whatever rustfmt is on PATH), so the text does not depend on the machine.
 
 const HEADER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cuda/include/kormo_kernels.h");
 const BINDINGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/bindings.rs");
@@ -21,12 +21,13 @@ fn generate() -> String {
         .derive_debug(true)
         .derive_copy(true)
         .derive_eq(true)
-        .layout_tests(true);
+        .layout_tests(true)
+        .formatter(bindgen::Formatter::Prettyplease);
     // bindgen panics when its search for libclang fails (only possible without LIBCLANG_PATH):
     // turn that into the one-line prerequisite failure.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let generated = std::panic::catch_unwind(move || builder.generate());
+    let generated = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || builder.generate()));
     std::panic::set_hook(default_hook);
     match generated {
         Ok(Ok(bindings)) => bindings.to_string(),

@@ -13,8 +13,9 @@ const HEADER: &str = include_str!("../../../cuda/include/kormo_kernels.h");
 /// One recorded fact: (C expression, expected value, label).
 fn recorded_facts() -> Vec<(String, u64, String)> {
     // bindgen writes e.g. ["Offset of field: KormoX::rows"][::std::mem::offset_of!(KormoX, rows) - 48usize];
-    // (the label and the expression may sit on two lines).
-    let text = BINDINGS.replace('\n', " ");
+    // which prettyplease spreads over lines as `[\n "label",\n ][...]`: compare with the
+    // whitespace collapsed and that layout undone.
+    let text = BINDINGS.split_whitespace().collect::<Vec<_>>().join(" ").replace("[ \"", "[\"").replace("\", ]", "\"]");
     let mut facts = Vec::new();
     for chunk in text.split("[\"").skip(1) {
         let Some((label, rest)) = chunk.split_once("\"]") else { continue };
