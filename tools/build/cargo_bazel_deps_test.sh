@@ -1,4 +1,5 @@
 #!/bin/bash
-# Runs check_cargo_bazel_deps.py from the runfiles root (where Cargo.toml and rust/*/ lie).
+# Runs check_cargo_bazel_deps.py from the runfiles root (where Cargo.toml and rust/*/ lie) with
+# the build's python3 (@test_python, given as $1).
 set -euo pipefail
-exec /usr/bin/python3 tools/build/check_cargo_bazel_deps.py
+exec "$1" tools/build/check_cargo_bazel_deps.py
