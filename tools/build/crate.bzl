@@ -19,6 +19,8 @@ defines, from the files that exist (as cargo discovers targets):
 Tests get the crate's own files (and configs/, tests/) as run-time data; integration tests also get
 CARGO_BIN_EXE_<bin> (runfiles-relative) and the binaries as data.
 Tests named in gpu_tests (stems; "unit" for the unit test) get the "gpu" tag (see rust.bzl).
+test_deps names what the crate's tests need from outside the repository (TEST_DEPS below): its
+pinned files become test data and an environment variable names them.
 //tools/build:cargo_bazel_deps_test checks deps/dev_deps against Cargo.toml.
 """
 
