@@ -38,10 +38,10 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 200)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy
-    #[arg(long, value_name = "T", default_value_t = 0.0)]
+    #[arg(long, value_name = "T", default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Nucleus sampling: smallest set of tokens with this much probability
-    #[arg(long, value_name = "P", default_value_t = 1.0)]
+    #[arg(long, value_name = "P", default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
