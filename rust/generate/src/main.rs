@@ -1,22 +1,66 @@
-//! `generate`: one prompt through a kormo model, tokens printed as they are produced.
+//! `generate`: one prompt through a kormo model, tokens printed as they are produced
+//! (`generate --help` lists every option).
 //!
-//! ```text
-//! generate --model RUN/sft/final --prompt "하늘은 무슨 색인가요?" --chat [--thinking on|off]
-//!          [--system TEXT] [--max-new-tokens 200] [--temperature 0] [--top-p 1.0] [--seed 0]
-//!          [--preset tiny] [--tokenizer PATH] [--max-context 4096] [--threads N]
-//! ```
 //! Without `--chat` the prompt is raw text after `<|BOS|>` (special tokens written in it are
 //! recognised). Temperature 0 is greedy decoding.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
 use kormo_generate::text::{chat_prompt, ChatTokens, StreamDecoder};
 use kormo_generate::{generate, open_model, Decoder, Limits, Sampler, StopReason, Strategy};
-use kormo_hf::cli::Args;
+use kormo_hf::cli::user_path;
+
+/// Runs one prompt through a kormo model and prints the tokens as they are produced (stats on
+/// stderr). Without --chat the prompt is raw text after <|BOS|>; temperature 0 is greedy.
+#[derive(Parser)]
+#[command(name = "generate", disable_version_flag = true, after_help = "\
+Examples:
+  generate --model runs/tiny/sft/final --prompt '하늘은 무슨 색인가요?' --chat
+  generate --model exports/kormo-tiny --prompt 'Once upon a time' --temperature 0.8 --top-p 0.9 --seed 1")]
+struct Cli {
+    /// A kormo checkpoint directory or a Hugging Face model folder
+    #[arg(long, value_name = "CHECKPOINT_OR_HF_FOLDER")]
+    model: PathBuf,
+    #[arg(long, value_name = "TEXT")]
+    prompt: String,
+    /// Wrap the prompt in the chat template (a user turn)
+    #[arg(long)]
+    chat: bool,
+    /// Chat only: let the model think first: on | off
+    #[arg(long, value_name = "on|off", default_value = "off")]
+    thinking: String,
+    /// Chat only: a system turn before the prompt
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy
+    #[arg(long, value_name = "T", default_value_t = 0.0, allow_negative_numbers = true)]
+    temperature: f32,
+    /// Nucleus sampling: smallest set of tokens with this much probability
+    #[arg(long, value_name = "P", default_value_t = 1.0, allow_negative_numbers = true)]
+    top_p: f32,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Architecture of a kormo checkpoint (which records none): tiny | proxy-1b | kormo-10.8b
+    #[arg(long, value_name = "NAME", default_value = "tiny")]
+    preset: String,
+    /// tokenizer.json [default: the one next to the model]
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// Stop when prompt + generated tokens reach N
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_context: usize,
+    /// CPU threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
 
 fn main() -> ExitCode {
-    match Args::parse(std::env::args().skip(1), &["chat", "help"]).and_then(run) {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("generate: {message}");
@@ -25,28 +69,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(mut args: Args) -> Result<(), String> {
-    if args.flag("help")? {
-        println!("usage: generate --model CHECKPOINT_OR_HF_FOLDER --prompt TEXT [--chat] [--thinking on|off] [--system TEXT]\n                [--max-new-tokens 200] [--temperature 0] [--top-p 1.0] [--seed 0] [--preset tiny]\n                [--tokenizer PATH] [--max-context 4096] [--threads N]");
-        return Ok(());
-    }
-    let model = args.required_path("model")?;
-    let prompt = args.required("prompt")?;
-    let chat = args.flag("chat")?;
-    let thinking = match args.take("thinking")?.as_deref() {
-        None | Some("off") => false,
-        Some("on") => true,
-        Some(other) => return Err(format!("--thinking: `{other}` is not on or off")),
+fn run(cli: Cli) -> Result<(), String> {
+    let model = user_path(&cli.model);
+    let prompt = cli.prompt;
+    let chat = cli.chat;
+    let thinking = match cli.thinking.as_str() {
+        "off" => false,
+        "on" => true,
+        other => return Err(format!("--thinking: `{other}` is not on or off")),
     };
-    let system = args.take("system")?;
-    let max_new_tokens = args.parsed("max-new-tokens", 200usize)?;
-    let strategy = Strategy::new(args.parsed("temperature", 0.0f32)?, args.parsed("top-p", 1.0f32)?)?;
-    let seed = args.parsed("seed", 0u64)?;
-    let preset = args.take("preset")?.unwrap_or_else(|| "tiny".into());
-    let tokenizer_path = args.path("tokenizer")?;
-    let max_context = args.parsed("max-context", 4096usize)?;
-    let threads = args.parsed("threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))?;
-    args.finish()?;
+    let system = cli.system;
+    let max_new_tokens = cli.max_new_tokens;
+    let strategy = Strategy::new(cli.temperature, cli.top_p)?;
+    let seed = cli.seed;
+    let preset = cli.preset;
+    let tokenizer_path = cli.tokenizer.as_deref().map(user_path);
+    let max_context = cli.max_context;
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     if !chat && (system.is_some() || thinking) {
         return Err("--system and --thinking apply to --chat prompts".into());
     }

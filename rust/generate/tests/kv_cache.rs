@@ -158,7 +158,12 @@ fn generate_binary_streams_text_and_rejects_bad_input() {
     fail(&["--model", path, "--prompt", "x", "--thinking", "maybe"], "--thinking");
     fail(&["--model", path, "--prompt", "x", "--preset", "proxy-1b"], "model.safetensors");
     fail(&["--model", path, "--prompt", "x", "--max-context", "2"], "context limit");
-    fail(&["--model", path], "--prompt");
-    fail(&["--model", path, "--prompt", "x", "--bogus", "1"], "--bogus");
+    // Usage mistakes are clap's: exit code 2, the usage line.
+    for (args, expected) in [(vec!["--model", path], "--prompt <TEXT>"), (vec!["--model", path, "--prompt", "x", "--bogus", "1"], "'--bogus'")] {
+        let out = Command::new(bin).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(expected) && stderr.contains("Usage: generate"), "{args:?}: {stderr}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,40 +1,103 @@
-//! `hf`: Hugging Face interop from the command line.
+//! `hf`: Hugging Face interop from the command line (`hf --help`, `hf <command> --help`).
 //!
-//! ```text
-//! hf export --model RUN/sft/final --out OUT [--flavor kormo|llama] [--dtype bf16|f32]
-//!           [--shard-size 5GB] [--max-positions 4096] [--preset tiny] [--tokenizer PATH]
-//! hf import --folder HF_FOLDER --out RUN/STAGE/final
-//! hf logits --model CHECKPOINT_OR_HF_FOLDER --tokens 1,2,3 --out reference.json [--preset tiny]
-//! ```
 //! `export` reads a kormo checkpoint (or an HF folder, to convert between flavours) and writes a
 //! model folder; `import` writes an HF folder's weights as a kormo checkpoint (model weights
 //! only, step 0), which a stage whose `init` names that stage starts from; `logits` writes kormo's
 //! own logits for a token sequence (`{"tokens", "logits"}`), the reference that
 //! tools/hf_transformers_check.py compares transformers against.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use kormo_hf::cli::{parse_bytes, preset, Args};
+use clap::{Parser, Subcommand};
+use kormo_hf::cli::{parse_bytes, preset, user_path};
 use kormo_hf::{vocab, ExportDtype, ExportOptions, Flavor};
 
-const USAGE: &str = "usage:
-  hf export --model CHECKPOINT_OR_HF_FOLDER --out DIR [--flavor kormo|llama] [--dtype bf16|f32]
-            [--shard-size 5GB] [--max-positions 4096] [--preset tiny|proxy-1b|kormo-10.8b] [--tokenizer PATH]
-  hf import --folder HF_FOLDER --out CHECKPOINT_DIR
-  hf logits --model CHECKPOINT_OR_HF_FOLDER --tokens 1,2,3 --out reference.json [--preset tiny]";
+/// Hugging Face interop: export kormo checkpoints as HF model folders, import HF folders as
+/// kormo checkpoints, and write kormo's logits as a reference for transformers.
+#[derive(Parser)]
+#[command(name = "hf", disable_version_flag = true, after_help = "\
+Examples:
+  hf export --model runs/tiny/sft/final --out exports/kormo-tiny --flavor llama --dtype f32
+  hf import --folder exports/kormo-tiny --out runs/tiny/import/final
+  hf logits --model exports/kormo-tiny --tokens 1,2,3 --out reference.json")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Writes a kormo checkpoint (or an HF folder) as a Hugging Face model folder
+    Export(ExportArgs),
+    /// Writes an HF folder's weights as a kormo checkpoint (model weights only, step 0)
+    Import(ImportArgs),
+    /// Writes kormo's logits for a token sequence as JSON {"tokens", "logits"}
+    Logits(LogitsArgs),
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  hf export --model runs/tiny/sft/final --out exports/kormo-tiny --flavor llama --dtype f32")]
+struct ExportArgs {
+    /// A kormo checkpoint directory or an HF model folder
+    #[arg(long, value_name = "CHECKPOINT_OR_HF_FOLDER")]
+    model: PathBuf,
+    /// The model folder written
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Tensor naming: kormo | llama
+    #[arg(long, value_name = "NAME", default_value = "kormo")]
+    flavor: String,
+    /// Weight dtype: bf16 | f32
+    #[arg(long, value_name = "DTYPE", default_value = "bf16")]
+    dtype: String,
+    /// Largest weight file, e.g. 5GB, 500MB, 2GiB
+    #[arg(long, value_name = "SIZE", default_value = "5GB")]
+    shard_size: String,
+    /// max_position_embeddings written to config.json
+    #[arg(long, value_name = "N", default_value_t = ExportOptions::default().max_positions)]
+    max_positions: usize,
+    /// Architecture of a kormo checkpoint (which records none): tiny | proxy-1b | kormo-10.8b
+    #[arg(long, value_name = "NAME", default_value = "tiny")]
+    preset: String,
+    /// tokenizer.json to ship [default: the one next to the model, else a byte vocabulary]
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  hf import --folder exports/kormo-tiny --out runs/tiny/import/final")]
+struct ImportArgs {
+    /// A Hugging Face model folder (KORMo or Llama naming)
+    #[arg(long, value_name = "HF_FOLDER")]
+    folder: PathBuf,
+    /// The checkpoint directory written
+    #[arg(long, value_name = "CHECKPOINT_DIR")]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  hf logits --model exports/kormo-tiny --tokens 1,2,3 --out reference.json")]
+struct LogitsArgs {
+    /// A kormo checkpoint directory or an HF model folder
+    #[arg(long, value_name = "CHECKPOINT_OR_HF_FOLDER")]
+    model: PathBuf,
+    /// Token ids, comma-separated
+    #[arg(long, value_name = "IDS")]
+    tokens: String,
+    /// The JSON file written
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Architecture of a kormo checkpoint: tiny | proxy-1b | kormo-10.8b
+    #[arg(long, value_name = "NAME", default_value = "tiny")]
+    preset: String,
+}
 
 fn main() -> ExitCode {
-    let mut argv = std::env::args().skip(1);
-    let result = match argv.next().as_deref() {
-        Some("export") => Args::parse(argv, &[]).and_then(export),
-        Some("import") => Args::parse(argv, &[]).and_then(import),
-        Some("logits") => Args::parse(argv, &[]).and_then(logits),
-        Some("--help") | Some("-h") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => Err(format!("expected a command\n{USAGE}")),
+    let result = match Cli::parse().command {
+        Cmd::Export(a) => export(a),
+        Cmd::Import(a) => import(a),
+        Cmd::Logits(a) => logits(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,21 +108,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn export(mut args: Args) -> Result<(), String> {
-    let model_path = args.required_path("model")?;
-    let out = args.required_path("out")?;
-    let flavor_name = args.take("flavor")?.unwrap_or_else(|| "kormo".into());
-    let flavor = Flavor::parse(&flavor_name).ok_or(format!("--flavor: `{flavor_name}` is not kormo or llama"))?;
-    let dtype_name = args.take("dtype")?.unwrap_or_else(|| "bf16".into());
+fn export(a: ExportArgs) -> Result<(), String> {
+    let model_path = user_path(&a.model);
+    let out = user_path(&a.out);
+    let flavor = Flavor::parse(&a.flavor).ok_or(format!("--flavor: `{}` is not kormo or llama", a.flavor))?;
+    let dtype_name = a.dtype;
     let dtype = ExportDtype::parse(&dtype_name).ok_or(format!("--dtype: `{dtype_name}` is not bf16 or f32"))?;
-    let max_shard_bytes = match args.take("shard-size")? {
-        None => ExportOptions::default().max_shard_bytes,
-        Some(text) => parse_bytes(&text).filter(|&b| b > 0).ok_or(format!("--shard-size: `{text}` is not a size like 5GB"))?,
-    };
-    let max_positions = args.parsed("max-positions", ExportOptions::default().max_positions)?;
-    let base = preset(&args.take("preset")?.unwrap_or_else(|| "tiny".into()))?;
-    let tokenizer_path = args.path("tokenizer")?;
-    args.finish()?;
+    let max_shard_bytes =
+        parse_bytes(&a.shard_size).filter(|&b| b > 0).ok_or(format!("--shard-size: `{}` is not a size like 5GB", a.shard_size))?;
+    let max_positions = a.max_positions;
+    let base = preset(&a.preset)?;
+    let tokenizer_path = a.tokenizer.as_deref().map(user_path);
 
     let weights = kormo_hf::load_model(&model_path, &base).map_err(|e| e.to_string())?;
     let tokenizer = vocab::find_tokenizer(tokenizer_path.as_deref(), &model_path, weights.config.vocab).map_err(|e| e.to_string())?;
@@ -85,10 +144,9 @@ fn describe(source: &vocab::TokenizerSource) -> String {
     }
 }
 
-fn import(mut args: Args) -> Result<(), String> {
-    let folder = args.required_path("folder")?;
-    let out = args.required_path("out")?;
-    args.finish()?;
+fn import(a: ImportArgs) -> Result<(), String> {
+    let folder = user_path(&a.folder);
+    let out = user_path(&a.out);
     let weights = kormo_hf::load_hf_folder(&folder).map_err(|e| e.to_string())?;
     write_checkpoint(&weights, &folder, &out)?;
     println!(
@@ -122,13 +180,11 @@ fn write_checkpoint(weights: &kormo_hf::Weights, folder: &Path, out: &Path) -> R
     Ok(())
 }
 
-fn logits(mut args: Args) -> Result<(), String> {
-    let model_path = args.required_path("model")?;
-    let tokens_text = args.required("tokens")?;
-    let out = args.required_path("out")?;
-    let base = preset(&args.take("preset")?.unwrap_or_else(|| "tiny".into()))?;
-    args.finish()?;
-    let tokens: Vec<u32> = tokens_text
+fn logits(a: LogitsArgs) -> Result<(), String> {
+    let model_path = user_path(&a.model);
+    let out = user_path(&a.out);
+    let base = preset(&a.preset)?;
+    let tokens: Vec<u32> = a.tokens
         .split(',')
         .map(|t| t.trim().parse().map_err(|_| format!("--tokens: `{t}` is not a token id")))
         .collect::<Result<_, _>>()?;

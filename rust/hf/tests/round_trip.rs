@@ -163,11 +163,18 @@ fn hf_binary_exports_a_checkpoint_and_imports_it_back() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("99999"));
 
-    // Bad command lines are errors, not panics.
-    for args in [vec!["export"], vec!["export", "--model", "/nonexistent", "--out", "x"], vec!["import", "--folder"], vec!["frobnicate"]] {
+    // Bad command lines are errors, not panics: usage mistakes exit 2 with clap's message,
+    // failures of a well-formed command exit 1 naming what failed.
+    for (args, code, prefix) in [
+        (vec!["export"], 2, "error: the following required arguments were not provided"),
+        (vec!["export", "--model", "/nonexistent", "--out", "x"], 1, "hf: "),
+        (vec!["import", "--folder"], 2, "error: a value is required for '--folder"),
+        (vec!["frobnicate"], 2, "error: unrecognized subcommand 'frobnicate'"),
+    ] {
         let result = Command::new(hf).args(&args).output().unwrap();
-        assert_eq!(result.status.code(), Some(1), "{args:?}");
-        assert!(String::from_utf8_lossy(&result.stderr).starts_with("hf: "), "{args:?}");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.starts_with(prefix), "{args:?}: {stderr}");
     }
     std::fs::remove_dir_all(&root).unwrap();
 }

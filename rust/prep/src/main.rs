@@ -1,31 +1,111 @@
-//! `prepare`: kormo's data preparation CLI (pipeline in kormo_prep::pipeline).
+//! `prepare`: kormo's data preparation CLI (pipeline in kormo_prep::pipeline); `prepare --help`
+//! and `prepare <command> --help` describe every option.
 //!
-//! ```text
-//! prepare run --source NAME=PATH[,PATH...] [--source ...] --out DIR
-//!             [--config prep.toml] [--tokenizer tokenizer.json] [--threads N] [--max-files N]
-//! prepare quality-train --positive PATH[,PATH...] --negative PATH[,PATH...] --out MODEL
-//!             [--epochs 5] [--dim 16] [--buckets 262144] [--learning-rate 0.5] [--seed 0] [--text-field text]
-//! prepare quality-predict --model MODEL [--text-field text] PATH...
-//! ```
 //! A PATH is a file or a directory (every file below it); formats as in
 //! kormo_tokenizer::documents (JSONL with a text field, HTML, blank-line separated text).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source};
 use kormo_prep::quality::{QualityModel, TrainSettings};
 use kormo_tokenizer::documents::{expand_path, read_documents};
 
+/// Prepares training data: cleans, filters and deduplicates documents, tokenizes them into
+/// shards, and trains/applies the document quality classifier.
+#[derive(Parser)]
+#[command(name = "prepare", disable_version_flag = true, after_help = "\
+Examples:
+  prepare run --source web=raw/web --source code=a.jsonl,b.jsonl --out prepared --threads 8
+  prepare quality-train --positive good/ --negative spam/ --out quality.kqc
+  prepare quality-predict --model quality.kqc docs.jsonl")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs the pipeline over named sources and writes shards and report.json to --out
+    Run(RunArgs),
+    /// Trains the quality classifier on positive and negative documents
+    QualityTrain(QualityTrainArgs),
+    /// Prints one JSON line {"file", "document", "score"} per document
+    QualityPredict(QualityPredictArgs),
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  prepare run --source web=raw/web --source code=a.jsonl,b.jsonl --out prepared --threads 8")]
+struct RunArgs {
+    /// A source: NAME=PATH[,PATH...] (repeat for several; at least one)
+    #[arg(long, value_name = "NAME=PATHS")]
+    source: Vec<String>,
+    /// Output directory
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Pipeline config (TOML) [default: built-in defaults]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Tokenizer file (overrides the config's)
+    #[arg(long, value_name = "FILE")]
+    tokenizer: Option<String>,
+    /// Worker threads [default: the config's `threads`; 0 or unset: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Stop after N input files (an interrupted run; rerunning the command continues it)
+    #[arg(long, value_name = "N")]
+    max_files: Option<usize>,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  prepare quality-train --positive good/ --negative spam/ --out quality.kqc")]
+struct QualityTrainArgs {
+    /// Good documents: PATH[,PATH...]
+    #[arg(long, value_name = "PATHS")]
+    positive: String,
+    /// Bad documents: PATH[,PATH...]
+    #[arg(long, value_name = "PATHS")]
+    negative: String,
+    /// Where the model is written
+    #[arg(long, value_name = "MODEL")]
+    out: PathBuf,
+    #[arg(long, value_name = "N", default_value_t = TrainSettings::default().epochs)]
+    epochs: usize,
+    /// Embedding dimension
+    #[arg(long, value_name = "N", default_value_t = TrainSettings::default().dim)]
+    dim: usize,
+    /// Hashed n-gram buckets
+    #[arg(long, value_name = "N", default_value_t = TrainSettings::default().buckets)]
+    buckets: usize,
+    #[arg(long, value_name = "RATE", default_value_t = TrainSettings::default().learning_rate)]
+    learning_rate: f32,
+    #[arg(long, value_name = "N", default_value_t = TrainSettings::default().seed)]
+    seed: u64,
+    /// JSONL field that holds the text
+    #[arg(long, value_name = "NAME", default_value = "text")]
+    text_field: String,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  prepare quality-predict --model quality.kqc docs.jsonl")]
+struct QualityPredictArgs {
+    /// A model written by quality-train
+    #[arg(long, value_name = "MODEL")]
+    model: PathBuf,
+    /// JSONL field that holds the text
+    #[arg(long, value_name = "NAME", default_value = "text")]
+    text_field: String,
+    /// Files or directories to score
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("run") => cmd_run(&args[1..]),
-        Some("quality-train") => cmd_quality_train(&args[1..]),
-        Some("quality-predict") => cmd_quality_predict(&args[1..]),
-        _ => Err(
-            "usage: prepare run|quality-train|quality-predict ... (see the source header)".into(),
-        ),
+    let result = match Cli::parse().command {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::QualityTrain(a) => cmd_quality_train(a),
+        Cmd::QualityPredict(a) => cmd_quality_predict(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -36,44 +116,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--name value` pairs, in order (a flag may repeat).
-type Flags = Vec<(String, String)>;
-
-/// Flags and positional arguments.
-fn parse(args: &[String]) -> Result<(Flags, Vec<String>), String> {
-    let (mut flags, mut positional) = (Vec::new(), Vec::new());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.strip_prefix("--") {
-            Some(name) => flags.push((
-                name.to_owned(),
-                it.next().ok_or(format!("--{name} needs a value"))?.clone(),
-            )),
-            None => positional.push(a.clone()),
-        }
-    }
-    Ok((flags, positional))
-}
-
-fn get<'a>(flags: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    flags
-        .iter()
-        .rev()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.as_str())
-}
-
-fn number<T: std::str::FromStr>(
-    flags: &[(String, String)],
-    name: &str,
-    default: T,
-) -> Result<T, String> {
-    get(flags, name).map_or(Ok(default), |v| {
-        v.parse()
-            .map_err(|_| format!("--{name}: {v:?} is not a valid number"))
-    })
-}
-
 fn files_of(list: &str) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for p in list.split(',') {
@@ -82,22 +124,18 @@ fn files_of(list: &str) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
-fn cmd_run(args: &[String]) -> Result<(), String> {
-    let (flags, positional) = parse(args)?;
-    if let Some(p) = positional.first() {
-        return Err(format!("unexpected argument {p:?}"));
-    }
-    let mut config = match get(&flags, "config") {
-        Some(path) => PrepConfig::load(Path::new(path))?,
+fn cmd_run(a: RunArgs) -> Result<(), String> {
+    let mut config = match &a.config {
+        Some(path) => PrepConfig::load(path)?,
         None => PrepConfig::default(),
     };
-    if let Some(t) = get(&flags, "tokenizer") {
-        config.tokenizer = t.to_owned();
+    if let Some(t) = a.tokenizer {
+        config.tokenizer = t;
     }
-    config.threads = number(&flags, "threads", config.threads)?;
-    let out = PathBuf::from(get(&flags, "out").ok_or("run needs --out DIR")?);
+    config.threads = a.threads.unwrap_or(config.threads);
+    let out = a.out;
     let mut sources = Vec::new();
-    for (_, spec) in flags.iter().filter(|(n, _)| n == "source") {
+    for spec in &a.source {
         let (name, paths) = spec
             .split_once('=')
             .ok_or(format!("--source {spec:?}: expected NAME=PATH[,PATH...]"))?;
@@ -110,9 +148,7 @@ fn cmd_run(args: &[String]) -> Result<(), String> {
         return Err("run needs at least one --source NAME=PATH[,PATH...]".into());
     }
     let limits = RunLimits {
-        max_files: get(&flags, "max-files")
-            .map(|v| v.parse().map_err(|_| format!("--max-files: {v:?}")))
-            .transpose()?,
+        max_files: a.max_files,
     };
     let counts = run(&config, &sources, &out, limits)?;
     println!(
@@ -135,25 +171,15 @@ fn read_all(files: &[PathBuf], field: &str) -> Vec<String> {
     docs
 }
 
-fn cmd_quality_train(args: &[String]) -> Result<(), String> {
-    let (flags, _) = parse(args)?;
-    let field = get(&flags, "text-field").unwrap_or("text");
-    let positive = read_all(
-        &files_of(get(&flags, "positive").ok_or("quality-train needs --positive")?)?,
-        field,
-    );
-    let negative = read_all(
-        &files_of(get(&flags, "negative").ok_or("quality-train needs --negative")?)?,
-        field,
-    );
-    let out = get(&flags, "out").ok_or("quality-train needs --out MODEL")?;
-    let d = TrainSettings::default();
+fn cmd_quality_train(a: QualityTrainArgs) -> Result<(), String> {
+    let positive = read_all(&files_of(&a.positive)?, &a.text_field);
+    let negative = read_all(&files_of(&a.negative)?, &a.text_field);
     let settings = TrainSettings {
-        buckets: number(&flags, "buckets", d.buckets)?,
-        dim: number(&flags, "dim", d.dim)?,
-        epochs: number(&flags, "epochs", d.epochs)?,
-        learning_rate: number(&flags, "learning-rate", d.learning_rate)?,
-        seed: number(&flags, "seed", d.seed)?,
+        buckets: a.buckets,
+        dim: a.dim,
+        epochs: a.epochs,
+        learning_rate: a.learning_rate,
+        seed: a.seed,
     };
     let examples: Vec<(&str, bool)> = positive
         .iter()
@@ -171,17 +197,14 @@ fn cmd_quality_train(args: &[String]) -> Result<(), String> {
         negative.len(),
         correct as f64 / examples.len() as f64
     );
-    model.save(Path::new(out))
+    model.save(&a.out)
 }
 
-fn cmd_quality_predict(args: &[String]) -> Result<(), String> {
-    let (flags, positional) = parse(args)?;
-    let model = QualityModel::load(Path::new(
-        get(&flags, "model").ok_or("quality-predict needs --model")?,
-    ))?;
-    let field = get(&flags, "text-field").unwrap_or("text");
-    for p in positional {
-        for f in expand_path(Path::new(&p))? {
+fn cmd_quality_predict(a: QualityPredictArgs) -> Result<(), String> {
+    let model = QualityModel::load(&a.model)?;
+    let field = a.text_field.as_str();
+    for p in &a.paths {
+        for f in expand_path(p)? {
             for (i, d) in read_documents(&f, field).enumerate() {
                 match d {
                     Ok(t) => println!(

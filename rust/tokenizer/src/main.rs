@@ -1,13 +1,6 @@
-//! `kormo-tokenizer`: train, use and benchmark kormo's byte-level BPE tokenizer.
+//! `kormo-tokenizer`: train, use and benchmark kormo's byte-level BPE tokenizer
+//! (`kormo-tokenizer --help` and `kormo-tokenizer <command> --help` list every option).
 //!
-//! ```text
-//! kormo-tokenizer train --source NAME=WEIGHT:PATH[,PATH...] [--source ...] --out DIR
-//!                       [--vocab-size 125000] [--min-frequency 2] [--threads N]
-//!                       [--max-words 8000000] [--text-field text]
-//! kormo-tokenizer encode --tokenizer FILE [--json]     (stdin text -> ids)
-//! kormo-tokenizer bench --tokenizer FILE [--threads N] FILE...
-//! kormo-tokenizer extract-html --out FILE DIR...       (HTML docs -> plain text corpus)
-//! ```
 //! A PATH may be a file or a directory (all files below it, sorted). Progress with rate
 //! and ETA goes to stderr; results to stdout.
 
@@ -16,21 +9,108 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::{Parser, Subcommand};
 use kormo_tokenizer::documents::{expand_path, read_documents};
 use kormo_tokenizer::train::{count_documents, train, weighted_counts, TrainConfig, WordCounts};
 use kormo_tokenizer::{corpus, hf, Tokenizer};
 
+/// Trains, applies and benchmarks kormo's byte-level BPE tokenizer (Hugging Face
+/// tokenizer.json format).
+#[derive(Parser)]
+#[command(name = "kormo-tokenizer", disable_version_flag = true, after_help = "\
+Examples:
+  kormo-tokenizer train --source en=1.0:corpus/en --source ko=1.5:ko.jsonl --out tok --vocab-size 32000
+  echo '안녕하세요' | kormo-tokenizer encode --tokenizer tok/tokenizer.json --json
+  kormo-tokenizer bench --tokenizer tok/tokenizer.json --threads 8 corpus/en/part-0.jsonl
+  kormo-tokenizer extract-html --out corpus/docs.txt site/")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Trains a tokenizer from weighted sources and writes DIR/tokenizer.json
+    Train(TrainArgs),
+    /// Encodes stdin text and prints the token ids
+    Encode(EncodeArgs),
+    /// Encode throughput per input file: one thread, then --threads threads
+    Bench(BenchArgs),
+    /// Extracts the plain text of HTML documents into one corpus file
+    ExtractHtml(ExtractHtmlArgs),
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  kormo-tokenizer train --source en=1.0:corpus/en --source ko=1.5:ko.jsonl --out tok --vocab-size 32000")]
+struct TrainArgs {
+    /// A source: NAME=WEIGHT:PATH[,PATH...] (repeat for several; at least one)
+    #[arg(long, value_name = "NAME=WEIGHT:PATHS")]
+    source: Vec<String>,
+    /// Output directory
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Vocabulary size, special tokens included
+    #[arg(long, value_name = "N", default_value_t = 125_000)]
+    vocab_size: usize,
+    /// Pairs seen fewer times are not merged
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    min_frequency: u64,
+    /// Counting threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Distinct pre-tokens kept per source (the rarest are pruned beyond it)
+    #[arg(long, value_name = "N", default_value_t = 8_000_000)]
+    max_words: usize,
+    /// JSONL field that holds the text
+    #[arg(long, value_name = "NAME", default_value = "text")]
+    text_field: String,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  echo '안녕하세요' | kormo-tokenizer encode --tokenizer tok/tokenizer.json --json")]
+struct EncodeArgs {
+    /// tokenizer.json
+    #[arg(long, value_name = "FILE")]
+    tokenizer: PathBuf,
+    /// Print a JSON array instead of space-separated ids
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  kormo-tokenizer bench --tokenizer tok/tokenizer.json --threads 8 corpus/en/part-0.jsonl")]
+struct BenchArgs {
+    /// tokenizer.json
+    #[arg(long, value_name = "FILE")]
+    tokenizer: PathBuf,
+    /// Threads of the second measurement [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Best of N runs
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    repeats: usize,
+    /// Input files (JSONL with a text field, or text)
+    #[arg(value_name = "FILE")]
+    files: Vec<String>,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Example:\n  kormo-tokenizer extract-html --out corpus/docs.txt site/")]
+struct ExtractHtmlArgs {
+    /// The text file written
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Directories searched for .html/.htm files
+    #[arg(value_name = "DIR")]
+    dirs: Vec<PathBuf>,
+}
+
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("train") => cmd_train(&args[1..]),
-        Some("encode") => cmd_encode(&args[1..]),
-        Some("bench") => cmd_bench(&args[1..]),
-        Some("extract-html") => cmd_extract_html(&args[1..]),
-        _ => Err(
-            "usage: kormo-tokenizer train|encode|bench|extract-html ... (see the source header)"
-                .to_string(),
-        ),
+    let result = match Cli::parse().command {
+        Cmd::Train(a) => cmd_train(a),
+        Cmd::Encode(a) => cmd_encode(a),
+        Cmd::Bench(a) => cmd_bench(a),
+        Cmd::ExtractHtml(a) => cmd_extract_html(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -41,75 +121,20 @@ fn main() -> ExitCode {
     }
 }
 
-/// Flag values and positional arguments.
-struct Args {
-    flags: Vec<(String, String)>,
-    positional: Vec<String>,
-}
-
-impl Args {
-    fn parse(args: &[String], switches: &[&str]) -> Result<Args, String> {
-        let mut flags = Vec::new();
-        let mut positional = Vec::new();
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            if let Some(name) = a.strip_prefix("--") {
-                if switches.contains(&name) {
-                    flags.push((name.to_owned(), String::new()));
-                } else {
-                    let v = it.next().ok_or(format!("--{name} needs a value"))?;
-                    flags.push((name.to_owned(), v.clone()));
-                }
-            } else {
-                positional.push(a.clone());
-            }
-        }
-        Ok(Args { flags, positional })
-    }
-
-    fn all(&self, name: &str) -> Vec<&str> {
-        self.flags
-            .iter()
-            .filter(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-            .collect()
-    }
-
-    fn get(&self, name: &str) -> Option<&str> {
-        self.all(name).last().copied()
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.flags.iter().any(|(n, _)| n == name)
-    }
-
-    fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, String> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse()
-                .map_err(|_| format!("--{name}: {v:?} is not a valid number")),
-        }
-    }
-}
-
 fn default_threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
 }
 
-fn cmd_train(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &[])?;
-    let out = PathBuf::from(a.get("out").ok_or("train needs --out DIR")?);
-    let vocab_size: usize = a.number("vocab-size", 125_000)?;
-    let threads: usize = a.number("threads", default_threads())?;
-    let max_words: usize = a.number("max-words", 8_000_000)?;
-    let text_field = a.get("text-field").unwrap_or("text").to_owned();
-    let mut config = TrainConfig::kormo(vocab_size);
-    config.min_frequency = a.number("min-frequency", 2)?;
+fn cmd_train(a: TrainArgs) -> Result<(), String> {
+    let out = a.out;
+    let threads = a.threads.unwrap_or_else(default_threads);
+    let text_field = a.text_field;
+    let mut config = TrainConfig::kormo(a.vocab_size);
+    config.min_frequency = a.min_frequency;
     config.progress = true;
-    let sources = a.all("source");
+    let sources = &a.source;
     if sources.is_empty() {
         return Err("train needs at least one --source NAME=WEIGHT:PATH[,PATH...]".into());
     }
@@ -129,7 +154,7 @@ fn cmd_train(args: &[String]) -> Result<(), String> {
         for p in paths.split(',') {
             files.extend(expand_path(Path::new(p))?);
         }
-        let counts = count_source(name, &files, &text_field, &config, threads, max_words);
+        let counts = count_source(name, &files, &text_field, &config, threads, a.max_words);
         eprintln!(
             "source {name}: {} files, {:.1} MB, {} distinct pre-tokens{}",
             files.len(),
@@ -214,18 +239,14 @@ fn count_source(
     counts
 }
 
-fn cmd_encode(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &["json"])?;
-    let tok = hf::load(Path::new(
-        a.get("tokenizer").ok_or("encode needs --tokenizer FILE")?,
-    ))
-    .map_err(|e| e.to_string())?;
+fn cmd_encode(a: EncodeArgs) -> Result<(), String> {
+    let tok = hf::load(&a.tokenizer).map_err(|e| e.to_string())?;
     let mut text = String::new();
     std::io::stdin()
         .read_to_string(&mut text)
         .map_err(|e| format!("stdin: {e}"))?;
     let ids = tok.encode(&text);
-    let line = if a.has("json") {
+    let line = if a.json {
         serde_json::to_string(&ids).expect("ids serialize")
     } else {
         ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ")
@@ -234,15 +255,11 @@ fn cmd_encode(args: &[String]) -> Result<(), String> {
 }
 
 /// Encode throughput per input file: one thread, then `--threads` threads over its documents.
-fn cmd_bench(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &[])?;
-    let tok: Tokenizer = hf::load(Path::new(
-        a.get("tokenizer").ok_or("bench needs --tokenizer FILE")?,
-    ))
-    .map_err(|e| e.to_string())?;
-    let threads: usize = a.number("threads", default_threads())?;
-    let repeats: usize = a.number("repeats", 3)?;
-    for file in &a.positional {
+fn cmd_bench(a: BenchArgs) -> Result<(), String> {
+    let tok: Tokenizer = hf::load(&a.tokenizer).map_err(|e| e.to_string())?;
+    let threads = a.threads.unwrap_or_else(default_threads);
+    let repeats = a.repeats;
+    for file in &a.files {
         let docs: Vec<String> = read_documents(Path::new(file), "text")
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
@@ -272,12 +289,11 @@ fn cmd_bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn cmd_extract_html(args: &[String]) -> Result<(), String> {
-    let a = Args::parse(args, &[])?;
-    let out = a.get("out").ok_or("extract-html needs --out FILE")?;
+fn cmd_extract_html(a: ExtractHtmlArgs) -> Result<(), String> {
+    let out = a.out.display();
     let mut text = String::new();
-    for dir in &a.positional {
-        for f in expand_path(Path::new(dir))? {
+    for dir in &a.dirs {
+        for f in expand_path(dir)? {
             let name = f.to_string_lossy();
             if name.ends_with(".html") || name.ends_with(".htm") {
                 let html = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -286,7 +302,7 @@ fn cmd_extract_html(args: &[String]) -> Result<(), String> {
             }
         }
     }
-    std::fs::write(out, &text).map_err(|e| format!("{out}: {e}"))?;
+    std::fs::write(&a.out, &text).map_err(|e| format!("{out}: {e}"))?;
     eprintln!("{out}: {:.2} MB of text", text.len() as f64 / 1e6);
     Ok(())
 }

@@ -1,78 +1,109 @@
-//! Command-line options of `train`, parsed by hand (no argument-parsing dependency).
+//! Command-line options of `train`, parsed with clap (`Options` is the parsed command line).
 //!
 //! `--key=value` and `--key value` are both accepted. Relative paths are taken relative to the
 //! directory the user ran the command from: under `bazel run` that is `BUILD_WORKING_DIRECTORY`
 //! (Bazel runs the binary inside its runfiles tree), otherwise the current directory.
 
 use crate::backend::BackendChoice;
+use crate::launch::Launcher;
 use crate::recipe::Recipe;
+use clap::builder::RangedU64ValueParser;
+use clap::{CommandFactory, Parser};
 use std::path::{Path, PathBuf};
 
-pub const USAGE: &str = "\
-usage: train --stage=STAGE [options]
-
+const ABOUT: &str = "\
 Runs one stage of a KORMo training recipe (configs/*.toml) and writes metrics and checkpoints
 to RUN_DIR/STAGE/. Stages run in order pretrain1, pretrain2, midtrain (long_context, then
-reasoning), sft; each starts from the previous stage's final checkpoint.
+reasoning), sft; each starts from the previous stage's final checkpoint.";
 
-options:
-  --stage=NAME        pretrain1 | pretrain2 | midtrain | sft (required)
-  --config=RECIPE     recipe file, or a preset name: tiny (built in, default), proxy-1b,
-                      kormo-10.8b (configs/<name>.toml)
-  --run-dir=DIR       where checkpoints, metrics and generated data go (default ./runs/<recipe>)
-  --max-steps=N       cap every phase at N optimizer steps (the LR schedule spans the capped length)
-  --stop-after=N      stop after N steps of this invocation, saving a checkpoint; continue later
-                      with --resume
-  --seed=N            override the recipe's seed (model init and data order)
-  --resume            continue from the newest checkpoint in RUN_DIR/STAGE/checkpoints
-  --backend=NAME      auto (default: cuda when a usable GPU is present, else cpu) | cpu | cuda
-  --threads=N         CPU threads (default: all cores; split between ranks)
-  --init-hf=FOLDER    start the stage from a Hugging Face model folder (KORMo or Llama
-                      naming) instead of its recipe `init`
-  --world-size=N      train with N FSDP ranks, threads of this process, CPU only (default 1;
-                      the recipe's [dist] table picks the strategy)
-  --launcher=NAME     multi-process FSDP, one process per rank (or per GPU, on the device of
-                      its local rank): auto (default: RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/
-                      MASTER_PORT when RANK is set) | env (those, required) | slurm
-                      (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID under srun; rank 0's host is
-                      the first of the job's nodes unless MASTER_ADDR is set) | none (one
-                      process, whatever the environment says). Every rank prints what it
-                      detected; rank 0 alone logs progress and metrics; every rank writes its
-                      checkpoint shard and the run directory must be shared (docs/distributed.md)
-  --dist-timeout=SECS how long a rank waits for the others (rendezvous, each collective)
-                      before exiting with an error naming the missing rank (default 600)
-  --log-every=N       print and record metrics every N steps (default 10; first and last step always)
-  --benchmark         do not train: time the stage's first phase on synthetic tokens of its shape
-                      (one micro-batch forward+backward, one optimizer update) and report
-                      tokens/s, FLOP/s and MFU (on a GPU of known peak); writes a JSON result
-  --benchmark-steps=N timed iterations (default 5)
-  --benchmark-warmup=N  untimed iterations first (default 2)
-  --benchmark-out=FILE  the JSON result (default RUN_DIR/benchmark-STAGE.json)
-  --help              show this text
-
+const AFTER_HELP: &str = "\
 SIGTERM or SIGUSR1 (preemption) make train checkpoint at the end of the current step and exit
 with code 0; rerun the same command with --resume. One train job per run directory
-(RUN_DIR/train.lock).";
+(RUN_DIR/train.lock).
 
-#[derive(Clone, Debug, PartialEq)]
+Examples:
+  train --stage=pretrain1 --config=tiny --threads=4
+  train --stage=sft --config=proxy-1b --run-dir=runs/proxy --resume
+  train --stage=pretrain1 --config=proxy-1b --benchmark --backend=cuda";
+
+/// A positive integer option (`--max-steps=0` is refused: it would train nothing).
+fn positive<T: TryFrom<u64> + Clone + Send + Sync + 'static>() -> RangedU64ValueParser<T> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+#[derive(Clone, Debug, PartialEq, Parser)]
+#[command(
+    name = "train",
+    about = ABOUT,
+    override_usage = "train --stage=NAME [OPTIONS]",
+    after_help = AFTER_HELP,
+    disable_version_flag = true
+)]
 pub struct Options {
+    /// pretrain1 | pretrain2 | midtrain | sft
+    #[arg(long, value_name = "NAME")]
     pub stage: String,
+    /// Recipe file, or a preset name: tiny (built in), proxy-1b, kormo-10.8b (configs/<name>.toml)
+    #[arg(long, value_name = "RECIPE", default_value = "tiny")]
     pub config: String,
+    /// Where checkpoints, metrics and generated data go [default: ./runs/<recipe>]
+    #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,
+    /// Cap every phase at N optimizer steps (the LR schedule spans the capped length)
+    #[arg(long, value_name = "N", value_parser = positive::<u64>())]
     pub max_steps: Option<u64>,
+    /// Stop after N steps of this invocation, saving a checkpoint; continue later with --resume
+    #[arg(long, value_name = "N", value_parser = positive::<u64>())]
     pub stop_after: Option<u64>,
+    /// Override the recipe's seed (model init and data order)
+    #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Continue from the newest checkpoint in RUN_DIR/STAGE/checkpoints
+    #[arg(long)]
     pub resume: bool,
+    /// auto (cuda when a usable GPU is present, else cpu) | cpu | cuda
+    #[arg(long, value_name = "NAME", default_value = "auto", value_parser = BackendChoice::parse)]
     pub backend: BackendChoice,
+    /// CPU threads, split between ranks [default: all cores]
+    #[arg(long, value_name = "N", value_parser = positive::<usize>())]
     pub threads: Option<usize>,
+    /// Print and record metrics every N steps (first and last step always)
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = positive::<u64>())]
     pub log_every: u64,
+    /// Train with N FSDP ranks, threads of this process, CPU only (the recipe's [dist] table
+    /// picks the strategy)
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = positive::<usize>())]
     pub world_size: usize,
-    pub launcher: crate::launch::Launcher,
+    /// Multi-process FSDP, one process per rank (or per GPU, on the device of its local rank):
+    /// auto (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT when RANK is set) | env (those,
+    /// required) | slurm (SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID under srun; rank 0's host is
+    /// the first of the job's nodes unless MASTER_ADDR is set) | none (one process, whatever the
+    /// environment says). Every rank prints what it detected; rank 0 alone logs progress and
+    /// metrics; every rank writes its checkpoint shard and the run directory must be shared
+    /// (docs/distributed.md)
+    #[arg(long, value_name = "NAME", default_value = "auto", value_parser = Launcher::parse)]
+    pub launcher: Launcher,
+    /// How long a rank waits for the others (rendezvous, each collective) before exiting with an
+    /// error naming the missing rank
+    #[arg(long = "dist-timeout", value_name = "SECS", default_value_t = 600, value_parser = positive::<u64>())]
     pub dist_timeout_s: u64,
+    /// Start the stage from a Hugging Face model folder (KORMo or Llama naming) instead of its
+    /// recipe `init`
+    #[arg(long, value_name = "FOLDER")]
     pub init_hf: Option<PathBuf>,
+    /// Do not train: time the stage's first phase on synthetic tokens of its shape (one
+    /// micro-batch forward+backward, one optimizer update) and report tokens/s, FLOP/s and MFU
+    /// (on a GPU of known peak); writes a JSON result
+    #[arg(long, conflicts_with_all = ["resume", "world_size"])]
     pub benchmark: bool,
+    /// Timed benchmark iterations
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = positive::<usize>())]
     pub benchmark_steps: usize,
+    /// Untimed benchmark iterations first
+    #[arg(long, value_name = "N", default_value_t = 2)]
     pub benchmark_warmup: usize,
+    /// The benchmark's JSON result [default: RUN_DIR/benchmark-STAGE.json]
+    #[arg(long, value_name = "FILE")]
     pub benchmark_out: Option<PathBuf>,
 }
 
@@ -83,130 +114,30 @@ pub enum Command {
     Train(Box<Options>),
 }
 
-/// Parses `args` (without the program name). Errors are messages for the user.
+/// The `--help` text.
+pub fn help() -> String {
+    Options::command().render_help().to_string()
+}
+
+/// Parses `args` (without the program name). Errors are messages for the user (clap's, with
+/// the closest known option suggested for a misspelt one and the usage line).
 pub fn parse(args: &[String]) -> Result<Command, String> {
-    let mut stage = None;
-    let mut opts = Options {
-        stage: String::new(),
-        config: "tiny".into(),
-        run_dir: None,
-        max_steps: None,
-        stop_after: None,
-        seed: None,
-        resume: false,
-        backend: BackendChoice::Auto,
-        threads: None,
-        log_every: 10,
-        world_size: 1,
-        launcher: crate::launch::Launcher::Auto,
-        dist_timeout_s: 600,
-        init_hf: None,
-        benchmark: false,
-        benchmark_steps: 5,
-        benchmark_warmup: 2,
-        benchmark_out: None,
-    };
-    let mut iter = args.iter();
-    while let Some(arg) = iter.next() {
-        let Some(flag) = arg.strip_prefix("--") else {
-            return Err(format!(
-                "unexpected argument `{arg}` (options start with --; see --help)"
-            ));
-        };
-        let (key, inline) = match flag.split_once('=') {
-            Some((k, v)) => (k, Some(v.to_string())),
-            None => (flag, None),
-        };
-        match key {
-            "help" => return Ok(Command::Help),
-            "resume" | "benchmark" => {
-                if inline.is_some() {
-                    return Err(format!("--{key} takes no value"));
-                }
-                match key {
-                    "resume" => opts.resume = true,
-                    _ => opts.benchmark = true,
-                }
-                continue;
-            }
-            _ => {}
-        }
-        const VALUED: [&str; 16] = [
-            "stage",
-            "config",
-            "run-dir",
-            "max-steps",
-            "stop-after",
-            "seed",
-            "backend",
-            "threads",
-            "log-every",
-            "world-size",
-            "launcher",
-            "dist-timeout",
-            "init-hf",
-            "benchmark-steps",
-            "benchmark-warmup",
-            "benchmark-out",
-        ];
-        if !VALUED.contains(&key) {
-            return Err(format!("unknown option `--{key}` (see --help)"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => iter
-                .next()
-                .cloned()
-                .ok_or_else(|| format!("--{key} needs a value"))?,
-        };
-        let number = |v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("--{key}: `{v}` is not a non-negative integer"))
-        };
-        let positive = |v: &str| {
-            number(v).and_then(|n| {
-                if n == 0 {
-                    Err(format!("--{key} must be at least 1"))
-                } else {
-                    Ok(n)
-                }
-            })
-        };
-        match key {
-            "stage" => stage = Some(value),
-            "config" => opts.config = value,
-            "run-dir" => opts.run_dir = Some(PathBuf::from(value)),
-            "max-steps" => opts.max_steps = Some(positive(&value)?),
-            "stop-after" => opts.stop_after = Some(positive(&value)?),
-            "seed" => opts.seed = Some(number(&value)?),
-            "backend" => opts.backend = BackendChoice::parse(&value)?,
-            "threads" => opts.threads = Some(positive(&value)? as usize),
-            "log-every" => opts.log_every = positive(&value)?,
-            "world-size" => opts.world_size = positive(&value)? as usize,
-            "launcher" => opts.launcher = crate::launch::Launcher::parse(&value)?,
-            "dist-timeout" => opts.dist_timeout_s = positive(&value)?,
-            "init-hf" => opts.init_hf = Some(PathBuf::from(value)),
-            "benchmark-steps" => opts.benchmark_steps = positive(&value)? as usize,
-            "benchmark-warmup" => opts.benchmark_warmup = number(&value)? as usize,
-            "benchmark-out" => opts.benchmark_out = Some(PathBuf::from(value)),
-            _ => unreachable!("checked against VALUED above"),
+    let argv = std::iter::once("train").chain(args.iter().map(String::as_str));
+    match Options::try_parse_from(argv) {
+        Ok(opts) => Ok(Command::Train(Box::new(opts))),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(Command::Help),
+        Err(e) => {
+            let text = e.to_string();
+            Err(text.strip_prefix("error: ").unwrap_or(&text).trim_end().to_string())
         }
     }
-    opts.stage = stage.ok_or("missing --stage (pretrain1, pretrain2, midtrain or sft)")?;
-    if opts.benchmark && (opts.world_size > 1 || opts.resume) {
-        return Err(
-            "--benchmark times one process from fresh weights; drop --world-size and --resume"
-                .into(),
-        );
-    }
-    Ok(Command::Train(Box::new(opts)))
 }
 
 /// Runs the command line `args` (without the program name), printing progress to `out`.
 pub fn run(args: &[String], out: &mut dyn std::io::Write) -> Result<(), String> {
     let opts = match parse(args)? {
         Command::Help => {
-            let _ = writeln!(out, "{USAGE}");
+            let _ = write!(out, "{}", help());
             return Ok(());
         }
         Command::Train(opts) => *opts,
@@ -376,21 +307,36 @@ mod tests {
     #[test]
     fn mistakes_are_messages() {
         let err = |a: &[&str]| parse(&args(a)).unwrap_err();
-        assert!(err(&[]).contains("missing --stage"));
-        assert!(err(&["--stage=sft", "--max-steps=x"]).contains("`x` is not"));
-        assert!(err(&["--stage=sft", "--max-steps=0"]).contains("at least 1"));
-        assert!(err(&["--stage=sft", "--frobnicate"]).contains("unknown option `--frobnicate`"));
-        assert!(err(&["--stage"]).contains("needs a value"));
-        assert!(err(&["sft"]).contains("unexpected argument"));
-        assert!(err(&["--stage=sft", "--resume=yes"]).contains("no value"));
-        assert!(err(&["--stage=sft", "--world-size=0"]).contains("at least 1"));
+        assert!(err(&[]).contains("--stage <NAME>"), "{}", err(&[]));
+        assert!(err(&["--stage=sft", "--max-steps=x"]).contains("invalid value 'x' for '--max-steps"));
+        assert!(err(&["--stage=sft", "--max-steps=0"]).contains("0 is not in 1.."));
+        let typo = err(&["--stage=sft", "--max-step=3"]);
+        assert!(typo.contains("unexpected argument '--max-step'") && typo.contains("--max-steps"), "{typo}");
+        assert!(err(&["--stage"]).contains("a value is required for '--stage <NAME>'"));
+        assert!(err(&["sft"]).contains("unexpected argument 'sft'"));
+        assert!(err(&["--stage=sft", "--resume=yes"]).contains("unexpected value 'yes' for '--resume'"));
+        assert!(err(&["--stage=sft", "--world-size=0"]).contains("0 is not in 1.."));
         assert!(err(&["--stage=sft", "--backend=tpu"]).contains("auto, cpu or cuda"));
-        assert!(err(&["--stage=sft", "--benchmark=3"]).contains("--benchmark takes no value"));
-        assert!(
-            err(&["--stage=sft", "--benchmark", "--world-size=2"]).contains("drop --world-size")
-        );
-        assert!(err(&["--stage=sft", "--benchmark-steps=0"]).contains("at least 1"));
+        assert!(err(&["--stage=sft", "--benchmark=3"]).contains("unexpected value '3' for '--benchmark'"));
+        let conflict = err(&["--stage=sft", "--benchmark", "--world-size=2"]);
+        assert!(conflict.contains("'--benchmark' cannot be used with '--world-size <N>'"), "{conflict}");
+        assert!(err(&["--stage=sft", "--benchmark-steps=0"]).contains("0 is not in 1.."));
         assert!(err(&["--stage=sft", "--launcher=mpi"]).contains("auto, env, slurm or none"));
-        assert!(err(&["--stage=sft", "--dist-timeout=0"]).contains("at least 1"));
+        assert!(err(&["--stage=sft", "--dist-timeout=0"]).contains("0 is not in 1.."));
+    }
+
+    #[test]
+    fn help_lists_every_option_with_defaults_and_an_example() {
+        let text = help();
+        for option in [
+            "--stage=NAME", "--config <RECIPE>", "--run-dir", "--max-steps", "--stop-after", "--seed",
+            "--resume", "--backend", "--threads", "--log-every", "--world-size", "--launcher",
+            "--dist-timeout", "--init-hf", "--benchmark", "--benchmark-steps", "--benchmark-warmup",
+            "--benchmark-out",
+        ] {
+            assert!(text.contains(option), "--help lacks {option}:\n{text}");
+        }
+        assert!(text.contains("[default: tiny]") && text.contains("[default: 600]"), "{text}");
+        assert!(text.contains("Examples:\n  train --stage=pretrain1"), "{text}");
     }
 }

@@ -7,9 +7,8 @@
 //! `train --benchmark`, a per-op breakdown of two more forward+backward passes run with the op
 //! profiler on (CUDA events around each op; `kormo_model::profile`), apart from the timed steps.
 //!
-//! Usage: model_step [--model proxy-1b|kormo-10.8b] [--seq 4096] [--batch 1] [--steps 5]
-//! (defaults shown; two untimed warm-up steps come first). Without a device it prints
-//! "skipped: no CUDA device" and exits 0. Host-side initialisation of proxy-1b takes ~30 s.
+//! Options: `model_step --help` (two untimed warm-up steps come first). Without a device it
+//! prints "skipped: no CUDA device" and exits 0. Host-side initialisation of proxy-1b takes ~30 s.
 
 use std::error::Error;
 use std::time::Instant;
@@ -21,31 +20,29 @@ use kormo_cuda::{CudaError, CudaOps};
 use kormo_model::{Batch, Model, ModelConfig, Ops};
 use kormo_optim::{AdamWConfig, ParamInfo};
 
+/// Times full training steps (forward, backward, AdamW) of a kormo model on GPU 0 and prints
+/// tokens/s, TFLOP/s, MFU, memory and a per-op breakdown as markdown.
+#[derive(clap::Parser)]
+#[command(name = "model_step", disable_version_flag = true, after_help = "\
+Example:
+  model_step --model proxy-1b --seq 4096 --batch 2 --steps 10")]
 struct Options {
+    /// Model preset: proxy-1b | kormo-10.8b
+    #[arg(long, value_name = "NAME", default_value = "proxy-1b")]
     model: String,
+    /// Tokens per sequence
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = positive())]
     seq: usize,
+    /// Sequences per micro-batch
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = positive())]
     batch: usize,
+    /// Timed steps
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = positive())]
     steps: usize,
 }
 
-fn parse_options() -> Result<Options, String> {
-    let mut o = Options { model: "proxy-1b".into(), seq: 4096, batch: 1, steps: 5 };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || value.parse::<usize>().map_err(|_| format!("{flag} {value}: not a positive integer"));
-        match flag.as_str() {
-            "--model" => o.model = value.clone(),
-            "--seq" => o.seq = number()?,
-            "--batch" => o.batch = number()?,
-            "--steps" => o.steps = number()?,
-            _ => return Err(format!("unknown option {flag} (see the usage in the source header)")),
-        }
-    }
-    if o.seq == 0 || o.batch == 0 || o.steps == 0 {
-        return Err("--seq, --batch and --steps must be at least 1".into());
-    }
-    Ok(o)
+fn positive() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Random tokens packed into documents of 1..=2048 tokens (ids non-decreasing within each row,
@@ -180,10 +177,7 @@ fn profile_ops(
 }
 
 fn main() {
-    let options = parse_options().unwrap_or_else(|e| {
-        eprintln!("model_step: {e}");
-        std::process::exit(2);
-    });
+    let options = <Options as clap::Parser>::parse();
     match run(&options) {
         Ok(()) => {}
         Err(e) if matches!(e.downcast_ref::<CudaError>(), Some(CudaError::NoDevice(_))) => {

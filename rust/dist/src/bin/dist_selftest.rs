@@ -6,7 +6,7 @@
 //! and checks every result. Exit 0 on success; on any failure it prints the error (which names
 //! the rank at fault) and exits 1. Used by tests/multiprocess.rs and on clusters before a run.
 //!
-//! Usage: dist_selftest [--iterations N] [--interval-ms MS] [--timeout-secs S]
+//! Options: `dist_selftest --help`.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -17,35 +17,32 @@ use kormo_dist::launch::LaunchEnv;
 use kormo_dist::tcp::rendezvous;
 use kormo_dist::Collectives;
 
+/// Checks a multi-process group end to end on CPU: every rank (RANK/WORLD_SIZE/MASTER_ADDR/
+/// MASTER_PORT, or srun's SLURM_* variables) meets the others, then runs all-reduces and checks
+/// every result. Exit 0 on success; on failure the error names the rank at fault (exit 1).
+#[derive(clap::Parser)]
+#[command(name = "dist_selftest", disable_version_flag = true, after_help = "\
+Example (two ranks on one machine):
+  RANK=0 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 dist_selftest --iterations 100 &
+  RANK=1 WORLD_SIZE=2 MASTER_ADDR=127.0.0.1 MASTER_PORT=29500 dist_selftest --iterations 100")]
 struct Options {
+    /// All-reduces run and checked
+    #[arg(long, value_name = "N", default_value_t = 10)]
     iterations: u64,
+    /// Pause between all-reduces
+    #[arg(long = "interval-ms", value_name = "MS", default_value = "0", value_parser = millis)]
     interval: Duration,
+    /// How long a rank waits for the others
+    #[arg(long = "timeout-secs", value_name = "S", default_value = "60", value_parser = seconds)]
     timeout: Duration,
 }
 
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        iterations: 10,
-        interval: Duration::from_millis(0),
-        timeout: Duration::from_secs(60),
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let value = args
-            .get(i + 1)
-            .ok_or_else(|| format!("{} needs a value", args[i]))?;
-        let number: u64 = value
-            .parse()
-            .map_err(|_| format!("{} = `{value}` is not a non-negative integer", args[i]))?;
-        match args[i].as_str() {
-            "--iterations" => options.iterations = number,
-            "--interval-ms" => options.interval = Duration::from_millis(number),
-            "--timeout-secs" => options.timeout = Duration::from_secs(number),
-            other => return Err(format!("unknown option `{other}`")),
-        }
-        i += 2;
-    }
-    Ok(options)
+fn millis(text: &str) -> Result<Duration, std::num::ParseIntError> {
+    text.parse().map(Duration::from_millis)
+}
+
+fn seconds(text: &str) -> Result<Duration, std::num::ParseIntError> {
+    text.parse().map(Duration::from_secs)
 }
 
 /// 128 unpredictable bytes without a random-number dependency (std's per-process hash keys).
@@ -103,9 +100,8 @@ fn run(options: &Options) -> Result<(), String> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = parse(&args).and_then(|options| run(&options));
-    if let Err(message) = result {
+    let options = <Options as clap::Parser>::parse();
+    if let Err(message) = run(&options) {
         eprintln!("dist_selftest: {message}");
         std::process::exit(1);
     }

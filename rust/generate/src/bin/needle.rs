@@ -1,22 +1,60 @@
-//! `needle`: needle-in-a-haystack evaluation of a kormo model (see `kormo_generate::needle`).
-//!
-//! ```text
-//! needle --model RUN/midtrain/final [--out needle-results] [--languages en,ko]
-//!        [--lengths 256,512,1024,2048] [--depths 0,25,50,75,100] [--trials 2] [--seed 0]
-//!        [--max-new-tokens 10] [--preset tiny] [--tokenizer PATH] [--threads N]
-//! ```
-//! Writes OUT/needle.json, OUT/needle.md and OUT/needle.png.
+//! `needle`: needle-in-a-haystack evaluation of a kormo model (see `kormo_generate::needle`;
+//! `needle --help` lists every option). Writes OUT/needle.json, OUT/needle.md and OUT/needle.png.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 
+use clap::Parser;
 use kormo_generate::needle::{self, Language, NeedleConfig};
 use kormo_generate::text::ChatTokens;
 use kormo_generate::{open_model, Decoder};
-use kormo_hf::cli::Args;
+use kormo_hf::cli::user_path;
+
+/// Needle-in-a-haystack evaluation: hides a fact at several depths of haystacks of several
+/// lengths and checks whether the model retrieves it; writes OUT/needle.json, OUT/needle.md
+/// and OUT/needle.png.
+#[derive(Parser)]
+#[command(name = "needle", disable_version_flag = true, after_help = "\
+Example:
+  needle --model runs/tiny/midtrain/final --lengths 256,1024 --depths 0,50,100 --out needle-results")]
+struct Cli {
+    /// A kormo checkpoint directory or a Hugging Face model folder
+    #[arg(long, value_name = "CHECKPOINT_OR_HF_FOLDER")]
+    model: PathBuf,
+    /// Output directory
+    #[arg(long, value_name = "DIR", default_value = "needle-results")]
+    out: PathBuf,
+    /// Haystack languages, comma-separated: en, ko
+    #[arg(long, value_name = "LIST", default_value = "en,ko")]
+    languages: String,
+    /// Haystack lengths in tokens, comma-separated
+    #[arg(long, value_name = "LIST", default_value = "256,512,1024,2048")]
+    lengths: String,
+    /// Needle depths in percent of the haystack, comma-separated
+    #[arg(long, value_name = "LIST", default_value = "0,25,50,75,100")]
+    depths: String,
+    /// Trials per cell (different needles)
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    trials: usize,
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    seed: u64,
+    /// Tokens generated per answer
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    max_new_tokens: usize,
+    /// Architecture of a kormo checkpoint (which records none): tiny | proxy-1b | kormo-10.8b
+    #[arg(long, value_name = "NAME", default_value = "tiny")]
+    preset: String,
+    /// tokenizer.json [default: the one next to the model]
+    #[arg(long, value_name = "PATH")]
+    tokenizer: Option<PathBuf>,
+    /// CPU threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
 
 fn main() -> ExitCode {
-    match Args::parse(std::env::args().skip(1), &[]).and_then(run) {
+    match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("needle: {message}");
@@ -25,9 +63,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// A comma-separated list for option `key`.
-fn list<T: FromStr>(args: &mut Args, key: &str, default: &str) -> Result<Vec<T>, String> {
-    let text = args.take(key)?.unwrap_or_else(|| default.to_string());
+/// The comma-separated list `text` of option `key`.
+fn list<T: FromStr>(text: &str, key: &str) -> Result<Vec<T>, String> {
     let items: Result<Vec<T>, String> = text.split(',').map(|s| s.trim().parse().map_err(|_| format!("--{key}: cannot parse `{s}`"))).collect();
     let items = items?;
     if items.is_empty() {
@@ -36,23 +73,22 @@ fn list<T: FromStr>(args: &mut Args, key: &str, default: &str) -> Result<Vec<T>,
     Ok(items)
 }
 
-fn run(mut args: Args) -> Result<(), String> {
-    let model = args.required_path("model")?;
-    let out = args.path("out")?.unwrap_or_else(|| kormo_hf::cli::user_path(std::path::Path::new("needle-results")));
-    let codes: Vec<String> = list(&mut args, "languages", "en,ko")?;
+fn run(cli: Cli) -> Result<(), String> {
+    let model = user_path(&cli.model);
+    let out = user_path(&cli.out);
+    let codes: Vec<String> = list(&cli.languages, "languages")?;
     let languages = codes.iter().map(|c| Language::parse(c).ok_or(format!("--languages: `{c}` is not en or ko"))).collect::<Result<Vec<_>, _>>()?;
-    let lengths: Vec<usize> = list(&mut args, "lengths", "256,512,1024,2048")?;
-    let depths: Vec<u32> = list(&mut args, "depths", "0,25,50,75,100")?;
+    let lengths: Vec<usize> = list(&cli.lengths, "lengths")?;
+    let depths: Vec<u32> = list(&cli.depths, "depths")?;
     if let Some(d) = depths.iter().find(|&&d| d > 100) {
         return Err(format!("--depths: {d} is above 100 (percent)"));
     }
-    let trials = args.parsed("trials", 2usize)?.max(1);
-    let seed = args.parsed("seed", 0u64)?;
-    let max_new_tokens = args.parsed("max-new-tokens", 10usize)?;
-    let preset = args.take("preset")?.unwrap_or_else(|| "tiny".into());
-    let tokenizer_path = args.path("tokenizer")?;
-    let threads = args.parsed("threads", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))?;
-    args.finish()?;
+    let trials = cli.trials.max(1);
+    let seed = cli.seed;
+    let max_new_tokens = cli.max_new_tokens;
+    let preset = cli.preset;
+    let tokenizer_path = cli.tokenizer.as_deref().map(user_path);
+    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
 
     let (weights, tokenizer) = open_model(&model, &preset, tokenizer_path.as_deref())?;
     let tok = &tokenizer.tokenizer;
