@@ -144,7 +144,11 @@ fn plot_binary_renders_every_metric_and_reports_bad_input() {
     };
     fail(&[Path::new("/no/such/run")], "/no/such/run");
     fail(&[&run.join("not-a-stage")], "no <stage>/metrics.jsonl");
-    fail(&[], "expected a run directory");
+    // A usage mistake is clap's: the usage line and exit code 2.
+    let no_run = Command::new(bin).output().unwrap();
+    assert_eq!(no_run.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&no_run.stderr);
+    assert!(stderr.contains("<RUN_DIR>") && stderr.contains("Usage: plot"), "{stderr}");
     std::fs::write(run.join("sft/metrics.jsonl"), "{\"step\": 1, \"loss\": 2.0}\n{broken\n").unwrap();
     fail(&[&run], "sft/metrics.jsonl:2");
     std::fs::remove_dir_all(&run).unwrap();

@@ -37,7 +37,9 @@ fn positive<T: TryFrom<u64> + Clone + Send + Sync + 'static>() -> RangedU64Value
     about = ABOUT,
     override_usage = "train --stage=NAME [OPTIONS]",
     after_help = AFTER_HELP,
-    disable_version_flag = true
+    disable_version_flag = true,
+    // An option given twice takes its last value (launch scripts append overrides).
+    args_override_self = true
 )]
 pub struct Options {
     /// pretrain1 | pretrain2 | midtrain | sft
@@ -247,6 +249,14 @@ mod tests {
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn an_option_given_twice_takes_its_last_value() {
+        let Command::Train(o) = parse(&args(&["--stage=sft", "--config=tiny", "--config=proxy-1b", "--seed=1", "--seed", "2"])).unwrap() else {
+            panic!("expected a training command")
+        };
+        assert_eq!((o.config.as_str(), o.seed), ("proxy-1b", Some(2)));
     }
 
     #[test]
