@@ -29,7 +29,7 @@ pub enum Unit {
 pub fn bar(prefix: &str, len: u64, unit: Unit) -> ProgressBar {
     let template = match unit {
         Unit::Bytes => {
-            "{prefix} [{wide_bar}] {bytes}/{total_bytes}, {bytes_per_sec}, ETA {eta} {msg}"
+            "{prefix} [{wide_bar}] {decimal_bytes}/{decimal_total_bytes}, {decimal_bytes_per_sec}, ETA {eta} {msg}"
         }
         Unit::Items(_) => "{prefix} [{wide_bar}] {human_pos}/{human_len}, {rate}, ETA {eta} {msg}",
     };
