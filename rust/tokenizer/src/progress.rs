@@ -59,7 +59,7 @@ pub fn drawn() -> bool {
 pub fn init_logging() {
     let logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-            .format(|out, record| write_record(out, record))
+            .format(write_record)
             .build();
     let level = logger.filter();
     if log::set_boxed_logger(Box::new(AboveBars(logger))).is_ok() {

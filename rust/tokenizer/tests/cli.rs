@@ -100,6 +100,9 @@ fn train_logs_plain_lines_filtered_by_rust_log() {
     }
     let warn = train("warn");
     assert!(warn.contains(warning), "{warn}");
-    assert!(!warn.contains("source ko: 1 files") && !warn.contains("bpe: "), "{warn}");
+    assert!(
+        !warn.contains("source ko: 1 files") && !warn.contains("bpe: "),
+        "{warn}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
 }
