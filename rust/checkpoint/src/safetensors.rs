@@ -1,15 +1,20 @@
-//! The safetensors file format, written and read by hand (no third-party crate).
+//! The safetensors file format, parsed and serialised by the `safetensors` crate (the format's
+//! reference implementation); this module adds what a checkpoint needs around it: errors naming the
+//! file and the tensor, kormo's four dtypes, fsynced writes through a [`DiskBudget`].
 //!
 //! Layout: an 8-byte little-endian `u64` N, then N bytes of JSON header, then the data buffer.
 //! The header maps each tensor name to `{"dtype", "shape", "data_offsets": [begin, end]}` (offsets
 //! relative to the start of the data buffer) plus an optional `"__metadata__"` string map. Tensor
-//! data is raw little-endian, row-major. We pad the header with spaces to a multiple of 8 bytes
-//! (as the reference implementation does) so every tensor starts 8-byte aligned, and we lay tensors
-//! out in name order with no holes. The reader checks all of that: offsets inside the buffer,
-//! byte length == dtype size x element count, no overlaps or holes, and the file is not truncated,
-//! so a corrupt file becomes an error naming the file instead of garbage weights.
+//! data is raw little-endian, row-major. The header is padded with spaces to a multiple of 8 bytes
+//! (as the crate's own writer does) and tensors are laid out in name order with no holes, as kormo
+//! has always written them (the crate's `serialize` would order them by dtype instead). The crate
+//! validates every file on load: offsets inside the buffer, byte length == dtype size x element
+//! count, no overlaps or holes, and the file not truncated, so a corrupt file becomes an error
+//! naming the file (and, where one is at fault, the tensor) instead of garbage weights.
 
 use crate::CheckpointError;
+use safetensors::tensor::{Metadata, TensorInfo as HeaderEntry, TensorView};
+use safetensors::{SafeTensorError, SafeTensors};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -42,10 +47,19 @@ impl Dtype {
         }
     }
 
-    fn parse(name: &str) -> Option<Dtype> {
+    fn to_header(self) -> safetensors::Dtype {
+        match self {
+            Dtype::F32 => safetensors::Dtype::F32,
+            Dtype::BF16 => safetensors::Dtype::BF16,
+            Dtype::U32 => safetensors::Dtype::U32,
+            Dtype::U64 => safetensors::Dtype::U64,
+        }
+    }
+
+    fn from_header(dtype: safetensors::Dtype) -> Option<Dtype> {
         [Dtype::F32, Dtype::BF16, Dtype::U32, Dtype::U64]
             .into_iter()
-            .find(|d| d.name() == name)
+            .find(|d| d.to_header() == dtype)
     }
 }
 
@@ -116,47 +130,7 @@ pub(crate) fn write_with_budget(
 ) -> Result<(), CheckpointError> {
     let mut sorted: Vec<&Tensor> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut header = serde_json::Map::new();
-    if !metadata.is_empty() {
-        header.insert(
-            "__metadata__".into(),
-            serde_json::to_value(metadata).expect("string map serialises"),
-        );
-    }
-    let mut offset = 0usize;
-    for t in &sorted {
-        if t.bytes.len() != t.num_elements() * t.dtype.size_bytes() {
-            return Err(CheckpointError::new(
-                path,
-                format!(
-                    "tensor `{}`: {} bytes do not match shape {:?} of {}",
-                    t.name,
-                    t.bytes.len(),
-                    t.shape,
-                    t.dtype.name()
-                ),
-            ));
-        }
-        if t.name == "__metadata__" || header.contains_key(&t.name) {
-            return Err(CheckpointError::new(
-                path,
-                format!("tensor name `{}` used twice or reserved", t.name),
-            ));
-        }
-        header.insert(
-            t.name.clone(),
-            serde_json::json!({
-                "dtype": t.dtype.name(),
-                "shape": t.shape,
-                "data_offsets": [offset, offset + t.bytes.len()],
-            }),
-        );
-        offset += t.bytes.len();
-    }
-    let mut header_bytes = serde_json::to_vec(&header).expect("json map serialises");
-    while !header_bytes.len().is_multiple_of(8) {
-        header_bytes.push(b' ');
-    }
+    let header_bytes = header(path, &sorted, metadata)?;
     let io = |e: std::io::Error| CheckpointError::new(path, format!("cannot write: {e}"));
     let file = std::fs::File::create(path).map_err(io)?;
     let mut out = std::io::BufWriter::new(budget.writer(file));
@@ -169,6 +143,56 @@ pub(crate) fn write_with_budget(
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.into_inner().sync_all().map_err(io)?;
     Ok(())
+}
+
+/// The padded JSON header of `sorted` (tensors in name order, laid out back to back) and
+/// `metadata`, checked and serialised by the crate.
+fn header(
+    path: &Path,
+    sorted: &[&Tensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, CheckpointError> {
+    let bad = |msg: String| CheckpointError::new(path, msg);
+    let mut entries = Vec::with_capacity(sorted.len());
+    let mut offset = 0usize;
+    for (i, t) in sorted.iter().enumerate() {
+        if t.name == "__metadata__" || (i > 0 && sorted[i - 1].name == t.name) {
+            return Err(bad(format!(
+                "tensor name `{}` used twice or reserved",
+                t.name
+            )));
+        }
+        let view = TensorView::new(t.dtype.to_header(), t.shape.clone(), &t.bytes);
+        if view.is_err() {
+            return Err(bad(format!(
+                "tensor `{}`: {} bytes do not match shape {:?} of {}",
+                t.name,
+                t.bytes.len(),
+                t.shape,
+                t.dtype.name()
+            )));
+        }
+        let end = offset + t.bytes.len();
+        entries.push((
+            t.name.clone(),
+            HeaderEntry {
+                dtype: t.dtype.to_header(),
+                shape: t.shape.clone(),
+                data_offsets: (offset, end),
+            },
+        ));
+        offset = end;
+    }
+    let metadata = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    });
+    let header = Metadata::new(metadata, entries).map_err(|e| bad(format!("bad header: {e}")))?;
+    let mut bytes = serde_json::to_vec(&header).map_err(|e| bad(format!("bad header: {e}")))?;
+    bytes.resize(bytes.len().next_multiple_of(8), b' ');
+    Ok(bytes)
 }
 
 /// How many more bytes checkpoint writes may put on disk before failing with ENOSPC, as a full
@@ -260,54 +284,34 @@ impl SafetensorsFile {
     /// Parses and validates `bytes` (the contents of `path`, named in errors).
     pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<SafetensorsFile, CheckpointError> {
         let bad = |msg: String| CheckpointError::new(path, msg);
-        if bytes.len() < 8 {
-            return Err(bad(format!(
-                "truncated: {} bytes, shorter than the 8-byte header length",
-                bytes.len()
-            )));
-        }
-        let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let data_start = 8u64
-            .checked_add(header_len)
-            .filter(|&end| end <= bytes.len() as u64)
-            .ok_or_else(|| {
-                bad(format!(
-                    "truncated or bad header: header length {header_len} exceeds file size {}",
-                    bytes.len()
-                ))
-            })? as usize;
-        let header: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&bytes[8..data_start])
-                .map_err(|e| bad(format!("bad header JSON: {e}")))?;
-        let data_len = bytes.len() - data_start;
-        let mut metadata = BTreeMap::new();
+        let (header_len, header) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| bad(describe(e, &bytes)))?;
+        let data_start = 8 + header_len;
         let mut tensors = BTreeMap::new();
-        for (name, entry) in header {
-            if name == "__metadata__" {
-                metadata = serde_json::from_value(entry)
-                    .map_err(|e| bad(format!("bad __metadata__: {e}")))?;
-                continue;
-            }
-            let info = parse_entry(&entry, data_start, data_len)
-                .map_err(|msg| bad(format!("tensor `{name}`: {msg}")))?;
+        for name in header.offset_keys() {
+            let entry = header
+                .info(&name)
+                .expect("offset_keys names header entries");
+            let dtype = Dtype::from_header(entry.dtype).ok_or_else(|| {
+                bad(format!(
+                    "tensor `{name}`: unsupported dtype `{}` (F32, BF16, U32, U64)",
+                    entry.dtype
+                ))
+            })?;
+            let (begin, end) = entry.data_offsets;
+            let info = TensorInfo {
+                dtype,
+                shape: entry.shape.clone(),
+                range: data_start + begin..data_start + end,
+            };
             tensors.insert(name, info);
         }
-        let mut ranges: Vec<(&String, &std::ops::Range<usize>)> =
-            tensors.iter().map(|(n, t)| (n, &t.range)).collect();
-        ranges.sort_by_key(|(_, r)| (r.start, r.end));
-        let mut expected_start = data_start;
-        for (name, range) in ranges {
-            if range.start != expected_start {
-                return Err(bad(format!("tensor `{name}` starts at byte {} but the previous tensor ended at {expected_start} (overlap or hole)", range.start)));
-            }
-            expected_start = range.end;
-        }
-        if expected_start != bytes.len() {
-            return Err(bad(format!(
-                "{} trailing bytes after the last tensor",
-                bytes.len() - expected_start
-            )));
-        }
+        let metadata = header
+            .metadata()
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
             bytes,
@@ -417,42 +421,84 @@ fn from_little_endian<const N: usize, T>(raw: &[u8], decode: fn([u8; N]) -> T) -
         .collect()
 }
 
-fn parse_entry(
-    entry: &serde_json::Value,
-    data_start: usize,
-    data_len: usize,
-) -> Result<TensorInfo, String> {
-    let dtype_name = entry
-        .get("dtype")
-        .and_then(|d| d.as_str())
-        .ok_or("missing `dtype`")?;
-    let dtype = Dtype::parse(dtype_name)
-        .ok_or_else(|| format!("unsupported dtype `{dtype_name}` (F32, BF16, U32, U64)"))?;
-    let shape: Vec<usize> = entry
-        .get("shape")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .ok_or("missing or bad `shape`")?;
-    let offsets: [usize; 2] = entry
-        .get("data_offsets")
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
-        .ok_or("missing or bad `data_offsets`")?;
-    let [begin, end] = offsets;
-    if begin > end || end > data_len {
-        return Err(format!("data_offsets [{begin}, {end}] outside the {data_len}-byte data buffer (truncated file?)"));
+/// What is wrong with `bytes`, which the crate rejected with `error`, in words that name the
+/// tensor at fault (the crate leaves it out of some errors) and say how far the file got.
+fn describe(error: SafeTensorError, bytes: &[u8]) -> String {
+    let header_len = bytes
+        .get(..8)
+        .map_or(0, |n| u64::from_le_bytes(n.try_into().expect("8 bytes")));
+    match error {
+        SafeTensorError::HeaderTooSmall => format!(
+            "truncated: {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        ),
+        SafeTensorError::HeaderTooLarge => {
+            format!("bad header: header length {header_len} is over the format's 100 MB limit")
+        }
+        SafeTensorError::InvalidHeaderLength => format!(
+            "truncated or bad header: header length {header_len} exceeds file size {}",
+            bytes.len()
+        ),
+        SafeTensorError::InvalidHeader(e) => format!("bad header JSON: not UTF-8 ({e})"),
+        SafeTensorError::InvalidHeaderDeserialization(e) => format!("bad header JSON: {e}"),
+        // The framing and the JSON are sound: the entries themselves do not fit together.
+        error => {
+            let header_end =
+                usize::try_from(header_len).map_or(usize::MAX, |n| n.saturating_add(8));
+            let described = bytes
+                .get(8..header_end)
+                .and_then(|json| describe_layout(&header_entries(json), bytes.len() - header_end));
+            described.unwrap_or_else(|| error.to_string())
+        }
     }
-    let elements = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or("shape overflows")?;
-    if elements.checked_mul(dtype.size_bytes()) != Some(end - begin) {
-        return Err(format!(
-            "{} bytes do not match shape {shape:?} of {dtype_name}",
-            end - begin
-        ));
+}
+
+/// The header's tensor entries in data order (the header parsed, but failed validation).
+fn header_entries(json: &[u8]) -> Vec<(String, HeaderEntry)> {
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(json).unwrap_or_default();
+    let mut entries: Vec<(String, HeaderEntry)> = map
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .filter_map(|(name, v)| Some((name, serde_json::from_value(v).ok()?)))
+        .collect();
+    entries.sort_by_key(|(_, e)| e.data_offsets);
+    entries
+}
+
+/// The first flaw in how `entries` cover a `data_len`-byte buffer: a tensor whose byte range
+/// does not match its shape, an overlap or hole, a range past the end, or trailing bytes.
+fn describe_layout(entries: &[(String, HeaderEntry)], data_len: usize) -> Option<String> {
+    let mut previous_end = 0;
+    for (name, entry) in entries {
+        let (begin, end) = entry.data_offsets;
+        let bytes = entry
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .and_then(|n| n.checked_mul(entry.dtype.bitsize()))
+            .filter(|bits| bits % 8 == 0)
+            .map(|bits| bits / 8);
+        if begin != previous_end || end < begin {
+            return Some(format!("tensor `{name}`: data_offsets [{begin}, {end}] do not start where the previous tensor ended, at {previous_end} (overlap or hole)"));
+        }
+        if bytes != Some(end - begin) {
+            return Some(format!(
+                "tensor `{name}`: {} bytes do not match shape {:?} of {}",
+                end - begin,
+                entry.shape,
+                entry.dtype
+            ));
+        }
+        if end > data_len {
+            return Some(format!("tensor `{name}`: data_offsets [{begin}, {end}] outside the {data_len}-byte data buffer (truncated file?)"));
+        }
+        previous_end = end;
     }
-    Ok(TensorInfo {
-        dtype,
-        shape,
-        range: data_start + begin..data_start + end,
+    (previous_end < data_len).then(|| {
+        format!(
+            "{} trailing bytes after the last tensor",
+            data_len - previous_end
+        )
     })
 }

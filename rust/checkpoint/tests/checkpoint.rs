@@ -401,3 +401,121 @@ fn load_detects_bad_manifest() {
     std::fs::remove_file(&manifest_path).unwrap();
     expect_load_error(&dir, "manifest.json", "cannot read checkpoint manifest");
 }
+
+/// tests/golden/format-v1: a checkpoint written by kormo's former hand-written safetensors writer
+/// (header keys sorted, fields in `data_offsets, dtype, shape` order, a 3-element BF16 tensor so
+/// the tensors after it are not 4-byte aligned).
+fn golden_v1() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/format-v1"
+    ))
+}
+
+#[test]
+fn checkpoint_written_by_the_hand_written_writer_loads() {
+    let ckpt = Checkpoint::load(&golden_v1()).unwrap();
+    assert_eq!(ckpt.manifest.run.step, 4);
+    let file = ckpt.file("model.safetensors").unwrap();
+    assert_eq!(file.metadata()["format"], "pt");
+    let embed: Vec<f32> = (0..15).map(|i| (i as f32 - 7.0) * 0.375).collect();
+    assert_eq!(
+        file.f32("model.embed_tokens.weight", Some(&[5, 3]))
+            .unwrap(),
+        embed
+    );
+    assert_eq!(
+        file.f32("model.norm.weight", Some(&[3])).unwrap(),
+        vec![1.0, -0.5, 0.25]
+    );
+    assert_eq!(
+        file.bf16("export.bf16", Some(&[3])).unwrap(),
+        vec![0x3f80, 0xbf80, 0x4000]
+    );
+    assert_eq!(
+        file.u32("ids", Some(&[3])).unwrap(),
+        vec![1, 2, 4_000_000_000]
+    );
+    assert_eq!(file.u64("counters", Some(&[2])).unwrap(), vec![u64::MAX, 3]);
+
+    // Written again, the data buffer is byte for byte the old one (same name-order layout).
+    let tensors: Vec<Tensor> = file
+        .tensors()
+        .iter()
+        .map(|(name, info)| Tensor {
+            name: name.clone(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            bytes: file.raw(name).unwrap().to_vec(),
+        })
+        .collect();
+    let path = scratch("rewrite").join("model.safetensors");
+    kormo_checkpoint::safetensors::write(&path, &tensors, file.metadata()).unwrap();
+    let data = |bytes: &[u8]| {
+        bytes[8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize..].to_vec()
+    };
+    let old = std::fs::read(golden_v1().join("model.safetensors")).unwrap();
+    assert_eq!(data(&std::fs::read(&path).unwrap()), data(&old));
+}
+
+#[test]
+fn safetensors_errors_name_the_tensor_at_fault() {
+    let two = |header: &[u8]| {
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&[1; 8]);
+        bytes
+    };
+    let overlap = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+    expect_parse_error(two(overlap), "overlap or hole");
+    let past_end = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+    expect_parse_error(
+        two(past_end),
+        "tensor `b`: data_offsets [4, 12] outside the 8-byte data buffer",
+    );
+    let misfit = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"U64","shape":[1],"data_offsets":[4,8]}}"#;
+    expect_parse_error(
+        two(misfit),
+        "tensor `b`: 4 bytes do not match shape [1] of U64",
+    );
+    let f16 = br#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"h":{"dtype":"F16","shape":[2],"data_offsets":[4,8]}}"#;
+    expect_parse_error(two(f16), "tensor `h`: unsupported dtype `F16`");
+    let unknown = br#"{"a":{"dtype":"Q4","shape":[1],"data_offsets":[0,8]}}"#;
+    expect_parse_error(two(unknown), "bad header JSON");
+    let metadata =
+        br#"{"__metadata__":{"k":1},"a":{"dtype":"U64","shape":[1],"data_offsets":[0,8]}}"#;
+    expect_parse_error(two(metadata), "bad header JSON");
+    let padded = br#"{"a":{"dtype":"U64","shape":[1],"data_offsets":[0,8]}} "#;
+    let mut not_utf8 = two(padded);
+    not_utf8[8 + padded.len() - 1] = 0xff; // the padding space
+
+    expect_parse_error(not_utf8, "not UTF-8");
+    let mut long_header = two(b"{}");
+    long_header[..8].copy_from_slice(&1000u64.to_le_bytes());
+    expect_parse_error(long_header, "header length 1000 exceeds file size 18");
+}
+
+#[test]
+fn safetensors_writer_rejects_bad_tensors() {
+    let path = scratch("badwrite").join("t.safetensors");
+    let write = |tensors: &[Tensor]| {
+        kormo_checkpoint::safetensors::write(&path, tensors, &BTreeMap::new())
+            .unwrap_err()
+            .to_string()
+    };
+    let mut short = Tensor::f32("w", vec![2, 2], &[1.0; 4]);
+    short.bytes.pop();
+    let err = write(&[short]);
+    assert!(
+        err.contains("tensor `w`: 15 bytes do not match shape [2, 2] of F32"),
+        "{err}"
+    );
+    let twice = [
+        Tensor::u32("x", vec![1], &[1]),
+        Tensor::u32("x", vec![1], &[2]),
+    ];
+    assert!(write(&twice).contains("tensor name `x` used twice or reserved"));
+    let reserved = [Tensor::u32("__metadata__", vec![1], &[1])];
+    assert!(write(&reserved).contains("`__metadata__` used twice or reserved"));
+    assert!(!path.exists(), "nothing written for rejected tensors");
+}

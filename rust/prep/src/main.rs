@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source};
 use kormo_prep::quality::{QualityModel, TrainSettings};
 use kormo_tokenizer::documents::{expand_path, read_documents};
+use kormo_tokenizer::progress;
 
 /// Prepares training data: cleans, filters and deduplicates documents, tokenizes them into
 /// shards, and trains/applies the document quality classifier.
@@ -102,7 +103,9 @@ struct QualityPredictArgs {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    progress::init_logging();
+    let result = match cli.command {
         Cmd::Run(a) => cmd_run(a),
         Cmd::QualityTrain(a) => cmd_quality_train(a),
         Cmd::QualityPredict(a) => cmd_quality_predict(a),
@@ -164,7 +167,7 @@ fn read_all(files: &[PathBuf], field: &str) -> Vec<String> {
         for d in read_documents(f, field) {
             match d {
                 Ok(t) => docs.push(t),
-                Err(e) => eprintln!("skipped malformed input: {e}"),
+                Err(e) => log::warn!("skipped malformed input: {e}"),
             }
         }
     }
@@ -191,7 +194,7 @@ fn cmd_quality_train(a: QualityTrainArgs) -> Result<(), String> {
         .iter()
         .filter(|(t, l)| (model.predict(t) >= 0.5) == *l)
         .count();
-    eprintln!(
+    log::info!(
         "trained on {} positive / {} negative documents; training accuracy {:.3}",
         positive.len(),
         negative.len(),
@@ -212,7 +215,7 @@ fn cmd_quality_predict(a: QualityPredictArgs) -> Result<(), String> {
                         f.display().to_string(),
                         model.predict(&t)
                     ),
-                    Err(e) => eprintln!("skipped malformed input: {e}"),
+                    Err(e) => log::warn!("skipped malformed input: {e}"),
                 }
             }
         }

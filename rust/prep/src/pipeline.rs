@@ -2,7 +2,8 @@
 //! tokenization (the text only: the trainer's packer adds `<|BOS|>` and `<|EOT|>` around every
 //! document, with the ids of the run's tokenizer) -> one kormo shard per input file, under
 //! `OUT/<source>/`, with a manifest per source, `OUT/report.json` (per-source, per-stage
-//! counts and timings) and progress with rate and ETA on stderr.
+//! counts and timings). Progress: on a terminal a bar (input bytes, files, rate, ETA); otherwise
+//! one `log` info line per finished input file, with the same figures.
 //!
 //! Order and determinism: sources in the given order, files sorted, documents in file
 //! order, processed in batches; the pure per-document work (filters + n-gram hashing, then
@@ -21,7 +22,8 @@ use std::time::Instant;
 
 use kormo_shards::{Manifest, ShardMeta, ShardWriter};
 use kormo_tokenizer::documents::read_documents;
-use kormo_tokenizer::{hf, Tokenizer};
+use indicatif::ProgressBar;
+use kormo_tokenizer::{hf, progress, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::dedup::{dedup_document, hash_document, BloomFilter, DedupConfig, DocumentNgrams};
@@ -259,7 +261,7 @@ pub fn run(
                 out.display()
             ));
         }
-        eprintln!(
+        log::info!(
             "resuming: {} input files already done",
             state.completed.len()
         );
@@ -268,7 +270,7 @@ pub fn run(
         }
     }
     if config.dedup.enabled {
-        eprintln!(
+        log::info!(
             "dedup Bloom filter: {:.1} MB, {hashes} hashes (expected {} n-grams, false-positive rate {})",
             bits as f64 / 8e6,
             config.dedup.expected_ngrams,
@@ -289,6 +291,7 @@ pub fn run(
     let mut bytes_this_run = 0u64;
     let mut bytes_done: u64 = 0;
     let mut files_this_run = 0usize;
+    let bar = progress::bar("prep", total_bytes, progress::Unit::Bytes);
     for (si, source) in sources.iter().enumerate() {
         let dir = out.join(&source.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -303,10 +306,13 @@ pub fn run(
             let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
             if state.completed.contains(&(si, fi)) {
                 bytes_done += size;
+                bar.set_position(bytes_done);
+                bar.reset_eta();
                 continue;
             }
             if limits.max_files.is_some_and(|m| files_this_run >= m) {
-                eprintln!("stopping after {files_this_run} files (--max-files)");
+                bar.finish_and_clear();
+                log::info!("stopping after {files_this_run} files (--max-files)");
                 return Ok(state.counts);
             }
             let counts = state.counts.entry(source.name.clone()).or_default();
@@ -321,6 +327,7 @@ pub fn run(
                 filter.as_mut(),
                 threads,
                 counts,
+                &bar,
             )?;
             counts.files += 1;
             counts.bytes_read += size;
@@ -346,18 +353,22 @@ pub fn run(
             files_this_run += 1;
             bytes_this_run += size;
             bytes_done += size;
-            let secs = started.elapsed().as_secs_f64();
-            let rate = bytes_this_run as f64 / secs.max(1e-9);
-            eprintln!(
-                "prep: {}/{total_files} files, {:.1}/{:.1} MB, {:.2} MB/s, ETA {:.0}s",
-                state.completed.len(),
-                bytes_done as f64 / 1e6,
-                total_bytes as f64 / 1e6,
-                rate / 1e6,
-                total_bytes.saturating_sub(bytes_done) as f64 / rate.max(1.0)
-            );
+            bar.set_position(bytes_done);
+            bar.set_message(format!("{}/{total_files} files", state.completed.len()));
+            if !progress::drawn() {
+                let rate = bytes_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                log::info!(
+                    "prep: {}/{total_files} files, {:.1}/{:.1} MB, {:.2} MB/s, ETA {:.0}s",
+                    state.completed.len(),
+                    bytes_done as f64 / 1e6,
+                    total_bytes as f64 / 1e6,
+                    rate / 1e6,
+                    total_bytes.saturating_sub(bytes_done) as f64 / rate.max(1.0)
+                );
+            }
         }
     }
+    bar.finish_and_clear();
     let report = serde_json::json!({"sources": state.counts, "seconds": started.elapsed().as_secs_f64(),
                                     "megabytes_per_second": bytes_this_run as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)});
     atomic_write(
@@ -375,7 +386,7 @@ fn fnv64(bytes: &[u8]) -> u64 {
     })
 }
 
-/// One input file -> one shard (none if nothing survives).
+/// One input file -> one shard (none if nothing survives); `bar` advances by the text read.
 #[allow(clippy::too_many_arguments)]
 fn process_file(
     file: &Path,
@@ -387,6 +398,7 @@ fn process_file(
     mut filter: Option<&mut BloomFilter>,
     threads: usize,
     counts: &mut StageCounts,
+    bar: &ProgressBar,
 ) -> Result<Option<kormo_shards::ShardSummary>, String> {
     let mut writer: Option<ShardWriter> = None;
     let mut docs = read_documents(file, &config.text_field);
@@ -394,11 +406,14 @@ fn process_file(
         let mut batch = Vec::with_capacity(config.batch_documents);
         for d in docs.by_ref() {
             match d {
-                Ok(text) => batch.push(text),
+                Ok(text) => {
+                    bar.inc(text.len() as u64);
+                    batch.push(text);
+                }
                 Err(e) => {
                     counts.malformed += 1;
                     if counts.malformed <= 20 {
-                        eprintln!("skipped malformed input: {e}");
+                        log::warn!("skipped malformed input: {e}");
                     }
                 }
             }

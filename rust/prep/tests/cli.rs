@@ -106,6 +106,8 @@ fn quality_model_and_run_through_the_cli() {
         stderr.contains("MB/s") && stderr.contains("ETA"),
         "{stderr}"
     );
+    // Into a pipe: plain log lines, no progress bar.
+    assert!(!stderr.contains(['\x1b', '\r']), "{stderr:?}");
     let counts: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
     assert_eq!(counts["web"]["malformed"], 1, "{counts}");
     assert_eq!(counts["web"]["quality_removed"], 10);

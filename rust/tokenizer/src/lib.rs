@@ -8,6 +8,7 @@
 //! - `hf`: reading and writing Hugging Face `tokenizer.json` / `tokenizer_config.json`.
 //! - `documents`: reading documents from JSONL / HTML / text files, malformed lines reported.
 //! - `corpus`: plain text from HTML documentation (test and benchmark corpora).
+//! - `progress`: progress bars on stderr (terminals only) and the logger that prints above them.
 
 pub mod bpe;
 pub mod bytelevel;
@@ -18,6 +19,7 @@ pub mod fxhash;
 pub mod hf;
 pub mod nfc;
 pub mod pretokenize;
+pub mod progress;
 pub mod train;
 #[rustfmt::skip] // generated; the sync test compares it byte for byte
 pub mod unicode_tables;

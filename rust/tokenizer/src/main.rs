@@ -1,8 +1,9 @@
 //! `kormo-tokenizer`: train, use and benchmark kormo's byte-level BPE tokenizer
 //! (`kormo-tokenizer --help` and `kormo-tokenizer <command> --help` list every option).
 //!
-//! A PATH may be a file or a directory (all files below it, sorted). Progress with rate
-//! and ETA goes to stderr; results to stdout.
+//! A PATH may be a file or a directory (all files below it, sorted). Results go to stdout;
+//! log lines to stderr (level by `RUST_LOG`, default `info`), and on a terminal progress bars
+//! with rate and ETA.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,17 +13,21 @@ use std::time::Instant;
 use clap::{Parser, Subcommand};
 use kormo_tokenizer::documents::{expand_path, read_documents};
 use kormo_tokenizer::train::{count_documents, train, weighted_counts, TrainConfig, WordCounts};
-use kormo_tokenizer::{corpus, hf, Tokenizer};
+use kormo_tokenizer::{corpus, hf, progress, Tokenizer};
 
 /// Trains, applies and benchmarks kormo's byte-level BPE tokenizer (Hugging Face
 /// tokenizer.json format).
 #[derive(Parser)]
-#[command(name = "kormo-tokenizer", disable_version_flag = true, after_help = "\
+#[command(
+    name = "kormo-tokenizer",
+    disable_version_flag = true,
+    after_help = "\
 Examples:
   kormo-tokenizer train --source en=1.0:corpus/en --source ko=1.5:ko.jsonl --out tok --vocab-size 32000
   echo '안녕하세요' | kormo-tokenizer encode --tokenizer tok/tokenizer.json --json
   kormo-tokenizer bench --tokenizer tok/tokenizer.json --threads 8 corpus/en/part-0.jsonl
-  kormo-tokenizer extract-html --out corpus/docs.txt site/")]
+  kormo-tokenizer extract-html --out corpus/docs.txt site/"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -41,7 +46,9 @@ enum Cmd {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  kormo-tokenizer train --source en=1.0:corpus/en --source ko=1.5:ko.jsonl --out tok --vocab-size 32000")]
+#[command(
+    after_help = "Example:\n  kormo-tokenizer train --source en=1.0:corpus/en --source ko=1.5:ko.jsonl --out tok --vocab-size 32000"
+)]
 struct TrainArgs {
     /// A source: NAME=WEIGHT:PATH[,PATH...] (repeat for several; at least one)
     #[arg(long, value_name = "NAME=WEIGHT:PATHS")]
@@ -67,7 +74,9 @@ struct TrainArgs {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  echo '안녕하세요' | kormo-tokenizer encode --tokenizer tok/tokenizer.json --json")]
+#[command(
+    after_help = "Example:\n  echo '안녕하세요' | kormo-tokenizer encode --tokenizer tok/tokenizer.json --json"
+)]
 struct EncodeArgs {
     /// tokenizer.json
     #[arg(long, value_name = "FILE")]
@@ -78,7 +87,9 @@ struct EncodeArgs {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Example:\n  kormo-tokenizer bench --tokenizer tok/tokenizer.json --threads 8 corpus/en/part-0.jsonl")]
+#[command(
+    after_help = "Example:\n  kormo-tokenizer bench --tokenizer tok/tokenizer.json --threads 8 corpus/en/part-0.jsonl"
+)]
 struct BenchArgs {
     /// tokenizer.json
     #[arg(long, value_name = "FILE")]
@@ -106,7 +117,9 @@ struct ExtractHtmlArgs {
 }
 
 fn main() -> ExitCode {
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    progress::init_logging();
+    let result = match cli.command {
         Cmd::Train(a) => cmd_train(a),
         Cmd::Encode(a) => cmd_encode(a),
         Cmd::Bench(a) => cmd_bench(a),
@@ -155,7 +168,7 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
             files.extend(expand_path(Path::new(p))?);
         }
         let counts = count_source(name, &files, &text_field, &config, threads, a.max_words);
-        eprintln!(
+        log::info!(
             "source {name}: {} files, {:.1} MB, {} distinct pre-tokens{}",
             files.len(),
             counts.bytes as f64 / 1e6,
@@ -186,8 +199,9 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Counts one source's pre-tokens, reporting malformed inputs and progress (text bytes
-/// read against the files' total size, rate, ETA) on stderr about once a second.
+/// Counts one source's pre-tokens, logging malformed inputs; on a terminal a bar shows the
+/// text bytes read against the files' total size (JSON and markup make the total an upper
+/// bound), the rate and the ETA.
 fn count_source(
     name: &str,
     files: &[PathBuf],
@@ -201,40 +215,28 @@ fn count_source(
         .filter_map(|f| std::fs::metadata(f).ok())
         .map(|m| m.len())
         .sum();
-    let started = Instant::now();
-    let mut last = Instant::now();
-    let mut done = 0u64;
+    let bar = progress::bar(&format!("count {name}"), total, progress::Unit::Bytes);
     let mut malformed = 0u64;
     let docs = files
         .iter()
         .flat_map(|f| read_documents(f, field))
         .filter_map(|d| match d {
             Ok(text) => {
-                done += text.len() as u64;
-                if last.elapsed().as_secs_f64() >= 1.0 {
-                    last = Instant::now();
-                    let rate = done as f64 / started.elapsed().as_secs_f64();
-                    eprintln!(
-                        "count {name}: {:.1}/{:.1} MB, {:.1} MB/s, ETA {:.0}s",
-                        done as f64 / 1e6,
-                        total as f64 / 1e6,
-                        rate / 1e6,
-                        total.saturating_sub(done) as f64 / rate.max(1.0)
-                    );
-                }
+                bar.inc(text.len() as u64);
                 Some(text)
             }
             Err(e) => {
                 malformed += 1;
                 if malformed <= 10 {
-                    eprintln!("skipped malformed input: {e}");
+                    log::warn!("skipped malformed input: {e}");
                 }
                 None
             }
         });
     let counts = count_documents(docs, config.pattern, &config.specials, threads, max_words);
+    bar.finish_and_clear();
     if malformed > 0 {
-        eprintln!("source {name}: {malformed} malformed inputs skipped");
+        log::warn!("source {name}: {malformed} malformed inputs skipped");
     }
     counts
 }
@@ -303,6 +305,6 @@ fn cmd_extract_html(a: ExtractHtmlArgs) -> Result<(), String> {
         }
     }
     std::fs::write(&a.out, &text).map_err(|e| format!("{out}: {e}"))?;
-    eprintln!("{out}: {:.2} MB of text", text.len() as f64 / 1e6);
+    log::info!("{out}: {:.2} MB of text", text.len() as f64 / 1e6);
     Ok(())
 }

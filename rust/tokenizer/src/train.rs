@@ -25,6 +25,7 @@ use std::time::Instant;
 use crate::bpe::{SpecialToken, Tokenizer, TokenizerError};
 use crate::fxhash::FxHashMap;
 use crate::pretokenize::{pre_tokens, Pattern};
+use crate::progress;
 
 /// KORMo's special tokens, in id order after the merged tokens.
 pub const KORMO_SPECIALS: [&str; 5] = ["<|BOS|>", "<|EOT|>", "<|BOT|>", "<think>", "</think>"];
@@ -209,7 +210,7 @@ pub struct TrainConfig {
     pub min_frequency: u64,
     pub specials: Vec<String>,
     pub pattern: Pattern,
-    /// Print progress (rate, ETA) to stderr about once a second.
+    /// Show a progress bar (merges, rate, ETA) on stderr when it is a terminal.
     pub progress: bool,
 }
 
@@ -280,6 +281,9 @@ pub fn train(
     let started = Instant::now();
     let mut last_report = started;
     let wanted = target_model_tokens.saturating_sub(vocab.len());
+    let bar = config
+        .progress
+        .then(|| progress::bar("bpe", wanted as u64, progress::Unit::Items("merges")));
     let mut deltas: FxHashMap<Pair, i64> = FxHashMap::default();
     while vocab.len() < target_model_tokens {
         let Some((count, Reverse(pair))) = heap.pop() else {
@@ -361,22 +365,23 @@ pub fn train(
                 heap.push((now, Reverse(p)));
             }
         }
-        if config.progress && last_report.elapsed().as_secs_f64() >= 1.0 {
-            last_report = Instant::now();
-            let done = merges.len();
-            let rate = done as f64 / started.elapsed().as_secs_f64();
-            let left = wanted.saturating_sub(done) as f64 / rate.max(1e-9);
-            eprintln!("bpe: {done}/{wanted} merges, {rate:.0} merges/s, best count {count}, ETA {left:.0}s");
+        if let Some(bar) = &bar {
+            bar.set_position(merges.len() as u64);
+            if last_report.elapsed().as_secs_f64() >= 0.5 {
+                last_report = Instant::now();
+                bar.set_message(format!("(best pair count {count})"));
+            }
         }
     }
-    if config.progress {
-        eprintln!(
-            "bpe: {} merges, {} model tokens in {:.1}s",
-            merges.len(),
-            vocab.len(),
-            started.elapsed().as_secs_f64()
-        );
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
+    log::info!(
+        "bpe: {} merges, {} model tokens in {:.1}s",
+        merges.len(),
+        vocab.len(),
+        started.elapsed().as_secs_f64()
+    );
     let first_special = vocab.len() as u32;
     let specials = config
         .specials

@@ -68,3 +68,41 @@ fn train_then_encode_through_the_cli() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("weight \"abc\" is not a number"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Into a pipe, train writes plain log lines (no bar, no escape codes); `RUST_LOG=warn` keeps
+/// only the warnings.
+#[test]
+fn train_logs_plain_lines_filtered_by_rust_log() {
+    let dir = test_dir("tokenizer-cli-log");
+    let korean: String = (0..20)
+        .map(|i| format!("{{\"text\": \"패키지 관리자는 소프트웨어를 설치합니다 {i}\"}}\n"))
+        .collect::<String>()
+        + "{oops\n";
+    std::fs::write(dir.join("ko.jsonl"), korean).unwrap();
+    let train = |rust_log: &str| {
+        let run = Command::new(BIN)
+            .env("RUST_LOG", rust_log)
+            .args(["train", "--vocab-size", "300", "--threads", "1", "--out"])
+            .arg(dir.join("tok"))
+            .arg("--source")
+            .arg(format!("ko=1:{}", dir.join("ko.jsonl").display()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(run.stderr).unwrap();
+        assert!(run.status.success(), "{stderr}");
+        assert!(!stderr.contains(['\x1b', '\r']), "{stderr:?}");
+        stderr
+    };
+    let info = train("info");
+    let warning = "warning: skipped malformed input: ";
+    for needle in [warning, "source ko: 1 files", "bpe: "] {
+        assert!(info.contains(needle), "`{needle}` in {info}");
+    }
+    let warn = train("warn");
+    assert!(warn.contains(warning), "{warn}");
+    assert!(
+        !warn.contains("source ko: 1 files") && !warn.contains("bpe: "),
+        "{warn}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
