@@ -25,7 +25,11 @@ const LEFT: i64 = 110;
 const RIGHT: i64 = 30;
 const TOP: i64 = 56;
 const BOTTOM: i64 = 70;
-const SCALE: usize = 2;
+/// Text sizes (line heights in pixels) and the width of data lines.
+const TITLE_SIZE: f32 = 22.0;
+const LABEL_SIZE: f32 = 17.0;
+const TICK_SIZE: f32 = 15.0;
+const LINE_WIDTH: f32 = 2.0;
 
 impl LineChart {
     /// The chart as an image: the plot area is `WIDTH` wide plus room for the legend on the
@@ -34,57 +38,69 @@ impl LineChart {
         let legend_w = self.legend_width();
         let width = WIDTH + legend_w as usize;
         let mut canvas = Canvas::new(width, HEIGHT, Color::WHITE);
-        let (title_w, _) = text_size(&self.title, 3);
-        canvas.text((width as i64 - title_w as i64) / 2, 14, &self.title, 3, Direction::Right, Color::BLACK);
+        let (title_w, _) = text_size(&self.title, TITLE_SIZE);
+        canvas.text((width as i64 - title_w as i64) / 2, 16, &self.title, TITLE_SIZE, Direction::Right, Color::BLACK);
         let (pw, ph) = (WIDTH as i64 - LEFT - RIGHT, HEIGHT as i64 - TOP - BOTTOM);
-        let (xw, _) = text_size(&self.x_label, SCALE);
-        canvas.text(LEFT + (pw - xw as i64) / 2, HEIGHT as i64 - 24, &self.x_label, SCALE, Direction::Right, Color::BLACK);
-        let (yw, _) = text_size(&self.y_label, SCALE);
-        canvas.text(8, TOP + (ph - yw as i64) / 2, &self.y_label, SCALE, Direction::Up, Color::BLACK);
+        let (xw, _) = text_size(&self.x_label, LABEL_SIZE);
+        canvas.text(LEFT + (pw - xw as i64) / 2, HEIGHT as i64 - 30, &self.x_label, LABEL_SIZE, Direction::Right, Color::BLACK);
+        // The y title sits just left of the widest tick label.
+        let y_title = |canvas: &mut Canvas, widest_tick: i64| {
+            let (yw, _) = text_size(&self.y_label, LABEL_SIZE);
+            let x = (LEFT - 9 - widest_tick - 12 - LABEL_SIZE as i64).max(4);
+            canvas.text(x, TOP + (ph - yw as i64) / 2, &self.y_label, LABEL_SIZE, Direction::Up, Color::BLACK);
+        };
 
         let points = || self.series.iter().flat_map(|s| s.points.iter()).filter(|(x, y)| x.is_finite() && y.is_finite());
         let Some((x_lo, x_hi)) = range(points().map(|p| p.0)) else {
             canvas.stroke_rect(LEFT, TOP, pw, ph, Color::AXIS);
-            canvas.text(LEFT + pw / 2 - 40, TOP + ph / 2, "NO DATA", SCALE, Direction::Right, Color::AXIS);
+            y_title(&mut canvas, 0);
+            let (nw, nh) = text_size("no data", LABEL_SIZE);
+            canvas.text(LEFT + (pw - nw as i64) / 2, TOP + (ph - nh as i64) / 2, "no data", LABEL_SIZE, Direction::Right, Color::AXIS);
             return canvas;
         };
         let (y_lo, y_hi) = range(points().map(|p| p.1)).expect("x range implies y range");
         let pad = (y_hi - y_lo) * 0.05;
         let (y_lo, y_hi) = (y_lo - pad, y_hi + pad);
+        // Data to pixel coordinates, unrounded (lines are anti-aliased); grid lines round.
         let to_px = |x: f64, y: f64| {
-            let px = LEFT as f64 + (x - x_lo) / (x_hi - x_lo) * pw as f64;
-            let py = (TOP + ph) as f64 - (y - y_lo) / (y_hi - y_lo) * ph as f64;
-            (px.round() as i64, py.round() as i64)
+            let px = LEFT as f64 + (x - x_lo) / (x_hi - x_lo) * (pw - 1) as f64;
+            let py = (TOP + ph - 1) as f64 - (y - y_lo) / (y_hi - y_lo) * (ph - 1) as f64;
+            (px, py)
         };
+        let round = |(px, py): (f64, f64)| (px.round() as i64, py.round() as i64);
 
         // Grid and tick labels.
         let y_ticks = ticks(y_lo, y_hi);
+        let mut widest_tick = 0;
         for &t in &y_ticks.values {
-            let (_, py) = to_px(x_lo, t);
+            let (_, py) = round(to_px(x_lo, t));
             canvas.fill_rect(LEFT, py, pw, 1, Color::GRID);
+            canvas.fill_rect(LEFT - 5, py, 5, 1, Color::AXIS);
             let label = format_tick(t, y_ticks.step);
-            let (lw, lh) = text_size(&label, SCALE);
-            canvas.text(LEFT - 8 - lw as i64, py - lh as i64 / 2, &label, SCALE, Direction::Right, Color::AXIS);
+            let (lw, lh) = text_size(&label, TICK_SIZE);
+            widest_tick = widest_tick.max(lw as i64);
+            canvas.text(LEFT - 9 - lw as i64, py - lh as i64 / 2, &label, TICK_SIZE, Direction::Right, Color::AXIS);
         }
+        y_title(&mut canvas, widest_tick);
         let x_ticks = ticks(x_lo, x_hi);
         for &t in &x_ticks.values {
-            let (px, _) = to_px(t, y_lo);
+            let (px, _) = round(to_px(t, y_lo));
             canvas.fill_rect(px, TOP, 1, ph, Color::GRID);
+            canvas.fill_rect(px, TOP + ph, 1, 5, Color::AXIS);
             let label = format_tick(t, x_ticks.step);
-            let (lw, _) = text_size(&label, SCALE);
-            canvas.text(px - lw as i64 / 2, TOP + ph + 8, &label, SCALE, Direction::Right, Color::AXIS);
+            let (lw, _) = text_size(&label, TICK_SIZE);
+            canvas.text(px - lw as i64 / 2, TOP + ph + 8, &label, TICK_SIZE, Direction::Right, Color::AXIS);
         }
         canvas.stroke_rect(LEFT, TOP, pw, ph, Color::AXIS);
 
         for (i, series) in self.series.iter().enumerate() {
             let color = Color::series(i);
-            let pts: Vec<(i64, i64)> = series.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| to_px(x, y)).collect();
-            if pts.len() == 1 {
-                canvas.fill_rect(pts[0].0 - 3, pts[0].1 - 3, 7, 7, color);
+            let pts: Vec<(f64, f64)> = series.points.iter().filter(|(x, y)| x.is_finite() && y.is_finite()).map(|&(x, y)| to_px(x, y)).collect();
+            if let [(x, y)] = pts[..] {
+                let (x, y) = round((x, y));
+                canvas.fill_rect(x - 3, y - 3, 7, 7, color);
             }
-            for pair in pts.windows(2) {
-                canvas.line(pair[0], pair[1], 2, color);
-            }
+            canvas.polyline(&pts, LINE_WIDTH, color);
         }
         self.legend(&mut canvas, LEFT + pw + 16, TOP);
         canvas
@@ -100,7 +116,7 @@ impl LineChart {
         if named.is_empty() {
             return 0;
         }
-        named.iter().map(|(_, s)| text_size(&s.name, SCALE).0).max().unwrap_or(0) as i64 + 60
+        named.iter().map(|(_, s)| text_size(&s.name, TICK_SIZE).0).max().unwrap_or(0) as i64 + 60
     }
 
     /// Colour swatches and names to the right of the plot area, top-aligned with it.
@@ -109,8 +125,8 @@ impl LineChart {
         let line_h = 22;
         for (row, (i, series)) in named.iter().enumerate() {
             let ly = y + 6 + row as i64 * line_h;
-            canvas.fill_rect(x + 8, ly + 5, 20, 4, Color::series(*i));
-            canvas.text(x + 36, ly, &series.name, SCALE, Direction::Right, Color::BLACK);
+            canvas.polyline(&[((x + 8) as f64, (ly + 8) as f64), ((x + 28) as f64, (ly + 8) as f64)], LINE_WIDTH + 1.0, Color::series(*i));
+            canvas.text(x + 36, ly, &series.name, TICK_SIZE, Direction::Right, Color::BLACK);
         }
     }
 }

@@ -15,33 +15,36 @@ pub struct HeatMap {
     pub cells: Vec<Vec<Option<f64>>>,
 }
 
-const SCALE: usize = 2;
+/// Text sizes: line heights in pixels.
+const TITLE_SIZE: f32 = 22.0;
+const LABEL_SIZE: f32 = 17.0;
+const CELL_SIZE: f32 = 15.0;
 const CELL_H: i64 = 40;
 const MARGIN: i64 = 20;
 
 impl HeatMap {
     pub fn render(&self) -> Canvas {
-        let widest = |labels: &[String]| labels.iter().map(|l| text_size(l, SCALE).0).max().unwrap_or(0) as i64;
-        let cell_w = (widest(&self.col_labels) + 16).max(text_size("100%", SCALE).0 as i64 + 16);
+        let widest = |labels: &[String]| labels.iter().map(|l| text_size(l, CELL_SIZE).0).max().unwrap_or(0) as i64;
+        let cell_w = (widest(&self.col_labels) + 16).max(text_size("100%", CELL_SIZE).0 as i64 + 16);
         let row_label_w = widest(&self.row_labels) + 12;
         let left = MARGIN + 24 + row_label_w;
         let top = MARGIN + 40;
         let cols = self.col_labels.len() as i64;
         let rows = self.row_labels.len() as i64;
         let grid_w = cols * cell_w;
-        let title_w = text_size(&self.title, 3).0 as i64;
+        let title_w = text_size(&self.title, TITLE_SIZE).0 as i64;
         let width = (left + grid_w + MARGIN).max(title_w + 2 * MARGIN);
         let height = top + rows * CELL_H + 70;
         let mut canvas = Canvas::new(width as usize, height as usize, Color::WHITE);
-        canvas.text((width - title_w) / 2, MARGIN - 6, &self.title, 3, Direction::Right, Color::BLACK);
+        canvas.text((width - title_w) / 2, MARGIN - 4, &self.title, TITLE_SIZE, Direction::Right, Color::BLACK);
 
         for (r, label) in self.row_labels.iter().enumerate() {
-            let (lw, lh) = text_size(label, SCALE);
-            canvas.text(left - 8 - lw as i64, top + r as i64 * CELL_H + (CELL_H - lh as i64) / 2, label, SCALE, Direction::Right, Color::AXIS);
+            let (lw, lh) = text_size(label, CELL_SIZE);
+            canvas.text(left - 8 - lw as i64, top + r as i64 * CELL_H + (CELL_H - lh as i64) / 2, label, CELL_SIZE, Direction::Right, Color::AXIS);
         }
         for (c, label) in self.col_labels.iter().enumerate() {
-            let (lw, _) = text_size(label, SCALE);
-            canvas.text(left + c as i64 * cell_w + (cell_w - lw as i64) / 2, top + rows * CELL_H + 8, label, SCALE, Direction::Right, Color::AXIS);
+            let (lw, _) = text_size(label, CELL_SIZE);
+            canvas.text(left + c as i64 * cell_w + (cell_w - lw as i64) / 2, top + rows * CELL_H + 8, label, CELL_SIZE, Direction::Right, Color::AXIS);
         }
         for r in 0..rows {
             for c in 0..cols {
@@ -51,14 +54,14 @@ impl HeatMap {
                 canvas.fill_rect(x, y, cell_w, CELL_H, fill);
                 canvas.stroke_rect(x, y, cell_w + 1, CELL_H + 1, Color::WHITE);
                 let text = value.map(|v| format!("{:.0}%", v * 100.0)).unwrap_or_else(|| "-".into());
-                let (tw, th) = text_size(&text, SCALE);
-                canvas.text(x + (cell_w - tw as i64) / 2, y + (CELL_H - th as i64) / 2, &text, SCALE, Direction::Right, Color::BLACK);
+                let (tw, th) = text_size(&text, CELL_SIZE);
+                canvas.text(x + (cell_w - tw as i64) / 2, y + (CELL_H - th as i64) / 2, &text, CELL_SIZE, Direction::Right, Color::BLACK);
             }
         }
-        let (xw, _) = text_size(&self.x_label, SCALE);
-        canvas.text(left + (grid_w - xw as i64) / 2, top + rows * CELL_H + 36, &self.x_label, SCALE, Direction::Right, Color::BLACK);
-        let (yw, _) = text_size(&self.y_label, SCALE);
-        canvas.text(MARGIN - 8, top + (rows * CELL_H - yw as i64) / 2, &self.y_label, SCALE, Direction::Up, Color::BLACK);
+        let (xw, _) = text_size(&self.x_label, LABEL_SIZE);
+        canvas.text(left + (grid_w - xw as i64) / 2, top + rows * CELL_H + 34, &self.x_label, LABEL_SIZE, Direction::Right, Color::BLACK);
+        let (yw, _) = text_size(&self.y_label, LABEL_SIZE);
+        canvas.text(MARGIN - 6, top + (rows * CELL_H - yw as i64) / 2, &self.y_label, LABEL_SIZE, Direction::Up, Color::BLACK);
         canvas
     }
 }

@@ -1,18 +1,17 @@
-//! kormo-plot: PNG charts with no dependencies beyond a CRC-32.
+//! kormo-plot: PNG charts of training runs.
 //!
-//! * [`png`] — PNG encoder (RGB, zlib stream with a fixed-Huffman deflate block and LZ77).
-//! * [`font`] — a 5x7 bitmap font (digits, capitals, punctuation).
-//! * [`raster`] — an RGB canvas: rectangles, lines, text, blitting.
+//! * [`text`] — labels in DejaVu Sans, laid out and rasterised by `ab_glyph`.
+//! * [`raster`] — an RGB canvas drawn by tiny-skia (rectangles, anti-aliased lines, text,
+//!   blitting), encoded as PNG by the `png` crate.
 //! * [`chart`] — line charts with nice ticks and a legend.
 //! * [`heatmap`] — score heat maps (used by the needle-in-a-haystack evaluation).
 //! * [`metrics`] — the training curves of a run directory (the `plot` binary).
 
 pub mod chart;
-pub mod font;
 pub mod heatmap;
 pub mod metrics;
-pub mod png;
 pub mod raster;
+pub mod text;
 
 pub use chart::{LineChart, Series};
 pub use heatmap::HeatMap;

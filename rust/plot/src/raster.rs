@@ -1,11 +1,13 @@
-//! An RGB canvas with the few primitives charts need: rectangles, thick anti-alias-free lines,
-//! text in the built-in font (scaled by whole pixels, optionally rotated for a y-axis label),
-//! and blitting one canvas into another. Drawing outside the canvas is clipped, never a panic.
+//! An RGB canvas with the few primitives charts need, drawn by tiny-skia: crisp rectangles on
+//! whole pixels, anti-aliased polylines with round joins, anti-aliased text (see [`crate::text`]),
+//! optionally rotated for a y-axis title, and blitting one canvas into another. Drawing outside
+//! the canvas is clipped, never a panic. PNGs are encoded by the `png` crate as 8-bit RGB.
 
 use std::path::Path;
 
-use crate::font::{glyph, text_width, ADVANCE, GLYPH_HEIGHT, GLYPH_WIDTH};
-use crate::png;
+use tiny_skia::{LineCap, LineJoin, Paint, PathBuilder, Pixmap, PixmapPaint, PremultipliedColorU8, Rect, Stroke, Transform};
+
+pub use crate::text::text_size;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Color(pub u8, pub u8, pub u8);
@@ -48,46 +50,53 @@ pub enum Direction {
     Up,
 }
 
-/// An RGB image.
+/// An opaque RGB image (a tiny-skia pixmap whose alpha is always 255).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Canvas {
-    width: usize,
-    height: usize,
-    rgb: Vec<u8>,
+    pixmap: Pixmap,
+}
+
+fn paint(c: Color) -> Paint<'static> {
+    let mut paint = Paint::default();
+    paint.set_color_rgba8(c.0, c.1, c.2, 255);
+    paint.anti_alias = true;
+    paint
 }
 
 impl Canvas {
+    /// A canvas filled with `background`; a zero width or height is taken as 1.
     pub fn new(width: usize, height: usize, background: Color) -> Canvas {
-        let rgb = [background.0, background.1, background.2].repeat(width * height);
-        Canvas { width, height, rgb }
+        let side = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let mut pixmap = Pixmap::new(side(width), side(height)).unwrap_or_else(|| panic!("a {width}x{height} canvas is too large to allocate"));
+        pixmap.fill(tiny_skia::Color::from_rgba8(background.0, background.1, background.2, 255));
+        Canvas { pixmap }
     }
 
     pub fn width(&self) -> usize {
-        self.width
+        self.pixmap.width() as usize
     }
 
     pub fn height(&self) -> usize {
-        self.height
+        self.pixmap.height() as usize
     }
 
     pub fn pixel(&self, x: usize, y: usize) -> Color {
-        let i = (y * self.width + x) * 3;
-        Color(self.rgb[i], self.rgb[i + 1], self.rgb[i + 2])
+        let p = self.pixmap.pixels()[y * self.width() + x];
+        Color(p.red(), p.green(), p.blue())
     }
 
     /// Sets one pixel; coordinates outside the canvas are ignored.
     pub fn put(&mut self, x: i64, y: i64, c: Color) {
-        if x >= 0 && y >= 0 && (x as usize) < self.width && (y as usize) < self.height {
-            let i = (y as usize * self.width + x as usize) * 3;
-            self.rgb[i..i + 3].copy_from_slice(&[c.0, c.1, c.2]);
+        if x >= 0 && y >= 0 && (x as usize) < self.width() && (y as usize) < self.height() {
+            let at = y as usize * self.width() + x as usize;
+            self.pixmap.pixels_mut()[at] = PremultipliedColorU8::from_rgba(c.0, c.1, c.2, 255).expect("opaque colours are valid");
         }
     }
 
+    /// Fills whole pixels: columns x..x+w, rows y..y+h (an empty or negative size draws nothing).
     pub fn fill_rect(&mut self, x: i64, y: i64, w: i64, h: i64, c: Color) {
-        for yy in y.max(0)..(y + h).min(self.height as i64) {
-            for xx in x.max(0)..(x + w).min(self.width as i64) {
-                self.put(xx, yy, c);
-            }
+        if let Some(rect) = Rect::from_xywh(x as f32, y as f32, w as f32, h as f32) {
+            self.pixmap.fill_rect(rect, &paint(c), Transform::identity(), None);
         }
     }
 
@@ -99,80 +108,97 @@ impl Canvas {
         self.fill_rect(x + w - 1, y, 1, h, c);
     }
 
-    /// A line `thickness` pixels wide (Bresenham with a square pen).
-    pub fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), thickness: i64, c: Color) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut err) = (x0, y0, dx + dy);
-        let offset = (thickness - 1) / 2;
-        // Lines from far outside the canvas are clipped by `put`; bound the walk anyway.
-        for _ in 0..=(dx - dy).min(1 << 20) {
-            self.fill_rect(x - offset, y - offset, thickness, thickness, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * err;
-            if e2 >= dy {
-                err += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                err += dx;
-                y += sy;
+    /// An anti-aliased line `width` pixels wide through `points`, with round joins and caps.
+    /// Coordinates are in pixels, (x, y) naming the centre of pixel (x, y); fewer than two
+    /// points, or any non-finite one, draw nothing.
+    pub fn polyline(&mut self, points: &[(f64, f64)], width: f32, c: Color) {
+        let mut path = PathBuilder::new();
+        for (i, &(x, y)) in points.iter().enumerate() {
+            let (x, y) = (x as f32 + 0.5, y as f32 + 0.5);
+            if i == 0 {
+                path.move_to(x, y);
+            } else {
+                path.line_to(x, y);
             }
         }
+        let Some(path) = (points.len() >= 2).then(|| path.finish()).flatten() else { return };
+        let stroke = Stroke { width, line_cap: LineCap::Round, line_join: LineJoin::Round, ..Stroke::default() };
+        self.pixmap.stroke_path(&path, &paint(c), &stroke, Transform::identity(), None);
     }
 
-    /// Draws `text` with its top-left corner at (x, y) (for `Up`, the bottom-left corner of the
-    /// rotated text is at (x, y + width)), each font pixel `scale` x `scale` canvas pixels.
-    pub fn text(&mut self, x: i64, y: i64, text: &str, scale: usize, direction: Direction, c: Color) {
-        let s = scale as i64;
-        let total = (text_width(text) * scale) as i64;
-        for (n, ch) in text.chars().enumerate() {
-            let rows = glyph(ch);
-            for (row, bits) in rows.iter().enumerate() {
-                for col in 0..GLYPH_WIDTH {
-                    if bits >> (GLYPH_WIDTH - 1 - col) & 1 == 0 {
-                        continue;
-                    }
-                    let along = ((n * ADVANCE + col) * scale) as i64;
-                    let across = (row * scale) as i64;
-                    match direction {
-                        Direction::Right => self.fill_rect(x + along, y + across, s, s, c),
-                        Direction::Up => self.fill_rect(x + across, y + total - along - s, s, s, c),
-                    }
+    /// Draws `text` at `size` (its line height in pixels) with the top-left corner of its
+    /// [`text_size`] box at (x, y); for `Up` the box is turned a quarter left, so the text
+    /// reads bottom to top inside a box `height` wide and `width` tall whose top-left is (x, y).
+    pub fn text(&mut self, x: i64, y: i64, text: &str, size: f32, direction: Direction, c: Color) {
+        let (w, h, mask) = crate::text::coverage(text, size);
+        for row in 0..h {
+            for col in 0..w {
+                let alpha = mask[row * w + col];
+                if alpha > 0.0 {
+                    let (px, py) = match direction {
+                        Direction::Right => (x + col as i64, y + row as i64),
+                        Direction::Up => (x + row as i64, y + (w - 1 - col) as i64),
+                    };
+                    self.blend(px, py, c, alpha);
                 }
             }
         }
     }
 
+    /// `c` over the pixel at (x, y) with coverage `alpha`; outside the canvas, nothing.
+    fn blend(&mut self, x: i64, y: i64, c: Color, alpha: f32) {
+        if x < 0 || y < 0 || x as usize >= self.width() || y as usize >= self.height() {
+            return;
+        }
+        let old = self.pixel(x as usize, y as usize);
+        let mix = |src: u8, dst: u8| (src as f32 * alpha + dst as f32 * (1.0 - alpha)).round() as u8;
+        self.put(x, y, Color(mix(c.0, old.0), mix(c.1, old.1), mix(c.2, old.2)));
+    }
+
     /// Copies `other` with its top-left corner at (x, y), clipped.
     pub fn blit(&mut self, other: &Canvas, x: i64, y: i64) {
-        for yy in 0..other.height {
-            for xx in 0..other.width {
-                self.put(x + xx as i64, y + yy as i64, other.pixel(xx, yy));
-            }
-        }
+        let (Ok(x), Ok(y)) = (i32::try_from(x), i32::try_from(y)) else { return };
+        self.pixmap.draw_pixmap(x, y, other.pixmap.as_ref(), &PixmapPaint::default(), Transform::identity(), None);
     }
 
+    /// The canvas as an 8-bit RGB PNG.
     pub fn to_png(&self) -> Vec<u8> {
-        png::encode_rgb(self.width, self.height, &self.rgb)
+        let rgb: Vec<u8> = self.pixmap.pixels().iter().flat_map(|p| [p.red(), p.green(), p.blue()]).collect();
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, self.pixmap.width(), self.pixmap.height());
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        let mut writer = encoder.write_header().expect("a PNG header of a non-empty canvas encodes into memory");
+        writer.write_image_data(&rgb).expect("rows of the canvas's own size encode into memory");
+        writer.finish().expect("a complete PNG finishes into memory");
+        out
     }
 
-    /// Writes the canvas as a PNG file; the error names the file.
+    /// Writes the canvas as a PNG file, atomically (a sibling temporary file renamed over
+    /// `path`, so a reader never sees half an image); the error names the file.
     pub fn save_png(&self, path: &Path) -> Result<(), String> {
-        std::fs::write(path, self.to_png()).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        std::fs::write(&tmp, self.to_png()).map_err(|e| format!("{}: cannot write: {e}", tmp.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("{}: cannot rename {} over it: {e}", path.display(), tmp.display())
+        })
     }
-}
-
-/// Size in canvas pixels of `text` at `scale`: (width, height).
-pub fn text_size(text: &str, scale: usize) -> (usize, usize) {
-    (text_width(text) * scale, GLYPH_HEIGHT * scale)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Bounding box (x0, y0, x1, y1) of the pixels that are not white.
+    fn ink(c: &Canvas) -> Option<(usize, usize, usize, usize)> {
+        let inked: Vec<(usize, usize)> = (0..c.height()).flat_map(|y| (0..c.width()).map(move |x| (x, y))).filter(|&(x, y)| c.pixel(x, y) != Color::WHITE).collect();
+        let xs = inked.iter().map(|p| p.0);
+        let ys = inked.iter().map(|p| p.1);
+        Some((xs.clone().min()?, ys.clone().min()?, xs.max()?, ys.max()?))
+    }
 
     #[test]
     fn drawing_is_clipped_and_lands_where_asked() {
@@ -180,16 +206,52 @@ mod tests {
         c.fill_rect(-5, -5, 8, 8, Color::BLACK);
         assert_eq!(c.pixel(2, 2), Color::BLACK);
         assert_eq!(c.pixel(3, 3), Color::WHITE);
-        c.line((0, 9), (19, 9), 1, Color(1, 2, 3));
-        assert!((0..20).all(|x| c.pixel(x, 9) == Color(1, 2, 3)));
-        c.line((-1000, -1000), (1000, 1000), 3, Color::BLACK); // clipped, no panic
-        c.text(100, 100, "off canvas", 2, Direction::Up, Color::BLACK);
-        let mut t = Canvas::new(12, 8, Color::WHITE);
-        t.text(0, 0, "-", 1, Direction::Right, Color::BLACK);
-        assert!((0..5).all(|x| t.pixel(x, 3) == Color::BLACK) && t.pixel(0, 2) == Color::WHITE);
-        let mut u = Canvas::new(8, 12, Color::WHITE);
-        u.text(0, 0, "-", 1, Direction::Up, Color::BLACK);
-        assert!((0..5).all(|y| u.pixel(3, y) == Color::BLACK) && u.pixel(2, 0) == Color::WHITE);
+        c.put(19, 0, Color(4, 5, 6));
+        assert_eq!(c.pixel(19, 0), Color(4, 5, 6));
+        c.put(20, 0, Color::BLACK); // outside, ignored
+        // A one-pixel horizontal line through pixel centres covers its row exactly; the round
+        // caps half-cover the end pixels.
+        c.polyline(&[(0.0, 9.0), (19.0, 9.0)], 1.0, Color(1, 2, 3));
+        assert!((1..19).all(|x| c.pixel(x, 9) == Color(1, 2, 3)));
+        assert!(c.pixel(0, 9) != Color::WHITE && c.pixel(5, 8) == Color::WHITE);
+        c.polyline(&[(-1000.0, -1000.0), (1000.0, 1000.0)], 3.0, Color::BLACK); // clipped, no panic
+        c.polyline(&[(0.0, 0.0), (f64::NAN, 1.0)], 3.0, Color::BLACK); // nothing
+        c.text(100, 100, "off canvas", 16.0, Direction::Up, Color::BLACK);
+        c.blit(&Canvas::new(4, 4, Color::BLACK), 1 << 40, 0);
+        assert_eq!(Canvas::new(0, 0, Color::WHITE).width(), 1);
+    }
+
+    #[test]
+    fn text_lands_in_its_box_and_turns_for_up() {
+        let (w, h) = text_size("step 100", 16.0);
+        let mut right = Canvas::new(100, 100, Color::WHITE);
+        right.text(10, 20, "step 100", 16.0, Direction::Right, Color::BLACK);
+        let (x0, y0, x1, y1) = ink(&right).unwrap();
+        assert!(x0 >= 10 && y0 >= 20 && x1 < 10 + w && y1 < 20 + h, "{:?}", (x0, y0, x1, y1));
+        assert!(x1 - x0 > 3 * (y1 - y0), "runs along x");
+        // Anti-aliased: some pixels are partly covered, some fully.
+        let grey = (0..100).flat_map(|y| (0..100).map(move |x| (x, y))).filter(|&(x, y)| !matches!(right.pixel(x, y), Color::WHITE | Color::BLACK)).count();
+        assert!(grey > 10, "{grey}");
+        assert!((0..100).flat_map(|y| (0..100).map(move |x| (x, y))).any(|(x, y)| right.pixel(x, y) == Color::BLACK));
+        let mut up = Canvas::new(100, 100, Color::WHITE);
+        up.text(20, 10, "step 100", 16.0, Direction::Up, Color::BLACK);
+        let (ux0, uy0, ux1, uy1) = ink(&up).unwrap();
+        assert!(ux0 >= 20 && uy0 >= 10 && ux1 < 20 + h && uy1 < 10 + w, "{:?}", (ux0, uy0, ux1, uy1));
+        // The same ink turned a quarter: widths and heights swap.
+        assert_eq!((ux1 - ux0, uy1 - uy0), (y1 - y0, x1 - x0));
+        // Reading bottom to top: the "s" (first letter) is at the bottom.
+        let row_ink = |c: &Canvas, y: usize| (0..100).filter(|&x| c.pixel(x, y) != Color::WHITE).count();
+        assert!(row_ink(&up, uy1 - 2) > 0 && row_ink(&up, uy0 + 1) > 0);
+    }
+
+    #[test]
+    fn png_is_rgb_of_the_canvas_size() {
+        let c = Canvas::new(7, 3, Color(10, 20, 30));
+        let png = c.to_png();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(&png[16..20], &7u32.to_be_bytes());
+        assert_eq!(&png[20..24], &3u32.to_be_bytes());
+        assert_eq!(&png[24..29], &[8, 2, 0, 0, 0]);
     }
 
     #[test]

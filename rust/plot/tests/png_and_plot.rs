@@ -1,8 +1,8 @@
-//! The PNG encoder checked from the outside (signature, chunk CRCs, IHDR, and the pixels after
-//! inflating with python3's zlib, an independent decoder), and the `plot` binary on a synthetic
-//! run directory, including bad input.
+//! The PNGs checked from the outside (signature, chunk CRCs, IHDR, and the pixels after
+//! inflating with python3's zlib, an independent decoder, and undoing the PNG row filters
+//! here), and the `plot` binary on a synthetic run directory, including bad input.
 
-use kormo_plot::{png, Canvas, Color};
+use kormo_plot::{Canvas, Color};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -51,6 +51,51 @@ fn inflate_with_python(zlib: &[u8]) -> Option<Vec<u8>> {
     Some(out.stdout)
 }
 
+/// Undoes the PNG row filters (specification section 9: None, Sub, Up, Average, Paeth) of
+/// an inflated image of `h` rows of `stride` bytes with `bpp` bytes per pixel.
+fn unfilter(raw: &[u8], stride: usize, h: usize, bpp: usize) -> Vec<u8> {
+    assert_eq!(raw.len(), h * (stride + 1));
+    let mut out = vec![0u8; h * stride];
+    for y in 0..h {
+        let filter = raw[y * (stride + 1)];
+        for i in 0..stride {
+            let x = raw[y * (stride + 1) + 1 + i];
+            let a = if i >= bpp { out[y * stride + i - bpp] } else { 0 };
+            let b = if y > 0 { out[(y - 1) * stride + i] } else { 0 };
+            let c = if y > 0 && i >= bpp { out[(y - 1) * stride + i - bpp] } else { 0 };
+            let predicted = match filter {
+                0 => 0,
+                1 => a,
+                2 => b,
+                3 => ((a as u16 + b as u16) / 2) as u8,
+                4 => {
+                    let p = a as i16 + b as i16 - c as i16;
+                    let (pa, pb, pc) = ((p - a as i16).abs(), (p - b as i16).abs(), (p - c as i16).abs());
+                    if pa <= pb && pa <= pc { a } else if pb <= pc { b } else { c }
+                }
+                other => panic!("row {y}: filter type {other} does not exist"),
+            };
+            out[y * stride + i] = x.wrapping_add(predicted);
+        }
+    }
+    out
+}
+
+/// Checks `png` decodes (python3's zlib, then [`unfilter`]) to exactly the canvas's pixels.
+fn assert_decodes_to(png: &[u8], canvas: &Canvas) {
+    let (w, h) = (canvas.width(), canvas.height());
+    assert_eq!(ihdr(png), (w as u32, h as u32));
+    let idat: Vec<u8> = chunks(png).into_iter().filter(|(k, _)| k == "IDAT").flat_map(|(_, d)| d).collect();
+    let Some(raw) = inflate_with_python(&idat) else { return };
+    let pixels = unfilter(&raw, w * 3, h, 3);
+    for y in 0..h {
+        for x in 0..w {
+            let c = canvas.pixel(x, y);
+            assert_eq!(&pixels[(y * w + x) * 3..(y * w + x) * 3 + 3], &[c.0, c.1, c.2], "pixel ({x}, {y})");
+        }
+    }
+}
+
 #[test]
 fn encoded_pngs_decode_to_the_same_pixels() {
     // Noise (incompressible), flat areas (long matches) and text.
@@ -63,26 +108,31 @@ fn encoded_pngs_decode_to_the_same_pixels() {
             canvas.put(x as i64, y as i64, Color((state >> 8) as u8, (state >> 16) as u8, (state >> 24) as u8));
         }
     }
-    canvas.text(3, 40, "LOSS 2.5", 1, kormo_plot::Direction::Right, Color::BLACK);
-    let png = canvas.to_png();
-    assert_eq!(ihdr(&png), (w as u32, h as u32));
-    let idat: Vec<u8> = chunks(&png).into_iter().filter(|(k, _)| k == "IDAT").flat_map(|(_, d)| d).collect();
-    let Some(raw) = inflate_with_python(&idat) else { return };
-    assert_eq!(raw.len(), h * (w * 3 + 1));
-    for (y, row) in raw.chunks(w * 3 + 1).enumerate() {
-        assert_eq!(row[0], 0, "filter byte of row {y}");
-        for x in 0..w {
-            let c = canvas.pixel(x, y);
-            assert_eq!(&row[1 + 3 * x..4 + 3 * x], &[c.0, c.1, c.2], "pixel ({x}, {y})");
-        }
+    canvas.text(3, 40, "loss 2.5", 14.0, kormo_plot::Direction::Right, Color::BLACK);
+    canvas.polyline(&[(0.0, 60.0), (50.0, 35.0), (96.0, 58.0)], 2.0, Color::series(1));
+    assert_decodes_to(&canvas.to_png(), &canvas);
+    // A real chart (flat areas, anti-aliased lines and text) and a heat map: exact pixels, and
+    // the flat areas compress well.
+    let chart = kormo_plot::LineChart {
+        title: "training loss".into(),
+        x_label: "step".into(),
+        y_label: "loss".into(),
+        series: vec![kormo_plot::Series { name: "pretrain1".into(), points: (1..500).map(|s| (s as f64, 6.0 / (s as f64).sqrt())).collect() }],
     }
-    // Long runs and every length/distance code path: a ramp repeated at many distances.
-    let data: Vec<u8> = (0..70_000u32).map(|i| ((i % 300) as u8) ^ ((i / 7000) as u8)).collect();
-    let z = png::zlib(&data);
-    assert!(z.len() < data.len() / 4);
-    if let Some(back) = inflate_with_python(&z) {
-        assert_eq!(back, data);
+    .render();
+    let png = chart.to_png();
+    assert!(png.len() < chart.width() * chart.height() * 3 / 10, "{} bytes", png.len());
+    assert_decodes_to(&png, &chart);
+    let map = kormo_plot::HeatMap {
+        title: "needle".into(),
+        x_label: "tokens".into(),
+        y_label: "depth".into(),
+        col_labels: vec!["256".into(), "1024".into()],
+        row_labels: vec!["0%".into(), "100%".into()],
+        cells: vec![vec![Some(1.0), Some(0.25)], vec![None, Some(0.5)]],
     }
+    .render();
+    assert_decodes_to(&map.to_png(), &map);
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -144,10 +194,10 @@ fn plot_binary_renders_every_metric_and_reports_bad_input() {
     };
     fail(&[Path::new("/no/such/run")], "/no/such/run");
     fail(&[&run.join("not-a-stage")], "no <stage>/metrics.jsonl");
-    // A usage mistake is clap's: the usage line and exit code 2.
-    let no_run = Command::new(bin).output().unwrap();
-    assert_eq!(no_run.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&no_run.stderr);
+    // A usage mistake is clap's: exit code 2 and the usage line.
+    let missing = Command::new(bin).output().unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("<RUN_DIR>") && stderr.contains("Usage: plot"), "{stderr}");
     std::fs::write(run.join("sft/metrics.jsonl"), "{\"step\": 1, \"loss\": 2.0}\n{broken\n").unwrap();
     fail(&[&run], "sft/metrics.jsonl:2");
