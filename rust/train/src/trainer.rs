@@ -995,6 +995,8 @@ fn resume_point<O: TrainBackend>(
     events: &mut Vec<(&'static str, String)>,
     out: &mut dyn Write,
 ) -> Result<Start, TrainError> {
+    kormo_checkpoint::recover_interrupted(&stage_dir.join("checkpoints"));
+    kormo_checkpoint::recover_interrupted(stage_dir);
     let mut candidates: Vec<(u64, PathBuf)> =
         kormo_checkpoint::list_steps(&stage_dir.join("checkpoints"));
     let final_dir = stage_dir.join("final");
