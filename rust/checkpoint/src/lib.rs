@@ -121,14 +121,16 @@ impl Manifest {
     }
 }
 
-/// True when `dir` holds a manifest that parses and every file it names, at its recorded
-/// size: the marker that a checkpoint directory is whole (the manifest is written last and
-/// the directory appears by one rename). Checksums are left to [`Checkpoint::load`].
+/// True when `dir` holds a manifest that parses and every file it names: the marker that a
+/// checkpoint directory is whole (the manifest is written last and the directory appears by
+/// one rename), which a deletion stopped half-way does not have. Sizes and checksums are left
+/// to [`Checkpoint::load`], so a damaged file is listed and then reported, not hidden.
 pub fn is_complete(dir: &Path) -> bool {
     Manifest::read(dir).is_ok_and(|manifest| {
-        manifest.files.iter().all(|(name, record)| {
-            std::fs::metadata(dir.join(name)).is_ok_and(|m| m.is_file() && m.len() == record.bytes)
-        })
+        manifest
+            .files
+            .keys()
+            .all(|name| dir.join(name).is_file())
     })
 }
 

@@ -86,9 +86,11 @@ fn a_half_deleted_step_directory_is_not_listed() {
         .unwrap();
     }
     assert_eq!(check_listed(&dir), [2]);
-    // A truncated file is not the recorded size either.
+    // A damaged (truncated) file is listed, so that loading it reports the damage.
     std::fs::write(dir.join(step_dir_name(2)).join("a.safetensors"), b"short").unwrap();
-    assert_eq!(check_listed(&dir), Vec::<u64>::new());
+    let listed = list_steps(&dir);
+    assert_eq!(listed.len(), 1);
+    assert!(Checkpoint::load(&listed[0].1).is_err());
 }
 
 /// Runs `op` with a crash armed at point `n`; true when it crashed, false when it finished.

@@ -9,6 +9,7 @@
 //! * [`guard`] — the outlier guard that skips spiking updates.
 //! * [`launch`] — `--launcher`: one process per rank (torchrun-style variables or SLURM).
 //! * [`lock`] — one job per run directory.
+//! * `run_state` — a resumed checkpoint's run state checked against the recipe and the data.
 //! * [`signals`] — SIGTERM/SIGUSR1: checkpoint at the end of the step and exit.
 //! * `dist` — the FSDP step loop (kormo_dist): ranks as threads (`--world-size N`, CPU) or one
 //!   rank per process (`--launcher`, CPU over TCP or CUDA over NCCL).
@@ -25,5 +26,6 @@ pub mod lock;
 pub mod metrics;
 mod progress;
 pub mod recipe;
+mod run_state;
 pub mod signals;
 pub mod trainer;

@@ -396,7 +396,12 @@ fn run_stage_on<O: TrainBackend + crate::dist::DistBackend>(
             recipe,
             opts,
             seed,
-            &phase_steps,
+            &crate::run_state::Expected {
+                recipe,
+                stage,
+                phase_steps: &phase_steps,
+                data: &loaders,
+            },
             &stage_dir,
             &mut model,
             &mut early_events,
@@ -989,7 +994,7 @@ fn resume_point<O: TrainBackend>(
     recipe: &Recipe,
     opts: &RunOptions,
     seed: u64,
-    phase_steps: &[u64],
+    expected: &crate::run_state::Expected<'_>,
     stage_dir: &Path,
     model: &mut Model<O>,
     events: &mut Vec<(&'static str, String)>,
@@ -1059,13 +1064,7 @@ fn resume_point<O: TrainBackend>(
     if state.seed != seed {
         return Err(mismatch("seed", state.seed.to_string(), seed.to_string()));
     }
-    if phase_steps.get(state.phase_index) != Some(&state.phase_steps) {
-        return Err(mismatch(
-            "phase length (--max-steps?)",
-            state.phase_steps.to_string(),
-            format!("{:?}", phase_steps.get(state.phase_index)),
-        ));
-    }
+    crate::run_state::validate(&checkpoint, &state, expected)?;
     let weights = load_weights(&checkpoint, model)?;
     say(
         out,
