@@ -10,7 +10,8 @@
 //! * [`launch`] — `--launcher`: one process per rank (torchrun-style variables or SLURM).
 //! * [`lock`] — one job per run directory.
 //! * `run_state` — a resumed checkpoint's run state checked against the recipe and the data.
-//! * [`signals`] — SIGTERM/SIGUSR1: checkpoint at the end of the step and exit.
+//! * [`signals`] — SIGTERM/SIGUSR1/SIGINT: checkpoint at the end of the step and exit; a second
+//!   Ctrl-C exits at once.
 //! * `dist` — the FSDP step loop (kormo_dist): ranks as threads (`--world-size N`, CPU) or one
 //!   rank per process (`--launcher`, CPU over TCP or CUDA over NCCL).
 //! * `progress` — step counters, metrics lines, eval/checkpoint steps and event lines that both
