@@ -700,40 +700,8 @@ fn run_stage_on<O: TrainBackend + crate::dist::DistBackend>(
         }
     }
     report.completed = true;
-    if let (Some(first), Some(last)) = (report.logged.first(), report.logged.last()) {
-        say(
-            out,
-            format!(
-                "done: {} steps in {:.1}s, loss {:.4} -> {:.4}; final checkpoint {}",
-                progress.steps_this_run,
-                progress.elapsed_s(),
-                first.loss,
-                last.loss,
-                report.checkpoint.display()
-            ),
-        );
-    } else {
-        say(
-            out,
-            format!(
-                "stage {} was already complete: {}",
-                opts.stage,
-                report.checkpoint.display()
-            ),
-        );
-    }
-    if let Some(next) = crate::recipe::STAGES
-        .iter()
-        .skip_while(|s| **s != opts.stage)
-        .nth(1)
-    {
-        say(
-            out,
-            format!(
-                "next: tools/bazel run //rust:train -- --stage={next}{}",
-                config_flag(recipe)
-            ),
-        );
+    for line in crate::progress::stage_end_lines(recipe, &opts.stage, &progress, 1, &report) {
+        say(out, line);
     }
     Ok(report)
 }
@@ -857,13 +825,12 @@ fn ignore_missing(e: std::io::Error) -> Result<(), TrainError> {
     }
 }
 
-/// ` --config=<name>` unless the recipe is the default (tiny).
-fn config_flag(recipe: &Recipe) -> String {
-    if recipe.file.name == "tiny" {
-        String::new()
-    } else {
-        format!(" --config={}", recipe.file.name)
-    }
+/// ` --config=...` that loads this recipe again (see [`Recipe::config_arg`]); empty for the
+/// default (built-in tiny).
+pub(crate) fn config_flag(recipe: &Recipe) -> String {
+    recipe
+        .config_arg()
+        .map_or_else(String::new, |arg| format!(" --config={arg}"))
 }
 
 /// Loads the init stage's final weights (optimizer state starts afresh at a stage boundary).
@@ -1036,7 +1003,7 @@ fn resume_point<O: TrainBackend>(
                         dir.display(),
                         previous.display()
                     );
-                    say(out, format!("event checkpoint_fallback: {line}"));
+                    // Printed and logged with the other early events (log_event).
                     events.push(("checkpoint_fallback", line));
                 }
                 damaged.push(message);
