@@ -872,7 +872,7 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> RecipeError {
     let header_prefix = (start > line_start)
         .then(|| lines.get(line_index).copied().unwrap_or(""))
         .filter(|l| l.trim_start().starts_with('['))
-        .map(|l| {
+        .map(|_| {
             let inner = &text[line_start..span.end.min(text.len())];
             inner
                 .trim_start()
