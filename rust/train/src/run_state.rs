@@ -154,6 +154,19 @@ pub(crate) fn validate(
             ),
         ));
     }
+    // The loader's RNG draws one f64 (two ChaCha8 words) per document handed out.
+    let words = taken.map(|t| u128::from(t) * 2);
+    if cursor.rng_word_pos.parse::<u128>().ok() != words {
+        return Err(bad(
+            "data_cursor.rng_word_pos",
+            &format!("{:?}", cursor.rng_word_pos),
+            format!(
+                "\"{}\" (two words per document taken, {:?})",
+                words.unwrap_or(0),
+                cursor.taken
+            ),
+        ));
+    }
     if let Some(pending) = &cursor.pending {
         // The document being packed is the newest one handed out from its source.
         let expected_taken = cursor.taken.get(pending.source).map(|t| t.wrapping_sub(1));

@@ -33,6 +33,14 @@ fn every_run_state_field_is_checked_before_resuming() {
         (|m| m["run"]["data_cursor"]["taken"] = json!([1, 2]), "`data_cursor.taken` is [1, 2] (2 counts), valid: 1 counts, one per source of [\"web\"]"),
         (|m| m["run"]["data_cursor"]["sources"] = json!(["chat"]), "`data_cursor.sources` is [\"chat\"], valid: [\"web\"]"),
         (|m| m["run"]["data_cursor"]["seed"] = json!(5), "`data_cursor.seed` is 5"),
+        (
+            |m| {
+                // Both copies moved on by one document: only the taken count contradicts them.
+                m["run"]["data_cursor"]["rng_word_pos"] = json!("100");
+                m["run"]["rng_state"]["data_rng_word_pos"] = json!("100");
+            },
+            "`data_cursor.rng_word_pos` is \"100\", valid: \"6\" (two words per document taken, [3])",
+        ),
         (|m| m["run"]["rng_state"]["seed"] = json!(5), "`rng_state.seed` is 5, valid: 1234"),
         (
             |m| {
