@@ -8,8 +8,12 @@
 //! Writes are atomic: everything goes into a hidden temp directory next to the target, every file
 //! and the directory are fsynced, then the directory is renamed into place, so a crash leaves
 //! either the old checkpoint or the new one, never half of one. Loading re-checks every size and
-//! checksum against the manifest and names the offending file. See docs/checkpoint-format.md.
+//! checksum against the manifest and names the offending file. Pruning renames a checkpoint
+//! out of the listed `step-*` names before deleting it, and listing requires a complete
+//! manifest (every file it names present at its recorded size), so no kill leaves a
+//! half-deleted checkpoint that still looks like one. See docs/checkpoint-format.md.
 
+pub mod fault;
 pub mod safetensors;
 
 pub use safetensors::{DiskBudget, Dtype, SafetensorsFile, Tensor};
@@ -22,7 +26,10 @@ use std::path::{Path, PathBuf};
 pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_FILE: &str = "manifest.json";
 const TEMP_PREFIX: &str = ".tmp-";
+/// A checkpoint moved aside by [`save`] while its replacement is renamed into place.
 const RETIRED_PREFIX: &str = ".old-";
+/// A checkpoint moved out of the listed names by [`keep_last`], about to be deleted.
+const PRUNED_PREFIX: &str = ".pruned-";
 
 /// An error that names the file (or directory) it is about.
 #[derive(Debug, Clone, PartialEq)]
@@ -89,24 +96,9 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileRecord>,
 }
 
-/// A checkpoint read back and fully validated.
-#[derive(Debug)]
-pub struct Checkpoint {
-    pub dir: PathBuf,
-    pub manifest: Manifest,
-    files: BTreeMap<String, SafetensorsFile>,
-}
-
-impl Checkpoint {
-    /// A tensor file by its name in the manifest (e.g. "model.safetensors").
-    pub fn file(&self, name: &str) -> Result<&SafetensorsFile, CheckpointError> {
-        self.files.get(name).ok_or_else(|| {
-            CheckpointError::new(&self.dir.join(name), "file not in this checkpoint")
-        })
-    }
-
-    /// Loads and validates the checkpoint directory `dir`.
-    pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+impl Manifest {
+    /// Reads and parses `dir/manifest.json` (format version checked; files not opened).
+    pub fn read(dir: &Path) -> Result<Manifest, CheckpointError> {
         let manifest_path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&manifest_path).map_err(|e| {
             CheckpointError::new(
@@ -125,6 +117,42 @@ impl Checkpoint {
                 ),
             ));
         }
+        Ok(manifest)
+    }
+}
+
+/// True when `dir` holds a manifest that parses and every file it names: the marker that a
+/// checkpoint directory is whole (the manifest is written last and the directory appears by
+/// one rename), which a deletion stopped half-way does not have. Sizes and checksums are left
+/// to [`Checkpoint::load`], so a damaged file is listed and then reported, not hidden.
+pub fn is_complete(dir: &Path) -> bool {
+    Manifest::read(dir).is_ok_and(|manifest| {
+        manifest
+            .files
+            .keys()
+            .all(|name| dir.join(name).is_file())
+    })
+}
+
+/// A checkpoint read back and fully validated.
+#[derive(Debug)]
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    files: BTreeMap<String, SafetensorsFile>,
+}
+
+impl Checkpoint {
+    /// A tensor file by its name in the manifest (e.g. "model.safetensors").
+    pub fn file(&self, name: &str) -> Result<&SafetensorsFile, CheckpointError> {
+        self.files.get(name).ok_or_else(|| {
+            CheckpointError::new(&self.dir.join(name), "file not in this checkpoint")
+        })
+    }
+
+    /// Loads and validates the checkpoint directory `dir`.
+    pub fn load(dir: &Path) -> Result<Checkpoint, CheckpointError> {
+        let manifest = Manifest::read(dir)?;
         let mut files = BTreeMap::new();
         for (name, record) in &manifest.files {
             let path = dir.join(name);
@@ -210,9 +238,10 @@ pub fn save_with_budget(
     })?;
     std::fs::create_dir_all(parent)
         .map_err(|e| CheckpointError::new(parent, format!("cannot create directory: {e}")))?;
-    remove_stale_temps(parent);
+    recover_interrupted(parent);
     let unique = format!("{base}-{}-{}", std::process::id(), nanos());
     let temp = parent.join(format!("{TEMP_PREFIX}{unique}"));
+    fault::point("create temp directory");
     std::fs::create_dir(&temp)
         .map_err(|e| CheckpointError::new(&temp, format!("cannot create: {e}")))?;
     let written = write_temp(&temp, run, files, budget);
@@ -239,17 +268,18 @@ pub fn save_with_budget(
     let retired = parent.join(format!("{RETIRED_PREFIX}{unique}"));
     let had_previous = target.exists();
     if had_previous {
+        fault::point("move the old checkpoint aside");
         std::fs::rename(target, &retired).map_err(|e| {
             CheckpointError::new(target, format!("cannot move old checkpoint aside: {e}"))
         })?;
     }
+    fault::point("rename the new checkpoint into place");
     std::fs::rename(&temp, target)
         .map_err(|e| CheckpointError::new(target, format!("cannot rename into place: {e}")))?;
+    fault::point("sync the parent directory");
     sync_dir(parent)?;
     if had_previous {
-        std::fs::remove_dir_all(&retired).map_err(|e| {
-            CheckpointError::new(&retired, format!("cannot remove old checkpoint: {e}"))
-        })?;
+        remove_hidden(&retired)?;
     }
     Ok(manifest)
 }
@@ -270,6 +300,7 @@ fn write_temp(
             ));
         }
         let path = temp.join(name);
+        fault::point("write a tensor file");
         safetensors::write_with_budget(
             &path,
             tensors,
@@ -300,6 +331,7 @@ fn write_temp(
         files: records,
     };
     let manifest_path = temp.join(MANIFEST_FILE);
+    fault::point("write the manifest");
     write_synced(
         &manifest_path,
         serde_json::to_string_pretty(&manifest)
@@ -307,6 +339,7 @@ fn write_temp(
             .as_bytes(),
         budget,
     )?;
+    fault::point("sync the temp directory");
     sync_dir(temp)?;
     Ok(manifest)
 }
@@ -316,7 +349,8 @@ pub fn step_dir_name(step: u64) -> String {
     format!("step-{step:09}")
 }
 
-/// Periodic checkpoints (`step-*`) in `dir`, oldest first. Temp and retired directories are ignored.
+/// Complete periodic checkpoints (`step-*`, see [`is_complete`]) in `dir`, oldest first.
+/// Temp, retired and pruned directories are hidden names and never listed.
 pub fn list_steps(dir: &Path) -> Vec<(u64, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -326,39 +360,103 @@ pub fn list_steps(dir: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             let step = name.strip_prefix("step-")?.parse().ok()?;
-            e.path()
-                .join(MANIFEST_FILE)
-                .is_file()
-                .then(|| (step, e.path()))
+            is_complete(&e.path()).then(|| (step, e.path()))
         })
         .collect();
     steps.sort();
     steps
 }
 
-/// Deletes all but the newest `keep` periodic checkpoints in `dir`.
+/// Deletes all but the newest `keep` periodic checkpoints in `dir`. Each one is first renamed
+/// to a hidden `.pruned-` name (one atomic step that takes it out of [`list_steps`]), the
+/// directory is synced, and only then are its files deleted; pruned leftovers of an earlier
+/// interrupted call are deleted first.
 pub fn keep_last(dir: &Path, keep: usize) -> Result<(), CheckpointError> {
+    for leftover in hidden_entries(dir, PRUNED_PREFIX) {
+        remove_hidden(&leftover)?;
+    }
     let steps = list_steps(dir);
     for (_, path) in steps.iter().take(steps.len().saturating_sub(keep)) {
-        std::fs::remove_dir_all(path).map_err(|e| {
-            CheckpointError::new(path, format!("cannot remove old checkpoint: {e}"))
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let pruned = dir.join(format!(
+            "{PRUNED_PREFIX}{name}-{}-{}",
+            std::process::id(),
+            nanos()
+        ));
+        fault::point("rename a pruned checkpoint out of the listing");
+        std::fs::rename(path, &pruned).map_err(|e| {
+            CheckpointError::new(
+                path,
+                format!("cannot move old checkpoint aside for removal: {e}"),
+            )
         })?;
+        fault::point("sync the checkpoints directory");
+        sync_dir(dir)?;
+        remove_hidden(&pruned)?;
     }
     Ok(())
 }
 
-/// Leftovers of an interrupted save; best effort, since a failure to tidy up is not an error.
-fn remove_stale_temps(dir: &Path) {
+/// Entries of `dir` whose names start with `prefix`.
+fn hidden_entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
+        return Vec::new();
     };
-    for entry in entries.filter_map(|e| e.ok()) {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with(TEMP_PREFIX) || name.starts_with(RETIRED_PREFIX) {
-            let _ = std::fs::remove_dir_all(entry.path());
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Deletes a checkpoint directory that already has a hidden name, file by file (a checkpoint
+/// directory holds only files), so the fault hook can stop it between any two deletions.
+fn remove_hidden(path: &Path) -> Result<(), CheckpointError> {
+    let io = |e: std::io::Error| {
+        CheckpointError::new(path, format!("cannot remove old checkpoint: {e}"))
+    };
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        fault::point("delete a file of a hidden checkpoint");
+        if entry.file_type().map_err(io)?.is_dir() {
+            std::fs::remove_dir_all(entry.path()).map_err(io)?;
+        } else {
+            std::fs::remove_file(entry.path()).map_err(io)?;
         }
     }
+    fault::point("delete a hidden checkpoint directory");
+    std::fs::remove_dir(path).map_err(io)
+}
+
+/// Tidies the leftovers of an interrupted save or prune in `dir` (every [`save`] does this
+/// first; call it before reading checkpoints after a crash): temp and pruned directories are
+/// deleted, and a retired checkpoint whose replacement never arrived (a kill between the two
+/// renames of [`save`]) is renamed back to its name. Best effort: failing to tidy is no error.
+pub fn recover_interrupted(dir: &Path) {
+    for prefix in [TEMP_PREFIX, PRUNED_PREFIX, RETIRED_PREFIX] {
+        for path in hidden_entries(dir, prefix) {
+            if prefix == RETIRED_PREFIX {
+                if let Some(original) = retired_original(dir, &path) {
+                    if !original.exists() && is_complete(&path) {
+                        let _ = std::fs::rename(&path, &original);
+                        continue;
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// `dir/<base>` for a retired `dir/.old-<base>-<pid>-<nanos>`.
+fn retired_original(dir: &Path, retired: &Path) -> Option<PathBuf> {
+    let name = retired
+        .file_name()?
+        .to_str()?
+        .strip_prefix(RETIRED_PREFIX)?;
+    let mut parts = name.rsplitn(3, '-');
+    let (_nanos, _pid, base) = (parts.next()?, parts.next()?, parts.next()?);
+    Some(dir.join(base))
 }
 
 fn write_synced(path: &Path, bytes: &[u8], budget: &DiskBudget) -> Result<(), CheckpointError> {

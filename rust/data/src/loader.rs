@@ -300,10 +300,18 @@ impl Loader {
     /// Continues from `cursor` (taken from a loader over the same sources).
     pub fn restore(&mut self, cursor: &DataCursor) -> Result<(), DataError> {
         let names: Vec<String> = self.sources.iter().map(|s| s.name.clone()).collect();
-        if cursor.sources != names || cursor.taken.len() != names.len() {
+        if cursor.sources != names {
             return Err(DataError(format!(
                 "data cursor is for sources {:?}, this mixture has {names:?}",
                 cursor.sources
+            )));
+        }
+        if cursor.taken.len() != names.len() {
+            return Err(DataError(format!(
+                "data cursor has {} `taken` counts {:?}, but {} sources {names:?}: the lengths differ",
+                cursor.taken.len(),
+                cursor.taken,
+                names.len()
             )));
         }
         let word_pos: u128 = cursor.rng_word_pos.parse().map_err(|_| {

@@ -217,6 +217,16 @@ fn cursor_resumes_exactly() {
     .unwrap();
     let err = other.restore(&cursor).unwrap_err().to_string();
     assert!(err.contains("data cursor is for sources"), "{err}");
+    // Same sources, a count too many: the message says the lengths differ.
+    let mut short = cursor.clone();
+    short.taken.push(2);
+    let err = resumed.restore(&short).unwrap_err().to_string();
+    assert!(
+        err.contains("has 3 `taken` counts")
+            && err.contains("but 2 sources")
+            && err.contains("the lengths differ"),
+        "{err}"
+    );
 }
 
 #[test]

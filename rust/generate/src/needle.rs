@@ -221,6 +221,23 @@ impl Cell {
     }
 }
 
+/// Checks the grid's lengths against the context the model was trained for (`context`, where
+/// known; `source` says where it comes from): a longer prompt measures nothing but positions
+/// the model never saw, and costs time quadratic in its length. Returns a warning to print when
+/// the context is unknown.
+pub fn check_lengths(lengths: &[usize], context: Option<usize>, source: &str) -> Result<Option<String>, String> {
+    let longest = lengths.iter().copied().max().unwrap_or(0);
+    match context {
+        Some(context) if longest > context => Err(format!(
+            "--lengths {longest} is past the model's trained context of {context} tokens ({source}); use lengths up to {context}, or pass --max-context {longest} to run them anyway"
+        )),
+        Some(_) => Ok(None),
+        None => Ok(Some(format!(
+            "warning: {source} does not record the context it was trained for, so --lengths up to {longest} are not checked against it (pass --max-context N to check them)"
+        ))),
+    }
+}
+
 /// Runs the grid; `progress` sees each finished cell. Errors when a length is too short for
 /// the needle and question.
 pub fn evaluate(decoder: &mut Decoder, tok: &Tokenizer, bos: u32, eot: u32, cfg: &NeedleConfig, mut progress: impl FnMut(&Cell)) -> Result<Vec<Cell>, String> {

@@ -122,10 +122,27 @@ fn needle_binary_writes_json_markdown_and_png() {
         (vec!["--depths", "150"], "--depths"),
         (vec!["--languages", "fr"], "--languages"),
         (vec!["--lengths", "abc"], "--lengths"),
+        (vec!["--lengths", "256,100000", "--max-context", "512"], "--lengths 100000 is past the model's trained context of 512 tokens"),
     ] {
         let result = Command::new(bin).arg("--model").arg(&checkpoint).args(&args).output().unwrap();
         assert_eq!(result.status.code(), Some(1));
         assert!(String::from_utf8_lossy(&result.stderr).contains(expected));
     }
+    // A Hugging Face folder records its context: max_position_embeddings in config.json.
+    let folder = dir.join("hf");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("config.json"), r#"{"max_position_embeddings": 512}"#).unwrap();
+    assert_eq!(kormo_hf::trained_context(&folder), Some(512));
+    assert_eq!(kormo_hf::trained_context(&checkpoint), None);
+    let err = needle::check_lengths(&[256, 100000], kormo_hf::trained_context(&folder), "hf").unwrap_err();
+    assert!(err.contains("100000") && err.contains("512"), "{err}");
+    assert_eq!(needle::check_lengths(&[256, 512], Some(512), "hf"), Ok(None));
+    // A kormo checkpoint does not record it: the binary says so.
+    let warned = Command::new(bin)
+        .arg("--model").arg(&checkpoint).arg("--out").arg(&out)
+        .args(["--lengths", "160", "--depths", "0", "--trials", "1", "--max-new-tokens", "1", "--languages", "en"])
+        .output().unwrap();
+    assert!(warned.status.success());
+    assert!(String::from_utf8_lossy(&warned.stderr).contains("does not record the context it was trained for"));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -30,4 +30,4 @@ pub use config::{Flavor, SpecialIds};
 pub use error::HfError;
 pub use export::{export_folder, ExportDtype, ExportOptions, ExportSummary};
 pub use import::load_hf_folder;
-pub use weights::{load_model, NamedTensor, Weights};
+pub use weights::{load_model, trained_context, NamedTensor, Weights};

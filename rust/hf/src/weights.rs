@@ -116,6 +116,14 @@ impl Weights {
     }
 }
 
+/// The context length the model at `path` was trained for, where it records one: a Hugging
+/// Face folder's `max_position_embeddings` (config.json). A kormo checkpoint does not record it.
+pub fn trained_context(path: &Path) -> Option<usize> {
+    let text = std::fs::read_to_string(path.join("config.json")).ok()?;
+    let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+    config.get("max_position_embeddings")?.as_u64().map(|n| n as usize)
+}
+
 /// Weights from `path`: a Hugging Face folder (has `config.json`) or a kormo checkpoint
 /// directory (has `manifest.json`; `base` supplies its architecture, see
 /// [`Weights::from_checkpoint`]).

@@ -8,7 +8,10 @@
 //! ```
 //!
 //! Shard paths are relative to a base directory given when opening (normally the manifest's
-//! own directory). The per-shard `header_crc32` covers the whole file transitively (the header
+//! own directory). Each is canonicalised before use: on load lexically (`./a.kts` is `a.kts`,
+//! `x/../a.kts` too), at open through the filesystem (symlinks resolved), and two entries that
+//! name the same file are an error, as is a file outside the base directory unless the manifest
+//! sets `"allow_outside_dir": true`. The per-shard `header_crc32` covers the whole file transitively (the header
 //! holds every section's CRC), so comparing it at open detects a swapped or rewritten shard
 //! without rereading the data. Totals are stored for people reading the file and checked on load.
 
@@ -17,10 +20,10 @@ use crate::error::{ShardError, ShardErrorKind};
 use crate::reader::Shard;
 use crate::{ShardMeta, ShardSummary};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 /// Value of the manifest's `format` field.
 pub const MANIFEST_FORMAT: &str = "kormo-token-shards";
@@ -40,6 +43,10 @@ pub struct Manifest {
     /// Sum over `shards`.
     pub num_tokens: u64,
     pub shards: Vec<ManifestEntry>,
+    /// Shard files may lie outside the base directory (through `..` or a symlink). Off unless
+    /// set, so a manifest cannot pull in another folder's shards by accident.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_outside_dir: bool,
 }
 
 /// One shard as recorded in the manifest (copied from its [`ShardSummary`]).
@@ -66,6 +73,7 @@ impl Manifest {
             num_documents: 0,
             num_tokens: 0,
             shards: Vec::new(),
+            allow_outside_dir: false,
         }
     }
 
@@ -98,8 +106,12 @@ impl Manifest {
                 self.meta()
             ));
         }
-        if self.shards.iter().any(|e| e.file == file) {
-            return mismatch(format!("{file:?} is already listed in the manifest"));
+        let normal = normalise(&file);
+        if let Some(listed) = self.shards.iter().find(|e| normalise(&e.file) == normal) {
+            return mismatch(format!(
+                "{file:?} names the same file as {:?}, already listed in the manifest",
+                listed.file
+            ));
         }
         self.shards.push(ManifestEntry {
             file,
@@ -147,7 +159,7 @@ impl Manifest {
         if self.tokenizer_fingerprint.is_empty() {
             return bad("tokenizer_fingerprint is empty".into());
         }
-        let mut seen = HashSet::new();
+        let mut seen: HashMap<PathBuf, usize> = HashMap::new();
         for (i, entry) in self.shards.iter().enumerate() {
             if entry.file.is_empty() || Path::new(&entry.file).is_absolute() {
                 return bad(format!(
@@ -155,8 +167,20 @@ impl Manifest {
                     entry.file
                 ));
             }
-            if !seen.insert(&entry.file) {
-                return bad(format!("shards[{i}].file {:?} is listed twice", entry.file));
+            let Some(normal) = normalise(&entry.file) else {
+                return bad(format!(
+                    "shards[{i}].file {:?} does not name a file",
+                    entry.file
+                ));
+            };
+            if normal.starts_with("..") && !self.allow_outside_dir {
+                return bad(format!(
+                    "shards[{i}].file {:?} is outside the dataset folder; set \"allow_outside_dir\": true in the manifest to allow that",
+                    entry.file
+                ));
+            }
+            if let Some(first) = seen.insert(normal, i) {
+                return bad(duplicate_message(&self.shards, first, i));
             }
         }
         let documents = self
@@ -220,16 +244,52 @@ impl Manifest {
                 )),
             ));
         };
+        self.resolve(base_dir, index)?;
         let shard = Shard::open(base_dir.join(&entry.file))?;
         self.check(index, &shard)?;
         Ok(shard)
     }
 
-    /// Opens every shard, in manifest order (see [`open_shard`](Self::open_shard)).
+    /// Opens every shard, in manifest order (see [`open_shard`](Self::open_shard)); two
+    /// entries that resolve to the same file (a symlink, say) are an error.
     pub fn open_shards(&self, base_dir: impl AsRef<Path>) -> Result<Vec<Shard>, ShardError> {
+        let base_dir = base_dir.as_ref();
+        let mut seen: HashMap<PathBuf, usize> = HashMap::new();
+        for index in 0..self.shards.len() {
+            if let Some(first) = seen.insert(self.resolve(base_dir, index)?, index) {
+                return Err(ShardError::new(
+                    &base_dir.join(&self.shards[index].file),
+                    ShardErrorKind::BadManifest(duplicate_message(&self.shards, first, index)),
+                ));
+            }
+        }
         (0..self.shards.len())
-            .map(|i| self.open_shard(base_dir.as_ref(), i))
+            .map(|i| self.open_shard(base_dir, i))
             .collect()
+    }
+
+    /// The canonical path of shard `index` under `base_dir` (symlinks resolved), refused when
+    /// it lies outside the canonical base directory and `allow_outside_dir` is not set.
+    fn resolve(&self, base_dir: &Path, index: usize) -> Result<PathBuf, ShardError> {
+        let path = base_dir.join(&self.shards[index].file);
+        let resolved = path
+            .canonicalize()
+            .map_err(|e| ShardError::io(&path, "open", e))?;
+        let base = base_dir
+            .canonicalize()
+            .map_err(|e| ShardError::io(base_dir, "open", e))?;
+        if !self.allow_outside_dir && !resolved.starts_with(&base) {
+            return Err(ShardError::new(
+                &path,
+                ShardErrorKind::BadManifest(format!(
+                    "shards[{index}].file {:?} resolves to {}, outside the dataset folder {}; set \"allow_outside_dir\": true in the manifest to allow that",
+                    self.shards[index].file,
+                    resolved.display(),
+                    base.display()
+                )),
+            ));
+        }
+        Ok(resolved)
     }
 
     /// Checks an opened shard against manifest entry `index`: vocabulary, tokenizer, counts,
@@ -287,4 +347,30 @@ impl Manifest {
         }
         Ok(())
     }
+}
+
+/// `file` with `.` removed and `name/..` folded, lexically (no filesystem access); a path that
+/// climbs out of its base keeps its leading `..`. None for a path naming no file (`.`, `a/..`).
+fn normalise(file: &str) -> Option<PathBuf> {
+    let mut parts: Vec<Component> = Vec::new();
+    for component in Path::new(file).components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => match parts.last() {
+                Some(Component::Normal(_)) => {
+                    parts.pop();
+                }
+                _ => parts.push(component),
+            },
+            other => parts.push(other),
+        }
+    }
+    matches!(parts.last(), Some(Component::Normal(_))).then(|| parts.iter().collect())
+}
+
+fn duplicate_message(shards: &[ManifestEntry], first: usize, second: usize) -> String {
+    format!(
+        "shards[{second}].file {:?} is the same file as shards[{first}].file {:?} (its documents would be read twice)",
+        shards[second].file, shards[first].file
+    )
 }

@@ -526,3 +526,94 @@ fn accessors_reject_out_of_range_arguments() {
         assert_eq!(err.path, f.path);
     }
 }
+
+#[test]
+fn manifest_entries_that_alias_a_file_or_leave_the_folder() {
+    let root = TempDir::new("alias");
+    let data = root.join("data");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    let doc = [TestDoc {
+        tokens: vec![1, 2, 3],
+        spans: None,
+    }];
+    let summary = write_shard(&data.join("shard-a.kts"), meta(VOCAB), BLOCK_TOKENS, &doc);
+    let outside = write_shard(&root.join("elsewhere.kts"), meta(VOCAB), BLOCK_TOKENS, &doc);
+    let path = data.join("manifest.json");
+    let with = |files: &[(&str, &kormo_shards::ShardSummary)], allow: bool| {
+        let mut m = Manifest::new(meta(VOCAB));
+        for (file, summary) in files {
+            // Built by hand: `push` refuses aliases itself (checked below).
+            m.shards.push(kormo_shards::ManifestEntry {
+                file: file.to_string(),
+                num_documents: summary.num_documents,
+                num_tokens: summary.num_tokens,
+                num_mask_spans: summary.num_mask_spans,
+                file_bytes: summary.file_bytes,
+                header_crc32: summary.header_crc32,
+            });
+            m.num_documents += summary.num_documents;
+            m.num_tokens += summary.num_tokens;
+        }
+        let mut json = serde_json::to_value(&m).unwrap();
+        if allow {
+            json["allow_outside_dir"] = true.into();
+        }
+        std::fs::write(&path, json.to_string()).unwrap();
+        Manifest::load(&path)
+    };
+    let load_err = |files: &[(&str, &kormo_shards::ShardSummary)]| {
+        let err = with(files, false).unwrap_err();
+        assert_eq!(err.path, path);
+        err.to_string()
+    };
+    for alias in [
+        "./shard-a.kts",
+        "sub/../shard-a.kts",
+        "./sub/./../shard-a.kts",
+    ] {
+        let err = load_err(&[("shard-a.kts", &summary), (alias, &summary)]);
+        assert!(
+            err.contains(&format!(
+                "shards[1].file {alias:?} is the same file as shards[0].file \"shard-a.kts\""
+            )),
+            "{alias}: {err}"
+        );
+    }
+    for escape in ["../elsewhere.kts", "sub/../../elsewhere.kts"] {
+        let err = load_err(&[(escape, &outside)]);
+        assert!(
+            err.contains(&format!(
+                "shards[0].file {escape:?} is outside the dataset folder"
+            )) && err.contains("\"allow_outside_dir\": true"),
+            "{escape}: {err}"
+        );
+        // Allowed explicitly, it loads and opens.
+        let m = with(&[(escape, &outside)], true).unwrap();
+        assert_eq!(m.open_shards(&data).unwrap().len(), 1);
+    }
+    assert!(load_err(&[(".", &summary)]).contains("does not name a file"));
+
+    // A symlink is caught where the filesystem resolves it: another name for a listed file,
+    // and a name inside the folder for a file outside it.
+    std::os::unix::fs::symlink("shard-a.kts", data.join("link.kts")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere.kts", data.join("out.kts")).unwrap();
+    let m = with(&[("shard-a.kts", &summary), ("link.kts", &summary)], false).unwrap();
+    let err = m.open_shards(&data).unwrap_err().to_string();
+    assert!(err.contains("is the same file as shards[0].file"), "{err}");
+    let m = with(&[("out.kts", &outside)], false).unwrap();
+    let err = m.open_shards(&data).unwrap_err().to_string();
+    assert!(err.contains("outside the dataset folder"), "{err}");
+    assert!(with(&[("out.kts", &outside)], true)
+        .unwrap()
+        .open_shards(&data)
+        .is_ok());
+
+    // Pushing an alias of a listed file is refused too.
+    let mut m = Manifest::new(meta(VOCAB));
+    m.push("shard-a.kts", &summary).unwrap();
+    let err = m.push("./shard-a.kts", &summary).unwrap_err().to_string();
+    assert!(
+        err.contains("names the same file as \"shard-a.kts\""),
+        "{err}"
+    );
+}

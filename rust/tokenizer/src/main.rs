@@ -179,6 +179,9 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
                 String::new()
             }
         );
+        if counts.bytes == 0 {
+            return Err(format!("--source {name}: its {} files hold no text to train on (empty, or no `{text_field}` field in JSONL)", files.len()));
+        }
         weighted.push((weight, counts));
     }
     let combined = weighted_counts(&weighted).map_err(|e| e.to_string())?;

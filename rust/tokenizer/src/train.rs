@@ -240,6 +240,11 @@ pub fn train(
             config.vocab_size
         )));
     }
+    if counts.is_empty() {
+        return Err(TokenizerError(
+            "no text to train on: the pre-token counts are empty".into(),
+        ));
+    }
     let target_model_tokens = config.vocab_size - specials;
     let mut vocab: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
     let mut token_ids: FxHashMap<Vec<u8>, u32> = vocab
@@ -485,6 +490,12 @@ mod tests {
         let reference = reference_merges(&counts, ours.len());
         assert!(ours.len() >= 20);
         assert_eq!(ours, reference);
+    }
+
+    #[test]
+    fn training_on_no_text_is_an_error() {
+        let err = train(&FxHashMap::default(), &TrainConfig::kormo(400)).unwrap_err();
+        assert!(err.to_string().contains("no text to train on"), "{err}");
     }
 
     #[test]

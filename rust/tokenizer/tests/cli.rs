@@ -66,6 +66,23 @@ fn train_then_encode_through_the_cli() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("weight \"abc\" is not a number"));
+
+    // An empty source is an error naming it, not a tokenizer with 0 merges.
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    let empty = Command::new(BIN)
+        .args(["train", "--vocab-size", "330", "--out"])
+        .arg(dir.join("tok-empty"))
+        .arg("--source")
+        .arg(format!("blank=1:{}", dir.join("empty.txt").display()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(!empty.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--source blank: its 1 files hold no text to train on"),
+        "{stderr}"
+    );
+    assert!(!dir.join("tok-empty").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
 

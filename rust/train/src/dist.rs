@@ -659,15 +659,11 @@ fn run_rank<O: DistBackend>(
     }
     report.completed = true;
     if rank == 0 {
-        say(
-            out,
-            format!(
-                "done: {} steps on {world_size} ranks in {:.1}s; final checkpoint {}",
-                progress.steps_this_run,
-                progress.elapsed_s(),
-                report.checkpoint.display()
-            ),
-        );
+        for line in
+            crate::progress::stage_end_lines(recipe, &opts.stage, &progress, world_size, &report)
+        {
+            say(out, line);
+        }
     }
     Ok(report)
 }

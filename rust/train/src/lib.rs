@@ -9,7 +9,9 @@
 //! * [`guard`] — the outlier guard that skips spiking updates.
 //! * [`launch`] — `--launcher`: one process per rank (torchrun-style variables or SLURM).
 //! * [`lock`] — one job per run directory.
-//! * [`signals`] — SIGTERM/SIGUSR1: checkpoint at the end of the step and exit.
+//! * `run_state` — a resumed checkpoint's run state checked against the recipe and the data.
+//! * [`signals`] — SIGTERM/SIGUSR1/SIGINT: checkpoint at the end of the step and exit; a second
+//!   Ctrl-C exits at once.
 //! * `dist` — the FSDP step loop (kormo_dist): ranks as threads (`--world-size N`, CPU) or one
 //!   rank per process (`--launcher`, CPU over TCP or CUDA over NCCL).
 //! * `progress` — step counters, metrics lines, eval/checkpoint steps and event lines that both
@@ -25,5 +27,6 @@ pub mod lock;
 pub mod metrics;
 mod progress;
 pub mod recipe;
+mod run_state;
 pub mod signals;
 pub mod trainer;

@@ -47,6 +47,7 @@ impl RunLock {
                 Ok(mut file) => {
                     writeln!(file, "{}", std::process::id())
                         .map_err(|e| format!("{}: cannot write lock file: {e}", path.display()))?;
+                    crate::signals::set_lock_file(Some(&path));
                     return Ok((RunLock { path }, stale));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -90,6 +91,7 @@ impl RunLock {
 
 impl Drop for RunLock {
     fn drop(&mut self) {
+        crate::signals::set_lock_file(None);
         // Best effort: a lock left behind is detected as stale by the next run.
         let _ = std::fs::remove_file(&self.path);
     }

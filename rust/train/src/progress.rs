@@ -6,7 +6,7 @@
 use crate::guard::{GuardState, Spike};
 use crate::metrics::{EventRecord, MetricsFile, StepMetrics};
 use crate::recipe::{PhaseConfig, Recipe, StageConfig};
-use crate::trainer::{say, Start, TrainError, TrainerState};
+use crate::trainer::{say, StageReport, Start, TrainError, TrainerState};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -214,4 +214,46 @@ fn remaining_tokens(
             (n - if i == phase_index { phase_step } else { 0 }) * p.tokens_per_step()
         })
         .sum()
+}
+
+/// The lines a completed stage run ends with, the same words at every world size: what this
+/// invocation did (or that the stage was already complete: nothing was left to train), and the
+/// command for the next stage.
+pub(crate) fn stage_end_lines(
+    recipe: &Recipe,
+    stage: &str,
+    progress: &Progress,
+    world_size: usize,
+    report: &StageReport,
+) -> Vec<String> {
+    let checkpoint = report.checkpoint.display();
+    let mut lines = vec![if progress.steps_this_run == 0 {
+        format!("stage {stage} was already complete: {checkpoint}")
+    } else {
+        let ranks = if world_size > 1 {
+            format!(" on {world_size} ranks")
+        } else {
+            String::new()
+        };
+        let losses = match (report.logged.first(), report.logged.last()) {
+            (Some(first), Some(last)) => format!(", loss {:.4} -> {:.4}", first.loss, last.loss),
+            _ => String::new(),
+        };
+        format!(
+            "done: {} steps{ranks} in {:.1}s{losses}; final checkpoint {checkpoint}",
+            progress.steps_this_run,
+            progress.elapsed_s(),
+        )
+    }];
+    if let Some(next) = crate::recipe::STAGES
+        .iter()
+        .skip_while(|s| **s != stage)
+        .nth(1)
+    {
+        lines.push(format!(
+            "next: tools/bazel run //rust:train -- --stage={next}{}",
+            crate::trainer::config_flag(recipe)
+        ));
+    }
+    lines
 }

@@ -220,7 +220,7 @@ pub struct ScheduleConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
-    /// Save a periodic checkpoint every this many steps (0: only the final one).
+    /// Save a periodic checkpoint every this many steps (at least 1).
     pub every_steps: u64,
     /// Periodic checkpoints to keep per stage.
     pub keep_last: usize,
@@ -331,6 +331,30 @@ impl Recipe {
             }),
             path => Recipe::load(Path::new(path)),
         }
+    }
+
+    /// What `--config=` takes to load this recipe again: None for the default built-in tiny
+    /// recipe, the preset name for a shipped preset, else the file's path (shell-quoted when
+    /// it needs it).
+    pub fn config_arg(&self) -> Option<String> {
+        if self.origin.starts_with("<built-in tiny") {
+            return None;
+        }
+        let name = &self.file.name;
+        let preset = ["proxy-1b", "kormo-10.8b"].contains(&name.as_str())
+            && Path::new(&self.origin).ends_with(Path::new("configs").join(format!("{name}.toml")));
+        if preset {
+            return Some(name.clone());
+        }
+        let plain = self
+            .origin
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c));
+        Some(if plain {
+            self.origin.clone()
+        } else {
+            format!("'{}'", self.origin.replace('\'', "'\\''"))
+        })
     }
 
     pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
@@ -659,6 +683,12 @@ fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
         )?;
     }
     check(
+        file.checkpoint.every_steps >= 1,
+        "checkpoint.every_steps",
+        "must be at least 1 (a periodic checkpoint every this many steps; a run that stops \
+         early or ends checkpoints as well)",
+    )?;
+    check(
         file.checkpoint.keep_last >= 1,
         "checkpoint.keep_last",
         "must be at least 1",
@@ -822,9 +852,10 @@ fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
 }
 
 /// Turns a TOML error into `file:line: key `a.b.c`: message`, recovering the dotted key from the
-/// text (toml reports a span and a message, not the key path).
+/// text (toml reports a span and a message, not the key path). An unknown key that is misspelled
+/// the same way in several tables of one kind is reported at its first line, naming the others.
 fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> RecipeError {
-    let message = e.message().trim().to_string();
+    let mut message = e.message().trim().to_string();
     let Some(span) = e.span() else {
         return RecipeError {
             file: origin.to_string(),
@@ -832,13 +863,74 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> RecipeError {
             message,
         };
     };
-    let line_index = text[..span.start.min(text.len())].matches('\n').count();
+    let start = span.start.min(text.len());
     let lines: Vec<&str> = text.lines().collect();
-    let line = lines.get(line_index).copied().unwrap_or("").trim();
-    // The innermost table header at or above the error, with array-of-tables indices.
+    let mut line_index = text[..start].matches('\n').count();
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    // Inside a `[a.b.c]` header, a span on one of its names is the table it names (`a` for an
+    // implicit parent table); anywhere else, the innermost header at or above the line.
+    let header_prefix = (start > line_start)
+        .then(|| lines.get(line_index).copied().unwrap_or(""))
+        .filter(|l| l.trim_start().starts_with('['))
+        .map(|_| {
+            let inner = &text[line_start..span.end.min(text.len())];
+            inner
+                .trim_start()
+                .trim_start_matches('[')
+                .trim()
+                .to_string()
+        });
+    let mut key = match header_prefix {
+        Some(prefix) => prefix,
+        None => line_key(&lines, line_index),
+    };
+    if let Some(unknown) = quoted_after(&message, "unknown field `") {
+        let same_kind = |other: &str| table_kind(other) == table_kind(&key);
+        let places: Vec<usize> = (0..lines.len())
+            .filter(|&i| {
+                let k = line_key(&lines, i);
+                k.rsplit('.').next() == Some(unknown.as_str()) && same_kind(&k)
+            })
+            .collect();
+        if let Some(&first) = places.first().filter(|&&first| first < line_index) {
+            line_index = first;
+            key = line_key(&lines, first);
+        }
+        if places.len() > 1 {
+            let others: Vec<String> = places
+                .iter()
+                .filter(|&&i| i != line_index)
+                .map(|i| (i + 1).to_string())
+                .collect();
+            message.push_str(&format!(" (also on line {})", others.join(", ")));
+        }
+    }
+    if let Some(missing) = quoted_after(&message, "missing field `") {
+        key = if key.is_empty() {
+            missing
+        } else {
+            format!("{key}.{missing}")
+        };
+    }
+    RecipeError {
+        file: format!("{origin}:{}", line_index + 1),
+        key,
+        message,
+    }
+}
+
+/// The text between `prefix` and the next backquote in `message`.
+fn quoted_after(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    Some(rest.split('`').next()?.to_string())
+}
+
+/// The dotted key of line `index`: its table (the innermost header at or above it, with
+/// array-of-tables indices), plus the key of a `key = value` line.
+fn line_key(lines: &[&str], index: usize) -> String {
     let mut table = String::new();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for l in lines.iter().take(line_index + 1) {
+    for l in lines.iter().take(index + 1) {
         let l = l.trim();
         if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
             let name = name.trim().to_string();
@@ -849,7 +941,8 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> RecipeError {
             table = name.trim().to_string();
         }
     }
-    let mut key = match line.split_once('=') {
+    let line = lines.get(index).copied().unwrap_or("").trim();
+    match line.split_once('=') {
         // A `key = value` line (not a comment): the key is on it.
         Some((local, _)) if !line.starts_with('[') && !line.starts_with('#') => {
             if table.is_empty() {
@@ -859,20 +952,27 @@ fn toml_error(origin: &str, text: &str, e: &toml::de::Error) -> RecipeError {
             }
         }
         _ => table,
+    }
+}
+
+/// What kind of table a dotted key's table is, for finding the same mistake elsewhere: its
+/// first name, its depth and (below two levels) its last table name, indices dropped
+/// (`stages.midtrain.phases[1]` and `stages.sft.phases[0]` are one kind, `sources.web` and
+/// `sources.chat` another).
+fn table_kind(key: &str) -> (String, usize, String) {
+    let names: Vec<&str> = key
+        .split('.')
+        .map(|n| n.split('[').next().unwrap_or(n))
+        .collect();
+    let table = &names[..names.len().saturating_sub(1)];
+    let last = if table.len() > 2 {
+        table[table.len() - 1]
+    } else {
+        ""
     };
-    if let Some(missing) = message
-        .strip_prefix("missing field `")
-        .and_then(|r| r.split('`').next())
-    {
-        key = if key.is_empty() {
-            missing.to_string()
-        } else {
-            format!("{key}.{missing}")
-        };
-    }
-    RecipeError {
-        file: format!("{origin}:{}", line_index + 1),
-        key,
-        message,
-    }
+    (
+        table.first().copied().unwrap_or("").to_string(),
+        table.len(),
+        last.to_string(),
+    )
 }

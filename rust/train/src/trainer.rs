@@ -396,7 +396,12 @@ fn run_stage_on<O: TrainBackend + crate::dist::DistBackend>(
             recipe,
             opts,
             seed,
-            &phase_steps,
+            &crate::run_state::Expected {
+                recipe,
+                stage,
+                phase_steps: &phase_steps,
+                data: &loaders,
+            },
             &stage_dir,
             &mut model,
             &mut early_events,
@@ -695,40 +700,8 @@ fn run_stage_on<O: TrainBackend + crate::dist::DistBackend>(
         }
     }
     report.completed = true;
-    if let (Some(first), Some(last)) = (report.logged.first(), report.logged.last()) {
-        say(
-            out,
-            format!(
-                "done: {} steps in {:.1}s, loss {:.4} -> {:.4}; final checkpoint {}",
-                progress.steps_this_run,
-                progress.elapsed_s(),
-                first.loss,
-                last.loss,
-                report.checkpoint.display()
-            ),
-        );
-    } else {
-        say(
-            out,
-            format!(
-                "stage {} was already complete: {}",
-                opts.stage,
-                report.checkpoint.display()
-            ),
-        );
-    }
-    if let Some(next) = crate::recipe::STAGES
-        .iter()
-        .skip_while(|s| **s != opts.stage)
-        .nth(1)
-    {
-        say(
-            out,
-            format!(
-                "next: tools/bazel run //rust:train -- --stage={next}{}",
-                config_flag(recipe)
-            ),
-        );
+    for line in crate::progress::stage_end_lines(recipe, &opts.stage, &progress, 1, &report) {
+        say(out, line);
     }
     Ok(report)
 }
@@ -852,13 +825,12 @@ fn ignore_missing(e: std::io::Error) -> Result<(), TrainError> {
     }
 }
 
-/// ` --config=<name>` unless the recipe is the default (tiny).
-fn config_flag(recipe: &Recipe) -> String {
-    if recipe.file.name == "tiny" {
-        String::new()
-    } else {
-        format!(" --config={}", recipe.file.name)
-    }
+/// ` --config=...` that loads this recipe again (see [`Recipe::config_arg`]); empty for the
+/// default (built-in tiny).
+pub(crate) fn config_flag(recipe: &Recipe) -> String {
+    recipe
+        .config_arg()
+        .map_or_else(String::new, |arg| format!(" --config={arg}"))
 }
 
 /// Loads the init stage's final weights (optimizer state starts afresh at a stage boundary).
@@ -989,12 +961,14 @@ fn resume_point<O: TrainBackend>(
     recipe: &Recipe,
     opts: &RunOptions,
     seed: u64,
-    phase_steps: &[u64],
+    expected: &crate::run_state::Expected<'_>,
     stage_dir: &Path,
     model: &mut Model<O>,
     events: &mut Vec<(&'static str, String)>,
     out: &mut dyn Write,
 ) -> Result<Start, TrainError> {
+    kormo_checkpoint::recover_interrupted(&stage_dir.join("checkpoints"));
+    kormo_checkpoint::recover_interrupted(stage_dir);
     let mut candidates: Vec<(u64, PathBuf)> =
         kormo_checkpoint::list_steps(&stage_dir.join("checkpoints"));
     let final_dir = stage_dir.join("final");
@@ -1029,7 +1003,7 @@ fn resume_point<O: TrainBackend>(
                         dir.display(),
                         previous.display()
                     );
-                    say(out, format!("event checkpoint_fallback: {line}"));
+                    // Printed and logged with the other early events (log_event).
                     events.push(("checkpoint_fallback", line));
                 }
                 damaged.push(message);
@@ -1057,13 +1031,7 @@ fn resume_point<O: TrainBackend>(
     if state.seed != seed {
         return Err(mismatch("seed", state.seed.to_string(), seed.to_string()));
     }
-    if phase_steps.get(state.phase_index) != Some(&state.phase_steps) {
-        return Err(mismatch(
-            "phase length (--max-steps?)",
-            state.phase_steps.to_string(),
-            format!("{:?}", phase_steps.get(state.phase_index)),
-        ));
-    }
+    crate::run_state::validate(&checkpoint, &state, expected)?;
     let weights = load_weights(&checkpoint, model)?;
     say(
         out,

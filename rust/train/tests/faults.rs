@@ -223,6 +223,11 @@ fn damaged_checkpoint_at_resume_falls_back_to_the_previous_one() {
             && text.contains("resume:"),
         "{text}"
     );
+    assert_eq!(
+        text.matches("checkpoint_fallback").count(),
+        1,
+        "printed once: {text}"
+    );
     assert!(second.completed);
     let events = events(&dir, "pretrain1");
     assert_eq!(

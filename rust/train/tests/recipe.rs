@@ -326,3 +326,44 @@ fn stability_and_eval_tables() {
         "unknown field",
     );
 }
+
+#[test]
+fn mistakes_are_reported_where_they_are() {
+    // A missing stage table is a key of `stages`, not of the stage table before it.
+    let start = TINY_RECIPE.find("[stages.pretrain2]").unwrap();
+    let end = TINY_RECIPE.find("[stages.midtrain]").unwrap();
+    let no_pretrain2 = format!("{}{}", &TINY_RECIPE[..start], &TINY_RECIPE[end..]);
+    expect_error(
+        &no_pretrain2,
+        "stages.pretrain2",
+        "missing field `pretrain2`",
+    );
+    // A missing key inside a stage table is still that table's.
+    expect_error(
+        &TINY_RECIPE.replacen("init = \"pretrain1\"\n", "", 1),
+        "stages.pretrain2.init",
+        "missing field `init`",
+    );
+    // The same misspelling in every phase: reported at its first line, naming the others.
+    let misspelled = TINY_RECIPE.replace("grad_accum = 1", "grad_acum = 1");
+    let first = TINY_RECIPE[..TINY_RECIPE.find("grad_accum = 1").unwrap()]
+        .matches('\n')
+        .count()
+        + 1;
+    let err = parse(&misspelled).unwrap_err();
+    assert_eq!(err.file, format!("test.toml:{first}"), "{err}");
+    assert_eq!(err.key, "stages.pretrain1.phases[0].grad_acum", "{err}");
+    assert!(err.message.contains("(also on line "), "{err}");
+    // The same key valid in another kind of table is not taken for the mistake.
+    expect_error(
+        &tiny_with("grad_clip = 1.0", "grad_clip = 1.0\nsteps = 3"),
+        "optimizer.steps",
+        "unknown field `steps`",
+    );
+    // A zero checkpoint interval is refused like a zero keep_last.
+    expect_error(
+        &tiny_with("every_steps = 50", "every_steps = 0"),
+        "checkpoint.every_steps",
+        "must be at least 1",
+    );
+}

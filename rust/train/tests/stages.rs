@@ -110,14 +110,17 @@ fn missing_init_checkpoint_names_the_command() {
     );
 
     recipe.file.scratch_if_init_missing = false;
-    recipe.file.name = "proxy-1b".into();
     let err = run_error(&recipe, &opts);
     assert!(
         err.contains("final checkpoint of stage midtrain, which is missing"),
         "{err}"
     );
+    // The command names the recipe file that ran (its `name` is no preset).
     assert!(
-        err.contains("tools/bazel run //rust:train -- --stage=midtrain --config=proxy-1b"),
+        err.contains(&format!(
+            "tools/bazel run //rust:train -- --stage=midtrain --config={}",
+            recipe.origin
+        )),
         "{err}"
     );
 }

@@ -51,6 +51,10 @@ struct Cli {
     /// CPU threads [default: all cores]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Context the model was trained for; longer --lengths are refused [default: config.json's
+    /// max_position_embeddings; a kormo checkpoint records none]
+    #[arg(long, value_name = "N")]
+    max_context: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,13 @@ fn run(cli: Cli) -> Result<(), String> {
     let preset = cli.preset;
     let tokenizer_path = cli.tokenizer.as_deref().map(user_path);
     let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let (context, source) = match cli.max_context {
+        Some(n) => (Some(n), "--max-context".to_string()),
+        None => (kormo_hf::trained_context(&model), model.display().to_string()),
+    };
+    if let Some(warning) = needle::check_lengths(&lengths, context, &source)? {
+        eprintln!("needle: {warning}");
+    }
 
     let (weights, tokenizer) = open_model(&model, &preset, tokenizer_path.as_deref())?;
     let tok = &tokenizer.tokenizer;
