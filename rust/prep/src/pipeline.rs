@@ -24,6 +24,7 @@ use kormo_tokenizer::documents::read_documents;
 use kormo_tokenizer::{hf, Tokenizer};
 use serde::{Deserialize, Serialize};
 
+use crate::chat::ChatSourceConfig;
 use crate::dedup::{dedup_document, hash_document, BloomFilter, DedupConfig, DocumentNgrams};
 use crate::filters::{check, FilterConfig};
 use crate::quality::{QualityConfig, QualityModel};
@@ -43,6 +44,8 @@ pub struct PrepConfig {
     pub filters: FilterConfig,
     pub dedup: DedupConfig,
     pub quality: QualityConfig,
+    /// Sources read as conversations (`[chat.<source>]`, crate::chat) instead of plain text.
+    pub chat: BTreeMap<String, ChatSourceConfig>,
 }
 
 impl Default for PrepConfig {
@@ -55,6 +58,7 @@ impl Default for PrepConfig {
             filters: FilterConfig::default(),
             dedup: DedupConfig::default(),
             quality: QualityConfig::default(),
+            chat: BTreeMap::new(),
         }
     }
 }
@@ -127,6 +131,9 @@ pub struct StageCounts {
     pub seconds_dedup: f64,
     pub seconds_quality_and_tokenize: f64,
     pub seconds_write: f64,
+    /// Conversations, turns, trained and masked tokens of a chat source (crate::chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::chat::ChatCounts>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,7 +163,7 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// Maps `f` over `items` on `threads` threads (contiguous chunks, one `init()` state per
 /// thread), keeping order.
-fn par_map<T: Sync, S, R: Send>(
+pub(crate) fn par_map<T: Sync, S, R: Send>(
     items: &[T],
     threads: usize,
     init: impl Fn() -> S + Sync,
@@ -212,7 +219,14 @@ pub fn run(
             return Err(format!("source {:?} is given twice", s.name));
         }
     }
+    if let Some(name) = config.chat.keys().find(|name| !names.contains(name)) {
+        return Err(format!("chat.{name}: no source {name:?} is given (--source {name}=PATH)"));
+    }
     let tokenizer: Tokenizer = hf::load(Path::new(&config.tokenizer)).map_err(|e| e.to_string())?;
+    if !config.chat.is_empty() {
+        kormo_tokenizer::chat::ChatTokens::find(&tokenizer)
+            .map_err(|e| format!("{}: {e}, which chat sources need", config.tokenizer))?;
+    }
     let quality = if config.quality.model.is_empty() {
         None
     } else {
@@ -311,17 +325,30 @@ pub fn run(
             }
             let counts = state.counts.entry(source.name.clone()).or_default();
             let shard_name = format!("{}-{fi:05}.kts", source.name);
-            let written = process_file(
-                file,
-                &dir.join(&shard_name),
-                config,
-                &meta,
-                &tokenizer,
-                quality.as_ref(),
-                filter.as_mut(),
-                threads,
-                counts,
-            )?;
+            let shard_path = dir.join(&shard_name);
+            let written = match config.chat.get(&source.name) {
+                Some(&chat) => crate::chat::process_file(
+                    file,
+                    &shard_path,
+                    chat,
+                    config.batch_documents,
+                    &meta,
+                    &tokenizer,
+                    threads,
+                    counts,
+                )?,
+                None => process_file(
+                    file,
+                    &shard_path,
+                    config,
+                    &meta,
+                    &tokenizer,
+                    quality.as_ref(),
+                    filter.as_mut(),
+                    threads,
+                    counts,
+                )?,
+            };
             counts.files += 1;
             counts.bytes_read += size;
             if let Some(summary) = written {
