@@ -37,7 +37,7 @@ use kormo_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::pipeline::{par_map, StageCounts};
+use crate::pipeline::{next_batch, par_map, StageCounts};
 use crate::records::json_records;
 
 /// `[chat.<source>]` in the prep config: the source holds conversations.
@@ -332,28 +332,13 @@ pub fn process_file(
     counts: &mut StageCounts,
 ) -> Result<Option<ShardSummary>, String> {
     let specials: Vec<String> = tokenizer.specials().into_iter().map(|s| s.content).collect();
-    let mut records = json_records(file)?;
+    let mut conversations = json_records(file)?.map(|record| {
+        let (line, value) = record.map_err(|e| e.to_string())?;
+        conversation(&value).map_err(|e| format!("{}:{line}: {e}", file.display()))
+    });
     let mut writer: Option<ShardWriter> = None;
     loop {
-        let mut batch = Vec::with_capacity(batch_size);
-        while let Some(record) = records.next() {
-            counts.documents_read += 1;
-            let parsed = record
-                .map_err(|e| e.to_string())
-                .and_then(|value| conversation(&value).map_err(|e| format!("{}:{}: {e}", file.display(), records.line())));
-            match parsed {
-                Ok(messages) => batch.push(messages),
-                Err(e) => {
-                    counts.malformed += 1;
-                    if counts.malformed <= 20 {
-                        eprintln!("skipped malformed input: {e}");
-                    }
-                }
-            }
-            if batch.len() == batch_size {
-                break;
-            }
-        }
+        let batch = next_batch(&mut conversations, batch_size, counts);
         if batch.is_empty() {
             break;
         }

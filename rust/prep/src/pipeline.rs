@@ -402,6 +402,32 @@ fn fnv64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Up to `size` well-formed items of `items` (counted as documents read); malformed ones are
+/// counted and skipped, the first 20 reported on stderr.
+pub(crate) fn next_batch<T, E: std::fmt::Display>(
+    items: &mut impl Iterator<Item = Result<T, E>>,
+    size: usize,
+    counts: &mut StageCounts,
+) -> Vec<T> {
+    let mut batch = Vec::with_capacity(size);
+    for item in items.by_ref() {
+        match item {
+            Ok(x) => batch.push(x),
+            Err(e) => {
+                counts.malformed += 1;
+                if counts.malformed <= 20 {
+                    eprintln!("skipped malformed input: {e}");
+                }
+            }
+        }
+        if batch.len() == size {
+            break;
+        }
+    }
+    counts.documents_read += batch.len() as u64;
+    batch
+}
+
 /// One input file -> one shard (none if nothing survives).
 #[allow(clippy::too_many_arguments)]
 fn process_file(
@@ -418,25 +444,10 @@ fn process_file(
     let mut writer: Option<ShardWriter> = None;
     let mut docs = read_documents(file, &config.text_field);
     loop {
-        let mut batch = Vec::with_capacity(config.batch_documents);
-        for d in docs.by_ref() {
-            match d {
-                Ok(text) => batch.push(text),
-                Err(e) => {
-                    counts.malformed += 1;
-                    if counts.malformed <= 20 {
-                        eprintln!("skipped malformed input: {e}");
-                    }
-                }
-            }
-            if batch.len() == config.batch_documents {
-                break;
-            }
-        }
+        let batch = next_batch(&mut docs, config.batch_documents, counts);
         if batch.is_empty() {
             break;
         }
-        counts.documents_read += batch.len() as u64;
 
         let t = Instant::now();
         let dedup_on = filter.is_some();

@@ -46,15 +46,11 @@ impl Records {
             reason,
         }
     }
-
-    /// 1-based line of the last record returned.
-    pub fn line(&self) -> u64 {
-        self.line
-    }
 }
 
 impl Iterator for Records {
-    type Item = Result<Value, MalformedInput>;
+    /// A record and its 1-based line.
+    type Item = Result<(u64, Value), MalformedInput>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -77,7 +73,9 @@ impl Iterator for Records {
                 continue;
             }
             return Some(
-                serde_json::from_str(line).map_err(|e| self.malformed(format!("invalid JSON: {e}"))),
+                serde_json::from_str(line)
+                    .map(|value| (self.line, value))
+                    .map_err(|e| self.malformed(format!("invalid JSON: {e}"))),
             );
         }
     }
@@ -97,12 +95,12 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let items: Vec<_> = json_records(&path).unwrap().collect();
         assert_eq!(items.len(), 4);
-        assert_eq!(items[0].as_ref().unwrap()["a"], 1);
+        assert_eq!(items[0].as_ref().unwrap(), &(1, serde_json::json!({"a": 1})));
         let bad = items[1].as_ref().unwrap_err();
         assert_eq!(bad.line, 3);
         assert!(bad.reason.contains("invalid JSON"));
         assert!(items[2].as_ref().unwrap_err().reason.contains("UTF-8"));
-        assert_eq!(items[3].as_ref().unwrap()["b"], 2);
+        assert_eq!(items[3].as_ref().unwrap(), &(5, serde_json::json!({"b": 2})));
         let err = json_records(&dir.join("a.parquet")).err().unwrap();
         assert!(err.contains("a.parquet") && err.contains("jsonl"), "{err}");
         assert!(json_records(&dir.join("missing.jsonl")).is_err());
