@@ -255,6 +255,16 @@ pub struct PreparedConversation {
     pub counts: ChatCounts,
 }
 
+/// What of a message the template encodes as plain text: an assistant's (reasoning, content)
+/// once an inline think block is split out, another role's content.
+fn plain_texts(m: &Message) -> (&str, &str) {
+    if m.is_assistant() {
+        m.reasoning_and_content()
+    } else {
+        ("", &m.content)
+    }
+}
+
 /// Renders `messages` as a shard document with its spans; Err: the reason it is skipped.
 pub fn prepare_conversation(
     renderer: &mut ChatRenderer,
@@ -280,7 +290,7 @@ pub fn prepare_conversation(
         messages_with_special_text: messages
             .iter()
             .filter(|m| {
-                let (reasoning, content) = m.reasoning_and_content();
+                let (reasoning, content) = plain_texts(m);
                 specials.iter().any(|s| content.contains(s.as_str()) || reasoning.contains(s.as_str()))
             })
             .count() as u64,
@@ -431,6 +441,27 @@ mod tests {
         );
         let trl = json!({"prompt": [{"role": "user", "content": "q"}], "completion": [{"role": "assistant", "content": "a"}]});
         assert_eq!(conversation(&trl).unwrap(), vec![m("user", "q", None), m("assistant", "a", None)]);
+    }
+
+    #[test]
+    fn special_spellings_are_counted_wherever_they_stay_text() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/golden/chat_template/tokenizer.json");
+        let tok = kormo_tokenizer::hf::load(std::path::Path::new(path)).unwrap();
+        let specials: Vec<String> = tok.specials().into_iter().map(|s| s.content).collect();
+        let mut renderer = ChatRenderer::new(&tok).unwrap();
+        let count = |renderer: &mut ChatRenderer, messages: &[Message]| {
+            prepare_conversation(renderer, messages, ThinkSetting::Train, &specials).unwrap().counts.messages_with_special_text
+        };
+        // An inline think block of an assistant is markup; in a user's text it stays text.
+        let inline = [m("user", "q", None), m("assistant", "<think>r</think>a", None)];
+        assert_eq!(count(&mut renderer, &inline), 0);
+        let typed = [m("user", "<think>r</think>a", None), m("assistant", "a <|EOT|>", None)];
+        assert_eq!(count(&mut renderer, &typed), 2);
+        let skipped = prepare_conversation(&mut renderer, &[m("user", "q", None)], ThinkSetting::Train, &specials);
+        assert_eq!(skipped.unwrap_err(), ("no_assistant_turn", 0));
+        let empty = [m("user", "q", None), m("assistant", "", Some("r")), m("user", "more", None)];
+        let skipped = prepare_conversation(&mut renderer, &empty, ThinkSetting::Mask, &specials);
+        assert_eq!(skipped.unwrap_err(), ("nothing_to_train", 1));
     }
 
     #[test]
