@@ -144,6 +144,18 @@ impl Source {
         }
     }
 
+    /// The first document this source hands out that has no loss-mask spans (and so trains on
+    /// every token), as (shard file, document index inside it).
+    pub fn first_document_without_spans(&self) -> Result<Option<(&Path, usize)>, DataError> {
+        for global in self.window.clone() {
+            let (shard, local) = self.locate(global);
+            if self.shards[shard].document(local)?.loss_mask_spans.is_empty() {
+                return Ok(Some((self.shards[shard].path(), local)));
+            }
+        }
+        Ok(None)
+    }
+
     /// (shard, document inside it) of global document index `global`.
     fn locate(&self, global: u64) -> (usize, usize) {
         let shard = self

@@ -8,20 +8,22 @@
 //! * `long_context`: long filler documents with one fact ("The secret number of Minji is 4821.")
 //!   at a random place and a question about it at the end, so the answer needs long-range attention.
 //! * `reasoning`: arithmetic problems solved step by step inside `<think>...</think>`.
-//! * `chat`: `<|BOT|>{role}\n...<|EOT|>` conversations whose assistant turns (only) are loss-mask
-//!   spans; reasoning questions open the answer with a think block, factual ones with an empty
-//!   one (KORMo's hybrid thinking format).
+//! * `chat`: conversations in KORMo's chat template (kormo_tokenizer::chat, the renderer of
+//!   `prepare`'s chat sources and `generate --chat`) whose assistant output (reasoning, answers,
+//!   `<|EOT|>`) is the loss-mask spans; reasoning questions carry a filled think block, factual
+//!   ones an empty one (KORMo's hybrid thinking format).
 //!
 //! The text is encoded with the run's [`Vocabulary`]: piece by piece (each run of plain text
 //! encoded on its own, special tokens inserted by id), so chat loss-mask spans fall exactly on
-//! token boundaries whatever the tokenizer. With the byte vocabulary this is byte for byte the
-//! corpus the golden losses were recorded on.
+//! token boundaries whatever the tokenizer. With the byte vocabulary the prose, long-context and
+//! reasoning corpora are byte for byte the ones the golden losses were recorded on.
 //!
-//! Output: `dir/shard-00000.kts` + `dir/manifest.json` + `dir/synthetic.json` (what was generated,
+//! Output: `dir/shard-00000.kts` + `dir/manifest.json` + `dir/synthetic-v2.json` (what was generated,
 //! so a changed request regenerates; a changed vocabulary shows in the manifest's tokenizer
 //! fingerprint and regenerates too). Generation goes to a temp folder renamed into place.
 
-use crate::vocab::{SpecialIds, TextEncoder, Vocabulary};
+use crate::vocab::{byte_tokenizer, SpecialIds, TextEncoder, Vocabulary};
+use kormo_tokenizer::chat::{spans, ChatRenderer, Message, ThinkLoss, ASSISTANT};
 use crate::DataError;
 use kormo_shards::{Manifest, ShardMeta, ShardWriter};
 use rand::{Rng, SeedableRng};
@@ -48,7 +50,8 @@ pub struct SyntheticSpec {
     pub seed: u64,
 }
 
-const SPEC_FILE: &str = "synthetic.json";
+/// The generator's version is in the name: a corpus an older generator wrote regenerates.
+const SPEC_FILE: &str = "synthetic-v2.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
 /// One generated document: tokens of the vocabulary and optional trained spans.
@@ -115,12 +118,15 @@ pub fn generate(spec: &SyntheticSpec, vocab: &Vocabulary) -> Vec<SyntheticDocume
         text: vocab.encoder(),
         ids: *vocab.ids(),
     };
+    let bytes = byte_tokenizer();
+    let mut chat = ChatRenderer::new(vocab.tokenizer().unwrap_or(&bytes))
+        .expect("a vocabulary has the chat special tokens");
     (0..spec.documents)
         .map(|_| match spec.kind {
             SyntheticKind::BilingualProse => plain(&mut enc, bilingual_paragraphs(&mut rng, 3..6)),
             SyntheticKind::LongContext => plain(&mut enc, long_context_document(&mut rng)),
             SyntheticKind::Reasoning => reasoning_document(&mut rng, &mut enc),
-            SyntheticKind::Chat => chat_document(&mut rng, &mut enc),
+            SyntheticKind::Chat => chat_document(&mut rng, &mut chat),
         })
         .collect()
 }
@@ -295,45 +301,43 @@ const COLORS: [(&str, &str, &str, &str); 5] = [
     ("coal", "black", "석탄", "검은색"),
 ];
 
-/// A question and the assistant's answer (think block first: filled or empty).
-fn chat_turn(rng: &mut ChaCha8Rng, enc: &mut Enc) -> (String, Vec<u32>) {
+/// A question and the assistant's (reasoning, answer): reasoning for arithmetic, none for colors.
+fn chat_turn(rng: &mut ChaCha8Rng) -> (String, String, String) {
     if rng.random_bool(0.5) {
         let (problem, steps, result) = arithmetic(rng);
-        let mut answer = think_block(&steps, enc);
-        answer.extend(enc.encode(&format!("\nThe answer is {result}.")));
-        (format!("What is {problem}?"), answer)
+        let reasoning: String = steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| format!("\nStep {}: {step}", i + 1))
+            .chain(std::iter::once("\n".to_string()))
+            .collect();
+        (format!("What is {problem}?"), reasoning, format!("\nThe answer is {result}."))
     } else {
         let (thing, color, thing_ko, color_ko) = *pick(rng, &COLORS);
-        let mut answer = vec![enc.ids.think, enc.ids.think_end];
         if rng.random_bool(0.5) {
-            answer.extend(enc.encode(&format!("\n{thing_ko}은(는) {color_ko}입니다.")));
-            (format!("{thing_ko}은(는) 무슨 색인가요?"), answer)
+            (format!("{thing_ko}은(는) 무슨 색인가요?"), String::new(), format!("\n{thing_ko}은(는) {color_ko}입니다."))
         } else {
-            answer.extend(enc.encode(&format!("\nThe color of {thing} is {color}.")));
-            (format!("What color is {thing}?"), answer)
+            (format!("What color is {thing}?"), String::new(), format!("\nThe color of {thing} is {color}."))
         }
     }
 }
 
-/// One or two exchanges in the chat template; each assistant turn, its closing `<|EOT|>`
-/// included, is a loss-mask span (the packer adds no second EOS after it).
-fn chat_document(rng: &mut ChaCha8Rng, enc: &mut Enc) -> SyntheticDocument {
-    let mut tokens = Vec::new();
-    let mut spans = Vec::new();
-    let turns = rng.random_range(1..3);
-    for _ in 0..turns {
-        let (question, answer) = chat_turn(rng, enc);
-        tokens.push(enc.ids.bot);
-        tokens.extend(enc.encode(&format!("user\n{question}")));
-        tokens.push(enc.ids.eot);
-        tokens.push(enc.ids.bot);
-        tokens.extend(enc.encode("assistant\n"));
-        let start = tokens.len() as u32;
-        tokens.extend(answer);
-        tokens.push(enc.ids.eot);
-        spans.push((start, tokens.len() as u32));
+/// One or two exchanges rendered with the chat template (kormo_tokenizer::chat, as `prepare`
+/// renders chat sources): the document is the rendering without its `<|BOS|>` and final
+/// `<|EOT|>` (the packer adds both), its spans the assistant's reasoning, answers and `<|EOT|>`s.
+fn chat_document(rng: &mut ChaCha8Rng, chat: &mut ChatRenderer) -> SyntheticDocument {
+    let mut messages = Vec::new();
+    for _ in 0..rng.random_range(1..3) {
+        let (question, reasoning, answer) = chat_turn(rng);
+        messages.push(Message::new("user", &question));
+        messages.push(Message { reasoning: Some(reasoning), ..Message::new(ASSISTANT, &answer) });
     }
-    SyntheticDocument { tokens, spans }
+    let rendered = chat.render(&messages, None);
+    let inner = 1..rendered.ids.len() - 1;
+    SyntheticDocument {
+        tokens: rendered.ids[inner.clone()].to_vec(),
+        spans: spans(&rendered.trained(ThinkLoss::Train)[inner]),
+    }
 }
 
 #[cfg(test)]
@@ -445,17 +449,17 @@ mod tests {
     }
 
     #[test]
-    fn chat_spans_cover_exactly_the_assistant_turns() {
+    fn chat_spans_cover_exactly_the_assistant_output() {
         for doc in generate(&spec(SyntheticKind::Chat), &bytes()) {
+            let text = ByteVocab::decode(&doc.tokens);
+            assert!(text.starts_with("<|BOT|>user\n") && !text.ends_with("<|EOT|>"), "{text}");
             assert!(!doc.spans.is_empty());
             for &(start, end) in &doc.spans {
                 let before = ByteVocab::decode(&doc.tokens[..start as usize]);
-                assert!(before.ends_with("<|BOT|>assistant\n"), "{before}");
+                assert!(before.ends_with("<|BOT|>assistant\n<think>") || before.ends_with("<think></think>"), "{before}");
                 let inside = ByteVocab::decode(&doc.tokens[start as usize..end as usize]);
-                assert!(
-                    inside.starts_with("<think>") && !inside.contains("user"),
-                    "{inside}"
-                );
+                assert!(!inside.contains("user") && !inside.contains("<think>"), "{inside}");
+                assert!(inside.starts_with('\n'), "reasoning or answer first: {inside}");
             }
             assert_eq!(
                 doc.spans.last().unwrap().1 as usize,

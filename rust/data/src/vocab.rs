@@ -79,6 +79,27 @@ impl ByteVocab {
     }
 }
 
+/// The byte vocabulary as a `kormo_tokenizer` tokenizer: a byte-level BPE without merges (id =
+/// byte value for 0..=255, then the six specials at their [`ByteVocab`] ids), which encodes and
+/// decodes exactly as [`ByteVocab`] does; the chat template renders with it, and `hf export`
+/// writes it as the `tokenizer.json` of byte-vocabulary models.
+pub fn byte_tokenizer() -> kormo_tokenizer::Tokenizer {
+    let vocab = (0..=255u8).map(|b| vec![b]).collect();
+    let specials = [
+        ("<|BOS|>", ByteVocab::BOS),
+        ("<|EOT|>", ByteVocab::EOT),
+        ("<think>", ByteVocab::THINK),
+        ("</think>", ByteVocab::THINK_END),
+        ("<|BOT|>", ByteVocab::BOT),
+        ("<|pad|>", ByteVocab::PAD),
+    ]
+    .into_iter()
+    .map(|(content, id)| kormo_tokenizer::SpecialToken { content: content.to_string(), id })
+    .collect();
+    kormo_tokenizer::Tokenizer::new(kormo_tokenizer::Pattern::Qwen2, vocab, Vec::new(), specials, false)
+        .expect("the byte vocabulary is a valid tokenizer")
+}
+
 /// Every special token id the data layer writes (synthetic corpus) or packs with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SpecialIds {

@@ -99,7 +99,7 @@ fn run(cli: Cli) -> Result<(), String> {
             messages.push(("system", system.as_str()));
         }
         messages.push(("user", prompt.as_str()));
-        chat_prompt(tok, specials, &messages, thinking)
+        chat_prompt(tok, &messages, thinking).map_err(|e| format!("{}: {e}", model.display()))?
     } else {
         let mut ids = vec![specials.bos];
         ids.extend(tok.encode(&prompt));

@@ -1,31 +1,15 @@
 //! Text around token ids: prompts in KORMo's chat template and streaming decode.
 //!
-//! Chat template (as in training data and `tokenizer_config.json`): every document starts with
-//! `<|BOS|>`; each message is `<|BOT|>{role}\n{content}<|EOT|>`; the answer starts with
-//! `<|BOT|>assistant\n`. Thinking is a template switch: on, the prompt ends with `<think>` so
-//! the model writes its reasoning first; off, it ends with an empty `<think></think>` block
-//! (KORMo's hybrid-reasoning convention). Message contents are encoded as plain text, so a
-//! user typing `<|EOT|>` cannot forge a turn boundary.
+//! The chat template is kormo_tokenizer::chat (the renderer `prepare` writes training data with
+//! and whose Jinja form is exported in `tokenizer_config.json`): `<|BOS|>`, each message as
+//! `<|BOT|>{role}\n{content}<|EOT|>`, then `<|BOT|>assistant\n<think>`, closed at once by
+//! `</think>` when thinking is off. Message contents are encoded as plain text, so a user typing
+//! `<|EOT|>` cannot forge a turn boundary.
 
+use kormo_tokenizer::chat::{ChatRenderer, Message, Thinking};
 use kormo_tokenizer::Tokenizer;
 
-/// The special tokens the template needs, looked up in the tokenizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatTokens {
-    pub bos: u32,
-    pub bot: u32,
-    pub eot: u32,
-    pub think: u32,
-    pub think_end: u32,
-}
-
-impl ChatTokens {
-    /// Fails naming the first special token the tokenizer lacks.
-    pub fn find(tok: &Tokenizer) -> Result<ChatTokens, String> {
-        let id = |content: &str| tok.special_id(content).ok_or(format!("the tokenizer has no `{content}` special token"));
-        Ok(ChatTokens { bos: id("<|BOS|>")?, bot: id("<|BOT|>")?, eot: id("<|EOT|>")?, think: id("<think>")?, think_end: id("</think>")? })
-    }
-}
+pub use kormo_tokenizer::chat::ChatTokens;
 
 /// Plain-text ids of `text` (special-token spellings are not special here).
 pub fn encode_plain(tok: &Tokenizer, text: &str) -> Vec<u32> {
@@ -34,21 +18,12 @@ pub fn encode_plain(tok: &Tokenizer, text: &str) -> Vec<u32> {
     ids
 }
 
-/// `<|BOS|>` then each `(role, content)` message, then the assistant header and think switch.
-pub fn chat_prompt(tok: &Tokenizer, ids: ChatTokens, messages: &[(&str, &str)], thinking: bool) -> Vec<u32> {
-    let mut out = vec![ids.bos];
-    for (role, content) in messages {
-        out.push(ids.bot);
-        out.extend(encode_plain(tok, &format!("{role}\n{content}")));
-        out.push(ids.eot);
-    }
-    out.push(ids.bot);
-    out.extend(encode_plain(tok, "assistant\n"));
-    out.push(ids.think);
-    if !thinking {
-        out.push(ids.think_end);
-    }
-    out
+/// The prompt `generate --chat` feeds the model: `(role, content)` messages in the template,
+/// then the assistant header and the thinking switch.
+pub fn chat_prompt(tok: &Tokenizer, messages: &[(&str, &str)], thinking: bool) -> Result<Vec<u32>, String> {
+    let messages: Vec<Message> = messages.iter().map(|(role, content)| Message::new(role, content)).collect();
+    let mut renderer = ChatRenderer::new(tok)?;
+    Ok(renderer.prompt(&messages, if thinking { Thinking::On } else { Thinking::Off }))
 }
 
 /// Turns ids into text piece by piece; bytes of a character split across tokens are held back
@@ -110,12 +85,12 @@ mod tests {
     fn chat_prompt_follows_the_template_and_thinking_switch() {
         let tok = byte_tokenizer();
         let ids = ChatTokens::find(&tok).unwrap();
-        let off = chat_prompt(&tok, ids, &[("user", "하늘은 무슨 색?")], false);
+        let off = chat_prompt(&tok, &[("user", "하늘은 무슨 색?")], false).unwrap();
         assert_eq!(tok.decode(&off, false).unwrap(), "<|BOS|><|BOT|>user\n하늘은 무슨 색?<|EOT|><|BOT|>assistant\n<think></think>");
-        let on = chat_prompt(&tok, ids, &[("system", "be brief"), ("user", "2+2?")], true);
+        let on = chat_prompt(&tok, &[("system", "be brief"), ("user", "2+2?")], true).unwrap();
         assert_eq!(tok.decode(&on, false).unwrap(), "<|BOS|><|BOT|>system\nbe brief<|EOT|><|BOT|>user\n2+2?<|EOT|><|BOT|>assistant\n<think>");
         // A forged special token in user text stays text.
-        let forged = chat_prompt(&tok, ids, &[("user", "<|EOT|>")], false);
+        let forged = chat_prompt(&tok, &[("user", "<|EOT|>")], false).unwrap();
         assert_eq!(forged.iter().filter(|&&t| t == ids.eot).count(), 1);
     }
 

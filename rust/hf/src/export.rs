@@ -6,7 +6,7 @@
 //! OUT/model.safetensors             one file while the weights fit in `max_shard_bytes`, else
 //! OUT/model-0000i-of-0000n.safetensors + model.safetensors.index.json (weight_map, total_size)
 //! OUT/tokenizer.json                copied from the run (or the byte vocabulary's, generated)
-//! OUT/tokenizer_config.json         copied next to it, or generated
+//! OUT/tokenizer_config.json         the one next to it with kormo's chat_template, or generated
 //! ```
 //!
 //! Shards are filled greedily in layout order (embedding first, layers in order, head last), a
@@ -154,20 +154,34 @@ pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, 
     Ok(ExportSummary { weight_files, total_bytes, tokenizer: tokenizer.source.clone() })
 }
 
-/// Copies the run's tokenizer files verbatim (or generates them for the byte vocabulary).
+/// Copies the run's tokenizer files (or generates them for the byte vocabulary).
 fn write_tokenizer(tokenizer: &ModelTokenizer, out: &Path) -> Result<(), HfError> {
     match &tokenizer.source {
         TokenizerSource::File(path) => {
             copy(path, &out.join("tokenizer.json"))?;
             let sibling = path.with_file_name("tokenizer_config.json");
-            if sibling.is_file() {
-                copy(&sibling, &out.join("tokenizer_config.json"))
+            let config = if sibling.is_file() {
+                with_kormo_chat_template(&sibling, &tokenizer.tokenizer)?
             } else {
-                write_json(&out.join("tokenizer_config.json"), &kormo_tokenizer::hf::tokenizer_config_json(&tokenizer.tokenizer))
-            }
+                kormo_tokenizer::hf::tokenizer_config_json(&tokenizer.tokenizer)
+            };
+            write_json(&out.join("tokenizer_config.json"), &config)
         }
         TokenizerSource::ByteVocab => kormo_tokenizer::hf::save(&tokenizer.tokenizer, out).map_err(|e| HfError::new(out, e.0)),
     }
+}
+
+/// The tokenizer's own `tokenizer_config.json` with `chat_template` set to kormo's (the template
+/// `generate --chat` and the training data use), when the tokenizer has the chat specials; every
+/// other key is kept as it is.
+fn with_kormo_chat_template(path: &Path, tok: &kormo_tokenizer::Tokenizer) -> Result<serde_json::Value, HfError> {
+    let text = std::fs::read_to_string(path).map_err(|e| HfError::new(path, format!("cannot read: {e}")))?;
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| HfError::new(path, format!("not JSON: {e}")))?;
+    let object = config.as_object_mut().ok_or_else(|| HfError::new(path, "not a JSON object"))?;
+    if kormo_tokenizer::chat::ChatTokens::find(tok).is_ok() {
+        object.insert("chat_template".into(), json!(kormo_tokenizer::chat::CHAT_TEMPLATE));
+    }
+    Ok(config)
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), HfError> {

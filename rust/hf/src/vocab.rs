@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use kormo_data::ByteVocab;
-use kormo_tokenizer::{Pattern, SpecialToken, Tokenizer};
+use kormo_tokenizer::Tokenizer;
 
 use crate::config::SpecialIds;
 use crate::error::HfError;
@@ -39,22 +39,8 @@ impl ModelTokenizer {
     }
 }
 
-/// The byte vocabulary as a tokenizer.
-pub fn byte_tokenizer() -> Tokenizer {
-    let vocab = (0..=255u8).map(|b| vec![b]).collect();
-    let specials = [
-        ("<|BOS|>", ByteVocab::BOS),
-        ("<|EOT|>", ByteVocab::EOT),
-        ("<think>", ByteVocab::THINK),
-        ("</think>", ByteVocab::THINK_END),
-        ("<|BOT|>", ByteVocab::BOT),
-        ("<|pad|>", ByteVocab::PAD),
-    ]
-    .into_iter()
-    .map(|(content, id)| SpecialToken { content: content.to_string(), id })
-    .collect();
-    Tokenizer::new(Pattern::Qwen2, vocab, Vec::new(), specials, false).expect("the byte vocabulary is a valid tokenizer")
-}
+/// The byte vocabulary as a tokenizer (defined with the vocabulary in kormo_data).
+pub use kormo_data::vocab::byte_tokenizer;
 
 /// Finds the tokenizer for a model at `model_path` with `vocab` embedding rows: `explicit`
 /// (a `tokenizer.json` or a folder holding one) if given; else a `tokenizer.json` in the model

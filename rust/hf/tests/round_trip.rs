@@ -178,3 +178,31 @@ fn hf_binary_exports_a_checkpoint_and_imports_it_back() {
     }
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn export_writes_kormos_chat_template_over_the_tokenizers_own() {
+    let mut config = small_config();
+    config.vocab = 384;
+    let weights = random_weights(&config, 5);
+    let dir = scratch("chat-template");
+    let tok_dir = dir.join("tok");
+    kormo_tokenizer::hf::save(&byte_tokenizer(), &tok_dir).unwrap();
+    // A tokenizer_config.json from elsewhere: an older template and a key kormo does not write.
+    let sibling = tok_dir.join("tokenizer_config.json");
+    let mut own: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&sibling).unwrap()).unwrap();
+    own["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}".into();
+    own["model_max_length"] = 4096.into();
+    std::fs::write(&sibling, own.to_string()).unwrap();
+    let tokenizer = ModelTokenizer { tokenizer: byte_tokenizer(), source: TokenizerSource::File(tok_dir.join("tokenizer.json")) };
+    let out = dir.join("out");
+    export_folder(&weights, &tokenizer, &out, &options(Flavor::Kormo, ExportDtype::F32)).unwrap();
+    let written: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(written["chat_template"].as_str(), Some(kormo_tokenizer::chat::CHAT_TEMPLATE));
+    assert_eq!(written["model_max_length"], 4096);
+    assert_eq!(written["bos_token"], "<|BOS|>");
+    // A damaged sibling is an error naming it.
+    std::fs::write(&sibling, "{not json").unwrap();
+    let err = export_folder(&weights, &tokenizer, &out, &options(Flavor::Kormo, ExportDtype::F32)).unwrap_err();
+    assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

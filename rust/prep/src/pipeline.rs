@@ -26,6 +26,7 @@ use indicatif::ProgressBar;
 use kormo_tokenizer::{hf, progress, Tokenizer};
 use serde::{Deserialize, Serialize};
 
+use crate::chat::ChatSourceConfig;
 use crate::dedup::{dedup_document, hash_document, BloomFilter, DedupConfig, DocumentNgrams};
 use crate::filters::{check, FilterConfig};
 use crate::quality::{QualityConfig, QualityModel};
@@ -45,6 +46,8 @@ pub struct PrepConfig {
     pub filters: FilterConfig,
     pub dedup: DedupConfig,
     pub quality: QualityConfig,
+    /// Sources read as conversations (`[chat.<source>]`, crate::chat) instead of plain text.
+    pub chat: BTreeMap<String, ChatSourceConfig>,
 }
 
 impl Default for PrepConfig {
@@ -57,6 +60,7 @@ impl Default for PrepConfig {
             filters: FilterConfig::default(),
             dedup: DedupConfig::default(),
             quality: QualityConfig::default(),
+            chat: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +133,9 @@ pub struct StageCounts {
     pub seconds_dedup: f64,
     pub seconds_quality_and_tokenize: f64,
     pub seconds_write: f64,
+    /// Conversations, turns, trained and masked tokens of a chat source (crate::chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<crate::chat::ChatCounts>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -158,7 +165,7 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), String> {
 
 /// Maps `f` over `items` on `threads` threads (contiguous chunks, one `init()` state per
 /// thread), keeping order.
-fn par_map<T: Sync, S, R: Send>(
+pub(crate) fn par_map<T: Sync, S, R: Send>(
     items: &[T],
     threads: usize,
     init: impl Fn() -> S + Sync,
@@ -214,7 +221,14 @@ pub fn run(
             return Err(format!("source {:?} is given twice", s.name));
         }
     }
+    if let Some(name) = config.chat.keys().find(|name| !names.contains(name)) {
+        return Err(format!("chat.{name}: no source {name:?} is given (--source {name}=PATH)"));
+    }
     let tokenizer: Tokenizer = hf::load(Path::new(&config.tokenizer)).map_err(|e| e.to_string())?;
+    if !config.chat.is_empty() {
+        kormo_tokenizer::chat::ChatTokens::find(&tokenizer)
+            .map_err(|e| format!("{}: {e}, which chat sources need", config.tokenizer))?;
+    }
     let quality = if config.quality.model.is_empty() {
         None
     } else {
@@ -317,18 +331,31 @@ pub fn run(
             }
             let counts = state.counts.entry(source.name.clone()).or_default();
             let shard_name = format!("{}-{fi:05}.kts", source.name);
-            let written = process_file(
-                file,
-                &dir.join(&shard_name),
-                config,
-                &meta,
-                &tokenizer,
-                quality.as_ref(),
-                filter.as_mut(),
-                threads,
-                counts,
-                &bar,
-            )?;
+            let shard_path = dir.join(&shard_name);
+            let written = match config.chat.get(&source.name) {
+                Some(&chat) => crate::chat::process_file(
+                    file,
+                    &shard_path,
+                    chat,
+                    config.batch_documents,
+                    &meta,
+                    &tokenizer,
+                    threads,
+                    counts,
+                )?,
+                None => process_file(
+                    file,
+                    &shard_path,
+                    config,
+                    &meta,
+                    &tokenizer,
+                    quality.as_ref(),
+                    filter.as_mut(),
+                    threads,
+                    counts,
+                    &bar,
+                )?,
+            };
             counts.files += 1;
             counts.bytes_read += size;
             if let Some(summary) = written {
@@ -386,6 +413,36 @@ fn fnv64(bytes: &[u8]) -> u64 {
     })
 }
 
+/// Up to `size` well-formed items of `items` (counted as documents read, each shown to
+/// `seen`); malformed ones are counted and skipped, the first 20 logged as warnings.
+pub(crate) fn next_batch<T, E: std::fmt::Display>(
+    items: &mut impl Iterator<Item = Result<T, E>>,
+    size: usize,
+    counts: &mut StageCounts,
+    mut seen: impl FnMut(&T),
+) -> Vec<T> {
+    let mut batch = Vec::with_capacity(size);
+    for item in items.by_ref() {
+        match item {
+            Ok(x) => {
+                seen(&x);
+                batch.push(x);
+            }
+            Err(e) => {
+                counts.malformed += 1;
+                if counts.malformed <= 20 {
+                    log::warn!("skipped malformed input: {e}");
+                }
+            }
+        }
+        if batch.len() == size {
+            break;
+        }
+    }
+    counts.documents_read += batch.len() as u64;
+    batch
+}
+
 /// One input file -> one shard (none if nothing survives); `bar` advances by the text read.
 #[allow(clippy::too_many_arguments)]
 fn process_file(
@@ -403,28 +460,10 @@ fn process_file(
     let mut writer: Option<ShardWriter> = None;
     let mut docs = read_documents(file, &config.text_field);
     loop {
-        let mut batch = Vec::with_capacity(config.batch_documents);
-        for d in docs.by_ref() {
-            match d {
-                Ok(text) => {
-                    bar.inc(text.len() as u64);
-                    batch.push(text);
-                }
-                Err(e) => {
-                    counts.malformed += 1;
-                    if counts.malformed <= 20 {
-                        log::warn!("skipped malformed input: {e}");
-                    }
-                }
-            }
-            if batch.len() == config.batch_documents {
-                break;
-            }
-        }
+        let batch = next_batch(&mut docs, config.batch_documents, counts, |text: &String| bar.inc(text.len() as u64));
         if batch.is_empty() {
             break;
         }
-        counts.documents_read += batch.len() as u64;
 
         let t = Instant::now();
         let dedup_on = filter.is_some();

@@ -20,8 +20,8 @@ use crate::bpe::{Normalizer, SpecialToken, Tokenizer, TokenizerError};
 use crate::bytelevel::{bytes_to_string, string_to_bytes};
 use crate::pretokenize::Pattern;
 
-/// KORMo's chat template: `<|BOT|>{role}\n{content}<|EOT|>` per message.
-pub const CHAT_TEMPLATE: &str = "{% for message in messages %}<|BOT|>{{ message['role'] }}\n{{ message['content'] }}<|EOT|>{% endfor %}{% if add_generation_prompt %}<|BOT|>assistant\n{% endif %}";
+/// KORMo's chat template in Jinja (crate::chat renders the same in Rust).
+pub use crate::chat::CHAT_TEMPLATE;
 
 fn byte_level(use_regex: bool) -> Value {
     json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": use_regex})

@@ -5,6 +5,8 @@
 //! - `bpe`: the tokenizer (vocabulary, merges, special tokens, encode/decode with a cache).
 //! - `nfc`: Unicode NFC normalization, for tokenizer.json files that declare it.
 //! - `train`: BPE training from weighted sources with incremental pair counts.
+//! - `chat`: KORMo's chat template: conversations to ids with per-token parts (loss masks), the
+//!   Jinja form written into `tokenizer_config.json`.
 //! - `hf`: reading and writing Hugging Face `tokenizer.json` / `tokenizer_config.json`.
 //! - `documents`: reading documents from JSONL / HTML / text files, malformed lines reported.
 //! - `corpus`: plain text from HTML documentation (test and benchmark corpora).
@@ -13,6 +15,7 @@
 pub mod bpe;
 pub mod bytelevel;
 pub mod chars;
+pub mod chat;
 pub mod corpus;
 pub mod documents;
 pub mod fxhash;

@@ -279,10 +279,31 @@ pub struct PhaseConfig {
     /// Exclude `<think>` targets from the loss (reasoning phase).
     #[serde(default)]
     pub mask_think_token: bool,
+    /// `"assistant"`: train only inside the documents' loss-mask spans (SFT on assistant turns,
+    /// reasoning masked or not as `prepare` wrote them); every document of every source must
+    /// have spans, checked at start-up. `"all"` (default): spans where documents have them,
+    /// every token where they have none.
+    #[serde(default, skip_serializing_if = "TrainOn::is_all")]
+    pub train_on: TrainOn,
     /// Peak LR override for this phase.
     pub lr: Option<f64>,
     /// Schedule override for this phase.
     pub schedule: Option<ScheduleConfig>,
+}
+
+/// Which targets of a phase's documents carry loss ([`PhaseConfig::train_on`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainOn {
+    #[default]
+    All,
+    Assistant,
+}
+
+impl TrainOn {
+    fn is_all(&self) -> bool {
+        *self == TrainOn::All
+    }
 }
 
 fn default_positions() -> PositionMode {
@@ -292,6 +313,28 @@ fn default_positions() -> PositionMode {
 impl PhaseConfig {
     pub fn tokens_per_step(&self) -> u64 {
         (self.seq_len * self.micro_batch * self.grad_accum) as u64
+    }
+
+    /// Refuses a source whose documents lack the loss-mask spans this phase trains on
+    /// (`train_on = "assistant"`): without them the phase would silently train on every token
+    /// (user turns, system prompts, masked reasoning). `origin` names the recipe file.
+    pub fn check_loss_masks(&self, source: &kormo_data::Source, origin: &str) -> Result<(), String> {
+        if self.train_on != TrainOn::Assistant {
+            return Ok(());
+        }
+        match source.first_document_without_spans().map_err(|e| e.0)? {
+            None => Ok(()),
+            Some((shard, document)) => Err(format!(
+                "{origin}: phase `{}` trains on assistant turns only (train_on = \"assistant\"), but \
+                 source `{}` has documents without loss-mask spans (first: document {document} of {}); \
+                 prepare it as a chat source (`[chat.{}]` in the prep config, docs/data-prep.md) or \
+                 use train_on = \"all\"",
+                self.name,
+                source.name,
+                shard.display(),
+                source.name
+            )),
+        }
     }
 
     /// Optimizer steps of this phase.

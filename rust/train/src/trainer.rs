@@ -1317,6 +1317,7 @@ fn build_loader(
                 if recipe.tokenizer_fingerprint().is_some() { "the recipe's [tokens] table" } else { "the first source opened" }
             ))
         })?;
+        phase.check_loss_masks(&source, &recipe.origin).map_err(TrainError)?;
         if source.vocab_size() as usize > recipe.model.vocab {
             return Err(TrainError(format!(
                 "{}: shards use a vocabulary of {} tokens but the model has {} (source `{name}`)",
@@ -1358,7 +1359,8 @@ fn build_loader(
     Ok(PhaseData { loader, held_out })
 }
 
-fn packing_options(recipe: &Recipe, phase: &PhaseConfig) -> PackingOptions {
+/// How a phase's documents are packed into rows (the loss weights included).
+pub fn packing_options(recipe: &Recipe, phase: &PhaseConfig) -> PackingOptions {
     PackingOptions {
         seq_len: phase.seq_len,
         specials: recipe.special_tokens(),
