@@ -18,8 +18,9 @@ use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// Absolute: the recipe that names it is written elsewhere (and under Bazel `repo()` is relative).
 fn tokenizer_path() -> PathBuf {
-    repo().join("tests/golden/chat_template/tokenizer.json")
+    std::fs::canonicalize(repo().join("tests/golden/chat_template/tokenizer.json")).unwrap()
 }
 
 /// `n` conversations in the three record shapes, some with reasoning, some multi-turn, one
