@@ -1,26 +1,13 @@
 //! `plot --help`; misspelt options.
 
-use std::process::Command;
-
-/// Exit code and stdout + stderr of the binary `bin` run with `args`.
-fn run(bin: &str, args: &[&str]) -> (Option<i32>, String) {
-    let out = Command::new(bin).args(args).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code(), text)
-}
+use kormo_testdeps::cli::{help_shows, misspelt_suggests};
 
 #[test]
 fn help_lists_options_defaults_and_an_example() {
-    let (code, text) = run(env!("CARGO_BIN_EXE_plot"), &["--help"]);
-    assert_eq!(code, Some(0), "{text}");
-    for needle in ["<RUN_DIR>", "--out <DIR>", "[default: RUN_DIR/plots]", "Example:\n  plot runs/tiny"] {
-        assert!(text.contains(needle), "lacks {needle}: {text}");
-    }
+    help_shows(env!("CARGO_BIN_EXE_plot"), &["--help"], &["<RUN_DIR>", "--out <DIR>", "[default: RUN_DIR/plots]", "Example:\n  plot runs/tiny"]);
 }
 
 #[test]
 fn a_misspelt_option_gets_a_suggestion_and_exit_code_2() {
-    let (code, text) = run(env!("CARGO_BIN_EXE_plot"), &["runs/x", "--output", "y"]);
-    assert_eq!(code, Some(2), "{text}");
-    assert!(text.contains("a similar argument exists: '--out'"), "{text}");
+    misspelt_suggests(env!("CARGO_BIN_EXE_plot"), &["runs/x", "--output", "y"], "--out");
 }

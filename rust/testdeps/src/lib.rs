@@ -11,6 +11,8 @@
 //! A test that needs one and cannot find it fails with one line naming what is missing and how
 //! the build provides it ([`missing`]); it never skips. Under cargo, point a variable at Bazel's
 //! copy (`$(tools/bazel info output_base)/external/test_python/bin/python3`) or at the machine's.
+//!
+//! [`cli`] holds the command-line checks every crate's `tests/help.rs` makes of its binaries.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -177,5 +179,37 @@ mod tests {
             "missing test prerequisite: libclang (x); `tools/bazel test` provides it (@libclang, the PyPI \
              wheel pinned in third_party/libclang/requirements.txt), under cargo set LIBCLANG_PATH"
         );
+    }
+}
+
+/// Checks of a binary's command line, shared by every crate's `tests/help.rs`.
+pub mod cli {
+    use std::process::Command;
+
+    /// Exit code and stdout + stderr of the binary `bin` run with `args`.
+    pub fn run(bin: &str, args: &[&str]) -> (Option<i32>, String) {
+        let out = Command::new(bin).args(args).output().unwrap_or_else(|e| panic!("{bin}: {e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    }
+
+    /// `bin args` (e.g. `["export", "--help"]`) exits 0 and prints every one of `needles`.
+    #[track_caller]
+    pub fn help_shows(bin: &str, args: &[&str], needles: &[&str]) {
+        let (code, text) = run(bin, args);
+        assert_eq!(code, Some(0), "{bin} {args:?}: {text}");
+        for needle in needles {
+            assert!(text.contains(needle), "{bin} {args:?} lacks {needle:?}: {text}");
+        }
+    }
+
+    /// `bin args`, which misspells an option, is a usage error (exit code 2) that names the
+    /// option meant.
+    #[track_caller]
+    pub fn misspelt_suggests(bin: &str, args: &[&str], meant: &str) {
+        let (code, text) = run(bin, args);
+        assert_eq!(code, Some(2), "{bin} {args:?}: {text}");
+        let tip = format!("a similar argument exists: '{meant}'");
+        assert!(text.contains(&tip), "{bin} {args:?} lacks {tip:?}: {text}");
     }
 }
