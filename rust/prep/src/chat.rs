@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::pipeline::{next_batch, par_map, StageCounts};
-use crate::records::json_records;
+use kormo_corpus::records::read_records;
+use kormo_corpus::MalformedInput;
 
 /// `[chat.<source>]` in the prep config: the source holds conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,13 +343,13 @@ pub fn process_file(
     counts: &mut StageCounts,
 ) -> Result<Option<ShardSummary>, String> {
     let specials: Vec<String> = tokenizer.specials().into_iter().map(|s| s.content).collect();
-    let mut conversations = json_records(file)?.map(|record| {
-        let (line, value) = record.map_err(|e| e.to_string())?;
-        conversation(&value).map_err(|e| format!("{}:{line}: {e}", file.display()))
+    let mut conversations = read_records(file, &[]).map(|record| {
+        let record = record?;
+        conversation(&record.value).map_err(|e| MalformedInput::new(file, record.location, e))
     });
     let mut writer: Option<ShardWriter> = None;
     loop {
-        let batch = next_batch(&mut conversations, batch_size, counts, |_| {});
+        let batch = next_batch(&mut conversations, batch_size, counts, |_| {})?;
         if batch.is_empty() {
             break;
         }

@@ -8,7 +8,6 @@
 //! - `quality`: fastText-style linear quality classifier over hashed word and char n-grams.
 //! - `chat`: chat and reasoning datasets (messages, ShareGPT, prompt/response) to shards with
 //!   loss-mask spans, rendered with KORMo's chat template.
-//! - `records`: JSON records of a file (JSON Lines), the format layer under `chat`.
 //! - `pipeline`: the `prepare` run (config, sources, shards, manifests, report, resume).
 
 pub mod chat;
@@ -16,5 +15,4 @@ pub mod dedup;
 pub mod filters;
 pub mod pipeline;
 pub mod quality;
-pub mod records;
 pub mod words;

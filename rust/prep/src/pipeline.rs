@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kormo_shards::{Manifest, ShardMeta, ShardWriter};
-use kormo_tokenizer::documents::read_documents;
 use indicatif::ProgressBar;
+use kormo_corpus::documents::read_documents;
+use kormo_corpus::MalformedInput;
 use kormo_tokenizer::{hf, progress, Tokenizer};
 use serde::{Deserialize, Serialize};
 
@@ -414,13 +415,14 @@ fn fnv64(bytes: &[u8]) -> u64 {
 }
 
 /// Up to `size` well-formed items of `items` (counted as documents read, each shown to
-/// `seen`); malformed ones are counted and skipped, the first 20 logged as warnings.
-pub(crate) fn next_batch<T, E: std::fmt::Display>(
-    items: &mut impl Iterator<Item = Result<T, E>>,
+/// `seen`); malformed ones are counted and skipped, the first 20 logged as warnings. A fatal
+/// error (the rest of the file is unreadable) is returned: the file is not used at all.
+pub(crate) fn next_batch<T>(
+    items: &mut impl Iterator<Item = Result<T, MalformedInput>>,
     size: usize,
     counts: &mut StageCounts,
     mut seen: impl FnMut(&T),
-) -> Vec<T> {
+) -> Result<Vec<T>, String> {
     let mut batch = Vec::with_capacity(size);
     for item in items.by_ref() {
         match item {
@@ -428,6 +430,7 @@ pub(crate) fn next_batch<T, E: std::fmt::Display>(
                 seen(&x);
                 batch.push(x);
             }
+            Err(e) if e.fatal => return Err(e.to_string()),
             Err(e) => {
                 counts.malformed += 1;
                 if counts.malformed <= 20 {
@@ -440,7 +443,7 @@ pub(crate) fn next_batch<T, E: std::fmt::Display>(
         }
     }
     counts.documents_read += batch.len() as u64;
-    batch
+    Ok(batch)
 }
 
 /// One input file -> one shard (none if nothing survives); `bar` advances by the text read.
@@ -460,7 +463,7 @@ fn process_file(
     let mut writer: Option<ShardWriter> = None;
     let mut docs = read_documents(file, &config.text_field);
     loop {
-        let batch = next_batch(&mut docs, config.batch_documents, counts, |text: &String| bar.inc(text.len() as u64));
+        let batch = next_batch(&mut docs, config.batch_documents, counts, |text: &String| bar.inc(text.len() as u64))?;
         if batch.is_empty() {
             break;
         }
