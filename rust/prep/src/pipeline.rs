@@ -475,8 +475,10 @@ fn process_file(
             threads,
             || (),
             |_, text| {
-                check(text, &config.filters)
-                    .map(|lang| (lang, dedup_on.then(|| hash_document(text, &config.dedup))))
+                check(text, &config.filters).map(|passed| {
+                    let ngrams = dedup_on.then(|| hash_document(text, &passed.tokens, &config.dedup));
+                    (passed.language, ngrams)
+                })
             },
         );
         counts.seconds_filter_and_hash += t.elapsed().as_secs_f64();
