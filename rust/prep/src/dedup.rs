@@ -112,11 +112,16 @@ impl BloomFilter {
         }
     }
 
+    /// The k bit positions of `hash`: double hashing (h1 + i h2), each 64-bit value mapped onto
+    /// the bits by a multiply-shift (its high bits), which costs no division.
     fn positions(&self, hash: u64) -> impl Iterator<Item = u64> + '_ {
         let bits = self.words.len() as u64 * 64;
         let h1 = hash;
         let h2 = mix(hash ^ 0x9e37_79b9_7f4a_7c15) | 1;
-        (0..self.hashes as u64).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+        (0..self.hashes as u64).map(move |i| {
+            let h = h1.wrapping_add(i.wrapping_mul(h2));
+            ((h as u128 * bits as u128) >> 64) as u64
+        })
     }
 
     pub fn contains(&self, hash: u64) -> bool {
@@ -248,9 +253,15 @@ pub fn hash_document(text: &str, tokens: &[Token], config: &DedupConfig) -> Docu
 /// What dedup did to one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupOutcome {
+    /// The text kept (empty when the document was emptied).
     pub text: String,
     pub paragraphs: usize,
-    pub paragraphs_removed: usize,
+    /// Byte ranges of the removed paragraphs (each but a first one starts with its `\n`), as
+    /// bff's `bff_duplicate_spans` gives them.
+    pub removed: Vec<(usize, usize)>,
+    /// The document's n-grams, and those found in the filter before it was read.
+    pub ngrams: usize,
+    pub contained: usize,
     /// The whole document was a duplicate and is now empty.
     pub emptied: bool,
 }
@@ -264,13 +275,13 @@ pub fn dedup_document(
 ) -> DedupOutcome {
     let (mut total, mut contained_total) = (0usize, 0usize);
     let mut kept = String::with_capacity(text.len());
-    let mut removed = 0;
+    let mut removed = Vec::new();
     for (&(start, end), hashes) in ngrams.paragraphs.iter().zip(&ngrams.hashes) {
         let contained = hashes.iter().filter(|&&h| filter.contains(h)).count();
         total += hashes.len();
         contained_total += contained;
         if !hashes.is_empty() && contained as f64 / hashes.len() as f64 > threshold {
-            removed += 1;
+            removed.push((start, end));
         } else {
             for &h in hashes {
                 filter.insert(h);
@@ -285,7 +296,9 @@ pub fn dedup_document(
     DedupOutcome {
         text: kept,
         paragraphs: ngrams.paragraphs.len(),
-        paragraphs_removed: removed,
+        removed,
+        ngrams: total,
+        contained: contained_total,
         emptied,
     }
 }
@@ -321,7 +334,7 @@ mod tests {
         // First sighting: everything kept.
         assert_eq!(out[0].text, a);
         // b repeats one paragraph of a: it is removed; the short "end" (1 word) stays.
-        assert_eq!(out[1].paragraphs_removed, 1);
+        assert_eq!(out[1].removed.len(), 1);
         assert_eq!(
             out[1].text,
             "a fresh opening paragraph talks about other things\nend"
@@ -340,7 +353,7 @@ mod tests {
             ],
             &c,
         );
-        assert_eq!(partial[1].paragraphs_removed, 0);
+        assert_eq!(partial[1].removed.len(), 0);
     }
 
     #[test]

@@ -72,7 +72,7 @@ struct TrainArgs {
     /// Distinct pre-tokens kept per source (the rarest are pruned beyond it)
     #[arg(long, value_name = "N", default_value_t = 8_000_000)]
     max_words: usize,
-    /// JSON-lines field or Parquet column that holds the text
+    /// JSON field or Parquet column holding the text
     #[arg(long, value_name = "NAME", default_value = "text")]
     text_field: String,
 }
