@@ -166,7 +166,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
         ));
     }
     for key in ["continuing_subword_prefix", "end_of_word_suffix", "dropout"] {
-        if !model.get(key).is_none_or(Value::is_null) {
+        // An empty prefix or suffix means none, as `tokenizers` reads it.
+        let unset = |v: &Value| v.is_null() || (key != "dropout" && v.as_str() == Some(""));
+        if !model.get(key).is_none_or(unset) {
             return Err(fail(
                 &format!("model.{key}"),
                 format!("{} is not supported", model[key]),
