@@ -398,6 +398,15 @@ mod tests {
             tok.fingerprint()
         );
 
+        let mut empty = doc.clone();
+        empty["model"]["continuing_subword_prefix"] = json!("");
+        empty["model"]["end_of_word_suffix"] = json!("");
+        let read = parse(&empty.to_string(), "empty.json").unwrap();
+        assert_eq!(read.fingerprint(), tok.fingerprint());
+        empty["model"]["continuing_subword_prefix"] = json!("##");
+        let e = parse(&empty.to_string(), "empty.json").unwrap_err();
+        assert!(e.0.contains("model.continuing_subword_prefix"), "{e}");
+
         let mut nfc = doc.clone();
         nfc["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});
         let with_nfc = parse(&nfc.to_string(), "x.json").unwrap();
