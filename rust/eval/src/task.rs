@@ -156,7 +156,12 @@ pub fn choices(spec: &TaskSpec, doc: &Map<String, Value>) -> Result<Vec<String>,
 /// one of the choices' text (as in the harness).
 pub fn gold_index(spec: &TaskSpec, doc: &Map<String, Value>, choices: &[String]) -> Result<usize, String> {
     let target = render(&spec.doc_to_target, doc)?;
-    let t = target.trim();
+    // A boolean label (BoolQ's) indexes the choices as Python's int(bool) does.
+    let t = match target.trim() {
+        "true" => "1",
+        "false" => "0",
+        t => t,
+    };
     if let Ok(i) = t.parse::<usize>() {
         if i < choices.len() {
             return Ok(i);
