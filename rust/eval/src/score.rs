@@ -3,7 +3,7 @@
 //! Each multiple-choice question runs its context once through the KV-cached decoder; every
 //! choice is then scored as a continuation from the cached context (the cache is truncated
 //! back to the context between choices), so the shared context costs one forward pass per
-//! question, not one per choice. Tokenisation follows the harness: trailing spaces of the
+//! question, not one per choice. Tokenisation follows the harness: trailing whitespace of the
 //! context move to the continuation, the continuation's ids are those of
 //! encode(context + continuation) after the context's ids, and `<|BOS|>` starts every context.
 
@@ -53,7 +53,7 @@ fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
 
 /// Context and continuation ids the harness's way.
 pub fn split_ids(tok: &Tokenizer, context: &str, continuation: &str) -> (Vec<u32>, Vec<u32>) {
-    let trimmed = context.trim_end_matches(' ');
+    let trimmed = context.trim_end();
     let moved = &context[trimmed.len()..];
     let ctx = encode_plain(tok, trimmed);
     let whole = encode_plain(tok, &format!("{trimmed}{moved}{continuation}"));
@@ -65,7 +65,7 @@ impl Scorer<'_> {
     /// Log-likelihood of each continuation after `context` and whether it is the greedy one.
     pub fn loglikelihoods(&mut self, context: &str, continuations: &[String]) -> Result<Vec<(f64, bool)>, String> {
         let mut prefix = vec![self.bos];
-        prefix.extend(encode_plain(self.tok, context.trim_end_matches(' ')));
+        prefix.extend(encode_plain(self.tok, context.trim_end()));
         self.decoder.reset();
         let last = self.decoder.extend(&prefix);
         let mut out = Vec::with_capacity(continuations.len());
