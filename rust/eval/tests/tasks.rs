@@ -203,3 +203,18 @@ fn in_loop_records_have_one_row_per_task_metric_and_language() {
 fn toml_like(json: &str) -> DownstreamSection {
     serde_json::from_str(json).unwrap()
 }
+
+#[test]
+fn chat_generation_runs_in_the_chat_template_with_either_thinking_setting() {
+    let (w, tok) = (weights(7), tokenizer());
+    let (bos, eot) = (tok.special_id("<|BOS|>").unwrap(), tok.special_id("<|EOT|>").unwrap());
+    for thinking in [false, true] {
+        let spec = format!(r#"{{"task": "chat_tiny", "output_type": "generate_until", "test_split": "chat_tiny.jsonl", "doc_to_text": "{{{{q}}}}",
+          "doc_to_target": "{{{{a}}}}", "max_gen_toks": 3, "chat": true, "thinking": {thinking}}}"#);
+        let task = Task::load(&write_task(&scratch(&format!("chat{thinking}")), "chat_tiny", &spec, &[r#"{"q": "하늘은?", "a": "파랗다"}"#])).unwrap();
+        let mut decoder = Decoder::new(&w, 2);
+        let r = Scorer { decoder: &mut decoder, tok: &tok, bos, eot }.run(&task).unwrap();
+        assert_eq!(r.examples[0]["context"], "하늘은?");
+        assert_eq!(r.scores[0].metric, "exact_match");
+    }
+}
