@@ -15,3 +15,8 @@ fn study_help_lists_options_and_an_example() {
 fn study_misspelt_option_gets_a_suggestion() {
     misspelt_suggests(env!("CARGO_BIN_EXE_tokenizer-study"), &["x.toml", "--output", "y"], "--out");
 }
+
+#[test]
+fn ablate_help_lists_options_and_an_example() {
+    help_shows(env!("CARGO_BIN_EXE_ablate"), &["--help"], &["<SPEC>", "--out <DIR>", "--train <FILE>", "Example:\n  ablate ablation.toml"]);
+}
