@@ -27,14 +27,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match ablate(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ablate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    kormo_experiments::exit_code("ablate", ablate(&Args::parse()))
 }
 
 fn sibling_train() -> Result<PathBuf, String> {

@@ -27,14 +27,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    match study(&args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tokenizer-study: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    kormo_experiments::exit_code("tokenizer-study", study(&Args::parse()))
 }
 
 fn study(args: &Args) -> Result<(), String> {
