@@ -28,20 +28,13 @@ struct Cli {
     /// Output folder
     #[arg(long, value_name = "DIR", default_value = "eval-results")]
     out: PathBuf,
-    /// Architecture of a kormo checkpoint (which records none): tiny | proxy-1b | kormo-10.8b
-    #[arg(long, value_name = "NAME", default_value = "tiny")]
-    preset: String,
-    /// tokenizer.json [default: the one next to the model]
-    #[arg(long, value_name = "PATH")]
-    tokenizer: Option<PathBuf>,
-    /// CPU threads [default: all cores]
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    #[command(flatten)]
+    model_args: kormo_generate::ModelArgs,
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    let (weights, tok) = open_model(&cli.model, &cli.preset, cli.tokenizer.as_deref())?;
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (weights, tok) = open_model(&cli.model, &cli.model_args.preset, cli.model_args.tokenizer.as_deref())?;
+    let threads = cli.model_args.threads();
     let mut decoder = Decoder::new(&weights, threads);
     let bos = tok.tokenizer.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
     let eot = tok.tokenizer.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
