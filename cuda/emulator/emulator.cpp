@@ -15,23 +15,24 @@ std::mutex one_launch_at_a_time;
 
 template <class Args>
 int run(void (*kernel)(Args), const uint32_t grid[3], const uint32_t block[3], uint32_t smem, const void* args,
-        size_t args_size) {
+        size_t args_size, uint64_t order_seed) {
     if (args_size != sizeof(Args)) return 2;
     if (block[1] != 1 || block[2] != 1 || block[0] % 32 != 0 || block[0] > 1024) return 3;
     Args a;
     std::memcpy(&a, args, sizeof a);
     std::lock_guard<std::mutex> lock(one_launch_at_a_time);
-    kormo_emu_run(kernel, {grid[0], grid[1], grid[2]}, {block[0], 1, 1}, smem, a);
+    kormo_emu_run(kernel, {grid[0], grid[1], grid[2]}, {block[0], 1, 1}, smem, a, order_seed);
     return 0;
 }
 
 }  // namespace
 
 // 0: ran; 1: unknown kernel; 2: argument size differs from the kernel's struct; 3: unsupported block shape.
+// order_seed: 0 runs the blocks in grid order, any other value in an order shuffled by it.
 extern "C" int kormo_emu_launch(const char* name, const uint32_t grid[3], const uint32_t block[3], uint32_t smem,
-                                const void* args, size_t args_size) {
+                                const void* args, size_t args_size, uint64_t order_seed) {
 #define KORMO_KERNEL(kernel) \
-    if (std::strcmp(name, #kernel) == 0) return run(kernel, grid, block, smem, args, args_size);
+    if (std::strcmp(name, #kernel) == 0) return run(kernel, grid, block, smem, args, args_size, order_seed);
 #include "generated/kernel_list.inc"
 #undef KORMO_KERNEL
     return 1;

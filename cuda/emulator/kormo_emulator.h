@@ -2,7 +2,8 @@
 // kernel sources run (slowly) on machines without a GPU: rust/cuda/tests/emulated.rs compiles
 // emulator.cpp with the host C++ compiler and checks every kernel against the f64 references.
 //
-// Model: blocks run one after another; the threads of a block are OS threads. __syncthreads is
+// Model: blocks run one after another (in grid order, or in a seeded shuffled order so that
+// results depending on block scheduling, e.g. f32 atomics from several blocks, become visible); the threads of a block are OS threads. __syncthreads is
 // a block barrier, __syncwarp a per-warp barrier, shuffles go through a per-warp exchange buffer
 // between two warp barriers. __shared__ variables become function statics (one block at a time,
 // so "per block" = "per process"); dynamic shared memory is a per-launch buffer, filled with a
@@ -70,29 +71,44 @@ struct uint4 {
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
 // Runs kernel(args) over the grid. Blocks need blockDim.x % 32 == 0 (every kormo kernel has it).
+// order_seed 0 runs blocks in grid order (x fastest); any other value runs them in an order
+// shuffled by that seed (Fisher-Yates over SplitMix64, the same on every host).
 template <class Args>
-void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_smem, const Args& args) {
+void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_smem, const Args& args,
+                   uint64_t order_seed = 0) {
     gridDim = grid;
     blockDim = block;
     std::vector<unsigned char> smem(dynamic_smem + 128);
     kormo_emu_dynamic_smem =
         reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem.data()) + 127) & ~uintptr_t(127));
     kormo_emu_dynamic_smem_bytes = dynamic_smem;
+    std::vector<dim3> order;
     for (unsigned z = 0; z < grid.z; ++z)
         for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                std::memset(kormo_emu_dynamic_smem, 0xff, dynamic_smem);  // NaN pattern as f32 and bf16
-                std::barrier<> block_barrier(block.x);
-                kormo_emu_block_barrier = &block_barrier;
-                kormo_emu_warp_barriers.clear();
-                for (unsigned w = 0; w < block.x / 32; ++w) kormo_emu_warp_barriers.emplace_back(new std::barrier<>(32));
-                std::vector<std::thread> threads;
-                for (unsigned t = 0; t < block.x; ++t)
-                    threads.emplace_back([&, t] {
-                        threadIdx = {t, 0, 0};
-                        blockIdx = {x, y, z};
-                        kernel(args);
-                    });
-                for (auto& th : threads) th.join();
-            }
+            for (unsigned x = 0; x < grid.x; ++x) order.push_back({x, y, z});
+    if (order_seed != 0) {
+        uint64_t state = order_seed;
+        auto next = [&state] {
+            uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+            z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+            z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+            return z ^ (z >> 31);
+        };
+        for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[next() % i]);
+    }
+    for (const dim3 b : order) {
+        std::memset(kormo_emu_dynamic_smem, 0xff, dynamic_smem);  // NaN pattern as f32 and bf16
+        std::barrier<> block_barrier(block.x);
+        kormo_emu_block_barrier = &block_barrier;
+        kormo_emu_warp_barriers.clear();
+        for (unsigned w = 0; w < block.x / 32; ++w) kormo_emu_warp_barriers.emplace_back(new std::barrier<>(32));
+        std::vector<std::thread> threads;
+        for (unsigned t = 0; t < block.x; ++t)
+            threads.emplace_back([&, t] {
+                threadIdx = {t, 0, 0};
+                blockIdx = b;
+                kernel(args);
+            });
+        for (auto& th : threads) th.join();
+    }
 }

@@ -63,6 +63,19 @@ impl Decoder {
         self.len = 0;
     }
 
+    /// Forgets the cached tokens from position `len` on (keeps a shared prefix, e.g. the
+    /// context of a multiple-choice question scored once for all its choices).
+    pub fn truncate(&mut self, len: usize) {
+        let kv = self.config.kv_dim();
+        if len < self.len {
+            self.cache.iter_mut().for_each(|c| {
+                c.keys.truncate(len * kv);
+                c.values.truncate(len * kv);
+            });
+            self.len = len;
+        }
+    }
+
     /// Appends `tokens` (each `< vocab`) and returns the logits after the last one (`[vocab]`).
     pub fn extend(&mut self, tokens: &[u32]) -> Vec<f32> {
         let all = self.run(tokens, false);

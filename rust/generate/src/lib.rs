@@ -32,6 +32,28 @@ pub fn open_model(path: &Path, preset: &str, tokenizer: Option<&Path>) -> Result
     Ok((weights, tokenizer))
 }
 
+/// The options that name a model to run on the CPU, shared by `needle` and `eval`
+/// (`#[command(flatten)]`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Architecture of a kormo checkpoint (which records none): tiny | proxy-1b | kormo-10.8b
+    #[arg(long, value_name = "NAME", default_value = "tiny")]
+    pub preset: String,
+    /// tokenizer.json [default: the one next to the model]
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// CPU threads [default: all cores]
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// `--threads`, or every available core.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 /// Limits of one generation.
 #[derive(Debug, Clone)]
 pub struct Limits {

@@ -79,8 +79,8 @@ pub fn config_json(cfg: &ModelConfig, flavor: Flavor, ids: SpecialIds, torch_dty
         "hidden_act": "silu",
         "max_position_embeddings": max_positions,
         "initializer_range": kormo_model::params::INIT_STD,
-        "rms_norm_eps": cfg.rms_eps as f64,
-        "rope_theta": cfg.rope_theta as f64,
+        "rms_norm_eps": decimal(cfg.rms_eps),
+        "rope_theta": decimal(cfg.rope_theta),
         "rope_scaling": null,
         "attention_bias": false,
         "attention_dropout": 0.0,
@@ -93,6 +93,13 @@ pub fn config_json(cfg: &ModelConfig, flavor: Flavor, ids: SpecialIds, torch_dty
         "pad_token_id": ids.pad,
         "torch_dtype": torch_dtype,
     })
+}
+
+/// The f64 whose shortest decimal is the f32's shortest decimal: 1e-5 stays
+/// `1e-05` in JSON instead of the widened f32 image 9.999999747378752e-06.
+pub fn decimal(x: f32) -> f64 {
+    // Rust prints an f32 as the shortest decimal that reads back as it.
+    x.to_string().parse().unwrap_or(f64::from(x))
 }
 
 /// The `generation_config.json` document: greedy by default, stop at EOS.
@@ -191,6 +198,22 @@ mod tests {
 
     fn parse(v: Value) -> Result<(ModelConfig, Flavor), String> {
         parse_config(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn f32_settings_are_written_as_their_decimals() {
+        let mut cfg = ModelConfig::kormo_10_8b();
+        cfg.rms_eps = 1e-5;
+        cfg.rope_theta = 500000.0;
+        let ids = SpecialIds { bos: None, eos: None, pad: None };
+        let text = config_json(&cfg, Flavor::Llama, ids, "bfloat16", 8).to_string();
+        assert!(text.contains("\"rms_norm_eps\":0.00001"), "{text}");
+        assert!(text.contains("\"rope_theta\":500000.0"), "{text}");
+        for x in [1e-6f32, 0.1, 3.3e-7, 1.0e10, f32::MIN_POSITIVE, 123.456] {
+            assert_eq!(decimal(x) as f32, x, "{x} round-trips");
+            assert_eq!(decimal(x).to_string().parse::<f32>().unwrap(), x);
+        }
+        assert_eq!(decimal(0.1).to_string(), "0.1");
     }
 
     #[test]

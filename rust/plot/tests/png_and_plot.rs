@@ -203,3 +203,21 @@ fn plot_binary_renders_every_metric_and_reports_bad_input() {
     fail(&[&run], "sft/metrics.jsonl:2");
     std::fs::remove_dir_all(&run).unwrap();
 }
+
+#[test]
+fn downstream_records_get_one_chart_per_task_and_metric() {
+    use kormo_plot::metrics::{charts, StageMetrics};
+    let rec = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let records = vec![
+        rec(serde_json::json!({"step": 10, "loss": 3.0})),
+        rec(serde_json::json!({"kind": "downstream", "step": 10, "task": "kmmlu", "language": "ko", "metric": "acc", "score": 0.25})),
+        rec(serde_json::json!({"kind": "downstream", "step": 20, "task": "kmmlu", "language": "ko", "metric": "acc", "score": 0.30})),
+        rec(serde_json::json!({"kind": "downstream", "step": 20, "task": "boolq", "language": "en", "metric": "acc_norm", "score": 0.6})),
+    ];
+    let all = charts(&[StageMetrics { stage: "pretrain2".into(), records }]);
+    let stems: Vec<&str> = all.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(stems, ["loss", "downstream_boolq_acc_norm", "downstream_kmmlu_acc"]);
+    let kmmlu = &all[2].1;
+    assert_eq!(kmmlu.series[0].points, [(10.0, 0.25), (20.0, 0.30)]);
+    assert_eq!(all[0].1.series[0].points, [(10.0, 3.0)], "downstream records add no loss points");
+}

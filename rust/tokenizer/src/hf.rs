@@ -166,7 +166,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
         ));
     }
     for key in ["continuing_subword_prefix", "end_of_word_suffix", "dropout"] {
-        if !model.get(key).is_none_or(Value::is_null) {
+        // An empty prefix or suffix means none, as `tokenizers` reads it.
+        let unset = |v: &Value| v.is_null() || (key != "dropout" && v.as_str() == Some(""));
+        if !model.get(key).is_none_or(unset) {
             return Err(fail(
                 &format!("model.{key}"),
                 format!("{} is not supported", model[key]),
@@ -395,6 +397,15 @@ mod tests {
             parse(&doc.to_string(), "pairs").unwrap().fingerprint(),
             tok.fingerprint()
         );
+
+        let mut empty = doc.clone();
+        empty["model"]["continuing_subword_prefix"] = json!("");
+        empty["model"]["end_of_word_suffix"] = json!("");
+        let read = parse(&empty.to_string(), "empty.json").unwrap();
+        assert_eq!(read.fingerprint(), tok.fingerprint());
+        empty["model"]["continuing_subword_prefix"] = json!("##");
+        let e = parse(&empty.to_string(), "empty.json").unwrap_err();
+        assert!(e.0.contains("model.continuing_subword_prefix"), "{e}");
 
         let mut nfc = doc.clone();
         nfc["normalizer"] = json!({"type": "Sequence", "normalizers": [{"type": "NFC"}]});

@@ -87,9 +87,11 @@ pub fn cuda_ops_or_skip() -> Option<CudaOps> {
 /// host memory stands in for device memory, launches run synchronously.
 pub struct Emulator {
     launch: EmuLaunchFn,
+    /// 0: blocks in grid order; else blocks in an order shuffled by this seed (cuda/emulator).
+    block_order_seed: u64,
 }
 
-type EmuLaunchFn = unsafe extern "C" fn(*const c_char, *const u32, *const u32, u32, *const c_void, usize) -> c_int;
+type EmuLaunchFn = unsafe extern "C" fn(*const c_char, *const u32, *const u32, u32, *const c_void, usize, u64) -> c_int;
 
 /// Host memory a kernel may write through its u64 address (hence the UnsafeCell).
 pub struct HostBuf<T>(Box<[UnsafeCell<T>]>);
@@ -137,7 +139,14 @@ fn emulator_entry() -> EmuLaunchFn {
 
 impl Emulator {
     pub fn new() -> Self {
-        Emulator { launch: emulator_entry() }
+        Emulator { launch: emulator_entry(), block_order_seed: 0 }
+    }
+
+    /// Runs every launch's blocks in an order shuffled by `seed` (non-zero), so results that
+    /// depend on block scheduling (f32 atomics from several blocks) differ between seeds.
+    pub fn with_block_order(seed: u64) -> Self {
+        assert_ne!(seed, 0, "seed 0 is grid order");
+        Emulator { launch: emulator_entry(), block_order_seed: seed }
     }
 }
 
@@ -150,7 +159,7 @@ impl Launcher for Emulator {
         // SAFETY: the emulator copies size_of::<A>() bytes of the struct; pointers inside are host
         // addresses of HostBuf allocations.
         let status = unsafe {
-            (self.launch)(c_name.as_ptr(), grid.as_ptr(), block.as_ptr(), cfg.shared_mem_bytes, args_ptr, std::mem::size_of::<A>())
+            (self.launch)(c_name.as_ptr(), grid.as_ptr(), block.as_ptr(), cfg.shared_mem_bytes, args_ptr, std::mem::size_of::<A>(), self.block_order_seed)
         };
         match status {
             0 => Ok(()),

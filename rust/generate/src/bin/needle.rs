@@ -42,15 +42,8 @@ struct Cli {
     /// Tokens generated per answer
     #[arg(long, value_name = "N", default_value_t = 10)]
     max_new_tokens: usize,
-    /// Architecture of a kormo checkpoint (which records none): tiny | proxy-1b | kormo-10.8b
-    #[arg(long, value_name = "NAME", default_value = "tiny")]
-    preset: String,
-    /// tokenizer.json [default: the one next to the model]
-    #[arg(long, value_name = "PATH")]
-    tokenizer: Option<PathBuf>,
-    /// CPU threads [default: all cores]
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    #[command(flatten)]
+    model_args: kormo_generate::ModelArgs,
     /// Context the model was trained for; longer --lengths are refused [default: config.json's
     /// max_position_embeddings; a kormo checkpoint records none]
     #[arg(long, value_name = "N")]
@@ -90,9 +83,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let trials = cli.trials.max(1);
     let seed = cli.seed;
     let max_new_tokens = cli.max_new_tokens;
-    let preset = cli.preset;
-    let tokenizer_path = cli.tokenizer.as_deref().map(user_path);
-    let threads = cli.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let threads = cli.model_args.threads();
+    let preset = cli.model_args.preset;
+    let tokenizer_path = cli.model_args.tokenizer.as_deref().map(user_path);
     let (context, source) = match cli.max_context {
         Some(n) => (Some(n), "--max-context".to_string()),
         None => (kormo_hf::trained_context(&model), model.display().to_string()),

@@ -1,0 +1,84 @@
+//! kormo-eval: downstream benchmark evaluation of kormo models, scored as lm-evaluation-harness
+//! scores them (docs/eval.md).
+//!
+//! * [`task`] — task files (harness field names) and JSONL documents.
+//! * [`prompt`] — zero/few-shot contexts with seeded shot choice.
+//! * [`score`] — choice log-likelihoods (context once per question) and greedy generation.
+//! * [`metrics`] — acc, acc_norm, exact_match and their standard errors.
+//!
+//! Binary: `eval`.
+
+pub mod metrics;
+pub mod prompt;
+pub mod pyrandom;
+pub mod score;
+pub mod task;
+
+use serde_json::{json, Value};
+
+pub use score::{Scorer, TaskResult};
+
+/// Results as JSON: per task, its metrics with stderr, throughput and per-example values.
+pub fn to_json(results: &[TaskResult], model: &str) -> Value {
+    let tasks: Vec<Value> = results
+        .iter()
+        .map(|r| {
+            let metrics: serde_json::Map<String, Value> = r.scores.iter().map(|s| (s.metric.to_string(), json!({"score": s.value, "stderr": s.stderr}))).collect();
+            json!({"task": r.task, "language": r.language, "shots": r.shots, "metrics": metrics, "questions_per_s": r.questions_per_s, "examples": r.examples})
+        })
+        .collect();
+    json!({"model": model, "tasks": tasks})
+}
+
+/// The Markdown table: task, shots, metric, score, stderr.
+pub fn to_markdown(results: &[TaskResult]) -> String {
+    let mut s = String::from("| task | shots | metric | score | stderr |\n|---|---:|---|---:|---:|\n");
+    for r in results {
+        for m in &r.scores {
+            s.push_str(&format!("| {} | {} | {} | {:.4} | {:.4} |\n", r.task, r.shots, m.metric, m.value, m.stderr));
+        }
+    }
+    s
+}
+
+/// The recipe section of downstream evaluation during training: which task files to score
+/// and every how many optimizer steps.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DownstreamSection {
+    pub tasks: Vec<std::path::PathBuf>,
+    pub interval: usize,
+}
+
+/// Loads the section's tasks once (at trainer start, so a typo fails before step 1).
+pub fn load_tasks(section: &DownstreamSection) -> Result<Vec<task::Task>, String> {
+    if section.interval == 0 {
+        return Err("downstream.interval must be at least 1".into());
+    }
+    section.tasks.iter().map(|p| task::Task::load(p)).collect()
+}
+
+/// Scores `weights` (the trainer's current parameters) on `tasks` and returns the
+/// metrics.jsonl records of `step`: one `{"kind": "downstream", ...}` per task and metric,
+/// then one per language and metric averaging that language's tasks (docs/eval.md).
+pub fn in_loop_records(weights: &kormo_hf::Weights, tok: &kormo_tokenizer::Tokenizer, tasks: &[task::Task], step: usize, threads: usize) -> Result<Vec<Value>, String> {
+    let bos = tok.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
+    let eot = tok.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
+    let mut decoder = kormo_generate::Decoder::new(weights, threads);
+    let mut scorer = Scorer { decoder: &mut decoder, tok, bos, eot };
+    let results = tasks.iter().map(|t| scorer.run(t)).collect::<Result<Vec<_>, _>>()?;
+    let mut records = Vec::new();
+    let mut by_language: std::collections::BTreeMap<(String, &'static str), Vec<f64>> = Default::default();
+    for r in &results {
+        let language = r.language.clone().unwrap_or_else(|| "all".into());
+        for s in &r.scores {
+            records.push(json!({"kind": "downstream", "step": step, "task": r.task, "language": language, "shots": r.shots, "metric": s.metric, "score": s.value, "stderr": s.stderr}));
+            by_language.entry((language.clone(), s.metric)).or_default().push(s.value);
+        }
+    }
+    for ((language, metric), scores) in by_language {
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        records.push(json!({"kind": "downstream", "step": step, "task": format!("mean_{language}"), "language": language, "metric": metric, "score": mean, "tasks": scores.len()}));
+    }
+    Ok(records)
+}
