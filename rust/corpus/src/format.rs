@@ -152,7 +152,7 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paths::test_dir;
+    use kormo_testdeps::test_dir;
 
     fn format_of(dir: &Path, name: &str, bytes: &[u8]) -> Result<Format, String> {
         let path = dir.join(name);

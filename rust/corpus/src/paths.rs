@@ -52,23 +52,10 @@ fn is_data_file(path: &Path) -> bool {
     )
 }
 
-/// A unique empty directory for a test: under $TEST_TMPDIR (Bazel) or the system temp dir.
-pub fn test_dir(name: &str) -> PathBuf {
-    let base = std::env::var_os("TEST_TMPDIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let dir = base.join(format!("kormo-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("creating a test directory");
-    dir
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kormo_testdeps::test_dir;
 
     #[test]
     fn dataset_folders_yield_their_data_files() {

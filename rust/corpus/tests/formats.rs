@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kormo_corpus::documents::read_documents;
-use kormo_corpus::paths::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_corpus::records::read_records;
 use kormo_corpus::{Location, MalformedInput};
 use parquet::basic::{Compression, ZstdLevel};

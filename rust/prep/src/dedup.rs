@@ -380,7 +380,7 @@ mod tests {
         for i in 0..100 {
             f.insert(mix(i));
         }
-        let dir = kormo_corpus::paths::test_dir("bloom");
+        let dir = kormo_testdeps::test_dir("bloom");
         let path = dir.join("f.bloom");
         f.save(&path).unwrap();
         let g = BloomFilter::load(&path).unwrap();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source, StageCounts};
 use kormo_corpus::debian::files_with_suffix;
-use kormo_corpus::paths::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_shards::Manifest;
 use kormo_tokenizer::train::{train, TrainConfig, WordCounts};
 use kormo_tokenizer::{hf, Pattern};

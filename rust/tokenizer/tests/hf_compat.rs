@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use kormo_tokenizer::bytelevel::bytes_to_string;
-use kormo_corpus::paths::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_tokenizer::train::{count_documents, train, TrainConfig};
 use kormo_tokenizer::unicode_tables::{LETTER_RANGES, NUMBER_RANGES};
 use kormo_corpus::debian::debian_faq;
