@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kormo_tokenizer::documents::{expand_path, read_documents};
+use kormo_corpus::documents::read_documents;
+use kormo_corpus::paths::expand_path;
 use kormo_tokenizer::train::{count_documents, train, weighted_counts, TrainConfig, WordCounts};
 use kormo_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};

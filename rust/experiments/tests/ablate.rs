@@ -29,7 +29,7 @@ fn tiny_recipe() -> PathBuf {
 
 #[test]
 fn two_learning_rates_of_the_tiny_recipe() {
-    let dir = kormo_tokenizer::documents::test_dir("ablate");
+    let dir = kormo_testdeps::test_dir("ablate");
     let spec = format!(
         "base = {:?}\nstage = \"pretrain1\"\nmax_steps = 4\nseed = 7\ntrain_args = [\"--backend\", \"cpu\", \"--threads\", \"2\"]\n\
          [[variant]]\nname = \"lr-3e-3\"\n\

@@ -21,7 +21,7 @@ fn spec(faq: &Path) -> String {
 #[test]
 fn debian_faq_study_ranks_tokenizers_by_their_languages() {
     let faq = kormo_testdeps::debian_faq();
-    let dir = kormo_tokenizer::documents::test_dir("tokenizer_study");
+    let dir = kormo_testdeps::test_dir("tokenizer_study");
     let spec_path = dir.join("study.toml");
     std::fs::write(&spec_path, spec(&faq)).unwrap();
     let out = dir.join("out");

@@ -37,8 +37,10 @@ use kormo_tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::pipeline::{next_batch, par_map, StageCounts};
-use crate::records::json_records;
+use crate::batches::{par_map, read_ahead};
+use crate::pipeline::StageCounts;
+use kormo_corpus::records::read_records;
+use kormo_corpus::MalformedInput;
 
 /// `[chat.<source>]` in the prep config: the source holds conversations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,51 +344,66 @@ pub fn process_file(
     counts: &mut StageCounts,
 ) -> Result<Option<ShardSummary>, String> {
     let specials: Vec<String> = tokenizer.specials().into_iter().map(|s| s.content).collect();
-    let mut conversations = json_records(file)?.map(|record| {
-        let (line, value) = record.map_err(|e| e.to_string())?;
-        conversation(&value).map_err(|e| format!("{}:{line}: {e}", file.display()))
+    let conversations = read_records(file, &[]).map(|record| {
+        let record = record?;
+        conversation(&record.value).map_err(|e| MalformedInput::new(file, record.location, e))
     });
+    let mut renderers: Vec<ChatRenderer> = (0..threads.max(1))
+        .map(|_| ChatRenderer::new(tokenizer).expect("chat specials checked at start-up"))
+        .collect();
     let mut writer: Option<ShardWriter> = None;
-    loop {
-        let batch = next_batch(&mut conversations, batch_size, counts, |_| {});
-        if batch.is_empty() {
-            break;
+    std::thread::scope(|scope| {
+        for batch in read_ahead(scope, conversations, batch_size, counts.malformed, |_| {}) {
+            let batch = batch?;
+            counts.malformed += batch.malformed;
+            counts.documents_read += batch.items.len() as u64;
+            let t = Instant::now();
+            let prepared = par_map(&batch.items, &mut renderers, |renderer, messages| {
+                prepare_conversation(renderer, messages, config.think, &specials)
+            });
+            counts.seconds_quality_and_tokenize += t.elapsed().as_secs_f64();
+            write(&mut writer, shard_path, meta, prepared, counts)?;
         }
-        let t = Instant::now();
-        let prepared = par_map(
-            &batch,
-            threads,
-            || ChatRenderer::new(tokenizer).expect("chat specials checked at start-up"),
-            |renderer, messages| prepare_conversation(renderer, messages, config.think, &specials),
-        );
-        counts.seconds_quality_and_tokenize += t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let chat = counts.chat.get_or_insert_with(ChatCounts::default);
-        for result in prepared {
-            let conversation = match result {
-                Ok(c) => c,
-                Err((reason, dropped)) => {
-                    *chat.conversations_skipped.entry(reason.to_string()).or_insert(0) += 1;
-                    chat.trailing_turns_dropped += dropped;
-                    continue;
-                }
-            };
-            let w = match &mut writer {
-                Some(w) => w,
-                None => writer.insert(ShardWriter::create(shard_path, meta.clone()).map_err(|e| e.to_string())?),
-            };
-            w.append_document(&conversation.tokens, Some(&conversation.spans)).map_err(|e| e.to_string())?;
-            add(chat, &conversation.counts);
-            counts.documents_written += 1;
-            counts.tokens_written += conversation.tokens.len() as u64;
-            counts.text_bytes_written += conversation.text_bytes;
-        }
-        counts.seconds_write += t.elapsed().as_secs_f64();
-    }
+        Ok::<(), String>(())
+    })?;
     match writer {
         Some(w) => Ok(Some(w.finish().map_err(|e| e.to_string())?)),
         None => Ok(None),
     }
+}
+
+/// Appends the prepared conversations to the shard (created with the first one); skipped
+/// ones are counted by reason.
+fn write(
+    writer: &mut Option<ShardWriter>,
+    shard_path: &Path,
+    meta: &ShardMeta,
+    prepared: Vec<Result<PreparedConversation, (&'static str, u64)>>,
+    counts: &mut StageCounts,
+) -> Result<(), String> {
+    let t = Instant::now();
+    let chat = counts.chat.get_or_insert_with(ChatCounts::default);
+    for result in prepared {
+        let conversation = match result {
+            Ok(c) => c,
+            Err((reason, dropped)) => {
+                *chat.conversations_skipped.entry(reason.to_string()).or_insert(0) += 1;
+                chat.trailing_turns_dropped += dropped;
+                continue;
+            }
+        };
+        let w = match writer {
+            Some(w) => w,
+            None => writer.insert(ShardWriter::create(shard_path, meta.clone()).map_err(|e| e.to_string())?),
+        };
+        w.append_document(&conversation.tokens, Some(&conversation.spans)).map_err(|e| e.to_string())?;
+        add(chat, &conversation.counts);
+        counts.documents_written += 1;
+        counts.tokens_written += conversation.tokens.len() as u64;
+        counts.text_bytes_written += conversation.text_bytes;
+    }
+    counts.seconds_write += t.elapsed().as_secs_f64();
+    Ok(())
 }
 
 #[cfg(test)]

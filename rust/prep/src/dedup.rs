@@ -1,10 +1,12 @@
-//! BFF-style paragraph deduplication with a Bloom filter, "old-both" mode (DCLM's fork of
-//! AI2's bff, as KORMo used it):
+//! BFF paragraph deduplication with a Bloom filter, "old-both" mode, as DCLM's bff
+//! (`--remove-type old-both`, AI2's bff extended by DCLM; KORMo used it) does it:
 //!
 //! - a document's paragraphs are the spans between newlines (each but the first starts
-//!   with its `\n`); a paragraph's words (`words`) give its n-grams (`ngram_size`, 13 by
-//!   default); a paragraph with fewer words than that but at least `min_ngram_size` gives
-//!   one n-gram of all its words; shorter ones give none;
+//!   with its `\n`); a paragraph's tokens are its Unicode word-boundary segments minus
+//!   whitespace, punctuation included (`words::tokens`, bff's `tokenize`); they give its
+//!   n-grams (`ngram_size`, 13); a paragraph with fewer tokens than that but at least
+//!   `min_ngram_size` (13, as DCLM runs bff: so none) gives one n-gram of all its tokens;
+//!   shorter ones give none and are always kept;
 //! - in document order, a paragraph whose share of n-grams already in the filter exceeds
 //!   `threshold` is removed; otherwise its n-grams are inserted at once (so a later paragraph
 //!   of the same document can match it);
@@ -21,7 +23,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::words::words;
+use crate::words::Token;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -42,7 +44,7 @@ impl Default for DedupConfig {
         DedupConfig {
             enabled: true,
             ngram_size: 13,
-            min_ngram_size: 5,
+            min_ngram_size: 13,
             threshold: 0.8,
             expected_ngrams: 100_000_000,
             false_positive_rate: 0.01,
@@ -110,11 +112,16 @@ impl BloomFilter {
         }
     }
 
+    /// The k bit positions of `hash`: double hashing (h1 + i h2), each 64-bit value mapped onto
+    /// the bits by a multiply-shift (its high bits), which costs no division.
     fn positions(&self, hash: u64) -> impl Iterator<Item = u64> + '_ {
         let bits = self.words.len() as u64 * 64;
         let h1 = hash;
         let h2 = mix(hash ^ 0x9e37_79b9_7f4a_7c15) | 1;
-        (0..self.hashes as u64).map(move |i| h1.wrapping_add(i.wrapping_mul(h2)) % bits)
+        (0..self.hashes as u64).map(move |i| {
+            let h = h1.wrapping_add(i.wrapping_mul(h2));
+            ((h as u128 * bits as u128) >> 64) as u64
+        })
     }
 
     pub fn contains(&self, hash: u64) -> bool {
@@ -173,18 +180,38 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-fn word_hash(w: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in w.as_bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+/// A token's hash: FxHash's multiply-rotate over 8-byte words, then a SplitMix64 finalizer.
+fn token_hash(token: &str) -> u64 {
+    let mut h: u64 = token.len() as u64;
+    let mut chunks = token.as_bytes().chunks_exact(8);
+    for c in &mut chunks {
+        let word = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+        h = (h.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut buf = [0u8; 8];
+        buf[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(buf)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
     mix(h)
 }
 
-fn ngram_hash(word_hashes: &[u64]) -> u64 {
-    word_hashes
-        .iter()
-        .fold(word_hashes.len() as u64, |h, &w| mix(h.rotate_left(17) ^ w))
+/// The hashes of every window of `n` consecutive token hashes (a paragraph's n-grams), by
+/// a polynomial rolling hash (one multiply-add per window), finalized by `mix`.
+fn window_hashes(hashes: &[u64], n: usize, out: &mut Vec<u64>) {
+    const BASE: u64 = 0x9e37_79b9_7f4a_7c15;
+    let top = (1..n).fold(1u64, |p, _| p.wrapping_mul(BASE)); // BASE^(n-1)
+    let mut rolling = 0u64;
+    for (i, &h) in hashes.iter().enumerate() {
+        if i >= n {
+            rolling = rolling.wrapping_sub(hashes[i - n].wrapping_mul(top));
+        }
+        rolling = rolling.wrapping_mul(BASE).wrapping_add(h);
+        if i + 1 >= n {
+            out.push(mix(rolling ^ n as u64));
+        }
+    }
 }
 
 /// The paragraphs of a document (byte ranges) and their n-gram hashes.
@@ -194,29 +221,29 @@ pub struct DocumentNgrams {
     pub hashes: Vec<Vec<u64>>,
 }
 
-/// Splits `text` into paragraphs and hashes their n-grams (thread-safe, pure).
-pub fn hash_document(text: &str, config: &DedupConfig) -> DocumentNgrams {
+/// Splits `text` into paragraphs and hashes their n-grams of `tokens` (the text's
+/// `words::tokens`); thread-safe, pure.
+pub fn hash_document(text: &str, tokens: &[Token], config: &DedupConfig) -> DocumentNgrams {
     let mut bounds = vec![0];
     bounds.extend(text.match_indices('\n').map(|(i, _)| i).filter(|&i| i > 0));
     bounds.push(text.len());
-    let mut paragraphs = Vec::new();
-    let mut hashes = Vec::new();
+    let mut paragraphs = Vec::with_capacity(bounds.len() - 1);
+    let mut hashes = Vec::with_capacity(bounds.len() - 1);
+    let mut next = 0;
+    let mut token_hashes = Vec::new();
     for w in bounds.windows(2) {
         let (start, end) = (w[0], w[1]);
-        let word_hashes: Vec<u64> = words(&text[start..end])
-            .into_iter()
-            .map(word_hash)
-            .collect();
-        let grams = if word_hashes.len() >= config.ngram_size {
-            word_hashes
-                .windows(config.ngram_size)
-                .map(ngram_hash)
-                .collect()
-        } else if word_hashes.len() >= config.min_ngram_size {
-            vec![ngram_hash(&word_hashes)]
-        } else {
-            Vec::new()
-        };
+        token_hashes.clear();
+        while next < tokens.len() && tokens[next].start < end {
+            token_hashes.push(token_hash(tokens[next].text));
+            next += 1;
+        }
+        let mut grams = Vec::new();
+        if token_hashes.len() >= config.ngram_size {
+            window_hashes(&token_hashes, config.ngram_size, &mut grams);
+        } else if token_hashes.len() >= config.min_ngram_size {
+            window_hashes(&token_hashes, token_hashes.len(), &mut grams);
+        }
         paragraphs.push((start, end));
         hashes.push(grams);
     }
@@ -226,9 +253,15 @@ pub fn hash_document(text: &str, config: &DedupConfig) -> DocumentNgrams {
 /// What dedup did to one document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DedupOutcome {
+    /// The text kept (empty when the document was emptied).
     pub text: String,
     pub paragraphs: usize,
-    pub paragraphs_removed: usize,
+    /// Byte ranges of the removed paragraphs (each but a first one starts with its `\n`), as
+    /// bff's `bff_duplicate_spans` gives them.
+    pub removed: Vec<(usize, usize)>,
+    /// The document's n-grams, and those found in the filter before it was read.
+    pub ngrams: usize,
+    pub contained: usize,
     /// The whole document was a duplicate and is now empty.
     pub emptied: bool,
 }
@@ -242,13 +275,13 @@ pub fn dedup_document(
 ) -> DedupOutcome {
     let (mut total, mut contained_total) = (0usize, 0usize);
     let mut kept = String::with_capacity(text.len());
-    let mut removed = 0;
+    let mut removed = Vec::new();
     for (&(start, end), hashes) in ngrams.paragraphs.iter().zip(&ngrams.hashes) {
         let contained = hashes.iter().filter(|&&h| filter.contains(h)).count();
         total += hashes.len();
         contained_total += contained;
         if !hashes.is_empty() && contained as f64 / hashes.len() as f64 > threshold {
-            removed += 1;
+            removed.push((start, end));
         } else {
             for &h in hashes {
                 filter.insert(h);
@@ -263,7 +296,9 @@ pub fn dedup_document(
     DedupOutcome {
         text: kept,
         paragraphs: ngrams.paragraphs.len(),
-        paragraphs_removed: removed,
+        removed,
+        ngrams: total,
+        contained: contained_total,
         emptied,
     }
 }
@@ -271,6 +306,7 @@ pub fn dedup_document(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::words::tokens;
 
     fn config() -> DedupConfig {
         DedupConfig {
@@ -285,7 +321,7 @@ mod tests {
         let (bits, k) = c.filter_shape();
         let mut f = BloomFilter::new(bits, k);
         docs.iter()
-            .map(|d| dedup_document(d, &hash_document(d, c), &mut f, c.threshold))
+            .map(|d| dedup_document(d, &hash_document(d, &tokens(d), c), &mut f, c.threshold))
             .collect()
     }
 
@@ -298,7 +334,7 @@ mod tests {
         // First sighting: everything kept.
         assert_eq!(out[0].text, a);
         // b repeats one paragraph of a: it is removed; the short "end" (1 word) stays.
-        assert_eq!(out[1].paragraphs_removed, 1);
+        assert_eq!(out[1].removed.len(), 1);
         assert_eq!(
             out[1].text,
             "a fresh opening paragraph talks about other things\nend"
@@ -317,7 +353,7 @@ mod tests {
             ],
             &c,
         );
-        assert_eq!(partial[1].paragraphs_removed, 0);
+        assert_eq!(partial[1].removed.len(), 0);
     }
 
     #[test]
@@ -344,7 +380,7 @@ mod tests {
         for i in 0..100 {
             f.insert(mix(i));
         }
-        let dir = kormo_tokenizer::documents::test_dir("bloom");
+        let dir = kormo_testdeps::test_dir("bloom");
         let path = dir.join("f.bloom");
         f.save(&path).unwrap();
         let g = BloomFilter::load(&path).unwrap();

@@ -4,12 +4,11 @@
 //! runs on the raw text; the first failing check names the removal reason, which the
 //! pipeline counts per source.
 
-use std::collections::HashMap;
-
 use kormo_tokenizer::chars::{classify, is_mark, CharClass};
+use kormo_tokenizer::fxhash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::words::words;
+use crate::words::{tokens, words_of, Token};
 
 /// Thresholds of the heuristic filters; a ratio of 1.0 (or a max of `usize::MAX`) disables
 /// the corresponding check.
@@ -175,8 +174,16 @@ pub fn broken_ratio(text: &str) -> f64 {
     }
 }
 
-/// Why a document was removed; `None` from `check` means it passed.
-pub fn check(text: &str, config: &FilterConfig) -> Result<&'static str, &'static str> {
+/// A document that passed the filters: its language and its tokens (`words::tokens`, which
+/// dedup hashes next).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passed<'a> {
+    pub language: &'static str,
+    pub tokens: Vec<Token<'a>>,
+}
+
+/// The filters' verdict: the document passed, or the reason it is removed.
+pub fn check<'a>(text: &'a str, config: &FilterConfig) -> Result<Passed<'a>, &'static str> {
     let chars = text.chars().count();
     if chars < config.min_chars {
         return Err("too_short");
@@ -187,7 +194,20 @@ pub fn check(text: &str, config: &FilterConfig) -> Result<&'static str, &'static
     if broken_ratio(text) > config.max_broken_ratio {
         return Err("broken_encoding");
     }
-    let word_list = words(text);
+    let tokens = tokens(text);
+    let word_list = words_of(&tokens);
+    check_words(text, &word_list, config)?;
+    let (language, score) = identify_language(&word_list);
+    if !config.languages.is_empty()
+        && (score < config.min_language_score || !config.languages.iter().any(|l| l == language))
+    {
+        return Err("language");
+    }
+    Ok(Passed { language, tokens })
+}
+
+/// The checks on words, symbols and repetition.
+fn check_words(text: &str, word_list: &[&str], config: &FilterConfig) -> Result<(), &'static str> {
     if word_list.len() < config.min_words {
         return Err("too_few_words");
     }
@@ -217,57 +237,63 @@ pub fn check(text: &str, config: &FilterConfig) -> Result<&'static str, &'static
     if (alpha_words as f64) < config.min_alpha_word_ratio * word_list.len() as f64 {
         return Err("alpha_word_ratio");
     }
-    let lines: Vec<&str> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    let duplicate_lines = lines.iter().filter(|l| !seen.insert(**l)).count();
-    if duplicate_lines as f64 > config.max_duplicate_line_ratio * lines.len() as f64 {
+    let (mut lines, mut duplicate_lines) = (0usize, 0usize);
+    let mut seen = FxHashSet::default();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        lines += 1;
+        duplicate_lines += usize::from(!seen.insert(line));
+    }
+    if duplicate_lines as f64 > config.max_duplicate_line_ratio * lines as f64 {
         return Err("duplicate_lines");
     }
     if word_list.len() >= 2 * config.repeated_ngram_size {
-        if top_bigram_chars(&word_list) as f64 > config.max_top_bigram_ratio * word_chars as f64 {
+        let ids = word_ids(word_list);
+        if top_bigram_chars(word_list, &ids) as f64 > config.max_top_bigram_ratio * word_chars as f64 {
             return Err("top_bigram_ratio");
         }
-        if repeated_ngram_chars(&word_list, config.repeated_ngram_size) as f64
+        if repeated_ngram_chars(word_list, &ids, config.repeated_ngram_size) as f64
             > config.max_repeated_ngram_ratio * word_chars as f64
         {
             return Err("repeated_ngrams");
         }
     }
-    let (language, score) = identify_language(&word_list);
-    if !config.languages.is_empty()
-        && (score < config.min_language_score || !config.languages.iter().any(|l| l == language))
-    {
-        return Err("language");
-    }
-    Ok(language)
+    Ok(())
+}
+
+/// A small id per distinct word, so bigrams and n-grams are compared as integers.
+fn word_ids(word_list: &[&str]) -> Vec<u32> {
+    let mut ids: FxHashMap<&str, u32> = FxHashMap::default();
+    word_list
+        .iter()
+        .map(|w| {
+            let next = ids.len() as u32;
+            *ids.entry(w).or_insert(next)
+        })
+        .collect()
 }
 
 /// Characters covered by the occurrences of the most frequent word bigram.
-fn top_bigram_chars(word_list: &[&str]) -> usize {
-    let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
-    for p in word_list.windows(2) {
-        *counts.entry((p[0], p[1])).or_insert(0) += 1;
+fn top_bigram_chars(word_list: &[&str], ids: &[u32]) -> usize {
+    let mut counts: FxHashMap<(u32, u32), (usize, usize)> = FxHashMap::default();
+    for (i, p) in ids.windows(2).enumerate() {
+        counts.entry((p[0], p[1])).or_insert((0, i)).0 += 1;
     }
     counts
-        .into_iter()
-        .filter(|&(_, c)| c > 1)
-        .map(|((a, b), c)| c * (a.chars().count() + b.chars().count()))
+        .into_values()
+        .filter(|&(c, _)| c > 1)
+        .map(|(c, at)| c * (word_list[at].chars().count() + word_list[at + 1].chars().count()))
         .max()
         .unwrap_or(0)
 }
 
 /// Characters of words inside some n-gram that occurs more than once (each word counted once).
-fn repeated_ngram_chars(word_list: &[&str], n: usize) -> usize {
-    let mut counts: HashMap<&[&str], usize> = HashMap::new();
-    for g in word_list.windows(n) {
+fn repeated_ngram_chars(word_list: &[&str], ids: &[u32], n: usize) -> usize {
+    let mut counts: FxHashMap<&[u32], usize> = FxHashMap::default();
+    for g in ids.windows(n) {
         *counts.entry(g).or_insert(0) += 1;
     }
     let mut covered = vec![false; word_list.len()];
-    for (i, g) in word_list.windows(n).enumerate() {
+    for (i, g) in ids.windows(n).enumerate() {
         if counts[g] > 1 {
             covered[i..i + n].iter_mut().for_each(|c| *c = true);
         }
@@ -284,6 +310,10 @@ fn repeated_ngram_chars(word_list: &[&str], n: usize) -> usize {
 mod tests {
     use super::*;
 
+    fn verdict(text: &str, config: &FilterConfig) -> Result<&'static str, &'static str> {
+        check(text, config).map(|passed| passed.language)
+    }
+
     const ENGLISH: &str = "Debian is a free operating system for your computer. It comes with thousands of \
         packages that are easy to install, and it is developed by volunteers from all over the world.";
     const KOREAN: &str = "데비안은 여러분의 컴퓨터를 위한 자유 운영체제입니다. 수천 개의 꾸러미를 쉽게 설치할 수 있으며, \
@@ -292,53 +322,53 @@ mod tests {
     #[test]
     fn prose_passes_with_its_language() {
         let c = FilterConfig::default();
-        assert_eq!(check(ENGLISH, &c), Ok("en"));
-        assert_eq!(check(KOREAN, &c), Ok("ko"));
+        assert_eq!(verdict(ENGLISH, &c), Ok("en"));
+        assert_eq!(verdict(KOREAN, &c), Ok("ko"));
     }
 
     #[test]
     fn each_check_removes_its_case() {
         let c = FilterConfig::default();
-        assert_eq!(check("short", &c), Err("too_short"));
+        assert_eq!(verdict("short", &c), Err("too_short"));
         let broken = ENGLISH.replace("free", "fr\u{FFFD}e");
-        assert_eq!(check(&broken, &c), Err("broken_encoding"));
+        assert_eq!(verdict(&broken, &c), Err("broken_encoding"));
         assert_eq!(
-            check(&ENGLISH.replace("computer", "cafÃ©"), &c),
+            verdict(&ENGLISH.replace("computer", "cafÃ©"), &c),
             Err("broken_encoding")
         );
         assert_eq!(
-            check(&"!!! ### $$$ %%% &&& *** ".repeat(5), &c),
+            verdict(&"!!! ### $$$ %%% &&& *** ".repeat(5), &c),
             Err("too_few_words")
         );
         assert_eq!(
-            check(
+            verdict(
                 &format!("{ENGLISH} {}", "=-=-=-=-=-=-=-=-=-=-=-=-=-=-".repeat(4)),
                 &c
             ),
             Err("symbol_ratio")
         );
         assert_eq!(
-            check(&"12 345 6789 1011 ".repeat(10), &c),
+            verdict(&"12 345 6789 1011 ".repeat(10), &c),
             Err("alpha_word_ratio")
         );
         assert_eq!(
-            check(&"buy cheap pills now\n".repeat(10), &c),
+            verdict(&"buy cheap pills now\n".repeat(10), &c),
             Err("duplicate_lines")
         );
         let spam = format!(
             "{ENGLISH} {}",
             "click here click here click here ".repeat(8)
         );
-        assert_eq!(check(&spam, &c), Err("top_bigram_ratio"));
+        assert_eq!(verdict(&spam, &c), Err("top_bigram_ratio"));
         let repeated = format!("{ENGLISH} {ENGLISH} {ENGLISH}");
-        assert_eq!(check(&repeated, &c), Err("repeated_ngrams"));
+        assert_eq!(verdict(&repeated, &c), Err("repeated_ngrams"));
         let french = "Debian est un système d'exploitation libre pour votre ordinateur, développé par des bénévoles.";
-        assert_eq!(check(french, &c), Err("language"));
+        assert_eq!(verdict(french, &c), Err("language"));
         let anything = FilterConfig {
             languages: vec![],
             ..c.clone()
         };
-        assert!(check(french, &anything).is_ok());
+        assert!(verdict(french, &anything).is_ok());
     }
 
     #[test]

@@ -8,13 +8,15 @@
 //! - `quality`: fastText-style linear quality classifier over hashed word and char n-grams.
 //! - `chat`: chat and reasoning datasets (messages, ShareGPT, prompt/response) to shards with
 //!   loss-mask spans, rendered with KORMo's chat template.
-//! - `records`: JSON records of a file (JSON Lines), the format layer under `chat`.
+//! - `text`: one file of a text source through filters, dedup, quality and tokenization.
+//! - `batches`: reading ahead on a thread of its own, and ordered maps over worker threads.
 //! - `pipeline`: the `prepare` run (config, sources, shards, manifests, report, resume).
 
+pub mod batches;
 pub mod chat;
 pub mod dedup;
 pub mod filters;
 pub mod pipeline;
 pub mod quality;
-pub mod records;
+pub mod text;
 pub mod words;

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source};
 use kormo_prep::quality::{QualityModel, TrainSettings};
-use kormo_tokenizer::documents::{expand_path, read_documents};
+use kormo_corpus::documents::read_documents;
+use kormo_corpus::paths::expand_path;
 use kormo_tokenizer::progress;
 
 /// Prepares training data: cleans, filters and deduplicates documents, tokenizes them into

@@ -20,16 +20,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use kormo_shards::{Manifest, ShardMeta, ShardWriter};
-use kormo_tokenizer::documents::read_documents;
-use indicatif::ProgressBar;
+use kormo_shards::{Manifest, ShardMeta};
 use kormo_tokenizer::{hf, progress, Tokenizer};
 use serde::{Deserialize, Serialize};
 
 use crate::chat::ChatSourceConfig;
-use crate::dedup::{dedup_document, hash_document, BloomFilter, DedupConfig, DocumentNgrams};
-use crate::filters::{check, FilterConfig};
+use crate::dedup::{BloomFilter, DedupConfig};
+use crate::filters::FilterConfig;
 use crate::quality::{QualityConfig, QualityModel};
+use crate::text::TextStages;
 
 /// The prep config file (TOML); every key has a default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -163,36 +162,6 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| err(e, path))
 }
 
-/// Maps `f` over `items` on `threads` threads (contiguous chunks, one `init()` state per
-/// thread), keeping order.
-pub(crate) fn par_map<T: Sync, S, R: Send>(
-    items: &[T],
-    threads: usize,
-    init: impl Fn() -> S + Sync,
-    f: impl Fn(&mut S, &T) -> R + Sync,
-) -> Vec<R> {
-    if items.is_empty() {
-        return Vec::new();
-    }
-    let per = items.len().div_ceil(threads.max(1));
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|chunk| {
-                let (init, f) = (&init, &f);
-                scope.spawn(move || {
-                    let mut state = init();
-                    chunk.iter().map(|x| f(&mut state, x)).collect::<Vec<R>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("prep worker panicked"))
-            .collect()
-    })
-}
-
 /// Runs the pipeline; returns the per-source counts (also in OUT/report.json).
 pub fn run(
     config: &PrepConfig,
@@ -306,6 +275,9 @@ pub fn run(
     let mut bytes_done: u64 = 0;
     let mut files_this_run = 0usize;
     let bar = progress::bar("prep", total_bytes, progress::Unit::Bytes);
+    let stages = TextStages { config, meta: &meta, quality: quality.as_ref(), bar: &bar };
+    // One encoder per worker thread, kept for the whole run (their caches stay warm).
+    let mut encoders: Vec<_> = (0..threads).map(|_| tokenizer.encoder()).collect();
     for (si, source) in sources.iter().enumerate() {
         let dir = out.join(&source.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -343,17 +315,13 @@ pub fn run(
                     threads,
                     counts,
                 )?,
-                None => process_file(
+                None => crate::text::process_file(
                     file,
                     &shard_path,
-                    config,
-                    &meta,
-                    &tokenizer,
-                    quality.as_ref(),
+                    &stages,
                     filter.as_mut(),
-                    threads,
+                    &mut encoders,
                     counts,
-                    &bar,
                 )?,
             };
             counts.files += 1;
@@ -411,136 +379,4 @@ fn fnv64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
     })
-}
-
-/// Up to `size` well-formed items of `items` (counted as documents read, each shown to
-/// `seen`); malformed ones are counted and skipped, the first 20 logged as warnings.
-pub(crate) fn next_batch<T, E: std::fmt::Display>(
-    items: &mut impl Iterator<Item = Result<T, E>>,
-    size: usize,
-    counts: &mut StageCounts,
-    mut seen: impl FnMut(&T),
-) -> Vec<T> {
-    let mut batch = Vec::with_capacity(size);
-    for item in items.by_ref() {
-        match item {
-            Ok(x) => {
-                seen(&x);
-                batch.push(x);
-            }
-            Err(e) => {
-                counts.malformed += 1;
-                if counts.malformed <= 20 {
-                    log::warn!("skipped malformed input: {e}");
-                }
-            }
-        }
-        if batch.len() == size {
-            break;
-        }
-    }
-    counts.documents_read += batch.len() as u64;
-    batch
-}
-
-/// One input file -> one shard (none if nothing survives); `bar` advances by the text read.
-#[allow(clippy::too_many_arguments)]
-fn process_file(
-    file: &Path,
-    shard_path: &Path,
-    config: &PrepConfig,
-    meta: &ShardMeta,
-    tokenizer: &Tokenizer,
-    quality: Option<&QualityModel>,
-    mut filter: Option<&mut BloomFilter>,
-    threads: usize,
-    counts: &mut StageCounts,
-    bar: &ProgressBar,
-) -> Result<Option<kormo_shards::ShardSummary>, String> {
-    let mut writer: Option<ShardWriter> = None;
-    let mut docs = read_documents(file, &config.text_field);
-    loop {
-        let batch = next_batch(&mut docs, config.batch_documents, counts, |text: &String| bar.inc(text.len() as u64));
-        if batch.is_empty() {
-            break;
-        }
-
-        let t = Instant::now();
-        let dedup_on = filter.is_some();
-        let checked: Vec<Result<(&'static str, Option<DocumentNgrams>), &'static str>> = par_map(
-            &batch,
-            threads,
-            || (),
-            |_, text| {
-                check(text, &config.filters)
-                    .map(|lang| (lang, dedup_on.then(|| hash_document(text, &config.dedup))))
-            },
-        );
-        counts.seconds_filter_and_hash += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let mut kept: Vec<String> = Vec::new();
-        for (text, result) in batch.iter().zip(checked) {
-            match result {
-                Err(reason) => *counts.filter_removed.entry(reason.to_owned()).or_insert(0) += 1,
-                Ok((lang, ngrams)) => {
-                    *counts.languages.entry(lang.to_owned()).or_insert(0) += 1;
-                    match (ngrams, filter.as_deref_mut()) {
-                        (Some(ngrams), Some(f)) => {
-                            let outcome = dedup_document(text, &ngrams, f, config.dedup.threshold);
-                            counts.dedup_paragraphs += outcome.paragraphs as u64;
-                            counts.dedup_paragraphs_removed += outcome.paragraphs_removed as u64;
-                            if outcome.emptied {
-                                counts.dedup_documents_emptied += 1;
-                            } else if !outcome.text.trim().is_empty() {
-                                kept.push(outcome.text);
-                            }
-                        }
-                        _ => kept.push(text.clone()),
-                    }
-                }
-            }
-        }
-        counts.seconds_dedup += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let threshold = config.quality.threshold;
-        let encoded: Vec<Option<Vec<u32>>> = par_map(
-            &kept,
-            threads,
-            || tokenizer.encoder(),
-            |encoder, text| {
-                if quality.is_some_and(|m| m.predict(text) < threshold) {
-                    return None;
-                }
-                let mut ids = Vec::new();
-                encoder.encode_ordinary(text, &mut ids);
-                Some(ids)
-            },
-        );
-        counts.seconds_quality_and_tokenize += t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        for (text, ids) in kept.iter().zip(encoded) {
-            let Some(ids) = ids else {
-                counts.quality_removed += 1;
-                continue;
-            };
-            let w = match &mut writer {
-                Some(w) => w,
-                None => writer.insert(
-                    ShardWriter::create(shard_path, meta.clone()).map_err(|e| e.to_string())?,
-                ),
-            };
-            w.append_document(&ids, None).map_err(|e| e.to_string())?;
-            counts.documents_written += 1;
-            counts.text_bytes_written += text.len() as u64;
-            counts.tokens_written += ids.len() as u64;
-        }
-        counts.seconds_write += t.elapsed().as_secs_f64();
-    }
-    match writer {
-        Some(w) => Ok(Some(w.finish().map_err(|e| e.to_string())?)),
-        None => Ok(None),
-    }
 }

@@ -314,7 +314,7 @@ mod tests {
             .count();
         assert!(correct >= 196, "{correct}/200");
         assert_eq!(QualityModel::train(&refs, s).unwrap(), m);
-        let dir = kormo_tokenizer::documents::test_dir("quality");
+        let dir = kormo_testdeps::test_dir("quality");
         let path = dir.join("m.kqc");
         m.save(&path).unwrap();
         let loaded = QualityModel::load(&path).unwrap();

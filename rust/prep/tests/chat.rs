@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use kormo_prep::chat::{ChatSourceConfig, ThinkSetting};
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source};
 use kormo_shards::Manifest;
-use kormo_tokenizer::documents::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_tokenizer::{hf, Tokenizer};
 use serde_json::{json, Value};
 

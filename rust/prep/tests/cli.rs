@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use kormo_tokenizer::documents::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_tokenizer::hf;
 use kormo_tokenizer::train::{train, TrainConfig, WordCounts};
 use kormo_tokenizer::Pattern;

@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source, StageCounts};
+use kormo_corpus::debian::files_with_suffix;
+use kormo_testdeps::test_dir;
 use kormo_shards::Manifest;
-use kormo_tokenizer::documents::test_dir;
 use kormo_tokenizer::train::{train, TrainConfig, WordCounts};
-use kormo_tokenizer::{corpus, hf, Pattern};
+use kormo_tokenizer::{hf, Pattern};
 use rand::{Rng, SeedableRng};
 
 const WORDS: [&str; 40] = [
@@ -233,11 +234,11 @@ fn debian_faq_korean_and_english() {
     let sources = vec![
         Source {
             name: "en".into(),
-            files: corpus::files_with_suffix(&faq, ".en.html"),
+            files: files_with_suffix(&faq, ".en.html"),
         },
         Source {
             name: "ko".into(),
-            files: corpus::files_with_suffix(&faq.join("ko"), ".ko.html"),
+            files: files_with_suffix(&faq.join("ko"), ".ko.html"),
         },
     ];
     let mut c = config(&tok_path, 2);

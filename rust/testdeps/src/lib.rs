@@ -127,6 +127,20 @@ pub fn libclang_not_found(detail: &str) -> ! {
     missing(&format!("libclang ({detail})"), LIBCLANG_PROVIDER, "LIBCLANG_PATH (or apt-get install libclang-dev)")
 }
 
+/// A unique empty directory for a test: under $TEST_TMPDIR (Bazel) or the system temp dir.
+pub fn test_dir(name: &str) -> PathBuf {
+    let base = std::env::var_os("TEST_TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir = base.join(format!("kormo-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a test directory");
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

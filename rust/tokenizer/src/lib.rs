@@ -8,16 +8,12 @@
 //! - `chat`: KORMo's chat template: conversations to ids with per-token parts (loss masks), the
 //!   Jinja form written into `tokenizer_config.json`.
 //! - `hf`: reading and writing Hugging Face `tokenizer.json` / `tokenizer_config.json`.
-//! - `documents`: reading documents from JSONL / HTML / text files, malformed lines reported.
-//! - `corpus`: plain text from HTML documentation (test and benchmark corpora).
 //! - `progress`: progress bars on stderr (terminals only) and the logger that prints above them.
 
 pub mod bpe;
 pub mod bytelevel;
 pub mod chars;
 pub mod chat;
-pub mod corpus;
-pub mod documents;
 pub mod fxhash;
 pub mod hf;
 pub mod nfc;

@@ -1,7 +1,9 @@
 //! `kormo-tokenizer`: train, use and benchmark kormo's byte-level BPE tokenizer
 //! (`kormo-tokenizer --help` and `kormo-tokenizer <command> --help` list every option).
 //!
-//! A PATH may be a file or a directory (all files below it, sorted). Results go to stdout;
+//! A PATH may be a file or a directory (all files below it, sorted; of a Hugging Face dataset
+//! folder its data files); formats as kormo_corpus reads them (JSON lines and Parquet, plain,
+//! gzip or zstd; HTML; blank-line separated text). Results go to stdout;
 //! log lines to stderr (level by `RUST_LOG`, default `info`), and on a terminal progress bars
 //! with rate and ETA.
 
@@ -11,9 +13,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use kormo_tokenizer::documents::{expand_path, read_documents};
+use kormo_corpus::documents::read_documents;
+use kormo_corpus::html::html_to_text;
+use kormo_corpus::paths::expand_path;
 use kormo_tokenizer::train::{count_documents, train, weighted_counts, TrainConfig, WordCounts};
-use kormo_tokenizer::{corpus, hf, progress, Tokenizer};
+use kormo_tokenizer::{hf, progress, Tokenizer};
 
 /// Trains, applies and benchmarks kormo's byte-level BPE tokenizer (Hugging Face
 /// tokenizer.json format).
@@ -68,7 +72,7 @@ struct TrainArgs {
     /// Distinct pre-tokens kept per source (the rarest are pruned beyond it)
     #[arg(long, value_name = "N", default_value_t = 8_000_000)]
     max_words: usize,
-    /// JSONL field that holds the text
+    /// JSON field or Parquet column holding the text
     #[arg(long, value_name = "NAME", default_value = "text")]
     text_field: String,
 }
@@ -100,7 +104,7 @@ struct BenchArgs {
     /// Best of N runs
     #[arg(long, value_name = "N", default_value_t = 3)]
     repeats: usize,
-    /// Input files (JSONL with a text field, or text)
+    /// Input files (JSON lines or Parquet with a `text` field, HTML or text)
     #[arg(value_name = "FILE")]
     files: Vec<String>,
 }
@@ -167,7 +171,7 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
         for p in paths.split(',') {
             files.extend(expand_path(Path::new(p))?);
         }
-        let counts = count_source(name, &files, &text_field, &config, threads, a.max_words);
+        let counts = count_source(name, &files, &text_field, &config, threads, a.max_words)?;
         log::info!(
             "source {name}: {} files, {:.1} MB, {} distinct pre-tokens{}",
             files.len(),
@@ -202,9 +206,11 @@ fn cmd_train(a: TrainArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Counts one source's pre-tokens, logging malformed inputs; on a terminal a bar shows the
-/// text bytes read against the files' total size (JSON and markup make the total an upper
-/// bound), the rate and the ETA.
+/// Counts one source's pre-tokens, logging malformed inputs; a file that cannot be read to
+/// its end (truncated or corrupt, a Parquet file without the text column) is an error, so no
+/// tokenizer is trained on part of a source. On a terminal a bar shows the text bytes read
+/// against the files' total size (JSON, markup and compression make it approximate), the rate
+/// and the ETA.
 fn count_source(
     name: &str,
     files: &[PathBuf],
@@ -212,7 +218,7 @@ fn count_source(
     config: &TrainConfig,
     threads: usize,
     max_words: usize,
-) -> WordCounts {
+) -> Result<WordCounts, String> {
     let total: u64 = files
         .iter()
         .filter_map(|f| std::fs::metadata(f).ok())
@@ -220,28 +226,37 @@ fn count_source(
         .sum();
     let bar = progress::bar(&format!("count {name}"), total, progress::Unit::Bytes);
     let mut malformed = 0u64;
+    let mut fatal = None;
     let docs = files
         .iter()
         .flat_map(|f| read_documents(f, field))
-        .filter_map(|d| match d {
+        .map_while(|d| match d {
             Ok(text) => {
                 bar.inc(text.len() as u64);
-                Some(text)
+                Some(Some(text))
+            }
+            Err(e) if e.fatal => {
+                fatal = Some(e);
+                None
             }
             Err(e) => {
                 malformed += 1;
                 if malformed <= 10 {
                     log::warn!("skipped malformed input: {e}");
                 }
-                None
+                Some(None)
             }
-        });
+        })
+        .flatten();
     let counts = count_documents(docs, config.pattern, &config.specials, threads, max_words);
     bar.finish_and_clear();
+    if let Some(e) = fatal {
+        return Err(format!("--source {name}: {e}"));
+    }
     if malformed > 0 {
         log::warn!("source {name}: {malformed} malformed inputs skipped");
     }
-    counts
+    Ok(counts)
 }
 
 fn cmd_encode(a: EncodeArgs) -> Result<(), String> {
@@ -302,7 +317,7 @@ fn cmd_extract_html(a: ExtractHtmlArgs) -> Result<(), String> {
             let name = f.to_string_lossy();
             if name.ends_with(".html") || name.ends_with(".htm") {
                 let html = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-                text.push_str(&corpus::html_to_text(&String::from_utf8_lossy(&html)));
+                text.push_str(&html_to_text(&String::from_utf8_lossy(&html)));
                 text.push('\n');
             }
         }

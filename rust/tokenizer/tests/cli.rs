@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use kormo_tokenizer::documents::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_tokenizer::hf;
 
 const BIN: &str = env!("CARGO_BIN_EXE_kormo-tokenizer");

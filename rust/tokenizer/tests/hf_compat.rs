@@ -10,10 +10,11 @@
 use std::path::{Path, PathBuf};
 
 use kormo_tokenizer::bytelevel::bytes_to_string;
-use kormo_tokenizer::documents::test_dir;
+use kormo_testdeps::test_dir;
 use kormo_tokenizer::train::{count_documents, train, TrainConfig};
 use kormo_tokenizer::unicode_tables::{LETTER_RANGES, NUMBER_RANGES};
-use kormo_tokenizer::{corpus, hf, pre_tokens, Normalizer, Pattern, Tokenizer};
+use kormo_corpus::debian::debian_faq;
+use kormo_tokenizer::{hf, pre_tokens, Normalizer, Pattern, Tokenizer};
 use rand::{Rng, SeedableRng};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hf_compat.py");
@@ -160,7 +161,7 @@ fn run_script(args: &[&Path]) -> String {
 
 fn texts_and_corpus() -> (Vec<String>, String) {
     let mut texts = adversarial_texts(3000);
-    let (english, korean) = corpus::debian_faq(&kormo_testdeps::debian_faq());
+    let (english, korean) = debian_faq(&kormo_testdeps::debian_faq());
     eprintln!("using the Debian FAQ: {} English and {} Korean documents", english.len(), korean.len());
     texts.extend(english);
     texts.extend(korean);
