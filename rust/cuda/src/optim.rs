@@ -167,16 +167,13 @@ impl DeviceAdamW {
         host
     }
 
-    fn state_buf(&mut self, name: &str) -> Result<&mut CudaBuf, CudaError> {
-        let found = self.params.iter().position(|p| name.strip_suffix(".exp_avg_sq") == Some(&p.name));
-        if let Some(i) = found {
-            return Ok(&mut self.exp_avg_sq[i]);
+    /// Which moment (`exp_avg` false, `exp_avg_sq` true) and parameter `name` is.
+    fn state_index(&self, name: &str) -> Result<(bool, usize), CudaError> {
+        let find = |suffix: &str| self.params.iter().position(|p| name.strip_suffix(suffix) == Some(&p.name));
+        if let Some(i) = find(".exp_avg_sq") {
+            return Ok((true, i));
         }
-        let found = self.params.iter().position(|p| name.strip_suffix(".exp_avg") == Some(&p.name));
-        match found {
-            Some(i) => Ok(&mut self.exp_avg[i]),
-            None => Err(refuse(format!("no optimizer state tensor named {name}"))),
-        }
+        find(".exp_avg").map(|i| (false, i)).ok_or_else(|| refuse(format!("no optimizer state tensor named {name}")))
     }
 
     /// Names of the state tensors: `<param>.exp_avg`, `<param>.exp_avg_sq` per parameter.
@@ -185,8 +182,11 @@ impl DeviceAdamW {
     }
 
     /// A state tensor copied to the host.
-    pub fn state_tensor(&mut self, ops: &CudaOps, name: &str) -> Result<Vec<f32>, CudaError> {
-        let buf = self.state_buf(name)?;
+    pub fn state_tensor(&self, ops: &CudaOps, name: &str) -> Result<Vec<f32>, CudaError> {
+        let buf = match self.state_index(name)? {
+            (true, i) => &self.exp_avg_sq[i],
+            (false, i) => &self.exp_avg[i],
+        };
         let mut host = vec![0.0; buf.len()];
         ops.read(buf, &mut host);
         Ok(host)
@@ -194,7 +194,10 @@ impl DeviceAdamW {
 
     /// Overwrites a state tensor from host values (checkpoint restore).
     pub fn load_state_tensor(&mut self, ops: &CudaOps, name: &str, values: &[f32]) -> Result<(), CudaError> {
-        let buf = self.state_buf(name)?;
+        let buf = match self.state_index(name)? {
+            (true, i) => &mut self.exp_avg_sq[i],
+            (false, i) => &mut self.exp_avg[i],
+        };
         if buf.len() != values.len() {
             return Err(refuse(format!("{name}: {} values, expected {}", values.len(), buf.len())));
         }

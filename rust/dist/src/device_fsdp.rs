@@ -630,6 +630,45 @@ impl DeviceFsdpRank {
         Self::build(shard_group, Some(replica_group), model, adamw, config)
     }
 
+    /// The engine of one launched rank of `world` (the host group), communicators included:
+    /// one NCCL communicator over the world, or for `hybrid` one per shard group
+    /// (`hybrid_group_size` consecutive ranks, a node) and one per replica group (the ranks at
+    /// the same place in their nodes), the groups the host path's `SubGroup`s form. Each
+    /// group's first rank makes its NCCL unique id and the host group hands them out in one
+    /// exchange ([`crate::nccl::connect_groups`]); each communicator runs on its own stream of
+    /// the model's device, and `watchdog` polls and aborts them from now on.
+    pub fn connect(
+        world: &dyn crate::comm::HostTransport,
+        model: Model<CudaOps>,
+        adamw: AdamWConfig,
+        config: FsdpConfig,
+        watchdog: Option<&crate::watchdog::Watchdog>,
+    ) -> Result<Self, DistError> {
+        let rank = world.rank();
+        let context = model.ops().kernels().context().clone();
+        let groups = match config.strategy {
+            Strategy::Hybrid => Some(config.hybrid_group_size.ok_or_else(|| {
+                DistError::Config("strategy hybrid needs dist.hybrid_group_size (ranks per node)".into())
+            })?),
+            Strategy::FullShard | Strategy::ShardGradOp => None,
+        };
+        let new_stream = || {
+            context
+                .new_stream()
+                .map_err(|e| CommError::Device(format!("rank {rank}: a CUDA stream for NCCL: {e:?}")))
+        };
+        let comms = crate::nccl::connect_groups(world, groups, new_stream)?;
+        if let Some(watchdog) = watchdog {
+            watchdog.watch(comms.iter().map(|(place, comm)| comm.watch(place.name)).collect());
+        }
+        let mut comms = comms.into_iter().map(|(_, comm)| comm);
+        let first = comms.next().expect("at least one communicator");
+        match comms.next() {
+            Some(replica_group) => Self::new_hybrid(first, replica_group, model, adamw, config),
+            None => Self::new(first, model, adamw, config),
+        }
+    }
+
     fn build(
         comm: NcclComm,
         replica: Option<NcclComm>,
@@ -823,6 +862,23 @@ impl DeviceFsdpRank {
 
     pub fn step_count(&self) -> u64 {
         self.step
+    }
+
+    /// This rank in its shard group, and the group's size (the shard count).
+    pub fn shard_rank(&self) -> usize {
+        self.shard_group().rank()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_group().world_size()
+    }
+
+    /// Per unit, this rank's parameter, `exp_avg` and `exp_avg_sq` shards (copied to the host),
+    /// and AdamW's step.
+    #[allow(clippy::type_complexity)]
+    pub fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
+        let (exp_avg, exp_avg_sq) = self.moment_shards()?;
+        Ok(([self.shards()?, exp_avg, exp_avg_sq], self.step_count()))
     }
 
     pub fn last_step_schedule(&self) -> &[ScheduleEvent] {
@@ -1136,20 +1192,6 @@ impl DeviceFsdpRank {
     }
 }
 
-impl crate::fsdp::FsdpEngine for DeviceFsdpRank {
-    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
-        DeviceFsdpRank::forward_backward(self, micro_batches)
-    }
-    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
-        DeviceFsdpRank::apply(self, lr)
-    }
-    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
-        DeviceFsdpRank::evaluate(self, batch)
-    }
-    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
-        DeviceFsdpRank::full_params(self)
-    }
-}
 
 #[cfg(test)]
 mod tests {

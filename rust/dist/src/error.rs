@@ -16,6 +16,8 @@ pub enum DistError {
     Checkpoint(CheckpointError),
     /// A setting or input that cannot work (names the key or value).
     Config(String),
+    /// A device call failed (names the operation).
+    Device(String),
 }
 
 impl fmt::Display for DistError {
@@ -26,6 +28,7 @@ impl fmt::Display for DistError {
             DistError::Optim(e) => e.fmt(f),
             DistError::Checkpoint(e) => e.fmt(f),
             DistError::Config(message) => write!(f, "distributed setting: {message}"),
+            DistError::Device(message) => f.write_str(message),
         }
     }
 }

@@ -719,6 +719,41 @@ pub trait FsdpEngine: crate::sharded_checkpoint::ShardedState {
     /// The full f32 parameters, in parameter order.
     fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError>;
 
+    /// Fresh AdamW state (zero moments, step 0) over the current weights: a new phase.
+    fn reset_optimizer(&mut self) -> Result<(), DistError> {
+        crate::sharded_checkpoint::load_state(self, None, None)
+    }
+
+    /// Restores AdamW's moments and step count from a single-process checkpoint's optimizer
+    /// file, keeping the current weights (a resume: the weights were loaded at setup).
+    fn load_optimizer(
+        &mut self,
+        checkpoint: &kormo_checkpoint::Checkpoint,
+    ) -> Result<(), DistError> {
+        crate::sharded_checkpoint::load_state(self, None, Some(checkpoint))
+    }
+
+    /// Replaces the weights by `full` (f32, in parameter order) and the AdamW state by a
+    /// single-process checkpoint's when given, by fresh state otherwise.
+    fn load_state(
+        &mut self,
+        full: &[Vec<f32>],
+        checkpoint: Option<&kormo_checkpoint::Checkpoint>,
+    ) -> Result<(), DistError> {
+        crate::sharded_checkpoint::load_state(self, Some(full), checkpoint)
+    }
+
+    /// Writes the single-process checkpoint (the format of every world size) at `target`,
+    /// its writes drawn from `disk` (the trainer's disk-full fault seam).
+    fn save_checkpoint(
+        &mut self,
+        target: &std::path::Path,
+        run: &kormo_checkpoint::RunState,
+        disk: &kormo_checkpoint::DiskBudget,
+    ) -> Result<(), DistError> {
+        crate::sharded_checkpoint::save_consolidated(self, target, run, disk)
+    }
+
     /// One optimizer step at learning rate `lr`: `forward_backward`, then `apply` unless the
     /// gradient norm is not finite.
     fn step(&mut self, micro_batches: &[Batch], lr: f64) -> Result<StepOutcome, DistError> {
@@ -735,20 +770,74 @@ pub trait FsdpEngine: crate::sharded_checkpoint::ShardedState {
     }
 }
 
-impl<O: Ops> FsdpEngine for FsdpRank<O> {
-    fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
-        FsdpRank::forward_backward(self, micro_batches)
-    }
-    fn apply(&mut self, lr: f64) -> Result<(), DistError> {
-        FsdpRank::apply(self, lr)
-    }
-    fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
-        FsdpRank::evaluate(self, batch)
-    }
-    fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
-        FsdpRank::full_params(self)
-    }
+/// [`FsdpEngine`] and [`ShardedState`] of an FSDP rank type, forwarded to its inherent methods
+/// of the same names: written once for [`FsdpRank`] and [`crate::DeviceFsdpRank`], which have
+/// the same inherent interface over different stores.
+///
+/// [`ShardedState`]: crate::sharded_checkpoint::ShardedState
+macro_rules! sharded_engine {
+    (impl<$($param:ident: $bound:path),*> for $rank:ty) => {
+        impl<$($param: $bound),*> FsdpEngine for $rank {
+            fn forward_backward(&mut self, micro_batches: &[Batch]) -> Result<Gradients, DistError> {
+                <$rank>::forward_backward(self, micro_batches)
+            }
+            fn apply(&mut self, lr: f64) -> Result<(), DistError> {
+                <$rank>::apply(self, lr)
+            }
+            fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
+                <$rank>::evaluate(self, batch)
+            }
+            fn full_params(&self) -> Result<Vec<Vec<f32>>, DistError> {
+                <$rank>::full_params(self)
+            }
+        }
+
+        impl<$($param: $bound),*> crate::sharded_checkpoint::ShardedState for $rank {
+            fn world_rank(&self) -> usize {
+                <$rank>::world_rank(self)
+            }
+            fn world_size(&self) -> usize {
+                <$rank>::world_size(self)
+            }
+            fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError> {
+                <$rank>::all_reduce_world(self, values)
+            }
+            fn shard_rank(&self) -> usize {
+                <$rank>::shard_rank(self)
+            }
+            fn shard_count(&self) -> usize {
+                <$rank>::shard_count(self)
+            }
+            fn replica_rank(&self) -> usize {
+                <$rank>::replica_rank(self)
+            }
+            fn units(&self) -> &[Unit] {
+                <$rank>::units(self)
+            }
+            fn param_specs(&self) -> &[ParamSpec] {
+                <$rank>::param_specs(self)
+            }
+            fn ranges(&self) -> &[ShardRange] {
+                <$rank>::ranges(self)
+            }
+            fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
+                <$rank>::host_shards(self)
+            }
+            fn load_shards(
+                &mut self,
+                params: Vec<Vec<f32>>,
+                exp_avg: &[Vec<f32>],
+                exp_avg_sq: &[Vec<f32>],
+                step: u64,
+            ) -> Result<(), DistError> {
+                <$rank>::load_shards(self, params, exp_avg, exp_avg_sq, step)
+            }
+        }
+    };
 }
+
+sharded_engine!(impl<O: Ops> for FsdpRank<O>);
+sharded_engine!(impl<> for crate::DeviceFsdpRank);
 
 /// One rank's share of a sharded model and optimizer.
 pub struct FsdpRank<O: Ops> {
@@ -839,6 +928,35 @@ impl<O: Ops> FsdpRank<O> {
 
     pub fn world(&self) -> &dyn HostTransport {
         self.world.as_ref()
+    }
+
+    pub fn world_rank(&self) -> usize {
+        self.world.rank()
+    }
+
+    pub fn world_size(&self) -> usize {
+        self.world.world_size()
+    }
+
+    /// Sums host scalars over the world.
+    pub fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError> {
+        Ok(self.world.all_reduce_scalars(values)?)
+    }
+
+    /// This rank in its shard group, and the group's size (the shard count).
+    pub fn shard_rank(&self) -> usize {
+        self.shard_group().rank()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_group().world_size()
+    }
+
+    /// Per unit, this rank's parameter, `exp_avg` and `exp_avg_sq` shards, and AdamW's step.
+    #[allow(clippy::type_complexity)]
+    pub fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
+        let (exp_avg, exp_avg_sq) = self.moment_shards();
+        Ok(([self.shards().to_vec(), exp_avg, exp_avg_sq], self.adamw.step_count()))
     }
 
     /// The group parameters are sharded over (the world, or this rank's node for hybrid).

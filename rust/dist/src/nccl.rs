@@ -29,7 +29,7 @@ use cudarc::nccl::result::{NcclError, NcclStatus};
 use cudarc::nccl::{result, sys};
 
 use crate::comm::{check_per_rank, Collectives, CommError, HostTransport, Op};
-use crate::launch::LaunchEnv;
+use crate::rank_env::LaunchEnv;
 use crate::tcp::{rendezvous, TcpComm};
 
 /// True when both the CUDA driver library and libnccl can be loaded.

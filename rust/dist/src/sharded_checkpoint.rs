@@ -21,19 +21,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use kormo_checkpoint::{CheckpointError, DiskBudget, Manifest, RunState, SafetensorsFile, Tensor};
-use kormo_model::Ops;
 use serde::{Deserialize, Serialize};
 
-use crate::comm::Collectives;
-use crate::device_fsdp::DeviceFsdpRank;
 use crate::error::DistError;
-use crate::fsdp::FsdpRank;
 use crate::shard::{ShardRange, Unit};
 use kormo_model::ParamSpec;
 
 /// What a sharded checkpoint reads from and writes into a rank, whatever holds its shards:
-/// [`FsdpRank`] (host vectors) or [`DeviceFsdpRank`] (device buffers, copied to the host for
-/// writing and uploaded on restore). The files are the same for both.
+/// [`crate::FsdpRank`] (host vectors), [`crate::DeviceFsdpRank`] (device buffers, copied to the
+/// host for writing and uploaded on restore) or [`crate::SingleRank`] (one shard: the whole
+/// model). The files are the same for all.
 pub trait ShardedState {
     /// This rank in the world and the world size (every rank takes part in a save).
     fn world_rank(&self) -> usize;
@@ -60,95 +57,6 @@ pub trait ShardedState {
         exp_avg_sq: &[Vec<f32>],
         step: u64,
     ) -> Result<(), DistError>;
-}
-
-impl<O: Ops> ShardedState for FsdpRank<O> {
-    fn world_rank(&self) -> usize {
-        self.world().rank()
-    }
-    fn world_size(&self) -> usize {
-        self.world().world_size()
-    }
-    fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError> {
-        Ok(self.world().all_reduce_scalars(values)?)
-    }
-    fn shard_rank(&self) -> usize {
-        self.shard_group().rank()
-    }
-    fn shard_count(&self) -> usize {
-        self.shard_group().world_size()
-    }
-    fn replica_rank(&self) -> usize {
-        FsdpRank::replica_rank(self)
-    }
-    fn units(&self) -> &[Unit] {
-        FsdpRank::units(self)
-    }
-    fn param_specs(&self) -> &[ParamSpec] {
-        FsdpRank::param_specs(self)
-    }
-    fn ranges(&self) -> &[ShardRange] {
-        FsdpRank::ranges(self)
-    }
-    fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
-        let (exp_avg, exp_avg_sq) = self.moment_shards();
-        Ok((
-            [self.shards().to_vec(), exp_avg, exp_avg_sq],
-            self.adamw().step_count(),
-        ))
-    }
-    fn load_shards(
-        &mut self,
-        params: Vec<Vec<f32>>,
-        exp_avg: &[Vec<f32>],
-        exp_avg_sq: &[Vec<f32>],
-        step: u64,
-    ) -> Result<(), DistError> {
-        FsdpRank::load_shards(self, params, exp_avg, exp_avg_sq, step)
-    }
-}
-
-impl ShardedState for DeviceFsdpRank {
-    fn world_rank(&self) -> usize {
-        DeviceFsdpRank::world_rank(self)
-    }
-    fn world_size(&self) -> usize {
-        DeviceFsdpRank::world_size(self)
-    }
-    fn all_reduce_world(&self, values: &mut [f64]) -> Result<(), DistError> {
-        DeviceFsdpRank::all_reduce_world(self, values)
-    }
-    fn shard_rank(&self) -> usize {
-        self.shard_group().rank()
-    }
-    fn shard_count(&self) -> usize {
-        self.shard_group().world_size()
-    }
-    fn replica_rank(&self) -> usize {
-        DeviceFsdpRank::replica_rank(self)
-    }
-    fn units(&self) -> &[Unit] {
-        DeviceFsdpRank::units(self)
-    }
-    fn param_specs(&self) -> &[ParamSpec] {
-        DeviceFsdpRank::param_specs(self)
-    }
-    fn ranges(&self) -> &[ShardRange] {
-        DeviceFsdpRank::ranges(self)
-    }
-    fn host_shards(&self) -> Result<([Vec<Vec<f32>>; 3], u64), DistError> {
-        let (exp_avg, exp_avg_sq) = self.moment_shards()?;
-        Ok(([self.shards()?, exp_avg, exp_avg_sq], self.step_count()))
-    }
-    fn load_shards(
-        &mut self,
-        params: Vec<Vec<f32>>,
-        exp_avg: &[Vec<f32>],
-        exp_avg_sq: &[Vec<f32>],
-        step: u64,
-    ) -> Result<(), DistError> {
-        DeviceFsdpRank::load_shards(self, params, exp_avg, exp_avg_sq, step)
-    }
 }
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -516,4 +424,86 @@ impl ShardedCheckpoint {
             budget,
         )?)
     }
+}
+
+/// A single-process checkpoint at `target` from a sharded engine (collective): every rank
+/// saves its shards into a hidden directory next to `target`, rank 0 writes the checkpoint
+/// from them (atomically, its writes drawn from `disk`) and removes the shards whether or not
+/// that worked, and every rank learns rank 0's outcome, so all continue or all stop with the
+/// error (rank 0 with the reason, the others naming rank 0).
+pub fn save_consolidated<S: ShardedState + ?Sized>(
+    rank: &S,
+    target: &Path,
+    run: &RunState,
+    disk: &DiskBudget,
+) -> Result<(), DistError> {
+    let name = target
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
+    let shards = target.with_file_name(format!(".sharded-{name}"));
+    save(rank, &shards, run)?;
+    let mut outcome = Ok(());
+    if rank.world_rank() == 0 {
+        outcome = ShardedCheckpoint::open(&shards)
+            .and_then(|c| c.consolidate_with_budget(target, disk))
+            .map(|_| ());
+        std::fs::remove_dir_all(&shards).map_err(|e| io_error(&shards, "cannot remove", e))?;
+    }
+    let mut failed = [if outcome.is_err() { 1.0 } else { 0.0 }];
+    rank.all_reduce_world(&mut failed)?;
+    match outcome {
+        Err(e) => Err(e),
+        Ok(()) if failed[0] > 0.0 => Err(DistError::Checkpoint(CheckpointError::new(
+            target,
+            "rank 0 could not write this checkpoint",
+        ))),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Loads this rank's shards of `full` (the f32 weights of record, in parameter order; None:
+/// keep the current shards) into `rank`, with a single-process checkpoint's AdamW moments and
+/// step when `checkpoint` is given, zero moments at step 0 otherwise.
+pub fn load_state<S: ShardedState + ?Sized>(
+    rank: &mut S,
+    full: Option<&[Vec<f32>]>,
+    checkpoint: Option<&kormo_checkpoint::Checkpoint>,
+) -> Result<(), DistError> {
+    let specs = rank.param_specs().to_vec();
+    let units = rank.units().to_vec();
+    let ranges = rank.ranges().to_vec();
+    type Tensors<'t> = &'t dyn Fn(usize) -> Result<Vec<f32>, DistError>;
+    let shard = |tensor: Tensors<'_>| -> Result<Vec<Vec<f32>>, DistError> {
+        units
+            .iter()
+            .zip(&ranges)
+            .map(|(unit, range)| {
+                let mut flat = Vec::with_capacity(unit.numel);
+                for &t in &unit.tensors {
+                    flat.extend(tensor(t)?);
+                }
+                Ok(flat[range.start..range.end].to_vec())
+            })
+            .collect()
+    };
+    let params = match full {
+        Some(full) => shard(&|t| Ok(full[t].clone()))?,
+        None => rank.host_shards()?.0[0].clone(),
+    };
+    let Some(checkpoint) = checkpoint else {
+        let zeros: Vec<Vec<f32>> = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        return rank.load_shards(params, &zeros, &zeros, 0);
+    };
+    let file = checkpoint.file(OPTIMIZER_FILE)?;
+    let moment = |suffix: &str| {
+        shard(&|t| {
+            let name = format!("{}{suffix}", specs[t].name);
+            Ok(file.f32(&name, Some(&[specs[t].numel()]))?)
+        })
+    };
+    let exp_avg = moment(".exp_avg")?;
+    let exp_avg_sq = moment(".exp_avg_sq")?;
+    let step = file.u64("step", Some(&[1]))?[0];
+    rank.load_shards(params, &exp_avg, &exp_avg_sq, step)
 }

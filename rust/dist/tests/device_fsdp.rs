@@ -33,7 +33,7 @@ use std::time::Duration;
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::CudaOps;
 use kormo_dist::nccl::{nccl_available, unique_id_blob, NcclComm};
-use kormo_dist::sharded_checkpoint::{self, ShardedCheckpoint, ShardedState};
+use kormo_dist::sharded_checkpoint::{self, ShardedCheckpoint};
 use kormo_dist::{
     DeviceFsdpRank, FsdpConfig, FsdpEngine, FsdpRank, LocalComm, ReduceDtype, Strategy,
 };

@@ -1,26 +1,28 @@
-//! The backends the single-process step loop runs on, and how `--backend` picks one.
+//! The backends a stage trains on, and how `--backend` picks one.
 //!
-//! The loop is generic over [`kormo_model::Ops`]; what differs between backends is the
-//! optimizer, behind [`Optimizer`]: on the CPU the host AdamW of kormo_optim updates the model's
-//! f32 parameters in place; on CUDA `kormo_cuda::optim::DeviceAdamW` keeps f32 master weights and
-//! moments on the device and rewrites the model's bf16 parameters. The f32 weights of record
-//! (what a checkpoint holds) are therefore the model's own on the CPU and the optimizer's masters
-//! on CUDA ([`Optimizer::weights`]); both write the same checkpoint files, read back to the host.
-//! Both split a step the same way, gradient norm first ([`Optimizer::clip_grad_norm`]) and the
-//! update after ([`Optimizer::apply`]), so the loop can skip an update from the norm.
+//! A backend is an [`Ops`] implementation with the engines the step loop drives on it
+//! ([`TrainBackend`]): at world size 1 `kormo_dist::SingleRank` (the model and a whole-model
+//! AdamW: the host AdamW of kormo_optim updating the f32 parameters in place on the CPU, the
+//! device AdamW with f32 master weights on CUDA), and for ranks the sharded engine
+//! ([`TrainBackend::Sharded`]: `FsdpRank` on the CPU, `DeviceFsdpRank` over NCCL on CUDA).
+//! Both write the same checkpoint files, read back to the host.
 //!
 //! Selection (`--backend auto|cpu|cuda`): auto takes CUDA when a device is present and the model
 //! passes `CudaOps::check_config`, else the CPU, and says why; an explicit `cuda` that cannot be
 //! had is an error carrying the same reason.
 
-use crate::trainer::TrainError;
+use crate::error::TrainError;
 use kormo_cpu::CpuOps;
-use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::{CudaOps, DeviceInfo};
-use kormo_model::{Model, ModelConfig, Ops};
-use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
+use kormo_dist::{
+    DeviceFsdpRank, FsdpConfig, FsdpEngine, FsdpRank, HostTransport, SingleOps, Watchdog,
+    WholeAdamW,
+};
+use kormo_model::{Model, ModelConfig};
+use kormo_optim::AdamWConfig;
+use std::sync::Arc;
 
-/// The CPU backend: the f32 reference.
+/// The CPU backend: the f32 reference (and the backend of the thread ranks).
 pub type Cpu = CpuOps<f32>;
 
 /// What `--backend` asks for.
@@ -142,45 +144,17 @@ pub fn select_on(
     }
 }
 
-/// The optimizer of a backend: AdamW with the recipe's hyperparameters, its state readable and
-/// restorable by kormo_optim's tensor names, so checkpoints do not depend on the backend.
-pub trait Optimizer<O: Ops>: Sized {
+/// A backend a stage trains on: [`SingleOps`] gives its world-size-1 engine
+/// (`kormo_dist::SingleRank<Self>`), [`TrainBackend::Sharded`] its FSDP rank.
+pub trait TrainBackend: SingleOps {
+    /// The FSDP engine of one rank on this backend.
+    type Sharded: FsdpEngine;
+    /// True when the sharded engine's collectives can block without a timeout (NCCL), so a
+    /// launched rank runs a [`Watchdog`].
+    const NEEDS_WATCHDOG: bool;
     /// True when the f32 weights of record live in the optimizer (master weights), so the
     /// values a checkpoint was loaded with must seed it.
-    const KEEPS_MASTER_WEIGHTS: bool;
-
-    /// Zero moments and step 0 for `model`'s parameters. `weights`: the f32 weights of record
-    /// (one vector per tensor, in canonical order) when the model holds them at lower precision.
-    fn create(
-        config: AdamWConfig,
-        model: &Model<O>,
-        threads: usize,
-        weights: Option<Vec<Vec<f32>>>,
-    ) -> Result<Self, TrainError>;
-
-    /// Returns the global L2 norm of the model's gradients before clipping, and clips them to
-    /// `grad_clip` (0: no clipping) for the next [`Optimizer::apply`]. Changes no weights and no
-    /// optimizer state, so the caller can still decide against the update (a non-finite norm,
-    /// the outlier guard).
-    fn clip_grad_norm(&mut self, model: &mut Model<O>, grad_clip: f64) -> Result<f64, TrainError>;
-
-    /// One update at learning rate `lr` with the gradients as the preceding
-    /// [`Optimizer::clip_grad_norm`] clipped them.
-    fn apply(&mut self, model: &mut Model<O>, lr: f64) -> Result<(), TrainError>;
-
-    /// The f32 weights of record, one vector per tensor in canonical order.
-    fn weights(&self, model: &Model<O>) -> Result<Vec<Vec<f32>>, TrainError>;
-
-    fn state_names(&self) -> Vec<String>;
-    fn state_tensor(&mut self, name: &str) -> Result<Vec<f32>, TrainError>;
-    fn load_state_tensor(&mut self, name: &str, values: &[f32]) -> Result<(), TrainError>;
-    fn step_count(&self) -> u64;
-    fn set_step_count(&mut self, step: u64);
-}
-
-/// A backend the single-process step loop runs on.
-pub trait TrainBackend: Ops + Sized {
-    type Optimizer: Optimizer<Self>;
+    const KEEPS_MASTER_WEIGHTS: bool = <Self::AdamW as WholeAdamW<Self>>::KEEPS_MASTER_WEIGHTS;
     /// Bytes per element of parameters, gradient accumulators and activations, and of optimizer
     /// state per parameter (see [`MemoryEstimate`]).
     const BYTES: ElementBytes;
@@ -192,6 +166,16 @@ pub trait TrainBackend: Ops + Sized {
 
     /// Bytes the backend's buffers held at most so far, where it counts them.
     fn measured_peak_bytes(&self) -> Option<u64>;
+
+    /// The sharded engine over `model` (built with the same seed on every rank) for rank
+    /// `world.rank()` of the host group `world`; `watchdog` watches its communicators.
+    fn sharded(
+        model: Model<Self>,
+        world: &Arc<dyn HostTransport>,
+        adamw: AdamWConfig,
+        fsdp: FsdpConfig,
+        watchdog: Option<&Watchdog>,
+    ) -> Result<Self::Sharded, TrainError>;
 }
 
 /// Element sizes of a backend's training state.
@@ -203,7 +187,9 @@ pub struct ElementBytes {
 }
 
 impl TrainBackend for Cpu {
-    type Optimizer = AdamW;
+    type Sharded = FsdpRank<Cpu>;
+    // Every host collective has the group's timeout.
+    const NEEDS_WATCHDOG: bool = false;
     // Everything f32; AdamW's two moments.
     const BYTES: ElementBytes = ElementBytes {
         weight: 4,
@@ -221,10 +207,22 @@ impl TrainBackend for Cpu {
     fn measured_peak_bytes(&self) -> Option<u64> {
         None
     }
+
+    fn sharded(
+        model: Model<Self>,
+        world: &Arc<dyn HostTransport>,
+        adamw: AdamWConfig,
+        fsdp: FsdpConfig,
+        _watchdog: Option<&Watchdog>,
+    ) -> Result<Self::Sharded, TrainError> {
+        Ok(FsdpRank::new(world.clone(), model, adamw, fsdp)?)
+    }
 }
 
 impl TrainBackend for CudaOps {
-    type Optimizer = CudaAdamW;
+    type Sharded = DeviceFsdpRank;
+    // NCCL waits forever for a peer that died inside a collective.
+    const NEEDS_WATCHDOG: bool = true;
     // bf16 weights and activations (the few f32 statistics are counted as bf16), f32 gradient
     // accumulators, f32 master weights and two moments.
     const BYTES: ElementBytes = ElementBytes {
@@ -241,6 +239,16 @@ impl TrainBackend for CudaOps {
 
     fn measured_peak_bytes(&self) -> Option<u64> {
         Some(self.memory().peak_bytes as u64)
+    }
+
+    fn sharded(
+        model: Model<Self>,
+        world: &Arc<dyn HostTransport>,
+        adamw: AdamWConfig,
+        fsdp: FsdpConfig,
+        watchdog: Option<&Watchdog>,
+    ) -> Result<Self::Sharded, TrainError> {
+        Ok(DeviceFsdpRank::connect(world.as_ref(), model, adamw, fsdp, watchdog)?)
     }
 }
 
@@ -302,166 +310,6 @@ pub fn human_bytes(bytes: u64) -> String {
         format!("{:.2} GiB", bytes as f64 / GIB)
     } else {
         format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-    }
-}
-
-fn param_infos<O: Ops>(model: &Model<O>) -> Vec<ParamInfo> {
-    model
-        .param_specs()
-        .iter()
-        .map(|s| ParamInfo {
-            name: s.name.clone(),
-            numel: s.numel(),
-            weight_decay: s.weight_decay(),
-        })
-        .collect()
-}
-
-/// Every parameter of `model`, copied to the host as f32.
-pub fn read_params<O: Ops>(model: &Model<O>) -> Result<Vec<Vec<f32>>, TrainError> {
-    model
-        .param_specs()
-        .iter()
-        .map(|spec| {
-            let mut values = vec![0.0; spec.numel()];
-            model.read_param(&spec.name, &mut values).map(|()| values)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(TrainError::from)
-}
-
-impl Optimizer<Cpu> for AdamW {
-    const KEEPS_MASTER_WEIGHTS: bool = false;
-
-    fn create(
-        config: AdamWConfig,
-        model: &Model<Cpu>,
-        threads: usize,
-        _weights: Option<Vec<Vec<f32>>>,
-    ) -> Result<Self, TrainError> {
-        Ok(AdamW::new(config, param_infos(model))?.with_threads(threads))
-    }
-
-    fn clip_grad_norm(
-        &mut self,
-        model: &mut Model<Cpu>,
-        grad_clip: f64,
-    ) -> Result<f64, TrainError> {
-        // Clipped in place: the gradients are the model's own f32 vectors.
-        Ok(if grad_clip > 0.0 {
-            kormo_optim::clip_grad_norm(model.grads_mut(), grad_clip)
-        } else {
-            kormo_optim::grad_norm(model.grads())
-        })
-    }
-
-    fn apply(&mut self, model: &mut Model<Cpu>, lr: f64) -> Result<(), TrainError> {
-        let (params, grads) = model.params_and_grads_mut();
-        Ok(AdamW::step(self, params, grads, lr)?)
-    }
-
-    fn weights(&self, model: &Model<Cpu>) -> Result<Vec<Vec<f32>>, TrainError> {
-        Ok(model.params().to_vec())
-    }
-
-    fn state_names(&self) -> Vec<String> {
-        AdamW::state_names(self)
-    }
-
-    fn state_tensor(&mut self, name: &str) -> Result<Vec<f32>, TrainError> {
-        Ok(self.state_tensor_mut(name)?.to_vec())
-    }
-
-    fn load_state_tensor(&mut self, name: &str, values: &[f32]) -> Result<(), TrainError> {
-        Ok(AdamW::load_state_tensor(self, name, values)?)
-    }
-
-    fn step_count(&self) -> u64 {
-        AdamW::step_count(self)
-    }
-
-    fn set_step_count(&mut self, step: u64) {
-        AdamW::set_step_count(self, step)
-    }
-}
-
-/// [`DeviceAdamW`] with the backend handle its calls need.
-pub struct CudaAdamW {
-    ops: CudaOps,
-    adamw: DeviceAdamW,
-}
-
-fn cuda_error(e: kormo_cuda::CudaError) -> TrainError {
-    TrainError(format!("CUDA optimizer: {e}"))
-}
-
-impl Optimizer<CudaOps> for CudaAdamW {
-    const KEEPS_MASTER_WEIGHTS: bool = true;
-
-    fn create(
-        config: AdamWConfig,
-        model: &Model<CudaOps>,
-        _threads: usize,
-        weights: Option<Vec<Vec<f32>>>,
-    ) -> Result<Self, TrainError> {
-        // Without loaded f32 weights (a model from scratch) the masters start from the model's
-        // bf16 values, which is what the first forward pass saw.
-        let weights = match weights {
-            Some(w) => w,
-            None => read_params(model)?,
-        };
-        let slices: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
-        let ops = model.ops().clone();
-        let adamw =
-            DeviceAdamW::new(&ops, config, param_infos(model), &slices).map_err(cuda_error)?;
-        Ok(CudaAdamW { ops, adamw })
-    }
-
-    fn clip_grad_norm(
-        &mut self,
-        model: &mut Model<CudaOps>,
-        grad_clip: f64,
-    ) -> Result<f64, TrainError> {
-        // The clip scale stays on the device; the update multiplies the gradients by it.
-        let (_, grads) = model.params_and_grads_mut();
-        self.adamw
-            .clip_grad_norm(&self.ops, grads, (grad_clip > 0.0).then_some(grad_clip))
-            .map_err(cuda_error)
-    }
-
-    fn apply(&mut self, model: &mut Model<CudaOps>, lr: f64) -> Result<(), TrainError> {
-        let (params, grads) = model.params_and_grads_mut();
-        self.adamw
-            .apply(&self.ops, params, grads, lr)
-            .map_err(cuda_error)
-    }
-
-    fn weights(&self, model: &Model<CudaOps>) -> Result<Vec<Vec<f32>>, TrainError> {
-        Ok((0..model.param_specs().len())
-            .map(|i| self.adamw.master(&self.ops, i))
-            .collect())
-    }
-
-    fn state_names(&self) -> Vec<String> {
-        self.adamw.state_names()
-    }
-
-    fn state_tensor(&mut self, name: &str) -> Result<Vec<f32>, TrainError> {
-        self.adamw.state_tensor(&self.ops, name).map_err(cuda_error)
-    }
-
-    fn load_state_tensor(&mut self, name: &str, values: &[f32]) -> Result<(), TrainError> {
-        self.adamw
-            .load_state_tensor(&self.ops, name, values)
-            .map_err(cuda_error)
-    }
-
-    fn step_count(&self) -> u64 {
-        self.adamw.step_count()
-    }
-
-    fn set_step_count(&mut self, step: u64) {
-        self.adamw.set_step_count(step)
     }
 }
 

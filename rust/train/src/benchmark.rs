@@ -21,9 +21,10 @@
 //! wall clock (its ops are synchronous); CUDA with a pair of events on its stream around each
 //! call's launches, read after the synchronize (device time).
 
-use crate::backend::{human_bytes, MemoryEstimate, Optimizer, Selected, TrainBackend};
+use crate::backend::{human_bytes, Cpu, MemoryEstimate, Selected, TrainBackend};
 use crate::recipe::Recipe;
 use crate::trainer::{adamw_config, check_memory, say, RunOptions, TrainError};
+use kormo_dist::SingleRank;
 use kormo_cuda::benchmark::{mfu, peak_bf16_flops, training_flops_per_token};
 use kormo_cuda::random::SplitMix64;
 use kormo_model::{Batch, Model, OpBreakdown};
@@ -98,7 +99,7 @@ pub fn run(
 ) -> Result<BenchmarkResult, TrainError> {
     let cpu = opts
         .threads
-        .map(crate::trainer::Backend::with_threads)
+        .map(Cpu::with_threads)
         .unwrap_or_default();
     let threads = cpu.threads();
     let selected = crate::backend::select(opts.backend, &recipe.model, opts.world_size)?;
@@ -192,25 +193,25 @@ fn run_on<O: TrainBackend>(
     let mut model = Model::new(config.clone(), ops, seed)?;
     model.set_activation_checkpointing(checkpointing);
     model.set_z_loss(recipe.file.stability.z_loss as f32);
-    let mut adamw = O::Optimizer::create(adamw_config(recipe), &model, threads, None)?;
+    let grad_clip = recipe.file.optimizer.grad_clip;
+    let mut engine = SingleRank::new(model, adamw_config(recipe), grad_clip, threads, None)?;
     let batch = synthetic_batch(config.vocab, phase.micro_batch, phase.seq_len, seed);
     let grad_scale = (1.0 / batch.loss_weight_sum()) as f32;
     let (lr, _) = recipe.phase_schedule(phase);
-    let grad_clip = recipe.file.optimizer.grad_clip;
 
     let mut forward_backward_s = Vec::with_capacity(bench.steps);
     let mut optimizer_s = Vec::with_capacity(bench.steps);
     let mut last_loss = f64::NAN;
     for iteration in 0..bench.warmup + bench.steps {
         let start = Instant::now();
+        let model = engine.model_mut();
         model.zero_grads();
         let loss = model.forward_backward(&batch, grad_scale)?;
         model.ops().synchronize()?;
         let backward_done = Instant::now();
         // As in the training loop: gradient norm and clipping, then the update.
-        adamw.clip_grad_norm(&mut model, grad_clip)?;
-        adamw.apply(&mut model, lr)?;
-        model.ops().synchronize()?;
+        engine.optimizer_step(lr)?;
+        engine.model().ops().synchronize()?;
         let (fb, opt) = (
             (backward_done - start).as_secs_f64(),
             backward_done.elapsed().as_secs_f64(),
@@ -242,7 +243,7 @@ fn run_on<O: TrainBackend>(
         "wall clock around each op call"
     };
     let (op_breakdown, op_breakdown_error) =
-        match profile_ops(&mut model, &batch, grad_scale, timing)? {
+        match profile_ops(engine.model_mut(), &batch, grad_scale, timing)? {
             Ok(breakdown) => (Some(breakdown), None),
             Err(why) => (None, Some(why)),
         };
@@ -279,22 +280,29 @@ fn run_on<O: TrainBackend>(
         peak_flops,
         mfu,
         memory_estimate: memory,
-        measured_peak_bytes: model.ops().measured_peak_bytes(),
+        measured_peak_bytes: engine.model().ops().measured_peak_bytes(),
         last_loss,
         op_breakdown,
         op_breakdown_error,
         note: "forward_backward_s and optimizer_s are one micro-batch's forward+backward and one optimizer update (clip + AdamW), timed without the op profiler; op_breakdown comes from separate profiled micro-batches (forward+backward only)".into(),
     };
+    print_result::<O>(&result, out);
+    Ok(result)
+}
+
+/// The benchmark's summary lines: the step, its rate and MFU, measured memory, the per-op
+/// breakdown.
+fn print_result<O: TrainBackend>(r: &BenchmarkResult, out: &mut dyn Write) {
     say(
         out,
         format!(
             "result: forward+backward {:.1} ms per micro-batch, optimizer {:.1} ms; a recipe step ({} micro-batches + update) {:.2} s = {:.0} tokens/s, {:.2} TFLOP/s ({:.2} GFLOP per token)",
-            fb * 1e3, opt * 1e3, phase.grad_accum, step_s, tokens_per_s, flops_per_s / 1e12, flops_per_token / 1e9
+            r.forward_backward_median_s * 1e3, r.optimizer_median_s * 1e3, r.grad_accum, r.step_s, r.tokens_per_s, r.flops_per_s / 1e12, r.flops_per_token / 1e9
         ),
     );
     say(
         out,
-        match (result.mfu, result.peak_flops, &result.device) {
+        match (r.mfu, r.peak_flops, &r.device) {
             (Some(mfu), Some(peak), Some(name)) => format!(
                 "MFU: {:.1}% of {name}'s dense bf16 peak {:.0} TFLOP/s",
                 100.0 * mfu,
@@ -304,18 +312,18 @@ fn run_on<O: TrainBackend>(
             _ => "MFU: n/a (CPU backend)".into(),
         },
     );
-    if let Some(peak) = result.measured_peak_bytes {
+    if let Some(peak) = r.measured_peak_bytes {
         say(
             out,
             format!(
                 "memory measured: peak {} of {} buffers (estimate {})",
                 human_bytes(peak),
                 O::MEMORY,
-                human_bytes(memory.total())
+                human_bytes(r.memory_estimate.total())
             ),
         );
     }
-    match (&result.op_breakdown, &result.op_breakdown_error) {
+    match (&r.op_breakdown, &r.op_breakdown_error) {
         (Some(breakdown), _) => say(out, breakdown.render()),
         (None, why) => say(
             out,
@@ -325,7 +333,6 @@ fn run_on<O: TrainBackend>(
             ),
         ),
     }
-    Ok(result)
 }
 
 /// Runs [`PROFILED_MICRO_BATCHES`] forward+backward passes (each from `zero_grads` to the

@@ -5,7 +5,7 @@
 //! (Bazel runs the binary inside its runfiles tree), otherwise the current directory.
 
 use crate::backend::BackendChoice;
-use crate::launch::Launcher;
+use crate::launcher::Launcher;
 use crate::recipe::Recipe;
 use clap::builder::RangedU64ValueParser;
 use clap::{CommandFactory, Parser};
@@ -169,7 +169,7 @@ pub fn run(args: &[String], out: &mut dyn std::io::Write) -> Result<(), String> 
         init_hf: opts.init_hf.as_deref().map(from_user_dir),
         faults: crate::trainer::Faults::default(),
     };
-    let (launch, note) = crate::launch::detect(
+    let (launch, note) = crate::launcher::detect(
         opts.launcher,
         std::time::Duration::from_secs(opts.dist_timeout_s),
     )?;

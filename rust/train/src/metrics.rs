@@ -142,6 +142,11 @@ impl MetricsFile {
         writeln!(self.file, "{line}")
             .map_err(|e| format!("{}: cannot write metrics: {e}", self.path.display()))
     }
+
+    /// Drops the lines logged after stage step `step` (steps undone by a restore).
+    pub fn truncate_after(&mut self, step: u64) -> Result<(), String> {
+        truncate_after(&self.path, step)
+    }
 }
 
 /// Reads the step lines of a metrics file back (tests, tools).

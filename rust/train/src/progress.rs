@@ -1,18 +1,57 @@
-//! Step bookkeeping shared by the single-process step loop (trainer.rs) and every rank of the
-//! distributed one (dist.rs), so that both count, log, evaluate and checkpoint at the same
-//! steps with the same words: the stage's step/token/time counters and the metrics line and
-//! trainer state derived from them, when evaluation and checkpoints happen, and event lines.
+//! Step bookkeeping of the step loop (step_loop.rs), the same at every world size: where a run
+//! starts, the stage's step/token/time counters and the metrics line and trainer state derived
+//! from them, when evaluation and checkpoints happen, event lines, and what a run reports.
 
 use crate::guard::{GuardState, Spike};
 use crate::metrics::{EventRecord, MetricsFile, StepMetrics};
 use crate::recipe::{PhaseConfig, Recipe, StageConfig};
-use crate::trainer::{say, StageReport, Start, TrainError, TrainerState};
+use crate::error::TrainError;
+use crate::run_state::TrainerState;
+use kormo_checkpoint::Checkpoint;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Step, token and time counters of one stage run, kept the same way by the single-process
-/// step loop and each distributed rank (they log and checkpoint alike).
+/// What a stage run did.
+#[derive(Clone, Debug)]
+pub struct StageReport {
+    /// Every logged step of this invocation.
+    pub logged: Vec<StepMetrics>,
+    /// The stage ran to its end (false: stopped early by `stop_after`).
+    pub completed: bool,
+    /// The checkpoint written last (the final one when completed).
+    pub checkpoint: PathBuf,
+}
+
+/// Where a stage run begins (the default: the start of the stage).
+#[derive(Default)]
+pub(crate) struct Start {
+    pub phase_index: usize,
+    pub phase_step: u64,
+    pub step: u64,
+    pub tokens: u64,
+    /// Optimizer and data state to restore into the first phase (resume only).
+    pub resumed: Option<Checkpoint>,
+}
+
+impl Start {
+    /// The phase step that phase `phase_index` begins at in this run.
+    pub fn first_step(&self, phase_index: usize) -> u64 {
+        if phase_index == self.phase_index {
+            self.phase_step
+        } else {
+            0
+        }
+    }
+}
+
+/// Progress output (stdout for the binary, a buffer or sink in tests).
+pub(crate) fn say(out: &mut dyn Write, line: impl AsRef<str>) {
+    // Console output is best effort: a closed pipe must not abort training.
+    let _ = writeln!(out, "{}", line.as_ref());
+}
+
+/// Step, token and time counters of one stage run (each rank keeps its own, all alike).
 pub(crate) struct Progress<'a> {
     stage_name: &'a str,
     stage: &'a StageConfig,
@@ -252,7 +291,7 @@ pub(crate) fn stage_end_lines(
     {
         lines.push(format!(
             "next: tools/bazel run //rust:train -- --stage={next}{}",
-            crate::trainer::config_flag(recipe)
+            crate::recipe::config_flag(recipe)
         ));
     }
     lines

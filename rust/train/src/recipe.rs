@@ -644,6 +644,17 @@ fn validate_schedule(s: &ScheduleConfig, key: &str) -> Result<(), Invalid> {
 }
 
 fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
+    validate_settings(file)?;
+    validate_tokens(file, model)?;
+    validate_sources(file)?;
+    for stage_name in STAGES {
+        validate_stage(file, stage_name)?;
+    }
+    Ok(())
+}
+
+/// The run-wide tables: optimizer, schedule, stability, dist, eval, checkpoint.
+fn validate_settings(file: &RecipeFile) -> Result<(), Invalid> {
     let o = &file.optimizer;
     check(
         positive(o.lr),
@@ -737,6 +748,11 @@ fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
         "must be at least 1",
     )?;
 
+    Ok(())
+}
+
+/// `[tokens]` against the model's vocabulary.
+fn validate_tokens(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
     let vocab = model.vocab as u64;
     match file.tokens {
         TokensConfig::Bpe { ref tokenizer } => check(
@@ -772,7 +788,11 @@ fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
                 )?;
             }
         }
-    }
+    }    Ok(())
+}
+
+/// Each `[sources.NAME]`: a path or a synthetic corpus.
+fn validate_sources(file: &RecipeFile) -> Result<(), Invalid> {
     for (name, source) in &file.sources {
         let key = format!("sources.{name}");
         match (&source.path, &source.synthetic) {
@@ -788,108 +808,116 @@ fn validate(file: &RecipeFile, model: &ModelConfig) -> Result<(), Invalid> {
             )?,
             _ => return Err((key, "give exactly one of `path` or `synthetic`".into())),
         }
+    }    Ok(())
+}
+
+/// `[stages.NAME]`: its init and each of its phases.
+fn validate_stage(file: &RecipeFile, stage_name: &str) -> Result<(), Invalid> {
+    let stage = match stage_name {
+        "pretrain1" => &file.stages.pretrain1,
+        "pretrain2" => &file.stages.pretrain2,
+        "midtrain" => &file.stages.midtrain,
+        _ => &file.stages.sft,
+    };
+    let key = format!("stages.{stage_name}");
+    let position = STAGES
+        .iter()
+        .position(|s| *s == stage_name)
+        .expect("listed");
+    check(
+        stage.init == "scratch"
+            || STAGES[..position].contains(&stage.init.as_str())
+            || stage
+                .init
+                .strip_prefix("hf:")
+                .is_some_and(|f| !f.is_empty()),
+        format!("{key}.init"),
+        format!(
+            "`{}` must be \"scratch\", an earlier stage ({}) or \"hf:FOLDER\"",
+            stage.init,
+            STAGES[..position].join(", ")
+        ),
+    )?;
+    check(
+        !stage.phases.is_empty(),
+        format!("{key}.phases"),
+        "a stage needs at least one phase",
+    )?;
+    for i in 0..stage.phases.len() {
+        validate_phase(file, stage, &format!("{key}.phases[{i}]"), i)?;
     }
-    for stage_name in STAGES {
-        let stage = match stage_name {
-            "pretrain1" => &file.stages.pretrain1,
-            "pretrain2" => &file.stages.pretrain2,
-            "midtrain" => &file.stages.midtrain,
-            _ => &file.stages.sft,
-        };
-        let key = format!("stages.{stage_name}");
-        let position = STAGES
-            .iter()
-            .position(|s| *s == stage_name)
-            .expect("listed");
+    Ok(())
+}
+
+/// Phase `i` of `stage`, at recipe key `key`.
+fn validate_phase(file: &RecipeFile, stage: &StageConfig, key: &str, i: usize) -> Result<(), Invalid> {
+    let phase = &stage.phases[i];
+    check(
+        !phase.name.is_empty()
+            && phase
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        format!("{key}.name"),
+        format!(
+            "`{}` must be a non-empty name of letters, digits, _ or -",
+            phase.name
+        ),
+    )?;
+    check(
+        stage.phases[..i].iter().all(|p| p.name != phase.name),
+        format!("{key}.name"),
+        format!("phase name `{}` is used twice", phase.name),
+    )?;
+    check(
+        phase.seq_len >= 2,
+        format!("{key}.seq_len"),
+        format!("{} must be at least 2", phase.seq_len),
+    )?;
+    check(
+        phase.micro_batch >= 1,
+        format!("{key}.micro_batch"),
+        "must be at least 1",
+    )?;
+    check(
+        phase.grad_accum >= 1,
+        format!("{key}.grad_accum"),
+        "must be at least 1",
+    )?;
+    match (phase.tokens, phase.steps) {
+        (Some(t), None) => check(t > 0, format!("{key}.tokens"), "must be at least 1")?,
+        (None, Some(s)) => check(s > 0, format!("{key}.steps"), "must be at least 1")?,
+        _ => return Err((key.to_string(), "give exactly one of `tokens` or `steps`".into())),
+    }
+    check(
+        !phase.mixture.is_empty(),
+        format!("{key}.mixture"),
+        "needs at least one source",
+    )?;
+    for (source, weight) in &phase.mixture {
         check(
-            stage.init == "scratch"
-                || STAGES[..position].contains(&stage.init.as_str())
-                || stage
-                    .init
-                    .strip_prefix("hf:")
-                    .is_some_and(|f| !f.is_empty()),
-            format!("{key}.init"),
+            file.sources.contains_key(source),
+            format!("{key}.mixture.{source}"),
             format!(
-                "`{}` must be \"scratch\", an earlier stage ({}) or \"hf:FOLDER\"",
-                stage.init,
-                STAGES[..position].join(", ")
+                "source `{source}` is not defined under [sources] ({})",
+                file.sources.keys().cloned().collect::<Vec<_>>().join(", ")
             ),
         )?;
         check(
-            !stage.phases.is_empty(),
-            format!("{key}.phases"),
-            "a stage needs at least one phase",
+            positive(*weight),
+            format!("{key}.mixture.{source}"),
+            format!("weight {weight} must be a positive number"),
         )?;
-        for (i, phase) in stage.phases.iter().enumerate() {
-            let key = format!("{key}.phases[{i}]");
-            check(
-                !phase.name.is_empty()
-                    && phase
-                        .name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
-                format!("{key}.name"),
-                format!(
-                    "`{}` must be a non-empty name of letters, digits, _ or -",
-                    phase.name
-                ),
-            )?;
-            check(
-                stage.phases[..i].iter().all(|p| p.name != phase.name),
-                format!("{key}.name"),
-                format!("phase name `{}` is used twice", phase.name),
-            )?;
-            check(
-                phase.seq_len >= 2,
-                format!("{key}.seq_len"),
-                format!("{} must be at least 2", phase.seq_len),
-            )?;
-            check(
-                phase.micro_batch >= 1,
-                format!("{key}.micro_batch"),
-                "must be at least 1",
-            )?;
-            check(
-                phase.grad_accum >= 1,
-                format!("{key}.grad_accum"),
-                "must be at least 1",
-            )?;
-            match (phase.tokens, phase.steps) {
-                (Some(t), None) => check(t > 0, format!("{key}.tokens"), "must be at least 1")?,
-                (None, Some(s)) => check(s > 0, format!("{key}.steps"), "must be at least 1")?,
-                _ => return Err((key, "give exactly one of `tokens` or `steps`".into())),
-            }
-            check(
-                !phase.mixture.is_empty(),
-                format!("{key}.mixture"),
-                "needs at least one source",
-            )?;
-            for (source, weight) in &phase.mixture {
-                check(
-                    file.sources.contains_key(source),
-                    format!("{key}.mixture.{source}"),
-                    format!(
-                        "source `{source}` is not defined under [sources] ({})",
-                        file.sources.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                )?;
-                check(
-                    positive(*weight),
-                    format!("{key}.mixture.{source}"),
-                    format!("weight {weight} must be a positive number"),
-                )?;
-            }
-            if let Some(lr) = phase.lr {
-                check(
-                    positive(lr),
-                    format!("{key}.lr"),
-                    format!("{lr} must be a positive number"),
-                )?;
-            }
-            if let Some(schedule) = &phase.schedule {
-                validate_schedule(schedule, &format!("{key}.schedule"))?;
-            }
-        }
+    }
+    if let Some(lr) = phase.lr {
+        check(
+            positive(lr),
+            format!("{key}.lr"),
+            format!("{lr} must be a positive number"),
+        )?;
+    }
+    if let Some(schedule) = &phase.schedule {
+        validate_schedule(schedule, &format!("{key}.schedule"))?;
     }
     Ok(())
 }
@@ -1018,4 +1046,20 @@ fn table_kind(key: &str) -> (String, usize, String) {
         table.len(),
         last.to_string(),
     )
+}
+
+/// The name a value has in recipe files (`long_context`, `wsd`).
+pub(crate) fn serde_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => format!("{other:?}"),
+    }
+}
+
+/// ` --config=...` that loads this recipe again (see [`Recipe::config_arg`]); empty for the
+/// default (built-in tiny).
+pub(crate) fn config_flag(recipe: &Recipe) -> String {
+    recipe
+        .config_arg()
+        .map_or_else(String::new, |arg| format!(" --config={arg}"))
 }

@@ -6,10 +6,80 @@
 //! manifest, the field, its value and the valid range.
 
 use crate::recipe::{Recipe, StageConfig};
-use crate::trainer::{PhaseData, TrainError, TrainerState};
-use kormo_checkpoint::Checkpoint;
-use kormo_data::DataCursor;
+use crate::error::TrainError;
+use crate::guard::GuardState;
+use crate::phase_data::PhaseData;
+use kormo_checkpoint::{Checkpoint, RunState};
+use kormo_data::{DataCursor, Loader};
+use serde::{Deserialize, Serialize};
 use std::fmt::Display;
+
+/// Trainer counters stored in every checkpoint (besides model, optimizer and data state).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrainerState {
+    pub seed: u64,
+    pub phase_index: usize,
+    /// Steps done in the phase.
+    pub phase_step: u64,
+    /// Length of the phase (after `--max-steps`).
+    pub phase_steps: u64,
+    /// Tokens consumed in the stage.
+    pub tokens: u64,
+    /// The outlier guard's history in the phase.
+    #[serde(default)]
+    pub guard: GuardState,
+}
+
+pub(crate) fn trainer_state(checkpoint: &Checkpoint) -> Result<TrainerState, TrainError> {
+    serde_json::from_value(checkpoint.manifest.run.trainer.clone()).map_err(|e| {
+        TrainError(format!(
+            "{}: bad trainer state: {e}",
+            checkpoint
+                .dir
+                .join(kormo_checkpoint::MANIFEST_FILE)
+                .display()
+        ))
+    })
+}
+
+/// Continues `loader` from the checkpoint's data cursor.
+pub(crate) fn restore_data(checkpoint: &Checkpoint, loader: &mut Loader) -> Result<(), TrainError> {
+    let cursor: DataCursor = serde_json::from_value(checkpoint.manifest.run.data_cursor.clone())
+        .map_err(|e| {
+            TrainError(format!(
+                "{}: bad data cursor: {e}",
+                checkpoint
+                    .dir
+                    .join(kormo_checkpoint::MANIFEST_FILE)
+                    .display()
+            ))
+        })?;
+    loader.restore(&cursor)?;
+    Ok(())
+}
+
+/// The manifest's run state of a checkpoint at `step` (what [`validate`] checks on resume).
+pub(crate) fn record(
+    recipe: &Recipe,
+    stage: &str,
+    phase: &str,
+    step: u64,
+    state: &TrainerState,
+    cursor: &DataCursor,
+) -> RunState {
+    RunState {
+        step,
+        stage: stage.to_string(),
+        phase: phase.to_string(),
+        config_hash: recipe.hash(),
+        // Training draws no random numbers besides the data order, whose ChaCha8 position is in
+        // the data cursor; the seed reproduces the model init.
+        rng_state: serde_json::json!({ "seed": state.seed, "data_rng_word_pos": cursor.rng_word_pos }),
+        data_cursor: serde_json::to_value(cursor).expect("cursor serialises"),
+        trainer: serde_json::to_value(state).expect("state serialises"),
+    }
+}
 
 /// What a checkpoint's run state must agree with: the stage being resumed, the lengths of its
 /// phases in this run (after `--max-steps`) and each phase's data, opened.
@@ -99,9 +169,23 @@ pub(crate) fn validate(
     }
     validate_guard(checkpoint, state, expected.recipe, &bad)?;
     validate_rng_state(checkpoint, state, &bad)?;
-    let Some(data) = &expected.data[index] else {
-        return Ok(());
-    };
+    match &expected.data[index] {
+        Some(data) => validate_cursor(checkpoint, phase, total, data, expected.recipe, &bad),
+        None => Ok(()),
+    }
+}
+
+/// The data cursor of a checkpoint in phase `phase` (of `total` steps this run), against the
+/// phase's `data` as opened.
+fn validate_cursor(
+    checkpoint: &Checkpoint,
+    phase: &crate::recipe::PhaseConfig,
+    total: u64,
+    data: &PhaseData,
+    recipe: &Recipe,
+    bad: &dyn Fn(&str, &dyn Display, String) -> TrainError,
+) -> Result<(), TrainError> {
+    let run = &checkpoint.manifest.run;
     let cursor: DataCursor = serde_json::from_value(run.data_cursor.clone()).map_err(|e| {
         bad(
             "data_cursor",
@@ -135,7 +219,7 @@ pub(crate) fn validate(
     // Every handed-out document puts at least one token into a row, and a phase draws
     // tokens_per_step tokens a step; non-finite restores move the data on without counting the
     // undone steps, up to stability.nonfinite_retries times a run, hence the factor.
-    let retries = u64::from(expected.recipe.file.stability.nonfinite_retries);
+    let retries = u64::from(recipe.file.stability.nonfinite_retries);
     let drawn = phase.tokens_per_step() * total * (1 + retries) + 1;
     let taken = cursor
         .taken

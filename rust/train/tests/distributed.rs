@@ -301,6 +301,30 @@ fn non_finite_steps_restore_the_last_good_checkpoint_on_every_rank() {
     };
     assert_eq!(events(&two_dir), [("nonfinite_restore".to_string(), 3)]);
     assert_eq!(events(&two_dir), events(&single_dir));
+    // One step loop at every world size: the event is the same record, word for word (its
+    // run directory and the gradient norm's last float digits aside), at 1 and at 2 ranks.
+    let messages = |dir: &Path| -> Vec<String> {
+        read_records::<kormo_train::metrics::EventRecord>(
+            &dir.join("pretrain1/metrics.jsonl"),
+            "event",
+        )
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let message = e.message.replace(&dir.display().to_string(), "RUN_DIR");
+            let (head, rest) = message.split_once("grad norm ").expect("names the norm");
+            let (norm, tail) = rest.split_once(' ').expect("a number");
+            let norm: f64 = norm.parse().expect("the norm is a number");
+            format!("{head}grad norm {norm:.5} {tail}")
+        })
+        .collect()
+    };
+    assert_eq!(messages(&two_dir), messages(&single_dir));
+    assert!(
+        messages(&single_dir)[0].contains("restored RUN_DIR/pretrain1/checkpoints/step-"),
+        "{:?}",
+        messages(&single_dir)
+    );
     // Every step logged once, the undone 4 and 5 only in their replay (on fresh data), and
     // the replay equals world size 1's replay.
     let logged =

@@ -13,7 +13,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::Write;
 use std::time::Duration;
 
-use kormo_dist::launch::LaunchEnv;
+use kormo_dist::rank_env::LaunchEnv;
 use kormo_dist::tcp::rendezvous;
 use kormo_dist::Collectives;
 

@@ -7,7 +7,7 @@
 //! * `--launcher=env`: the same variables, required.
 //! * `--launcher=slurm`: `SLURM_PROCID`/`SLURM_NTASKS`/`SLURM_LOCALID` (one task per GPU under
 //!   `srun`), rendezvous on the first host of the job's node list unless `MASTER_ADDR` is set
-//!   (kormo_dist::launch).
+//!   (kormo_dist::rank_env).
 //! * `--launcher=none`: one process whatever the environment says.
 //!
 //! A partial or inconsistent environment is an error (exit 2), never a silent single-process
@@ -15,7 +15,7 @@
 //! above 1 without `MASTER_ADDR` (env launcher: there is no way to guess rank 0's host). The
 //! detected rank, world size and rendezvous address are printed by every rank.
 
-use kormo_dist::launch::{LaunchEnv, DEFAULT_PORT};
+use kormo_dist::rank_env::{LaunchEnv, DEFAULT_PORT};
 use kormo_dist::{HostTransport, LocalComm};
 use std::sync::Arc;
 use std::time::Duration;
