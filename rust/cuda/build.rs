@@ -12,16 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const PINNED_TOOLKIT_NVCC: &str = "/tmp/cuda13/nvidia/cu13/bin/nvcc";
-/// sm_80 and sm_90a cubins plus compute_90 PTX (JIT for later GPUs): the set the fatbin content
-/// test checks.
-const GENCODE: &[&str] = &[
-    "-gencode",
-    "arch=compute_80,code=sm_80",
-    "-gencode",
-    "arch=compute_90a,code=sm_90a",
-    "-gencode",
-    "arch=compute_90,code=compute_90",
-];
+
+/// The nvcc flags of cuda/nvcc.flags (one per line, `#` comments), the list the Bazel genrule
+/// reads too.
+fn nvcc_flags(cuda_dir: &Path) -> Vec<String> {
+    let path = cuda_dir.join("nvcc.flags");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("kormo-cuda: {}: {e}", path.display()));
+    text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+}
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -62,7 +60,7 @@ fn find_nvcc() -> Option<PathBuf> {
 
 fn compile(nvcc: &Path, cuda_dir: &Path, out: &Path) {
     let mut cmd = Command::new(nvcc);
-    cmd.arg("-fatbin").args(GENCODE).arg("-std=c++17");
+    cmd.arg("-fatbin").args(nvcc_flags(cuda_dir));
     // The pip toolkit keeps <nv/target> (needed by cuda_bf16.h) under include/cccl.
     if let Some(cccl) = nvcc.parent().map(|bin| bin.join("../include/cccl")).filter(|p| p.is_dir()) {
         cmd.arg("-I").arg(cccl);
