@@ -147,8 +147,11 @@ fn describe(source: &vocab::TokenizerSource) -> String {
 fn import(a: ImportArgs) -> Result<(), String> {
     let folder = user_path(&a.folder);
     let out = user_path(&a.out);
-    let weights = kormo_hf::load_hf_folder(&folder).map_err(|e| e.to_string())?;
-    write_checkpoint(&weights, &folder, &out)?;
+    let kormo_hf::Imported { weights, notes } = kormo_hf::import_hf_folder(&folder).map_err(|e| e.to_string())?;
+    for note in &notes {
+        eprintln!("hf: note: {note}");
+    }
+    write_checkpoint(&weights, &notes, &folder, &out)?;
     println!(
         "imported {} ({} parameters) into the kormo checkpoint {}",
         folder.display(),
@@ -158,7 +161,7 @@ fn import(a: ImportArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn write_checkpoint(weights: &kormo_hf::Weights, folder: &Path, out: &Path) -> Result<(), String> {
+fn write_checkpoint(weights: &kormo_hf::Weights, notes: &[String], folder: &Path, out: &Path) -> Result<(), String> {
     let tensors = weights
         .tensors
         .iter()
@@ -173,6 +176,7 @@ fn write_checkpoint(weights: &kormo_hf::Weights, folder: &Path, out: &Path) -> R
         data_cursor: serde_json::Value::Null,
         trainer: serde_json::json!({
             "imported_from": folder.display().to_string(),
+            "import_notes": notes,
             "model": serde_json::to_value(&weights.config).expect("config serialises"),
         }),
     };
