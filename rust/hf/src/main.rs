@@ -196,8 +196,16 @@ fn logits(a: LogitsArgs) -> Result<(), String> {
     let mut model = weights.to_model(kormo_cpu::CpuOps::<f32>::new(), &model_path).map_err(|e| e.to_string())?;
     let logits = model.forward(&kormo_model::Batch::forward_only(&tokens)).map_err(|e| format!("--tokens: {e}"))?;
     let rows: Vec<&[f32]> = logits.chunks(weights.config.vocab).collect();
-    let doc = serde_json::json!({"model": model_path.display().to_string(), "tokens": tokens, "logits": rows});
-    std::fs::write(&out, doc.to_string()).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
+    // Serialised directly, not through a `Value` (which would widen each f32): every logit is
+    // written as its shortest f32 decimal.
+    let text = |json: serde_json::Result<String>| json.expect("plain data serialises");
+    let doc = format!(
+        "{{\"model\":{},\"tokens\":{},\"logits\":{}}}",
+        text(serde_json::to_string(&model_path.display().to_string())),
+        text(serde_json::to_string(&tokens)),
+        text(serde_json::to_string(&rows)),
+    );
+    std::fs::write(&out, doc).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
     println!("wrote kormo's logits for {} tokens to {}", tokens.len(), out.display());
     Ok(())
 }
