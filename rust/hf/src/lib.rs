@@ -32,4 +32,4 @@ pub use config::{Flavor, SpecialIds};
 pub use error::HfError;
 pub use export::{export_folder, ExportDtype, ExportOptions, ExportSummary};
 pub use import::{import_hf_folder, load_hf_folder, Imported};
-pub use weights::{load_model, trained_context, NamedTensor, Weights};
+pub use weights::{load_model, load_model_with_notes, trained_context, NamedTensor, Weights};

@@ -87,6 +87,17 @@ fn tie_true_with_a_different_stored_head_imports_untied_with_that_head() {
     assert!(manifest.contains("import_notes") && manifest.contains("untied"), "{manifest}");
     let checkpoint = kormo_hf::load_model(&out, &small_config()).unwrap();
     assert_eq!(checkpoint, weights);
+    // Converting the folder (`hf export --model FOLDER`) says the same.
+    let converted = Command::new(env!("CARGO_BIN_EXE_hf"))
+        .args(["export", "--dtype", "f32", "--model"])
+        .arg(&dir)
+        .arg("--out")
+        .arg(dir.join("converted"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&converted.stderr);
+    assert!(converted.status.success() && stderr.contains("hf: note: "), "{stderr}");
+    assert_eq!(kormo_hf::load_hf_folder(&dir.join("converted")).unwrap(), weights);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
