@@ -56,7 +56,7 @@ pub fn tokenizer_json(tok: &Tokenizer) -> Value {
         .iter()
         .map(|s| {
             json!({"id": s.id, "content": s.content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
+                   "rstrip": false, "normalized": false, "special": !tok.is_kept_on_skip(s.id)})
         })
         .collect();
     json!({
@@ -250,6 +250,7 @@ pub fn parse_with_template(text: &str, origin: &str) -> Result<(Tokenizer, Templ
     }
 
     let mut specials = Vec::new();
+    let mut kept_on_skip = Vec::new();
     for (i, added) in doc["added_tokens"]
         .as_array()
         .map(Vec::as_slice)
@@ -294,6 +295,9 @@ pub fn parse_with_template(text: &str, origin: &str) -> Result<(Tokenizer, Templ
                     ));
                 }
             }
+        }
+        if added.get("special").and_then(Value::as_bool) == Some(false) {
+            kept_on_skip.push(id as u32);
         }
         specials.push(SpecialToken {
             content: content.to_owned(),
@@ -341,7 +345,7 @@ pub fn parse_with_template(text: &str, origin: &str) -> Result<(Tokenizer, Templ
         .map_err(|e| TokenizerError(format!("{origin}: {e}")))?;
     let template = parse_post_processor(&doc["post_processor"], &tok)
         .map_err(|w| fail("post_processor", w))?;
-    Ok((tok.with_normalizer(normalizer), template))
+    Ok((tok.with_normalizer(normalizer).with_kept_on_skip(&kept_on_skip), template))
 }
 
 /// null or ByteLevel (which only trims offsets) add nothing; a TemplateProcessing whose
@@ -490,6 +494,25 @@ mod tests {
         doc["post_processor"]["processors"][1]["special_tokens"]["<|EOT|>"]["ids"] = json!([1_000_000]);
         let e = parse(&doc.to_string(), "x.json").unwrap_err();
         assert!(e.0.starts_with("x.json: post_processor: ") && e.0.contains("1000000"), "{e}");
+    }
+
+    #[test]
+    fn non_special_added_tokens_survive_decode_skipping_specials_and_a_round_trip() {
+        let tok = small_tokenizer();
+        let think = tok.special_id("<think>").unwrap();
+        let eot = tok.special_id("<|EOT|>").unwrap();
+        let mut doc = tokenizer_json(&tok);
+        let index = doc["added_tokens"].as_array().unwrap().iter().position(|a| a["id"] == think).unwrap();
+        doc["added_tokens"][index]["special"] = json!(false);
+        let loaded = parse(&doc.to_string(), "x.json").unwrap();
+        assert!(loaded.is_kept_on_skip(think) && !loaded.is_kept_on_skip(eot));
+        let ids = loaded.encode("<think>Debian<|EOT|>");
+        assert_eq!(ids[0], think, "still matched as an added token");
+        assert_eq!(loaded.decode(&ids, true).unwrap(), "<think>Debian");
+        assert_eq!(loaded.decode(&ids, false).unwrap(), "<think>Debian<|EOT|>");
+        let again = parse(&tokenizer_json(&loaded).to_string(), "y.json").unwrap();
+        assert!(again.is_kept_on_skip(think) && !again.is_kept_on_skip(eot));
+        assert_eq!(again.fingerprint(), tok.fingerprint(), "decoding flags leave the encoding's fingerprint alone");
     }
 
     #[test]

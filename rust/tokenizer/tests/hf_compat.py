@@ -12,7 +12,8 @@
   hf_compat.py encode TOKENIZER_JSON TEXTS_JSON OUT_JSON
       Loads any tokenizer.json (a published one) and writes, for every text of TEXTS_JSON (a
       list of strings), its ids without and with the post-processor's special tokens and
-      whether decoding gives the text back: {"version", "plain", "with_specials", "round_trips"}.
+      whether decoding gives the text back, and the text decoded with skip_special_tokens:
+      {"version", "plain", "with_specials", "round_trips", "decoded_skipping_specials"}.
 Needs `tokenizers` (pinned in third_party/python/requirements.txt; the Bazel build's python3 has it).
 """
 import json
@@ -83,8 +84,10 @@ def encode(tokenizer_json, texts_json, out_json):
     plain = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
     with_specials = [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
     round_trips = [t == d for t, d in zip(texts, tok.decode_batch(plain, skip_special_tokens=False))]
+    skipped = tok.decode_batch(plain, skip_special_tokens=True)
     json.dump({"version": tokenizers.__version__, "plain": plain, "with_specials": with_specials,
-               "round_trips": round_trips}, open(out_json, "w", encoding="utf-8"))
+               "round_trips": round_trips, "decoded_skipping_specials": skipped},
+              open(out_json, "w", encoding="utf-8"), ensure_ascii=False)
     print(f"tokenizers {tokenizers.__version__}: encoded {len(texts)} texts into {sum(map(len, plain))} ids with {tokenizer_json}")
     return 0
 

@@ -96,7 +96,14 @@ fn with_added_tokens(texts: &[String], added: &[String]) -> Vec<String> {
 }
 
 /// `tokenizers`' ids for every text: (without, with the post-processor's specials, decode ok).
-fn reference(tokenizer_json: &Path, texts: &[String], dir: &Path) -> (Vec<Vec<u32>>, Vec<Vec<u32>>, Vec<bool>) {
+struct Reference {
+    plain: Vec<Vec<u32>>,
+    with_specials: Vec<Vec<u32>>,
+    round_trips: Vec<bool>,
+    decoded_skipping_specials: Vec<String>,
+}
+
+fn reference(tokenizer_json: &Path, texts: &[String], dir: &Path) -> Reference {
     let texts_json = dir.join("texts.json");
     std::fs::write(&texts_json, serde_json::to_string(texts).unwrap()).unwrap();
     let out_json = dir.join("reference.json");
@@ -112,9 +119,13 @@ fn reference(tokenizer_json: &Path, texts: &[String], dir: &Path) -> (Vec<Vec<u3
     eprint!("{stdout}");
     assert!(output.status.success(), "hf_compat.py encode failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out_json).unwrap()).unwrap();
-    let ids = |key: &str| -> Vec<Vec<u32>> { serde_json::from_value(doc[key].clone()).unwrap() };
-    let round_trips: Vec<bool> = serde_json::from_value(doc["round_trips"].clone()).unwrap();
-    (ids("plain"), ids("with_specials"), round_trips)
+    let field = |key: &str| doc[key].clone();
+    Reference {
+        plain: serde_json::from_value(field("plain")).unwrap(),
+        with_specials: serde_json::from_value(field("with_specials")).unwrap(),
+        round_trips: serde_json::from_value(field("round_trips")).unwrap(),
+        decoded_skipping_specials: serde_json::from_value(field("decoded_skipping_specials")).unwrap(),
+    }
 }
 
 fn excerpt(ids: &[u32], at: usize) -> &[u32] {
@@ -131,7 +142,7 @@ fn encodes_like_tokenizers(family: &str, pattern: Pattern, normalizer: Normalize
     let mut texts = texts();
     texts.extend(with_added_tokens(&texts, &tok.specials().iter().map(|s| s.content.clone()).collect::<Vec<_>>()));
     let dir = test_dir(&format!("published-{family}"));
-    let (plain, with_specials, round_trips) = reference(&path, &texts, &dir);
+    let Reference { plain, with_specials, round_trips, decoded_skipping_specials } = reference(&path, &texts, &dir);
     assert_eq!((plain.len(), with_specials.len()), (texts.len(), texts.len()));
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let ours = tok.encode_batch(&refs, 2);
@@ -153,6 +164,8 @@ fn encodes_like_tokenizers(family: &str, pattern: Pattern, normalizer: Normalize
         if round_trips[i] {
             assert_eq!(tok.decode(ids, false).ok().as_deref(), Some(text.as_str()), "{family}: kormo decodes document {i} differently");
         }
+        let skipped = tok.decode(ids, true).unwrap();
+        assert_eq!(skipped, decoded_skipping_specials[i], "{family}: document {i} decoded skipping special tokens");
     }
     eprintln!("{family}: {} documents, {total} ids, {} differ", texts.len(), mismatches.len());
     assert!(mismatches.is_empty(), "{family} ({}): {} of {} documents encode differently:\n{}", path.display(), mismatches.len(), texts.len(), mismatches[..mismatches.len().min(10)].join("\n"));
