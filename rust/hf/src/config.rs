@@ -95,12 +95,9 @@ pub fn config_json(cfg: &ModelConfig, flavor: Flavor, ids: SpecialIds, torch_dty
     })
 }
 
-/// The f64 whose shortest decimal is the f32's shortest decimal: 1e-5 stays
-/// `1e-05` in JSON instead of the widened f32 image 9.999999747378752e-06.
-pub fn decimal(x: f32) -> f64 {
-    // Rust prints an f32 as the shortest decimal that reads back as it.
-    x.to_string().parse().unwrap_or(f64::from(x))
-}
+/// The f64 whose shortest decimal is the f32's shortest decimal (1e-5, not the widened f32
+/// image 9.999999747378752e-06); every f32 kormo writes to JSON goes through it.
+pub use kormo_model::decimal;
 
 /// The `generation_config.json` document: greedy by default, stop at EOS.
 pub fn generation_config_json(ids: SpecialIds) -> Value {

@@ -5,7 +5,9 @@
 //!   renamed), `model.safetensors` in bf16 or f32 (sharded with `model.safetensors.index.json`
 //!   above a size), `generation_config.json`, and the tokenizer files.
 //! * [`import`] — such a folder (either naming) read back as kormo-named f32 tensors, usable as
-//!   the initial weights of any training stage ([`load_hf_folder`]).
+//!   the initial weights of any training stage ([`load_hf_folder`]); where config.json and the
+//!   stored tensors disagree on tying it does what transformers does and says so
+//!   ([`import_hf_folder`]'s notes).
 //! * [`weights`] — the named-tensor container both sides share, and loading weights from a
 //!   kormo checkpoint directory or an HF folder ([`load_model`]).
 //! * [`vocab`] — the tokenizer that goes with a model: its `tokenizer.json`, or the built-in
@@ -29,5 +31,5 @@ pub mod weights;
 pub use config::{Flavor, SpecialIds};
 pub use error::HfError;
 pub use export::{export_folder, ExportDtype, ExportOptions, ExportSummary};
-pub use import::load_hf_folder;
-pub use weights::{load_model, trained_context, NamedTensor, Weights};
+pub use import::{import_hf_folder, load_hf_folder, Imported};
+pub use weights::{load_model, load_model_with_notes, trained_context, NamedTensor, Weights};

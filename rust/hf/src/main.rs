@@ -120,7 +120,7 @@ fn export(a: ExportArgs) -> Result<(), String> {
     let base = preset(&a.preset)?;
     let tokenizer_path = a.tokenizer.as_deref().map(user_path);
 
-    let weights = kormo_hf::load_model(&model_path, &base).map_err(|e| e.to_string())?;
+    let weights = load_model(&model_path, &base)?;
     let tokenizer = vocab::find_tokenizer(tokenizer_path.as_deref(), &model_path, weights.config.vocab).map_err(|e| e.to_string())?;
     let opts = ExportOptions { flavor, dtype, max_shard_bytes, max_positions };
     let summary = kormo_hf::export_folder(&weights, &tokenizer, &out, &opts).map_err(|e| e.to_string())?;
@@ -147,8 +147,9 @@ fn describe(source: &vocab::TokenizerSource) -> String {
 fn import(a: ImportArgs) -> Result<(), String> {
     let folder = user_path(&a.folder);
     let out = user_path(&a.out);
-    let weights = kormo_hf::load_hf_folder(&folder).map_err(|e| e.to_string())?;
-    write_checkpoint(&weights, &folder, &out)?;
+    let kormo_hf::Imported { weights, notes } = kormo_hf::import_hf_folder(&folder).map_err(|e| e.to_string())?;
+    print_notes(&notes);
+    write_checkpoint(&weights, &notes, &folder, &out)?;
     println!(
         "imported {} ({} parameters) into the kormo checkpoint {}",
         folder.display(),
@@ -158,7 +159,21 @@ fn import(a: ImportArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn write_checkpoint(weights: &kormo_hf::Weights, folder: &Path, out: &Path) -> Result<(), String> {
+/// How an HF folder's import settled a disagreement between config.json and its weights.
+fn print_notes(notes: &[String]) {
+    for note in notes {
+        eprintln!("hf: note: {note}");
+    }
+}
+
+/// A kormo checkpoint or an HF folder's weights, printing the import's notes.
+fn load_model(path: &Path, base: &kormo_model::ModelConfig) -> Result<kormo_hf::Weights, String> {
+    let imported = kormo_hf::load_model_with_notes(path, base).map_err(|e| e.to_string())?;
+    print_notes(&imported.notes);
+    Ok(imported.weights)
+}
+
+fn write_checkpoint(weights: &kormo_hf::Weights, notes: &[String], folder: &Path, out: &Path) -> Result<(), String> {
     let tensors = weights
         .tensors
         .iter()
@@ -173,6 +188,7 @@ fn write_checkpoint(weights: &kormo_hf::Weights, folder: &Path, out: &Path) -> R
         data_cursor: serde_json::Value::Null,
         trainer: serde_json::json!({
             "imported_from": folder.display().to_string(),
+            "import_notes": notes,
             "model": serde_json::to_value(&weights.config).expect("config serialises"),
         }),
     };
@@ -188,12 +204,20 @@ fn logits(a: LogitsArgs) -> Result<(), String> {
         .split(',')
         .map(|t| t.trim().parse().map_err(|_| format!("--tokens: `{t}` is not a token id")))
         .collect::<Result<_, _>>()?;
-    let weights = kormo_hf::load_model(&model_path, &base).map_err(|e| e.to_string())?;
+    let weights = load_model(&model_path, &base)?;
     let mut model = weights.to_model(kormo_cpu::CpuOps::<f32>::new(), &model_path).map_err(|e| e.to_string())?;
     let logits = model.forward(&kormo_model::Batch::forward_only(&tokens)).map_err(|e| format!("--tokens: {e}"))?;
     let rows: Vec<&[f32]> = logits.chunks(weights.config.vocab).collect();
-    let doc = serde_json::json!({"model": model_path.display().to_string(), "tokens": tokens, "logits": rows});
-    std::fs::write(&out, doc.to_string()).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
+    // Serialised directly, not through a `Value` (which would widen each f32): every logit is
+    // written as its shortest f32 decimal.
+    let text = |json: serde_json::Result<String>| json.expect("plain data serialises");
+    let doc = format!(
+        "{{\"model\":{},\"tokens\":{},\"logits\":{}}}",
+        text(serde_json::to_string(&model_path.display().to_string())),
+        text(serde_json::to_string(&tokens)),
+        text(serde_json::to_string(&rows)),
+    );
+    std::fs::write(&out, doc).map_err(|e| format!("{}: cannot write: {e}", out.display()))?;
     println!("wrote kormo's logits for {} tokens to {}", tokens.len(), out.display());
     Ok(())
 }

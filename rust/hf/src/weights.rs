@@ -128,10 +128,15 @@ pub fn trained_context(path: &Path) -> Option<usize> {
 /// directory (has `manifest.json`; `base` supplies its architecture, see
 /// [`Weights::from_checkpoint`]).
 pub fn load_model(path: &Path, base: &ModelConfig) -> Result<Weights, HfError> {
+    load_model_with_notes(path, base).map(|imported| imported.weights)
+}
+
+/// [`load_model`], with the notes of an HF folder's import (see [`crate::import_hf_folder`]).
+pub fn load_model_with_notes(path: &Path, base: &ModelConfig) -> Result<crate::Imported, HfError> {
     if path.join("config.json").is_file() {
-        crate::import::load_hf_folder(path)
+        crate::import::import_hf_folder(path)
     } else if path.join(kormo_checkpoint::MANIFEST_FILE).is_file() {
-        Weights::from_checkpoint(path, base)
+        Ok(crate::Imported { weights: Weights::from_checkpoint(path, base)?, notes: Vec::new() })
     } else {
         Err(HfError::new(path, "neither a Hugging Face model folder (config.json) nor a kormo checkpoint (manifest.json)"))
     }

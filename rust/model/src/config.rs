@@ -9,6 +9,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ModelError;
 
+/// The f64 whose shortest decimal is the f32's shortest decimal: 1e-5 stays `1e-5` when written
+/// as JSON instead of the widened f32 image 9.999999747378752e-06, and reads back as the same
+/// f32. Every f32 setting kormo writes (config.json, manifests) goes through it.
+pub fn decimal(x: f32) -> f64 {
+    // Rust prints an f32 as the shortest decimal that reads back as it.
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+/// Serialises an f32 setting as its decimal (serde_json's `to_value` would widen it).
+fn serialize_decimal<S: serde::Serializer>(x: &f32, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_f64(decimal(*x))
+}
+
 fn default_rms_eps() -> f32 {
     1e-5
 }
@@ -37,10 +50,10 @@ pub struct ModelConfig {
     /// Embedding rows / logits width.
     pub vocab: usize,
     /// RMSNorm epsilon (KORMo: 1e-5).
-    #[serde(default = "default_rms_eps")]
+    #[serde(default = "default_rms_eps", serialize_with = "serialize_decimal")]
     pub rms_eps: f32,
     /// RoPE base (KORMo: 500000, no scaling).
-    #[serde(default = "default_rope_theta")]
+    #[serde(default = "default_rope_theta", serialize_with = "serialize_decimal")]
     pub rope_theta: f32,
     /// Share the embedding matrix with the LM head (KORMo: false).
     #[serde(default)]
@@ -187,6 +200,19 @@ impl ModelConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimal_is_the_f32s_shortest_decimal() {
+        for (x, text) in [(1e-5f32, "0.00001"), (1e-6, "0.000001"), (500_000.0, "500000"), (0.1, "0.1"), (3.3e-7, "0.00000033")] {
+            assert_eq!(decimal(x).to_string(), text);
+            assert_eq!(decimal(x) as f32, x);
+        }
+        for x in [f32::MIN_POSITIVE, f32::MAX, 123.456, 1.0e10, 9.999999e-6] {
+            assert_eq!(decimal(x) as f32, x, "{x} round-trips");
+            assert_eq!(decimal(x).to_string().parse::<f32>().unwrap(), x);
+        }
+        assert_ne!(f64::from(1e-5f32), 1e-5, "widening is what decimal avoids");
+    }
 
     #[test]
     fn kormo_10_8b_param_count_matches_release() {

@@ -35,7 +35,7 @@ pub mod params;
 pub mod profile;
 
 pub use batch::{Batch, LossSum};
-pub use config::ModelConfig;
+pub use config::{decimal, ModelConfig};
 pub use error::ModelError;
 pub use model::{ActivationMemory, MemoryPlan, Model, UnitHooks};
 pub use ops::{

@@ -56,6 +56,9 @@ pub struct Tokenizer {
     /// Raw bytes of every id (special tokens: their UTF-8 text).
     id_to_bytes: Vec<Vec<u8>>,
     is_special: Vec<bool>,
+    /// Added tokens that `decode(.., skip_special = true)` keeps (`tokenizers`' added tokens
+    /// with `special: false`, such as Qwen3's `<think>`); sorted.
+    kept_on_skip: Vec<u32>,
     /// Raw bytes of every model (non-special) token -> id.
     bytes_to_id: FxHashMap<Vec<u8>, u32>,
     byte_ids: [u32; 256],
@@ -160,6 +163,7 @@ impl Tokenizer {
             normalizer: Normalizer::None,
             id_to_bytes: filled,
             is_special,
+            kept_on_skip: Vec::new(),
             bytes_to_id,
             byte_ids,
             merges: merge_map,
@@ -182,6 +186,21 @@ impl Tokenizer {
 
     pub fn normalizer(&self) -> Normalizer {
         self.normalizer
+    }
+
+    /// The same tokenizer with the added tokens `ids` kept by `decode(.., skip_special = true)`:
+    /// `tokenizers`' added tokens marked `special: false` (matched like special tokens when
+    /// encoding, but ordinary text when decoding). Ids that are not added tokens are ignored.
+    pub fn with_kept_on_skip(mut self, ids: &[u32]) -> Tokenizer {
+        self.kept_on_skip = ids.iter().copied().filter(|&id| self.is_special(id)).collect();
+        self.kept_on_skip.sort_unstable();
+        self.kept_on_skip.dedup();
+        self
+    }
+
+    /// Whether added token `id` is kept by `decode(.., skip_special = true)`.
+    pub fn is_kept_on_skip(&self, id: u32) -> bool {
+        self.kept_on_skip.binary_search(&id).is_ok()
     }
 
     /// Number of ids (model tokens and special tokens).
@@ -301,7 +320,8 @@ impl Tokenizer {
     }
 
     /// Decodes ids to text; invalid UTF-8 (a sequence cut inside a character) becomes U+FFFD,
-    /// as in `tokenizers`. Special tokens are kept as their text unless `skip_special`.
+    /// as in `tokenizers`. Special tokens are kept as their text unless `skip_special` (which
+    /// keeps those of [`Tokenizer::with_kept_on_skip`]).
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         let mut bytes = Vec::new();
         for &id in ids {
@@ -311,7 +331,7 @@ impl Tokenizer {
                     self.vocab_size()
                 )));
             };
-            if !(skip_special && self.is_special[id as usize]) {
+            if !(skip_special && self.is_special[id as usize] && !self.is_kept_on_skip(id)) {
                 bytes.extend_from_slice(b);
             }
         }

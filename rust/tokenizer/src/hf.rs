@@ -8,9 +8,16 @@
 //! byte-level BPE `tokenizer.json` built the same way with a pattern kormo implements
 //! (Qwen2, Llama 3, GPT-2's, also as a lone ByteLevel(use_regex = true) pre-tokenizer),
 //! with merges as strings or pairs, `ignore_merges` and an NFC normalizer; anything kormo
-//! would encode differently (another normalizer, strip options, another
-//! pre-tokenizer or model) is refused with an error naming the file and key rather than
-//! silently mis-encoded.
+//! would encode differently (another normalizer, strip options, added tokens matched after
+//! normalization, truncation or padding, another pre-tokenizer, post-processor or model) is refused with an error
+//! naming the file and key rather than silently mis-encoded.
+//!
+//! [`Tokenizer::encode`] gives the ids `tokenizers` gives with `add_special_tokens=False`. The
+//! special tokens a `TemplateProcessing` post-processor adds with `add_special_tokens=True`
+//! (Llama 3.1's `<|begin_of_text|>`) are read into a [`Template`] ([`load_with_template`]);
+//! kormo's data preparation adds its own BOS/EOS and does not use it.
+//! `tests/published.rs` checks published Qwen3, Qwen2.5, Llama 3 and Llama 3.1 files
+//! document by document against `tokenizers`.
 
 use std::path::Path;
 
@@ -49,7 +56,7 @@ pub fn tokenizer_json(tok: &Tokenizer) -> Value {
         .iter()
         .map(|s| {
             json!({"id": s.id, "content": s.content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": true})
+                   "rstrip": false, "normalized": false, "special": !tok.is_kept_on_skip(s.id)})
         })
         .collect();
     json!({
@@ -124,19 +131,50 @@ pub fn save(tok: &Tokenizer, dir: &Path) -> Result<(), TokenizerError> {
     Ok(())
 }
 
+/// Special tokens a `tokenizer.json`'s post-processor puts around one sequence when
+/// `tokenizers` encodes with `add_special_tokens=True` (a `TemplateProcessing`'s `single`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Template {
+    pub prefix: Vec<u32>,
+    pub suffix: Vec<u32>,
+}
+
+impl Template {
+    /// `ids` with the template's special tokens around them.
+    pub fn apply(&self, ids: &[u32]) -> Vec<u32> {
+        [self.prefix.as_slice(), ids, self.suffix.as_slice()].concat()
+    }
+}
+
 /// Reads a `tokenizer.json` file.
 pub fn load(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    load_with_template(path).map(|(tok, _)| tok)
+}
+
+/// Reads a `tokenizer.json` file and its post-processor's template.
+pub fn load_with_template(path: &Path) -> Result<(Tokenizer, Template), TokenizerError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| TokenizerError(format!("{}: {e}", path.display())))?;
-    parse(&text, &path.display().to_string())
+    parse_with_template(&text, &path.display().to_string())
 }
 
 /// Parses `tokenizer.json` text; `origin` names it in errors.
 pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
+    parse_with_template(text, origin).map(|(tok, _)| tok)
+}
+
+/// Parses `tokenizer.json` text and its post-processor's template; `origin` names it in errors.
+pub fn parse_with_template(text: &str, origin: &str) -> Result<(Tokenizer, Template), TokenizerError> {
     let fail = |key: &str, what: String| TokenizerError(format!("{origin}: {key}: {what}"));
     let doc: Value = serde_json::from_str(text)
         .map_err(|e| TokenizerError(format!("{origin}: not valid JSON: {e}")))?;
 
+    // `tokenizers` truncates or pads every encoding when these are set; kormo never does.
+    for key in ["truncation", "padding"] {
+        if !doc[key].is_null() {
+            return Err(fail(key, format!("{} is not supported (kormo encodes whole texts)", doc[key])));
+        }
+    }
     let normalizer = parse_normalizer(&doc["normalizer"]).ok_or_else(|| {
         fail(
             "normalizer",
@@ -212,6 +250,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
     }
 
     let mut specials = Vec::new();
+    let mut kept_on_skip = Vec::new();
     for (i, added) in doc["added_tokens"]
         .as_array()
         .map(Vec::as_slice)
@@ -231,6 +270,16 @@ pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
                 ));
             }
         }
+        // `tokenizers` finds a `normalized` added token in the normalized text (where, say, a
+        // Kelvin sign has become K); kormo finds added tokens in the text as given.
+        if normalizer != Normalizer::None
+            && added.get("normalized").and_then(Value::as_bool) == Some(true)
+        {
+            return Err(fail(
+                &key,
+                format!("{content:?}: normalized = true with a normalizer is not supported (kormo matches added tokens before normalizing)"),
+            ));
+        }
         // GPT-2 style files list a special token in the model vocabulary too; it is matched
         // as a special token first, so the vocabulary entry is never reached.
         if let Some(slot) = vocab.get_mut(id as usize) {
@@ -246,6 +295,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
                     ));
                 }
             }
+        }
+        if added.get("special").and_then(Value::as_bool) == Some(false) {
+            kept_on_skip.push(id as u32);
         }
         specials.push(SpecialToken {
             content: content.to_owned(),
@@ -291,7 +343,64 @@ pub fn parse(text: &str, origin: &str) -> Result<Tokenizer, TokenizerError> {
     }
     let tok = Tokenizer::new(pattern, vocab, merges, specials, ignore_merges)
         .map_err(|e| TokenizerError(format!("{origin}: {e}")))?;
-    Ok(tok.with_normalizer(normalizer))
+    let template = parse_post_processor(&doc["post_processor"], &tok)
+        .map_err(|w| fail("post_processor", w))?;
+    Ok((tok.with_normalizer(normalizer).with_kept_on_skip(&kept_on_skip), template))
+}
+
+/// null or ByteLevel (which only trims offsets) add nothing; a TemplateProcessing whose
+/// `single` template is special tokens around the sequence gives them; a Sequence of these.
+fn parse_post_processor(p: &Value, tok: &Tokenizer) -> Result<Template, String> {
+    match p["type"].as_str() {
+        _ if p.is_null() => Ok(Template::default()),
+        Some("ByteLevel") => Ok(Template::default()),
+        Some("Sequence") => {
+            let mut template = Template::default();
+            for step in p["processors"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                let next = parse_post_processor(step, tok)?;
+                if next != Template::default() && template != Template::default() {
+                    return Err(format!("more than one TemplateProcessing in {p}"));
+                }
+                if next != Template::default() {
+                    template = next;
+                }
+            }
+            Ok(template)
+        }
+        Some("TemplateProcessing") => {
+            let special_ids = |name: &str| -> Result<Vec<u32>, String> {
+                let ids = p["special_tokens"][name]["ids"]
+                    .as_array()
+                    .ok_or(format!("TemplateProcessing uses {name:?}, which its special_tokens lack"))?;
+                ids.iter()
+                    .map(|id| {
+                        id.as_u64()
+                            .filter(|&i| (i as usize) < tok.vocab_size())
+                            .map(|i| i as u32)
+                            .ok_or(format!("special token {name:?} has id {id}, not a token of the vocabulary"))
+                    })
+                    .collect()
+            };
+            let mut template = Template::default();
+            let mut seen_sequence = false;
+            for piece in p["single"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+                if let Some(special) = piece.get("SpecialToken") {
+                    let name = special["id"].as_str().ok_or(format!("TemplateProcessing piece {piece} has no id"))?;
+                    let ids = special_ids(name)?;
+                    if seen_sequence { template.suffix.extend(ids) } else { template.prefix.extend(ids) }
+                } else if piece["Sequence"]["id"].as_str() == Some("A") && !seen_sequence {
+                    seen_sequence = true;
+                } else {
+                    return Err(format!("TemplateProcessing single piece {piece} is not supported (special tokens around sequence A)"));
+                }
+            }
+            if !seen_sequence {
+                return Err(format!("TemplateProcessing single template {} has no sequence A", p["single"]));
+            }
+            Ok(template)
+        }
+        _ => Err(format!("{p} is not supported (null, ByteLevel or TemplateProcessing)")),
+    }
 }
 
 /// null, NFC, or a Sequence holding at most NFC.
@@ -363,6 +472,50 @@ mod tests {
     }
 
     #[test]
+    fn template_processing_gives_the_specials_around_the_sequence() {
+        let tok = small_tokenizer();
+        let bos = tok.special_id("<|BOS|>").unwrap();
+        let eot = tok.special_id("<|EOT|>").unwrap();
+        let mut doc = tokenizer_json(&tok);
+        let special = |name: &str, id: u32| json!({"id": name, "ids": [id], "tokens": [name]});
+        doc["post_processor"] = json!({"type": "Sequence", "processors": [
+            {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true},
+            {"type": "TemplateProcessing",
+             "single": [{"SpecialToken": {"id": "<|BOS|>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                        {"SpecialToken": {"id": "<|EOT|>", "type_id": 0}}],
+             "pair": [],
+             "special_tokens": {"<|BOS|>": special("<|BOS|>", bos), "<|EOT|>": special("<|EOT|>", eot)}},
+        ]});
+        let (_, template) = parse_with_template(&doc.to_string(), "x.json").unwrap();
+        assert_eq!(template, Template { prefix: vec![bos], suffix: vec![eot] });
+        assert_eq!(template.apply(&[7, 8]), vec![bos, 7, 8, eot]);
+        let (_, plain) = parse_with_template(&tokenizer_json(&tok).to_string(), "x.json").unwrap();
+        assert_eq!(plain, Template::default());
+        doc["post_processor"]["processors"][1]["special_tokens"]["<|EOT|>"]["ids"] = json!([1_000_000]);
+        let e = parse(&doc.to_string(), "x.json").unwrap_err();
+        assert!(e.0.starts_with("x.json: post_processor: ") && e.0.contains("1000000"), "{e}");
+    }
+
+    #[test]
+    fn non_special_added_tokens_survive_decode_skipping_specials_and_a_round_trip() {
+        let tok = small_tokenizer();
+        let think = tok.special_id("<think>").unwrap();
+        let eot = tok.special_id("<|EOT|>").unwrap();
+        let mut doc = tokenizer_json(&tok);
+        let index = doc["added_tokens"].as_array().unwrap().iter().position(|a| a["id"] == think).unwrap();
+        doc["added_tokens"][index]["special"] = json!(false);
+        let loaded = parse(&doc.to_string(), "x.json").unwrap();
+        assert!(loaded.is_kept_on_skip(think) && !loaded.is_kept_on_skip(eot));
+        let ids = loaded.encode("<think>Debian<|EOT|>");
+        assert_eq!(ids[0], think, "still matched as an added token");
+        assert_eq!(loaded.decode(&ids, true).unwrap(), "<think>Debian");
+        assert_eq!(loaded.decode(&ids, false).unwrap(), "<think>Debian<|EOT|>");
+        let again = parse(&tokenizer_json(&loaded).to_string(), "y.json").unwrap();
+        assert!(again.is_kept_on_skip(think) && !again.is_kept_on_skip(eot));
+        assert_eq!(again.fingerprint(), tok.fingerprint(), "decoding flags leave the encoding's fingerprint alone");
+    }
+
+    #[test]
     fn json_round_trip_preserves_encoding_and_fingerprint() {
         let tok = small_tokenizer();
         let text = serde_json::to_string(&tokenizer_json(&tok)).unwrap();
@@ -425,12 +578,27 @@ mod tests {
             .unwrap_err()
             .0
             .contains("pre_tokenizer"));
-        let mut strip = doc;
+        let mut strip = doc.clone();
         strip["added_tokens"][0]["lstrip"] = json!(true);
         assert!(parse(&strip.to_string(), "x.json")
             .unwrap_err()
             .0
             .contains("lstrip"));
+        let mut normalized = doc.clone();
+        normalized["normalizer"] = json!({"type": "NFC"});
+        normalized["added_tokens"][0]["normalized"] = json!(true);
+        let e = parse(&normalized.to_string(), "x.json").unwrap_err();
+        assert!(e.0.starts_with("x.json: added_tokens[0]: ") && e.0.contains("normalized"), "{e}");
+        for key in ["truncation", "padding"] {
+            let mut cut = doc.clone();
+            cut[key] = json!({"max_length": 512});
+            let e = parse(&cut.to_string(), "x.json").unwrap_err();
+            assert!(e.0.starts_with(&format!("x.json: {key}: ")), "{e}");
+        }
+        let mut roberta = doc.clone();
+        roberta["post_processor"] = json!({"type": "RobertaProcessing", "sep": ["</s>", 2], "cls": ["<s>", 0]});
+        let e = parse(&roberta.to_string(), "x.json").unwrap_err();
+        assert!(e.0.starts_with("x.json: post_processor: "), "{e}");
         assert!(parse("{", "bad.json")
             .unwrap_err()
             .0

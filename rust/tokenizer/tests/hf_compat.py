@@ -9,6 +9,11 @@
       Trains a tokenizer with `tokenizers` in STYLE "qwen2" (NFC normalizer, Qwen2 split +
       ByteLevel, as Qwen2's tokenizer.json has them) or "gpt2" (ByteLevel with its own regex),
       saves it, and writes its ids for every case's text into CASES_JSON for kormo to compare.
+  hf_compat.py encode TOKENIZER_JSON TEXTS_JSON OUT_JSON
+      Loads any tokenizer.json (a published one) and writes, for every text of TEXTS_JSON (a
+      list of strings), its ids without and with the post-processor's special tokens and
+      whether decoding gives the text back, and the text decoded with skip_special_tokens:
+      {"version", "plain", "with_specials", "round_trips", "decoded_skipping_specials"}.
 Needs `tokenizers` (pinned in third_party/python/requirements.txt; the Bazel build's python3 has it).
 """
 import json
@@ -73,10 +78,26 @@ def train(style, corpus, vocab_size, out_json, cases_json):
     return 0
 
 
+def encode(tokenizer_json, texts_json, out_json):
+    tok = Tokenizer.from_file(tokenizer_json)
+    texts = json.load(open(texts_json, encoding="utf-8"))
+    plain = [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
+    with_specials = [e.ids for e in tok.encode_batch(texts, add_special_tokens=True)]
+    round_trips = [t == d for t, d in zip(texts, tok.decode_batch(plain, skip_special_tokens=False))]
+    skipped = tok.decode_batch(plain, skip_special_tokens=True)
+    json.dump({"version": tokenizers.__version__, "plain": plain, "with_specials": with_specials,
+               "round_trips": round_trips, "decoded_skipping_specials": skipped},
+              open(out_json, "w", encoding="utf-8"), ensure_ascii=False)
+    print(f"tokenizers {tokenizers.__version__}: encoded {len(texts)} texts into {sum(map(len, plain))} ids with {tokenizer_json}")
+    return 0
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1] if len(sys.argv) > 1 else ""
     if cmd == "check" and len(sys.argv) == 4:
         sys.exit(check(*sys.argv[2:]))
+    if cmd == "encode" and len(sys.argv) == 5:
+        sys.exit(encode(*sys.argv[2:]))
     if cmd == "train" and len(sys.argv) == 7:
         sys.exit(train(*sys.argv[2:]))
     print(__doc__)

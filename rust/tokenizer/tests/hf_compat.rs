@@ -9,118 +9,15 @@
 
 use std::path::{Path, PathBuf};
 
-use kormo_tokenizer::bytelevel::bytes_to_string;
+mod common;
+
+use common::adversarial_texts;
 use kormo_testdeps::test_dir;
+use kormo_tokenizer::bytelevel::bytes_to_string;
 use kormo_tokenizer::train::{count_documents, train, TrainConfig};
-use kormo_tokenizer::unicode_tables::{LETTER_RANGES, NUMBER_RANGES};
-use kormo_corpus::debian::debian_faq;
 use kormo_tokenizer::{hf, pre_tokens, Normalizer, Pattern, Tokenizer};
-use rand::{Rng, SeedableRng};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/hf_compat.py");
-
-/// Deterministic tricky strings.
-fn adversarial_texts(n: usize) -> Vec<String> {
-    let pool: Vec<&str> = vec![
-        " ",
-        "  ",
-        "\t",
-        "\n",
-        "\r\n",
-        "\r",
-        "\u{a0}",
-        "\u{3000}",
-        "\u{2028}",
-        "\u{85}",
-        "\u{b}",
-        "'s",
-        "'S",
-        "'re",
-        "'VE",
-        "'ll",
-        "'d",
-        "'m",
-        "'t",
-        "'ſ",
-        "'",
-        "\"",
-        "a",
-        "Zebra",
-        "word",
-        "한국어",
-        "는",
-        "ㄱ",
-        "1",
-        "2024",
-        "٣",
-        "½",
-        "Ⅻ",
-        ".",
-        "...",
-        "!?",
-        "-",
-        "😀",
-        "👍🏽",
-        "\u{301}",
-        "\u{345}",
-        "é",
-        "ß",
-        "日本",
-        "Ω",
-        "<|BOS|>",
-        "<think>",
-        "</think>",
-        "<|EOT|>",
-        "<|BO",
-        "\u{0}",
-        "\u{7f}",
-        "$",
-        "_",
-        "ﬅ",
-        "\u{1112}\u{1161}\u{11AB}",
-        "e\u{301}",
-        "\u{212B}",
-        "q\u{301}\u{323}",
-    ];
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2024);
-    let random_char = |rng: &mut rand_chacha::ChaCha8Rng| -> char {
-        // Letters and numbers from the tables, or any scalar value (symbols, marks, spaces,
-        // controls, unassigned code points), half of them below U+3400.
-        match rng.random_range(0..3) {
-            0 => {
-                let (a, b) = LETTER_RANGES[rng.random_range(0..LETTER_RANGES.len())];
-                char::from_u32(rng.random_range(a..=b)).unwrap()
-            }
-            1 => {
-                let (a, b) = NUMBER_RANGES[rng.random_range(0..NUMBER_RANGES.len())];
-                char::from_u32(rng.random_range(a..=b)).unwrap()
-            }
-            _ => loop {
-                let limit = if rng.random_bool(0.5) {
-                    0x3400
-                } else {
-                    0x110000
-                };
-                if let Some(c) = char::from_u32(rng.random_range(1..limit)) {
-                    break c;
-                }
-            },
-        }
-    };
-    (0..n)
-        .map(|_| {
-            let mut s = String::new();
-            for _ in 0..rng.random_range(1..40) {
-                if rng.random_bool(0.15) {
-                    s.push(random_char(&mut rng));
-                } else {
-                    s.push_str(pool[rng.random_range(0..pool.len())]);
-                }
-            }
-            s
-        })
-        .collect()
-}
 
 fn cases_json(tok: Option<&Tokenizer>, texts: &[String]) -> String {
     let cases: Vec<serde_json::Value> = texts
@@ -161,8 +58,7 @@ fn run_script(args: &[&Path]) -> String {
 
 fn texts_and_corpus() -> (Vec<String>, String) {
     let mut texts = adversarial_texts(3000);
-    let (english, korean) = debian_faq(&kormo_testdeps::debian_faq());
-    eprintln!("using the Debian FAQ: {} English and {} Korean documents", english.len(), korean.len());
+    let (english, korean) = common::faq_documents();
     texts.extend(english);
     texts.extend(korean);
     let corpus = texts.join("\n\n");
