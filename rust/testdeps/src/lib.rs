@@ -7,6 +7,7 @@
 //! | `KORMO_TEST_PYTHON` | @test_python: python3 with only the wheels of third_party/python/requirements.txt | `python3` on PATH |
 //! | `LIBCLANG_PATH`     | @libclang: libclang.so of the PyPI wheel (bindgen loads it) | bindgen's own search |
 //! | `KORMO_DEBIAN_FAQ`  | @debian_faq: the pinned debian-faq/-ko packages' HTML | /usr/share/doc/debian/FAQ |
+//! | `KORMO_PUBLISHED_TOKENIZERS` | @tokenizer_<family>: published tokenizer.json files (npm), `family=path ...` | none (rust/tokenizer/tests/published.rs reads it) |
 //!
 //! A test that needs one and cannot find it fails with one line naming what is missing and how
 //! the build provides it ([`missing`]); it never skips. Under cargo, point a variable at Bazel's
