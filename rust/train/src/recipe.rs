@@ -70,6 +70,11 @@ pub struct RecipeFile {
     /// the recipe hash when absent, so adding the feature did not change existing hashes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dist: Option<DistConfig>,
+    /// Downstream benchmark scores during training (optional table, docs/eval.md; paths
+    /// relative to the recipe file). Scoring changes no weight, so it is left out of the
+    /// recipe hash: adding it to a running recipe still resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<kormo_eval::DownstreamSection>,
     pub sources: BTreeMap<String, SourceConfig>,
     pub stages: Stages,
 }
@@ -463,7 +468,11 @@ impl Recipe {
 
     /// FNV-1a (64-bit) of the canonical JSON form: equal recipes hash equal wherever they came from.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_string(&self.file).expect("recipe serialises");
+        let file = RecipeFile {
+            downstream: None,
+            ..self.file.clone()
+        };
+        let json = serde_json::to_string(&file).expect("recipe serialises");
         let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
         });

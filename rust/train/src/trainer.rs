@@ -301,6 +301,7 @@ fn run_stage_on<O: TrainBackend>(
         checkpoints_dir,
         final_dir: stage_dir.join("final"),
         start,
+        downstream: crate::downstream::Downstream::load(recipe, threads)?,
     };
     if group.is_none() && opts.world_size == 1 {
         let (adamw, grad_clip) = (adamw_config(recipe), recipe.file.optimizer.grad_clip);
