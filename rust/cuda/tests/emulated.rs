@@ -121,8 +121,14 @@ const BLOCK_ORDER_SEEDS: [u64; 3] = [1, 2, 0x5eed_0f_b10c];
 /// Runs `run` on the emulator in grid order and in each of [`BLOCK_ORDER_SEEDS`]' orders and
 /// returns the results (the first from grid order).
 fn under_block_orders<T>(run: impl Fn(&Emulator) -> T) -> Vec<T> {
+    under_first_block_orders(BLOCK_ORDER_SEEDS.len(), run)
+}
+
+/// [`under_block_orders`] with only the first `shuffles` shuffled orders (attention is slow on
+/// the emulator).
+fn under_first_block_orders<T>(shuffles: usize, run: impl Fn(&Emulator) -> T) -> Vec<T> {
     let mut results = vec![run(&Emulator::new())];
-    results.extend(BLOCK_ORDER_SEEDS.iter().map(|&seed| run(&Emulator::with_block_order(seed))));
+    results.extend(BLOCK_ORDER_SEEDS[..shuffles].iter().map(|&seed| run(&Emulator::with_block_order(seed))));
     results
 }
 
@@ -179,29 +185,34 @@ fn attention_bwd_deterministic_emulated() {
             AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
             AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
             AttnCase { name: "docs, hd128, GQA 2", shape: shape(1, 70, 2, 1, 128), docs: Some(vec![40, 1, 29]), pad: 0, seed: 23 },
-            AttnCase { name: "long docs, 5 key tiles, hd128, GQA 2", shape: shape(1, 300, 2, 1, 128), docs: Some(vec![70, 230]), pad: 0, seed: 25 },
         ],
         true,
     );
 }
 
-/// Several key tiles per query tile (so dQ sums contributions of several blocks), two kv heads,
-/// documents: the deterministic backward's outputs are bitwise the same under every block order,
-/// while the default backward's dQ (f32 atomics) is not.
+/// Several key tiles per query tile (so dQ sums contributions of several blocks; interior tiles
+/// without a mask; documents ending the dQ pass's walk early): the deterministic backward's
+/// outputs are bitwise the same under grid order and two shuffled orders, while the default
+/// backward's dQ (f32 atomics) is not.
 #[test]
 fn attention_bwd_deterministic_is_order_independent_emulated() {
-    let shape = AttentionShape { batch: 1, seq: 260, heads: 4, kv_heads: 2, head_dim: 64 };
-    let cases = [
-        AttnCase { name: "causal, 5 key tiles, hd64, 2 kv heads x GQA 2", shape, docs: None, pad: 8, seed: 24 },
-        AttnCase { name: "docs, 5 key tiles, hd64, 2 kv heads x GQA 2", shape, docs: Some(vec![100, 3, 157]), pad: 0, seed: 26 },
-    ];
-    let det = under_block_orders(|b| cases::check_attention_mode(b, &cases, true));
+    let causal = AttnCase {
+        name: "causal, 4 key tiles, hd64, GQA 2",
+        shape: AttentionShape { batch: 1, seq: 200, heads: 2, kv_heads: 1, head_dim: 64 },
+        docs: None,
+        pad: 8,
+        seed: 24,
+    };
+    let docs = AttnCase { name: "docs, 4 key tiles, hd64, GQA 2", docs: Some(vec![60, 3, 137]), pad: 0, seed: 26, ..causal };
+    let det = under_first_block_orders(2, |b| cases::check_attention_mode(b, std::slice::from_ref(&docs), true));
     assert_all_equal("deterministic attention o, dq, dk, dv", &det);
-    let atomic = under_block_orders(|b| cases::check_attention_mode(b, &cases[..1], false));
-    let dq = |r: &Vec<[Vec<u16>; 4]>| r[0][1].clone();
-    assert!(atomic.iter().any(|r| dq(r) != dq(&atomic[0])), "every block order gave the same atomic dQ");
-    // Forward, dK and dV are owned by one block each on the default path too.
+    // The default path: its f32 dQ accumulator differs between the orders (the first two adds
+    // of an element commute, so only query tiles seeing three or more key tiles can; the bf16
+    // dq rounds most of those differences away). Forward, dK and dV are owned by one block each
+    // on the default path too.
+    let atomic = under_block_orders(|b| cases::check_attention_mode(b, std::slice::from_ref(&causal), false));
+    assert!(atomic.iter().any(|r| r[0].dq_accum != atomic[0][0].dq_accum), "every block order gave the same atomic dQ accumulator");
     for r in &atomic[1..] {
-        assert!(r[0][0] == atomic[0][0][0] && r[0][2] == atomic[0][0][2] && r[0][3] == atomic[0][0][3], "default o/dk/dv changed with the block order");
+        assert!(r[0].o == atomic[0][0].o && r[0].dk == atomic[0][0].dk && r[0].dv == atomic[0][0].dv, "default o/dk/dv changed with the block order");
     }
 }

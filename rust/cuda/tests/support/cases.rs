@@ -324,11 +324,22 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
     check_attention_mode(b, cases, false);
 }
 
+/// The raw outputs of one attention case, for comparisons across block orders: bf16 bits of o,
+/// dq, dk and dv (padding included), and the f32 bits of the default backward's dQ accumulator
+/// (empty for the deterministic backward, which has none).
+#[derive(PartialEq, Eq)]
+pub struct AttnOutputs {
+    pub o: Vec<u16>,
+    pub dq: Vec<u16>,
+    pub dk: Vec<u16>,
+    pub dv: Vec<u16>,
+    pub dq_accum: Vec<u32>,
+}
+
 /// [`check_attention`] with the default backward (`deterministic` false: dQ by f32 atomics) or
 /// the deterministic one ([`launch::attention_bwd_deterministic`], whose dq_accum is left
-/// unallocated: 0). Returns each case's bf16 bits of o, dq, dk and dv (padding included), for
-/// comparisons across block orders.
-pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic: bool) -> Vec<[Vec<u16>; 4]> {
+/// unallocated: 0). Returns each case's outputs.
+pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic: bool) -> Vec<AttnOutputs> {
     let mut outputs = Vec::new();
     for case in cases {
         let s = case.shape;
@@ -450,7 +461,13 @@ pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic
         for (what, g, low, w) in got {
             assert_within_low_precision_error(&format!("{}{mode}: {what}", case.name), &g, &round_to_bf16(low), w, ATTENTION_GRAD_FACTOR);
         }
-        outputs.push([b.download(&d_o), b.download(&d_dq), b.download(&d_dk), b.download(&d_dv)]);
+        outputs.push(AttnOutputs {
+            o: b.download(&d_o),
+            dq: b.download(&d_dq),
+            dk: b.download(&d_dk),
+            dv: b.download(&d_dv),
+            dq_accum: if deterministic { Vec::new() } else { b.download(&d_dq_accum).iter().map(|x| x.to_bits()).collect() },
+        });
     }
     outputs
 }
