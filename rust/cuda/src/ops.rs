@@ -30,6 +30,17 @@
 //! around its launches ([`crate::benchmark`]'s event timer). Host-to-device writes of batch inputs are plain
 //! stream copies.
 //!
+//! Deterministic mode ([`CudaOps::set_deterministic`], off by default): the ops whose default
+//! kernels sum floats with atomics, so that their rounding depends on block scheduling, switch to
+//! variants without (docs/kernels.md, "Deterministic mode"): `embedding_bwd` to the owner-computes
+//! scatter, `attention_bwd` to the dK/dV pass plus a dQ pass that owns each query tile, and the
+//! gradient sum of squares of [`crate::optim::DeviceAdamW::clip_grad_norm`] (through
+//! [`CudaOps::add_grad_sumsq`]) to per-block partials and a fixed-order reduce. Every other op is
+//! deterministic in both modes (one writer per output element, fixed reduction order; cuBLASLt
+//! GEMMs with a fixed plan on one stream), so with the mode on, a step's results depend only on
+//! its inputs and the device: a run stopped and resumed from a checkpoint repeats bitwise the
+//! steps an uninterrupted run takes.
+//!
 //! Errors: `Ops` has no error channel, so a refused launch or a driver error panics with the op's
 //! name and the reason; the preconditions a model configuration can break (head dim 64 or 128,
 //! hidden <= 12288) are checked up front by [`CudaOps::check_config`]. Kernel faults surface at
@@ -37,7 +48,7 @@
 //! contiguous spans, as the data loader packs them): the attention kernels skip tiles using that
 //! order.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
@@ -168,6 +179,8 @@ enum Slot {
     AttentionDelta,
     AttentionDqAccum,
     GradScale,
+    /// Per-block partial sums of the deterministic gradient sum of squares.
+    SumsqPartial,
 }
 
 const INPUT_SLOTS: usize = 6;
@@ -183,11 +196,12 @@ impl Slot {
             Slot::AttentionDelta => INPUT_SLOTS + 1,
             Slot::AttentionDqAccum => INPUT_SLOTS + 2,
             Slot::GradScale => INPUT_SLOTS + 3,
+            Slot::SumsqPartial => INPUT_SLOTS + 4,
         }
     }
 }
 
-const SLOTS: usize = INPUT_SLOTS + 4;
+const SLOTS: usize = INPUT_SLOTS + 5;
 
 /// The CUDA backend: kernels, cuBLASLt and a scratch arena on one stream of one device.
 /// Clones share all of it (a trainer keeps one for [`crate::optim::DeviceAdamW`] while the model
@@ -200,6 +214,8 @@ pub struct CudaOps {
     counters: Arc<Counters>,
     /// Per-op event timer, off unless a benchmark profiles ([`Ops::start_op_profile`]).
     timer: Arc<EventTimer>,
+    /// Deterministic mode (module docs), shared by every clone.
+    deterministic: Arc<AtomicBool>,
 }
 
 fn expect_ok<T>(op: &str, r: Result<T, CudaError>) -> T {
@@ -227,7 +243,39 @@ impl CudaOps {
             scratch: Arc::new(Mutex::new((0..2 * SLOTS).map(|_| None).collect())),
             counters,
             timer: Arc::default(),
+            deterministic: Arc::default(),
         })
+    }
+
+    /// Turns deterministic mode on or off (module docs; off after [`CudaOps::new`]) for this
+    /// backend and every clone of it, from the next op enqueued on. Costs nothing to switch.
+    pub fn set_deterministic(&self, on: bool) {
+        self.deterministic.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether deterministic mode is on ([`CudaOps::set_deterministic`]).
+    pub fn deterministic(&self) -> bool {
+        self.deterministic.load(Ordering::Relaxed)
+    }
+
+    /// Enqueues `*a.sumsq += sum(a.grad[i]^2)` (f32, `a.n` elements): [`launch::grad_sumsq`]
+    /// (f32 atomics), or in deterministic mode [`launch::grad_sumsq_deterministic`] with its
+    /// partial sums in this backend's scratch. Engines that clip gradients on the device
+    /// ([`crate::optim::DeviceAdamW`], kormo-dist's FSDP) call this rather than the launchers so
+    /// that the mode reaches them.
+    ///
+    /// # Safety
+    /// `a.grad` must hold `a.n` f32 and `a.sumsq` one f32, both on this backend's device.
+    pub unsafe fn add_grad_sumsq(&self, a: &KormoGradSumsqArgs) -> Result<(), CudaError> {
+        if self.deterministic() {
+            let partial = self.scratch(Slot::SumsqPartial, Dtype::F32, launch::GRAD_SUMSQ_MAX_BLOCKS);
+            // SAFETY: the caller's pointers; the partial slot holds GRAD_SUMSQ_MAX_BLOCKS f32 and
+            // its previous use is ordered before this one on the stream.
+            unsafe { launch::grad_sumsq_deterministic(&*self.kernels, a, partial) }
+        } else {
+            // SAFETY: the caller's pointers.
+            unsafe { launch::grad_sumsq(&*self.kernels, a) }
+        }
     }
 
     /// Refuses model shapes the kernels do not cover, naming the setting.
@@ -600,17 +648,26 @@ impl Ops for CudaOps {
         let o = self.input(out, Dtype::Bf16, 3);
         let dout = self.input(dout, Dtype::Bf16, 4);
         let fwd = attention_fwd_args(&shape, qkv, o, self.input(lse, Dtype::F32, 5), doc_ids.ptr);
+        let deterministic = self.deterministic();
         let buffers = launch::AttentionBwdBuffers {
             dout,
             delta: self.scratch(Slot::AttentionDelta, Dtype::F32, shape.tokens() * shape.heads),
-            dq_accum: self.scratch(Slot::AttentionDqAccum, Dtype::F32, q.len),
+            // The deterministic backward writes dq without the f32 accumulator.
+            dq_accum: if deterministic { 0 } else { self.scratch(Slot::AttentionDqAccum, Dtype::F32, q.len) },
             dq: dq.ptr,
             dk: dk.ptr,
             dv: dv.ptr,
         };
         let a = launch::attention_bwd_args(&fwd, buffers);
         // SAFETY: as in attention_fwd; delta and dq_accum are f32 scratch of the header's sizes.
-        expect_ok("attention_bwd", unsafe { launch::attention_bwd(&*self.kernels, &a) });
+        let r = unsafe {
+            if deterministic {
+                launch::attention_bwd_deterministic(&*self.kernels, &a)
+            } else {
+                launch::attention_bwd(&*self.kernels, &a)
+            }
+        };
+        expect_ok("attention_bwd", r);
     }
 
     fn swiglu_fwd(&self, gate: &CudaBuf, up: &CudaBuf, h: &mut CudaBuf, len: usize) {
@@ -665,7 +722,14 @@ impl Ops for CudaOps {
         self.ensure_dtype(dtable, Dtype::F32);
         let a = launch::embedding_args(tokens.ptr, dtable.ptr, self.input(dout, Dtype::Bf16, 0), shape);
         // SAFETY: as in embedding_fwd, with an f32 table.
-        expect_ok("embedding_bwd", unsafe { launch::embedding_bwd(&*self.kernels, &a) });
+        let r = unsafe {
+            if self.deterministic() {
+                launch::embedding_bwd_deterministic(&*self.kernels, &a)
+            } else {
+                launch::embedding_bwd(&*self.kernels, &a)
+            }
+        };
+        expect_ok("embedding_bwd", r);
     }
 
     fn cross_entropy(

@@ -276,7 +276,18 @@ fn bench_embedding(b: &Bench) -> Result<(), Box<dyn Error>> {
     b.timed_row_bytes("embedding fwd", &shape, (2 * TOKENS * HIDDEN * 2) as f64, || unsafe { launch::embedding_fwd(&b.k, &a) })?;
     a.table = b.ptr(&dtable);
     // dout read (bf16) + f32 read-modify-write of the touched rows.
-    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, (TOKENS * HIDDEN * (2 + 8)) as f64, || unsafe { launch::embedding_bwd(&b.k, &a) })?;
+    let bwd_bytes = (TOKENS * HIDDEN * (2 + 8)) as f64;
+    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, bwd_bytes, || unsafe { launch::embedding_bwd(&b.k, &a) })?;
+    // The deterministic mode's owner-computes backward (no atomics), same tokens; then both on a
+    // skewed batch (a quarter of the tokens one id: the owner path's worst case, a hot row summed
+    // by one block).
+    b.timed_row_bytes("embedding bwd deterministic (owned rows)", &shape, bwd_bytes, || unsafe { launch::embedding_bwd_deterministic(&b.k, &a) })?;
+    let skewed: Vec<u32> = tokens.iter().enumerate().map(|(i, &t)| if i % 4 == 0 { 13 } else { t }).collect();
+    let skewed_tok = b.upload(&skewed)?;
+    a.tokens = b.ptr(&skewed_tok);
+    let shape = format!("{TOKENS} tokens x {HIDDEN}, 1/4 one id");
+    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, bwd_bytes, || unsafe { launch::embedding_bwd(&b.k, &a) })?;
+    b.timed_row_bytes("embedding bwd deterministic (owned rows)", &shape, bwd_bytes, || unsafe { launch::embedding_bwd_deterministic(&b.k, &a) })?;
     Ok(())
 }
 
@@ -335,6 +346,10 @@ fn bench_adamw(b: &Bench) -> Result<(), Box<dyn Error>> {
     b.timed_row_bytes("adamw step", &shape, (n * (16 + 12 + 2)) as f64, || unsafe { launch::adamw_step(&b.k, &a) })?;
     let s = KormoGradSumsqArgs { grad: a.grad, sumsq: b.ptr(&sumsq), n: n as i64 };
     b.timed_row_bytes("grad sum of squares", &shape, (n * 4) as f64, || unsafe { launch::grad_sumsq(&b.k, &s) })?;
+    let partial = b.st.alloc_zeros::<f32>(launch::GRAD_SUMSQ_MAX_BLOCKS)?;
+    b.timed_row_bytes("grad sum of squares deterministic (partials + reduce)", &shape, (n * 4) as f64, || unsafe {
+        launch::grad_sumsq_deterministic(&b.k, &s, b.ptr(&partial))
+    })?;
     Ok(())
 }
 
@@ -429,5 +444,10 @@ fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Resul
     };
     let bw = launch::attention_bwd_args(&f, buffers);
     b.timed_row_flops("attention bwd (prepare+main+finish)", &shape, 2.5 * fwd_flops, || unsafe { launch::attention_bwd(&b.k, &bw) })?;
+    // The deterministic mode's backward (dK/dV pass + dQ pass, no atomics), at the same useful
+    // FLOPs, so the two rows' TFLOP/s compare directly (its recomputed S and dP are not counted).
+    b.timed_row_flops("attention bwd deterministic (prepare+dkdv+dq)", &shape, 2.5 * fwd_flops, || unsafe {
+        launch::attention_bwd_deterministic(&b.k, &bw)
+    })?;
     Ok(())
 }

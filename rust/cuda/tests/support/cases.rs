@@ -321,6 +321,26 @@ const ATTENTION_OUT_FACTOR: f64 = 2.0;
 const ATTENTION_GRAD_FACTOR: f64 = 3.0;
 
 pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
+    check_attention_mode(b, cases, false);
+}
+
+/// The raw outputs of one attention case, for comparisons across block orders: bf16 bits of o,
+/// dq, dk and dv (padding included), and the f32 bits of the default backward's dQ accumulator
+/// (empty for the deterministic backward, which has none).
+#[derive(PartialEq, Eq)]
+pub struct AttnOutputs {
+    pub o: Vec<u16>,
+    pub dq: Vec<u16>,
+    pub dk: Vec<u16>,
+    pub dv: Vec<u16>,
+    pub dq_accum: Vec<u32>,
+}
+
+/// [`check_attention`] with the default backward (`deterministic` false: dQ by f32 atomics) or
+/// the deterministic one ([`launch::attention_bwd_deterministic`], whose dq_accum is left
+/// unallocated: 0). Returns each case's outputs.
+pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic: bool) -> Vec<AttnOutputs> {
+    let mut outputs = Vec::new();
     for case in cases {
         let s = case.shape;
         let (t, d) = (s.tokens(), s.head_dim);
@@ -381,20 +401,24 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
 
         // Backward, from the kernel's own (bf16) O as a trainer would run it.
         let d_delta = poisoned_f32(b, s.heads * t);
-        let d_dq_accum = poisoned_f32(b, q_len);
+        let d_dq_accum = poisoned_f32(b, if deterministic { 1 } else { q_len });
         let d_dq = b.upload(&vec![bf16::POISON; t * q_stride]);
         let d_dk = b.upload(&vec![bf16::POISON; t * kv_stride]);
         let d_dv = b.upload(&vec![bf16::POISON; t * kv_stride]);
         let buffers = launch::AttentionBwdBuffers {
             dout: b.ptr(&d_do),
             delta: b.ptr(&d_delta),
-            dq_accum: b.ptr(&d_dq_accum),
+            dq_accum: if deterministic { 0 } else { b.ptr(&d_dq_accum) },
             dq: b.ptr(&d_dq),
             dk: b.ptr(&d_dk),
             dv: b.ptr(&d_dv),
         };
         let bwd = launch::attention_bwd_args(&fwd, buffers);
-        unsafe { launch::attention_bwd(b, &bwd) }.expect("launch attention bwd");
+        if deterministic {
+            unsafe { launch::attention_bwd_deterministic(b, &bwd) }.expect("launch deterministic attention bwd");
+        } else {
+            unsafe { launch::attention_bwd(b, &bwd) }.expect("launch attention bwd");
+        }
         // The reference backward starts from the exact forward (the kernel from its bf16 O).
         let (mut want_dq, mut want_dk, mut want_dv) = (vec![0.0; q_len], vec![0.0; kv_len], vec![0.0; kv_len]);
         attention::attention_bwd(
@@ -433,10 +457,19 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
             ("dk", unpadded("attention dk", &b.download(&d_dk), t, kv_row, kv_stride), &low_dk, &want_dk),
             ("dv", unpadded("attention dv", &b.download(&d_dv), t, kv_row, kv_stride), &low_dv, &want_dv),
         ];
+        let mode = if deterministic { " (deterministic)" } else { "" };
         for (what, g, low, w) in got {
-            assert_within_low_precision_error(&format!("{}: {what}", case.name), &g, &round_to_bf16(low), w, ATTENTION_GRAD_FACTOR);
+            assert_within_low_precision_error(&format!("{}{mode}: {what}", case.name), &g, &round_to_bf16(low), w, ATTENTION_GRAD_FACTOR);
         }
+        outputs.push(AttnOutputs {
+            o: b.download(&d_o),
+            dq: b.download(&d_dq),
+            dk: b.download(&d_dk),
+            dv: b.download(&d_dv),
+            dq_accum: if deterministic { Vec::new() } else { b.download(&d_dq_accum).iter().map(|x| x.to_bits()).collect() },
+        });
     }
+    outputs
 }
 
 /// Cases: (seed, rows, vocab, dlogits in place, z_loss).
@@ -582,11 +615,19 @@ pub fn check_cross_entropy_layouts<B: Backend>(b: &B, cases: &[CeCase]) {
     }
 }
 
-pub fn check_embedding<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize)) {
-    let mut rng = SplitMix64::new(41);
+pub fn check_embedding<B: Backend>(b: &B, shape: (usize, usize, usize)) {
+    check_embedding_mode(b, shape, 41, false);
+}
+
+/// [`check_embedding`] from inputs of `seed`, with the default backward (`deterministic` false:
+/// f32 atomics) or [`launch::embedding_bwd_deterministic`]; returns the bits of the f32 dtable.
+pub fn check_embedding_mode<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize), seed: u64, deterministic: bool) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
     let table = bf16_values(&mut rng, vocab * dim, 1.0);
-    // Few distinct tokens, so repeated rows exercise colliding atomics.
-    let tokens: Vec<u32> = (0..n).map(|_| (rng.below(50) * (vocab as u64 / 50)) as u32).collect();
+    // Few distinct tokens, so repeated rows exercise colliding atomics (and owners with several
+    // rows, several tokens each).
+    let distinct = 50.min(vocab as u64);
+    let tokens: Vec<u32> = (0..n).map(|_| (rng.below(distinct) * (vocab as u64 / distinct)) as u32).collect();
     let (d_table, d_tokens, d_out) = (upload_bf16(b, &table), b.upload(&tokens), poisoned_bf16(b, n * dim));
     let shape = EmbeddingShape { tokens: n, vocab, dim };
     let mut a = launch::embedding_args(b.ptr(&d_tokens), b.ptr(&d_table), b.ptr(&d_out), shape);
@@ -601,11 +642,42 @@ pub fn check_embedding<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize)
     let (d_dout, d_dtable) = (upload_bf16(b, &dout), b.upload(&init));
     a.table = b.ptr(&d_dtable);
     a.rows = b.ptr(&d_dout);
-    unsafe { launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
+    if deterministic {
+        unsafe { launch::embedding_bwd_deterministic(b, &a) }.expect("launch embedding_bwd_deterministic");
+    } else {
+        unsafe { launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
+    }
     // kormo_cpu scatter-adds into the table it is given: start from the kernel's initial one.
     let mut want = to_f64(&init);
     embedding::embedding_bwd(&to_f64(&dout), &tokens, &mut want, shape);
-    assert_close("embedding dtable", &b.download(&d_dtable), &want, 1e-5);
+    let got = b.download(&d_dtable);
+    let mode = if deterministic { " (deterministic)" } else { "" };
+    assert_close(&format!("embedding dtable{mode} ({vocab} x {dim}, {n} tokens)"), &got, &want, 1e-5);
+    got.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The gradient sum of squares over several tensors into one f32 (as DeviceAdamW clips), with
+/// [`launch::grad_sumsq`] (f32 atomics) or [`launch::grad_sumsq_deterministic`], against the
+/// f64 sum; `lens` are the tensors' sizes, inputs from `seed`. Returns the bits of the sum.
+pub fn check_grad_sumsq<B: Backend>(b: &B, lens: &[usize], seed: u64, deterministic: bool) -> u32 {
+    let mut rng = SplitMix64::new(seed);
+    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| rng.vec(n, 3.0)).collect();
+    let d_sumsq = b.upload(&[0.0f32]);
+    let d_partial = poisoned_f32(b, launch::GRAD_SUMSQ_MAX_BLOCKS);
+    for g in &grads {
+        let d_g = b.upload(g);
+        let a = KormoGradSumsqArgs { grad: b.ptr(&d_g), sumsq: b.ptr(&d_sumsq), n: g.len() as i64 };
+        if deterministic {
+            unsafe { launch::grad_sumsq_deterministic(b, &a, b.ptr(&d_partial)) }.expect("launch grad_sumsq_deterministic");
+        } else {
+            unsafe { launch::grad_sumsq(b, &a) }.expect("launch grad_sumsq");
+        }
+    }
+    let got = b.download(&d_sumsq)[0];
+    let want: f64 = grads.iter().flatten().map(|&g| g as f64 * g as f64).sum();
+    let mode = if deterministic { " (deterministic)" } else { "" };
+    assert_close(&format!("grad sum of squares{mode} ({lens:?})"), &[got], &[want], 1e-5);
+    got.to_bits()
 }
 
 pub fn check_adamw<B: Backend>(b: &B, n: usize) {
