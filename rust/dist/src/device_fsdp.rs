@@ -933,8 +933,9 @@ impl DeviceFsdpRank {
                 sumsq: self.scalars[SUMSQ].device_ptr(),
                 n: seg.len as i64,
             };
-            // SAFETY: the segment lies inside its unit's gradient shard; sumsq is one f32.
-            unsafe { launch::grad_sumsq(self.ops.kernels(), &a) }
+            // SAFETY: the segment lies inside its unit's gradient shard; sumsq is one f32. The
+            // backend's kernel for its mode (fixed-order partial sums when deterministic).
+            unsafe { self.ops.add_grad_sumsq(&a) }
                 .map_err(|e| self.device_error("grad_sumsq", e))?;
         }
         self.ops

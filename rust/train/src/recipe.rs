@@ -96,6 +96,12 @@ pub struct StabilityConfig {
     pub nonfinite_retries: u32,
     /// z-loss coefficient (`z * logsumexp^2` per token); KORMo's code has 1e-5, off by default.
     pub z_loss: f64,
+    /// CUDA kernels without order-dependent floating-point sums (attention dQ, embedding
+    /// backward, the gradient norm: docs/kernels.md), so a CUDA run stopped and resumed is
+    /// bitwise the uninterrupted one. The CPU backend is deterministic either way. Left out of
+    /// the recipe hash when off, so adding the key did not change existing hashes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deterministic: bool,
 }
 
 impl Default for StabilityConfig {
@@ -106,6 +112,7 @@ impl Default for StabilityConfig {
             outlier_warmup: 64,
             nonfinite_retries: 3,
             z_loss: 0.0,
+            deterministic: false,
         }
     }
 }

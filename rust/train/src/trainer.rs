@@ -143,6 +143,7 @@ pub fn run_stage_launched(
         }
         Selected::Cuda { ops, device } => {
             let available = Some(device.total_memory_bytes as u64);
+            ops.set_deterministic(recipe.file.stability.deterministic);
             run_stage_on(
                 recipe,
                 opts,
@@ -270,6 +271,9 @@ fn run_stage_on<O: TrainBackend>(
             out,
             format!("z-loss: {:e} x logsumexp^2 per token", stability.z_loss),
         );
+    }
+    if stability.deterministic {
+        say(out, "deterministic: on (CUDA kernels sum in a fixed order, so a stopped and resumed run is bitwise the uninterrupted one; the CPU backend always does)");
     }
 
     // Where to start: a checkpoint of this stage, the previous stage's final weights, or scratch.
