@@ -1,7 +1,7 @@
 // Token embedding lookup and its scatter-add backward.
 // Design: the forward is one grid-stride loop over tokens * dim/8 16-byte copies (8 bf16) when
 // both pointers, both row strides and dim are 16-byte multiples (the test is uniform over the
-// grid; rust/cuda/src/launch.rs sizes the grid with the same one), else over tokens*dim 2-byte
+// grid; rust/cuda/src/kernel_launch.rs sizes the grid with the same one), else over tokens*dim 2-byte
 // copies. The backward is one grid-stride loop over tokens*dim adding into an f32 table gradient
 // with atomics (repeated tokens collide; the order of f32 additions therefore depends on thread
 // scheduling).

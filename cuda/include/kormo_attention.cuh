@@ -3,8 +3,7 @@
 //
 // Design: FlashAttention-2 on mma.sync.m16n8k16 (bf16 in, f32 accumulate) through the wrappers in
 // kormo_device.cuh (ldmatrix fragment loads, cp.async copies, ex2.approx); docs/kernels.md has the
-// table (shared memory, registers) and the first timings (H100, b1 s8192 h32/8 d128 causal:
-// ~310 TFLOP/s forward, ~190 backward; every GPU test, racecheck and memcheck clean).
+// table (shared memory, registers) and the measured rates.
 // - Blocks of 4 warps. Forward: 128 queries per block, 32 per warp as two 16-row m-blocks, so
 //   every K and V fragment a warp loads feeds two MMAs (half the shared-memory traffic per MMA
 //   of 16-row warps); 64 keys per step. Backward: 64 keys per block, 16 per warp; 64 queries

@@ -23,7 +23,7 @@ use kormo_optim::{AdamWConfig, ParamInfo};
 
 use crate::bindings::*;
 use crate::device::CudaError;
-use crate::launch;
+use crate::kernel_launch;
 use crate::ops::{CudaBuf, CudaOps, Dtype};
 
 /// Device scalars of one step: learning rate, sum of squared gradients, clip scale.
@@ -114,7 +114,7 @@ impl DeviceAdamW {
             _pad0: 0,
         };
         // SAFETY: two single f32 device values.
-        unsafe { launch::clip_scale(ops.kernels(), &c) }?;
+        unsafe { kernel_launch::clip_scale(ops.kernels(), &c) }?;
         self.clip_scale_ready = true;
         Ok(ops.sum(&self.scalars[SUMSQ]).sqrt())
     }
@@ -156,7 +156,7 @@ impl DeviceAdamW {
                 _pad0: 0,
             };
             // SAFETY: every buffer holds numel elements (f32; the weight bf16, ensured above).
-            unsafe { launch::adamw_step(ops.kernels(), &a) }?;
+            unsafe { kernel_launch::adamw_step(ops.kernels(), &a) }?;
         }
         Ok(())
     }

@@ -85,7 +85,7 @@ fn elementwise_emulated() {
 /// CUDA mode has to remove (issue 18).
 #[test]
 fn block_order_changes_atomic_sums_emulated() {
-    use kormo_cuda::launch;
+    use kormo_cuda::kernel_launch;
     use kormo_model::EmbeddingShape;
     let (vocab, dim, n) = (3usize, 8usize, 4096usize);
     let shape = EmbeddingShape { tokens: n, vocab, dim };
@@ -96,8 +96,8 @@ fn block_order_changes_atomic_sums_emulated() {
     kormo_cpu::embedding::embedding_bwd(&to_f64(&dout), &tokens, &mut want, shape);
     let run = |b: &Emulator| -> Vec<u32> {
         let (d_tokens, d_dout, d_dtable) = (b.upload(&tokens), upload_bf16(b, &dout), b.upload(&vec![0.0f32; vocab * dim]));
-        let a = launch::embedding_args(b.ptr(&d_tokens), b.ptr(&d_dtable), b.ptr(&d_dout), shape);
-        unsafe { launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
+        let a = kernel_launch::embedding_args(b.ptr(&d_tokens), b.ptr(&d_dtable), b.ptr(&d_dout), shape);
+        unsafe { kernel_launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
         let got = b.download(&d_dtable);
         assert_close("embedding dtable", &got, &want, 1e-5);
         got.iter().map(|x| x.to_bits()).collect()

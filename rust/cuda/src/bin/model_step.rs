@@ -13,7 +13,7 @@
 use std::error::Error;
 use std::time::Instant;
 
-use kormo_cuda::benchmark::{mfu, open_for_model, peak_bf16_flops, training_flops_per_token};
+use kormo_cuda::benchmark::{mfu, peak_bf16_flops, training_flops_per_token};
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::random::SplitMix64;
 use kormo_cuda::{CudaError, CudaOps};
@@ -79,7 +79,7 @@ fn packed_batch(config: &ModelConfig, batch_size: usize, seq_len: usize) -> Batc
 
 fn run(o: &Options) -> Result<(), Box<dyn Error>> {
     let config = ModelConfig::preset(&o.model).ok_or_else(|| format!("--model {}: unknown preset", o.model))?;
-    let (ops, device) = open_for_model(&config, 0)?;
+    let (ops, device) = kormo_cuda::CudaOps::for_model(&config, 0)?;
     ops.set_deterministic(o.deterministic);
     let setup = Instant::now();
     let mut model = Model::new(config.clone(), ops.clone(), 0)?;

@@ -207,6 +207,57 @@ pub struct AttentionBwdBuffers {
     pub dv: u64,
 }
 
+/// Where attention's operands live: q and o are `[batch * seq, heads_q, head_dim]` with
+/// `q_token_stride` elements from one token to the next, k and v `[batch * seq, heads_kv,
+/// head_dim]` with `kv_token_stride`; heads are `head_dim` apart. Contiguous tensors have
+/// strides `heads * head_dim` ([`AttentionLayout::contiguous`]); padded ones (the tests' checks
+/// that a kernel never reads past a row) more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionLayout {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub head_dim: usize,
+    pub q_token_stride: usize,
+    pub kv_token_stride: usize,
+}
+
+impl AttentionLayout {
+    pub fn contiguous(batch: usize, seq: usize, heads_q: usize, heads_kv: usize, head_dim: usize) -> AttentionLayout {
+        AttentionLayout { batch, seq, heads_q, heads_kv, head_dim, q_token_stride: heads_q * head_dim, kv_token_stride: heads_kv * head_dim }
+    }
+
+    /// Forward arguments over the q, k, v addresses `qkv`, output `o`, f32 `lse` (`heads_q *
+    /// tokens`) and `doc_ids` (u32 per token; 0: causal over the whole row); softmax scale
+    /// `1 / sqrt(head_dim)`.
+    pub fn fwd_args(&self, qkv: [u64; 3], o: u64, lse: u64, doc_ids: u64) -> KormoAttentionFwdArgs {
+        let (q_tok, kv_tok, hd) = (self.q_token_stride as i64, self.kv_token_stride as i64, self.head_dim as i64);
+        KormoAttentionFwdArgs {
+            q: qkv[0],
+            k: qkv[1],
+            v: qkv[2],
+            o,
+            lse,
+            doc_ids,
+            batch: self.batch as i64,
+            seq_len: self.seq as i64,
+            heads_q: self.heads_q as i64,
+            heads_kv: self.heads_kv as i64,
+            q_token_stride: q_tok,
+            q_head_stride: hd,
+            k_token_stride: kv_tok,
+            k_head_stride: hd,
+            v_token_stride: kv_tok,
+            v_head_stride: hd,
+            o_token_stride: q_tok,
+            o_head_stride: hd,
+            softmax_scale: 1.0 / (self.head_dim as f32).sqrt(),
+            head_dim: self.head_dim as i32,
+        }
+    }
+}
+
 /// Backward arguments of the attention that ran forward with `f`: the same q/k/v/o/lse, mask,
 /// shape and strides (dout and dq share q's strides, dk/dv those of k/v) plus `g`'s buffers.
 pub fn attention_bwd_args(f: &KormoAttentionFwdArgs, g: AttentionBwdBuffers) -> KormoAttentionBwdArgs {
