@@ -3,6 +3,12 @@
 // Design: everything that changes per step without the host's knowledge (lr after the schedule,
 // the clip scale) is read from device memory, so a whole optimizer step is launched without a
 // host round trip. Decoupled weight decay (AdamW), bias corrections precomputed by the host.
+// The sum of squares has two forms: kormo_grad_sumsq adds each block's sum into one f32 with an
+// atomic (the order of the blocks' additions, hence the rounding, depends on scheduling), and the
+// deterministic pair kormo_grad_sumsq_partial + kormo_grad_sumsq_reduce (CudaOps' deterministic
+// mode): each block writes its sum to its own slot, then one block adds the slots in a fixed tree
+// order. Within a block, both sum a fixed set of elements per thread (the grid depends on n only)
+// through block_sum's fixed tree, so the pair's result depends on nothing but the data and n.
 #include "kormo_device.cuh"
 
 using namespace kormo;
@@ -37,6 +43,26 @@ extern "C" __global__ void kormo_grad_sumsq(KormoGradSumsqArgs a) {
     KORMO_GRID_STRIDE(i, a.n) local += grad[i] * grad[i];
     const float total = block_sum(local, scratch);
     if (threadIdx.x == 0) atomicAdd(dev_ptr<float>(a.sumsq), total);
+}
+
+extern "C" __global__ void kormo_grad_sumsq_partial(KormoGradSumsqPartialArgs a) {
+    __shared__ float scratch[32];
+    const float* grad = dev_ptr<const float>(a.grad);
+    float local = 0.0f;
+    KORMO_GRID_STRIDE(i, a.n) local += grad[i] * grad[i];
+    const float total = block_sum(local, scratch);
+    if (threadIdx.x == 0) dev_ptr<float>(a.partial)[blockIdx.x] = total;
+}
+
+// One block: *sumsq += the partial sums of the kormo_grad_sumsq_partial launch, in a fixed order.
+extern "C" __global__ void kormo_grad_sumsq_reduce(KormoGradSumsqPartialArgs a) {
+    __shared__ float scratch[32];
+    if (blockIdx.x != 0) return;
+    const float* partial = dev_ptr<const float>(a.partial);
+    float local = 0.0f;
+    for (int64_t i = threadIdx.x; i < a.blocks; i += blockDim.x) local += partial[i];
+    const float total = block_sum(local, scratch);
+    if (threadIdx.x == 0) *dev_ptr<float>(a.sumsq) += total;
 }
 
 extern "C" __global__ void kormo_clip_scale(KormoClipScaleArgs a) {

@@ -1,13 +1,15 @@
 // Attention backward helpers shared by every variant: the per-row delta = rowsum(dO * O) that
 // the FA2 backward needs (computed once instead of per key tile), the zeroing of the f32 dQ
-// accumulator, and its final conversion to bf16. The variant kernels themselves (forward and
+// accumulator (skipped when dq_accum is 0: the deterministic mode writes dQ without it), and its
+// final conversion to bf16. The variant kernels themselves (forward and
 // backward per head dim x mask) are generated into cuda/generated/ from
 // cuda/include/kormo_attention.cuh.
 #include "kormo_device.cuh"
 
 using namespace kormo;
 
-// One warp per (token, query head): delta[h, t] = sum_d dO[t,h,d] * O[t,h,d]; dq_accum[t,h,:] = 0.
+// One warp per (token, query head): delta[h, t] = sum_d dO[t,h,d] * O[t,h,d]; dq_accum[t,h,:] = 0
+// when dq_accum != 0.
 extern "C" __global__ void kormo_attention_bwd_prepare(KormoAttentionBwdArgs a) {
     const int64_t total_tokens = a.batch * a.seq_len;
     const int64_t warps_total = total_tokens * a.heads_q;
@@ -19,11 +21,11 @@ extern "C" __global__ void kormo_attention_bwd_prepare(KormoAttentionBwdArgs a) 
         const int64_t h = w % a.heads_q;
         const __nv_bfloat16* o = dev_ptr<const __nv_bfloat16>(a.o) + t * a.o_token_stride + h * a.o_head_stride;
         const __nv_bfloat16* dout = dev_ptr<const __nv_bfloat16>(a.dout) + t * a.o_token_stride + h * a.o_head_stride;
-        float* dq_accum = dev_ptr<float>(a.dq_accum) + (t * a.heads_q + h) * a.head_dim;
+        float* dq_accum = a.dq_accum ? dev_ptr<float>(a.dq_accum) + (t * a.heads_q + h) * a.head_dim : nullptr;
         float dot = 0.0f;
         for (int d = lane; d < a.head_dim; d += 32) {
             dot += to_f32(o[d]) * to_f32(dout[d]);
-            dq_accum[d] = 0.0f;
+            if (dq_accum) dq_accum[d] = 0.0f;
         }
         dot = warp_sum(dot);
         if (lane == 0) dev_ptr<float>(a.delta)[h * total_tokens + t] = dot;

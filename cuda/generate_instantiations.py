@@ -49,6 +49,11 @@ def bwd_smem_bytes(d):
     return 6 * TILE * d * 2 + TILE * TILE * 2 + 3 * 2 * TILE * 4
 
 
+def dq_smem_bytes(d):
+    # q, dout bf16 [64][d]; k, v bf16 [2][64][d] (double-buffered); k doc ids uint32 [2][64]
+    return 6 * TILE * d * 2 + 2 * TILE * 4
+
+
 def variants():
     for d in HEAD_DIMS:
         for mask, doc in MASKS:
@@ -59,8 +64,11 @@ def variants():
                 "doc": doc,
                 "fwd": f"kormo_attention_fwd_{name}",
                 "bwd": f"kormo_attention_bwd_{name}",
+                "bwd_dkdv": f"kormo_attention_bwd_dkdv_{name}",
+                "bwd_dq": f"kormo_attention_bwd_dq_{name}",
                 "fwd_smem": fwd_smem_bytes(d),
                 "bwd_smem": bwd_smem_bytes(d),
+                "dq_smem": dq_smem_bytes(d),
             }
 
 
@@ -78,6 +86,7 @@ def variant_source(v):
         + '#include "kormo_attention.cuh"\n\n'
         + f"static_assert(kormo::attention::FwdSmem<{d}>::bytes == {v['fwd_smem']}, \"regenerate: fwd smem\");\n"
         + f"static_assert(kormo::attention::BwdSmem<{d}>::bytes == {v['bwd_smem']}, \"regenerate: bwd smem\");\n"
+        + f"static_assert(kormo::attention::DqSmem<{d}>::bytes == {v['dq_smem']}, \"regenerate: dq smem\");\n"
         + f"static_assert(kormo::attention::kFwdRows == {FWD_ROWS} && kormo::attention::kTile == {TILE}, \"regenerate: tiles\");\n"
         + f"static_assert(kormo::attention::kThreads == {THREADS}, \"regenerate: threads\");\n\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
@@ -85,20 +94,27 @@ def variant_source(v):
         + f"    kormo::attention::forward<{d}, {doc}>(a);\n}}\n\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
         + f"{v['bwd']}(KormoAttentionBwdArgs a) {{\n"
-        + f"    kormo::attention::backward<{d}, {doc}>(a);\n}}\n"
+        + f"    kormo::attention::backward<{d}, {doc}>(a);\n}}\n\n"
+        + "// The deterministic backward's two passes (dK and dV, then dQ without atomics).\n"
+        + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
+        + f"{v['bwd_dkdv']}(KormoAttentionBwdArgs a) {{\n"
+        + f"    kormo::attention::backward<{d}, {doc}, false>(a);\n}}\n\n"
+        + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
+        + f"{v['bwd_dq']}(KormoAttentionBwdArgs a) {{\n"
+        + f"    kormo::attention::backward_dq<{d}, {doc}>(a);\n}}\n"
     )
 
 
 def variants_header(vs):
     lines = [
         HEADER.rstrip("\n"),
-        "// X(name, head_dim, doc_mask, fwd_smem_bytes, bwd_smem_bytes), one line per attention variant.",
+        "// X(name, head_dim, doc_mask, fwd_smem_bytes, bwd_smem_bytes, dq_smem_bytes), one line per attention variant.",
         "#ifndef KORMO_ATTENTION_VARIANTS_H",
         "#define KORMO_ATTENTION_VARIANTS_H",
         "#define KORMO_ATTENTION_VARIANTS(X) \\",
     ]
     for v in vs:
-        lines.append(f"    X({v['name']}, {v['head_dim']}, {int(v['doc'])}, {v['fwd_smem']}, {v['bwd_smem']}) \\")
+        lines.append(f"    X({v['name']}, {v['head_dim']}, {int(v['doc'])}, {v['fwd_smem']}, {v['bwd_smem']}, {v['dq_smem']}) \\")
     lines.append("")
     lines.append("#endif")
     return "\n".join(lines) + "\n"
@@ -117,7 +133,7 @@ def hand_written_kernels():
 def kernel_list(vs):
     names = hand_written_kernels()
     for v in vs:
-        names += [v["fwd"], v["bwd"]]
+        names += [v["fwd"], v["bwd"], v["bwd_dkdv"], v["bwd_dq"]]
     return names
 
 
@@ -137,6 +153,8 @@ def rust_source(vs, names):
         f"pub const ATTENTION_FWD_BLOCK_QUERIES: i64 = {FWD_ROWS};",
         "/// Keys per backward block (grid x = ceil(seq_len / this)).",
         f"pub const ATTENTION_BWD_BLOCK_KEYS: i64 = {TILE};",
+        "/// Queries per block of the deterministic backward's dQ pass (grid x = ceil(seq_len / this)).",
+        f"pub const ATTENTION_DQ_BLOCK_QUERIES: i64 = {TILE};",
         "/// Threads per block of both attention passes.",
         f"pub const ATTENTION_THREADS: u32 = {THREADS};",
         "",
@@ -152,6 +170,12 @@ def rust_source(vs, names):
         "    pub fwd_smem_bytes: u32,",
         "    /// Dynamic shared memory of the backward kernel (ATTENTION_THREADS per block).",
         "    pub bwd_smem_bytes: u32,",
+        "    /// The deterministic backward: `bwd` without dQ (grid and shared memory as `bwd`) ...",
+        "    pub bwd_dkdv: &'static str,",
+        "    /// ... then dQ, one block per (query tile, query head, batch row).",
+        "    pub bwd_dq: &'static str,",
+        "    /// Dynamic shared memory of `bwd_dq` (ATTENTION_THREADS per block).",
+        "    pub dq_smem_bytes: u32,",
         "}",
         "",
         "pub const ATTENTION_VARIANTS: &[AttentionVariant] = &[",
@@ -160,7 +184,8 @@ def rust_source(vs, names):
         out.append(
             f"    AttentionVariant {{ head_dim: {v['head_dim']}, doc_mask: {str(v['doc']).lower()}, "
             f"fwd: \"{v['fwd']}\", bwd: \"{v['bwd']}\", fwd_smem_bytes: {v['fwd_smem']}, "
-            f"bwd_smem_bytes: {v['bwd_smem']} }},"
+            f"bwd_smem_bytes: {v['bwd_smem']}, bwd_dkdv: \"{v['bwd_dkdv']}\", bwd_dq: \"{v['bwd_dq']}\", "
+            f"dq_smem_bytes: {v['dq_smem']} }},"
         )
     out += ["];", ""]
     return "\n".join(out)

@@ -91,7 +91,7 @@ __device__ __forceinline__ void rope_rows(const KormoRopeArgs& a, float sin_sign
     }
 }
 
-// The 16-byte path's preconditions (rust/cuda/src/launch.rs sizes the grid with the same test).
+// The 16-byte path's preconditions (rust/cuda/src/kernel_launch.rs sizes the grid with the same test).
 __device__ __forceinline__ bool rope_vec8_ok(const KormoRopeArgs& a) {
     return (a.x % 16) == 0 && (a.y % 16) == 0 && (a.token_stride % 8) == 0 && (a.head_stride % 8) == 0 &&
            ((a.head_dim / 2) % 8) == 0;

@@ -178,6 +178,33 @@ sys.exit(0 if rel < 0.02 else 1)
 PY
 }
 
+# Deterministic mode on the device ([stability] deterministic = true): the gpu-smoke recipe's 60
+# CUDA steps stopped at 30 and resumed must equal 60 uninterrupted steps bit for bit (every
+# logged loss and the final weights' bytes).
+train_deterministic() {
+    local dir="$1"
+    mkdir -p "$dir"
+    { tools/gpu_smoke_recipe.sh gpu-smoke-deterministic; printf '\n[stability]\ndeterministic = true\n'; } >"$dir/recipe.toml"
+    local common=(--config="$dir/recipe.toml" --stage=pretrain1 --max-steps=60 --log-every=5 --backend=cuda)
+    "$CARRY/train" "${common[@]}" --stop-after=30 --run-dir="$dir/resumed" || return 1
+    "$CARRY/train" "${common[@]}" --resume --run-dir="$dir/resumed" || return 1
+    "$CARRY/train" "${common[@]}" --run-dir="$dir/straight" || return 1
+    python3 - "$dir/resumed/pretrain1" "$dir/straight/pretrain1" <<'PY'
+import json, sys
+def losses(stage):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(stage + "/metrics.jsonl")) if "loss" in r and "step" in r}
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+same_losses = a == b and len(a) > 0
+same_weights = open(sys.argv[1] + "/final/model.safetensors", "rb").read() == open(sys.argv[2] + "/final/model.safetensors", "rb").read()
+print(f"| logged steps | losses bitwise equal | final weights bitwise equal |")
+print(f"| --- | --- | --- |")
+print(f"| {len(a)} | {same_losses} | {same_weights} |")
+ok = same_losses and same_weights
+print(f"deterministic stop/resume: {'PASS' if ok else 'FAIL'}")
+sys.exit(0 if ok else 1)
+PY
+}
+
 # One timing step: runs "$@" (if step $1 is wanted) and appends a report section titled $2 with
 # its output: `raw` (it prints markdown), `fenced` (a code block) or `table` (only its table and
 # device lines); a non-zero exit adds the status and the log's tail.
@@ -253,9 +280,10 @@ run_checks() {
         done
     fi
     # timeout runs programs, not functions: the function travels in the environment.
-    export -f train_smoke
+    export -f train_smoke train_deterministic
     export CARRY
     wanted train-smoke && start_logged train-smoke 150 bash -c 'train_smoke "$1"' _ "$logs/train-smoke"
+    wanted train-deterministic && start_logged train-deterministic 150 bash -c 'train_deterministic "$1"' _ "$logs/train-deterministic"
     wanted train-launch && start_logged train-launch 150 tools/gpu_train_launch_check.sh "$CARRY/train" "$logs/train-launch"
     wait
 
@@ -336,6 +364,17 @@ run_checks() {
         } >>"$report"
     fi
 
+    if wanted train-deterministic; then
+        {
+            echo "## Deterministic mode: CUDA stop at 30 + resume vs 60 uninterrupted steps, bitwise ([stability] deterministic = true)"
+            echo
+            grep "^|\|^deterministic" "$logs/train-deterministic.log"
+            status="$(status_of train-deterministic)"
+            [[ "$status" == 0 ]] || { echo "(exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/train-deterministic.log"; echo '```'; }
+            echo
+        } >>"$report"
+    fi
+
     if wanted train-launch; then
         {
             echo "## train as a launched rank at world size 1 (DeviceFsdpRank + NCCL in the trainer) vs plain --backend=cuda, and stopped at 5 + resumed (tools/gpu_train_launch_check.sh)"
@@ -350,6 +389,8 @@ run_checks() {
     # Phase 2, timings, one at a time on an otherwise idle device.
     timed_step model-step "Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)" 120 raw \
         "$CARRY/model-step"
+    timed_step model-step-deterministic "Training step in deterministic mode ([stability] deterministic: no order-dependent float sums; compare with the row above)" 120 raw \
+        "$CARRY/model-step" --deterministic
     # The recipe's real shape (micro-batch 4 x seq 4096), the trainer's own model/optimizer
     # calls; the JSON result lands beside the logs.
     timed_step train-benchmark "Trainer benchmark (train --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark)" 120 fenced \

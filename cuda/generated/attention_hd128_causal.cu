@@ -4,6 +4,7 @@
 
 static_assert(kormo::attention::FwdSmem<128>::bytes == 65792, "regenerate: fwd smem");
 static_assert(kormo::attention::BwdSmem<128>::bytes == 108032, "regenerate: bwd smem");
+static_assert(kormo::attention::DqSmem<128>::bytes == 98816, "regenerate: dq smem");
 static_assert(kormo::attention::kFwdRows == 128 && kormo::attention::kTile == 64, "regenerate: tiles");
 static_assert(kormo::attention::kThreads == 128, "regenerate: threads");
 
@@ -15,4 +16,15 @@ kormo_attention_fwd_hd128_causal(KormoAttentionFwdArgs a) {
 extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
 kormo_attention_bwd_hd128_causal(KormoAttentionBwdArgs a) {
     kormo::attention::backward<128, false>(a);
+}
+
+// The deterministic backward's two passes (dK and dV, then dQ without atomics).
+extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
+kormo_attention_bwd_dkdv_hd128_causal(KormoAttentionBwdArgs a) {
+    kormo::attention::backward<128, false, false>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
+kormo_attention_bwd_dq_hd128_causal(KormoAttentionBwdArgs a) {
+    kormo::attention::backward_dq<128, false>(a);
 }

@@ -4,6 +4,7 @@
 
 static_assert(kormo::attention::FwdSmem<64>::bytes == 33024, "regenerate: fwd smem");
 static_assert(kormo::attention::BwdSmem<64>::bytes == 58880, "regenerate: bwd smem");
+static_assert(kormo::attention::DqSmem<64>::bytes == 49664, "regenerate: dq smem");
 static_assert(kormo::attention::kFwdRows == 128 && kormo::attention::kTile == 64, "regenerate: tiles");
 static_assert(kormo::attention::kThreads == 128, "regenerate: threads");
 
@@ -15,4 +16,15 @@ kormo_attention_fwd_hd64_doc(KormoAttentionFwdArgs a) {
 extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
 kormo_attention_bwd_hd64_doc(KormoAttentionBwdArgs a) {
     kormo::attention::backward<64, true>(a);
+}
+
+// The deterministic backward's two passes (dK and dV, then dQ without atomics).
+extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
+kormo_attention_bwd_dkdv_hd64_doc(KormoAttentionBwdArgs a) {
+    kormo::attention::backward<64, true, false>(a);
+}
+
+extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
+kormo_attention_bwd_dq_hd64_doc(KormoAttentionBwdArgs a) {
+    kormo::attention::backward_dq<64, true>(a);
 }

@@ -3,8 +3,7 @@
 //
 // Design: FlashAttention-2 on mma.sync.m16n8k16 (bf16 in, f32 accumulate) through the wrappers in
 // kormo_device.cuh (ldmatrix fragment loads, cp.async copies, ex2.approx); docs/kernels.md has the
-// table (shared memory, registers) and the first timings (H100, b1 s8192 h32/8 d128 causal:
-// ~310 TFLOP/s forward, ~190 backward; every GPU test, racecheck and memcheck clean).
+// table (shared memory, registers) and the measured rates.
 // - Blocks of 4 warps. Forward: 128 queries per block, 32 per warp as two 16-row m-blocks, so
 //   every K and V fragment a warp loads feeds two MMAs (half the shared-memory traffic per MMA
 //   of 16-row warps); 64 keys per step. Backward: 64 keys per block, 16 per warp; 64 queries
@@ -28,6 +27,16 @@
 //   shared memory once so that each warp then forms dQ for 16 queries (dS K) and adds it to the
 //   f32 dq_accum with atomics (float2 on sm_90). The softmax scale is applied to dK at the end
 //   and to dQ on the add. Two barriers per query tile (its copies landed; dS^T complete).
+// - Deterministic backward (CudaOps' deterministic mode): the dQ atomics above add the key
+//   tiles' contributions in whatever order the blocks run, so dQ's f32 rounding depends on
+//   scheduling. backward<D, DOC, false> is the same kernel without the dQ phase (dK and dV are
+//   owned by their key-tile block and summed in a fixed order already), and backward_dq owns dQ
+//   instead: one block per (64-query tile, query head, batch row), heaviest tiles first, walking
+//   the key tiles from the diagonal down in a fixed order (K, V, key doc ids double-buffered),
+//   recomputing S = Q K^T and dP = dO V^T per tile (4 warps x 16 queries), P = exp(S scale - lse)
+//   with the same masks, dS = P (dP - delta) packed to bf16 A fragments straight from the
+//   accumulators (as the forward packs P), and dQ += dS K in registers, written once as bf16. It
+//   recomputes two of the five backward matmuls (its speed cost is for a GPU run to measure).
 // - Masks: causal always; the DOC variants also require doc_ids[i] == doc_ids[j]. Tiles that are
 //   fully masked are never loaded: causal bounds the tile range, and because doc ids are
 //   non-decreasing within a row, a key tile whose last doc id is below the first query's doc id
@@ -65,6 +74,16 @@ struct FwdSmem {
     static constexpr int v = k + kTile * D * 2;                  // bf16 [64][D], swizzled
     static constexpr int k_doc = v + kTile * D * 2;              // uint32 [64]
     static constexpr int bytes = k_doc + kTile * 4;
+};
+
+template <int D>
+struct DqSmem {
+    static constexpr int q = 0;                                  // bf16 [64][D], swizzled
+    static constexpr int dout = q + kTile * D * 2;               // bf16 [64][D], swizzled
+    static constexpr int k = dout + kTile * D * 2;               // bf16 [2][64][D], swizzled
+    static constexpr int v = k + 2 * kTile * D * 2;              // bf16 [2][64][D], swizzled
+    static constexpr int k_doc = v + 2 * kTile * D * 2;          // uint32 [2][64]
+    static constexpr int bytes = k_doc + 2 * kTile * 4;
 };
 
 template <int D>
@@ -372,7 +391,8 @@ __device__ void forward(const KormoAttentionFwdArgs& a) {
     }
 }
 
-template <int D, bool DOC>
+// DQ = false: dK and dV only (the deterministic mode's first pass; backward_dq writes dQ).
+template <int D, bool DOC, bool DQ = true>
 __device__ void backward(const KormoAttentionBwdArgs& a) {
     static_assert(D % 64 == 0, "head dim must be a multiple of 64 (swizzle, paired k-steps)");
     constexpr int kKSteps = D / 16;
@@ -565,6 +585,16 @@ __device__ void backward(const KormoAttentionBwdArgs& a) {
                 ptx::mma_bf16_16816(dk[nd + 1], da, b[2], b[3]);
             }
         }
+        if (!DQ) {
+            // Every warp is done with this tile's buffers before the next iteration copies into
+            // them (the barrier the dS^T hand-off provides below).
+            __syncthreads();
+            if (!has_next) break;
+            hq = next_hq;
+            q0 = next_q0;
+            buf ^= 1;
+            continue;
+        }
 #pragma unroll
         for (int nb = 0; nb < kSBlocks; ++nb) {
 #pragma unroll
@@ -637,6 +667,168 @@ __device__ void backward(const KormoAttentionBwdArgs& a) {
             store_bf16x2(dk_dst + nd * 8, dk[nd][2 * h] * a.softmax_scale, dk[nd][2 * h + 1] * a.softmax_scale);
             store_bf16x2(dv_dst + nd * 8, dv[nd][2 * h], dv[nd][2 * h + 1]);
         }
+    }
+}
+
+// The deterministic mode's dQ pass (see the top of this file): after backward<D, DOC, false>,
+// from the same arguments (lse, delta from kormo_attention_bwd_prepare); dq_accum is unused.
+template <int D, bool DOC>
+__device__ void backward_dq(const KormoAttentionBwdArgs& a) {
+    static_assert(D % 64 == 0, "head dim must be a multiple of 64 (swizzle, paired k-steps)");
+    constexpr int kKSteps = D / 16;
+    constexpr int kNBlocks = D / 8;
+    constexpr int kSBlocks = kTile / 8;
+    using L = DqSmem<D>;
+    KORMO_DYNAMIC_SMEM(unsigned char, smem);
+    __nv_bfloat16* sq = reinterpret_cast<__nv_bfloat16*>(smem + L::q);
+    __nv_bfloat16* sdo = reinterpret_cast<__nv_bfloat16*>(smem + L::dout);
+    __nv_bfloat16* sk_buf = reinterpret_cast<__nv_bfloat16*>(smem + L::k);
+    __nv_bfloat16* sv_buf = reinterpret_cast<__nv_bfloat16*>(smem + L::v);
+    uint32_t* k_doc_buf = reinterpret_cast<uint32_t*>(smem + L::k_doc);
+
+    // Heaviest tiles first: under the causal mask a query tile's work grows with its index.
+    const int64_t q0 = (static_cast<int64_t>(gridDim.x) - 1 - blockIdx.x) * kTile;
+    const int64_t head = blockIdx.y;
+    const int64_t row = blockIdx.z;
+    if (q0 >= a.seq_len || head >= a.heads_q || row >= a.batch) return;
+    const int64_t kv_head = head / (a.heads_q / a.heads_kv);
+    const int64_t base = row * a.seq_len;
+    const int64_t total_tokens = a.batch * a.seq_len;
+    const uint32_t* doc = DOC ? dev_ptr<const uint32_t>(a.doc_ids) + base : nullptr;
+    const int warp = threadIdx.x >> 5;
+    const int lane = threadIdx.x & 31;
+    const int g = lane >> 2;  // accumulator rows g and g + 8 of the warp's 16 queries
+    const int t = lane & 3;
+    const float scale_log2 = a.softmax_scale * kLog2e;
+
+    const __nv_bfloat16* q = dev_ptr<const __nv_bfloat16>(a.q) + base * a.q_token_stride + head * a.q_head_stride;
+    const __nv_bfloat16* dout = dev_ptr<const __nv_bfloat16>(a.dout) + base * a.o_token_stride + head * a.o_head_stride;
+    const __nv_bfloat16* k = dev_ptr<const __nv_bfloat16>(a.k) + base * a.k_token_stride + kv_head * a.k_head_stride;
+    const __nv_bfloat16* v = dev_ptr<const __nv_bfloat16>(a.v) + base * a.v_token_stride + kv_head * a.v_head_stride;
+
+    const int64_t q_last = min(q0 + kTile - 1, a.seq_len - 1);
+    const uint32_t first_doc = DOC ? doc[q0] : 0u;
+    const uint32_t last_doc = DOC ? doc[q_last] : 0u;
+    // Positions below are relative to q0 and fit in 32 bits (the launcher bounds seq_len).
+    const int rows_left = static_cast<int>(a.seq_len - q0);
+    const int warp_row = warp * 16;
+    uint32_t row_doc[2];
+    float row_lse[2], row_delta[2];  // lse * log2(e) and delta of rows g, g + 8 (0 past seq_len)
+    {
+        const float* lse = dev_ptr<const float>(a.lse) + head * total_tokens + base;
+        const float* delta = dev_ptr<const float>(a.delta) + head * total_tokens + base;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = warp_row + g + 8 * h;
+            const bool valid = r < rows_left;
+            row_doc[h] = DOC && valid ? doc[q0 + r] : 0xffffffffu;
+            row_lse[h] = valid ? lse[q0 + r] * kLog2e : 0.0f;
+            row_delta[h] = valid ? delta[q0 + r] : 0.0f;
+        }
+    }
+
+    // Prologue: Q, dO and the last key tile the queries can see (one group).
+    int64_t kt = q_last / kTile;
+    int buf = 0;
+    load_tile_async<D, kTile>(sq, q, a.q_token_stride, q0, a.seq_len);
+    load_tile_async<D, kTile>(sdo, dout, a.o_token_stride, q0, a.seq_len);
+    load_tile_async<D, kTile>(sk_buf, k, a.k_token_stride, kt * kTile, a.seq_len);
+    load_tile_async<D, kTile>(sv_buf, v, a.v_token_stride, kt * kTile, a.seq_len);
+    if (DOC) load_row_values_async(k_doc_buf, doc, kt * kTile, a.seq_len);
+    ptx::cp_async_commit();
+
+    float dq[kNBlocks][4];
+#pragma unroll
+    for (int nd = 0; nd < kNBlocks; ++nd) dq[nd][0] = dq[nd][1] = dq[nd][2] = dq[nd][3] = 0.0f;
+
+    for (;;) {
+        const int64_t k0 = kt * kTile;
+        // As in the forward: only the diagonal tile and tiles spanning documents need a mask;
+        // the walk stops before a tile whose keys are all in earlier documents.
+        const bool need_mask = k0 + kTile - 1 > q0 || (DOC && doc[k0] != last_doc);
+        const bool has_next = kt > 0 && (!DOC || doc[k0 - 1] >= first_doc);
+        if (has_next) {
+            const int nb = buf ^ 1;
+            load_tile_async<D, kTile>(sk_buf + nb * kTile * D, k, a.k_token_stride, k0 - kTile, a.seq_len);
+            load_tile_async<D, kTile>(sv_buf + nb * kTile * D, v, a.v_token_stride, k0 - kTile, a.seq_len);
+            if (DOC) load_row_values_async(k_doc_buf + nb * kTile, doc, k0 - kTile, a.seq_len);
+        }
+        ptx::cp_async_commit();
+        ptx::cp_async_wait<1>();  // this tile (and Q, dO) have landed; the next may be in flight
+        __syncthreads();          // ... for every thread's copies
+        const __nv_bfloat16* sk = sk_buf + buf * kTile * D;
+        const __nv_bfloat16* sv = sv_buf + buf * kTile * D;
+        const uint32_t* k_doc = k_doc_buf + buf * kTile;
+
+        // S = Q K^T and dP = dO V^T (warp's 16 queries x 64 keys); K and V stored [key][d] are
+        // B column-major.
+        float s[kSBlocks][4], dp[kSBlocks][4];
+#pragma unroll
+        for (int nb = 0; nb < kSBlocks; ++nb) {
+            s[nb][0] = s[nb][1] = s[nb][2] = s[nb][3] = 0.0f;
+            dp[nb][0] = dp[nb][1] = dp[nb][2] = dp[nb][3] = 0.0f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < kKSteps; ++kk) {
+            uint32_t qa[4], da[4];
+            ptx::ldmatrix_x4(qa, sq + a_rows<D>(lane, warp_row, kk));
+            ptx::ldmatrix_x4(da, sdo + a_rows<D>(lane, warp_row, kk));
+#pragma unroll
+            for (int nb = 0; nb < kSBlocks; nb += 2) {
+                uint32_t b[4];
+                ptx::ldmatrix_x4(b, sk + b2_rows<D>(lane, nb * 8, kk));
+                ptx::mma_bf16_16816(s[nb], qa, b[0], b[1]);
+                ptx::mma_bf16_16816(s[nb + 1], qa, b[2], b[3]);
+                ptx::ldmatrix_x4(b, sv + b2_rows<D>(lane, nb * 8, kk));
+                ptx::mma_bf16_16816(dp[nb], da, b[0], b[1]);
+                ptx::mma_bf16_16816(dp[nb + 1], da, b[2], b[3]);
+            }
+        }
+
+        // P = exp(S scale - lse) (masked entries exactly 0), then dS = P (dP - delta) in s.
+        // Key column c = nb * 8 + 2t + (e & 1) is past row r when c - 2t > r + shift.
+        const int shift = static_cast<int>(q0 - k0) - 2 * t;
+#pragma unroll
+        for (int nb = 0; nb < kSBlocks; ++nb) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e >> 1;
+                const bool masked = need_mask && (nb * 8 + (e & 1) > warp_row + g + 8 * h + shift ||
+                                                  (DOC && k_doc[nb * 8 + 2 * t + (e & 1)] != row_doc[h]));
+                const float p = masked ? 0.0f : ptx::exp2_approx(fmaf(s[nb][e], scale_log2, -row_lse[h]));
+                s[nb][e] = p * (dp[nb][e] - row_delta[h]);
+            }
+        }
+
+        // dQ += dS K: dS's bf16 A fragments straight from the accumulators; K stored [key][d] is
+        // B row-major, read with ldmatrix.trans.
+#pragma unroll
+        for (int ks = 0; ks < kTile / 16; ++ks) {
+            uint32_t dsa[4];
+            acc_to_a(dsa, s[2 * ks], s[2 * ks + 1]);
+#pragma unroll
+            for (int nd = 0; nd < kNBlocks; nd += 2) {
+                uint32_t b[4];
+                ptx::ldmatrix_x4_trans(b, sk + bt_rows<D>(lane, ks * 16, nd));
+                ptx::mma_bf16_16816(dq[nd], dsa, b[0], b[1]);
+                ptx::mma_bf16_16816(dq[nd + 1], dsa, b[2], b[3]);
+            }
+        }
+        if (!has_next) break;
+        __syncthreads();  // every warp is done with this buffer before the next copies overwrite it
+        buf ^= 1;
+        --kt;
+    }
+
+    __nv_bfloat16* dq_out = dev_ptr<__nv_bfloat16>(a.dq) + base * a.q_token_stride + head * a.q_head_stride;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = warp_row + g + 8 * h;
+        if (r >= rows_left) continue;
+        __nv_bfloat16* dst = dq_out + (q0 + r) * a.q_token_stride + 2 * t;
+#pragma unroll
+        for (int nd = 0; nd < kNBlocks; ++nd)
+            store_bf16x2(dst + nd * 8, dq[nd][2 * h] * a.softmax_scale, dq[nd][2 * h + 1] * a.softmax_scale);
     }
 }
 

@@ -145,7 +145,12 @@ typedef struct KormoAttentionFwdArgs {
  *  2. kormo_attention_bwd_<variant>: one block per (64-key tile, kv head, row); accumulates dK, dV
  *     for its keys over every query head of the group, and adds dQ contributions into dq_accum with
  *     f32 atomics.
- *  3. kormo_attention_bwd_finish: dq = bf16(dq_accum). */
+ *  3. kormo_attention_bwd_finish: dq = bf16(dq_accum).
+ * Deterministic backward (no atomics, bitwise the same for any block schedule), three launches:
+ *  1. kormo_attention_bwd_prepare with dq_accum = 0 (delta only).
+ *  2. kormo_attention_bwd_dkdv_<variant>: step 2 above without dQ.
+ *  3. kormo_attention_bwd_dq_<variant>: one block per (64-query tile, query head, row) sums its
+ *     queries' dQ over the key tiles in a fixed order and writes dq (bf16) directly. */
 typedef struct KormoAttentionBwdArgs {
     kormo_devptr q, k, v, o, dout;  /* bf16, as in the forward (dout strides = o strides) */
     kormo_devptr lse;               /* f32 [heads_q, tokens] from the forward */
@@ -191,8 +196,12 @@ typedef struct KormoCrossEntropyArgs {
 } KormoCrossEntropyArgs;
 
 /* ---------------------------------------------------------------- Embedding
- * Forward: out[t, :] = table[tokens[t], :]. Backward: dtable[tokens[t], :] += dout[t, :] with f32
- * atomics (dtable is f32 and is NOT cleared: the caller zeroes it once per accumulation window). */
+ * Forward: out[t, :] = table[tokens[t], :]. Backward: dtable[tokens[t], :] += dout[t, :] (dtable is
+ * f32 and is NOT cleared: the caller zeroes it once per accumulation window), by
+ * kormo_embedding_bwd with f32 atomics (summation order depends on scheduling) or by
+ * kormo_embedding_bwd_owned without (each dtable element has one owning thread, which adds its
+ * tokens in increasing t: bitwise reproducible; any grid of x owners times y column groups,
+ * blocks of at most 1024 threads). */
 typedef struct KormoEmbeddingArgs {
     kormo_devptr tokens;     /* uint32 [num_tokens], each < vocab */
     kormo_devptr table;      /* fwd: bf16 [vocab, dim]; bwd: f32 dtable [vocab, dim]; row stride table_row_stride */
@@ -239,6 +248,18 @@ typedef struct KormoGradSumsqArgs {
     kormo_devptr sumsq;  /* f32 [1] */
     int64_t n;
 } KormoGradSumsqArgs;
+
+/* Deterministic form of kormo_grad_sumsq (no atomics): kormo_grad_sumsq_partial runs `blocks`
+ * blocks, each writing the sum of squares of its grid-stride share of grad to partial[block];
+ * kormo_grad_sumsq_reduce (one block) then adds sum(partial) into *sumsq in a fixed order. Both
+ * take the same struct; the result is bitwise the same for any block schedule. */
+typedef struct KormoGradSumsqPartialArgs {
+    kormo_devptr grad;    /* f32 [n] */
+    kormo_devptr partial; /* f32 [blocks] scratch */
+    kormo_devptr sumsq;   /* f32 [1] */
+    int64_t n;
+    int64_t blocks;       /* grid of kormo_grad_sumsq_partial, >= 1 */
+} KormoGradSumsqPartialArgs;
 
 typedef struct KormoClipScaleArgs {
     kormo_devptr sumsq;      /* f32 [1] */

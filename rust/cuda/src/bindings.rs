@@ -685,6 +685,39 @@ const _: () = {
     ][::std::mem::offset_of!(KormoGradSumsqArgs, n) - 16usize];
 };
 #[repr(C)]
+#[derive(Debug, Default, Copy, Clone, PartialEq, Eq)]
+pub struct KormoGradSumsqPartialArgs {
+    pub grad: kormo_devptr,
+    pub partial: kormo_devptr,
+    pub sumsq: kormo_devptr,
+    pub n: i64,
+    pub blocks: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of KormoGradSumsqPartialArgs",
+    ][::std::mem::size_of::<KormoGradSumsqPartialArgs>() - 40usize];
+    [
+        "Alignment of KormoGradSumsqPartialArgs",
+    ][::std::mem::align_of::<KormoGradSumsqPartialArgs>() - 8usize];
+    [
+        "Offset of field: KormoGradSumsqPartialArgs::grad",
+    ][::std::mem::offset_of!(KormoGradSumsqPartialArgs, grad) - 0usize];
+    [
+        "Offset of field: KormoGradSumsqPartialArgs::partial",
+    ][::std::mem::offset_of!(KormoGradSumsqPartialArgs, partial) - 8usize];
+    [
+        "Offset of field: KormoGradSumsqPartialArgs::sumsq",
+    ][::std::mem::offset_of!(KormoGradSumsqPartialArgs, sumsq) - 16usize];
+    [
+        "Offset of field: KormoGradSumsqPartialArgs::n",
+    ][::std::mem::offset_of!(KormoGradSumsqPartialArgs, n) - 24usize];
+    [
+        "Offset of field: KormoGradSumsqPartialArgs::blocks",
+    ][::std::mem::offset_of!(KormoGradSumsqPartialArgs, blocks) - 32usize];
+};
+#[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct KormoClipScaleArgs {
     pub sumsq: kormo_devptr,

@@ -5,6 +5,8 @@
 pub const KERNEL_NAMES: &[&str] = &[
     "kormo_adamw_step",
     "kormo_grad_sumsq",
+    "kormo_grad_sumsq_partial",
+    "kormo_grad_sumsq_reduce",
     "kormo_clip_scale",
     "kormo_attention_bwd_prepare",
     "kormo_attention_bwd_finish",
@@ -12,6 +14,7 @@ pub const KERNEL_NAMES: &[&str] = &[
     "kormo_elementwise",
     "kormo_embedding_fwd",
     "kormo_embedding_bwd",
+    "kormo_embedding_bwd_owned",
     "kormo_rmsnorm_fwd",
     "kormo_rmsnorm_bwd",
     "kormo_rmsnorm_dweight_reduce",
@@ -21,18 +24,28 @@ pub const KERNEL_NAMES: &[&str] = &[
     "kormo_swiglu_bwd",
     "kormo_attention_fwd_hd64_causal",
     "kormo_attention_bwd_hd64_causal",
+    "kormo_attention_bwd_dkdv_hd64_causal",
+    "kormo_attention_bwd_dq_hd64_causal",
     "kormo_attention_fwd_hd64_doc",
     "kormo_attention_bwd_hd64_doc",
+    "kormo_attention_bwd_dkdv_hd64_doc",
+    "kormo_attention_bwd_dq_hd64_doc",
     "kormo_attention_fwd_hd128_causal",
     "kormo_attention_bwd_hd128_causal",
+    "kormo_attention_bwd_dkdv_hd128_causal",
+    "kormo_attention_bwd_dq_hd128_causal",
     "kormo_attention_fwd_hd128_doc",
     "kormo_attention_bwd_hd128_doc",
+    "kormo_attention_bwd_dkdv_hd128_doc",
+    "kormo_attention_bwd_dq_hd128_doc",
 ];
 
 /// Queries per forward block (grid x = ceil(seq_len / this)).
 pub const ATTENTION_FWD_BLOCK_QUERIES: i64 = 128;
 /// Keys per backward block (grid x = ceil(seq_len / this)).
 pub const ATTENTION_BWD_BLOCK_KEYS: i64 = 64;
+/// Queries per block of the deterministic backward's dQ pass (grid x = ceil(seq_len / this)).
+pub const ATTENTION_DQ_BLOCK_QUERIES: i64 = 64;
 /// Threads per block of both attention passes.
 pub const ATTENTION_THREADS: u32 = 128;
 
@@ -48,11 +61,17 @@ pub struct AttentionVariant {
     pub fwd_smem_bytes: u32,
     /// Dynamic shared memory of the backward kernel (ATTENTION_THREADS per block).
     pub bwd_smem_bytes: u32,
+    /// The deterministic backward: `bwd` without dQ (grid and shared memory as `bwd`) ...
+    pub bwd_dkdv: &'static str,
+    /// ... then dQ, one block per (query tile, query head, batch row).
+    pub bwd_dq: &'static str,
+    /// Dynamic shared memory of `bwd_dq` (ATTENTION_THREADS per block).
+    pub dq_smem_bytes: u32,
 }
 
 pub const ATTENTION_VARIANTS: &[AttentionVariant] = &[
-    AttentionVariant { head_dim: 64, doc_mask: false, fwd: "kormo_attention_fwd_hd64_causal", bwd: "kormo_attention_bwd_hd64_causal", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880 },
-    AttentionVariant { head_dim: 64, doc_mask: true, fwd: "kormo_attention_fwd_hd64_doc", bwd: "kormo_attention_bwd_hd64_doc", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880 },
-    AttentionVariant { head_dim: 128, doc_mask: false, fwd: "kormo_attention_fwd_hd128_causal", bwd: "kormo_attention_bwd_hd128_causal", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032 },
-    AttentionVariant { head_dim: 128, doc_mask: true, fwd: "kormo_attention_fwd_hd128_doc", bwd: "kormo_attention_bwd_hd128_doc", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032 },
+    AttentionVariant { head_dim: 64, doc_mask: false, fwd: "kormo_attention_fwd_hd64_causal", bwd: "kormo_attention_bwd_hd64_causal", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880, bwd_dkdv: "kormo_attention_bwd_dkdv_hd64_causal", bwd_dq: "kormo_attention_bwd_dq_hd64_causal", dq_smem_bytes: 49664 },
+    AttentionVariant { head_dim: 64, doc_mask: true, fwd: "kormo_attention_fwd_hd64_doc", bwd: "kormo_attention_bwd_hd64_doc", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880, bwd_dkdv: "kormo_attention_bwd_dkdv_hd64_doc", bwd_dq: "kormo_attention_bwd_dq_hd64_doc", dq_smem_bytes: 49664 },
+    AttentionVariant { head_dim: 128, doc_mask: false, fwd: "kormo_attention_fwd_hd128_causal", bwd: "kormo_attention_bwd_hd128_causal", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032, bwd_dkdv: "kormo_attention_bwd_dkdv_hd128_causal", bwd_dq: "kormo_attention_bwd_dq_hd128_causal", dq_smem_bytes: 98816 },
+    AttentionVariant { head_dim: 128, doc_mask: true, fwd: "kormo_attention_fwd_hd128_doc", bwd: "kormo_attention_bwd_hd128_doc", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032, bwd_dkdv: "kormo_attention_bwd_dkdv_hd128_doc", bwd_dq: "kormo_attention_bwd_dq_hd128_doc", dq_smem_bytes: 98816 },
 ];

@@ -6,15 +6,16 @@
 //!   cuda/generate_instantiations.py.
 //! - [`device`]: device detection that never panics on machines without libcuda.
 //! - [`module`]: the embedded fatbin, loaded once per context, functions cached by name.
-//! - [`launch`]: one launcher per kernel family; each checks the shape invariants the kernel
+//! - [`kernel_launch`]: one launcher per kernel family; each checks the shape invariants the kernel
 //!   relies on and picks the grid.
 //! - [`gemm`]: row-major GEMMs through cuBLASLt (bf16 in, f32 accumulation).
 //! - [`ops`]: [`CudaOps`], the CUDA backend of `kormo_model::Ops` (bf16/f32 device buffers, a
-//!   scratch arena, one stream, no host sync outside `read`/`sum`).
+//!   scratch arena, one stream, no host sync outside `read`/`sum`); `CudaOps::for_model` opens
+//!   it for a model configuration.
+//! - `event_timer`: the per-op CUDA event timer behind `Ops::start_op_profile`.
 //! - [`optim`]: [`optim::DeviceAdamW`], kormo_optim's AdamW with its state and gradient clipping
 //!   on the device.
-//! - [`benchmark`]: what `train --benchmark` needs: [`CudaOps`] for a model config, FLOPs per
-//!   token, device peak, MFU.
+//! - [`benchmark`]: benchmark accounting: FLOPs per trained token, device peak, MFU.
 //! - [`bf16`]: host-side bf16 conversion (device buffers of bf16 are `u16` on the host).
 //! - [`random`]: a small seeded generator for the tests and the benchmark inputs.
 
@@ -22,9 +23,10 @@ pub mod benchmark;
 pub mod bf16;
 pub mod bindings;
 pub mod device;
+mod event_timer;
 pub mod gemm;
+pub mod kernel_launch;
 pub mod kernel_names;
-pub mod launch;
 pub mod module;
 pub mod ops;
 pub mod optim;

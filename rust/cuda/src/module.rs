@@ -60,8 +60,10 @@ impl Kernels {
         let smem = ATTENTION_VARIANTS.iter().find_map(|v| {
             if v.fwd == name {
                 Some(v.fwd_smem_bytes)
-            } else if v.bwd == name {
+            } else if v.bwd == name || v.bwd_dkdv == name {
                 Some(v.bwd_smem_bytes)
+            } else if v.bwd_dq == name {
+                Some(v.dq_smem_bytes)
             } else {
                 None
             }

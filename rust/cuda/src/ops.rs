@@ -30,6 +30,17 @@
 //! around its launches ([`crate::benchmark`]'s event timer). Host-to-device writes of batch inputs are plain
 //! stream copies.
 //!
+//! Deterministic mode ([`CudaOps::set_deterministic`], off by default): the ops whose default
+//! kernels sum floats with atomics, so that their rounding depends on block scheduling, switch to
+//! variants without (docs/kernels.md, "Deterministic mode"): `embedding_bwd` to the owner-computes
+//! scatter, `attention_bwd` to the dK/dV pass plus a dQ pass that owns each query tile, and the
+//! gradient sum of squares of [`crate::optim::DeviceAdamW::clip_grad_norm`] (through
+//! [`CudaOps::add_grad_sumsq`]) to per-block partials and a fixed-order reduce. Every other op is
+//! deterministic in both modes (one writer per output element, fixed reduction order; cuBLASLt
+//! GEMMs with a fixed plan on one stream), so with the mode on, a step's results depend only on
+//! its inputs and the device: a run stopped and resumed from a checkpoint repeats bitwise the
+//! steps an uninterrupted run takes.
+//!
 //! Errors: `Ops` has no error channel, so a refused launch or a driver error panics with the op's
 //! name and the reason; the preconditions a model configuration can break (head dim 64 or 128,
 //! hidden <= 12288) are checked up front by [`CudaOps::check_config`]. Kernel faults surface at
@@ -37,7 +48,7 @@
 //! contiguous spans, as the data loader packs them): the attention kernels skip tiles using that
 //! order.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
@@ -46,11 +57,11 @@ use kormo_model::{
     AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, ModelConfig, Ops, RopeShape, RowsShape,
 };
 
-use crate::benchmark::EventTimer;
+use crate::event_timer::EventTimer;
 use crate::bindings::*;
-use crate::device::CudaError;
+use crate::device::{detect_devices, CudaError, DeviceInfo};
 use crate::gemm::Gemm;
-use crate::launch::{self, RMSNORM_BWD_MAX_PARTIAL_ROWS};
+use crate::kernel_launch::{self, RMSNORM_BWD_MAX_PARTIAL_ROWS};
 use crate::module::Kernels;
 use crate::{bf16, kernel_names};
 
@@ -168,6 +179,8 @@ enum Slot {
     AttentionDelta,
     AttentionDqAccum,
     GradScale,
+    /// Per-block partial sums of the deterministic gradient sum of squares.
+    SumsqPartial,
 }
 
 const INPUT_SLOTS: usize = 6;
@@ -183,11 +196,12 @@ impl Slot {
             Slot::AttentionDelta => INPUT_SLOTS + 1,
             Slot::AttentionDqAccum => INPUT_SLOTS + 2,
             Slot::GradScale => INPUT_SLOTS + 3,
+            Slot::SumsqPartial => INPUT_SLOTS + 4,
         }
     }
 }
 
-const SLOTS: usize = INPUT_SLOTS + 4;
+const SLOTS: usize = INPUT_SLOTS + 5;
 
 /// The CUDA backend: kernels, cuBLASLt and a scratch arena on one stream of one device.
 /// Clones share all of it (a trainer keeps one for [`crate::optim::DeviceAdamW`] while the model
@@ -200,6 +214,8 @@ pub struct CudaOps {
     counters: Arc<Counters>,
     /// Per-op event timer, off unless a benchmark profiles ([`Ops::start_op_profile`]).
     timer: Arc<EventTimer>,
+    /// Deterministic mode (module docs), shared by every clone.
+    deterministic: Arc<AtomicBool>,
 }
 
 fn expect_ok<T>(op: &str, r: Result<T, CudaError>) -> T {
@@ -227,7 +243,51 @@ impl CudaOps {
             scratch: Arc::new(Mutex::new((0..2 * SLOTS).map(|_| None).collect())),
             counters,
             timer: Arc::default(),
+            deterministic: Arc::default(),
         })
+    }
+
+    /// Turns deterministic mode on or off (module docs; off after [`CudaOps::new`]) for this
+    /// backend and every clone of it, from the next op enqueued on. Costs nothing to switch.
+    pub fn set_deterministic(&self, on: bool) {
+        self.deterministic.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether deterministic mode is on ([`CudaOps::set_deterministic`]).
+    pub fn deterministic(&self) -> bool {
+        self.deterministic.load(Ordering::Relaxed)
+    }
+
+    /// Enqueues `*a.sumsq += sum(a.grad[i]^2)` (f32, `a.n` elements): [`kernel_launch::grad_sumsq`]
+    /// (f32 atomics), or in deterministic mode [`kernel_launch::grad_sumsq_deterministic`] with its
+    /// partial sums in this backend's scratch. Engines that clip gradients on the device
+    /// ([`crate::optim::DeviceAdamW`], kormo-dist's FSDP) call this rather than the launchers so
+    /// that the mode reaches them.
+    ///
+    /// # Safety
+    /// `a.grad` must hold `a.n` f32 and `a.sumsq` one f32, both on this backend's device.
+    pub unsafe fn add_grad_sumsq(&self, a: &KormoGradSumsqArgs) -> Result<(), CudaError> {
+        if self.deterministic() {
+            let partial = self.scratch(Slot::SumsqPartial, Dtype::F32, kernel_launch::GRAD_SUMSQ_MAX_BLOCKS);
+            // SAFETY: the caller's pointers; the partial slot holds GRAD_SUMSQ_MAX_BLOCKS f32 and
+            // its previous use is ordered before this one on the stream.
+            unsafe { kernel_launch::grad_sumsq_deterministic(&*self.kernels, a, partial) }
+        } else {
+            // SAFETY: the caller's pointers.
+            unsafe { kernel_launch::grad_sumsq(&*self.kernels, a) }
+        }
+    }
+
+    /// A backend ready for `config` on device `ordinal`, and that device's facts. Refuses
+    /// configurations the kernels do not cover before touching the device.
+    pub fn for_model(config: &ModelConfig, ordinal: usize) -> Result<(CudaOps, DeviceInfo), CudaError> {
+        CudaOps::check_config(config)?;
+        let ops = CudaOps::new(ordinal)?;
+        let info = detect_devices()?
+            .into_iter()
+            .nth(ordinal)
+            .ok_or_else(|| CudaError::NoDevice(format!("device {ordinal} vanished")))?;
+        Ok((ops, info))
     }
 
     /// Refuses model shapes the kernels do not cover, naming the setting.
@@ -313,7 +373,7 @@ impl CudaOps {
             value,
         };
         // SAFETY: dst and src are live buffers of n elements of the dtypes named.
-        expect_ok(op, unsafe { launch::elementwise(&*self.kernels, &a) });
+        expect_ok(op, unsafe { kernel_launch::elementwise(&*self.kernels, &a) });
     }
 
     /// Gives `buf` dtype `dtype`, converting its values on the device if it has the other one.
@@ -355,7 +415,7 @@ impl CudaOps {
             value: 0.0,
         };
         // SAFETY: the scratch slot holds at least buf.len elements of dtype.
-        expect_ok("convert input", unsafe { launch::elementwise(&*self.kernels, &a) });
+        expect_ok("convert input", unsafe { kernel_launch::elementwise(&*self.kernels, &a) });
         ptr
     }
 
@@ -491,7 +551,7 @@ impl Ops for CudaOps {
             _pad0: 0,
         };
         // SAFETY: every buffer checked against the shape and given the kernel's dtype.
-        expect_ok("rmsnorm_fwd", unsafe { launch::rmsnorm_fwd(&*self.kernels, &a) });
+        expect_ok("rmsnorm_fwd", unsafe { kernel_launch::rmsnorm_fwd(&*self.kernels, &a) });
     }
 
     fn rmsnorm_bwd(
@@ -531,9 +591,9 @@ impl Ops for CudaOps {
             dh_row_stride: shape.dim as i64,
             partial_rows,
         };
-        let reduce = launch::rmsnorm_dweight_reduce_args(&a, dweight.ptr);
+        let reduce = kernel_launch::rmsnorm_dweight_reduce_args(&a, dweight.ptr);
         // SAFETY: as in rmsnorm_fwd; the partial buffer holds partial_rows x dim f32.
-        expect_ok("rmsnorm_bwd", unsafe { launch::rmsnorm_bwd(&*self.kernels, &a, &reduce) });
+        expect_ok("rmsnorm_bwd", unsafe { kernel_launch::rmsnorm_bwd(&*self.kernels, &a, &reduce) });
     }
 
     fn rope_fwd(&self, x: &mut CudaBuf, positions: &CudaIdxBuf, shape: RopeShape, theta: f32) {
@@ -570,7 +630,7 @@ impl Ops for CudaOps {
             doc_ids.ptr,
         );
         // SAFETY: lengths checked against the shape; contiguous [tokens, heads, head_dim].
-        expect_ok("attention_fwd", unsafe { launch::attention_fwd(&*self.kernels, &a) });
+        expect_ok("attention_fwd", unsafe { kernel_launch::attention_fwd(&*self.kernels, &a) });
     }
 
     fn attention_bwd(
@@ -600,17 +660,26 @@ impl Ops for CudaOps {
         let o = self.input(out, Dtype::Bf16, 3);
         let dout = self.input(dout, Dtype::Bf16, 4);
         let fwd = attention_fwd_args(&shape, qkv, o, self.input(lse, Dtype::F32, 5), doc_ids.ptr);
-        let buffers = launch::AttentionBwdBuffers {
+        let deterministic = self.deterministic();
+        let buffers = kernel_launch::AttentionBwdBuffers {
             dout,
             delta: self.scratch(Slot::AttentionDelta, Dtype::F32, shape.tokens() * shape.heads),
-            dq_accum: self.scratch(Slot::AttentionDqAccum, Dtype::F32, q.len),
+            // The deterministic backward writes dq without the f32 accumulator.
+            dq_accum: if deterministic { 0 } else { self.scratch(Slot::AttentionDqAccum, Dtype::F32, q.len) },
             dq: dq.ptr,
             dk: dk.ptr,
             dv: dv.ptr,
         };
-        let a = launch::attention_bwd_args(&fwd, buffers);
+        let a = kernel_launch::attention_bwd_args(&fwd, buffers);
         // SAFETY: as in attention_fwd; delta and dq_accum are f32 scratch of the header's sizes.
-        expect_ok("attention_bwd", unsafe { launch::attention_bwd(&*self.kernels, &a) });
+        let r = unsafe {
+            if deterministic {
+                kernel_launch::attention_bwd_deterministic(&*self.kernels, &a)
+            } else {
+                kernel_launch::attention_bwd(&*self.kernels, &a)
+            }
+        };
+        expect_ok("attention_bwd", r);
     }
 
     fn swiglu_fwd(&self, gate: &CudaBuf, up: &CudaBuf, h: &mut CudaBuf, len: usize) {
@@ -622,7 +691,7 @@ impl Ops for CudaOps {
         self.ensure_dtype(h, Dtype::Bf16);
         let a = swiglu_args(self.input(gate, Dtype::Bf16, 0), self.input(up, Dtype::Bf16, 1), h.ptr, 0, 0, len);
         // SAFETY: three buffers of len bf16 elements.
-        expect_ok("swiglu_fwd", unsafe { launch::swiglu_fwd(&*self.kernels, &a) });
+        expect_ok("swiglu_fwd", unsafe { kernel_launch::swiglu_fwd(&*self.kernels, &a) });
     }
 
     fn swiglu_bwd(&self, gate: &CudaBuf, up: &CudaBuf, dh: &CudaBuf, dgate: &mut CudaBuf, dup: &mut CudaBuf, len: usize) {
@@ -643,7 +712,7 @@ impl Ops for CudaOps {
             len,
         );
         // SAFETY: five buffers of len bf16 elements.
-        expect_ok("swiglu_bwd", unsafe { launch::swiglu_bwd(&*self.kernels, &a) });
+        expect_ok("swiglu_bwd", unsafe { kernel_launch::swiglu_bwd(&*self.kernels, &a) });
     }
 
     fn embedding_fwd(&self, table: &CudaBuf, tokens: &CudaIdxBuf, out: &mut CudaBuf, shape: EmbeddingShape) {
@@ -652,9 +721,9 @@ impl Ops for CudaOps {
         check_len("embedding_fwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_fwd", "out", out.len, shape.tokens * shape.dim);
         self.ensure_dtype(out, Dtype::Bf16);
-        let a = launch::embedding_args(tokens.ptr, self.input(table, Dtype::Bf16, 0), out.ptr, shape);
+        let a = kernel_launch::embedding_args(tokens.ptr, self.input(table, Dtype::Bf16, 0), out.ptr, shape);
         // SAFETY: sizes checked; token ids < vocab is the model's validated batch invariant.
-        expect_ok("embedding_fwd", unsafe { launch::embedding_fwd(&*self.kernels, &a) });
+        expect_ok("embedding_fwd", unsafe { kernel_launch::embedding_fwd(&*self.kernels, &a) });
     }
 
     fn embedding_bwd(&self, dout: &CudaBuf, tokens: &CudaIdxBuf, dtable: &mut CudaBuf, shape: EmbeddingShape) {
@@ -663,9 +732,16 @@ impl Ops for CudaOps {
         check_len("embedding_bwd", "tokens", tokens.len, shape.tokens);
         check_len("embedding_bwd", "dout", dout.len, shape.tokens * shape.dim);
         self.ensure_dtype(dtable, Dtype::F32);
-        let a = launch::embedding_args(tokens.ptr, dtable.ptr, self.input(dout, Dtype::Bf16, 0), shape);
+        let a = kernel_launch::embedding_args(tokens.ptr, dtable.ptr, self.input(dout, Dtype::Bf16, 0), shape);
         // SAFETY: as in embedding_fwd, with an f32 table.
-        expect_ok("embedding_bwd", unsafe { launch::embedding_bwd(&*self.kernels, &a) });
+        let r = unsafe {
+            if self.deterministic() {
+                kernel_launch::embedding_bwd_deterministic(&*self.kernels, &a)
+            } else {
+                kernel_launch::embedding_bwd(&*self.kernels, &a)
+            }
+        };
+        expect_ok("embedding_bwd", r);
     }
 
     fn cross_entropy(
@@ -698,7 +774,7 @@ impl Ops for CudaOps {
             value: grad_scale,
         };
         // SAFETY: one f32 of scratch.
-        expect_ok("cross_entropy", unsafe { launch::elementwise(&*self.kernels, &fill) });
+        expect_ok("cross_entropy", unsafe { kernel_launch::elementwise(&*self.kernels, &fill) });
         let a = KormoCrossEntropyArgs {
             logits: logits.ptr,
             targets: targets.ptr,
@@ -715,7 +791,7 @@ impl Ops for CudaOps {
             _pad0: 0,
         };
         // SAFETY: sizes checked; targets with non-zero weight are < vocab (validated batch).
-        expect_ok("cross_entropy", unsafe { launch::cross_entropy(&*self.kernels, &a) });
+        expect_ok("cross_entropy", unsafe { kernel_launch::cross_entropy(&*self.kernels, &a) });
     }
 
     fn start_op_profile(&self) -> Result<(), String> {
@@ -747,9 +823,9 @@ impl CudaOps {
         // SAFETY: x holds tokens x heads x head_dim bf16, positions tokens ids.
         let r = unsafe {
             if forward {
-                launch::rope_fwd(&*self.kernels, &a)
+                kernel_launch::rope_fwd(&*self.kernels, &a)
             } else {
-                launch::rope_bwd(&*self.kernels, &a)
+                kernel_launch::rope_bwd(&*self.kernels, &a)
             }
         };
         expect_ok(op, r);
@@ -766,29 +842,7 @@ fn check_attention(op: &str, s: &AttentionShape, q: &CudaBuf, k: &CudaBuf, v: &C
 /// Forward arguments over contiguous `[tokens, heads, head_dim]` q/k/v/o of shape `s`
 /// (`qkv`: the q, k and v addresses).
 fn attention_fwd_args(s: &AttentionShape, qkv: [u64; 3], o: u64, lse: u64, doc_ids: u64) -> KormoAttentionFwdArgs {
-    let (q_tok, kv_tok, hd) = ((s.heads * s.head_dim) as i64, (s.kv_heads * s.head_dim) as i64, s.head_dim as i64);
-    KormoAttentionFwdArgs {
-        q: qkv[0],
-        k: qkv[1],
-        v: qkv[2],
-        o,
-        lse,
-        doc_ids,
-        batch: s.batch as i64,
-        seq_len: s.seq as i64,
-        heads_q: s.heads as i64,
-        heads_kv: s.kv_heads as i64,
-        q_token_stride: q_tok,
-        q_head_stride: hd,
-        k_token_stride: kv_tok,
-        k_head_stride: hd,
-        v_token_stride: kv_tok,
-        v_head_stride: hd,
-        o_token_stride: q_tok,
-        o_head_stride: hd,
-        softmax_scale: 1.0 / (s.head_dim as f32).sqrt(),
-        head_dim: s.head_dim as i32,
-    }
+    kernel_launch::AttentionLayout::contiguous(s.batch, s.seq, s.heads, s.kv_heads, s.head_dim).fwd_args(qkv, o, lse, doc_ids)
 }
 
 /// SwiGLU over `len` contiguous elements, as one row.
@@ -808,6 +862,12 @@ fn swiglu_args(gate: u64, up: u64, out: u64, dgate: u64, dup: u64, len: usize) -
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn opening_for_a_model_refuses_uncovered_configs_before_the_device() {
+        let err = super::CudaOps::for_model(&kormo_model::ModelConfig::tiny(), 0).err().expect("tiny's head dim 32 is not compiled");
+        assert!(err.to_string().contains("head_dim 32"), "{err}");
+    }
+
     use super::*;
 
     #[test]

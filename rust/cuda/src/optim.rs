@@ -7,7 +7,8 @@
 //!
 //! A step is two calls, so that a caller can look at the gradient norm before anything changes
 //! (the trainer's outlier guard skips an update from it): [`DeviceAdamW::clip_grad_norm`] sums
-//! the squared gradients on the device (`kormo_grad_sumsq` into one f32), derives the clip scale
+//! the squared gradients on the device (`kormo_grad_sumsq` into one f32, or in the backend's
+//! deterministic mode the atomic-free pair, see [`CudaOps::add_grad_sumsq`]), derives the clip scale
 //! there (`kormo_clip_scale`, torch's rule) and returns the pre-clip norm (the step's one host
 //! sync); [`DeviceAdamW::apply`] then updates every tensor with the gradients times that device
 //! scale, the learning rate being a device scalar written by a fill kernel. Skipping a step is
@@ -22,7 +23,7 @@ use kormo_optim::{AdamWConfig, ParamInfo};
 
 use crate::bindings::*;
 use crate::device::CudaError;
-use crate::launch;
+use crate::kernel_launch;
 use crate::ops::{CudaBuf, CudaOps, Dtype};
 
 /// Device scalars of one step: learning rate, sum of squared gradients, clip scale.
@@ -104,7 +105,7 @@ impl DeviceAdamW {
         for (g, info) in grads.iter().zip(&self.params) {
             let a = KormoGradSumsqArgs { grad: g.device_ptr(), sumsq: self.scalars[SUMSQ].device_ptr(), n: info.numel as i64 };
             // SAFETY: g holds numel f32 (checked and converted above); sumsq is one f32.
-            unsafe { launch::grad_sumsq(ops.kernels(), &a) }?;
+            unsafe { ops.add_grad_sumsq(&a) }?;
         }
         let c = KormoClipScaleArgs {
             sumsq: self.scalars[SUMSQ].device_ptr(),
@@ -113,7 +114,7 @@ impl DeviceAdamW {
             _pad0: 0,
         };
         // SAFETY: two single f32 device values.
-        unsafe { launch::clip_scale(ops.kernels(), &c) }?;
+        unsafe { kernel_launch::clip_scale(ops.kernels(), &c) }?;
         self.clip_scale_ready = true;
         Ok(ops.sum(&self.scalars[SUMSQ]).sqrt())
     }
@@ -155,7 +156,7 @@ impl DeviceAdamW {
                 _pad0: 0,
             };
             // SAFETY: every buffer holds numel elements (f32; the weight bf16, ensured above).
-            unsafe { launch::adamw_step(ops.kernels(), &a) }?;
+            unsafe { kernel_launch::adamw_step(ops.kernels(), &a) }?;
         }
         Ok(())
     }

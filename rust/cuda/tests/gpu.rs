@@ -69,6 +69,55 @@ fn embedding_lookup_and_scatter_add() {
     cases::check_embedding(&k, (1000, 37, 777)); // dim not a multiple of 8: 2-byte copies
 }
 
+/// The deterministic variants (CudaOps::set_deterministic) against the references, each run
+/// twice: the outputs must repeat bitwise (on the device the block schedule differs run to run).
+#[test]
+fn deterministic_variants_match_references_and_repeat_bitwise() {
+    let Some(k) = kernels_or_skip() else { return };
+    for shape in [(1000, 136, 777), (1000, 37, 777), (32_768, 2048, 4096)] {
+        let first = cases::check_embedding_mode(&k, shape, 41, true);
+        assert!(first == cases::check_embedding_mode(&k, shape, 41, true), "deterministic embedding backward {shape:?} did not repeat");
+    }
+    let lens = [10_007, 3_000_000, 1];
+    let first = cases::check_grad_sumsq(&k, &lens, 91, true);
+    assert_eq!(first, cases::check_grad_sumsq(&k, &lens, 91, true), "deterministic grad sum of squares did not repeat");
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let attn = [
+        AttnCase { name: "causal, hd128, MHA", shape: shape(1, 130, 4, 4, 128), docs: None, pad: 0, seed: 21 },
+        AttnCase { name: "docs straddling row starts, hd128, GQA 8", shape: shape(3, 97, 8, 1, 128), docs: Some(vec![150, 90, 7, 50]), pad: 16, seed: 24 },
+        AttnCase { name: "many short docs, hd64, GQA 3", shape: shape(2, 200, 6, 2, 64), docs: Some((0..40).map(|i| 3 + (i * 7) % 19).collect()), pad: 8, seed: 23 },
+        AttnCase { name: "causal, hd64, long row", shape: shape(1, 1517, 2, 1, 64), docs: None, pad: 0, seed: 26 },
+    ];
+    let first = cases::check_attention_mode(&k, &attn, true);
+    assert!(first == cases::check_attention_mode(&k, &attn, true), "deterministic attention did not repeat");
+}
+
+/// CudaOps in deterministic mode: the model's forward/backward still matches the CPU backend,
+/// and two runs from the same parameters and batch give bitwise the same loss and gradients.
+#[test]
+fn cuda_ops_deterministic_forward_backward_repeats_bitwise() {
+    let Some(ops) = cuda_ops_or_skip() else { return };
+    assert!(!ops.deterministic(), "deterministic mode is off by default");
+    ops.set_deterministic(true);
+    assert!(ops.clone().deterministic(), "clones share the mode");
+    check_forward_backward(ops.clone(), true);
+    let run = || {
+        let mut model = Model::new(gpu_tiny_config(false), ops.clone(), 7).expect("model");
+        let batch = packed_batch(3, model.config().vocab);
+        model.zero_grads();
+        let loss = model.forward_backward(&batch, 1.0 / batch.loss_weight_sum() as f32).expect("forward_backward");
+        let bits = loss.mean().to_bits();
+        let mut out = vec![bits as u32, (bits >> 32) as u32];
+        for spec in model.param_specs().to_vec() {
+            let mut g = vec![0.0; spec.numel()];
+            model.read_grad(&spec.name, &mut g).expect("read grad");
+            out.extend(g.iter().map(|x| x.to_bits()));
+        }
+        out
+    };
+    assert!(run() == run(), "deterministic CudaOps forward/backward did not repeat bitwise");
+}
+
 #[test]
 fn adamw_with_device_side_clipping() {
     let Some(k) = kernels_or_skip() else { return };

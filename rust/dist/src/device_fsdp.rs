@@ -62,7 +62,7 @@ use std::mem;
 
 use cudarc::driver::{CudaEvent, CudaStream};
 use kormo_cuda::bindings::*;
-use kormo_cuda::{launch, CudaBuf, CudaError, CudaOps, Dtype};
+use kormo_cuda::{kernel_launch, CudaBuf, CudaError, CudaOps, Dtype};
 use kormo_model::{Batch, LossSum, Model, Ops, ParamSpec};
 use kormo_optim::{AdamWConfig, ParamInfo};
 
@@ -208,7 +208,7 @@ impl DeviceStore {
         };
         // SAFETY: every caller passes addresses inside live buffers of the named dtypes with
         // at least n elements from there.
-        unsafe { launch::elementwise(self.ops.kernels(), &a) }
+        unsafe { kernel_launch::elementwise(self.ops.kernels(), &a) }
             .map_err(|e| self.device_error(what, e))
     }
 
@@ -933,8 +933,9 @@ impl DeviceFsdpRank {
                 sumsq: self.scalars[SUMSQ].device_ptr(),
                 n: seg.len as i64,
             };
-            // SAFETY: the segment lies inside its unit's gradient shard; sumsq is one f32.
-            unsafe { launch::grad_sumsq(self.ops.kernels(), &a) }
+            // SAFETY: the segment lies inside its unit's gradient shard; sumsq is one f32. The
+            // backend's kernel for its mode (fixed-order partial sums when deterministic).
+            unsafe { self.ops.add_grad_sumsq(&a) }
                 .map_err(|e| self.device_error("grad_sumsq", e))?;
         }
         self.ops
@@ -959,7 +960,7 @@ impl DeviceFsdpRank {
             _pad0: 0,
         };
         // SAFETY: two single f32 device values.
-        unsafe { launch::clip_scale(self.ops.kernels(), &c) }
+        unsafe { kernel_launch::clip_scale(self.ops.kernels(), &c) }
             .map_err(|e| self.device_error("clip_scale", e))?;
         let grad_norm = squares[0].sqrt();
 
@@ -1051,7 +1052,7 @@ impl DeviceFsdpRank {
             };
             // SAFETY: the segment lies inside its unit's shards (f32 master, gradient and
             // moments, bf16 weights); lr and clip_scale are single f32 values.
-            unsafe { launch::adamw_step(self.ops.kernels(), &a) }
+            unsafe { kernel_launch::adamw_step(self.ops.kernels(), &a) }
                 .map_err(|e| self.device_error(&format!("adamw_step of {}", info.name), e))?;
         }
         Ok(())

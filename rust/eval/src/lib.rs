@@ -42,12 +42,15 @@ pub fn to_markdown(results: &[TaskResult]) -> String {
 }
 
 /// The recipe section of downstream evaluation during training: which task files to score
-/// and every how many optimizer steps.
-#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+/// and every how many optimizer steps; `tokenizer`: the tokenizer.json that encodes the
+/// prompts when the recipe's `[tokens]` names none (pre-tokenized shards).
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DownstreamSection {
     pub tasks: Vec<std::path::PathBuf>,
     pub interval: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer: Option<std::path::PathBuf>,
 }
 
 /// Loads the section's tasks once (at trainer start, so a typo fails before step 1).
@@ -59,8 +62,9 @@ pub fn load_tasks(section: &DownstreamSection) -> Result<Vec<task::Task>, String
 }
 
 /// Scores `weights` (the trainer's current parameters) on `tasks` and returns the
-/// metrics.jsonl records of `step`: one `{"kind": "downstream", ...}` per task and metric,
-/// then one per language and metric averaging that language's tasks (docs/eval.md).
+/// metrics.jsonl records of `step`: one `{"record": "downstream", "kind": "downstream", ...}`
+/// per task and metric, then one per language and metric averaging that language's tasks
+/// (docs/eval.md).
 pub fn in_loop_records(weights: &kormo_hf::Weights, tok: &kormo_tokenizer::Tokenizer, tasks: &[task::Task], step: usize, threads: usize) -> Result<Vec<Value>, String> {
     let bos = tok.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
     let eot = tok.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
@@ -72,13 +76,13 @@ pub fn in_loop_records(weights: &kormo_hf::Weights, tok: &kormo_tokenizer::Token
     for r in &results {
         let language = r.language.clone().unwrap_or_else(|| "all".into());
         for s in &r.scores {
-            records.push(json!({"kind": "downstream", "step": step, "task": r.task, "language": language, "shots": r.shots, "metric": s.metric, "score": s.value, "stderr": s.stderr}));
+            records.push(json!({"record": "downstream", "kind": "downstream", "step": step, "task": r.task, "language": language, "shots": r.shots, "metric": s.metric, "score": s.value, "stderr": s.stderr}));
             by_language.entry((language.clone(), s.metric)).or_default().push(s.value);
         }
     }
     for ((language, metric), scores) in by_language {
         let mean = scores.iter().sum::<f64>() / scores.len() as f64;
-        records.push(json!({"kind": "downstream", "step": step, "task": format!("mean_{language}"), "language": language, "metric": metric, "score": mean, "tasks": scores.len()}));
+        records.push(json!({"record": "downstream", "kind": "downstream", "step": step, "task": format!("mean_{language}"), "language": language, "metric": metric, "score": mean, "tasks": scores.len()}));
     }
     Ok(records)
 }

@@ -124,7 +124,7 @@ pub fn select_on(
     }
     // Presence first, so a machine without a GPU says so whatever the model.
     let opened = kormo_cuda::detect_devices()
-        .and_then(|_| kormo_cuda::benchmark::open_for_model(config, ordinal));
+        .and_then(|_| CudaOps::for_model(config, ordinal));
     match opened {
         Ok((ops, device)) => Ok(Selected::Cuda { ops, device }),
         Err(e) => match choice {

@@ -114,6 +114,8 @@ pub fn run(
         }
         Selected::Cuda { ops, device } => {
             let available = Some(device.total_memory_bytes as u64);
+            // The recipe's mode, so `--benchmark` times what training runs.
+            ops.set_deterministic(recipe.file.stability.deterministic);
             run_on(
                 recipe,
                 opts,

@@ -13,6 +13,7 @@
 //!   event lines and the report of a run.
 //! * `run_state` — the trainer state a checkpoint holds, checked against the recipe and the
 //!   data on resume.
+//! * `downstream` — benchmark scores during training (the recipe's `[downstream]`).
 //! * [`metrics`] — progress lines and RUN_DIR/STAGE/metrics.jsonl.
 //! * [`backend`] — `--backend auto|cpu|cuda`: the backends and the engines on them.
 //! * [`benchmark`] — `train --benchmark`: tokens/s, FLOP rate and MFU of a stage's shape.
@@ -27,6 +28,7 @@
 pub mod backend;
 pub mod benchmark;
 pub mod cli;
+mod downstream;
 pub mod error;
 pub mod guard;
 pub mod launcher;

@@ -70,6 +70,11 @@ pub struct RecipeFile {
     /// the recipe hash when absent, so adding the feature did not change existing hashes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dist: Option<DistConfig>,
+    /// Downstream benchmark scores during training (optional table, docs/eval.md; paths
+    /// relative to the recipe file). Scoring changes no weight, so it is left out of the
+    /// recipe hash: adding it to a running recipe still resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downstream: Option<kormo_eval::DownstreamSection>,
     pub sources: BTreeMap<String, SourceConfig>,
     pub stages: Stages,
 }
@@ -91,6 +96,12 @@ pub struct StabilityConfig {
     pub nonfinite_retries: u32,
     /// z-loss coefficient (`z * logsumexp^2` per token); KORMo's code has 1e-5, off by default.
     pub z_loss: f64,
+    /// CUDA kernels without order-dependent floating-point sums (attention dQ, embedding
+    /// backward, the gradient norm: docs/kernels.md), so a CUDA run stopped and resumed is
+    /// bitwise the uninterrupted one. The CPU backend is deterministic either way. Left out of
+    /// the recipe hash when off, so adding the key did not change existing hashes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deterministic: bool,
 }
 
 impl Default for StabilityConfig {
@@ -101,6 +112,7 @@ impl Default for StabilityConfig {
             outlier_warmup: 64,
             nonfinite_retries: 3,
             z_loss: 0.0,
+            deterministic: false,
         }
     }
 }
@@ -463,7 +475,11 @@ impl Recipe {
 
     /// FNV-1a (64-bit) of the canonical JSON form: equal recipes hash equal wherever they came from.
     pub fn hash(&self) -> String {
-        let json = serde_json::to_string(&self.file).expect("recipe serialises");
+        let file = RecipeFile {
+            downstream: None,
+            ..self.file.clone()
+        };
+        let json = serde_json::to_string(&file).expect("recipe serialises");
         let hash = json.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
         });

@@ -49,6 +49,8 @@ pub(crate) struct StageRun<'a> {
     pub checkpoints_dir: PathBuf,
     pub final_dir: PathBuf,
     pub start: Start,
+    /// Downstream benchmark scores during training (the recipe's `[downstream]`).
+    pub downstream: Option<crate::downstream::Downstream>,
 }
 
 /// Trains the stage's remaining phases on `engine`. `phases`: this rank's data of every phase;
@@ -210,6 +212,9 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
                     self.evaluate(source, phase, step)?;
                 }
             }
+            if run.downstream.as_ref().is_some_and(|d| d.is_due(step, done == total)) {
+                self.downstream(step)?;
+            }
             let target = checkpoint_target(
                 recipe,
                 step,
@@ -291,6 +296,21 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
         if let Some(metrics) = self.metrics.as_deref_mut() {
             let record = eval_record(source, phase, &self.run.opts.stage, step, sum);
             say(self.out, record.line());
+            metrics.append(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Downstream benchmark scores of the current weights (collective: every rank gathers
+    /// them; rank 0 scores and logs).
+    fn downstream(&mut self, step: u64) -> Result<(), TrainError> {
+        let params = self.engine.full_params()?;
+        let (Some(metrics), Some(downstream)) = (self.metrics.as_deref_mut(), &self.run.downstream) else {
+            return Ok(());
+        };
+        let specs = self.engine.param_specs();
+        for record in downstream.records(self.run.recipe, specs, params, step)? {
+            say(self.out, crate::downstream::line(&record));
             metrics.append(&record)?;
         }
         Ok(())

@@ -143,6 +143,7 @@ pub fn run_stage_launched(
         }
         Selected::Cuda { ops, device } => {
             let available = Some(device.total_memory_bytes as u64);
+            ops.set_deterministic(recipe.file.stability.deterministic);
             run_stage_on(
                 recipe,
                 opts,
@@ -271,6 +272,9 @@ fn run_stage_on<O: TrainBackend>(
             format!("z-loss: {:e} x logsumexp^2 per token", stability.z_loss),
         );
     }
+    if stability.deterministic {
+        say(out, "deterministic: on (CUDA kernels sum in a fixed order, so a stopped and resumed run is bitwise the uninterrupted one; the CPU backend always does)");
+    }
 
     // Where to start: a checkpoint of this stage, the previous stage's final weights, or scratch.
     let (start, weights) = if opts.resume {
@@ -301,6 +305,7 @@ fn run_stage_on<O: TrainBackend>(
         checkpoints_dir,
         final_dir: stage_dir.join("final"),
         start,
+        downstream: crate::downstream::Downstream::load(recipe, threads)?,
     };
     if group.is_none() && opts.world_size == 1 {
         let (adamw, grad_clip) = (adamw_config(recipe), recipe.file.optimizer.grad_clip);

@@ -367,3 +367,16 @@ fn mistakes_are_reported_where_they_are() {
         "must be at least 1",
     );
 }
+
+#[test]
+fn deterministic_mode_is_a_stability_key_that_keeps_the_hash_when_off() {
+    let plain = parse(TINY_RECIPE).unwrap();
+    assert!(!plain.file.stability.deterministic, "off by default");
+    let with = |value: &str| format!("{TINY_RECIPE}\n[stability]\ndeterministic = {value}\n");
+    let on = parse(&with("true")).unwrap();
+    assert!(on.file.stability.deterministic);
+    let off = parse(&with("false")).unwrap();
+    assert_eq!(off.hash(), plain.hash(), "off is today's recipe, to the hash");
+    assert_ne!(on.hash(), plain.hash(), "on changes what the kernels compute");
+    expect_error(&with("\"yes\""), "stability.deterministic", "bool");
+}

@@ -251,3 +251,69 @@ fn a_missing_or_incomplete_tokenizer_is_a_recipe_error() {
     assert!(err.contains("model.vocab") && err.contains("512"), "{err}");
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+#[test]
+fn downstream_scores_go_to_the_metrics_every_interval_at_one_and_two_ranks() {
+    let root = scratch("tokenizer-downstream");
+    std::fs::create_dir_all(&root).unwrap();
+    train_tokenizer(&root.join("tok"), 512, 1);
+    // A multiple-choice task in lm-evaluation-harness's fields (docs/eval.md).
+    let docs = [
+        r#"{"question": "What color is the sky?", "choices": ["blue", "green", "red"], "answerKey": 0}"#,
+        r#"{"question": "하늘은 무슨 색인가?", "choices": ["파랗다", "깊다"], "answerKey": 0}"#,
+    ];
+    std::fs::write(root.join("arc_tiny.jsonl"), docs.join("\n")).unwrap();
+    std::fs::write(
+        root.join("arc_tiny.json"),
+        r#"{"task": "arc_tiny", "language": "en", "output_type": "multiple_choice", "test_split": "arc_tiny.jsonl",
+            "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{answerKey}}", "doc_to_choice": "choices"}"#,
+    )
+    .unwrap();
+    let plain = bpe_recipe(&root, "tok/tokenizer.json", None);
+    let path = root.join("recipe.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text + "\n[downstream]\ntasks = [\"arc_tiny.json\"]\ninterval = 2\n").unwrap();
+    let recipe = Recipe::load(&path).unwrap();
+    assert_eq!(recipe.hash(), plain.hash(), "scoring changes no weight: the hash stays");
+
+    let scores = |world_size: usize| -> Vec<(u64, String, String)> {
+        let run_dir = root.join(format!("run-{world_size}"));
+        let mut opts = options("pretrain1", &run_dir);
+        opts.max_steps = Some(5);
+        opts.world_size = world_size;
+        run_quiet(&recipe, &opts);
+        let metrics = run_dir.join("pretrain1/metrics.jsonl");
+        let records: Vec<serde_json::Value> =
+            kormo_train::metrics::read_records(&metrics, "downstream").unwrap();
+        // Step lines still read back (downstream records carry their own "record").
+        assert_eq!(kormo_train::metrics::read_metrics(&metrics).unwrap().len(), 5);
+        records
+            .iter()
+            .map(|r| {
+                let score = r["score"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&score), "{r}");
+                let text = |k: &str| r[k].as_str().unwrap().to_string();
+                (r["step"].as_u64().unwrap(), text("task"), text("metric"))
+            })
+            .collect()
+    };
+    let single = scores(1);
+    // Every 2 steps and at the end of the phase (step 5): the task's acc and acc_norm, then the
+    // language means.
+    let expected: Vec<(u64, String, String)> = [2, 4, 5]
+        .into_iter()
+        .flat_map(|step| {
+            [("arc_tiny", "acc"), ("arc_tiny", "acc_norm"), ("mean_en", "acc"), ("mean_en", "acc_norm")]
+                .map(|(task, metric)| (step, task.to_string(), metric.to_string()))
+        })
+        .collect();
+    assert_eq!(single, expected);
+    assert_eq!(scores(2), expected, "the same records from two ranks");
+
+    // A task file that does not exist fails before the first step, naming the key.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("arc_tiny.json\"]", "missing.json\"]")).unwrap();
+    let err = run_error(&Recipe::load(&path).unwrap(), &options("pretrain1", &root.join("run-bad")));
+    assert!(err.contains("downstream.tasks") && err.contains("missing.json"), "{err}");
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -22,7 +22,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr};
 use kormo_cuda::bindings::*;
 use kormo_cuda::random::SplitMix64;
 use kormo_cuda::gemm::Gemm;
-use kormo_cuda::{bf16, launch, CudaError, Dtype, Kernels};
+use kormo_cuda::{bf16, kernel_launch, CudaError, Dtype, Kernels};
 use kormo_model::{EmbeddingShape, MatmulShape};
 
 const HIDDEN: usize = 4096;
@@ -200,9 +200,9 @@ fn bench_rmsnorm(b: &Bench) -> Result<(), Box<dyn Error>> {
         _pad0: 0,
     };
     let shape = format!("{TOKENS} x {HIDDEN}, fused residual");
-    b.timed_row_bytes("rmsnorm fwd", &shape, (4 * n * 2) as f64, || unsafe { launch::rmsnorm_fwd(&b.k, &a) })?;
+    b.timed_row_bytes("rmsnorm fwd", &shape, (4 * n * 2) as f64, || unsafe { kernel_launch::rmsnorm_fwd(&b.k, &a) })?;
 
-    let partial_rows = launch::RMSNORM_BWD_MAX_PARTIAL_ROWS;
+    let partial_rows = kernel_launch::RMSNORM_BWD_MAX_PARTIAL_ROWS;
     let (dh, partial, dw) = (b.bf16_buf(n, 1.0)?, b.f32_buf(partial_rows as usize * HIDDEN, 1.0)?, b.f32_buf(HIDDEN, 1.0)?);
     let bw = KormoRmsNormBwdArgs {
         h: a.residual_out,
@@ -219,8 +219,8 @@ fn bench_rmsnorm(b: &Bench) -> Result<(), Box<dyn Error>> {
         dh_row_stride: HIDDEN as i64,
         partial_rows,
     };
-    let r = launch::rmsnorm_dweight_reduce_args(&bw, b.ptr(&dw));
-    b.timed_row_bytes("rmsnorm bwd (+dweight reduce)", &shape, (4 * n * 2) as f64, || unsafe { launch::rmsnorm_bwd(&b.k, &bw, &r) })?;
+    let r = kernel_launch::rmsnorm_dweight_reduce_args(&bw, b.ptr(&dw));
+    b.timed_row_bytes("rmsnorm bwd (+dweight reduce)", &shape, (4 * n * 2) as f64, || unsafe { kernel_launch::rmsnorm_bwd(&b.k, &bw, &r) })?;
     Ok(())
 }
 
@@ -239,9 +239,9 @@ fn bench_swiglu(b: &Bench) -> Result<(), Box<dyn Error>> {
         out_row_stride: FFN as i64,
     };
     let shape = format!("{TOKENS} x {FFN}");
-    b.timed_row_bytes("swiglu fwd", &shape, (3 * n * 2) as f64, || unsafe { launch::swiglu_fwd(&b.k, &a) })?;
+    b.timed_row_bytes("swiglu fwd", &shape, (3 * n * 2) as f64, || unsafe { kernel_launch::swiglu_fwd(&b.k, &a) })?;
     // The backward reads `out` as dout.
-    b.timed_row_bytes("swiglu bwd", &shape, (5 * n * 2) as f64, || unsafe { launch::swiglu_bwd(&b.k, &a) })?;
+    b.timed_row_bytes("swiglu bwd", &shape, (5 * n * 2) as f64, || unsafe { kernel_launch::swiglu_bwd(&b.k, &a) })?;
     Ok(())
 }
 
@@ -262,7 +262,7 @@ fn bench_rope(b: &Bench) -> Result<(), Box<dyn Error>> {
         theta: 500000.0,
         _pad0: 0,
     };
-    b.timed_row_bytes("rope fwd (in place, q)", &format!("{TOKENS} x {HEADS_Q} x {HEAD_DIM}"), (2 * n * 2) as f64, || unsafe { launch::rope_fwd(&b.k, &a) })?;
+    b.timed_row_bytes("rope fwd (in place, q)", &format!("{TOKENS} x {HEADS_Q} x {HEAD_DIM}"), (2 * n * 2) as f64, || unsafe { kernel_launch::rope_fwd(&b.k, &a) })?;
     Ok(())
 }
 
@@ -271,12 +271,23 @@ fn bench_embedding(b: &Bench) -> Result<(), Box<dyn Error>> {
     let tokens: Vec<u32> = (0..TOKENS).map(|_| rng.below(VOCAB as u64) as u32).collect();
     let (tok, table, out) = (b.upload(&tokens)?, b.bf16_buf(VOCAB * HIDDEN, 1.0)?, b.bf16_buf(TOKENS * HIDDEN, 1.0)?);
     let dtable = b.st.alloc_zeros::<f32>(VOCAB * HIDDEN)?;
-    let mut a = launch::embedding_args(b.ptr(&tok), b.ptr(&table), b.ptr(&out), EmbeddingShape { tokens: TOKENS, vocab: VOCAB, dim: HIDDEN });
+    let mut a = kernel_launch::embedding_args(b.ptr(&tok), b.ptr(&table), b.ptr(&out), EmbeddingShape { tokens: TOKENS, vocab: VOCAB, dim: HIDDEN });
     let shape = format!("{TOKENS} tokens x {HIDDEN}");
-    b.timed_row_bytes("embedding fwd", &shape, (2 * TOKENS * HIDDEN * 2) as f64, || unsafe { launch::embedding_fwd(&b.k, &a) })?;
+    b.timed_row_bytes("embedding fwd", &shape, (2 * TOKENS * HIDDEN * 2) as f64, || unsafe { kernel_launch::embedding_fwd(&b.k, &a) })?;
     a.table = b.ptr(&dtable);
     // dout read (bf16) + f32 read-modify-write of the touched rows.
-    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, (TOKENS * HIDDEN * (2 + 8)) as f64, || unsafe { launch::embedding_bwd(&b.k, &a) })?;
+    let bwd_bytes = (TOKENS * HIDDEN * (2 + 8)) as f64;
+    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, bwd_bytes, || unsafe { kernel_launch::embedding_bwd(&b.k, &a) })?;
+    // The deterministic mode's owner-computes backward (no atomics), same tokens; then both on a
+    // skewed batch (a quarter of the tokens one id: the owner path's worst case, a hot row summed
+    // by one block).
+    b.timed_row_bytes("embedding bwd deterministic (owned rows)", &shape, bwd_bytes, || unsafe { kernel_launch::embedding_bwd_deterministic(&b.k, &a) })?;
+    let skewed: Vec<u32> = tokens.iter().enumerate().map(|(i, &t)| if i % 4 == 0 { 13 } else { t }).collect();
+    let skewed_tok = b.upload(&skewed)?;
+    a.tokens = b.ptr(&skewed_tok);
+    let shape = format!("{TOKENS} tokens x {HIDDEN}, 1/4 one id");
+    b.timed_row_bytes("embedding bwd (f32 atomics)", &shape, bwd_bytes, || unsafe { kernel_launch::embedding_bwd(&b.k, &a) })?;
+    b.timed_row_bytes("embedding bwd deterministic (owned rows)", &shape, bwd_bytes, || unsafe { kernel_launch::embedding_bwd_deterministic(&b.k, &a) })?;
     Ok(())
 }
 
@@ -302,7 +313,7 @@ fn bench_cross_entropy(b: &Bench) -> Result<(), Box<dyn Error>> {
         z_loss: 0.0,
         _pad0: 0,
     };
-    b.timed_row_bytes("cross entropy + dlogits (in place)", &format!("{TOKENS} x {VOCAB}"), (2 * n * 2) as f64, || unsafe { launch::cross_entropy(&b.k, &a) })?;
+    b.timed_row_bytes("cross entropy + dlogits (in place)", &format!("{TOKENS} x {VOCAB}"), (2 * n * 2) as f64, || unsafe { kernel_launch::cross_entropy(&b.k, &a) })?;
     Ok(())
 }
 
@@ -332,9 +343,13 @@ fn bench_adamw(b: &Bench) -> Result<(), Box<dyn Error>> {
     };
     let shape = format!("{n} params");
     // read master, grad, m, v; write master, m, v (f32) and the bf16 weight.
-    b.timed_row_bytes("adamw step", &shape, (n * (16 + 12 + 2)) as f64, || unsafe { launch::adamw_step(&b.k, &a) })?;
+    b.timed_row_bytes("adamw step", &shape, (n * (16 + 12 + 2)) as f64, || unsafe { kernel_launch::adamw_step(&b.k, &a) })?;
     let s = KormoGradSumsqArgs { grad: a.grad, sumsq: b.ptr(&sumsq), n: n as i64 };
-    b.timed_row_bytes("grad sum of squares", &shape, (n * 4) as f64, || unsafe { launch::grad_sumsq(&b.k, &s) })?;
+    b.timed_row_bytes("grad sum of squares", &shape, (n * 4) as f64, || unsafe { kernel_launch::grad_sumsq(&b.k, &s) })?;
+    let partial = b.st.alloc_zeros::<f32>(kernel_launch::GRAD_SUMSQ_MAX_BLOCKS)?;
+    b.timed_row_bytes("grad sum of squares deterministic (partials + reduce)", &shape, (n * 4) as f64, || unsafe {
+        kernel_launch::grad_sumsq_deterministic(&b.k, &s, b.ptr(&partial))
+    })?;
     Ok(())
 }
 
@@ -388,28 +403,9 @@ fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Resul
     let (lse, delta, dq_accum) = (b.f32_buf(HEADS_Q * t, 1.0)?, b.f32_buf(HEADS_Q * t, 1.0)?, b.f32_buf(qn, 1.0)?);
     let docs: Vec<u32> = (0..t).map(|i| (i / DOC_LEN) as u32).collect();
     let doc = b.upload(&docs)?;
-    let f = KormoAttentionFwdArgs {
-        q: b.ptr(&q),
-        k: b.ptr(&k),
-        v: b.ptr(&v),
-        o: b.ptr(&o),
-        lse: b.ptr(&lse),
-        doc_ids: if doc_mask { b.ptr(&doc) } else { 0 },
-        batch: batch as i64,
-        seq_len: seq as i64,
-        heads_q: HEADS_Q as i64,
-        heads_kv: HEADS_KV as i64,
-        q_token_stride: (HEADS_Q * HEAD_DIM) as i64,
-        q_head_stride: HEAD_DIM as i64,
-        k_token_stride: (HEADS_KV * HEAD_DIM) as i64,
-        k_head_stride: HEAD_DIM as i64,
-        v_token_stride: (HEADS_KV * HEAD_DIM) as i64,
-        v_head_stride: HEAD_DIM as i64,
-        o_token_stride: (HEADS_Q * HEAD_DIM) as i64,
-        o_head_stride: HEAD_DIM as i64,
-        softmax_scale: 1.0 / (HEAD_DIM as f32).sqrt(),
-        head_dim: HEAD_DIM as i32,
-    };
+    let layout = kernel_launch::AttentionLayout::contiguous(batch, seq, HEADS_Q, HEADS_KV, HEAD_DIM);
+    let doc_ids = if doc_mask { b.ptr(&doc) } else { 0 };
+    let f = layout.fwd_args([b.ptr(&q), b.ptr(&k), b.ptr(&v)], b.ptr(&o), b.ptr(&lse), doc_ids);
     // Useful FLOPs: 4 * D per visible (query, key) pair (QK^T and PV), causal within each doc.
     let span = if doc_mask { DOC_LEN.min(seq) } else { seq };
     let pairs_per_row = (seq / span) as f64 * (span * (span + 1) / 2) as f64;
@@ -418,8 +414,8 @@ fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Resul
         "b{batch} s{seq} h{HEADS_Q}/{HEADS_KV} d{HEAD_DIM} {}",
         if doc_mask { format!("docs of {DOC_LEN}") } else { "causal".to_string() }
     );
-    b.timed_row_flops("attention fwd", &shape, fwd_flops, || unsafe { launch::attention_fwd(&b.k, &f) })?;
-    let buffers = launch::AttentionBwdBuffers {
+    b.timed_row_flops("attention fwd", &shape, fwd_flops, || unsafe { kernel_launch::attention_fwd(&b.k, &f) })?;
+    let buffers = kernel_launch::AttentionBwdBuffers {
         dout: b.ptr(&dout),
         delta: b.ptr(&delta),
         dq_accum: b.ptr(&dq_accum),
@@ -427,7 +423,12 @@ fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Resul
         dk: b.ptr(&dk),
         dv: b.ptr(&dv),
     };
-    let bw = launch::attention_bwd_args(&f, buffers);
-    b.timed_row_flops("attention bwd (prepare+main+finish)", &shape, 2.5 * fwd_flops, || unsafe { launch::attention_bwd(&b.k, &bw) })?;
+    let bw = kernel_launch::attention_bwd_args(&f, buffers);
+    b.timed_row_flops("attention bwd (prepare+main+finish)", &shape, 2.5 * fwd_flops, || unsafe { kernel_launch::attention_bwd(&b.k, &bw) })?;
+    // The deterministic mode's backward (dK/dV pass + dQ pass, no atomics), at the same useful
+    // FLOPs, so the two rows' TFLOP/s compare directly (its recomputed S and dP are not counted).
+    b.timed_row_flops("attention bwd deterministic (prepare+dkdv+dq)", &shape, 2.5 * fwd_flops, || unsafe {
+        kernel_launch::attention_bwd_deterministic(&b.k, &bw)
+    })?;
     Ok(())
 }

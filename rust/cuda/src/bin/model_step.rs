@@ -13,7 +13,7 @@
 use std::error::Error;
 use std::time::Instant;
 
-use kormo_cuda::benchmark::{mfu, open_for_model, peak_bf16_flops, training_flops_per_token};
+use kormo_cuda::benchmark::{mfu, peak_bf16_flops, training_flops_per_token};
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::random::SplitMix64;
 use kormo_cuda::{CudaError, CudaOps};
@@ -39,6 +39,10 @@ struct Options {
     /// Timed steps
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = positive())]
     steps: usize,
+    /// Run CudaOps in deterministic mode (no order-dependent float accumulation; docs/kernels.md),
+    /// to measure its cost against a run without
+    #[arg(long)]
+    deterministic: bool,
 }
 
 fn positive() -> clap::builder::RangedU64ValueParser<usize> {
@@ -75,7 +79,8 @@ fn packed_batch(config: &ModelConfig, batch_size: usize, seq_len: usize) -> Batc
 
 fn run(o: &Options) -> Result<(), Box<dyn Error>> {
     let config = ModelConfig::preset(&o.model).ok_or_else(|| format!("--model {}: unknown preset", o.model))?;
-    let (ops, device) = open_for_model(&config, 0)?;
+    let (ops, device) = kormo_cuda::CudaOps::for_model(&config, 0)?;
+    ops.set_deterministic(o.deterministic);
     let setup = Instant::now();
     let mut model = Model::new(config.clone(), ops.clone(), 0)?;
     let specs = model.param_specs().to_vec();
@@ -126,7 +131,8 @@ fn run(o: &Options) -> Result<(), Box<dyn Error>> {
     let tokens_per_s = tokens / median;
     let memory = ops.memory();
     println!("device: {} ({} GiB)", device.name, device.total_memory_bytes >> 30);
-    println!("model {} ({} parameters), batch {} x seq {}, setup {setup_s:.1} s, last loss {last_loss:.4}\n", o.model, config.param_count(), o.batch, o.seq);
+    let mode = if o.deterministic { ", deterministic mode" } else { "" };
+    println!("model {} ({} parameters), batch {} x seq {}{mode}, setup {setup_s:.1} s, last loss {last_loss:.4}\n", o.model, config.param_count(), o.batch, o.seq);
     println!("| tokens/step | median step (ms) | tokens/s | TFLOP/s | MFU | peak MiB (kormo) | used MiB (device) | allocations (before, after) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mfu_text = peak_bf16_flops(&device.name).map_or("n/a (unknown peak)".to_string(), |peak| {

@@ -13,7 +13,7 @@
 use kormo_cpu::{attention, cross_entropy, embedding, rmsnorm, rope, swiglu};
 use kormo_cuda::bf16;
 use kormo_cuda::bindings::*;
-use kormo_cuda::launch;
+use kormo_cuda::kernel_launch;
 use kormo_model::{AttentionShape, CrossEntropyShape, EmbeddingShape, RopeShape, RowsShape};
 use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
 
@@ -75,7 +75,7 @@ pub fn check_rmsnorm<B: Backend>(b: &B, cases: &[(u64, usize, usize, bool, i64)]
             eps,
             _pad0: 0,
         };
-        unsafe { launch::rmsnorm_fwd(b, &a) }.expect("launch rmsnorm_fwd");
+        unsafe { kernel_launch::rmsnorm_fwd(b, &a) }.expect("launch rmsnorm_fwd");
         let shape = RowsShape { rows, dim: hidden };
         let w64 = to_f64(&w);
         // The fused residual add is part of the kernel, not of the reference op: add in f64.
@@ -116,8 +116,8 @@ pub fn check_rmsnorm<B: Backend>(b: &B, cases: &[(u64, usize, usize, bool, i64)]
             dh_row_stride: stride as i64,
             partial_rows,
         };
-        let r = launch::rmsnorm_dweight_reduce_args(&bwd_args, b.ptr(&d_dweight));
-        unsafe { launch::rmsnorm_bwd(b, &bwd_args, &r) }.expect("launch rmsnorm_bwd");
+        let r = kernel_launch::rmsnorm_dweight_reduce_args(&bwd_args, b.ptr(&d_dweight));
+        unsafe { kernel_launch::rmsnorm_bwd(b, &bwd_args, &r) }.expect("launch rmsnorm_bwd");
         // kormo_cpu accumulates into dx and dweight: start them at dresidual and the initial
         // dweight, which is what the kernel adds. inv_rms is recomputed from the bf16 h read.
         let h64 = to_f64(&h);
@@ -159,7 +159,7 @@ pub fn check_swiglu<B: Backend>(b: &B, cases: &[(u64, usize, usize)]) {
             in_row_stride: 2 * cols as i64,
             out_row_stride: cols as i64,
         };
-        unsafe { launch::swiglu_fwd(b, &a) }.expect("launch swiglu_fwd");
+        unsafe { kernel_launch::swiglu_fwd(b, &a) }.expect("launch swiglu_fwd");
         let (g64, u64_, d64) = (to_f64(&gate), to_f64(&up), to_f64(&dout));
         let mut want_out = vec![0.0; rows * cols];
         swiglu::swiglu_fwd(1, &g64, &u64_, &mut want_out);
@@ -167,7 +167,7 @@ pub fn check_swiglu<B: Backend>(b: &B, cases: &[(u64, usize, usize)]) {
         a.out = b.ptr(&d_dout);
         a.dgate = dbase;
         a.dup = dbase + 2 * cols as u64;
-        unsafe { launch::swiglu_bwd(b, &a) }.expect("launch swiglu_bwd");
+        unsafe { kernel_launch::swiglu_bwd(b, &a) }.expect("launch swiglu_bwd");
         let (mut want_dg, mut want_du) = (vec![0.0; rows * cols], vec![0.0; rows * cols]);
         swiglu::swiglu_bwd(1, &g64, &u64_, &d64, &mut want_dg, &mut want_du);
         let grads = download_bf16(b, &d_dgrad);
@@ -289,7 +289,7 @@ pub fn check_rope_layouts<B: Backend>(b: &B, cases: &[RopeCase]) {
             theta: c.theta,
             _pad0: 0,
         };
-        unsafe { launch::rope_fwd(b, &a) }.expect("launch rope_fwd");
+        unsafe { kernel_launch::rope_fwd(b, &a) }.expect("launch rope_fwd");
         let shape = RopeShape { tokens, heads, head_dim: hd };
         let mut want = to_f64(&x);
         rope::rope_rotate(1, &mut want, &positions, shape, c.theta, 1.0);
@@ -297,7 +297,7 @@ pub fn check_rope_layouts<B: Backend>(b: &B, cases: &[RopeCase]) {
         assert_close(&format!("rope y ({c:?})"), &y, &want, BF16_REL_L2);
         // Backward in place on y: the inverse rotation of y's bf16 values.
         a.x = a.y;
-        unsafe { launch::rope_bwd(b, &a) }.expect("launch rope_bwd");
+        unsafe { kernel_launch::rope_bwd(b, &a) }.expect("launch rope_bwd");
         let mut want_dx = to_f64(&y);
         rope::rope_rotate(1, &mut want_dx, &positions, shape, c.theta, -1.0);
         let dx = gather("rope dx", &b.download(&d_y));
@@ -321,6 +321,26 @@ const ATTENTION_OUT_FACTOR: f64 = 2.0;
 const ATTENTION_GRAD_FACTOR: f64 = 3.0;
 
 pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
+    check_attention_mode(b, cases, false);
+}
+
+/// The raw outputs of one attention case, for comparisons across block orders: bf16 bits of o,
+/// dq, dk and dv (padding included), and the f32 bits of the default backward's dQ accumulator
+/// (empty for the deterministic backward, which has none).
+#[derive(PartialEq, Eq)]
+pub struct AttnOutputs {
+    pub o: Vec<u16>,
+    pub dq: Vec<u16>,
+    pub dk: Vec<u16>,
+    pub dv: Vec<u16>,
+    pub dq_accum: Vec<u32>,
+}
+
+/// [`check_attention`] with the default backward (`deterministic` false: dQ by f32 atomics) or
+/// the deterministic one ([`kernel_launch::attention_bwd_deterministic`], whose dq_accum is left
+/// unallocated: 0). Returns each case's outputs.
+pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic: bool) -> Vec<AttnOutputs> {
+    let mut outputs = Vec::new();
     for case in cases {
         let s = case.shape;
         let (t, d) = (s.tokens(), s.head_dim);
@@ -338,29 +358,19 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
         let d_o = b.upload(&vec![bf16::POISON; t * q_stride]);
         let d_lse = poisoned_f32(b, s.heads * t);
         let d_doc = b.upload(doc.as_deref().unwrap_or(&[0u32]));
-        let fwd = KormoAttentionFwdArgs {
-            q: b.ptr(&d_q),
-            k: b.ptr(&d_k),
-            v: b.ptr(&d_v),
-            o: b.ptr(&d_o),
-            lse: b.ptr(&d_lse),
-            doc_ids: if doc.is_some() { b.ptr(&d_doc) } else { 0 },
-            batch: s.batch as i64,
-            seq_len: s.seq as i64,
-            heads_q: s.heads as i64,
-            heads_kv: s.kv_heads as i64,
-            q_token_stride: q_stride as i64,
-            q_head_stride: d as i64,
-            k_token_stride: kv_stride as i64,
-            k_head_stride: d as i64,
-            v_token_stride: kv_stride as i64,
-            v_head_stride: d as i64,
-            o_token_stride: q_stride as i64,
-            o_head_stride: d as i64,
-            softmax_scale: 1.0 / (d as f32).sqrt(),
-            head_dim: d as i32,
+        // Padded token strides: a kernel that reads past a row's heads sees poison.
+        let layout = kernel_launch::AttentionLayout {
+            batch: s.batch,
+            seq: s.seq,
+            heads_q: s.heads,
+            heads_kv: s.kv_heads,
+            head_dim: d,
+            q_token_stride: q_stride,
+            kv_token_stride: kv_stride,
         };
-        unsafe { launch::attention_fwd(b, &fwd) }.expect("launch attention fwd");
+        let doc_ids = if doc.is_some() { b.ptr(&d_doc) } else { 0 };
+        let fwd = layout.fwd_args([b.ptr(&d_q), b.ptr(&d_k), b.ptr(&d_v)], b.ptr(&d_o), b.ptr(&d_lse), doc_ids);
+        unsafe { kernel_launch::attention_fwd(b, &fwd) }.expect("launch attention fwd");
 
         let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&kk), to_f64(&v), to_f64(&dout));
         // Causal-only cases: one document id for every token is the same mask.
@@ -381,20 +391,24 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
 
         // Backward, from the kernel's own (bf16) O as a trainer would run it.
         let d_delta = poisoned_f32(b, s.heads * t);
-        let d_dq_accum = poisoned_f32(b, q_len);
+        let d_dq_accum = poisoned_f32(b, if deterministic { 1 } else { q_len });
         let d_dq = b.upload(&vec![bf16::POISON; t * q_stride]);
         let d_dk = b.upload(&vec![bf16::POISON; t * kv_stride]);
         let d_dv = b.upload(&vec![bf16::POISON; t * kv_stride]);
-        let buffers = launch::AttentionBwdBuffers {
+        let buffers = kernel_launch::AttentionBwdBuffers {
             dout: b.ptr(&d_do),
             delta: b.ptr(&d_delta),
-            dq_accum: b.ptr(&d_dq_accum),
+            dq_accum: if deterministic { 0 } else { b.ptr(&d_dq_accum) },
             dq: b.ptr(&d_dq),
             dk: b.ptr(&d_dk),
             dv: b.ptr(&d_dv),
         };
-        let bwd = launch::attention_bwd_args(&fwd, buffers);
-        unsafe { launch::attention_bwd(b, &bwd) }.expect("launch attention bwd");
+        let bwd = kernel_launch::attention_bwd_args(&fwd, buffers);
+        if deterministic {
+            unsafe { kernel_launch::attention_bwd_deterministic(b, &bwd) }.expect("launch deterministic attention bwd");
+        } else {
+            unsafe { kernel_launch::attention_bwd(b, &bwd) }.expect("launch attention bwd");
+        }
         // The reference backward starts from the exact forward (the kernel from its bf16 O).
         let (mut want_dq, mut want_dk, mut want_dv) = (vec![0.0; q_len], vec![0.0; kv_len], vec![0.0; kv_len]);
         attention::attention_bwd(
@@ -433,10 +447,19 @@ pub fn check_attention<B: Backend>(b: &B, cases: &[AttnCase]) {
             ("dk", unpadded("attention dk", &b.download(&d_dk), t, kv_row, kv_stride), &low_dk, &want_dk),
             ("dv", unpadded("attention dv", &b.download(&d_dv), t, kv_row, kv_stride), &low_dv, &want_dv),
         ];
+        let mode = if deterministic { " (deterministic)" } else { "" };
         for (what, g, low, w) in got {
-            assert_within_low_precision_error(&format!("{}: {what}", case.name), &g, &round_to_bf16(low), w, ATTENTION_GRAD_FACTOR);
+            assert_within_low_precision_error(&format!("{}{mode}: {what}", case.name), &g, &round_to_bf16(low), w, ATTENTION_GRAD_FACTOR);
         }
+        outputs.push(AttnOutputs {
+            o: b.download(&d_o),
+            dq: b.download(&d_dq),
+            dk: b.download(&d_dk),
+            dv: b.download(&d_dv),
+            dq_accum: if deterministic { Vec::new() } else { b.download(&d_dq_accum).iter().map(|x| x.to_bits()).collect() },
+        });
     }
+    outputs
 }
 
 /// Cases: (seed, rows, vocab, dlogits in place, z_loss).
@@ -546,7 +569,7 @@ pub fn check_cross_entropy_layouts<B: Backend>(b: &B, cases: &[CeCase]) {
             z_loss: c.z_loss,
             _pad0: 0,
         };
-        unsafe { launch::cross_entropy(b, &a) }.expect("launch cross_entropy");
+        unsafe { kernel_launch::cross_entropy(b, &a) }.expect("launch cross_entropy");
         // kormo_cpu overwrites the logits with their gradient, as the kernel does in place.
         let (mut want_d, mut want_loss) = (to_f64(&logits), vec![0.0; rows]);
         let shape = CrossEntropyShape { tokens: rows, vocab };
@@ -582,15 +605,23 @@ pub fn check_cross_entropy_layouts<B: Backend>(b: &B, cases: &[CeCase]) {
     }
 }
 
-pub fn check_embedding<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize)) {
-    let mut rng = SplitMix64::new(41);
+pub fn check_embedding<B: Backend>(b: &B, shape: (usize, usize, usize)) {
+    check_embedding_mode(b, shape, 41, false);
+}
+
+/// [`check_embedding`] from inputs of `seed`, with the default backward (`deterministic` false:
+/// f32 atomics) or [`kernel_launch::embedding_bwd_deterministic`]; returns the bits of the f32 dtable.
+pub fn check_embedding_mode<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize), seed: u64, deterministic: bool) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
     let table = bf16_values(&mut rng, vocab * dim, 1.0);
-    // Few distinct tokens, so repeated rows exercise colliding atomics.
-    let tokens: Vec<u32> = (0..n).map(|_| (rng.below(50) * (vocab as u64 / 50)) as u32).collect();
+    // Few distinct tokens, so repeated rows exercise colliding atomics (and owners with several
+    // rows, several tokens each).
+    let distinct = 50.min(vocab as u64);
+    let tokens: Vec<u32> = (0..n).map(|_| (rng.below(distinct) * (vocab as u64 / distinct)) as u32).collect();
     let (d_table, d_tokens, d_out) = (upload_bf16(b, &table), b.upload(&tokens), poisoned_bf16(b, n * dim));
     let shape = EmbeddingShape { tokens: n, vocab, dim };
-    let mut a = launch::embedding_args(b.ptr(&d_tokens), b.ptr(&d_table), b.ptr(&d_out), shape);
-    unsafe { launch::embedding_fwd(b, &a) }.expect("launch embedding_fwd");
+    let mut a = kernel_launch::embedding_args(b.ptr(&d_tokens), b.ptr(&d_table), b.ptr(&d_out), shape);
+    unsafe { kernel_launch::embedding_fwd(b, &a) }.expect("launch embedding_fwd");
     let mut want = vec![0.0; n * dim];
     embedding::embedding_fwd(1, &to_f64(&table), &tokens, &mut want, shape);
     let got = download_bf16(b, &d_out);
@@ -601,11 +632,42 @@ pub fn check_embedding<B: Backend>(b: &B, (vocab, dim, n): (usize, usize, usize)
     let (d_dout, d_dtable) = (upload_bf16(b, &dout), b.upload(&init));
     a.table = b.ptr(&d_dtable);
     a.rows = b.ptr(&d_dout);
-    unsafe { launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
+    if deterministic {
+        unsafe { kernel_launch::embedding_bwd_deterministic(b, &a) }.expect("launch embedding_bwd_deterministic");
+    } else {
+        unsafe { kernel_launch::embedding_bwd(b, &a) }.expect("launch embedding_bwd");
+    }
     // kormo_cpu scatter-adds into the table it is given: start from the kernel's initial one.
     let mut want = to_f64(&init);
     embedding::embedding_bwd(&to_f64(&dout), &tokens, &mut want, shape);
-    assert_close("embedding dtable", &b.download(&d_dtable), &want, 1e-5);
+    let got = b.download(&d_dtable);
+    let mode = if deterministic { " (deterministic)" } else { "" };
+    assert_close(&format!("embedding dtable{mode} ({vocab} x {dim}, {n} tokens)"), &got, &want, 1e-5);
+    got.iter().map(|x| x.to_bits()).collect()
+}
+
+/// The gradient sum of squares over several tensors into one f32 (as DeviceAdamW clips), with
+/// [`kernel_launch::grad_sumsq`] (f32 atomics) or [`kernel_launch::grad_sumsq_deterministic`], against the
+/// f64 sum; `lens` are the tensors' sizes, inputs from `seed`. Returns the bits of the sum.
+pub fn check_grad_sumsq<B: Backend>(b: &B, lens: &[usize], seed: u64, deterministic: bool) -> u32 {
+    let mut rng = SplitMix64::new(seed);
+    let grads: Vec<Vec<f32>> = lens.iter().map(|&n| rng.vec(n, 3.0)).collect();
+    let d_sumsq = b.upload(&[0.0f32]);
+    let d_partial = poisoned_f32(b, kernel_launch::GRAD_SUMSQ_MAX_BLOCKS);
+    for g in &grads {
+        let d_g = b.upload(g);
+        let a = KormoGradSumsqArgs { grad: b.ptr(&d_g), sumsq: b.ptr(&d_sumsq), n: g.len() as i64 };
+        if deterministic {
+            unsafe { kernel_launch::grad_sumsq_deterministic(b, &a, b.ptr(&d_partial)) }.expect("launch grad_sumsq_deterministic");
+        } else {
+            unsafe { kernel_launch::grad_sumsq(b, &a) }.expect("launch grad_sumsq");
+        }
+    }
+    let got = b.download(&d_sumsq)[0];
+    let want: f64 = grads.iter().flatten().map(|&g| g as f64 * g as f64).sum();
+    let mode = if deterministic { " (deterministic)" } else { "" };
+    assert_close(&format!("grad sum of squares{mode} ({lens:?})"), &[got], &[want], 1e-5);
+    got.to_bits()
 }
 
 pub fn check_adamw<B: Backend>(b: &B, n: usize) {
@@ -636,10 +698,10 @@ pub fn check_adamw<B: Backend>(b: &B, n: usize) {
     let d_grads: Vec<_> = host_grads.iter().map(|g| b.upload(g)).collect();
     for g in &d_grads {
         let a = KormoGradSumsqArgs { grad: b.ptr(g), sumsq: b.ptr(&d_sumsq), n: n as i64 };
-        unsafe { launch::grad_sumsq(b, &a) }.expect("launch grad_sumsq");
+        unsafe { kernel_launch::grad_sumsq(b, &a) }.expect("launch grad_sumsq");
     }
     let c = KormoClipScaleArgs { sumsq: b.ptr(&d_sumsq), clip_scale: b.ptr(&d_clip), max_norm, _pad0: 0 };
-    unsafe { launch::clip_scale(b, &c) }.expect("launch clip_scale");
+    unsafe { kernel_launch::clip_scale(b, &c) }.expect("launch clip_scale");
     let clip = b.download(&d_clip)[0];
     let device_clipped: Vec<f32> = host_grads.iter().flatten().map(|&g| g * clip).collect();
     let want_clipped: Vec<f64> = clipped.iter().flatten().map(|&g| g as f64).collect();
@@ -668,7 +730,7 @@ pub fn check_adamw<B: Backend>(b: &B, n: usize) {
             apply_weight_decay: *decay as i32,
             _pad0: 0,
         };
-        unsafe { launch::adamw_step(b, &a) }.expect("launch adamw_step");
+        unsafe { kernel_launch::adamw_step(b, &a) }.expect("launch adamw_step");
         // The reference: kormo_optim's AdamW at the same step with the same moments, on the
         // host-clipped gradient.
         let info = ParamInfo { name: "p".into(), numel: n, weight_decay: *decay };
@@ -718,7 +780,7 @@ pub fn check_elementwise<B: Backend>(b: &B, n: usize) {
                 src_dtype,
                 value,
             };
-            unsafe { launch::elementwise(b, &a) }.expect("launch elementwise");
+            unsafe { kernel_launch::elementwise(b, &a) }.expect("launch elementwise");
             let got = if dst_dtype == bf { download_bf16(b, &d_dst_bf) } else { b.download(&d_dst_f) };
             let want: Vec<f32> = dst0
                 .iter()
@@ -740,5 +802,5 @@ pub fn check_elementwise<B: Backend>(b: &B, n: usize) {
         }
     }
     let bad = KormoElementwiseArgs { dst: 0, src: 0, n: 1, op: 9, dst_dtype: bf, src_dtype: bf, value: 0.0 };
-    assert!(unsafe { launch::elementwise(b, &bad) }.is_err(), "an unknown op must be refused");
+    assert!(unsafe { kernel_launch::elementwise(b, &bad) }.is_err(), "an unknown op must be refused");
 }

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
-use kormo_cuda::launch::Launcher;
+use kormo_cuda::kernel_launch::Launcher;
 use kormo_cuda::{bf16, CudaError, CudaOps, Kernels};
 
 pub use kormo_cuda::random::SplitMix64;

@@ -5,6 +5,13 @@
 //! alignment of vector loads, grid limits), picks the grid, and enqueues on the [`Kernels`]
 //! stream (or hand it to another [`Launcher`], such as the tests' CPU emulator). They are `unsafe`: the pointers are raw device addresses that must cover the sizes and
 //! strides described in the struct. Nothing here synchronises with the host.
+//!
+//! Deterministic variants (CudaOps' deterministic mode, docs/kernels.md): the launchers whose
+//! default kernels add floats with atomics, so that the rounding depends on block scheduling,
+//! have a `_deterministic` twin that gives bitwise the same result for any schedule:
+//! [`embedding_bwd_deterministic`], [`grad_sumsq_deterministic`], [`attention_bwd_deterministic`].
+//! Every other kernel is deterministic as it is (each output element has one writer, which sums
+//! in a fixed order; the RMSNorm dweight goes through fixed partial rows and a fixed reduce).
 
 use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use kormo_model::EmbeddingShape;
@@ -12,7 +19,8 @@ use kormo_model::EmbeddingShape;
 use crate::bindings::*;
 use crate::device::CudaError;
 use crate::kernel_names::{
-    AttentionVariant, ATTENTION_BWD_BLOCK_KEYS, ATTENTION_FWD_BLOCK_QUERIES, ATTENTION_THREADS, ATTENTION_VARIANTS,
+    AttentionVariant, ATTENTION_BWD_BLOCK_KEYS, ATTENTION_DQ_BLOCK_QUERIES, ATTENTION_FWD_BLOCK_QUERIES, ATTENTION_THREADS,
+    ATTENTION_VARIANTS,
 };
 use crate::module::Kernels;
 
@@ -29,6 +37,7 @@ unsafe impl DeviceRepr for KormoCrossEntropyArgs {}
 unsafe impl DeviceRepr for KormoEmbeddingArgs {}
 unsafe impl DeviceRepr for KormoAdamwArgs {}
 unsafe impl DeviceRepr for KormoGradSumsqArgs {}
+unsafe impl DeviceRepr for KormoGradSumsqPartialArgs {}
 unsafe impl DeviceRepr for KormoClipScaleArgs {}
 unsafe impl DeviceRepr for KormoElementwiseArgs {}
 
@@ -198,6 +207,57 @@ pub struct AttentionBwdBuffers {
     pub dv: u64,
 }
 
+/// Where attention's operands live: q and o are `[batch * seq, heads_q, head_dim]` with
+/// `q_token_stride` elements from one token to the next, k and v `[batch * seq, heads_kv,
+/// head_dim]` with `kv_token_stride`; heads are `head_dim` apart. Contiguous tensors have
+/// strides `heads * head_dim` ([`AttentionLayout::contiguous`]); padded ones (the tests' checks
+/// that a kernel never reads past a row) more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionLayout {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub head_dim: usize,
+    pub q_token_stride: usize,
+    pub kv_token_stride: usize,
+}
+
+impl AttentionLayout {
+    pub fn contiguous(batch: usize, seq: usize, heads_q: usize, heads_kv: usize, head_dim: usize) -> AttentionLayout {
+        AttentionLayout { batch, seq, heads_q, heads_kv, head_dim, q_token_stride: heads_q * head_dim, kv_token_stride: heads_kv * head_dim }
+    }
+
+    /// Forward arguments over the q, k, v addresses `qkv`, output `o`, f32 `lse` (`heads_q *
+    /// tokens`) and `doc_ids` (u32 per token; 0: causal over the whole row); softmax scale
+    /// `1 / sqrt(head_dim)`.
+    pub fn fwd_args(&self, qkv: [u64; 3], o: u64, lse: u64, doc_ids: u64) -> KormoAttentionFwdArgs {
+        let (q_tok, kv_tok, hd) = (self.q_token_stride as i64, self.kv_token_stride as i64, self.head_dim as i64);
+        KormoAttentionFwdArgs {
+            q: qkv[0],
+            k: qkv[1],
+            v: qkv[2],
+            o,
+            lse,
+            doc_ids,
+            batch: self.batch as i64,
+            seq_len: self.seq as i64,
+            heads_q: self.heads_q as i64,
+            heads_kv: self.heads_kv as i64,
+            q_token_stride: q_tok,
+            q_head_stride: hd,
+            k_token_stride: kv_tok,
+            k_head_stride: hd,
+            v_token_stride: kv_tok,
+            v_head_stride: hd,
+            o_token_stride: q_tok,
+            o_head_stride: hd,
+            softmax_scale: 1.0 / (self.head_dim as f32).sqrt(),
+            head_dim: self.head_dim as i32,
+        }
+    }
+}
+
 /// Backward arguments of the attention that ran forward with `f`: the same q/k/v/o/lse, mask,
 /// shape and strides (dout and dq share q's strides, dk/dv those of k/v) plus `g`'s buffers.
 pub fn attention_bwd_args(f: &KormoAttentionFwdArgs, g: AttentionBwdBuffers) -> KormoAttentionBwdArgs {
@@ -298,7 +358,9 @@ pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Res
     unsafe { launch(k, v.fwd, a, cfg) }
 }
 
-/// Runs the three backward launches (prepare, variant, finish); see the header.
+/// Runs the three backward launches (prepare, variant, finish); see the header. dQ is summed
+/// with f32 atomics: its rounding depends on block scheduling ([`attention_bwd_deterministic`]
+/// does not).
 ///
 /// # Safety
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
@@ -306,6 +368,7 @@ pub unsafe fn attention_bwd(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Res
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     let strides = attention_strides!(a);
     check_attention(v.bwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
+    require(a.dq_accum != 0, v.bwd, || "dq_accum scratch is required".into())?;
     let tiles = (a.seq_len + ATTENTION_BWD_BLOCK_KEYS - 1) / ATTENTION_BWD_BLOCK_KEYS;
     let blocks = grid_dim(v.bwd, "key tiles", tiles, i32::MAX as i64)?;
     let tokens = a.batch * a.seq_len;
@@ -318,6 +381,38 @@ pub unsafe fn attention_bwd(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Res
     };
     unsafe { launch(k, v.bwd, a, cfg) }?;
     unsafe { launch(k, "kormo_attention_bwd_finish", a, elementwise_cfg(warps * a.head_dim as i64)) }
+}
+
+/// The deterministic backward (see the header): prepare (delta only), the variant's dK/dV pass,
+/// then its dQ pass, which owns each query tile's dQ and sums it over the key tiles in a fixed
+/// order. dq, dk and dv are bitwise the same for any block schedule. `a.dq_accum` is not used
+/// (it may be 0).
+///
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn attention_bwd_deterministic(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Result<(), CudaError> {
+    let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
+    let strides = attention_strides!(a);
+    check_attention(v.bwd_dkdv, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
+    let key_tiles = (a.seq_len + ATTENTION_BWD_BLOCK_KEYS - 1) / ATTENTION_BWD_BLOCK_KEYS;
+    let key_blocks = grid_dim(v.bwd_dkdv, "key tiles", key_tiles, i32::MAX as i64)?;
+    let query_tiles = (a.seq_len + ATTENTION_DQ_BLOCK_QUERIES - 1) / ATTENTION_DQ_BLOCK_QUERIES;
+    let query_blocks = grid_dim(v.bwd_dq, "query tiles", query_tiles, i32::MAX as i64)?;
+    let warps = a.batch * a.seq_len * a.heads_q;
+    let prepare = KormoAttentionBwdArgs { dq_accum: 0, ..*a };
+    unsafe { launch(k, "kormo_attention_bwd_prepare", &prepare, elementwise_cfg(warps * 32)) }?;
+    let dkdv = LaunchConfig {
+        grid_dim: (key_blocks, a.heads_kv as u32, a.batch as u32),
+        block_dim: (ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: v.bwd_smem_bytes,
+    };
+    unsafe { launch(k, v.bwd_dkdv, a, dkdv) }?;
+    let dq = LaunchConfig {
+        grid_dim: (query_blocks, a.heads_q as u32, a.batch as u32),
+        block_dim: (ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: v.dq_smem_bytes,
+    };
+    unsafe { launch(k, v.bwd_dq, a, dq) }
 }
 
 /// # Safety
@@ -340,10 +435,46 @@ pub unsafe fn embedding_fwd(k: &impl Launcher, a: &KormoEmbeddingArgs) -> Result
     unsafe { launch(k, "kormo_embedding_fwd", a, elementwise_cfg(n)) }
 }
 
+/// dtable += the scatter of dout, with f32 atomics (the summation order of a repeated token's
+/// rows depends on scheduling; [`embedding_bwd_deterministic`] fixes it).
+///
 /// # Safety
 /// As [`embedding_fwd`], with `table` an f32 gradient table.
 pub unsafe fn embedding_bwd(k: &impl Launcher, a: &KormoEmbeddingArgs) -> Result<(), CudaError> {
     unsafe { launch(k, "kormo_embedding_bwd", a, elementwise_cfg(a.num_tokens * a.dim)) }
+}
+
+/// Threads per block of the owner-computes embedding backward (the kernel's id chunk holds up to
+/// 1024).
+const EMBEDDING_OWNED_THREADS: u32 = 256;
+/// Row owners (grid x) of the owner-computes embedding backward: every block reads all token ids,
+/// so more owners cost id traffic; fewer leave SMs idle.
+const EMBEDDING_OWNED_ROW_OWNERS: i64 = 128;
+/// Columns one thread of the owner-computes embedding backward handles per token (grid y =
+/// ceil(dim / (threads x this))).
+const EMBEDDING_OWNED_COLUMNS_PER_THREAD: i64 = 4;
+
+/// The deterministic embedding backward (`kormo_embedding_bwd_owned`): the same result as
+/// [`embedding_bwd`] up to rounding, with every dtable element summed by one thread in token
+/// order, so bitwise the same for any block schedule (see cuda/embedding.cu for the cost).
+///
+/// # Safety
+/// As [`embedding_bwd`].
+pub unsafe fn embedding_bwd_deterministic(k: &impl Launcher, a: &KormoEmbeddingArgs) -> Result<(), CudaError> {
+    const NAME: &str = "kormo_embedding_bwd_owned";
+    require(a.vocab >= 1 && a.dim >= 1, NAME, || format!("vocab = {}, dim = {}", a.vocab, a.dim))?;
+    if a.num_tokens == 0 {
+        return Ok(());
+    }
+    let owners = a.vocab.min(EMBEDDING_OWNED_ROW_OWNERS);
+    let per_block = EMBEDDING_OWNED_THREADS as i64 * EMBEDDING_OWNED_COLUMNS_PER_THREAD;
+    let column_groups = grid_dim(NAME, "column groups", (a.dim + per_block - 1) / per_block, 65535)?;
+    let cfg = LaunchConfig {
+        grid_dim: (owners as u32, column_groups, 1),
+        block_dim: (EMBEDDING_OWNED_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    unsafe { launch(k, NAME, a, cfg) }
 }
 
 /// # Safety
@@ -356,13 +487,40 @@ pub unsafe fn adamw_step(k: &impl Launcher, a: &KormoAdamwArgs) -> Result<(), Cu
     unsafe { launch(k, NAME, a, elementwise_cfg(a.n)) }
 }
 
-/// Adds sum(grad^2) into `a.sumsq`.
+/// Most blocks of the sum-of-squares kernels, and so the f32 partial sums
+/// [`grad_sumsq_deterministic`] needs at most.
+pub const GRAD_SUMSQ_MAX_BLOCKS: usize = 1024;
+const GRAD_SUMSQ_THREADS: u32 = 256;
+
+/// Blocks of the sum-of-squares kernels for `n` elements (a function of n only).
+fn grad_sumsq_blocks(n: i64) -> u32 {
+    stride_blocks(n).min(GRAD_SUMSQ_MAX_BLOCKS as u32)
+}
+
+/// Adds sum(grad^2) into `a.sumsq`: each block's sum with an f32 atomic, so the rounding
+/// depends on the order the blocks finish in ([`grad_sumsq_deterministic`] does not).
 ///
 /// # Safety
 /// Pointers must be valid device buffers of `a.n` elements / one f32.
 pub unsafe fn grad_sumsq(k: &impl Launcher, a: &KormoGradSumsqArgs) -> Result<(), CudaError> {
-    let cfg = LaunchConfig { grid_dim: (stride_blocks(a.n).min(1024), 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig { grid_dim: (grad_sumsq_blocks(a.n), 1, 1), block_dim: (GRAD_SUMSQ_THREADS, 1, 1), shared_mem_bytes: 0 };
     unsafe { launch(k, "kormo_grad_sumsq", a, cfg) }
+}
+
+/// Adds sum(grad^2) into `a.sumsq` without atomics, bitwise the same for any block schedule:
+/// per-block sums into `partial` (f32 scratch of [`GRAD_SUMSQ_MAX_BLOCKS`] elements, or at least
+/// the grid this picks for `a.n`), then one block adds them in a fixed order.
+///
+/// # Safety
+/// As [`grad_sumsq`]; `partial` must hold [`GRAD_SUMSQ_MAX_BLOCKS`] f32, and must not be in use
+/// by another launch in flight (launches on one stream are ordered).
+pub unsafe fn grad_sumsq_deterministic(k: &impl Launcher, a: &KormoGradSumsqArgs, partial: u64) -> Result<(), CudaError> {
+    let blocks = grad_sumsq_blocks(a.n);
+    let args = KormoGradSumsqPartialArgs { grad: a.grad, partial, sumsq: a.sumsq, n: a.n, blocks: blocks as i64 };
+    let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (GRAD_SUMSQ_THREADS, 1, 1), shared_mem_bytes: 0 };
+    unsafe { launch(k, "kormo_grad_sumsq_partial", &args, cfg) }?;
+    let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (GRAD_SUMSQ_THREADS, 1, 1), shared_mem_bytes: 0 };
+    unsafe { launch(k, "kormo_grad_sumsq_reduce", &args, one) }
 }
 
 /// # Safety
