@@ -205,6 +205,21 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# The report section of check $1 started in the background (start_logged): title $2, the lines of
+# its log matching the grep pattern $3, and on a non-zero exit the status and the log's tail.
+report_run() {
+    local name="$1" title="$2" pattern="$3" status
+    wanted "$name" || return 0
+    {
+        echo "## $title"
+        echo
+        grep "$pattern" "$logs/$name.log"
+        status="$(status_of "$name")"
+        [[ "$status" == 0 ]] || { echo "($name exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/$name.log"; echo '```'; }
+        echo
+    } >>"$report"
+}
+
 # One timing step: runs "$@" (if step $1 is wanted) and appends a report section titled $2 with
 # its output: `raw` (it prints markdown), `fenced` (a code block) or `table` (only its table and
 # device lines); a non-zero exit adds the status and the log's tail.
@@ -353,38 +368,12 @@ run_checks() {
         } >>"$report"
     fi
 
-    if wanted train-smoke; then
-        {
-            echo "## A real training run (tiny recipe at head dim 64: CUDA 60 steps, stopped at 30 and resumed, vs CPU)"
-            echo
-            grep "^|\|^final step" "$logs/train-smoke.log"
-            status="$(status_of train-smoke)"
-            [[ "$status" == 0 ]] || { echo "(train smoke exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/train-smoke.log"; echo '```'; }
-            echo
-        } >>"$report"
-    fi
-
-    if wanted train-deterministic; then
-        {
-            echo "## Deterministic mode: CUDA stop at 30 + resume vs 60 uninterrupted steps, bitwise ([stability] deterministic = true)"
-            echo
-            grep "^|\|^deterministic" "$logs/train-deterministic.log"
-            status="$(status_of train-deterministic)"
-            [[ "$status" == 0 ]] || { echo "(exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/train-deterministic.log"; echo '```'; }
-            echo
-        } >>"$report"
-    fi
-
-    if wanted train-launch; then
-        {
-            echo "## train as a launched rank at world size 1 (DeviceFsdpRank + NCCL in the trainer) vs plain --backend=cuda, and stopped at 5 + resumed (tools/gpu_train_launch_check.sh)"
-            echo
-            grep "^|\|^largest\|^FAIL\|^PASS\|skipped" "$logs/train-launch.log"
-            status="$(status_of train-launch)"
-            [[ "$status" == 0 ]] || { echo "(exit status $status; tail of its log:)"; echo '```'; tail -8 "$logs/train-launch.log"; echo '```'; }
-            echo
-        } >>"$report"
-    fi
+    report_run train-smoke "A real training run (tiny recipe at head dim 64: CUDA 60 steps, stopped at 30 and resumed, vs CPU)" \
+        "^|\|^final step"
+    report_run train-deterministic "Deterministic mode: CUDA stop at 30 + resume vs 60 uninterrupted steps, bitwise ([stability] deterministic = true)" \
+        "^|\|^deterministic"
+    report_run train-launch "train as a launched rank at world size 1 (DeviceFsdpRank + NCCL in the trainer) vs plain --backend=cuda, and stopped at 5 + resumed (tools/gpu_train_launch_check.sh)" \
+        "^|\|^largest\|^FAIL\|^PASS\|skipped"
 
     # Phase 2, timings, one at a time on an otherwise idle device.
     timed_step model-step "Training step (model-step: proxy-1b, seq 4096, CudaOps + DeviceAdamW)" 120 raw \

@@ -18,13 +18,19 @@
 //! `device_adamw_matches_kormo_optim` checks it), so checkpoints are interchangeable: state
 //! tensors are named `<param>.exp_avg` / `<param>.exp_avg_sq` like kormo_optim's.
 
-use kormo_model::Ops;
+use kormo_model::{Ops, ParamSpec};
 use kormo_optim::{AdamWConfig, ParamInfo};
 
 use crate::bindings::*;
 use crate::device::CudaError;
 use crate::kernel_launch;
 use crate::ops::{CudaBuf, CudaOps, Dtype};
+
+/// The AdamW tensor list of a model's parameters (`Model::param_specs`): name, size and
+/// whether weight decay applies, in parameter order.
+pub fn param_infos(specs: &[ParamSpec]) -> Vec<ParamInfo> {
+    specs.iter().map(|s| ParamInfo { name: s.name.clone(), numel: s.numel(), weight_decay: s.weight_decay() }).collect()
+}
 
 /// Device scalars of one step: learning rate, sum of squared gradients, clip scale.
 const LR: usize = 0;

@@ -344,8 +344,7 @@ fn check_loss_curve<O: Ops>(ops: O, allocations: impl Fn(&O) -> u64) -> (u64, u6
     let batch = packed_batch(5, cpu.config().vocab);
     let grad_scale = 1.0 / batch.loss_weight_sum() as f32;
     let specs = cpu.param_specs().to_vec();
-    let infos: Vec<ParamInfo> =
-        specs.iter().map(|s| ParamInfo { name: s.name.clone(), numel: s.numel(), weight_decay: s.weight_decay() }).collect();
+    let infos = kormo_cuda::optim::param_infos(&specs);
     let start: Vec<Vec<f32>> = specs
         .iter()
         .map(|s| {

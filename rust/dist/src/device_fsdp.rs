@@ -1244,14 +1244,7 @@ mod tests {
         let specs = params::layout(&config);
         let (unit_list, ranges) = ranges_of(&config, 0, 1);
         let infos = segment_infos(&segments(&unit_list, &ranges, &specs), &specs);
-        let single: Vec<ParamInfo> = specs
-            .iter()
-            .map(|s| ParamInfo {
-                name: s.name.clone(),
-                numel: s.numel(),
-                weight_decay: s.weight_decay(),
-            })
-            .collect();
+        let single = kormo_cuda::optim::param_infos(&specs);
         assert_eq!(infos, single);
     }
 

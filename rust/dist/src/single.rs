@@ -18,7 +18,7 @@ use kormo_cpu::CpuOps;
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::CudaOps;
 use kormo_model::{Batch, LossSum, Model, Ops, ParamSpec};
-use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
+use kormo_optim::{AdamW, AdamWConfig};
 
 use crate::error::DistError;
 use crate::fsdp::{FsdpEngine, Gradients};
@@ -314,18 +314,6 @@ impl<O: SingleOps> ShardedState for SingleRank<O> {
     }
 }
 
-fn param_infos<O: Ops>(model: &Model<O>) -> Vec<ParamInfo> {
-    model
-        .param_specs()
-        .iter()
-        .map(|s| ParamInfo {
-            name: s.name.clone(),
-            numel: s.numel(),
-            weight_decay: s.weight_decay(),
-        })
-        .collect()
-}
-
 /// Every parameter of `model`, copied to the host as f32.
 pub fn read_params<O: Ops>(model: &Model<O>) -> Result<Vec<Vec<f32>>, DistError> {
     model
@@ -348,7 +336,7 @@ impl WholeAdamW<CpuOps<f32>> for AdamW {
         threads: usize,
         _weights: Option<Vec<Vec<f32>>>,
     ) -> Result<Self, DistError> {
-        Ok(AdamW::new(config, param_infos(model))?.with_threads(threads))
+        Ok(AdamW::new(config, kormo_cuda::optim::param_infos(model.param_specs()))?.with_threads(threads))
     }
 
     fn clip_grad_norm(
@@ -430,7 +418,7 @@ impl WholeAdamW<CudaOps> for CudaAdamW {
         let slices: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
         let ops = model.ops().clone();
         let adamw =
-            DeviceAdamW::new(&ops, config, param_infos(model), &slices).map_err(cuda_error)?;
+            DeviceAdamW::new(&ops, config, kormo_cuda::optim::param_infos(model.param_specs()), &slices).map_err(cuda_error)?;
         Ok(CudaAdamW { ops, adamw })
     }
 

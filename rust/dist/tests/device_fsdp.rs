@@ -169,15 +169,7 @@ struct Run {
 }
 
 fn read_params(model: &Model<CudaOps>) -> Vec<Vec<f32>> {
-    model
-        .param_specs()
-        .iter()
-        .map(|s| {
-            let mut v = vec![0.0; s.numel()];
-            model.read_param(&s.name, &mut v).unwrap();
-            v
-        })
-        .collect()
+    kormo_dist::single::read_params(model).unwrap()
 }
 
 fn eval_batch(vocab: usize) -> Batch {
@@ -188,15 +180,7 @@ fn eval_batch(vocab: usize) -> Batch {
 fn single_gpu(cfg: &ModelConfig) -> Run {
     let ops = CudaOps::new(0).unwrap();
     let mut model = Model::new(cfg.clone(), ops.clone(), SEED).unwrap();
-    let infos: Vec<ParamInfo> = model
-        .param_specs()
-        .iter()
-        .map(|s| ParamInfo {
-            name: s.name.clone(),
-            numel: s.numel(),
-            weight_decay: s.weight_decay(),
-        })
-        .collect();
+    let infos: Vec<ParamInfo> = kormo_cuda::optim::param_infos(model.param_specs());
     let initial = read_params(&model);
     let slices: Vec<&[f32]> = initial.iter().map(Vec::as_slice).collect();
     let mut opt = DeviceAdamW::new(&ops, adamw(), infos, &slices).unwrap();

@@ -18,7 +18,7 @@ use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::random::SplitMix64;
 use kormo_cuda::{CudaError, CudaOps};
 use kormo_model::{Batch, Model, ModelConfig, Ops};
-use kormo_optim::{AdamWConfig, ParamInfo};
+use kormo_optim::AdamWConfig;
 
 /// Times full training steps (forward, backward, AdamW) of a kormo model on GPU 0 and prints
 /// tokens/s, TFLOP/s, MFU, memory and a per-op breakdown as markdown.
@@ -84,8 +84,7 @@ fn run(o: &Options) -> Result<(), Box<dyn Error>> {
     let setup = Instant::now();
     let mut model = Model::new(config.clone(), ops.clone(), 0)?;
     let specs = model.param_specs().to_vec();
-    let infos: Vec<ParamInfo> =
-        specs.iter().map(|s| ParamInfo { name: s.name.clone(), numel: s.numel(), weight_decay: s.weight_decay() }).collect();
+    let infos = kormo_cuda::optim::param_infos(&specs);
     // Masters start from the model's (bf16) parameters: exact enough for timing.
     let masters: Vec<Vec<f32>> = specs
         .iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kormo_cpu::CpuOps;
 use kormo_dist::{sampling, FsdpConfig, FsdpEngine, FsdpRank, LocalComm, ReduceDtype, Strategy};
 use kormo_model::{Batch, Model, ModelConfig};
-use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
+use kormo_optim::{AdamW, AdamWConfig};
 
 pub const SEED: u64 = 11;
 pub const GLOBAL_ROWS: usize = 12;
@@ -91,15 +91,7 @@ pub struct Run {
 /// consecutive rows, gradient scale 1 / (global loss-weight sum), global-norm clipping, AdamW.
 pub fn reference(steps: usize, micro_rows: usize) -> Run {
     let mut model = model();
-    let infos = model
-        .param_specs()
-        .iter()
-        .map(|s| ParamInfo {
-            name: s.name.clone(),
-            numel: s.numel(),
-            weight_decay: s.weight_decay(),
-        })
-        .collect();
+    let infos = kormo_cuda::optim::param_infos(model.param_specs());
     let mut adamw = AdamW::new(AdamWConfig::default(), infos)
         .unwrap()
         .with_threads(1);
