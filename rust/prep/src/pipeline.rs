@@ -10,10 +10,12 @@
 //! quality scoring + tokenization) runs on all threads, the Bloom filter decisions run
 //! sequentially in document order. The output is the same for any thread count.
 //!
-//! Resuming: after each input file, its shard, the source manifest, the Bloom filter and
-//! `OUT/state.json` (completed files and counts) are written, state last and atomically.
-//! A rerun with the same settings skips completed files and continues with the saved
-//! filter, so an interrupted run produces what an uninterrupted one would. A rerun with
+//! Resuming: each input file's shard is written when the file is done; the source manifest, the
+//! Bloom filter and `OUT/state.json` (completed files and counts) are written together, state
+//! last and atomically, every 64 MB of input (or the filter's size) or 30 s, at the end of each
+//! source and at a `--max-files` stop (see `Saves`). A rerun with the same settings skips the
+//! completed files and continues with the saved filter, so an interrupted run produces what an
+//! uninterrupted one would. A rerun with
 //! different settings (config, tokenizer, sources) into the same directory is refused.
 
 use std::collections::BTreeMap;
@@ -151,6 +153,62 @@ pub struct RunLimits {
     pub max_files: Option<usize>,
 }
 
+/// When the resumable state is written: the source's manifest, the Bloom filter and
+/// `state.json`, together, after the file that brings the input since the last write to
+/// [`SAVE_EVERY_BYTES`] or the filter's size, whichever is larger (so the filter is not
+/// rewritten for every small file: thousands of 10 KB HTML pages would spend their time writing
+/// a 120 MB filter), or once [`SAVE_EVERY`] has passed; and at the end of each source and at a
+/// `--max-files` stop. The saved state lists exactly the files whose shards, manifest entries and
+/// n-grams the saved files hold, so an interruption between two writes loses only the files
+/// since the last one, which a rerun redoes.
+struct Saves {
+    every_bytes: u64,
+    bytes_since: u64,
+    last: Instant,
+}
+
+/// See [`Saves`].
+const SAVE_EVERY_BYTES: u64 = 64 << 20;
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Saves {
+    fn new(filter_bytes: u64) -> Saves {
+        Saves { every_bytes: filter_bytes.max(SAVE_EVERY_BYTES), bytes_since: 0, last: Instant::now() }
+    }
+
+    /// An input file of `bytes` was processed.
+    fn note(&mut self, bytes: u64) {
+        self.bytes_since += bytes;
+    }
+
+    fn due(&self) -> bool {
+        self.bytes_since >= self.every_bytes || self.last.elapsed() >= SAVE_EVERY
+    }
+
+    /// Writes the manifest, the filter and (last, atomically) the state.
+    fn save(
+        &mut self,
+        manifest: &Manifest,
+        manifest_path: &Path,
+        filter: Option<&BloomFilter>,
+        bloom_path: &Path,
+        state: &State,
+        state_path: &Path,
+    ) -> Result<(), String> {
+        manifest.save(manifest_path).map_err(|e| e.to_string())?;
+        if let Some(f) = filter {
+            let tmp = bloom_path.with_extension("bloom.tmp");
+            f.save(&tmp)?;
+            std::fs::rename(&tmp, bloom_path).map_err(|e| format!("{}: {e}", bloom_path.display()))?;
+        }
+        let text = serde_json::to_string_pretty(state).expect("state serializes");
+        atomic_write(state_path, text.as_bytes())?;
+        self.bytes_since = 0;
+        self.last = Instant::now();
+        Ok(())
+    }
+}
+
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let tmp = path.with_extension("tmp");
     let err = |e: std::io::Error, p: &Path| format!("{}: {e}", p.display());
@@ -278,6 +336,7 @@ pub fn run(
     let stages = TextStages { config, meta: &meta, quality: quality.as_ref(), bar: &bar };
     // One encoder per worker thread, kept for the whole run (their caches stay warm).
     let mut encoders: Vec<_> = (0..threads).map(|_| tokenizer.encoder()).collect();
+    let mut saves = Saves::new(if config.dedup.enabled { bits / 8 } else { 0 });
     for (si, source) in sources.iter().enumerate() {
         let dir = out.join(&source.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -297,6 +356,7 @@ pub fn run(
                 continue;
             }
             if limits.max_files.is_some_and(|m| files_this_run >= m) {
+                saves.save(&manifest, &manifest_path, filter.as_ref(), &bloom_path, &state, &state_path)?;
                 bar.finish_and_clear();
                 log::info!("stopping after {files_this_run} files (--max-files)");
                 return Ok(state.counts);
@@ -331,20 +391,11 @@ pub fn run(
                     .push(shard_name, &summary)
                     .map_err(|e| e.to_string())?;
             }
-            manifest.save(&manifest_path).map_err(|e| e.to_string())?;
-            if let Some(f) = &filter {
-                let tmp = bloom_path.with_extension("bloom.tmp");
-                f.save(&tmp)?;
-                std::fs::rename(&tmp, &bloom_path)
-                    .map_err(|e| format!("{}: {e}", bloom_path.display()))?;
-            }
             state.completed.push((si, fi));
-            atomic_write(
-                &state_path,
-                serde_json::to_string_pretty(&state)
-                    .expect("state serializes")
-                    .as_bytes(),
-            )?;
+            saves.note(size);
+            if saves.due() {
+                saves.save(&manifest, &manifest_path, filter.as_ref(), &bloom_path, &state, &state_path)?;
+            }
             files_this_run += 1;
             bytes_this_run += size;
             bytes_done += size;
@@ -362,6 +413,7 @@ pub fn run(
                 );
             }
         }
+        saves.save(&manifest, &manifest_path, filter.as_ref(), &bloom_path, &state, &state_path)?;
     }
     bar.finish_and_clear();
     let report = serde_json::json!({"sources": state.counts, "seconds": started.elapsed().as_secs_f64(),
