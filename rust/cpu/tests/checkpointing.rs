@@ -2,8 +2,9 @@
 //! equal to the run that keeps all activations (several micro-batches of different shapes,
 //! multi-document rows, z-loss, tied and untied heads), and the workspace the model really
 //! allocates — counted by a backend wrapper that tallies every allocation — matches
-//! [`ActivationMemory`] and shrinks with checkpointing. The hook order under checkpointing is
-//! tested with the other hook tests in `model.rs`.
+//! [`ActivationMemory`] and shrinks with checkpointing. The same holds for Mix-LN models
+//! (`norm = "mixln"`, whose post-LN layers recompute their whole forward). The hook order under
+//! checkpointing is tested with the other hook tests in `model.rs`.
 
 mod common;
 
@@ -13,7 +14,7 @@ use common::{micro_config, packed_batch};
 use kormo_cpu::CpuOps;
 use kormo_model::{
     ActivationMemory, AttentionShape, Batch, CrossEntropyShape, EmbeddingShape, LossSum, MatmulShape, MemoryPlan,
-    Model, ModelConfig, Ops, RopeShape, RowsShape,
+    Model, ModelConfig, NormPlacement, Ops, RopeShape, RowsShape,
 };
 
 /// Micro-batches of different shapes (the workspace is reallocated between them), each with
@@ -67,6 +68,17 @@ fn checkpointed_loss_and_gradients_are_bitwise_equal() {
 #[test]
 fn checkpointed_loss_and_gradients_are_bitwise_equal_with_tied_embeddings() {
     check_bitwise_equal(ModelConfig { layers: 3, tie_embeddings: true, ..micro_config() });
+}
+
+/// Mix-LN: the first two of four layers post-LN (the boundary inside the stack), then every
+/// layer post-LN; tied and untied.
+#[test]
+fn checkpointed_mixln_loss_and_gradients_are_bitwise_equal() {
+    let mixln = ModelConfig { layers: 4, norm: NormPlacement::MixLn, mixln_post_fraction: 0.5, ..micro_config() };
+    assert_eq!(mixln.post_ln_layers(), 2);
+    check_bitwise_equal(mixln.clone());
+    check_bitwise_equal(ModelConfig { tie_embeddings: true, ..mixln.clone() });
+    check_bitwise_equal(ModelConfig { layers: 3, mixln_post_fraction: 1.0, ..mixln });
 }
 
 /// Switching checkpointing on a model that already has a workspace takes effect on the next
@@ -227,7 +239,16 @@ impl Ops for CountingOps {
 /// parameters and gradients match the plan; checkpointing saves exactly `L - 1` layer sets.
 #[test]
 fn activation_memory_matches_the_allocated_workspace() {
-    let cfg = ModelConfig { layers: 4, ..micro_config() };
+    check_activation_memory(ModelConfig { layers: 4, ..micro_config() });
+}
+
+/// Post-LN layers reuse the pre-LN activation set, so Mix-LN allocates the same workspace.
+#[test]
+fn mixln_activation_memory_matches_the_allocated_workspace() {
+    check_activation_memory(ModelConfig { layers: 4, norm: NormPlacement::MixLn, mixln_post_fraction: 0.5, ..micro_config() });
+}
+
+fn check_activation_memory(cfg: ModelConfig) {
     let batch = packed_batch(&[&[3, 4, 2], &[9]], cfg.vocab as u32, false, 221);
     let tokens = batch.num_tokens();
     let float_bytes = std::mem::size_of::<f32>() as u64;

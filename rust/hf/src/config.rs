@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use kormo_model::ModelConfig;
+use kormo_model::{ModelConfig, NormPlacement};
 use serde_json::{json, Map, Value};
 
 use crate::error::HfError;
@@ -184,6 +184,9 @@ fn parse_config(obj: &Map<String, Value>) -> Result<(ModelConfig, Flavor), Strin
         rms_eps: number("rms_norm_eps")?.unwrap_or(default_eps) as f32,
         rope_theta: rope_theta as f32,
         tie_embeddings: flag("tie_word_embeddings").unwrap_or(false),
+        // Llama and KORMo layers are pre-LN; transformers has no key for anything else.
+        norm: NormPlacement::Pre,
+        mixln_post_fraction: kormo_model::DEFAULT_MIXLN_POST_FRACTION,
     };
     cfg.validate().map_err(|e| e.to_string())?;
     Ok((cfg, flavor))

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use kormo_checkpoint::safetensors::{self, Tensor};
 use serde_json::json;
 
-use kormo_model::bf16;
+use kormo_model::{bf16, NormPlacement};
 use crate::config::{self, Flavor};
 use crate::error::HfError;
 use crate::names;
@@ -88,7 +88,12 @@ pub struct ExportSummary {
 }
 
 /// Writes `weights` (and `tokenizer`) as a Hugging Face model folder `out`.
+///
+/// Only pre-LN models export: a model with `norm = "mixln"` is refused (before anything is
+/// written), because `LlamaForCausalLM` and `KORMoForCausalLM` are pre-LN and have no setting
+/// for post-LN layers, so transformers would load the weights as another network.
 pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, opts: &ExportOptions) -> Result<ExportSummary, HfError> {
+    check_exportable(&weights.config, opts.flavor, out)?;
     weights.validate(out)?;
     if opts.max_shard_bytes == 0 {
         return Err(HfError::new(out, "the shard size limit must be positive"));
@@ -152,6 +157,25 @@ pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, 
     write_json(&out.join("generation_config.json"), &config::generation_config_json(ids))?;
     write_tokenizer(tokenizer, out)?;
     Ok(ExportSummary { weight_files, total_bytes, tokenizer: tokenizer.source.clone() })
+}
+
+/// Refuses configs the Hugging Face architectures cannot express: anything but pre-LN layers.
+pub fn check_exportable(cfg: &kormo_model::ModelConfig, flavor: Flavor, out: &Path) -> Result<(), HfError> {
+    match cfg.norm {
+        NormPlacement::Pre => Ok(()),
+        NormPlacement::MixLn => Err(HfError::new(
+            out,
+            format!(
+                "cannot export a model with norm = \"mixln\" (Mix-LN: post-LN in the first {} of {} layers, \
+                 mixln_post_fraction = {}): {} is pre-LN only and has no setting for post-LN layers, so \
+                 transformers would load these weights as a different network; only norm = \"pre\" models export",
+                cfg.post_ln_layers(),
+                cfg.layers,
+                config::decimal(cfg.mixln_post_fraction),
+                flavor.architecture()
+            ),
+        )),
+    }
 }
 
 /// Copies the run's tokenizer files (or generates them for the byte vocabulary).

@@ -30,7 +30,51 @@ fn default_rope_theta() -> f32 {
     500_000.0
 }
 
-/// Decoder shape. Pre-norm RMSNorm, GQA attention with RoPE on q and k, SwiGLU FFN, final norm,
+/// MixLN's default share of post-LN layers (Li et al. 2024: the first 25% of the layers).
+pub const DEFAULT_MIXLN_POST_FRACTION: f32 = 0.25;
+
+fn default_mixln_post_fraction() -> f32 {
+    DEFAULT_MIXLN_POST_FRACTION
+}
+
+fn is_default_mixln_post_fraction(x: &f32) -> bool {
+    *x == DEFAULT_MIXLN_POST_FRACTION
+}
+
+/// Where each decoder layer puts its two RMSNorms (`[model] norm` in a recipe).
+///
+/// * `"pre"` (the default, KORMo's and Llama's): `x = x + Attn(Norm_a(x))`,
+///   `x = x + FFN(Norm_f(x))`.
+/// * `"mixln"` (Mix-LN, Li et al. 2024, "Mix-LN: Unleashing the Power of Deeper Layers by
+///   Combining Pre-LN and Post-LN"): the first [`ModelConfig::post_ln_layers`] layers are post-LN,
+///   `x = Norm_a(x + Attn(x))`, `x = Norm_f(x + FFN(x))`, the rest pre-LN as above. The final
+///   norm before the LM head stays. `Norm_a` is the layer's `pre_attention_layernorm` tensor and
+///   `Norm_f` its `pre_mlp_layernorm` (in a post-LN layer they sit after the residual additions
+///   of attention and FFN; the names and the parameter layout do not change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum NormPlacement {
+    #[default]
+    #[serde(rename = "pre")]
+    Pre,
+    #[serde(rename = "mixln")]
+    MixLn,
+}
+
+impl NormPlacement {
+    /// The spelling recipes and configs use: `pre` or `mixln`.
+    pub fn name(self) -> &'static str {
+        match self {
+            NormPlacement::Pre => "pre",
+            NormPlacement::MixLn => "mixln",
+        }
+    }
+
+    fn is_pre(&self) -> bool {
+        *self == NormPlacement::Pre
+    }
+}
+
+/// Decoder shape. Pre-norm RMSNorm (or Mix-LN, see [`NormPlacement`]), GQA attention with RoPE on q and k, SwiGLU FFN, final norm,
 /// untied LM head unless `tie_embeddings`, no biases.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +102,19 @@ pub struct ModelConfig {
     /// Share the embedding matrix with the LM head (KORMo: false).
     #[serde(default)]
     pub tie_embeddings: bool,
+    /// Norm placement: `pre` (default, KORMo) or `mixln` (see [`NormPlacement`]). Not written
+    /// when `pre`, so pre-LN configs serialise exactly as before the setting existed.
+    #[serde(default, skip_serializing_if = "NormPlacement::is_pre")]
+    pub norm: NormPlacement,
+    /// With `norm = "mixln"`: the share of layers, from the first, that are post-LN
+    /// (`floor(fraction * layers)` of them, see [`ModelConfig::post_ln_layers`]); MixLN's default
+    /// 0.25. Not written when 0.25.
+    #[serde(
+        default = "default_mixln_post_fraction",
+        skip_serializing_if = "is_default_mixln_post_fraction",
+        serialize_with = "serialize_decimal"
+    )]
+    pub mixln_post_fraction: f32,
 }
 
 impl ModelConfig {
@@ -74,6 +131,8 @@ impl ModelConfig {
             rms_eps: 1e-5,
             rope_theta: 500_000.0,
             tie_embeddings: false,
+            norm: NormPlacement::Pre,
+            mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION,
         }
     }
 
@@ -94,6 +153,8 @@ impl ModelConfig {
             rms_eps: 1e-5,
             rope_theta: 500_000.0,
             tie_embeddings: false,
+            norm: NormPlacement::Pre,
+            mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION,
         }
     }
 
@@ -113,6 +174,8 @@ impl ModelConfig {
             rms_eps: 1e-5,
             rope_theta: 500_000.0,
             tie_embeddings: false,
+            norm: NormPlacement::Pre,
+            mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION,
         }
     }
 
@@ -130,6 +193,29 @@ impl ModelConfig {
     pub fn with_vocab(mut self, vocab: usize) -> Self {
         self.vocab = vocab;
         self
+    }
+
+    /// Keys a serialised config may leave out (written only when not at their defaults):
+    /// `norm` and `mixln_post_fraction`. A reader that checks keys against a serialised preset
+    /// (the recipe's `[model]` table) must accept these too.
+    pub const OPTIONAL_KEYS: [&'static str; 2] = ["norm", "mixln_post_fraction"];
+
+    /// Number of post-LN layers at the bottom of the stack: 0 for `norm = "pre"`, and
+    /// `floor(mixln_post_fraction * layers)` for `mixln` (the product taken on the fraction's
+    /// decimal, so 0.3 of 10 layers is 3, not 2).
+    pub fn post_ln_layers(&self) -> usize {
+        match self.norm {
+            NormPlacement::Pre => 0,
+            NormPlacement::MixLn => {
+                let product = decimal(self.mixln_post_fraction) * self.layers as f64;
+                ((product + 1e-9).floor().max(0.0) as usize).min(self.layers)
+            }
+        }
+    }
+
+    /// Whether layer `l` (from 0) is post-LN.
+    pub fn is_post_ln_layer(&self, l: usize) -> bool {
+        l < self.post_ln_layers()
     }
 
     /// Width of all query heads together (`heads * head_dim`).
@@ -193,6 +279,33 @@ impl ModelConfig {
                 message: format!("{} must be a finite number above 1", self.rope_theta),
             });
         }
+        let fraction = self.mixln_post_fraction;
+        match self.norm {
+            NormPlacement::Pre if fraction != DEFAULT_MIXLN_POST_FRACTION => {
+                return Err(ModelError::Config {
+                    key: "mixln_post_fraction",
+                    message: format!("{fraction} is set but applies only with norm = \"mixln\" (norm is \"pre\")"),
+                });
+            }
+            NormPlacement::MixLn => {
+                if !(fraction.is_finite() && fraction > 0.0 && fraction <= 1.0) {
+                    return Err(ModelError::Config {
+                        key: "mixln_post_fraction",
+                        message: format!("{fraction} must be in (0, 1]"),
+                    });
+                }
+                if self.post_ln_layers() == 0 {
+                    return Err(ModelError::Config {
+                        key: "mixln_post_fraction",
+                        message: format!(
+                            "{fraction} of {} layers gives no post-LN layer (floor({fraction} * {}) = 0); raise it or use norm = \"pre\"",
+                            self.layers, self.layers
+                        ),
+                    });
+                }
+            }
+            NormPlacement::Pre => {}
+        }
         Ok(())
     }
 }
@@ -230,6 +343,28 @@ mod tests {
             ModelConfig::preset(name).unwrap().validate().unwrap();
         }
         assert!(ModelConfig::preset("gpt-5").is_none());
+    }
+
+    #[test]
+    fn post_ln_layers_follow_the_fraction() {
+        let mixln = |layers, fraction| ModelConfig { layers, norm: NormPlacement::MixLn, mixln_post_fraction: fraction, ..ModelConfig::tiny() };
+        assert_eq!(ModelConfig::tiny().post_ln_layers(), 0);
+        for (layers, fraction, want) in [(4, 0.25, 1), (18, 0.25, 4), (40, 0.25, 10), (10, 0.3, 3), (10, 0.7, 7), (100, 0.29, 29), (3, 1.0, 3), (7, 0.5, 3)] {
+            let cfg = mixln(layers, fraction);
+            assert_eq!(cfg.post_ln_layers(), want, "{fraction} of {layers}");
+            cfg.validate().unwrap();
+            assert!(cfg.is_post_ln_layer(want - 1) && !cfg.is_post_ln_layer(want));
+        }
+        for fraction in [0.0, -0.5, 1.5, f32::NAN] {
+            assert_eq!(mixln(4, fraction).validate().unwrap_err(), ModelError::Config { key: "mixln_post_fraction", message: format!("{fraction} must be in (0, 1]") });
+        }
+        let err = mixln(3, 0.25).validate().unwrap_err().to_string();
+        assert!(err.contains("mixln_post_fraction") && err.contains("no post-LN layer"), "{err}");
+        let pre_with_fraction = ModelConfig { mixln_post_fraction: 0.5, ..ModelConfig::tiny() };
+        let err = pre_with_fraction.validate().unwrap_err().to_string();
+        assert!(err.contains("mixln_post_fraction") && err.contains("only with norm = \"mixln\""), "{err}");
+        assert_eq!(NormPlacement::MixLn.name(), "mixln");
+        assert_eq!(NormPlacement::default(), NormPlacement::Pre);
     }
 
     #[test]

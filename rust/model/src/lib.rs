@@ -1,6 +1,7 @@
 //! kormo-model: the KORMo decoder written once against the [`Ops`] backend interface.
 //!
-//! * [`ModelConfig`] — architecture hyperparameters with presets (`kormo_10_8b`, `proxy_1b`, `tiny`).
+//! * [`ModelConfig`] — architecture hyperparameters with presets (`kormo_10_8b`, `proxy_1b`, `tiny`);
+//!   [`NormPlacement`] chooses pre-LN (KORMo) or Mix-LN layers.
 //! * [`params`] — the parameter layout: Hugging Face names, torch row-major `[out, in]` shapes,
 //!   per-tensor weight-decay class, and deterministic normal(0, 0.02) / ones initialisation.
 //! * [`Ops`] — the small set of numerical primitives (matmul, RMSNorm, RoPE, attention, SwiGLU,
@@ -35,7 +36,7 @@ pub mod params;
 pub mod profile;
 
 pub use batch::{Batch, LossSum};
-pub use config::{decimal, ModelConfig};
+pub use config::{decimal, ModelConfig, NormPlacement, DEFAULT_MIXLN_POST_FRACTION};
 pub use error::ModelError;
 pub use model::{ActivationMemory, MemoryPlan, Model, UnitHooks};
 pub use ops::{

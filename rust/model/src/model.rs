@@ -4,6 +4,14 @@
 //! causal same-document GQA attention, `x' = x + attn Wo^T`; `m = RMSNorm(x')`,
 //! `x'' = x' + (silu(m Wg^T) * m Wu^T) Wd^T`. After the last layer a final RMSNorm and the LM head.
 //!
+//! With `norm = "mixln"` ([`crate::NormPlacement`]) the first [`ModelConfig::post_ln_layers`]
+//! layers are post-LN instead: q, k, v are projections of `x` itself,
+//! `s = x + attn Wo^T`, `x' = RMSNorm_a(s)`; gate and up are projections of `x'`,
+//! `s' = x' + (silu(x' Wg^T) * x' Wu^T) Wd^T`, `x'' = RMSNorm_f(s')`, with the same two norm
+//! tensors (`pre_attention_layernorm` = `RMSNorm_a`, `pre_mlp_layernorm` = `RMSNorm_f`). The
+//! other layers, the final norm and the head are unchanged, so a model with `norm = "pre"` runs
+//! exactly the ops it always did.
+//!
 //! Every activation that backward needs is kept per layer in a workspace that is allocated once
 //! per batch shape and reused, so steady-state training allocates nothing on the backend.
 //! With activation checkpointing ([`Model::set_activation_checkpointing`]) only each layer's
@@ -32,6 +40,12 @@ use crate::params::{self, LayerSlot, ParamSpec, Unit};
 
 /// What one layer's backward needs from its forward, besides the layer's input (which lives in
 /// `Workspace::residual` so that activation checkpointing can keep it alone).
+///
+/// A post-LN layer (Mix-LN) keeps the same set with three buffers holding other `[T, hidden]`
+/// tensors: `normed_attn` the pre-norm sum `s = x + attn Wo^T`, `x_mid` its norm (the
+/// residual stream after attention, as in a pre-LN layer) and `normed_mlp` the pre-norm sum
+/// `s' = x_mid + ffn`; the inverse RMS are those of `s` and `s'`. So the workspace, and
+/// [`ActivationMemory`], do not depend on the norm placement.
 struct LayerActivations<B> {
     inv_rms_attn: B,
     normed_attn: B,
@@ -169,8 +183,9 @@ impl<O: Ops> Workspace<O> {
 ///
 /// Checkpointing thus saves `(L - 1) * T * (3h + 2q + 2kv + 3f + H + 2)` floats, at the price
 /// of one extra forward of every layer except the last (whose activations are still held when
-/// the backward reaches it); the recomputation skips the layer's down projection and residual
-/// add, whose output backward never reads.
+/// the backward reaches it); the recomputation of a pre-LN layer skips the layer's down
+/// projection and residual add, whose output backward never reads (a post-LN layer's backward
+/// needs the FFN's pre-norm sum and its inverse RMS, so its recomputation runs the whole layer).
 ///
 /// For the 1B proxy and one 4096-token micro-batch in f32, checkpointing takes the workspace
 /// from about 10.2 GiB to 3.2 GiB (the logits, `T * V`, are then the largest part):
@@ -583,9 +598,21 @@ impl<O: Ops> Model<O> {
                 positions: &ws.positions,
                 doc_ids: &ws.doc_ids,
             };
-            // The layer output (next layer's input) is kept already; backward never reads it.
-            layer_forward(&run, l, &ws.residual[l], &mut ws.layers[set], None);
+            if cfg.is_post_ln_layer(l) {
+                // A post-LN layer's backward needs the FFN's pre-norm sum and inverse RMS, which
+                // only the whole forward gives; it rewrites the kept output with the same values
+                // (the next layer's backward, the only reader, is done).
+                let (inputs, outputs) = ws.residual.split_at_mut(l + 1);
+                layer_forward(&run, l, &inputs[l], &mut ws.layers[set], Some(&mut outputs[0]));
+            } else {
+                // The layer output (next layer's input) is kept already; backward never reads it.
+                layer_forward(&run, l, &ws.residual[l], &mut ws.layers[set], None);
+            }
             ws.held_layer = Some(l);
+        }
+        if cfg.is_post_ln_layer(l) {
+            post_ln_layer_backward(ops, cfg, p, g, ws, l);
+            return;
         }
         let t = ws.batch_size * ws.seq_len;
         let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
@@ -625,6 +652,47 @@ impl<O: Ops> Model<O> {
     }
 }
 
+/// Backward of post-LN layer `l` (Mix-LN), from the activations its forward left in the
+/// workspace; `d_resid` goes from d(layer output) to d(layer input) as for a pre-LN layer.
+/// `d_normed` holds the gradient of each pre-norm sum (RMSNorm backward adds into it), which
+/// then flows both into the skip path (copied into `d_resid`) and into the sublayer.
+fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &mut [O::Buf], ws: &mut Workspace<O>, l: usize) {
+    let set = ws.activation_set(l);
+    let t = ws.batch_size * ws.seq_len;
+    let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
+    let rows = RowsShape { rows: t, dim: h };
+    let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
+    let idx = |slot| params::layer_index(l, slot);
+    let (x_in, a) = (&ws.residual[l], &ws.layers[set]);
+    // FFN: output = Norm_f(s'), s' = x_mid + ffn(x_mid); d_normed = d(s').
+    ops.fill(&mut ws.d_normed, 0.0);
+    ops.rmsnorm_bwd(&a.normed_mlp, &p[idx(LayerSlot::MlpNorm)], &a.inv_rms_mlp, &ws.d_resid, &mut ws.d_normed, &mut g[idx(LayerSlot::MlpNorm)], rows);
+    ops.copy(&ws.d_normed, &mut ws.d_resid);
+    ops.matmul(&ws.d_normed, &p[idx(LayerSlot::Down)], &mut ws.d_ffn, MatmulShape::linear_bwd_input(t, f, h, false));
+    ops.matmul(&ws.d_normed, &a.swiglu, &mut g[idx(LayerSlot::Down)], MatmulShape::linear_bwd_weight(t, f, h));
+    ops.swiglu_bwd(&a.gate, &a.up, &ws.d_ffn, &mut ws.d_gate, &mut ws.d_up, t * f);
+    ops.matmul(&ws.d_gate, &p[idx(LayerSlot::Gate)], &mut ws.d_resid, MatmulShape::linear_bwd_input(t, h, f, true));
+    ops.matmul(&ws.d_up, &p[idx(LayerSlot::Up)], &mut ws.d_resid, MatmulShape::linear_bwd_input(t, h, f, true));
+    ops.matmul(&ws.d_gate, &a.x_mid, &mut g[idx(LayerSlot::Gate)], MatmulShape::linear_bwd_weight(t, h, f));
+    ops.matmul(&ws.d_up, &a.x_mid, &mut g[idx(LayerSlot::Up)], MatmulShape::linear_bwd_weight(t, h, f));
+
+    // Attention: d_resid is d(x_mid), x_mid = Norm_a(s), s = x_in + attn(x_in); d_normed = d(s).
+    ops.fill(&mut ws.d_normed, 0.0);
+    ops.rmsnorm_bwd(&a.normed_attn, &p[idx(LayerSlot::AttnNorm)], &a.inv_rms_attn, &ws.d_resid, &mut ws.d_normed, &mut g[idx(LayerSlot::AttnNorm)], rows);
+    ops.copy(&ws.d_normed, &mut ws.d_resid);
+    ops.matmul(&ws.d_normed, &p[idx(LayerSlot::O)], &mut ws.d_attn, MatmulShape::linear_bwd_input(t, q_dim, h, false));
+    ops.matmul(&ws.d_normed, &a.attn_out, &mut g[idx(LayerSlot::O)], MatmulShape::linear_bwd_weight(t, q_dim, h));
+    ops.attention_bwd(&a.q, &a.k, &a.v, &ws.doc_ids, &a.attn_out, &a.lse, &ws.d_attn, &mut ws.d_q, &mut ws.d_k, &mut ws.d_v, attn);
+    ops.rope_bwd(&mut ws.d_q, &ws.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
+    ops.rope_bwd(&mut ws.d_k, &ws.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
+    ops.matmul(&ws.d_q, &p[idx(LayerSlot::Q)], &mut ws.d_resid, MatmulShape::linear_bwd_input(t, h, q_dim, true));
+    ops.matmul(&ws.d_k, &p[idx(LayerSlot::K)], &mut ws.d_resid, MatmulShape::linear_bwd_input(t, h, kv_dim, true));
+    ops.matmul(&ws.d_v, &p[idx(LayerSlot::V)], &mut ws.d_resid, MatmulShape::linear_bwd_input(t, h, kv_dim, true));
+    ops.matmul(&ws.d_q, x_in, &mut g[idx(LayerSlot::Q)], MatmulShape::linear_bwd_weight(t, h, q_dim));
+    ops.matmul(&ws.d_k, x_in, &mut g[idx(LayerSlot::K)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
+    ops.matmul(&ws.d_v, x_in, &mut g[idx(LayerSlot::V)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
+}
+
 /// Everything a layer's forward reads besides its input and its activation set.
 struct LayerRun<'a, O: Ops> {
     ops: &'a O,
@@ -637,8 +705,9 @@ struct LayerRun<'a, O: Ops> {
 }
 
 /// Layer `l`'s forward from `x_in` into the activation set `a`, and, when `x_next` is given,
-/// the layer output `x_mid + mlp` into it. Used by the forward and, without `x_next`, by the
-/// checkpointed backward's recomputation, so both run exactly the same ops.
+/// the layer output `x_mid + mlp` (post-LN: `Norm_f(x_mid + mlp)`) into it. Used by the forward
+/// and by the checkpointed backward's recomputation (without `x_next` for a pre-LN layer; a
+/// post-LN layer always needs it), so both run exactly the same ops.
 fn layer_forward<O: Ops>(
     run: &LayerRun<'_, O>,
     l: usize,
@@ -656,6 +725,27 @@ fn layer_forward<O: Ops>(
         s
     };
     let w = |slot| &run.params[params::layer_index(l, slot)];
+    if cfg.is_post_ln_layer(l) {
+        // Post-LN (Mix-LN's first layers): s = x + Attn(x), x_mid = Norm_a(s);
+        // s' = x_mid + FFN(x_mid), x_next = Norm_f(s'). `normed_attn` holds s, `normed_mlp` s'.
+        let x_next = x_next.expect("a post-LN layer's forward always writes its output");
+        ops.matmul(x_in, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
+        ops.matmul(x_in, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
+        ops.matmul(x_in, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
+        ops.rope_fwd(&mut a.q, run.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
+        ops.rope_fwd(&mut a.k, run.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
+        ops.attention_fwd(&a.q, &a.k, &a.v, run.doc_ids, &mut a.attn_out, &mut a.lse, attn);
+        ops.copy(x_in, &mut a.normed_attn);
+        ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.normed_attn, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
+        ops.rmsnorm_fwd(&a.normed_attn, w(LayerSlot::AttnNorm), &mut a.x_mid, &mut a.inv_rms_attn, rows, cfg.rms_eps);
+        ops.matmul(&a.x_mid, w(LayerSlot::Gate), &mut a.gate, MatmulShape::linear_fwd(t, h, f));
+        ops.matmul(&a.x_mid, w(LayerSlot::Up), &mut a.up, MatmulShape::linear_fwd(t, h, f));
+        ops.swiglu_fwd(&a.gate, &a.up, &mut a.swiglu, t * f);
+        ops.copy(&a.x_mid, &mut a.normed_mlp);
+        ops.matmul(&a.swiglu, w(LayerSlot::Down), &mut a.normed_mlp, accumulate(MatmulShape::linear_fwd(t, f, h)));
+        ops.rmsnorm_fwd(&a.normed_mlp, w(LayerSlot::MlpNorm), x_next, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
+        return;
+    }
     ops.rmsnorm_fwd(x_in, w(LayerSlot::AttnNorm), &mut a.normed_attn, &mut a.inv_rms_attn, rows, cfg.rms_eps);
     ops.matmul(&a.normed_attn, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
     ops.matmul(&a.normed_attn, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));

@@ -75,6 +75,7 @@ pub fn micro_config() -> ModelConfig {
         rms_eps: 1e-5,
         rope_theta: 500_000.0,
         tie_embeddings: false,
+        ..ModelConfig::tiny()
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 /// A 2-layer GQA model small enough for f64 NumPy and quick tests.
 pub fn small_config() -> ModelConfig {
-    ModelConfig { hidden: 48, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, ffn: 96, vocab: 80, rms_eps: 1e-5, rope_theta: 10_000.0, tie_embeddings: false }
+    ModelConfig { hidden: 48, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, ffn: 96, vocab: 80, rms_eps: 1e-5, rope_theta: 10_000.0, tie_embeddings: false, ..ModelConfig::tiny() }
 }
 
 /// Random weights, larger than the 0.02 init so attention is far from uniform, and norm gains
