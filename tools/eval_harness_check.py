@@ -11,7 +11,10 @@ tokenizer_config.json), e.g. the one rust/eval/tests/harness_agreement.rs export
 
 EVAL_BIN is kormo's cargo-built `eval` binary; the task files are kormo task files (docs/eval.md)
 with plain text fields (no chat tasks). The script needs torch, transformers and lm_eval
-(lm-evaluation-harness) installed; it runs on the CPU and reaches no network.
+(lm-evaluation-harness) with its Hugging Face extra; it runs on the CPU and reaches no network:
+
+    python3 -m venv /tmp/harness-venv
+    /tmp/harness-venv/bin/pip install torch transformers "lm_eval[hf]==0.4.13"
 
 For every task it
 
@@ -79,8 +82,8 @@ def harness_config(spec, task_path):
         "num_fewshot": spec.get("num_fewshot", 0),
     }
     if spec["output_type"] == "multiple_choice":
-        choice = spec["doc_to_choice"]
-        cfg["doc_to_choice"] = choice if isinstance(choice, list) else choice
+        # A list of templates, or the name of a field holding the list: the harness reads both.
+        cfg["doc_to_choice"] = spec["doc_to_choice"]
         cfg["metric_list"] = [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in ("acc", "acc_norm")]
     else:
         cfg["generation_kwargs"] = {"until": spec.get("until") or ["\n\n"], "max_gen_toks": spec.get("max_gen_toks") or 256, "do_sample": False}
