@@ -110,21 +110,36 @@ impl Decoder {
         };
         for (layer, cache) in self.cache.iter_mut().enumerate() {
             let w = |slot| &p[params::layer_index(layer, slot)];
-            ops.rmsnorm_fwd(&x, w(LayerSlot::AttnNorm), &mut normed, &mut inv_rms, rows, cfg.rms_eps);
-            ops.matmul(&normed, w(LayerSlot::Q), &mut q, MatmulShape::linear_fwd(t, h, q_dim));
-            ops.matmul(&normed, w(LayerSlot::K), &mut k, MatmulShape::linear_fwd(t, h, kv_dim));
-            ops.matmul(&normed, w(LayerSlot::V), &mut v, MatmulShape::linear_fwd(t, h, kv_dim));
+            // Pre-LN: x + Attn(Norm(x)); the post-LN layers of MixLN: Norm(x + Attn(x)).
+            let post_ln = layer < cfg.post_ln_layers();
+            if !post_ln {
+                ops.rmsnorm_fwd(&x, w(LayerSlot::AttnNorm), &mut normed, &mut inv_rms, rows, cfg.rms_eps);
+            }
+            let input = if post_ln { &x } else { &normed };
+            ops.matmul(input, w(LayerSlot::Q), &mut q, MatmulShape::linear_fwd(t, h, q_dim));
+            ops.matmul(input, w(LayerSlot::K), &mut k, MatmulShape::linear_fwd(t, h, kv_dim));
+            ops.matmul(input, w(LayerSlot::V), &mut v, MatmulShape::linear_fwd(t, h, kv_dim));
             ops.rope_fwd(&mut q, &positions, RopeShape { tokens: t, heads: cfg.heads, head_dim: cfg.head_dim }, cfg.rope_theta);
             ops.rope_fwd(&mut k, &positions, RopeShape { tokens: t, heads: cfg.kv_heads, head_dim: cfg.head_dim }, cfg.rope_theta);
             cache.keys.extend_from_slice(&k);
             cache.values.extend_from_slice(&v);
             cached_attention(ops.threads(), cfg, &q, cache, self.len, &mut attn);
             ops.matmul(&attn, w(LayerSlot::O), &mut x, add(MatmulShape::linear_fwd(t, q_dim, h)));
-            ops.rmsnorm_fwd(&x, w(LayerSlot::MlpNorm), &mut normed, &mut inv_rms, rows, cfg.rms_eps);
-            ops.matmul(&normed, w(LayerSlot::Gate), &mut gate, MatmulShape::linear_fwd(t, h, f));
-            ops.matmul(&normed, w(LayerSlot::Up), &mut up, MatmulShape::linear_fwd(t, h, f));
+            if post_ln {
+                let sum = x.clone();
+                ops.rmsnorm_fwd(&sum, w(LayerSlot::AttnNorm), &mut x, &mut inv_rms, rows, cfg.rms_eps);
+            } else {
+                ops.rmsnorm_fwd(&x, w(LayerSlot::MlpNorm), &mut normed, &mut inv_rms, rows, cfg.rms_eps);
+            }
+            let input = if post_ln { &x } else { &normed };
+            ops.matmul(input, w(LayerSlot::Gate), &mut gate, MatmulShape::linear_fwd(t, h, f));
+            ops.matmul(input, w(LayerSlot::Up), &mut up, MatmulShape::linear_fwd(t, h, f));
             ops.swiglu_fwd(&gate, &up, &mut act, t * f);
             ops.matmul(&act, w(LayerSlot::Down), &mut x, add(MatmulShape::linear_fwd(t, f, h)));
+            if post_ln {
+                let sum = x.clone();
+                ops.rmsnorm_fwd(&sum, w(LayerSlot::MlpNorm), &mut x, &mut inv_rms, rows, cfg.rms_eps);
+            }
         }
         self.len += t;
         // Only the rows whose logits are wanted go through the final norm and the head.

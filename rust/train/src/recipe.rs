@@ -600,7 +600,8 @@ fn resolve_model(table: &toml::Table) -> Result<ModelConfig, (String, String)> {
     })?;
     let mut merged = toml::Table::try_from(&base).expect("model config serialises to a table");
     for (key, value) in table {
-        if !merged.contains_key(&key) {
+        // Settings left out of a preset's table at their defaults are known too.
+        if !merged.contains_key(&key) && !ModelConfig::OPTIONAL_KEYS.contains(&key.as_str()) {
             return Err((
                 format!("model.{key}"),
                 format!(

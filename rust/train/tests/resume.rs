@@ -180,3 +180,43 @@ fn resume_refuses_a_changed_run() {
         "{err}"
     );
 }
+
+#[test]
+fn a_mixln_recipe_trains_and_resumes_bitwise() {
+    // `[model] norm = "mixln"` in a recipe: the tiny shape with its first layer post-LN.
+    let text = std::fs::read_to_string(common::repo().join("tests/recipes/test-small.toml")).unwrap();
+    let preset = "[model]\npreset = \"tiny\"\n";
+    assert!(text.contains(preset));
+    let dir = scratch("mixln");
+    let path = dir.join("mixln.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&path, text.replacen(preset, &format!("{preset}norm = \"mixln\"\nmixln_post_fraction = 0.5\n"), 1)).unwrap();
+    let recipe = kormo_train::recipe::Recipe::load(&path).unwrap();
+    assert_eq!(recipe.model.post_ln_layers(), 1);
+    assert_ne!(recipe.hash(), small_recipe().hash());
+
+    let mut opts = options("pretrain1", &dir.join("straight"));
+    opts.max_steps = Some(6);
+    let straight = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(straight.logged.iter().all(|m| m.loss.is_finite()));
+    let mut pre = options("pretrain1", &dir.join("pre"));
+    pre.max_steps = Some(6);
+    let plain = run_stage(&small_recipe(), &pre, &mut std::io::sink()).unwrap();
+    assert_ne!(straight.logged[5].loss, plain.logged[5].loss, "MixLN trains another model");
+
+    let split = dir.join("split");
+    let mut opts = options("pretrain1", &split);
+    opts.max_steps = Some(6);
+    opts.stop_after = Some(3);
+    assert!(!run_stage(&recipe, &opts, &mut std::io::sink()).unwrap().completed);
+    let resumed = run_stage(&recipe, &opts.clone().with_resume(), &mut std::io::sink()).unwrap();
+    assert!(resumed.completed);
+    let losses = |dir: &std::path::Path| -> Vec<u64> {
+        read_metrics(&dir.join("pretrain1/metrics.jsonl")).unwrap().iter().map(|m| m.loss.to_bits()).collect()
+    };
+    assert_eq!(losses(&split), losses(&dir.join("straight")));
+    assert_eq!(
+        tensors(&resumed.checkpoint, MODEL_FILE),
+        tensors(&straight.checkpoint, MODEL_FILE)
+    );
+}
