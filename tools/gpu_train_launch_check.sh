@@ -1,7 +1,7 @@
 #!/bin/bash
 # Device check of `train` as a launched rank on the GPU (issue #6): world size 1 through the
 # launcher environment (RANK=0 WORLD_SIZE=1 ...) with --backend=cuda runs the distributed loop,
-# i.e. DeviceFsdpRank with NCCL (rust/train/src/dist.rs), and must match a plain single-process
+# i.e. DeviceFsdpRank with NCCL (rust/train/src/ranks.rs), and must match a plain single-process
 # `--backend=cuda` run (Model<CudaOps> + DeviceAdamW) of the same recipe:
 #   * step 1 within 1e-6 relative (same bf16 weights, deterministic forward kernels);
 #   * steps 2..10 within 5e-4 relative (the kernels' f32 atomics make runs drift apart; the
