@@ -95,8 +95,13 @@ pub(crate) fn par_map<T: Sync, S: Send, R: Send>(
     if items.is_empty() {
         return Vec::new();
     }
-    let next = AtomicUsize::new(0);
     let threads = states.len().min(items.len().div_ceil(CLAIM)).max(1);
+    if threads == 1 {
+        // A batch too small to share (a file of one document: an HTML page) runs here,
+        // without a thread to start and join.
+        return items.iter().map(|item| f(&mut states[0], item)).collect();
+    }
+    let next = AtomicUsize::new(0);
     let mut parts: Vec<Vec<(usize, R)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = states[..threads]
             .iter_mut()

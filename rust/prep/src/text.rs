@@ -65,11 +65,17 @@ pub(crate) fn process_file(
                 })
             });
             counts.seconds_filter_and_hash += t.elapsed().as_secs_f64();
-            let (encoded, kept) = std::thread::scope(|inner| {
-                let tokenizing = inner.spawn(|| tokenize(&pending, stages, encoders));
+            let (encoded, kept) = if pending.is_empty() {
+                // Nothing to tokenize beside the decisions (a file's first batch).
                 let kept = decide(batch.items, checked, filter.as_deref_mut(), config, counts);
-                (tokenizing.join().expect("tokenizer thread panicked"), kept)
-            });
+                ((Vec::new(), 0.0), kept)
+            } else {
+                std::thread::scope(|inner| {
+                    let tokenizing = inner.spawn(|| tokenize(&pending, stages, encoders));
+                    let kept = decide(batch.items, checked, filter.as_deref_mut(), config, counts);
+                    (tokenizing.join().expect("tokenizer thread panicked"), kept)
+                })
+            };
             counts.seconds_quality_and_tokenize += encoded.1;
             write(&mut writer, shard_path, stages.meta, &pending, encoded.0, counts)?;
             pending = kept;
