@@ -27,6 +27,15 @@ pub fn to_batch(rows: PackedRows) -> Batch {
     }
 }
 
+/// `batch` under the attention mask `mask`: `causal` makes the row one document for
+/// attention (every doc id 0), whatever it packs; positions and loss weights stay.
+pub(crate) fn masked(mut batch: Batch, mask: crate::recipe::MaskMode) -> Batch {
+    if mask == crate::recipe::MaskMode::Causal {
+        batch.doc_ids.iter_mut().for_each(|d| *d = 0);
+    }
+    batch
+}
+
 /// The data of every phase of `stage` (opened, and synthetic corpora generated, up front).
 pub(crate) fn open_phase_data(
     recipe: &Recipe,

@@ -70,6 +70,10 @@ pub struct RecipeFile {
     /// the recipe hash when absent, so adding the feature did not change existing hashes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dist: Option<DistConfig>,
+    /// How attention is masked inside a packed row (optional table; default the intra-document
+    /// mask). Left out of the recipe hash at its default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attention: Option<AttentionConfig>,
     /// Downstream benchmark scores during training (optional table, docs/eval.md; paths
     /// relative to the recipe file). Scoring changes no weight, so it is left out of the
     /// recipe hash: adding it to a running recipe still resumes.
@@ -77,6 +81,25 @@ pub struct RecipeFile {
     pub downstream: Option<kormo_eval::DownstreamSection>,
     pub sources: BTreeMap<String, SourceConfig>,
     pub stages: Stages,
+}
+
+/// `[attention]`: which tokens of a packed row attend to which.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionConfig {
+    #[serde(default)]
+    pub mask: MaskMode,
+}
+
+/// The attention mask of a packed row (docs/recipes.md, "Attention mask").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaskMode {
+    /// A token attends to the earlier tokens of its own document (KORMo's intra-document mask).
+    #[default]
+    Document,
+    /// A token attends to every earlier token of the row, across document boundaries.
+    Causal,
 }
 
 /// Training stability: the outlier guard (llm.c-style z-score over a running window of the
@@ -475,8 +498,10 @@ impl Recipe {
 
     /// FNV-1a (64-bit) of the canonical JSON form: equal recipes hash equal wherever they came from.
     pub fn hash(&self) -> String {
+        // Settings that change no weight, and defaults written out, hash as if absent.
         let file = RecipeFile {
             downstream: None,
+            attention: self.file.attention.filter(|a| *a != AttentionConfig::default()),
             ..self.file.clone()
         };
         let json = serde_json::to_string(&file).expect("recipe serialises");
@@ -484,6 +509,11 @@ impl Recipe {
             (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
         });
         format!("{hash:016x}")
+    }
+
+    /// The attention mask of every phase (`[attention] mask`).
+    pub fn mask(&self) -> MaskMode {
+        self.file.attention.unwrap_or_default().mask
     }
 
     pub fn special_tokens(&self) -> kormo_data::SpecialTokens {

@@ -272,6 +272,9 @@ fn run_stage_on<O: TrainBackend>(
             format!("z-loss: {:e} x logsumexp^2 per token", stability.z_loss),
         );
     }
+    if recipe.mask() == crate::recipe::MaskMode::Causal {
+        say(out, "attention: causal over the whole packed row ([attention] mask = \"causal\": a document also sees the documents before it in its row)");
+    }
     if stability.deterministic {
         say(out, "deterministic: on (CUDA kernels sum in a fixed order, so a stopped and resumed run is bitwise the uninterrupted one; the CPU backend always does)");
     }

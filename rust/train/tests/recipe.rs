@@ -380,3 +380,17 @@ fn deterministic_mode_is_a_stability_key_that_keeps_the_hash_when_off() {
     assert_ne!(on.hash(), plain.hash(), "on changes what the kernels compute");
     expect_error(&with("\"yes\""), "stability.deterministic", "bool");
 }
+
+#[test]
+fn attention_mask_is_document_by_default_causal_on_request_and_xlda_is_named() {
+    use kormo_train::recipe::MaskMode;
+    let plain = parse(TINY_RECIPE).unwrap();
+    assert_eq!(plain.mask(), MaskMode::Document);
+    let with = |value: &str| format!("{TINY_RECIPE}\n[attention]\nmask = \"{value}\"\n");
+    let document = parse(&with("document")).unwrap();
+    assert_eq!(document.hash(), plain.hash(), "the default written out is today's recipe");
+    let causal = parse(&with("causal")).unwrap();
+    assert_eq!(causal.mask(), MaskMode::Causal);
+    assert_ne!(causal.hash(), plain.hash());
+    expect_error(&with("xlda"), "attention.mask", "document");
+}
