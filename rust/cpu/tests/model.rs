@@ -6,10 +6,9 @@
 
 mod common;
 
-use common::{micro_config, packed_batch, rng};
+use common::{assert_model_gradients, check_against_naive_decoder, micro_config, packed_batch, rng};
 use kormo_cpu::CpuOps;
 use kormo_model::{Batch, Model, ModelConfig, ModelError};
-use rand::Rng;
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
@@ -25,38 +24,7 @@ fn check_model_gradients(cfg: ModelConfig) {
         p.iter_mut().for_each(|x| *x *= 10.0);
     }
     model.set_z_loss(1e-3);
-    model.zero_grads();
-    let weight = batch.loss_weight_sum();
-    model.forward_backward(&batch, (1.0 / weight) as f32).unwrap();
-    let grads: Vec<Vec<f64>> = model.grads().to_vec();
-    let specs = model.param_specs().to_vec();
-    let mut r = rng(12);
-    let step = 1e-5;
-    for (index, spec) in specs.iter().enumerate() {
-        let samples: Vec<usize> = (0..6).map(|_| r.random_range(0..spec.numel())).collect();
-        let mut nonzero = 0;
-        for &j in &samples {
-            let saved = model.params()[index][j];
-            model.params_mut()[index][j] = saved + step;
-            let plus = model.evaluate(&batch).unwrap().mean();
-            model.params_mut()[index][j] = saved - step;
-            let minus = model.evaluate(&batch).unwrap().mean();
-            model.params_mut()[index][j] = saved;
-            let numeric = (plus - minus) / (2.0 * step);
-            let analytic = grads[index][j];
-            let tolerance = 1e-7 + 1e-5 * numeric.abs().max(analytic.abs());
-            assert!(
-                (numeric - analytic).abs() <= tolerance,
-                "{}[{j}]: analytic {analytic} vs finite difference {numeric}",
-                spec.name
-            );
-            if numeric.abs() > 1e-8 {
-                nonzero += 1;
-            }
-        }
-        // Embedding rows of tokens absent from the batch legitimately have zero gradient.
-        assert!(nonzero > 0, "{}: all sampled gradients are zero", spec.name);
-    }
+    assert_model_gradients(&mut model, &batch, 6, &mut rng(12));
 }
 
 #[test]
@@ -332,98 +300,8 @@ fn check_unit_hooks(checkpointing: bool) {
     assert_eq!(hooks.calls, want_calls);
 }
 
-/// The model's forward against a naive decoder written directly from Hugging Face Llama's
-/// semantics (per-row loops, `rotate_half` RoPE with `cat(freqs, freqs)`, `repeat_kv` head
-/// mapping, explicit causal same-document mask), sharing no code with the ops.
+/// The model's forward against the naive Hugging Face-style decoder (common/mod.rs).
 #[test]
 fn forward_matches_naive_reference_decoder() {
-    let cfg = ModelConfig { rope_theta: 10_000.0, ..micro_config() };
-    let batch = packed_batch(&[&[3, 4, 1], &[8]], cfg.vocab as u32, false, 101);
-    let mut model = Model::new(cfg.clone(), CpuOps::<f64>::new(), 12).unwrap();
-    // Non-trivial norm gains and larger weights so every term matters.
-    let mut r = rng(13);
-    for (spec, p) in model.param_specs().to_vec().iter().zip(model.params_mut()) {
-        for x in p.iter_mut() {
-            *x = if spec.shape.len() == 1 { 1.0 + r.random_range(-0.3..0.3) } else { *x * 10.0 };
-        }
-    }
-    let logits = model.forward(&batch).unwrap();
-
-    let param = |name: &str| model.params()[model.param_index(name).unwrap()].clone();
-    let linear = |x: &[Vec<f64>], w: &[f64]| -> Vec<Vec<f64>> {
-        let inputs = x[0].len();
-        x.iter().map(|row| w.chunks(inputs).map(|wr| row.iter().zip(wr).map(|(a, b)| a * b).sum()).collect()).collect()
-    };
-    let rmsnorm = |x: &[Vec<f64>], w: &[f64]| -> Vec<Vec<f64>> {
-        x.iter()
-            .map(|row| {
-                let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64 + cfg.rms_eps as f64).sqrt();
-                row.iter().zip(w).map(|(v, g)| v * r * g).collect()
-            })
-            .collect()
-    };
-    let hd = cfg.head_dim;
-    let rope = |x: &[Vec<f64>], positions: &[u32]| -> Vec<Vec<f64>> {
-        let inv: Vec<f64> = (0..hd).step_by(2).map(|i| 1.0 / (cfg.rope_theta as f64).powf(i as f64 / hd as f64)).collect();
-        x.iter()
-            .zip(positions)
-            .map(|(row, &pos)| {
-                let emb: Vec<f64> = inv.iter().chain(&inv).map(|f| pos as f64 * f).collect();
-                let mut out = Vec::with_capacity(row.len());
-                for v in row.chunks(hd) {
-                    let rotated: Vec<f64> = v[hd / 2..].iter().map(|t| -t).chain(v[..hd / 2].iter().copied()).collect();
-                    out.extend((0..hd).map(|i| v[i] * emb[i].cos() + rotated[i] * emb[i].sin()));
-                }
-                out
-            })
-            .collect()
-    };
-    let s = batch.seq_len;
-    for b in 0..batch.batch_size {
-        let row = b * s..(b + 1) * s;
-        let (tokens, docs, positions) = (&batch.tokens[row.clone()], &batch.doc_ids[row.clone()], &batch.positions[row]);
-        let embed = param("model.embed_tokens.weight");
-        let mut x: Vec<Vec<f64>> = tokens.iter().map(|&t| embed[t as usize * cfg.hidden..][..cfg.hidden].to_vec()).collect();
-        for l in 0..cfg.layers {
-            let p = |n: &str| param(&format!("model.layers.{l}.{n}"));
-            let n = rmsnorm(&x, &p("pre_attention_layernorm.weight"));
-            let q = rope(&linear(&n, &p("self_attn.q_proj.weight")), positions);
-            let k = rope(&linear(&n, &p("self_attn.k_proj.weight")), positions);
-            let v = linear(&n, &p("self_attn.v_proj.weight"));
-            let mut attn = vec![vec![0.0; cfg.q_dim()]; s];
-            for h in 0..cfg.heads {
-                let g = h / (cfg.heads / cfg.kv_heads);
-                for i in 0..s {
-                    let visible: Vec<usize> = (0..s).filter(|&j| j <= i && docs[j] == docs[i]).collect();
-                    let scores: Vec<f64> = visible
-                        .iter()
-                        .map(|&j| (0..hd).map(|e| q[i][h * hd + e] * k[j][g * hd + e]).sum::<f64>() / (hd as f64).sqrt())
-                        .collect();
-                    let z: f64 = scores.iter().map(|sc| sc.exp()).sum();
-                    for (&j, sc) in visible.iter().zip(&scores) {
-                        for e in 0..hd {
-                            attn[i][h * hd + e] += sc.exp() / z * v[j][g * hd + e];
-                        }
-                    }
-                }
-            }
-            let o = linear(&attn, &p("self_attn.o_proj.weight"));
-            x = x.iter().zip(&o).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + b).collect()).collect();
-            let n = rmsnorm(&x, &p("pre_mlp_layernorm.weight"));
-            let gate = linear(&n, &p("mlp.gate_proj.weight"));
-            let up = linear(&n, &p("mlp.up_proj.weight"));
-            let act: Vec<Vec<f64>> =
-                gate.iter().zip(&up).map(|(g, u)| g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()).collect();
-            let down = linear(&act, &p("mlp.down_proj.weight"));
-            x = x.iter().zip(&down).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + b).collect()).collect();
-        }
-        let want = linear(&rmsnorm(&x, &param("model.norm.weight")), &param("lm_head.weight"));
-        for (i, want_row) in want.iter().enumerate() {
-            let got = &logits[(b * s + i) * cfg.vocab..][..cfg.vocab];
-            for (g, w) in got.iter().zip(want_row) {
-                // Logits come back as f32.
-                assert!((*g as f64 - w).abs() < 1e-5 * w.abs().max(1.0), "row {b} token {i}: {g} vs {w}");
-            }
-        }
-    }
+    check_against_naive_decoder(ModelConfig { rope_theta: 10_000.0, ..micro_config() }, (101, 12, 13));
 }

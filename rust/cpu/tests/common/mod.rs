@@ -3,7 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses a different subset
 
-use kormo_model::{Batch, ModelConfig};
+use kormo_cpu::CpuOps;
+use kormo_model::{Batch, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -100,4 +101,139 @@ pub fn packed_batch(docs_per_row: &[&[usize]], vocab: u32, reset_positions: bool
         }
     }
     batch
+}
+
+/// The model's forward against a naive decoder written directly from Hugging Face Llama's
+/// semantics (per-row loops, `rotate_half` RoPE with `cat(freqs, freqs)`, `repeat_kv` head
+/// mapping, explicit causal same-document mask), sharing no code with the ops; Mix-LN's first
+/// layers post-LN where `cfg` has them. Weights: the model's init at `model_seed`, norm gains
+/// drawn around 1 and matrices scaled up so every term matters.
+pub fn check_against_naive_decoder(cfg: ModelConfig, (batch_seed, model_seed, init_seed): (u64, u64, u64)) {
+    let batch = packed_batch(&[&[3, 4, 1], &[8]], cfg.vocab as u32, false, batch_seed);
+    let mut model = Model::new(cfg.clone(), CpuOps::<f64>::new(), model_seed).unwrap();
+    let mut r = rng(init_seed);
+    for (spec, p) in model.param_specs().to_vec().iter().zip(model.params_mut()) {
+        for x in p.iter_mut() {
+            *x = if spec.shape.len() == 1 { 1.0 + r.random_range(-0.3..0.3) } else { *x * 10.0 };
+        }
+    }
+    let logits = model.forward(&batch).unwrap();
+
+    type Rows = Vec<Vec<f64>>;
+    let param = |name: &str| model.params()[model.param_index(name).unwrap()].clone();
+    let linear = |x: &[Vec<f64>], w: &[f64]| -> Rows {
+        let inputs = x[0].len();
+        x.iter().map(|row| w.chunks(inputs).map(|wr| row.iter().zip(wr).map(|(a, b)| a * b).sum()).collect()).collect()
+    };
+    let rmsnorm = |x: &[Vec<f64>], w: &[f64]| -> Rows {
+        x.iter()
+            .map(|row| {
+                let r = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / row.len() as f64 + cfg.rms_eps as f64).sqrt();
+                row.iter().zip(w).map(|(v, g)| v * r * g).collect()
+            })
+            .collect()
+    };
+    let add = |a: &[Vec<f64>], b: &[Vec<f64>]| -> Rows { a.iter().zip(b).map(|(a, b)| a.iter().zip(b).map(|(a, b)| a + b).collect()).collect() };
+    let hd = cfg.head_dim;
+    let rope = |x: &[Vec<f64>], positions: &[u32]| -> Rows {
+        let inv: Vec<f64> = (0..hd).step_by(2).map(|i| 1.0 / (cfg.rope_theta as f64).powf(i as f64 / hd as f64)).collect();
+        x.iter()
+            .zip(positions)
+            .map(|(row, &pos)| {
+                let emb: Vec<f64> = inv.iter().chain(&inv).map(|f| pos as f64 * f).collect();
+                let mut out = Vec::with_capacity(row.len());
+                for v in row.chunks(hd) {
+                    let rotated: Vec<f64> = v[hd / 2..].iter().map(|t| -t).chain(v[..hd / 2].iter().copied()).collect();
+                    out.extend((0..hd).map(|i| v[i] * emb[i].cos() + rotated[i] * emb[i].sin()));
+                }
+                out
+            })
+            .collect()
+    };
+    let s = batch.seq_len;
+    for b in 0..batch.batch_size {
+        let row = b * s..(b + 1) * s;
+        let (tokens, docs, positions) = (&batch.tokens[row.clone()], &batch.doc_ids[row.clone()], &batch.positions[row]);
+        let embed = param("model.embed_tokens.weight");
+        let mut x: Rows = tokens.iter().map(|&t| embed[t as usize * cfg.hidden..][..cfg.hidden].to_vec()).collect();
+        for l in 0..cfg.layers {
+            let p = |n: &str| param(&format!("model.layers.{l}.{n}"));
+            let attention = |n: &[Vec<f64>]| -> Rows {
+                let q = rope(&linear(n, &p("self_attn.q_proj.weight")), positions);
+                let k = rope(&linear(n, &p("self_attn.k_proj.weight")), positions);
+                let v = linear(n, &p("self_attn.v_proj.weight"));
+                let mut attn = vec![vec![0.0; cfg.q_dim()]; s];
+                for h in 0..cfg.heads {
+                    let g = h / (cfg.heads / cfg.kv_heads);
+                    for i in 0..s {
+                        let visible: Vec<usize> = (0..s).filter(|&j| j <= i && docs[j] == docs[i]).collect();
+                        let scores: Vec<f64> = visible
+                            .iter()
+                            .map(|&j| (0..hd).map(|e| q[i][h * hd + e] * k[j][g * hd + e]).sum::<f64>() / (hd as f64).sqrt())
+                            .collect();
+                        let z: f64 = scores.iter().map(|sc| sc.exp()).sum();
+                        for (&j, sc) in visible.iter().zip(&scores) {
+                            for e in 0..hd {
+                                attn[i][h * hd + e] += sc.exp() / z * v[j][g * hd + e];
+                            }
+                        }
+                    }
+                }
+                linear(&attn, &p("self_attn.o_proj.weight"))
+            };
+            let ffn = |n: &[Vec<f64>]| -> Rows {
+                let gate = linear(n, &p("mlp.gate_proj.weight"));
+                let up = linear(n, &p("mlp.up_proj.weight"));
+                let act: Rows = gate.iter().zip(&up).map(|(g, u)| g.iter().zip(u).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()).collect();
+                linear(&act, &p("mlp.down_proj.weight"))
+            };
+            let (norm_a, norm_f) = (p("pre_attention_layernorm.weight"), p("pre_mlp_layernorm.weight"));
+            if l < cfg.post_ln_layers() {
+                x = rmsnorm(&add(&x, &attention(&x)), &norm_a);
+                x = rmsnorm(&add(&x, &ffn(&x)), &norm_f);
+            } else {
+                x = add(&x, &attention(&rmsnorm(&x, &norm_a)));
+                x = add(&x, &ffn(&rmsnorm(&x, &norm_f)));
+            }
+        }
+        let want = linear(&rmsnorm(&x, &param("model.norm.weight")), &param("lm_head.weight"));
+        for (i, want_row) in want.iter().enumerate() {
+            let got = &logits[(b * s + i) * cfg.vocab..][..cfg.vocab];
+            for (g, w) in got.iter().zip(want_row) {
+                // Logits come back as f32.
+                assert!((*g as f64 - w).abs() < 1e-5 * w.abs().max(1.0), "{:?} row {b} token {i}: {g} vs {w}", cfg.norm);
+            }
+        }
+    }
+}
+
+/// The whole model's gradients (from one `forward_backward` of `batch`) against central
+/// differences of the mean loss, for `samples` entries of every tensor drawn with `r`; every
+/// tensor must show some non-zero gradient among them.
+pub fn assert_model_gradients(model: &mut Model<CpuOps<f64>>, batch: &Batch, samples: usize, r: &mut ChaCha8Rng) {
+    model.zero_grads();
+    model.forward_backward(batch, (1.0 / batch.loss_weight_sum()) as f32).unwrap();
+    let grads: Vec<Vec<f64>> = model.grads().to_vec();
+    let specs = model.param_specs().to_vec();
+    for (index, spec) in specs.iter().enumerate() {
+        let picks: Vec<usize> = (0..samples).map(|_| r.random_range(0..spec.numel())).collect();
+        let mut nonzero = 0;
+        for &j in &picks {
+            let saved = model.params()[index][j];
+            model.params_mut()[index][j] = saved + FD_STEP;
+            let plus = model.evaluate(batch).unwrap().mean();
+            model.params_mut()[index][j] = saved - FD_STEP;
+            let minus = model.evaluate(batch).unwrap().mean();
+            model.params_mut()[index][j] = saved;
+            let numeric = (plus - minus) / (2.0 * FD_STEP);
+            let analytic = grads[index][j];
+            let tolerance = 1e-7 + 1e-5 * numeric.abs().max(analytic.abs());
+            assert!((numeric - analytic).abs() <= tolerance, "{}[{j}]: analytic {analytic} vs finite difference {numeric}", spec.name);
+            if numeric.abs() > 1e-8 {
+                nonzero += 1;
+            }
+        }
+        // Embedding rows of tokens absent from the batch legitimately have zero gradient.
+        assert!(nonzero > 0, "{}: all sampled gradients are zero", spec.name);
+    }
 }
