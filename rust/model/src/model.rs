@@ -725,16 +725,22 @@ fn layer_forward<O: Ops>(
         s
     };
     let w = |slot| &run.params[params::layer_index(l, slot)];
-    if cfg.is_post_ln_layer(l) {
+    // Attention reads the layer input itself in a post-LN layer, its norm in a pre-LN one.
+    let post_ln = cfg.is_post_ln_layer(l);
+    if !post_ln {
+        ops.rmsnorm_fwd(x_in, w(LayerSlot::AttnNorm), &mut a.normed_attn, &mut a.inv_rms_attn, rows, cfg.rms_eps);
+    }
+    let attn_in = if post_ln { x_in } else { &a.normed_attn };
+    ops.matmul(attn_in, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
+    ops.matmul(attn_in, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
+    ops.matmul(attn_in, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
+    ops.rope_fwd(&mut a.q, run.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
+    ops.rope_fwd(&mut a.k, run.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
+    ops.attention_fwd(&a.q, &a.k, &a.v, run.doc_ids, &mut a.attn_out, &mut a.lse, attn);
+    if post_ln {
         // Post-LN (Mix-LN's first layers): s = x + Attn(x), x_mid = Norm_a(s);
         // s' = x_mid + FFN(x_mid), x_next = Norm_f(s'). `normed_attn` holds s, `normed_mlp` s'.
         let x_next = x_next.expect("a post-LN layer's forward always writes its output");
-        ops.matmul(x_in, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
-        ops.matmul(x_in, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
-        ops.matmul(x_in, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
-        ops.rope_fwd(&mut a.q, run.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
-        ops.rope_fwd(&mut a.k, run.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
-        ops.attention_fwd(&a.q, &a.k, &a.v, run.doc_ids, &mut a.attn_out, &mut a.lse, attn);
         ops.copy(x_in, &mut a.normed_attn);
         ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.normed_attn, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
         ops.rmsnorm_fwd(&a.normed_attn, w(LayerSlot::AttnNorm), &mut a.x_mid, &mut a.inv_rms_attn, rows, cfg.rms_eps);
@@ -746,13 +752,6 @@ fn layer_forward<O: Ops>(
         ops.rmsnorm_fwd(&a.normed_mlp, w(LayerSlot::MlpNorm), x_next, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
         return;
     }
-    ops.rmsnorm_fwd(x_in, w(LayerSlot::AttnNorm), &mut a.normed_attn, &mut a.inv_rms_attn, rows, cfg.rms_eps);
-    ops.matmul(&a.normed_attn, w(LayerSlot::Q), &mut a.q, MatmulShape::linear_fwd(t, h, q_dim));
-    ops.matmul(&a.normed_attn, w(LayerSlot::K), &mut a.k, MatmulShape::linear_fwd(t, h, kv_dim));
-    ops.matmul(&a.normed_attn, w(LayerSlot::V), &mut a.v, MatmulShape::linear_fwd(t, h, kv_dim));
-    ops.rope_fwd(&mut a.q, run.positions, rope_shape(t, cfg.heads, cfg), cfg.rope_theta);
-    ops.rope_fwd(&mut a.k, run.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
-    ops.attention_fwd(&a.q, &a.k, &a.v, run.doc_ids, &mut a.attn_out, &mut a.lse, attn);
     ops.copy(x_in, &mut a.x_mid);
     ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.x_mid, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
     ops.rmsnorm_fwd(&a.x_mid, w(LayerSlot::MlpNorm), &mut a.normed_mlp, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
