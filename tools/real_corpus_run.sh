@@ -7,8 +7,9 @@
 #
 #   tools/real_corpus_run.sh BIN_DIR WORK_DIR
 #
-# BIN_DIR holds the built kormo-tokenizer, prepare, train and hf binaries (e.g. target/debug after
-# `cargo build -p kormo-tokenizer -p kormo-prep -p kormo-train -p kormo-hf --bins`).
+# BIN_DIR holds the built kormo-tokenizer, prepare, train and hf binaries (target/release after
+# `cargo build --release -p kormo-tokenizer -p kormo-prep -p kormo-train -p kormo-hf --bins`;
+# timings are only meaningful from a release build).
 set -euo pipefail
 bin="$(cd "$1" && pwd)"
 repo="$(cd "$(dirname "$0")/.." && pwd)"

@@ -28,7 +28,7 @@
 //! token). Heuristic filters, dedup and the quality model are for web text and do not apply.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use kormo_shards::{ShardMeta, ShardSummary, ShardWriter};
@@ -331,10 +331,11 @@ fn add(total: &mut ChatCounts, one: &ChatCounts) {
     total.messages_with_special_text += one.messages_with_special_text;
 }
 
-/// One input file of a chat source -> one shard (none if no conversation survives).
+/// The conversations of `files` (a chunk of a chat source, read one file after another) -> one
+/// shard (none if no conversation survives).
 #[allow(clippy::too_many_arguments)]
-pub fn process_file(
-    file: &Path,
+pub fn process_files(
+    files: &[PathBuf],
     shard_path: &Path,
     config: ChatSourceConfig,
     batch_size: usize,
@@ -344,9 +345,11 @@ pub fn process_file(
     counts: &mut StageCounts,
 ) -> Result<Option<ShardSummary>, String> {
     let specials: Vec<String> = tokenizer.specials().into_iter().map(|s| s.content).collect();
-    let conversations = read_records(file, &[]).map(|record| {
-        let record = record?;
-        conversation(&record.value).map_err(|e| MalformedInput::new(file, record.location, e))
+    let conversations = files.iter().flat_map(|file| {
+        read_records(file, &[]).map(move |record| {
+            let record = record?;
+            conversation(&record.value).map_err(|e| MalformedInput::new(file, record.location, e))
+        })
     });
     let mut renderers: Vec<ChatRenderer> = (0..threads.max(1))
         .map(|_| ChatRenderer::new(tokenizer).expect("chat specials checked at start-up"))

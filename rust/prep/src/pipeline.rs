@@ -1,22 +1,23 @@
 //! The `prepare` pipeline: documents -> heuristic filters -> BFF dedup -> quality filter ->
 //! tokenization (the text only: the trainer's packer adds `<|BOS|>` and `<|EOT|>` around every
-//! document, with the ids of the run's tokenizer) -> one kormo shard per input file, under
-//! `OUT/<source>/`, with a manifest per source, `OUT/report.json` (per-source, per-stage
-//! counts and timings). Progress: on a terminal a bar (input bytes, files, rate, ETA); otherwise
-//! one `log` info line per finished input file, with the same figures.
+//! document, with the ids of the run's tokenizer) -> kormo shards under `OUT/<source>/`, one
+//! per chunk of input files (consecutive files of at least 64 MB together, see [`CHUNK_BYTES`]),
+//! with a manifest per source, `OUT/report.json` (per-source, per-stage counts and timings).
+//! Progress: on a terminal a bar (input bytes, files, rate, ETA); otherwise one `log` info line
+//! per finished chunk, with the same figures.
 //!
 //! Order and determinism: sources in the given order, files sorted, documents in file
-//! order, processed in batches; the pure per-document work (filters + n-gram hashing, then
+//! order, processed in batches that span the files of a chunk; the pure per-document work (filters + n-gram hashing, then
 //! quality scoring + tokenization) runs on all threads, the Bloom filter decisions run
 //! sequentially in document order. The output is the same for any thread count.
 //!
-//! Resuming: each input file's shard is written when the file is done; the source manifest, the
-//! Bloom filter and `OUT/state.json` (completed files and counts) are written together, state
-//! last and atomically, every 64 MB of input (or the filter's size) or 30 s, at the end of each
-//! source and at a `--max-files` stop (see `Saves`). A rerun with the same settings skips the
-//! completed files and continues with the saved filter, so an interrupted run produces what an
-//! uninterrupted one would. A rerun with
-//! different settings (config, tokenizer, sources) into the same directory is refused.
+//! Resuming: when a chunk is done, its shard, the source manifest, the Bloom filter and
+//! `OUT/state.json` (completed files and counts) are written, state last and atomically
+//! ([`save_state`]); a `--max-files` stop ends a chunk early. A rerun with the same settings
+//! skips the completed files and continues with the saved filter, so an interrupted run
+//! produces the documents an uninterrupted one would, in the same order (its shards may split
+//! them at other files). A rerun with different settings (config, tokenizer, sources) into the
+//! same directory is refused.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,6 +118,10 @@ pub struct StageCounts {
     pub files: u64,
     pub bytes_read: u64,
     pub documents_read: u64,
+    /// Bytes of document text read (after decompression, Parquet decoding and HTML
+    /// extraction): the raw text the stages see.
+    #[serde(default)]
+    pub text_bytes_read: u64,
     pub malformed: u64,
     /// Removals by filter reason.
     pub filter_removed: BTreeMap<String, u64>,
@@ -153,60 +158,44 @@ pub struct RunLimits {
     pub max_files: Option<usize>,
 }
 
-/// When the resumable state is written: the source's manifest, the Bloom filter and
-/// `state.json`, together, after the file that brings the input since the last write to
-/// [`SAVE_EVERY_BYTES`] or the filter's size, whichever is larger (so the filter is not
-/// rewritten for every small file: thousands of 10 KB HTML pages would spend their time writing
-/// a 120 MB filter), or once [`SAVE_EVERY`] has passed; and at the end of each source and at a
-/// `--max-files` stop. The saved state lists exactly the files whose shards, manifest entries and
-/// n-grams the saved files hold, so an interruption between two writes loses only the files
-/// since the last one, which a rerun redoes.
-struct Saves {
-    every_bytes: u64,
-    bytes_since: u64,
-    last: Instant,
+/// Input bytes per chunk: consecutive files of a source are processed as one stream into one
+/// shard until their input reaches this or the Bloom filter's size, whichever is larger (a
+/// file larger than that is a chunk of its own). Batches then span small files, so a corpus of
+/// 10 KB HTML pages keeps every thread busy and writes one shard, not thousands; and the
+/// resumable state is written once per chunk, so the 120 MB filter is rewritten after 64 MB of
+/// input or more, not after every file.
+const CHUNK_BYTES: u64 = 64 << 20;
+
+/// The files of the next chunk: from the front of `files` (index, size), until their sizes
+/// reach `bytes` or `max_files` files are taken (at least one file).
+fn next_chunk(files: &[(usize, u64)], bytes: u64, max_files: usize) -> &[(usize, u64)] {
+    let mut total = 0;
+    let mut n = 0;
+    while n < files.len() && n < max_files.max(1) && (n == 0 || total < bytes) {
+        total += files[n].1;
+        n += 1;
+    }
+    &files[..n]
 }
 
-/// See [`Saves`].
-const SAVE_EVERY_BYTES: u64 = 64 << 20;
-const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
-
-impl Saves {
-    fn new(filter_bytes: u64) -> Saves {
-        Saves { every_bytes: filter_bytes.max(SAVE_EVERY_BYTES), bytes_since: 0, last: Instant::now() }
+/// Writes the resumable state: the source's manifest, the filter and (last, atomically)
+/// `state.json`, which lists exactly the files whose shards, manifest entries and n-grams the
+/// saved files hold. An interruption loses only the chunk in progress, which a rerun redoes.
+fn save_state(
+    manifest: (&Manifest, &Path),
+    filter: Option<&BloomFilter>,
+    bloom_path: &Path,
+    state: &State,
+    state_path: &Path,
+) -> Result<(), String> {
+    manifest.0.save(manifest.1).map_err(|e| e.to_string())?;
+    if let Some(f) = filter {
+        let tmp = bloom_path.with_extension("bloom.tmp");
+        f.save(&tmp)?;
+        std::fs::rename(&tmp, bloom_path).map_err(|e| format!("{}: {e}", bloom_path.display()))?;
     }
-
-    /// An input file of `bytes` was processed.
-    fn note(&mut self, bytes: u64) {
-        self.bytes_since += bytes;
-    }
-
-    fn due(&self) -> bool {
-        self.bytes_since >= self.every_bytes || self.last.elapsed() >= SAVE_EVERY
-    }
-
-    /// Writes the manifest, the filter and (last, atomically) the state.
-    fn save(
-        &mut self,
-        manifest: &Manifest,
-        manifest_path: &Path,
-        filter: Option<&BloomFilter>,
-        bloom_path: &Path,
-        state: &State,
-        state_path: &Path,
-    ) -> Result<(), String> {
-        manifest.save(manifest_path).map_err(|e| e.to_string())?;
-        if let Some(f) = filter {
-            let tmp = bloom_path.with_extension("bloom.tmp");
-            f.save(&tmp)?;
-            std::fs::rename(&tmp, bloom_path).map_err(|e| format!("{}: {e}", bloom_path.display()))?;
-        }
-        let text = serde_json::to_string_pretty(state).expect("state serializes");
-        atomic_write(state_path, text.as_bytes())?;
-        self.bytes_since = 0;
-        self.last = Instant::now();
-        Ok(())
-    }
+    let text = serde_json::to_string_pretty(state).expect("state serializes");
+    atomic_write(state_path, text.as_bytes())
 }
 
 fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -321,103 +310,33 @@ pub fn run(
     }
 
     let threads = config.threads();
-    let total_files: usize = sources.iter().map(|s| s.files.len()).sum();
-    let total_bytes: u64 = sources
-        .iter()
-        .flat_map(|s| &s.files)
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
-    let started = Instant::now();
-    let mut bytes_this_run = 0u64;
-    let mut bytes_done: u64 = 0;
-    let mut files_this_run = 0usize;
-    let bar = progress::bar("prep", total_bytes, progress::Unit::Bytes);
+    let mut progress = Progress::new(sources);
+    let bar = progress.bar.clone();
     let stages = TextStages { config, meta: &meta, quality: quality.as_ref(), bar: &bar };
-    // One encoder per worker thread, kept for the whole run (their caches stay warm).
-    let mut encoders: Vec<_> = (0..threads).map(|_| tokenizer.encoder()).collect();
-    let mut saves = Saves::new(if config.dedup.enabled { bits / 8 } else { 0 });
+    let mut workers = Workers {
+        stages,
+        tokenizer: &tokenizer,
+        threads,
+        // One encoder per worker thread, kept for the whole run (their caches stay warm).
+        encoders: (0..threads).map(|_| tokenizer.encoder()).collect(),
+        filter,
+    };
+    let chunk_bytes = CHUNK_BYTES.max(if config.dedup.enabled { bits / 8 } else { 0 });
+    let paths = Paths { out, state: &state_path, bloom: &bloom_path };
     for (si, source) in sources.iter().enumerate() {
-        let dir = out.join(&source.name);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let manifest_path = dir.join("manifest.json");
-        let mut manifest =
-            if manifest_path.exists() && state.completed.iter().any(|&(s, _)| s == si) {
-                Manifest::load(&manifest_path).map_err(|e| e.to_string())?
-            } else {
-                Manifest::new(meta.clone())
-            };
-        for (fi, file) in source.files.iter().enumerate() {
-            let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-            if state.completed.contains(&(si, fi)) {
-                bytes_done += size;
-                bar.set_position(bytes_done);
-                bar.reset_eta();
-                continue;
-            }
-            if limits.max_files.is_some_and(|m| files_this_run >= m) {
-                saves.save(&manifest, &manifest_path, filter.as_ref(), &bloom_path, &state, &state_path)?;
-                bar.finish_and_clear();
-                log::info!("stopping after {files_this_run} files (--max-files)");
-                return Ok(state.counts);
-            }
-            let counts = state.counts.entry(source.name.clone()).or_default();
-            let shard_name = format!("{}-{fi:05}.kts", source.name);
-            let shard_path = dir.join(&shard_name);
-            let written = match config.chat.get(&source.name) {
-                Some(&chat) => crate::chat::process_file(
-                    file,
-                    &shard_path,
-                    chat,
-                    config.batch_documents,
-                    &meta,
-                    &tokenizer,
-                    threads,
-                    counts,
-                )?,
-                None => crate::text::process_file(
-                    file,
-                    &shard_path,
-                    &stages,
-                    filter.as_mut(),
-                    &mut encoders,
-                    counts,
-                )?,
-            };
-            counts.files += 1;
-            counts.bytes_read += size;
-            if let Some(summary) = written {
-                manifest
-                    .push(shard_name, &summary)
-                    .map_err(|e| e.to_string())?;
-            }
-            state.completed.push((si, fi));
-            saves.note(size);
-            if saves.due() {
-                saves.save(&manifest, &manifest_path, filter.as_ref(), &bloom_path, &state, &state_path)?;
-            }
-            files_this_run += 1;
-            bytes_this_run += size;
-            bytes_done += size;
-            bar.set_position(bytes_done);
-            bar.set_message(format!("{}/{total_files} files", state.completed.len()));
-            if !progress::drawn() {
-                let rate = bytes_this_run as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                log::info!(
-                    "prep: {}/{total_files} files, {:.1}/{:.1} MB, {:.2} MB/s, ETA {:.0}s",
-                    state.completed.len(),
-                    bytes_done as f64 / 1e6,
-                    total_bytes as f64 / 1e6,
-                    rate / 1e6,
-                    total_bytes.saturating_sub(bytes_done) as f64 / rate.max(1.0)
-                );
-            }
+        let finished = run_source(si, source, &mut workers, &mut state, &mut progress, &paths, chunk_bytes, limits)?;
+        if !finished {
+            progress.bar.finish_and_clear();
+            log::info!("stopping after {} files (--max-files)", progress.files_this_run);
+            return Ok(state.counts);
         }
-        saves.save(&manifest, &manifest_path, filter.as_ref(), &bloom_path, &state, &state_path)?;
     }
-    bar.finish_and_clear();
-    let report = serde_json::json!({"sources": state.counts, "seconds": started.elapsed().as_secs_f64(),
-                                    "megabytes_per_second": bytes_this_run as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)});
+    progress.bar.finish_and_clear();
+    let seconds = progress.started.elapsed().as_secs_f64();
+    // Rates of this run: of the input files as stored, and of the document text they hold.
+    let report = serde_json::json!({"sources": state.counts, "seconds": seconds,
+                                    "megabytes_per_second": progress.bytes_this_run as f64 / 1e6 / seconds.max(1e-9),
+                                    "text_megabytes_per_second": progress.text_bytes_this_run as f64 / 1e6 / seconds.max(1e-9)});
     atomic_write(
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)
@@ -425,6 +344,172 @@ pub fn run(
             .as_bytes(),
     )?;
     Ok(state.counts)
+}
+
+/// What every chunk's stages share: the text stages, the tokenizer and threads of chat
+/// sources, the per-thread encoders and the dedup filter.
+struct Workers<'a> {
+    stages: TextStages<'a>,
+    tokenizer: &'a Tokenizer,
+    threads: usize,
+    encoders: Vec<kormo_tokenizer::Encoder<'a>>,
+    filter: Option<BloomFilter>,
+}
+
+/// Where a run's files go.
+struct Paths<'a> {
+    out: &'a Path,
+    state: &'a Path,
+    bloom: &'a Path,
+}
+
+/// The files of one source not yet done, chunk by chunk, each chunk's shard, manifest entry
+/// and resumable state written when it is done. `false`: stopped at the `--max-files` limit.
+#[allow(clippy::too_many_arguments)]
+fn run_source(
+    si: usize,
+    source: &Source,
+    workers: &mut Workers,
+    state: &mut State,
+    progress: &mut Progress,
+    paths: &Paths,
+    chunk_bytes: u64,
+    limits: RunLimits,
+) -> Result<bool, String> {
+    let config = workers.stages.config;
+    let dir = paths.out.join(&source.name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let manifest_path = dir.join("manifest.json");
+    let done: std::collections::HashSet<usize> =
+        state.completed.iter().filter(|&&(s, _)| s == si).map(|&(_, f)| f).collect();
+    let mut manifest = if manifest_path.exists() && !done.is_empty() {
+        Manifest::load(&manifest_path).map_err(|e| e.to_string())?
+    } else {
+        Manifest::new(workers.stages.meta.clone())
+    };
+    let mut todo = Vec::new();
+    for (fi, file) in source.files.iter().enumerate() {
+        let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        match done.contains(&fi) {
+            true => progress.skipped(size),
+            false => todo.push((fi, size)),
+        }
+    }
+    let mut rest = &todo[..];
+    while !rest.is_empty() {
+        let allowed = limits.max_files.map_or(usize::MAX, |m| m.saturating_sub(progress.files_this_run));
+        if allowed == 0 {
+            return Ok(false);
+        }
+        let chunk = next_chunk(rest, chunk_bytes, allowed);
+        rest = &rest[chunk.len()..];
+        let files: Vec<PathBuf> = chunk.iter().map(|&(fi, _)| source.files[fi].clone()).collect();
+        let shard_name = format!("{}-{:05}.kts", source.name, chunk[0].0);
+        let shard_path = dir.join(&shard_name);
+        let counts = state.counts.entry(source.name.clone()).or_default();
+        let text_before = counts.text_bytes_read;
+        let written = match config.chat.get(&source.name) {
+            Some(&chat) => crate::chat::process_files(
+                &files,
+                &shard_path,
+                chat,
+                config.batch_documents,
+                workers.stages.meta,
+                workers.tokenizer,
+                workers.threads,
+                counts,
+            )?,
+            None => crate::text::process_files(
+                &files,
+                &shard_path,
+                &workers.stages,
+                workers.filter.as_mut(),
+                &mut workers.encoders,
+                counts,
+            )?,
+        };
+        let bytes: u64 = chunk.iter().map(|&(_, size)| size).sum();
+        counts.files += chunk.len() as u64;
+        counts.bytes_read += bytes;
+        let text_bytes = counts.text_bytes_read - text_before;
+        if let Some(summary) = written {
+            manifest.push(shard_name, &summary).map_err(|e| e.to_string())?;
+        }
+        state.completed.extend(chunk.iter().map(|&(fi, _)| (si, fi)));
+        save_state((&manifest, &manifest_path), workers.filter.as_ref(), paths.bloom, state, paths.state)?;
+        let documents = state.counts.values().map(|c| c.documents_read).sum();
+        progress.done(chunk.len(), bytes, state.completed.len(), documents, text_bytes);
+    }
+    // A source with nothing left to do still gets its (possibly empty) manifest.
+    if todo.is_empty() {
+        manifest.save(&manifest_path).map_err(|e| e.to_string())?;
+    }
+    Ok(true)
+}
+
+/// A run's progress: the bar (drawn on a terminal) and, when none is drawn, one log line per
+/// chunk with files, documents, MB, rate and ETA.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    started: Instant,
+    total_files: usize,
+    total_bytes: u64,
+    bytes_done: u64,
+    bytes_this_run: u64,
+    text_bytes_this_run: u64,
+    files_this_run: usize,
+}
+
+impl Progress {
+    fn new(sources: &[Source]) -> Progress {
+        let total_bytes: u64 = sources
+            .iter()
+            .flat_map(|s| &s.files)
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        Progress {
+            bar: progress::bar("prep", total_bytes, progress::Unit::Bytes),
+            started: Instant::now(),
+            total_files: sources.iter().map(|s| s.files.len()).sum(),
+            total_bytes,
+            bytes_done: 0,
+            bytes_this_run: 0,
+            text_bytes_this_run: 0,
+            files_this_run: 0,
+        }
+    }
+
+    /// A file done by an earlier run.
+    fn skipped(&mut self, bytes: u64) {
+        self.bytes_done += bytes;
+        self.bar.set_position(self.bytes_done);
+        self.bar.reset_eta();
+    }
+
+    /// A chunk of `files` files, `bytes` input bytes and `text_bytes` bytes of document text
+    /// done; `completed` files and `documents` documents are done in all.
+    fn done(&mut self, files: usize, bytes: u64, completed: usize, documents: u64, text_bytes: u64) {
+        self.text_bytes_this_run += text_bytes;
+        self.files_this_run += files;
+        self.bytes_this_run += bytes;
+        self.bytes_done += bytes;
+        self.bar.set_position(self.bytes_done);
+        self.bar.set_message(format!("{completed}/{} files, {documents} documents", self.total_files));
+        if !progress::drawn() {
+            let seconds = self.started.elapsed().as_secs_f64().max(1e-9);
+            let rate = self.bytes_this_run as f64 / seconds;
+            log::info!(
+                "prep: {completed}/{} files, {documents} documents, {:.1}/{:.1} MB, {:.2} MB/s (text {:.2} MB/s), ETA {:.0}s",
+                self.total_files,
+                self.bytes_done as f64 / 1e6,
+                self.total_bytes as f64 / 1e6,
+                rate / 1e6,
+                self.text_bytes_this_run as f64 / seconds / 1e6,
+                self.total_bytes.saturating_sub(self.bytes_done) as f64 / rate.max(1.0)
+            );
+        }
+    }
 }
 
 fn fnv64(bytes: &[u8]) -> u64 {

@@ -1,10 +1,10 @@
-//! One input file of a text source through the stages: filters and n-gram hashing (all
+//! A run of input files of a text source (a chunk, see crate::pipeline) through the stages: filters and n-gram hashing (all
 //! threads) -> Bloom filter decisions (in document order, one thread) -> quality model and
 //! tokenization (all threads) -> the shard. Reading runs ahead on its own thread, and the
 //! decisions for a batch run while the worker threads tokenize the batch before it, so the
 //! sequential stages cost no wall time of their own while there is parallel work beside them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use indicatif::ProgressBar;
@@ -29,11 +29,12 @@ pub(crate) struct TextStages<'a> {
 /// A document after the filters: its language and n-grams, or the filter that removed it.
 type Checked = Result<(&'static str, Option<DocumentNgrams>), &'static str>;
 
-/// One input file -> one shard at `shard_path` (none if nothing survives). `encoders` (one per
-/// worker thread) keep their caches from file to file. A file that cannot be read to its end
-/// is an error and leaves no shard.
-pub(crate) fn process_file(
-    file: &Path,
+/// The documents of `files`, read one file after another as one stream (batches span files, so
+/// a chunk of small files keeps every thread busy) -> one shard at `shard_path` (none if
+/// nothing survives). `encoders` (one per worker thread) keep their caches from chunk to chunk.
+/// A file that cannot be read to its end is an error and leaves no shard.
+pub(crate) fn process_files(
+    files: &[PathBuf],
     shard_path: &Path,
     stages: &TextStages,
     mut filter: Option<&mut BloomFilter>,
@@ -45,7 +46,7 @@ pub(crate) fn process_file(
     let mut writer: Option<ShardWriter> = None;
     std::thread::scope(|scope| {
         let bar = stages.bar.clone();
-        let docs = read_documents(file, &config.text_field);
+        let docs = files.iter().flat_map(|file| read_documents(file, &config.text_field));
         let batches =
             read_ahead(scope, docs, config.batch_documents, counts.malformed, move |text: &String| {
                 bar.inc(text.len() as u64)
@@ -56,6 +57,7 @@ pub(crate) fn process_file(
             let batch = batch?;
             counts.malformed += batch.malformed;
             counts.documents_read += batch.items.len() as u64;
+            counts.text_bytes_read += batch.items.iter().map(|t| t.len() as u64).sum::<u64>();
             let t = Instant::now();
             let dedup_on = filter.is_some();
             let checked: Vec<Checked> = par_map(&batch.items, &mut units, |_, text| {
@@ -66,7 +68,7 @@ pub(crate) fn process_file(
             });
             counts.seconds_filter_and_hash += t.elapsed().as_secs_f64();
             let (encoded, kept) = if pending.is_empty() {
-                // Nothing to tokenize beside the decisions (a file's first batch).
+                // Nothing to tokenize beside the decisions (a chunk's first batch).
                 let kept = decide(batch.items, checked, filter.as_deref_mut(), config, counts);
                 ((Vec::new(), 0.0), kept)
             } else {

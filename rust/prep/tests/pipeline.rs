@@ -200,6 +200,56 @@ fn pipeline_counts_stages_writes_shards_and_resumes() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// A source of many one-document files (HTML pages, say) is read as one stream: one shard for
+/// the run, batches that span files, and the same documents in file order whether the run is
+/// straight, on one thread, or interrupted at any file and resumed.
+#[test]
+fn small_files_share_a_shard_and_resume_at_any_file() {
+    let dir = test_dir("prep-small-files");
+    let tok_path = tokenizer_file(&dir);
+    let tok = hf::load(&tok_path).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(23);
+    let mut files = Vec::new();
+    let mut texts = Vec::new();
+    for i in 0..17 {
+        let text = format!("{}
+{}", prose(&mut rng, 30), prose(&mut rng, 25));
+        let path = dir.join(format!("page{i:02}.txt"));
+        std::fs::write(&path, &text).unwrap();
+        files.push(path);
+        texts.push(text);
+    }
+    let sources = vec![Source { name: "pages".into(), files }];
+    let straight = dir.join("straight");
+    let counts = run(&config(&tok_path, 2), &sources, &straight, RunLimits::default()).unwrap();
+    assert_eq!(counts["pages"].files, 17);
+    // Each page's text with its last line's newline.
+    assert_eq!(counts["pages"].text_bytes_read, texts.iter().map(|t| t.len() as u64 + 1).sum::<u64>());
+    let manifest = Manifest::load(straight.join("pages/manifest.json")).unwrap();
+    assert_eq!(manifest.shards.len(), 1, "one shard for the whole chunk of small files");
+    let written = read_output(&straight, &sources);
+    // A text file's document keeps its lines; the last one gets its newline.
+    let decoded: Vec<String> =
+        written[0].iter().map(|d| tok.decode(d, false).unwrap().trim_end().to_string()).collect();
+    let kept: Vec<&String> = texts.iter().filter(|t| decoded.contains(t)).collect();
+    assert!(kept.len() >= 15, "{} of 17 pages kept: {:?}", kept.len(), counts["pages"]);
+    assert_eq!(decoded.iter().collect::<Vec<_>>(), kept, "documents in file order");
+
+    let one = dir.join("one-thread");
+    run(&config(&tok_path, 1), &sources, &one, RunLimits::default()).unwrap();
+    assert_eq!(read_output(&one, &sources), written);
+    for stop in [1, 5, 16] {
+        let resumed = dir.join(format!("resumed-{stop}"));
+        run(&config(&tok_path, 2), &sources, &resumed, RunLimits { max_files: Some(stop) }).unwrap();
+        let partial = Manifest::load(resumed.join("pages/manifest.json")).unwrap();
+        assert_eq!(partial.shards.len(), 1, "the chunk before the stop is one shard");
+        let again = run(&config(&tok_path, 2), &sources, &resumed, RunLimits::default()).unwrap();
+        assert_eq!(without_timings(again), without_timings(counts.clone()), "stop at {stop}");
+        assert_eq!(read_output(&resumed, &sources), written, "stop at {stop}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 #[test]
 fn bad_config_and_inputs_are_reported_not_panicked() {
     let dir = test_dir("prep-errors");
