@@ -305,3 +305,38 @@ fn check_unit_hooks(checkpointing: bool) {
 fn forward_matches_naive_reference_decoder() {
     check_against_naive_decoder(ModelConfig { rope_theta: 10_000.0, ..micro_config() }, (101, 12, 13));
 }
+
+/// `log_probs` reads the log-softmax of the forward pass's logits at the queried tokens and ids
+/// (across rows, repeated positions, query counts that are not powers of two), and a `forward`
+/// after it (whose workspace needs the full logits) still gives those logits.
+#[test]
+fn log_probs_are_the_log_softmax_of_the_forward_logits() {
+    let cfg = micro_config();
+    let vocab = cfg.vocab;
+    let batch = packed_batch(&[&[4, 3], &[2, 5]], vocab as u32, true, 31);
+    for threads in [1, 2] {
+        let mut model = Model::new(cfg.clone(), CpuOps::<f64>::with_threads(threads), 9).unwrap();
+        for p in model.params_mut() {
+            p.iter_mut().for_each(|x| *x *= 10.0);
+        }
+        let logits = model.forward(&batch).unwrap();
+        let want = |t: usize, id: u32| {
+            let row = &logits[t * vocab..(t + 1) * vocab];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            row[id as usize] as f64 - max - row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln()
+        };
+        let mut r = rng(32);
+        for count in [1usize, 3, 5, 14] {
+            use rand::Rng;
+            let queries: Vec<(usize, u32)> = (0..count).map(|_| (r.random_range(0..batch.num_tokens()), r.random_range(0..vocab as u32))).collect();
+            let got = model.log_probs(&batch, &queries).unwrap();
+            assert_eq!(got.len(), count);
+            for (&(t, id), &lp) in queries.iter().zip(&got) {
+                assert!(lp < 0.0 && (lp - want(t, id)).abs() < 1e-5, "token {t} id {id}: {lp} vs {}", want(t, id));
+            }
+        }
+        assert_eq!(model.forward(&batch).unwrap(), logits);
+        let err = model.log_probs(&batch, &[(batch.num_tokens(), 0)]).unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+    }
+}
