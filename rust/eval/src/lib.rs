@@ -3,11 +3,14 @@
 //!
 //! * [`task`] — task files (harness field names) and JSONL documents.
 //! * [`prompt`] — zero/few-shot contexts with seeded shot choice.
-//! * [`score`] — choice log-likelihoods (context once per question) and greedy generation.
+//! * [`loglik`] — batched choice log-likelihoods over `Model<O: Ops>` (CPU or CUDA): requests
+//!   sorted and packed by length, single-token choices sharing their context's document.
+//! * [`score`] — a task's questions through [`loglik`] (multiple choice) or greedy generation.
 //! * [`metrics`] — acc, acc_norm, exact_match and their standard errors.
 //!
 //! Binary: `eval`.
 
+pub mod loglik;
 pub mod metrics;
 pub mod prompt;
 pub mod pyrandom;
@@ -16,15 +19,24 @@ pub mod task;
 
 use serde_json::{json, Value};
 
+pub use loglik::Packing;
 pub use score::{Scorer, TaskResult};
 
-/// Results as JSON: per task, its metrics with stderr, throughput and per-example values.
+/// Results as JSON: per task, its metrics with stderr, throughput (questions/s, scored tokens/s,
+/// forward passes and rows of the multiple-choice scorer) and per-example values.
 pub fn to_json(results: &[TaskResult], model: &str) -> Value {
     let tasks: Vec<Value> = results
         .iter()
         .map(|r| {
             let metrics: serde_json::Map<String, Value> = r.scores.iter().map(|s| (s.metric.to_string(), json!({"score": s.value, "stderr": s.stderr}))).collect();
-            json!({"task": r.task, "language": r.language, "shots": r.shots, "metrics": metrics, "questions_per_s": r.questions_per_s, "examples": r.examples})
+            let s = &r.stats;
+            json!({
+                "task": r.task, "language": r.language, "shots": r.shots, "metrics": metrics,
+                "questions_per_s": r.questions_per_s, "tokens_per_s": r.tokens_per_s,
+                "forward_passes": s.forwards, "forward_rows": s.rows, "documents": s.documents,
+                "scored_tokens": s.tokens, "padding_tokens": s.padding,
+                "examples": r.examples,
+            })
         })
         .collect();
     json!({"model": model, "tasks": tasks})
@@ -68,8 +80,12 @@ pub fn load_tasks(section: &DownstreamSection) -> Result<Vec<task::Task>, String
 pub fn in_loop_records(weights: &kormo_hf::Weights, tok: &kormo_tokenizer::Tokenizer, tasks: &[task::Task], step: usize, threads: usize) -> Result<Vec<Value>, String> {
     let bos = tok.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
     let eot = tok.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
-    let mut decoder = kormo_generate::Decoder::new(weights, threads);
-    let mut scorer = Scorer { decoder: &mut decoder, tok, bos, eot };
+    let mut model = weights.to_model(kormo_cpu::CpuOps::<f32>::with_threads(threads), std::path::Path::new("the trainer's weights")).map_err(|e| e.to_string())?;
+    // Forward only: one layer's activations at a time suffice.
+    model.set_activation_checkpointing(true);
+    let generates = tasks.iter().any(|t| t.spec.output_type == task::OutputType::GenerateUntil);
+    let mut decoder = generates.then(|| kormo_generate::Decoder::new(weights, threads));
+    let mut scorer = Scorer { model: &mut model, decoder: decoder.as_mut(), tok, bos, eot, packing: Packing::default() };
     let results = tasks.iter().map(|t| scorer.run(t)).collect::<Result<Vec<_>, _>>()?;
     let mut records = Vec::new();
     let mut by_language: std::collections::BTreeMap<(String, &'static str), Vec<f64>> = Default::default();

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use kormo_cpu::CpuOps;
 use kormo_eval::task::Task;
-use kormo_eval::Scorer;
+use kormo_eval::{Packing, Scorer};
 use kormo_generate::Decoder;
 use kormo_hf::vocab::{ModelTokenizer, TokenizerSource};
 use kormo_hf::{export_folder, ExportDtype, ExportOptions, Flavor, Weights};
@@ -117,8 +117,12 @@ fn kormo_scores_equal_the_recorded_harness_values() {
     let (w, tok) = kormo_generate::open_model(&dir, "tiny", None).unwrap();
     let tok = tok.tokenizer;
     let (bos, eot) = (tok.special_id("<|BOS|>").unwrap(), tok.special_id("<|EOT|>").unwrap());
+    // Multiple choice through the batched Ops scorer (small rows, so several forward passes),
+    // generation through the CPU decoder.
+    let mut model = w.to_model(CpuOps::<f32>::with_threads(2), &dir).unwrap();
+    model.set_activation_checkpointing(true);
     let mut decoder = Decoder::new(&w, 2);
-    let mut scorer = Scorer { decoder: &mut decoder, tok: &tok, bos, eot };
+    let mut scorer = Scorer { model: &mut model, decoder: Some(&mut decoder), tok: &tok, bos, eot, packing: Packing { seq: 256, batch_tokens: 512 } };
     let tasks = record["tasks"].as_array().unwrap();
     assert!(tasks.len() >= 4, "every task type is recorded");
     let mut worst: f64 = 0.0;

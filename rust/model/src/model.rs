@@ -513,7 +513,7 @@ impl<O: Ops> Model<O> {
         let (h, vocab) = (self.config.hidden, self.config.vocab);
         // Power-of-two capacity so that varying query counts reuse the buffers.
         let rows = queries.len().max(1).next_power_of_two();
-        if self.scoring.as_ref().map_or(true, |s| s.rows != rows) {
+        if self.scoring.as_ref().is_none_or(|s| s.rows != rows) {
             self.scoring = None;
             let ops = &self.ops;
             self.scoring = Some(ScoringWorkspace {
