@@ -33,7 +33,7 @@ pub fn to_json(results: &[TaskResult], model: &str) -> Value {
             json!({
                 "task": r.task, "language": r.language, "shots": r.shots, "metrics": metrics,
                 "questions_per_s": r.questions_per_s, "tokens_per_s": r.tokens_per_s,
-                "forward_passes": s.forwards, "forward_rows": s.rows, "documents": s.documents,
+                "forward_passes": s.forwards, "forward_rows": s.rows, "row_tokens": s.seq, "documents": s.documents,
                 "scored_tokens": s.tokens, "padding_tokens": s.padding,
                 "examples": r.examples,
             })

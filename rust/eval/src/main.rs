@@ -32,11 +32,10 @@ struct Cli {
     /// Output folder
     #[arg(long, value_name = "DIR", default_value = "eval-results")]
     out: PathBuf,
-    /// Backend of multiple-choice scoring: auto (CUDA when a device is present and takes the
-    /// model, else the CPU) | cpu | cuda. Generation tasks always decode on the CPU.
+    /// Multiple-choice scoring on auto | cpu | cuda (auto: CUDA if usable; generation: CPU)
     #[arg(long, value_name = "NAME", default_value = "auto")]
     backend: String,
-    /// Tokens per packed row (a task whose longest request is longer uses that length)
+    /// Tokens per packed row (longer requests get rows of their length)
     #[arg(long, value_name = "N", default_value_t = Packing::default().seq)]
     seq: usize,
     /// Tokens per forward pass: batch_tokens / seq rows (at least one)
@@ -114,11 +113,12 @@ fn score_tasks<O: Ops>(mut model: Model<O>, weights: &Weights, tok: &Tokenizer, 
             eprintln!();
         }
         let s = &r.stats;
-        let padding = 100.0 * s.padding as f64 / (s.tokens + s.padding).max(1) as f64;
-        eprintln!(
-            "{name}: {} questions, {:.2} questions/s, {:.0} tokens/s; {} forward passes, {} rows, {} documents, {padding:.1}% padding",
-            task.docs.len(), r.questions_per_s, r.tokens_per_s, s.forwards, s.rows, s.documents
-        );
+        let mut line = format!("{name}: {} questions, {:.2} questions/s", task.docs.len(), r.questions_per_s);
+        if s.forwards > 0 {
+            let padding = 100.0 * s.padding as f64 / (s.tokens + s.padding).max(1) as f64;
+            line += &format!(", {:.0} tokens/s; {} forward passes, {} rows of {}, {} documents, {padding:.1}% padding", r.tokens_per_s, s.forwards, s.rows, s.seq, s.documents);
+        }
+        eprintln!("{line}");
         results.push(r);
     }
     Ok(results)
