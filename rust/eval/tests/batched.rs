@@ -4,7 +4,8 @@
 //! (context run once, each choice continued from the cache) under several packings (one
 //! document per row, rows shared, one row or many per forward, a partial last forward), and
 //! shuffling the questions changes no question's values. Then a task file with both kinds of
-//! choices through `Scorer` equals the decoder on the harness tokenisation.
+//! choices through `Scorer` equals the decoder on the harness tokenisation, and the scorer on
+//! `CudaOps` (when a device is present; on `CpuOps<f64>` everywhere) equals it on `CpuOps<f32>`.
 
 use std::path::Path;
 
@@ -197,4 +198,64 @@ fn a_task_with_single_and_multi_token_choices_scores_as_the_decoder() {
     assert!(lengths.contains(&1) && lengths.iter().any(|&n| n > 2), "single- and multi-token choices: {lengths:?}");
     assert!(r.stats.forwards > 1 && r.stats.tokens > 0 && r.tokens_per_s > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn gpu_config() -> ModelConfig {
+    ModelConfig { hidden: 128, layers: 2, heads: 2, kv_heads: 1, head_dim: 64, ffn: 384, vocab: 96, ..ModelConfig::tiny() }
+}
+
+/// The batched scorer on backend `ops` against `CpuOps<f32>` holding the same weights (read
+/// back from `ops`, so bf16-rounded on CUDA): the same packing statistics and every choice's
+/// log-likelihood within 0.1 per token + 3% (bf16 weights and activations on CUDA).
+fn check_backend_against_cpu<O: kormo_model::Ops>(ops: O) {
+    let config = gpu_config();
+    let mut cpu = Model::new(config.clone(), CpuOps::<f32>::with_threads(2), 21).unwrap();
+    // Matrices scaled up so the logits are not flat (a misplaced read would then show).
+    let mut w = Weights::from_model(&cpu);
+    for (t, spec) in w.tensors.iter_mut().zip(cpu.param_specs()) {
+        if spec.kind != ParamKind::Norm {
+            t.values.iter_mut().for_each(|x| *x *= 4.0);
+        }
+    }
+    let mut tested = w.to_model(ops, Path::new("test")).unwrap();
+    for spec in cpu.param_specs().to_vec() {
+        let mut v = vec![0.0; spec.numel()];
+        tested.read_param(&spec.name, &mut v).unwrap();
+        cpu.write_param(&spec.name, &v).unwrap();
+    }
+    tested.set_activation_checkpointing(true);
+    let qs = questions(config.vocab as u32, &mut ChaCha8Rng::seed_from_u64(22));
+    let packing = Packing { seq: 128, batch_tokens: 256 };
+    let (got, stats) = loglikelihoods(&mut tested, &qs, packing, |_, _| {}).unwrap();
+    let (want, cpu_stats) = loglikelihoods(&mut cpu, &qs, packing, |_, _| {}).unwrap();
+    assert_eq!(stats, cpu_stats);
+    assert!(stats.forwards > 1);
+    let mut worst: f64 = 0.0;
+    for (i, q) in qs.iter().enumerate() {
+        for (c, cont) in q.continuations.iter().enumerate() {
+            let (a, b) = (got[i][c], want[i][c]);
+            worst = worst.max((a - b).abs());
+            assert!((a - b).abs() <= 0.1 * cont.len() as f64 + 0.03 * b.abs(), "question {i} choice {c}: {a} vs cpu {b}");
+        }
+    }
+    // Single-token questions' choices differ by far more than the tolerance.
+    let spread = want.iter().step_by(4).map(|l| l.iter().fold(f64::MIN, |m, &x| m.max(x)) - l.iter().fold(f64::MAX, |m, &x| m.min(x))).fold(0.0, f64::max);
+    println!("max |tested - cpu| log-likelihood: {worst:.3e}; largest spread of a single-token question's choices {spread:.3}");
+    assert!(spread > 0.5, "the logits are flat: spread {spread}");
+}
+
+/// The batched scorer on `CudaOps` (a head dim the kernels cover) against the CPU; prints
+/// "skipped" without a usable device.
+#[test]
+fn the_scorer_on_cuda_matches_the_cpu() {
+    match kormo_cuda::detect_devices().and_then(|_| kormo_cuda::CudaOps::for_model(&gpu_config(), 0)) {
+        Ok((ops, _)) => check_backend_against_cpu(ops),
+        Err(e) => println!("skipped: {e}"),
+    }
+}
+
+/// The same check with `CpuOps<f64>` as the tested backend, so it runs everywhere.
+#[test]
+fn the_backend_check_on_cpu_f64() {
+    check_backend_against_cpu(CpuOps::<f64>::with_threads(2));
 }
