@@ -76,7 +76,9 @@ pub fn load_tasks(section: &DownstreamSection) -> Result<Vec<task::Task>, String
 /// Scores `weights` (the trainer's current parameters) on `tasks` and returns the
 /// metrics.jsonl records of `step`: one `{"record": "downstream", "kind": "downstream", ...}`
 /// per task and metric, then one per language and metric averaging that language's tasks
-/// (docs/eval.md).
+/// (docs/eval.md). Multiple choice runs through the batched scorer on `CpuOps<f32>` with
+/// `threads` threads (a model built from `weights`: parameters and gradient buffers on the
+/// host), generation through the KV-cache decoder, made only when a task generates.
 pub fn in_loop_records(weights: &kormo_hf::Weights, tok: &kormo_tokenizer::Tokenizer, tasks: &[task::Task], step: usize, threads: usize) -> Result<Vec<Value>, String> {
     let bos = tok.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
     let eot = tok.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
