@@ -307,15 +307,16 @@ fn forward_matches_naive_reference_decoder() {
 }
 
 /// `log_probs` reads the log-softmax of the forward pass's logits at the queried tokens and ids
-/// (across rows, repeated positions, query counts that are not powers of two), and a `forward`
-/// after it (whose workspace needs the full logits) still gives those logits.
+/// (across rows, repeated positions, query counts that are not powers of two; separate and tied
+/// embeddings), and a `forward` after it (whose workspace needs the full logits) still gives
+/// those logits.
 #[test]
 fn log_probs_are_the_log_softmax_of_the_forward_logits() {
-    let cfg = micro_config();
-    let vocab = cfg.vocab;
+    let vocab = micro_config().vocab;
     let batch = packed_batch(&[&[4, 3], &[2, 5]], vocab as u32, true, 31);
-    for threads in [1, 2] {
-        let mut model = Model::new(cfg.clone(), CpuOps::<f64>::with_threads(threads), 9).unwrap();
+    for (threads, tie) in [(1, false), (2, false), (2, true)] {
+        let cfg = ModelConfig { tie_embeddings: tie, ..micro_config() };
+        let mut model = Model::new(cfg, CpuOps::<f64>::with_threads(threads), 9).unwrap();
         for p in model.params_mut() {
             p.iter_mut().for_each(|x| *x *= 10.0);
         }
