@@ -341,3 +341,30 @@ fn log_probs_are_the_log_softmax_of_the_forward_logits() {
         assert!(err.to_string().contains("outside"), "{err}");
     }
 }
+
+/// `Model::for_inference` holds the given parameters without gradients: its forward and
+/// log-probs equal those of a trained-layout model with the same values, gradients are
+/// refused, and a wrong tensor count or size is named.
+#[test]
+fn an_inference_model_forwards_like_the_full_one_and_refuses_gradients() {
+    let cfg = micro_config();
+    let batch = packed_batch(&[&[4, 3], &[2, 5]], cfg.vocab as u32, true, 41);
+    let full = Model::new(cfg.clone(), CpuOps::<f32>::with_threads(2), 13).unwrap();
+    let tensors: Vec<Vec<f32>> = full.params().to_vec();
+    let slices: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+    let mut inference = Model::for_inference(cfg.clone(), CpuOps::<f32>::with_threads(2), &slices).unwrap();
+    let mut full = full;
+    assert_eq!(inference.forward(&batch).unwrap(), full.forward(&batch).unwrap());
+    let queries = [(0, 3), (5, 1), (13, 7)];
+    assert_eq!(inference.log_probs(&batch, &queries).unwrap(), full.log_probs(&batch, &queries).unwrap());
+    assert!(inference.grads().is_empty());
+    assert_eq!(inference.forward_backward(&batch, 1.0), Err(ModelError::NoGradients));
+    let name = inference.param_specs()[0].name.clone();
+    let mut out = vec![0.0; inference.param_specs()[0].numel()];
+    assert_eq!(inference.read_grad(&name, &mut out), Err(ModelError::NoGradients));
+    assert!(matches!(Model::for_inference(cfg.clone(), CpuOps::<f32>::new(), &slices[1..]), Err(ModelError::SizeMismatch { .. })));
+    let mut short = slices.clone();
+    short[2] = &tensors[2][1..];
+    let err = Model::for_inference(cfg, CpuOps::<f32>::new(), &short).err().unwrap();
+    assert!(err.to_string().contains(&full.param_specs()[2].name), "{err}");
+}

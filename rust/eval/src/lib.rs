@@ -17,10 +17,21 @@ pub mod pyrandom;
 pub mod score;
 pub mod task;
 
+use kormo_model::{Model, Ops};
 use serde_json::{json, Value};
 
 pub use loglik::Packing;
 pub use score::{Scorer, TaskResult};
+
+/// A forward-only model of `weights` on `ops` for the scorer: [`Model::for_inference`] (the
+/// parameters alone, no gradient buffers) with activation checkpointing on, so a forward pass
+/// keeps one layer's activations at a time.
+pub fn scoring_model<O: Ops>(weights: &kormo_hf::Weights, ops: O) -> Result<Model<O>, String> {
+    let tensors: Vec<&[f32]> = weights.tensors.iter().map(|t| t.values.as_slice()).collect();
+    let mut model = Model::for_inference(weights.config.clone(), ops, &tensors).map_err(|e| e.to_string())?;
+    model.set_activation_checkpointing(true);
+    Ok(model)
+}
 
 /// Results as JSON: per task, its metrics with stderr, throughput (questions/s, scored tokens/s,
 /// forward passes and rows of the multiple-choice scorer) and per-example values.
@@ -77,14 +88,12 @@ pub fn load_tasks(section: &DownstreamSection) -> Result<Vec<task::Task>, String
 /// metrics.jsonl records of `step`: one `{"record": "downstream", "kind": "downstream", ...}`
 /// per task and metric, then one per language and metric averaging that language's tasks
 /// (docs/eval.md). Multiple choice runs through the batched scorer on `CpuOps<f32>` with
-/// `threads` threads (a model built from `weights`: parameters and gradient buffers on the
-/// host), generation through the KV-cache decoder, made only when a task generates.
+/// `threads` threads (a [`scoring_model`] of `weights`: a second copy of the parameters on the
+/// host, no gradients), generation through the KV-cache decoder, made only when a task generates.
 pub fn in_loop_records(weights: &kormo_hf::Weights, tok: &kormo_tokenizer::Tokenizer, tasks: &[task::Task], step: usize, threads: usize) -> Result<Vec<Value>, String> {
     let bos = tok.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
     let eot = tok.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
-    let mut model = weights.to_model(kormo_cpu::CpuOps::<f32>::with_threads(threads), std::path::Path::new("the trainer's weights")).map_err(|e| e.to_string())?;
-    // Forward only: one layer's activations at a time suffice.
-    model.set_activation_checkpointing(true);
+    let mut model = scoring_model(weights, kormo_cpu::CpuOps::<f32>::with_threads(threads))?;
     let generates = tasks.iter().any(|t| t.spec.output_type == task::OutputType::GenerateUntil);
     let mut decoder = generates.then(|| kormo_generate::Decoder::new(weights, threads));
     let mut scorer = Scorer { model: &mut model, decoder: decoder.as_mut(), tok, bos, eot, packing: Packing::default() };

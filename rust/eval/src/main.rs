@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kormo_eval::task::{OutputType, Task};
-use kormo_eval::{to_json, to_markdown, Packing, Scorer, TaskResult};
+use kormo_eval::{scoring_model, to_json, to_markdown, Packing, Scorer, TaskResult};
 use kormo_generate::{open_model, Decoder};
 use kormo_hf::Weights;
 use kormo_model::{Model, Ops};
@@ -62,7 +62,7 @@ fn run(cli: Cli) -> Result<(), String> {
         tasks.push(task);
     }
     let threads = cli.model_args.threads();
-    let cpu = || -> Result<Model<kormo_cpu::CpuOps<f32>>, String> { weights.to_model(kormo_cpu::CpuOps::<f32>::with_threads(threads), &cli.model).map_err(|e| e.to_string()) };
+    let cpu = || scoring_model(&weights, kormo_cpu::CpuOps::<f32>::with_threads(threads));
     let results = if cli.backend == "cpu" {
         eprintln!("backend: cpu (f32, {threads} threads)");
         score_tasks(cpu()?, &weights, &tok.tokenizer, &tasks, &cli)?
@@ -70,7 +70,7 @@ fn run(cli: Cli) -> Result<(), String> {
         match kormo_cuda::detect_devices().and_then(|_| kormo_cuda::CudaOps::for_model(&weights.config, 0)) {
             Ok((ops, device)) => {
                 eprintln!("backend: cuda ({}, device {}; bf16 weights and activations)", device.name, device.ordinal);
-                let model = weights.to_model(ops, &cli.model).map_err(|e| e.to_string())?;
+                let model = scoring_model(&weights, ops)?;
                 score_tasks(model, &weights, &tok.tokenizer, &tasks, &cli)?
             }
             Err(e) if cli.backend == "cuda" => return Err(format!("--backend=cuda: {e} (use --backend=cpu or auto)")),
@@ -92,8 +92,6 @@ fn run(cli: Cli) -> Result<(), String> {
 /// Every task on `model` (multiple choice) and the CPU decoder (generation), one progress line
 /// per task on stderr.
 fn score_tasks<O: Ops>(mut model: Model<O>, weights: &Weights, tok: &Tokenizer, tasks: &[Task], cli: &Cli) -> Result<Vec<TaskResult>, String> {
-    // Forward only: one layer's activations at a time suffice.
-    model.set_activation_checkpointing(true);
     let bos = tok.special_id("<|BOS|>").ok_or("the tokenizer has no <|BOS|>")?;
     let eot = tok.special_id("<|EOT|>").ok_or("the tokenizer has no <|EOT|>")?;
     let generates = tasks.iter().any(|t| t.spec.output_type == OutputType::GenerateUntil);

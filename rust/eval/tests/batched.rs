@@ -217,13 +217,13 @@ fn check_backend_against_cpu<O: kormo_model::Ops>(ops: O) {
             t.values.iter_mut().for_each(|x| *x *= 4.0);
         }
     }
-    let mut tested = w.to_model(ops, Path::new("test")).unwrap();
+    // As `eval` builds it: parameters only, activation checkpointing on.
+    let mut tested = kormo_eval::scoring_model(&w, ops).unwrap();
     for spec in cpu.param_specs().to_vec() {
         let mut v = vec![0.0; spec.numel()];
         tested.read_param(&spec.name, &mut v).unwrap();
         cpu.write_param(&spec.name, &v).unwrap();
     }
-    tested.set_activation_checkpointing(true);
     let qs = questions(config.vocab as u32, &mut ChaCha8Rng::seed_from_u64(22));
     let packing = Packing { seq: 128, batch_tokens: 256 };
     let (got, stats) = loglikelihoods(&mut tested, &qs, packing, |_, _| {}).unwrap();

@@ -119,8 +119,7 @@ fn kormo_scores_equal_the_recorded_harness_values() {
     let (bos, eot) = (tok.special_id("<|BOS|>").unwrap(), tok.special_id("<|EOT|>").unwrap());
     // Multiple choice through the batched Ops scorer (small rows, so several forward passes),
     // generation through the CPU decoder.
-    let mut model = w.to_model(CpuOps::<f32>::with_threads(2), &dir).unwrap();
-    model.set_activation_checkpointing(true);
+    let mut model = kormo_eval::scoring_model(&w, CpuOps::<f32>::with_threads(2)).unwrap();
     let mut decoder = Decoder::new(&w, 2);
     let mut scorer = Scorer { model: &mut model, decoder: Some(&mut decoder), tok: &tok, bos, eot, packing: Packing { seq: 256, batch_tokens: 512 } };
     let tasks = record["tasks"].as_array().unwrap();

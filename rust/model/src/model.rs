@@ -302,6 +302,27 @@ impl<O: Ops> Model<O> {
         Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None })
     }
 
+    /// A model holding `tensors` (host f32, one per [`params::layout`] entry, in that order)
+    /// for forward passes only (`forward`, `evaluate`, `log_probs`): no initialisation runs and
+    /// no gradient buffers are allocated, so it takes the parameters' memory alone (plus the
+    /// workspace of its passes). [`Model::forward_backward`] and [`Model::read_grad`] on it are
+    /// [`ModelError::NoGradients`]; [`Model::grads`] is empty.
+    pub fn for_inference(config: ModelConfig, ops: O, tensors: &[&[f32]]) -> Result<Self, ModelError> {
+        config.validate()?;
+        let specs = params::layout(&config);
+        if tensors.len() != specs.len() {
+            return Err(ModelError::SizeMismatch { name: "(number of parameter tensors)".into(), expected: specs.len(), got: tensors.len() });
+        }
+        let mut params = Vec::with_capacity(specs.len());
+        for (spec, values) in specs.iter().zip(tensors) {
+            if values.len() != spec.numel() {
+                return Err(ModelError::SizeMismatch { name: spec.name.clone(), expected: spec.numel(), got: values.len() });
+            }
+            params.push(ops.upload(values));
+        }
+        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None })
+    }
+
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
@@ -375,6 +396,9 @@ impl<O: Ops> Model<O> {
     /// Copies the accumulated gradient of `name` into `out`.
     pub fn read_grad(&self, name: &str, out: &mut [f32]) -> Result<(), ModelError> {
         let index = self.checked_index(name, out.len())?;
+        if self.grads.is_empty() {
+            return Err(ModelError::NoGradients);
+        }
         self.ops.read(&self.grads[index], out);
         Ok(())
     }
@@ -445,6 +469,9 @@ impl<O: Ops> Model<O> {
         grad_scale: f32,
         hooks: &mut dyn UnitHooks<O>,
     ) -> Result<LossSum, ModelError> {
+        if self.grads.is_empty() {
+            return Err(ModelError::NoGradients);
+        }
         self.prepare(batch)?;
         self.run_forward(hooks);
         let loss = self.run_loss(grad_scale);
