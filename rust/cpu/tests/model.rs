@@ -305,3 +305,66 @@ fn check_unit_hooks(checkpointing: bool) {
 fn forward_matches_naive_reference_decoder() {
     check_against_naive_decoder(ModelConfig { rope_theta: 10_000.0, ..micro_config() }, (101, 12, 13));
 }
+
+/// `log_probs` reads the log-softmax of the forward pass's logits at the queried tokens and ids
+/// (across rows, repeated positions, query counts that are not powers of two; separate and tied
+/// embeddings), and a `forward` after it (whose workspace needs the full logits) still gives
+/// those logits.
+#[test]
+fn log_probs_are_the_log_softmax_of_the_forward_logits() {
+    let vocab = micro_config().vocab;
+    let batch = packed_batch(&[&[4, 3], &[2, 5]], vocab as u32, true, 31);
+    for (threads, tie) in [(1, false), (2, false), (2, true)] {
+        let cfg = ModelConfig { tie_embeddings: tie, ..micro_config() };
+        let mut model = Model::new(cfg, CpuOps::<f64>::with_threads(threads), 9).unwrap();
+        for p in model.params_mut() {
+            p.iter_mut().for_each(|x| *x *= 10.0);
+        }
+        let logits = model.forward(&batch).unwrap();
+        let want = |t: usize, id: u32| {
+            let row = &logits[t * vocab..(t + 1) * vocab];
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+            row[id as usize] as f64 - max - row.iter().map(|&x| (x as f64 - max).exp()).sum::<f64>().ln()
+        };
+        let mut r = rng(32);
+        for count in [1usize, 3, 5, 14] {
+            use rand::Rng;
+            let queries: Vec<(usize, u32)> = (0..count).map(|_| (r.random_range(0..batch.num_tokens()), r.random_range(0..vocab as u32))).collect();
+            let got = model.log_probs(&batch, &queries).unwrap();
+            assert_eq!(got.len(), count);
+            for (&(t, id), &lp) in queries.iter().zip(&got) {
+                assert!(lp < 0.0 && (lp - want(t, id)).abs() < 1e-5, "token {t} id {id}: {lp} vs {}", want(t, id));
+            }
+        }
+        assert_eq!(model.forward(&batch).unwrap(), logits);
+        let err = model.log_probs(&batch, &[(batch.num_tokens(), 0)]).unwrap_err();
+        assert!(err.to_string().contains("outside"), "{err}");
+    }
+}
+
+/// `Model::for_inference` holds the given parameters without gradients: its forward and
+/// log-probs equal those of a trained-layout model with the same values, gradients are
+/// refused, and a wrong tensor count or size is named.
+#[test]
+fn an_inference_model_forwards_like_the_full_one_and_refuses_gradients() {
+    let cfg = micro_config();
+    let batch = packed_batch(&[&[4, 3], &[2, 5]], cfg.vocab as u32, true, 41);
+    let full = Model::new(cfg.clone(), CpuOps::<f32>::with_threads(2), 13).unwrap();
+    let tensors: Vec<Vec<f32>> = full.params().to_vec();
+    let slices: Vec<&[f32]> = tensors.iter().map(Vec::as_slice).collect();
+    let mut inference = Model::for_inference(cfg.clone(), CpuOps::<f32>::with_threads(2), &slices).unwrap();
+    let mut full = full;
+    assert_eq!(inference.forward(&batch).unwrap(), full.forward(&batch).unwrap());
+    let queries = [(0, 3), (5, 1), (13, 7)];
+    assert_eq!(inference.log_probs(&batch, &queries).unwrap(), full.log_probs(&batch, &queries).unwrap());
+    assert!(inference.grads().is_empty());
+    assert_eq!(inference.forward_backward(&batch, 1.0), Err(ModelError::NoGradients));
+    let name = inference.param_specs()[0].name.clone();
+    let mut out = vec![0.0; inference.param_specs()[0].numel()];
+    assert_eq!(inference.read_grad(&name, &mut out), Err(ModelError::NoGradients));
+    assert!(matches!(Model::for_inference(cfg.clone(), CpuOps::<f32>::new(), &slices[1..]), Err(ModelError::SizeMismatch { .. })));
+    let mut short = slices.clone();
+    short[2] = &tensors[2][1..];
+    let err = Model::for_inference(cfg, CpuOps::<f32>::new(), &short).err().unwrap();
+    assert!(err.to_string().contains(&full.param_specs()[2].name), "{err}");
+}

@@ -332,6 +332,45 @@ fn cuda_ops_forward_backward_matches_cpu() {
     }
 }
 
+/// `Model::log_probs` on `ops` against CpuOps<f32> at 45 random (token, id) queries of a packed
+/// batch (bf16 logits: each value within 0.05 + 2% of the CPU's, their mean error below 0.02),
+/// the same values again with a different query count (the scoring buffers are resized), and a
+/// full `forward` afterwards (its workspace needs the logits `log_probs` leaves out) repeats the
+/// one before bitwise.
+fn check_log_probs<O: Ops>(ops: O) {
+    let (mut tested, mut cpu) = model_pair(ops, gpu_tiny_config(false));
+    let vocab = cpu.config().vocab;
+    let batch = packed_batch(9, vocab);
+    let mut rng = SplitMix64::new(10);
+    let queries: Vec<(usize, u32)> = (0..45).map(|_| (rng.below(batch.num_tokens() as u64) as usize, rng.below(vocab as u64) as u32)).collect();
+    let before = tested.forward(&batch).expect("forward");
+    let got = tested.log_probs(&batch, &queries).expect("log_probs");
+    let want = cpu.log_probs(&batch, &queries).expect("cpu log_probs");
+    let mut sum = 0.0;
+    for ((q, g), w) in queries.iter().zip(&got).zip(&want) {
+        assert!((g - w).abs() <= 0.05 + 0.02 * w.abs(), "query {q:?}: {g} vs cpu {w}");
+        sum += (g - w).abs();
+    }
+    let mean = sum / queries.len() as f64;
+    println!("log_probs: mean |tested - cpu| {mean:.3e} over {} queries", queries.len());
+    assert!(mean < 0.02, "mean error {mean}");
+    let again = tested.log_probs(&batch, &queries[..7]).expect("log_probs");
+    assert_eq!(again, got[..7], "same queries, fewer of them: same values");
+    assert_eq!(tested.forward(&batch).expect("forward"), before, "forward after log_probs");
+}
+
+#[test]
+fn cuda_ops_log_probs_match_cpu() {
+    let Some(ops) = cuda_ops_or_skip() else { return };
+    check_log_probs(ops);
+}
+
+/// The same check with CpuOps<f64> as the tested backend, so it runs without a device.
+#[test]
+fn log_probs_check_on_cpu_f64() {
+    check_log_probs(CpuOps::<f64>::new());
+}
+
 /// 50 AdamW steps (host optimizer, lr 1e-3) on one repeated batch from the same start on `ops`
 /// and on CpuOps<f32>: the loss curves (about 6.0 -> 0.2 in exact arithmetic) agree at every step
 /// within |diff| <= 5% of the CPU loss + 0.05, and both learn (final loss below 60% of the

@@ -1,19 +1,22 @@
 //! Running a task through a model: log-likelihoods of choices and greedy generations.
 //!
-//! Each multiple-choice question runs its context once through the KV-cached decoder; every
-//! choice is then scored as a continuation from the cached context (the cache is truncated
-//! back to the context between choices), so the shared context costs one forward pass per
-//! question, not one per choice. Tokenisation follows the harness: trailing whitespace of the
-//! context move to the continuation, the continuation's ids are those of
-//! encode(context + continuation) after the context's ids, and `<|BOS|>` starts every context.
+//! Multiple-choice tasks are scored by [`crate::loglik`] over `Model<O: Ops>` (any backend):
+//! all questions of the task are turned into documents (choices of one token share the
+//! context), sorted and packed into batches, and only the needed log-softmax values come back.
+//! Generation tasks run greedy decoding on the CPU KV-cache [`Decoder`]. Tokenisation follows
+//! the harness: trailing whitespace of the context move to the continuation, the
+//! continuation's ids are those of encode(context + continuation) after the context's ids, and
+//! `<|BOS|>` starts every context.
 
 use std::time::Instant;
 
 use kormo_generate::text::encode_plain;
 use kormo_generate::{generate, Decoder, Limits, Sampler, Strategy};
+use kormo_model::{Model, Ops};
 use kormo_tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
+use crate::loglik::{loglikelihoods, Packing, Question, Stats};
 use crate::metrics::{acc, acc_norm, mean_stderr};
 use crate::prompt::contexts;
 use crate::task::{choices, gold_index, target_text, OutputType, Task};
@@ -35,20 +38,21 @@ pub struct TaskResult {
     pub scores: Vec<Score>,
     pub examples: Vec<Value>,
     pub questions_per_s: f64,
+    /// Document tokens run per second (multiple choice; padding not counted).
+    pub tokens_per_s: f64,
+    /// What the log-likelihoods cost (multiple choice; zeros for generation).
+    pub stats: Stats,
 }
 
-/// The model and tokenizer a task runs on.
-pub struct Scorer<'a> {
-    pub decoder: &'a mut Decoder,
+/// The model and tokenizer a task runs on: `model` scores multiple choice on its backend,
+/// `decoder` (the CPU KV cache) generates; a generation task without one is an error.
+pub struct Scorer<'a, O: Ops> {
+    pub model: &'a mut Model<O>,
+    pub decoder: Option<&'a mut Decoder>,
     pub tok: &'a Tokenizer,
     pub bos: u32,
     pub eot: u32,
-}
-
-fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-    let sum: f64 = logits.iter().map(|&x| (x as f64 - max).exp()).sum();
-    logits[id as usize] as f64 - max - sum.ln()
+    pub packing: Packing,
 }
 
 /// Context and continuation ids the harness's way.
@@ -61,53 +65,63 @@ pub fn split_ids(tok: &Tokenizer, context: &str, continuation: &str) -> (Vec<u32
     (ctx, cont)
 }
 
-impl Scorer<'_> {
-    /// Log-likelihood of each continuation after `context` and whether it is the greedy one.
-    pub fn loglikelihoods(&mut self, context: &str, continuations: &[String]) -> Result<Vec<(f64, bool)>, String> {
-        let mut prefix = vec![self.bos];
-        prefix.extend(encode_plain(self.tok, context.trim_end()));
-        self.decoder.reset();
-        let last = self.decoder.extend(&prefix);
-        let mut out = Vec::with_capacity(continuations.len());
-        for c in continuations {
-            let (_, cont) = split_ids(self.tok, context, c);
-            if cont.is_empty() {
-                return Err(format!("choice {c:?} has no tokens after the context"));
-            }
-            self.decoder.truncate(prefix.len());
-            let all = self.decoder.extend_all(&cont);
-            let vocab = self.decoder.config().vocab;
-            let mut ll = 0.0;
-            let mut greedy = true;
-            for (i, &id) in cont.iter().enumerate() {
-                let logits = if i == 0 { &last[..] } else { &all[(i - 1) * vocab..i * vocab] };
-                ll += log_softmax_at(logits, id);
-                greedy &= kormo_generate::sampling::argmax(logits) == id;
-            }
-            out.push((ll, greedy));
+/// The question of `context` and its continuations: context ids with `<|BOS|>` first, and each
+/// continuation's ids from [`split_ids`].
+pub fn question(tok: &Tokenizer, bos: u32, context: &str, continuations: &[String]) -> Result<Question, String> {
+    let mut ids = vec![bos];
+    ids.extend(encode_plain(tok, context.trim_end()));
+    let mut conts = Vec::with_capacity(continuations.len());
+    for c in continuations {
+        let (_, cont) = split_ids(tok, context, c);
+        if cont.is_empty() {
+            return Err(format!("choice {c:?} has no tokens after the context"));
         }
-        Ok(out)
+        conts.push(cont);
+    }
+    Ok(Question { context: ids, continuations: conts })
+}
+
+impl<O: Ops> Scorer<'_, O> {
+    /// Log-likelihoods of every multiple-choice question of `task` (its choices after their
+    /// contexts), all questions batched together; `progress` sees each forward pass.
+    fn multiple_choice(&mut self, task: &Task, ctxs: &[String], progress: impl FnMut(usize, usize)) -> Result<(Vec<Vec<f64>>, Stats), String> {
+        let spec = &task.spec;
+        let mut questions = Vec::with_capacity(ctxs.len());
+        for (doc, ctx) in task.docs.iter().zip(ctxs) {
+            let conts: Vec<String> = choices(spec, doc)?.iter().map(|c| format!("{}{c}", spec.target_delimiter)).collect();
+            questions.push(question(self.tok, self.bos, ctx, &conts)?);
+        }
+        loglikelihoods(self.model, &questions, self.packing, progress)
     }
 
     /// Scores every document of `task`.
     pub fn run(&mut self, task: &Task) -> Result<TaskResult, String> {
+        self.run_with_progress(task, |_, _| {})
+    }
+
+    /// [`Scorer::run`]; `progress(done, total)` is called after each forward pass of a
+    /// multiple-choice task.
+    pub fn run_with_progress(&mut self, task: &Task, progress: impl FnMut(usize, usize)) -> Result<TaskResult, String> {
         let start = Instant::now();
         let spec = &task.spec;
         let ctxs = contexts(task)?;
+        let (all_lls, stats) = match spec.output_type {
+            OutputType::MultipleChoice => self.multiple_choice(task, &ctxs, progress)?,
+            OutputType::GenerateUntil => (Vec::new(), Stats::default()),
+        };
         let mut examples = Vec::with_capacity(ctxs.len());
         let mut per_metric: Vec<(&'static str, Vec<f64>)> = Vec::new();
         let mut push = |name: &'static str, v: f64| match per_metric.iter_mut().find(|(n, _)| *n == name) {
             Some((_, vals)) => vals.push(v),
             None => per_metric.push((name, vec![v])),
         };
-        for (doc, ctx) in task.docs.iter().zip(&ctxs) {
+        for (i, (doc, ctx)) in task.docs.iter().zip(&ctxs).enumerate() {
             match spec.output_type {
                 OutputType::MultipleChoice => {
                     let ch = choices(spec, doc)?;
                     let gold = gold_index(spec, doc, &ch)?;
-                    let conts: Vec<String> = ch.iter().map(|c| format!("{}{c}", spec.target_delimiter)).collect();
-                    let lls: Vec<f64> = self.loglikelihoods(ctx, &conts)?.into_iter().map(|(ll, _)| ll).collect();
-                    let (a, an) = (acc(&lls, gold), acc_norm(&lls, &ch, gold));
+                    let lls = &all_lls[i];
+                    let (a, an) = (acc(lls, gold), acc_norm(lls, &ch, gold));
                     push("acc", a);
                     push("acc_norm", an);
                     examples.push(json!({"context": ctx, "choices": ch, "gold": gold, "loglikelihoods": lls, "acc": a, "acc_norm": an}));
@@ -126,7 +140,16 @@ impl Scorer<'_> {
             Score { metric: m, value, stderr }
         });
         let secs = start.elapsed().as_secs_f64().max(1e-9);
-        Ok(TaskResult { task: spec.task.clone(), language: spec.language.clone(), shots: spec.num_fewshot, scores: scores.collect(), questions_per_s: task.docs.len() as f64 / secs, examples })
+        Ok(TaskResult {
+            task: spec.task.clone(),
+            language: spec.language.clone(),
+            shots: spec.num_fewshot,
+            scores: scores.collect(),
+            questions_per_s: task.docs.len() as f64 / secs,
+            tokens_per_s: stats.tokens as f64 / secs,
+            stats,
+            examples,
+        })
     }
 
     /// Greedy generation after `context` until a stop string, `<|EOT|>` or `max_new` tokens.
@@ -138,10 +161,11 @@ impl Scorer<'_> {
             p.extend(encode_plain(self.tok, context));
             p
         };
-        self.decoder.reset();
+        let decoder = self.decoder.as_deref_mut().ok_or("a generation task needs the CPU decoder, and this scorer has none")?;
+        decoder.reset();
         let limits = Limits { max_new_tokens: max_new, stop_tokens: vec![self.eot], max_context: prompt.len() + max_new + 1 };
-        let mut sampler = Sampler::new(Strategy::new(0.0, 1.0)?, 0, self.decoder.config().vocab);
-        let g = generate(self.decoder, &mut sampler, &prompt, &limits, |_| {})?;
+        let mut sampler = Sampler::new(Strategy::new(0.0, 1.0)?, 0, decoder.config().vocab);
+        let g = generate(decoder, &mut sampler, &prompt, &limits, |_| {})?;
         let bytes: Vec<u8> = g.tokens.iter().flat_map(|&t| self.tok.token_bytes(t).unwrap_or(b"").to_vec()).collect();
         let mut text = String::from_utf8_lossy(&bytes).into_owned();
         if let Some(cut) = until.iter().filter_map(|u| text.find(u.as_str())).min() {

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use kormo_cpu::CpuOps;
 use kormo_eval::task::Task;
-use kormo_eval::Scorer;
+use kormo_eval::{Packing, Scorer};
 use kormo_generate::Decoder;
 use kormo_hf::vocab::{ModelTokenizer, TokenizerSource};
 use kormo_hf::{export_folder, ExportDtype, ExportOptions, Flavor, Weights};
@@ -117,8 +117,11 @@ fn kormo_scores_equal_the_recorded_harness_values() {
     let (w, tok) = kormo_generate::open_model(&dir, "tiny", None).unwrap();
     let tok = tok.tokenizer;
     let (bos, eot) = (tok.special_id("<|BOS|>").unwrap(), tok.special_id("<|EOT|>").unwrap());
+    // Multiple choice through the batched Ops scorer (small rows, so several forward passes),
+    // generation through the CPU decoder.
+    let mut model = kormo_eval::scoring_model(&w, CpuOps::<f32>::with_threads(2)).unwrap();
     let mut decoder = Decoder::new(&w, 2);
-    let mut scorer = Scorer { decoder: &mut decoder, tok: &tok, bos, eot };
+    let mut scorer = Scorer { model: &mut model, decoder: Some(&mut decoder), tok: &tok, bos, eot, packing: Packing { seq: 256, batch_tokens: 512 } };
     let tasks = record["tasks"].as_array().unwrap();
     assert!(tasks.len() >= 4, "every task type is recorded");
     let mut worst: f64 = 0.0;
@@ -152,5 +155,47 @@ fn kormo_scores_equal_the_recorded_harness_values() {
         }
     }
     println!("max |kormo - harness| log-likelihood: {worst:.3e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `eval` binary on the same folder (`--backend cpu`, rows small enough for several forward
+/// passes) writes the recorded harness log-likelihoods and the throughput fields; `--backend
+/// cuda` without a usable device is an error naming the flag and the reason.
+#[test]
+fn the_eval_binary_writes_the_recorded_values_and_its_throughput() {
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(data_dir().join("harness_values.json")).unwrap()).unwrap();
+    let base = std::env::var_os("TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let dir = base.join(format!("kormo-eval-binary-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    export(&dir.join("model"));
+    let tasks = ["arc_tiny.json", "boolq_tiny.json"].map(|t| data_dir().join(t).display().to_string()).join(",");
+    let (model, out) = (dir.join("model").display().to_string(), dir.join("out").display().to_string());
+    let args = ["--model", &model, "--tasks", &tasks, "--out", &out, "--backend", "cpu", "--seq", "64", "--batch-tokens", "128", "--threads", "2"];
+    let (code, text) = kormo_testdeps::cli::run(env!("CARGO_BIN_EXE_eval"), &args);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("backend: cpu") && text.contains("arc_tiny: 8 questions") && text.contains("forward passes"), "{text}");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("out/results.json")).unwrap()).unwrap();
+    for r in results["tasks"].as_array().unwrap() {
+        let name = r["task"].as_str().unwrap();
+        let recorded = record["tasks"].as_array().unwrap().iter().find(|t| t["task"] == name).unwrap();
+        for (mine, theirs) in r["examples"].as_array().unwrap().iter().zip(recorded["examples"].as_array().unwrap()) {
+            for (x, y) in f64s(&mine["loglikelihoods"]).iter().zip(f64s(&theirs["loglikelihoods"])) {
+                assert!((x - y).abs() <= LL_ATOL, "{name}: {x} (eval) vs {y} (harness)");
+            }
+        }
+        assert!(r["questions_per_s"].as_f64().unwrap() > 0.0 && r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+        let (rows, passes) = (r["forward_rows"].as_u64().unwrap(), r["forward_passes"].as_u64().unwrap());
+        assert!(rows >= passes && passes >= 1, "{name}: {rows} rows in {passes} passes");
+        let row = r["row_tokens"].as_u64().unwrap();
+        assert!(row >= 64, "{name}: rows of {row} tokens");
+        assert_eq!(rows * row, r["scored_tokens"].as_u64().unwrap() + r["padding_tokens"].as_u64().unwrap());
+    }
+    if kormo_cuda::detect_devices().is_err() {
+        let mut cuda = args;
+        cuda[7] = "cuda";
+        let (code, text) = kormo_testdeps::cli::run(env!("CARGO_BIN_EXE_eval"), &cuda);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(text.contains("eval: --backend=cuda: ") && text.contains("--backend=cpu"), "{text}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }

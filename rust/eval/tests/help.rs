@@ -4,7 +4,7 @@ use kormo_testdeps::cli::{help_shows, misspelt_suggests, run};
 
 #[test]
 fn help_lists_options_defaults_and_an_example() {
-    help_shows(env!("CARGO_BIN_EXE_eval"), &["--help"], &["--model", "--tasks <FILES>", "--num-fewshot", "[default: eval-results]", "--preset", "[default: tiny]", "--tokenizer", "--threads <N>", "Example:\n  eval --model"]);
+    help_shows(env!("CARGO_BIN_EXE_eval"), &["--help"], &["--model", "--tasks <FILES>", "--num-fewshot", "[default: eval-results]", "--preset", "[default: tiny]", "--tokenizer", "--threads <N>", "--backend <NAME>", "[default: auto]", "--seq <N>", "[default: 2048]", "--batch-tokens <N>", "[default: 8192]", "Example:\n  eval --model"]);
 }
 
 #[test]

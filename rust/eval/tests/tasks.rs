@@ -1,5 +1,5 @@
-//! Every task type on a small random model: choice log-likelihoods against the full forward
-//! pass (context scored once, choices as continuations), acc/acc_norm, BoolQ-style binary
+//! Every task type on a small random model: choice log-likelihoods (the batched Ops scorer)
+//! against the full forward pass of context + choice, acc/acc_norm, BoolQ-style binary
 //! labels, exact match of generation, few-shot determinism, the in-loop records and the
 //! `eval` binary end to end.
 
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kormo_cpu::CpuOps;
 use kormo_eval::task::Task;
-use kormo_eval::{in_loop_records, prompt, DownstreamSection, Scorer};
+use kormo_eval::{in_loop_records, prompt, DownstreamSection, Packing, Scorer};
 use kormo_generate::{Decoder, Limits, Sampler, Strategy};
 use kormo_hf::Weights;
 use kormo_model::{Batch, Model, ModelConfig, ParamKind};
@@ -63,6 +63,10 @@ fn reference_ll(w: &Weights, ctx: &[u32], cont: &[u32]) -> f64 {
         .sum()
 }
 
+fn cpu_model(w: &Weights) -> Model<CpuOps<f32>> {
+    w.to_model(CpuOps::<f32>::with_threads(2), Path::new("test")).unwrap()
+}
+
 fn write_task(dir: &Path, name: &str, spec: &str, docs: &[&str]) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join(format!("{name}.jsonl")), docs.join("\n")).unwrap();
@@ -90,8 +94,8 @@ fn multiple_choice_log_likelihoods_match_the_full_forward_pass() {
     let (w, tok) = (weights(3), tokenizer());
     let task = Task::load(&write_task(&scratch("mc"), "arc_tiny", ARC, &ARC_DOCS)).unwrap();
     let (bos, eot) = (tok.special_id("<|BOS|>").unwrap(), tok.special_id("<|EOT|>").unwrap());
-    let mut decoder = Decoder::new(&w, 2);
-    let mut scorer = Scorer { decoder: &mut decoder, tok: &tok, bos, eot };
+    let mut model = cpu_model(&w);
+    let mut scorer = Scorer { model: &mut model, decoder: None, tok: &tok, bos, eot, packing: Packing::default() };
     let result = scorer.run(&task).unwrap();
     let mut accs = Vec::new();
     for (ex, doc) in result.examples.iter().zip(&task.docs) {
@@ -136,8 +140,8 @@ fn binary_tasks_take_boolean_labels() {
     let docs = [r#"{"passage": "Water is wet.", "question": "is water wet", "label": true}"#, r#"{"passage": "Fire is hot.", "question": "is fire cold", "label": false}"#];
     let task = Task::load(&write_task(&scratch("boolq"), "boolq_tiny", spec, &docs)).unwrap();
     let (w, tok) = (weights(5), tokenizer());
-    let mut decoder = Decoder::new(&w, 2);
-    let mut scorer = Scorer { decoder: &mut decoder, tok: &tok, bos: tok.special_id("<|BOS|>").unwrap(), eot: tok.special_id("<|EOT|>").unwrap() };
+    let mut model = cpu_model(&w);
+    let mut scorer = Scorer { model: &mut model, decoder: None, tok: &tok, bos: tok.special_id("<|BOS|>").unwrap(), eot: tok.special_id("<|EOT|>").unwrap(), packing: Packing::default() };
     let r = scorer.run(&task).unwrap();
     assert_eq!(r.examples[0]["gold"], 1);
     assert_eq!(r.examples[1]["gold"], 0);
@@ -162,8 +166,8 @@ fn generation_is_scored_by_exact_match() {
     let docs = [serde_json::json!({"q": "The sky is", "a": own}).to_string(), serde_json::json!({"q": "The sky is", "a": "surely not this"}).to_string()];
     let docs: Vec<&str> = docs.iter().map(String::as_str).collect();
     let task = Task::load(&write_task(&scratch("gen"), "gen_tiny", spec, &docs)).unwrap();
-    let mut decoder = Decoder::new(&w, 2);
-    let r = Scorer { decoder: &mut decoder, tok: &tok, bos, eot }.run(&task).unwrap();
+    let (mut model, mut decoder) = (cpu_model(&w), Decoder::new(&w, 2));
+    let r = Scorer { model: &mut model, decoder: Some(&mut decoder), tok: &tok, bos, eot, packing: Packing::default() }.run(&task).unwrap();
     assert_eq!(r.examples[0]["exact_match"], 1.0);
     assert_eq!(r.examples[1]["exact_match"], 0.0);
     assert_eq!(r.scores[0].metric, "exact_match");
@@ -212,8 +216,8 @@ fn chat_generation_runs_in_the_chat_template_with_either_thinking_setting() {
         let spec = format!(r#"{{"task": "chat_tiny", "output_type": "generate_until", "test_split": "chat_tiny.jsonl", "doc_to_text": "{{{{q}}}}",
           "doc_to_target": "{{{{a}}}}", "max_gen_toks": 3, "chat": true, "thinking": {thinking}}}"#);
         let task = Task::load(&write_task(&scratch(&format!("chat{thinking}")), "chat_tiny", &spec, &[r#"{"q": "하늘은?", "a": "파랗다"}"#])).unwrap();
-        let mut decoder = Decoder::new(&w, 2);
-        let r = Scorer { decoder: &mut decoder, tok: &tok, bos, eot }.run(&task).unwrap();
+        let (mut model, mut decoder) = (cpu_model(&w), Decoder::new(&w, 2));
+        let r = Scorer { model: &mut model, decoder: Some(&mut decoder), tok: &tok, bos, eot, packing: Packing::default() }.run(&task).unwrap();
         assert_eq!(r.examples[0]["context"], "하늘은?");
         assert_eq!(r.scores[0].metric, "exact_match");
     }

@@ -14,6 +14,8 @@ pub enum ModelError {
     UnknownParam(String),
     /// A host slice passed for a named tensor has the wrong length.
     SizeMismatch { name: String, expected: usize, got: usize },
+    /// A model built for inference ([`crate::Model::for_inference`]) was asked for gradients.
+    NoGradients,
 }
 
 impl fmt::Display for ModelError {
@@ -26,6 +28,7 @@ impl fmt::Display for ModelError {
                 f,
                 "parameter tensor `{name}` has {expected} elements but {got} were given"
             ),
+            ModelError::NoGradients => write!(f, "this model was built for inference (Model::for_inference) and has no gradient buffers"),
         }
     }
 }

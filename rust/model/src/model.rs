@@ -85,8 +85,10 @@ struct Workspace<O: Ops> {
     checkpointing: bool,
     inv_rms_final: O::Buf,
     normed_final: O::Buf,
-    /// Logits, overwritten by their gradient in `forward_backward`.
+    /// Logits, overwritten by their gradient in `forward_backward`; a one-element placeholder
+    /// when the workspace was made for [`Model::log_probs`] alone (`has_logits` false).
     logits: O::Buf,
+    has_logits: bool,
     losses: O::Buf,
     d_resid: O::Buf,
     d_normed: O::Buf,
@@ -100,7 +102,7 @@ struct Workspace<O: Ops> {
 }
 
 impl<O: Ops> Workspace<O> {
-    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize, checkpointing: bool) -> Self {
+    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize, checkpointing: bool, has_logits: bool) -> Self {
         let t = batch_size * seq_len;
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let activation_sets = if checkpointing { 1 } else { cfg.layers };
@@ -136,7 +138,8 @@ impl<O: Ops> Workspace<O> {
             checkpointing,
             inv_rms_final: ops.zeros(t),
             normed_final: ops.zeros(t * h),
-            logits: ops.zeros(t * cfg.vocab),
+            logits: ops.zeros(if has_logits { t * cfg.vocab } else { 1 }),
+            has_logits,
             losses: ops.zeros(t),
             d_resid: ops.zeros(t * h),
             d_normed: ops.zeros(t * h),
@@ -264,6 +267,21 @@ pub struct Model<O: Ops> {
     z_loss: f32,
     activation_checkpointing: bool,
     workspace: Option<Workspace<O>>,
+    /// Buffers of [`Model::log_probs`]'s head, sized for a number of queries.
+    scoring: Option<ScoringWorkspace<O>>,
+}
+
+/// The head of [`Model::log_probs`] over `rows` gathered tokens (queries padded to `rows`
+/// with loss weight 0): the gathered final-norm rows `[rows, hidden]`, their logits
+/// `[rows, vocab]`, the queried ids, the 0/1 weights and the per-row losses.
+struct ScoringWorkspace<O: Ops> {
+    rows: usize,
+    positions: O::IdxBuf,
+    ids: O::IdxBuf,
+    weights: O::Buf,
+    hidden: O::Buf,
+    logits: O::Buf,
+    losses: O::Buf,
 }
 
 impl<O: Ops> Model<O> {
@@ -281,7 +299,28 @@ impl<O: Ops> Model<O> {
             params.push(ops.upload(&host));
             grads.push(ops.zeros(spec.numel()));
         }
-        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None })
+        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None })
+    }
+
+    /// A model holding `tensors` (host f32, one per [`params::layout`] entry, in that order)
+    /// for forward passes only (`forward`, `evaluate`, `log_probs`): no initialisation runs and
+    /// no gradient buffers are allocated, so it takes the parameters' memory alone (plus the
+    /// workspace of its passes). [`Model::forward_backward`] and [`Model::read_grad`] on it are
+    /// [`ModelError::NoGradients`]; [`Model::grads`] is empty.
+    pub fn for_inference(config: ModelConfig, ops: O, tensors: &[&[f32]]) -> Result<Self, ModelError> {
+        config.validate()?;
+        let specs = params::layout(&config);
+        if tensors.len() != specs.len() {
+            return Err(ModelError::SizeMismatch { name: "(number of parameter tensors)".into(), expected: specs.len(), got: tensors.len() });
+        }
+        let mut params = Vec::with_capacity(specs.len());
+        for (spec, values) in specs.iter().zip(tensors) {
+            if values.len() != spec.numel() {
+                return Err(ModelError::SizeMismatch { name: spec.name.clone(), expected: spec.numel(), got: values.len() });
+            }
+            params.push(ops.upload(values));
+        }
+        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -357,6 +396,9 @@ impl<O: Ops> Model<O> {
     /// Copies the accumulated gradient of `name` into `out`.
     pub fn read_grad(&self, name: &str, out: &mut [f32]) -> Result<(), ModelError> {
         let index = self.checked_index(name, out.len())?;
+        if self.grads.is_empty() {
+            return Err(ModelError::NoGradients);
+        }
         self.ops.read(&self.grads[index], out);
         Ok(())
     }
@@ -427,6 +469,9 @@ impl<O: Ops> Model<O> {
         grad_scale: f32,
         hooks: &mut dyn UnitHooks<O>,
     ) -> Result<LossSum, ModelError> {
+        if self.grads.is_empty() {
+            return Err(ModelError::NoGradients);
+        }
         self.prepare(batch)?;
         self.run_forward(hooks);
         let loss = self.run_loss(grad_scale);
@@ -462,14 +507,85 @@ impl<O: Ops> Model<O> {
         Ok(logits)
     }
 
+    /// Log-softmax values of the logits the forward pass gives `batch`: for each `(t, id)` of
+    /// `queries`, `log softmax(logits[t])[id]` where `t` indexes the batch's tokens
+    /// (`b * seq_len + s`) — the log-probability of `id` following the tokens its row's
+    /// document shows token `t`. Targets and loss weights of the batch are not used.
+    ///
+    /// Only the queried rows reach the LM head: their final-norm outputs are gathered on the
+    /// backend (`embedding_fwd` with the `[tokens, hidden]` norm output as the table), projected
+    /// to `[queries, vocab]` logits, and `cross_entropy` with the queried ids as targets gives
+    /// `lse - z[id]`; only those `queries` floats come back to the host. The head thus costs
+    /// `queries x hidden x vocab` instead of `tokens x hidden x vocab`, and a workspace made here
+    /// holds no `[tokens, vocab]` logits. The values are the backend's float precision
+    /// (f32 on the CPU reference, bf16 logits on CUDA), widened to f64.
+    pub fn log_probs(&mut self, batch: &Batch, queries: &[(usize, u32)]) -> Result<Vec<f64>, ModelError> {
+        let (n, vocab) = (batch.num_tokens(), self.config.vocab);
+        if let Some(&(t, id)) = queries.iter().find(|&&(t, id)| t >= n || id as usize >= vocab) {
+            return Err(ModelError::Batch(format!("log-prob query (token {t}, id {id}) is outside {n} tokens or vocab {vocab}")));
+        }
+        self.prepare_with(batch, false)?;
+        for unit in params::units(&self.config) {
+            match unit {
+                Unit::Embedding => self.forward_embedding(),
+                Unit::Layer(l) => self.forward_layer(l),
+                Unit::Head => self.forward_final_norm(),
+            }
+        }
+        Ok(self.head_log_probs(queries))
+    }
+
+    /// The head of [`Model::log_probs`] on the final-norm output left in the workspace.
+    fn head_log_probs(&mut self, queries: &[(usize, u32)]) -> Vec<f64> {
+        let (h, vocab) = (self.config.hidden, self.config.vocab);
+        // Power-of-two capacity so that varying query counts reuse the buffers.
+        let rows = queries.len().max(1).next_power_of_two();
+        if self.scoring.as_ref().is_none_or(|s| s.rows != rows) {
+            self.scoring = None;
+            let ops = &self.ops;
+            self.scoring = Some(ScoringWorkspace {
+                rows,
+                positions: ops.upload_idx(&vec![0; rows]),
+                ids: ops.upload_idx(&vec![0; rows]),
+                weights: ops.zeros(rows),
+                hidden: ops.zeros(rows * h),
+                logits: ops.zeros(rows * vocab),
+                losses: ops.zeros(rows),
+            });
+        }
+        let (ops, ws) = (&self.ops, self.workspace.as_ref().expect("prepared"));
+        let s = self.scoring.as_mut().expect("just set");
+        let (mut positions, mut ids, mut weights) = (vec![0u32; rows], vec![0u32; rows], vec![0f32; rows]);
+        for (i, &(t, id)) in queries.iter().enumerate() {
+            (positions[i], ids[i], weights[i]) = (t as u32, id, 1.0);
+        }
+        ops.write_idx(&mut s.positions, &positions);
+        ops.write_idx(&mut s.ids, &ids);
+        ops.write(&mut s.weights, &weights);
+        let tokens = ws.batch_size * ws.seq_len;
+        ops.embedding_fwd(&ws.normed_final, &s.positions, &mut s.hidden, EmbeddingShape { tokens: rows, vocab: tokens, dim: h });
+        let head = &self.params[params::head_index(&self.config)];
+        ops.matmul(&s.hidden, head, &mut s.logits, MatmulShape::linear_fwd(rows, h, vocab));
+        ops.cross_entropy(&mut s.logits, &s.ids, &s.weights, &mut s.losses, CrossEntropyShape { tokens: rows, vocab }, 0.0, 0.0);
+        let mut losses = vec![0.0; rows];
+        ops.read(&s.losses, &mut losses);
+        losses[..queries.len()].iter().map(|&l| -(l as f64)).collect()
+    }
+
     /// Validates the batch, (re)allocates the workspace for its shape, and uploads its inputs.
     fn prepare(&mut self, batch: &Batch) -> Result<(), ModelError> {
+        self.prepare_with(batch, true)
+    }
+
+    /// [`Model::prepare`]; `logits`: whether the pass needs the `[tokens, vocab]` logits (a
+    /// workspace that has them serves either kind of pass).
+    fn prepare_with(&mut self, batch: &Batch, logits: bool) -> Result<(), ModelError> {
         batch.validate(self.config.vocab)?;
-        let reuse = matches!(&self.workspace, Some(ws) if ws.batch_size == batch.batch_size && ws.seq_len == batch.seq_len);
+        let reuse = matches!(&self.workspace, Some(ws) if ws.batch_size == batch.batch_size && ws.seq_len == batch.seq_len && (ws.has_logits || !logits));
         if !reuse {
             // Drop the old workspace first so two never coexist in device memory.
             self.workspace = None;
-            let ws = Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len, self.activation_checkpointing);
+            let ws = Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len, self.activation_checkpointing, logits);
             self.workspace = Some(ws);
         }
         let ws = self.workspace.as_mut().expect("just set");
@@ -524,13 +640,19 @@ impl<O: Ops> Model<O> {
         ws.held_layer = Some(l);
     }
 
+    fn forward_final_norm(&mut self) {
+        let cfg = &self.config;
+        let ws = self.workspace.as_mut().expect("prepared");
+        let rows = RowsShape { rows: ws.batch_size * ws.seq_len, dim: cfg.hidden };
+        let final_norm = &self.params[params::final_norm_index(cfg)];
+        self.ops.rmsnorm_fwd(&ws.residual[self.config.layers], final_norm, &mut ws.normed_final, &mut ws.inv_rms_final, rows, cfg.rms_eps);
+    }
+
     fn forward_head(&mut self) {
+        self.forward_final_norm();
         let cfg = &self.config;
         let ws = self.workspace.as_mut().expect("prepared");
         let t = ws.batch_size * ws.seq_len;
-        let rows = RowsShape { rows: t, dim: cfg.hidden };
-        let final_norm = &self.params[params::final_norm_index(cfg)];
-        self.ops.rmsnorm_fwd(&ws.residual[self.config.layers], final_norm, &mut ws.normed_final, &mut ws.inv_rms_final, rows, cfg.rms_eps);
         let head = &self.params[params::head_index(cfg)];
         self.ops.matmul(&ws.normed_final, head, &mut ws.logits, MatmulShape::linear_fwd(t, cfg.hidden, cfg.vocab));
     }
