@@ -63,8 +63,15 @@ fn for_each_sample(
     mut each: impl FnMut(Sample) -> Result<bool, String>,
 ) -> Result<(), String> {
     let mut ids = HashSet::new();
+    // A record without an id field is `file:line`, the file by its name, or by its path where
+    // two inputs share a name.
+    let file_name = |p: &PathBuf| p.file_name().map(|n| n.to_string_lossy().into_owned());
     for path in inputs {
-        let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let shared = inputs.iter().filter(|p| file_name(p) == file_name(path)).count() > 1;
+        let name = match file_name(path) {
+            Some(name) if !shared => name,
+            _ => path.display().to_string(),
+        };
         for record in read_records(path, &[]) {
             let record = match record {
                 Ok(r) => r,

@@ -65,7 +65,8 @@ fn start_scripted(respond: impl Fn(&Value, usize) -> (u16, String) + Send + 'sta
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
-            let message = read_message(&mut std::io::BufReader::new(stream.try_clone().unwrap()), false).unwrap();
+            // A client killed mid-request (as one test does) leaves nothing to answer.
+            let Ok(message) = read_message(&mut std::io::BufReader::new(stream.try_clone().unwrap()), false) else { continue };
             let body: Value = serde_json::from_slice(&message.body).unwrap();
             let index = {
                 let mut seen = seen.lock().unwrap();
@@ -73,7 +74,7 @@ fn start_scripted(respond: impl Fn(&Value, usize) -> (u16, String) + Send + 'sta
                 seen.len() - 1
             };
             let (status, reply) = respond(&body, index);
-            write_json_response(&mut stream, status, &reply).unwrap();
+            let _ = write_json_response(&mut stream, status, &reply);
         }
     });
     (addr, requests)
@@ -340,5 +341,54 @@ fn judge_failures_name_the_endpoint_and_the_sample() {
         assert_eq!(code, Some(1), "{expected}");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_curation_killed_mid_run_resumes_to_the_outputs_of_an_uninterrupted_one() {
+    let dir = scratch("kill");
+    let input = dir.join("in.jsonl");
+    let domain = |i: usize| if i % 2 == 0 { "math" } else { "stem" };
+    let lines: String = (0..12).map(|i| format!("{}\n", json!({"question": format!("q{i}"), "answer": "7", "domain": domain(i)}))).collect();
+    std::fs::write(&input, lines).unwrap();
+    // Wrong answers for every question, "hard" for even ones, each reply after 50 ms.
+    let (addr, requests) = start_scripted(|body, _| {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let turn = user_turn(body);
+        let n: usize = turn.trim_start_matches(|c: char| !c.is_ascii_digit()).split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+        (200, completion(if turn.starts_with("Solve") { "0" } else if n % 2 == 0 { "hard" } else { "easy" }))
+    });
+    let config = config(&openai_judge("j", &addr, ""), r#"["j"]"#, r#"["j"]"#, "\"all\"").replace("id = \"id\"\n", "");
+    let (code, _, stderr) = run_curate(&dir, &config, &input, &dir.join("whole"), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let asked = requests.lock().unwrap().len();
+    assert_eq!(asked, 24);
+
+    let out = dir.join("killed");
+    let path = dir.join("curate-killed.toml");
+    std::fs::write(&path, &config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_curate"))
+        .arg("--config").arg(&path).arg("--input").arg(&input).arg("--out").arg(&out)
+        .stderr(std::process::Stdio::null()).spawn().unwrap();
+    let progress = out.join("progress.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&progress).map_or(0, |t| t.lines().count()) < 4 {
+        assert!(started.elapsed().as_secs() < 60, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let judged = std::fs::read_to_string(&progress).unwrap().lines().count() - 1;
+    assert!((3..12).contains(&judged), "{judged} samples judged before the kill");
+    assert!(!out.join("curated.jsonl").exists());
+    let (code, _, stderr) = run_curate(&dir, &config, &input, &out, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for file in ["curated.jsonl", "report.json", "progress.jsonl"] {
+        assert_eq!(std::fs::read(dir.join("whole").join(file)).unwrap(), std::fs::read(out.join(file)).unwrap(), "{file}");
+    }
+    // Killed and resumed, each sample was asked about at most once more than needed (the one
+    // in flight at the kill).
+    let again = requests.lock().unwrap().len() - asked;
+    assert!((24..=26).contains(&again), "{again} requests");
     std::fs::remove_dir_all(&dir).unwrap();
 }
