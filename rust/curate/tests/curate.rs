@@ -289,6 +289,19 @@ fn curation_keeps_unsolved_hard_samples_and_resumes_to_the_same_outputs() {
     let (code, _, stderr) = run_curate(&dir, &changed, &input, &out, &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("written with different judges, prompts"), "{stderr}");
+
+    // The same model as a Hugging Face Llama folder: a kormo judge reads it, same answers.
+    let folder = dir.join("hf-llama");
+    let tokenizer = kormo_hf::vocab::ModelTokenizer { tokenizer: byte_tokenizer(), source: kormo_hf::vocab::TokenizerSource::ByteVocab };
+    let options = kormo_hf::ExportOptions { flavor: kormo_hf::Flavor::Llama, dtype: kormo_hf::ExportDtype::F32, ..Default::default() };
+    kormo_hf::export_folder(&weights, &tokenizer, &folder, &options).unwrap();
+    let hf_judges = format!("\n[[judge]]\nname = \"hf\"\nkind = \"kormo\"\nmodel = \"{}\"\nthreads = 1\n{}", folder.display(), openai_judge("scripted", &scripted, "api_key_env = \"CURATE_TEST_KEY\""));
+    let hf_out = dir.join("hf-out");
+    let (code, _, stderr) = run_curate(&dir, &config(&hf_judges, r#"["hf"]"#, r#"["scripted"]"#, "1"), &input, &hf_out, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for (hf, direct) in progress_lines(&hf_out).iter().zip(&verdicts) {
+        assert_eq!(hf["solve"]["hf"], direct["solve"]["direct"], "{hf} {direct}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
