@@ -24,6 +24,7 @@ pub enum Judge {
 }
 
 /// An OpenAI-compatible endpoint.
+#[derive(Debug, Clone)]
 pub struct Endpoint {
     pub url: String,
     pub model: String,
@@ -82,9 +83,7 @@ impl Judge {
                 let reply = model.reply(&request).map_err(|e| format!("judge `{name}`, sample `{sample}`: {e}"))?;
                 Ok(Answer { text: reply.content, truncated: reply.finish == Finish::Length })
             }
-            Judge::Openai { name, endpoint } => {
-                endpoint.ask(&messages, generation).map_err(|e| format!("judge `{name}` ({}), sample `{sample}`: {e}", endpoint.url))
-            }
+            Judge::Openai { name, endpoint } => endpoint.ask_for(name, &messages, generation, sample),
         }
     }
 }
@@ -110,6 +109,11 @@ impl Endpoint {
             body["chat_template_kwargs"] = json!({"enable_thinking": thinking});
         }
         body
+    }
+
+    /// [`Endpoint::ask`] with errors naming the judge, the endpoint and the sample.
+    pub fn ask_for(&self, judge: &str, messages: &[(String, String)], generation: &Generation, sample: &str) -> Result<Answer, String> {
+        self.ask(messages, generation).map_err(|e| format!("judge `{judge}` ({}), sample `{sample}`: {e}", self.url))
     }
 
     /// One chat completion, retried on transient failures with doubling waits.

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kormo_curate::config::CurateConfig;
-use kormo_curate::run::{curate, Outcome, CURATED, PROGRESS, REPORT};
+use kormo_curate::run::{curate, Outcome, RunOptions, CURATED, PROGRESS, REPORT};
 use kormo_hf::cli::user_path;
 
 /// Keeps the samples of a reasoning dataset that every solver judge answers incorrectly and
@@ -33,6 +33,9 @@ struct Cli {
     /// Judge at most N new samples, then stop (rerun to continue) [default: all]
     #[arg(long, value_name = "N")]
     max_samples: Option<usize>,
+    /// Samples judged at once: requests in flight to each endpoint (kormo judges take turns)
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    jobs: usize,
 }
 
 fn main() -> ExitCode {
@@ -52,7 +55,11 @@ fn run(cli: Cli) -> Result<(), String> {
         inputs.extend(kormo_corpus::paths::expand_path(&user_path(path))?);
     }
     let out = user_path(&cli.out);
-    match curate(&config, &inputs, &out, cli.max_samples, |line| eprintln!("curate: {line}"))? {
+    if cli.jobs == 0 {
+        return Err("--jobs must be at least 1".into());
+    }
+    let options = RunOptions { max_samples: cli.max_samples, jobs: cli.jobs };
+    match curate(&config, &inputs, &out, options, |line| eprintln!("curate: {line}"))? {
         Outcome::Stopped { judged } => {
             eprintln!("curate: stopped after {judged} new samples (--max-samples); rerun to continue from {}", out.join(PROGRESS).display());
         }

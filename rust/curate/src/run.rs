@@ -5,6 +5,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel, Receiver};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kormo_corpus::records::read_records;
 use kormo_corpus::Location;
@@ -13,7 +16,7 @@ use serde_json::Value;
 
 use crate::config::{CurateConfig, Generation};
 use crate::extract::{extract, find_label, render, same_answer, strip_thinking};
-use crate::judge::Judge;
+use crate::judge::{Answer, Judge};
 use crate::progress::{fingerprint, LabelVerdict, Progress, SolveVerdict, Verdict};
 
 pub const PROGRESS: &str = "progress.jsonl";
@@ -102,19 +105,33 @@ fn for_each_sample(
     Ok(())
 }
 
-/// The judges, opened the first time they are needed (a finished curation loads no model).
+/// The judges, opened the first time they are needed (a finished curation loads no model),
+/// shared by the workers: a kormo judge answers one worker at a time (it holds its model and
+/// KV cache), an endpoint any number at once.
 struct Judges<'c> {
     config: &'c CurateConfig,
-    open: BTreeMap<String, Judge>,
+    slots: BTreeMap<String, Mutex<Option<Judge>>>,
 }
 
-impl Judges<'_> {
-    fn get(&mut self, name: &str) -> Result<&mut Judge, String> {
-        if !self.open.contains_key(name) {
+impl<'c> Judges<'c> {
+    fn new(config: &'c CurateConfig) -> Self {
+        Judges { config, slots: config.judges.iter().map(|j| (j.name.clone(), Mutex::new(None))).collect() }
+    }
+
+    fn ask(&self, name: &str, messages: Vec<(String, String)>, generation: &Generation, sample: &str) -> Result<Answer, String> {
+        let mut slot = self.slots[name].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
             let config = self.config.judges.iter().find(|j| j.name == name).expect("names are validated");
-            self.open.insert(name.to_string(), Judge::open(config)?);
+            *slot = Some(Judge::open(config)?);
         }
-        Ok(self.open.get_mut(name).expect("just opened"))
+        match slot.as_mut().expect("just opened") {
+            Judge::Openai { endpoint, .. } => {
+                let endpoint = endpoint.clone();
+                drop(slot);
+                endpoint.ask_for(name, &messages, generation, sample)
+            }
+            judge => judge.ask(messages, generation, sample),
+        }
     }
 }
 
@@ -139,12 +156,12 @@ fn tail(text: &str) -> String {
 }
 
 /// Both stages for one sample.
-fn judge_sample(config: &CurateConfig, judges: &mut Judges, s: &Sample) -> Result<Verdict, String> {
+fn judge_sample(config: &CurateConfig, judges: &Judges, s: &Sample) -> Result<Verdict, String> {
     let solve = &config.solve;
     let generation = solve.generation();
     let mut verdict = Verdict { id: s.id.clone(), domain: s.domain.clone(), solve: BTreeMap::new(), label: None };
     for name in config.stage_judges(&solve.judges) {
-        let reply = judges.get(&name)?.ask(messages(&generation, s), &generation, &s.id)?;
+        let reply = judges.ask(&name, messages(&generation, s), &generation, &s.id)?;
         let answer = extract(strip_thinking(&reply.text), solve.extract, &solve.marker);
         let correct = answer.as_deref().is_some_and(|a| same_answer(a, &s.answer));
         verdict.solve.insert(name, SolveVerdict { answer, correct, truncated: reply.truncated, tail: tail(&reply.text) });
@@ -157,7 +174,7 @@ fn judge_sample(config: &CurateConfig, judges: &mut Judges, s: &Sample) -> Resul
         let generation = stage.generation();
         let mut labels = BTreeMap::new();
         for name in config.stage_judges(&stage.judges) {
-            let reply = judges.get(&name)?.ask(messages(&generation, s), &generation, &s.id)?;
+            let reply = judges.ask(&name, messages(&generation, s), &generation, &s.id)?;
             let label = find_label(&reply.text, &stage.labels, &stage.marker);
             labels.insert(name, LabelVerdict { label, truncated: reply.truncated, tail: tail(&reply.text) });
         }
@@ -266,37 +283,114 @@ pub enum Outcome {
     Stopped { judged: usize },
 }
 
-/// Curates `inputs` into `out` (progress, curated dataset, report). `max_samples` bounds how
-/// many new samples this call judges; `log` sees progress lines.
-pub fn curate(config: &CurateConfig, inputs: &[PathBuf], out: &Path, max_samples: Option<usize>, mut log: impl FnMut(&str)) -> Result<Outcome, String> {
+/// How a curation runs (not what it decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunOptions {
+    /// Judge at most this many new samples, then stop.
+    pub max_samples: Option<usize>,
+    /// Samples judged at once (requests in flight to endpoints; kormo judges take turns).
+    pub jobs: usize,
+}
+
+/// Curates `inputs` into `out` (progress, curated dataset, report); `log` sees progress lines.
+pub fn curate(config: &CurateConfig, inputs: &[PathBuf], out: &Path, options: RunOptions, mut log: impl FnMut(&str)) -> Result<Outcome, String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
     let mut progress = Progress::open(&out.join(PROGRESS), &fingerprint(config))?;
     if !progress.done.is_empty() {
         log(&format!("resuming: {} samples already judged ({})", progress.done.len(), out.join(PROGRESS).display()));
     }
-    let mut judges = Judges { config, open: BTreeMap::new() };
-    let (mut judged, mut stopped) = (0usize, false);
-    for_each_sample(config, inputs, |_| {}, |s| {
-        if progress.done.contains_key(&s.id) {
-            return Ok(true);
-        }
-        if max_samples.is_some_and(|m| judged >= m) {
-            stopped = true;
-            return Ok(false);
-        }
-        let verdict = judge_sample(config, &mut judges, &s)?;
-        progress.append(verdict)?;
-        judged += 1;
-        if judged.is_multiple_of(100) {
-            log(&format!("{judged} samples judged ({} in all)", progress.done.len()));
-        }
-        Ok(true)
-    })?;
+    let judges = Judges::new(config);
+    let (judged, stopped) = judge_new_samples(config, inputs, &judges, &mut progress, options, &mut log)?;
     if stopped {
         return Ok(Outcome::Stopped { judged });
     }
     let report = write_outputs(config, inputs, out, &progress)?;
     Ok(Outcome::Finished(report))
+}
+
+/// Judges the samples the progress file lacks with `options.jobs` workers, appending each
+/// verdict as it arrives. Returns how many were judged and whether `max_samples` stopped it.
+/// After a judge's error no new sample is started; the verdicts in flight are still kept.
+fn judge_new_samples(
+    config: &CurateConfig,
+    inputs: &[PathBuf],
+    judges: &Judges,
+    progress: &mut Progress,
+    options: RunOptions,
+    log: &mut dyn FnMut(&str),
+) -> Result<(usize, bool), String> {
+    let jobs = options.jobs.max(1);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        // A rendezvous channel: a sample is handed over only to an idle worker.
+        let (work, queue) = sync_channel::<Sample>(0);
+        let queue = Arc::new(Mutex::new(queue));
+        let (verdicts, arrived) = channel::<Result<Verdict, String>>();
+        for _ in 0..jobs {
+            let (queue, verdicts, failed) = (queue.clone(), verdicts.clone(), &failed);
+            scope.spawn(move || loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                let Ok(sample) = next else { return };
+                if failed.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let result = judge_sample(config, judges, &sample);
+                failed.fetch_or(result.is_err(), Ordering::SeqCst);
+                if verdicts.send(result).is_err() {
+                    return;
+                }
+            });
+        }
+        // Only the workers hold the queue: if they all stopped, feeding fails instead of blocking.
+        drop(queue);
+        drop(verdicts);
+        let (mut sent, mut judged, mut stopped, mut failure) = (0usize, 0usize, false, None::<String>);
+        let mut record = |result: Result<Verdict, String>, progress: &mut Progress, failure: &mut Option<String>| -> Result<(), String> {
+            match result {
+                Ok(verdict) => {
+                    progress.append(verdict)?;
+                    judged += 1;
+                    if judged.is_multiple_of(100) {
+                        log(&format!("{judged} samples judged ({} in all)", progress.done.len()));
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+            Ok(())
+        };
+        let fed = for_each_sample(config, inputs, |_| {}, |s| {
+            while let Ok(result) = arrived.try_recv() {
+                record(result, progress, &mut failure)?;
+            }
+            if failure.is_some() || progress.done.contains_key(&s.id) {
+                return Ok(failure.is_none());
+            }
+            if options.max_samples.is_some_and(|m| sent >= m) {
+                stopped = true;
+                return Ok(false);
+            }
+            work.send(s).map_err(|_| "the judging workers stopped".to_string())?;
+            sent += 1;
+            Ok(true)
+        });
+        drop(work);
+        drain(&arrived, |result| record(result, progress, &mut failure))?;
+        fed?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok((judged, stopped)),
+        }
+    })
+}
+
+/// Every remaining message of `arrived` (until all senders are gone) through `each`.
+fn drain<T>(arrived: &Receiver<T>, mut each: impl FnMut(T) -> Result<(), String>) -> Result<(), String> {
+    for item in arrived.iter() {
+        each(item)?;
+    }
+    Ok(())
 }
 
 /// Writes `path` through a temporary file renamed into place.

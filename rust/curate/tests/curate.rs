@@ -8,6 +8,7 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kormo_cpu::CpuOps;
@@ -55,29 +56,37 @@ fn start_kormo_server(weights: &Weights) -> String {
 
 type Requests = Arc<Mutex<Vec<(Value, Option<String>)>>>;
 
-/// A scripted OpenAI-compatible server: `respond(request body, index)` gives status and body.
-/// Returns its address and the requests it got (body, Authorization header).
-fn start_scripted(respond: impl Fn(&Value, usize) -> (u16, String) + Send + 'static) -> (String, Requests) {
+/// A scripted OpenAI-compatible server: `respond(request body, index)` gives status and body,
+/// each connection on its own thread. Returns its address, the requests it got (body,
+/// Authorization header) and the most it had in flight at once.
+fn start_scripted(respond: impl Fn(&Value, usize) -> (u16, String) + Send + Sync + 'static) -> (String, Requests, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let requests: Requests = Arc::default();
-    let seen = requests.clone();
+    let (seen, peak) = (requests.clone(), Arc::new(AtomicUsize::new(0)));
+    let (respond, in_flight, most) = (Arc::new(respond), Arc::new(AtomicUsize::new(0)), peak.clone());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
-            // A client killed mid-request (as one test does) leaves nothing to answer.
-            let Ok(message) = read_message(&mut std::io::BufReader::new(stream.try_clone().unwrap()), false) else { continue };
-            let body: Value = serde_json::from_slice(&message.body).unwrap();
-            let index = {
-                let mut seen = seen.lock().unwrap();
-                seen.push((body.clone(), message.header("authorization").map(str::to_string)));
-                seen.len() - 1
-            };
-            let (status, reply) = respond(&body, index);
-            let _ = write_json_response(&mut stream, status, &reply);
+            let (seen, respond, in_flight, most) = (seen.clone(), respond.clone(), in_flight.clone(), most.clone());
+            std::thread::spawn(move || {
+                // A client killed mid-request (as one test does) leaves nothing to answer.
+                let Ok(message) = read_message(&mut std::io::BufReader::new(stream.try_clone().unwrap()), false) else { return };
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let body: Value = serde_json::from_slice(&message.body).unwrap();
+                let index = {
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((body.clone(), message.header("authorization").map(str::to_string)));
+                    seen.len() - 1
+                };
+                let (status, reply) = respond(&body, index);
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                let _ = write_json_response(&mut stream, status, &reply);
+            });
         }
     });
-    (addr, requests)
+    (addr, requests, peak)
 }
 
 fn completion(content: &str) -> String {
@@ -192,7 +201,7 @@ fn curation_keeps_unsolved_hard_samples_and_resumes_to_the_same_outputs() {
     let input = dir.join("reasoning.jsonl");
     write_dataset(&input, &weights);
     let served = start_kormo_server(&weights);
-    let (scripted, labels_asked) = start_scripted(labeller);
+    let (scripted, labels_asked, _) = start_scripted(labeller);
     let judges = format!(
         "\n[[judge]]\nname = \"direct\"\nkind = \"kormo\"\nmodel = \"{}\"\nthreads = 1\n{}{}",
         checkpoint.display(),
@@ -266,7 +275,8 @@ fn curation_keeps_unsolved_hard_samples_and_resumes_to_the_same_outputs() {
     assert!(!resumed.join("curated.jsonl").exists());
     assert_eq!(progress_lines(&resumed).len(), 3);
     std::fs::OpenOptions::new().append(true).open(resumed.join("progress.jsonl")).unwrap().write_all(b"{\"id\":\"m4\",\"dom").unwrap();
-    let (code, _, stderr) = run_curate(&dir, &full, &input, &resumed, &[]);
+    // Resumed with two samples at a time: the kormo judge takes turns, the endpoints do not.
+    let (code, _, stderr) = run_curate(&dir, &full, &input, &resumed, &["--jobs", "2"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("resuming: 3 samples already judged"), "{stderr}");
     // Each sample was labelled once over the two runs.
@@ -274,7 +284,11 @@ fn curation_keeps_unsolved_hard_samples_and_resumes_to_the_same_outputs() {
     for file in ["curated.jsonl", "report.json"] {
         assert_eq!(std::fs::read(out.join(file)).unwrap(), std::fs::read(resumed.join(file)).unwrap(), "{file}");
     }
-    assert_eq!(progress_lines(&resumed), verdicts);
+    let by_id = |mut lines: Vec<Value>| {
+        lines.sort_by_key(|v| v["id"].as_str().unwrap().to_string());
+        lines
+    };
+    assert_eq!(by_id(progress_lines(&resumed)), by_id(verdicts.clone()));
 
     // A finished curation re-reported under another consensus judges nothing again.
     let before = labels_asked.lock().unwrap().len();
@@ -319,21 +333,21 @@ fn judge_failures_name_the_endpoint_and_the_sample() {
         assert!(stderr.contains(&part), "{part}: {stderr}");
     }
     // A 200 that is not a chat completion: not retried.
-    let (addr, requests) = start_scripted(|_, _| (200, "<html>busy</html>".into()));
+    let (addr, requests, _) = start_scripted(|_, _| (200, "<html>busy</html>".into()));
     let (code, _, stderr) = run_curate(&dir, &with(&openai_judge("j", &addr, "")), &input, &dir.join("malformed"), &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("malformed response (not JSON): <html>busy</html>") && stderr.contains("sample `in.jsonl:1`") && stderr.contains(&addr), "{stderr}");
     assert_eq!(requests.lock().unwrap().len(), 1);
-    let (addr, _) = start_scripted(|_, _| (200, json!({"choices": []}).to_string()));
+    let (addr, _, _) = start_scripted(|_, _| (200, json!({"choices": []}).to_string()));
     let (code, _, stderr) = run_curate(&dir, &with(&openai_judge("j", &addr, "")), &input, &dir.join("empty"), &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("no choices[0]"), "{stderr}");
     // 503 then answers: retried; a 400 is not.
-    let (addr, requests) = start_scripted(|_, i| if i == 0 { (503, "{}".into()) } else { (200, completion("Difficulty: hard")) });
+    let (addr, requests, _) = start_scripted(|_, i| if i == 0 { (503, "{}".into()) } else { (200, completion("Difficulty: hard")) });
     let (code, _, stderr) = run_curate(&dir, &with(&openai_judge("j", &addr, "")), &input, &dir.join("retry"), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(requests.lock().unwrap().len(), 5);
-    let (addr, requests) = start_scripted(|_, _| (400, json!({"error": {"message": "model not found"}}).to_string()));
+    let (addr, requests, _) = start_scripted(|_, _| (400, json!({"error": {"message": "model not found"}}).to_string()));
     let (code, _, stderr) = run_curate(&dir, &with(&openai_judge("j", &addr, "")), &input, &dir.join("bad-request"), &[]);
     assert_eq!(code, Some(1));
     assert!(stderr.contains("HTTP 400") && stderr.contains("model not found"), "{stderr}");
@@ -358,30 +372,31 @@ fn judge_failures_name_the_endpoint_and_the_sample() {
 }
 
 #[test]
-fn a_curation_killed_mid_run_resumes_to_the_outputs_of_an_uninterrupted_one() {
+fn a_curation_killed_mid_run_with_several_jobs_resumes_to_the_outputs_of_an_uninterrupted_one() {
     let dir = scratch("kill");
     let input = dir.join("in.jsonl");
-    let domain = |i: usize| if i % 2 == 0 { "math" } else { "stem" };
+    let domain = |i: usize| if i.is_multiple_of(2) { "math" } else { "stem" };
     let lines: String = (0..12).map(|i| format!("{}\n", json!({"question": format!("q{i}"), "answer": "7", "domain": domain(i)}))).collect();
     std::fs::write(&input, lines).unwrap();
     // Wrong answers for every question, "hard" for even ones, each reply after 50 ms.
-    let (addr, requests) = start_scripted(|body, _| {
+    let (addr, requests, peak) = start_scripted(|body, _| {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let turn = user_turn(body);
         let n: usize = turn.trim_start_matches(|c: char| !c.is_ascii_digit()).split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
-        (200, completion(if turn.starts_with("Solve") { "0" } else if n % 2 == 0 { "hard" } else { "easy" }))
+        (200, completion(if turn.starts_with("Solve") { "0" } else if n.is_multiple_of(2) { "hard" } else { "easy" }))
     });
     let config = config(&openai_judge("j", &addr, ""), r#"["j"]"#, r#"["j"]"#, "\"all\"").replace("id = \"id\"\n", "");
     let (code, _, stderr) = run_curate(&dir, &config, &input, &dir.join("whole"), &[]);
     assert_eq!(code, Some(0), "{stderr}");
     let asked = requests.lock().unwrap().len();
     assert_eq!(asked, 24);
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "--jobs 1 asks one request at a time");
 
     let out = dir.join("killed");
     let path = dir.join("curate-killed.toml");
     std::fs::write(&path, &config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_curate"))
-        .arg("--config").arg(&path).arg("--input").arg(&input).arg("--out").arg(&out)
+        .arg("--config").arg(&path).arg("--input").arg(&input).arg("--out").arg(&out).args(["--jobs", "3"])
         .stderr(std::process::Stdio::null()).spawn().unwrap();
     let progress = out.join("progress.jsonl");
     let started = std::time::Instant::now();
@@ -394,14 +409,22 @@ fn a_curation_killed_mid_run_resumes_to_the_outputs_of_an_uninterrupted_one() {
     let judged = std::fs::read_to_string(&progress).unwrap().lines().count() - 1;
     assert!((3..12).contains(&judged), "{judged} samples judged before the kill");
     assert!(!out.join("curated.jsonl").exists());
-    let (code, _, stderr) = run_curate(&dir, &config, &input, &out, &[]);
+    let (code, _, stderr) = run_curate(&dir, &config, &input, &out, &["--jobs", "3"]);
     assert_eq!(code, Some(0), "{stderr}");
-    for file in ["curated.jsonl", "report.json", "progress.jsonl"] {
+    assert!(peak.load(Ordering::SeqCst) > 1, "--jobs 3 has requests in flight together");
+    for file in ["curated.jsonl", "report.json"] {
         assert_eq!(std::fs::read(dir.join("whole").join(file)).unwrap(), std::fs::read(out.join(file)).unwrap(), "{file}");
     }
-    // Killed and resumed, each sample was asked about at most once more than needed (the one
-    // in flight at the kill).
+    // The same verdicts, in the order they arrived.
+    let sorted = |out: &Path| {
+        let mut lines: Vec<String> = std::fs::read_to_string(out.join("progress.jsonl")).unwrap().lines().map(str::to_string).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&dir.join("whole")), sorted(&out));
+    // Killed and resumed, each sample was asked about once, but for those in flight at the kill
+    // (up to 3 workers, each asking its two questions).
     let again = requests.lock().unwrap().len() - asked;
-    assert!((24..=26).contains(&again), "{again} requests");
+    assert!((24..=30).contains(&again), "{again} requests");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -4,7 +4,7 @@ use kormo_testdeps::cli::{help_shows, misspelt_suggests};
 
 #[test]
 fn help_lists_options_and_an_example() {
-    help_shows(env!("CARGO_BIN_EXE_curate"), &["--help"], &["--config <FILE>", "--input <PATH>", "--out <DIR>", "--max-samples <N>", "progress.jsonl", "curated.jsonl", "report.json", "Example:\n  curate --config"]);
+    help_shows(env!("CARGO_BIN_EXE_curate"), &["--help"], &["--config <FILE>", "--input <PATH>", "--out <DIR>", "--max-samples <N>", "--jobs <N>", "[default: 1]", "progress.jsonl", "curated.jsonl", "report.json", "Example:\n  curate --config"]);
 }
 
 #[test]
