@@ -409,3 +409,21 @@ hard = ["hard"]
         assert_eq!(parsed.consensus, Consensus::Majority);
     }
 }
+
+#[cfg(test)]
+mod example {
+    use super::*;
+
+    /// configs/curate/reasoning.toml, the worked example of docs/curate.md, is a valid config.
+    #[test]
+    fn the_documented_example_config_loads() {
+        let runfiles = Path::new("configs/curate/reasoning.toml");
+        let path = if runfiles.is_file() { runfiles.to_path_buf() } else { Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/curate/reasoning.toml") };
+        let config = CurateConfig::load(&path).unwrap();
+        assert_eq!(config.stage_judges(&config.solve.judges), vec!["kormo-1b", "qwen3-30b"]);
+        assert_eq!(config.solve.extract, Rule::Boxed);
+        assert_eq!(config.label.consensus, Consensus::All);
+        assert!(config.solve.prompt.contains("\\boxed{ANSWER}"));
+        assert_eq!(config.output.text_template.as_deref(), Some("{{question}}\n\n{{reference}}"));
+    }
+}

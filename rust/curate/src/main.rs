@@ -18,7 +18,7 @@ Writes OUT/curated.jsonl (the kept records, as `prepare` reads them), OUT/report
 fractions per domain after each stage, per-judge counts) and prints the table.
 
 Example:
-  curate --config configs/curate.toml --input data/reasoning.jsonl --out curated/
+  curate --config configs/curate/reasoning.toml --input data/reasoning.jsonl --out curated/ --jobs 8
 (config format: docs/curate.md)")]
 struct Cli {
     /// The curation config (TOML: input fields, [[judge]]s, [solve], [label], [output])
