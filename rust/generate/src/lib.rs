@@ -4,14 +4,19 @@
 //!   step), numerically the training model's forward pass.
 //! * [`sampling`] — greedy, temperature and top-p sampling (seeded).
 //! * [`text`] — KORMo's chat template with the thinking switch, and streaming UTF-8 decode.
+//! * [`serve`] — chat replies ([`serve::ChatModel`]) and an OpenAI-compatible chat-completions
+//!   server for them, over the minimal HTTP/1.1 of [`http`].
 //! * [`needle`] — needle-in-a-haystack evaluation in English and Korean over context lengths x
 //!   needle depths, written as JSON, Markdown and a PNG heat map.
 //!
-//! Binaries: `generate` (one prompt, streamed) and `needle` (the evaluation).
+//! Binaries: `generate` (one prompt, streamed), `needle` (the evaluation) and `serve` (the
+//! chat-completions server).
 
 pub mod decoder;
+pub mod http;
 pub mod needle;
 pub mod sampling;
+pub mod serve;
 pub mod text;
 
 use std::path::Path;

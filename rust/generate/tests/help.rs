@@ -1,4 +1,4 @@
-//! `generate --help` and `needle --help`; misspelt options.
+//! `generate --help`, `needle --help` and `serve --help`; misspelt options.
 
 use kormo_testdeps::cli::{help_shows, misspelt_suggests};
 
@@ -6,6 +6,7 @@ use kormo_testdeps::cli::{help_shows, misspelt_suggests};
 fn help_lists_options_defaults_and_an_example() {
     help_shows(env!("CARGO_BIN_EXE_generate"), &["--help"], &["--model", "--prompt <TEXT>", "--chat", "--thinking", "[default: off]", "--system", "[default: 200]", "--temperature", "--top-p", "--seed", "--preset", "--tokenizer", "[default: 4096]", "--threads <N>", "Examples:\n  generate --model"]);
     help_shows(env!("CARGO_BIN_EXE_needle"), &["--help"], &["--model", "[default: needle-results]", "[default: en,ko]", "[default: 256,512,1024,2048]", "[default: 0,25,50,75,100]", "--trials", "--seed", "[default: 10]", "--preset", "--tokenizer", "--threads <N>", "Example:\n  needle --model"]);
+    help_shows(env!("CARGO_BIN_EXE_serve"), &["--help"], &["--model", "[default: 127.0.0.1:8000]", "--name", "[default: 4096]", "--max-requests", "--preset", "--tokenizer", "--threads <N>", "/v1/chat/completions", "Example:\n  serve --model"]);
 }
 
 #[test]
