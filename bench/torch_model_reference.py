@@ -11,13 +11,18 @@ wd 0.033 on linear weights). Precision is the usual PyTorch mixed-precision reci
 parameters under bf16 autocast, which is what kormo's bf16 weights + fp32 master copy replace.
 
 One timed step = forward + backward + clip_grad_norm(1.0) + AdamW on one micro-batch (the same
-unit `train --benchmark` times). Variants: eager and torch.compile. MFU uses the same FLOP count
-as kormo (rust/cuda/src/benchmark.rs): 6 N per token plus causal attention 6 * layers * heads *
-head_dim * seq per token, over the H100's dense bf16 peak (989 TFLOP/s) unless --peak is given.
+unit `train --benchmark` times). Variants: eager and torch.compile. Tokens/s is the headline
+number. MFU uses kormo's FLOP count itself, not a copy of its formula: --accounting takes the JSON
+line `model_step --model proxy-1b --seq 4096 --flops-per-token` prints (rust/cuda/src/benchmark.rs:
+6 x the matmul parameters, the embedding table only when tied, plus causal attention 6 * layers *
+heads * head_dim * seq per token), and the script refuses it if its model's parameter count is
+not kormo's; over the H100's dense bf16 peak (989 TFLOP/s) unless --peak is given.
 
-Usage: python3 bench/torch_model_reference.py [--steps 5] [--warmup 2] [--peak 989e12]
+Usage: python3 bench/torch_model_reference.py --accounting "$(model_step --flops-per-token)"
+       [--steps 5] [--warmup 2] [--peak 989e12]
 """
 import argparse
+import json
 import time
 
 import torch
@@ -101,7 +106,13 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--peak", type=float, default=989e12, help="dense bf16 peak FLOP/s of the device")
+    parser.add_argument("--accounting", required=True,
+                        help="the JSON line of `model_step --model proxy-1b --seq 4096 --flops-per-token` (kormo's FLOP count)")
     args = parser.parse_args()
+    accounting = json.loads(args.accounting)
+    if (accounting.get("model"), accounting.get("seq")) != ("proxy-1b", SEQ):
+        parser.error(f"--accounting is for {accounting.get('model')} at seq {accounting.get('seq')}, this script times proxy-1b at {SEQ}")
+    flops_per_token = float(accounting["flops_per_token"])
 
     device = "cuda"
     torch.manual_seed(0)
@@ -115,7 +126,8 @@ def main():
         try:
             model = Decoder().to(device)
             params = sum(p.numel() for p in model.parameters())
-            flops_per_token = 6 * params + 6 * LAYERS * HEADS * HEAD_DIM * SEQ
+            if params != accounting["params"]:
+                raise SystemExit(f"this model has {params} parameters, kormo's proxy-1b {accounting['params']}: not the same model")
             decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed_tokens" not in n]
             no_decay = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed_tokens" not in n)]
             opt = torch.optim.AdamW(
@@ -145,8 +157,8 @@ def main():
             tok_s = tokens_per_step / seconds
             mfu = tok_s * flops_per_token / args.peak
             print(
-                f"| {variant} | {params / 1e9:.3f}B params | {MICRO_BATCH}x{SEQ} | {seconds * 1e3:.1f} ms/step "
-                f"| {tok_s:,.0f} tok/s | MFU {100 * mfu:.1f}% | peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
+                f"| {variant} | {tok_s:,.0f} tok/s | {params / 1e9:.3f}B params | {MICRO_BATCH}x{SEQ} | {seconds * 1e3:.1f} ms/step "
+                f"| MFU {100 * mfu:.1f}% | peak mem {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB "
                 f"| loss {loss.item():.3f} |",
                 flush=True,
             )

@@ -386,7 +386,8 @@ run_checks() {
         "$CARRY/train" --config=proxy-1b --stage=pretrain1 --backend=cuda --benchmark --benchmark-warmup=1 \
         --benchmark-steps=3 --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run"
     timed_step torch-model "PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)" 150 table \
-        python3 bench/torch_model_reference.py --steps 3 --warmup 1
+        python3 bench/torch_model_reference.py --steps 3 --warmup 1 \
+        --accounting "$("$CARRY/model-step" --model proxy-1b --seq 4096 --flops-per-token)"
     timed_step bench "Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)" 120 raw "$CARRY/bench"
     timed_step torch "PyTorch reference timings (bench/torch_reference.py --quick)" 120 table \
         python3 bench/torch_reference.py --quick

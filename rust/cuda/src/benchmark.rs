@@ -12,15 +12,20 @@
 
 use kormo_model::{params, ModelConfig, ParamKind};
 
-/// Forward + backward FLOPs of one trained token at sequence length `seq_len`.
-pub fn training_flops_per_token(config: &ModelConfig, seq_len: usize) -> f64 {
-    let matmul_params: usize = params::layout(config)
+/// The parameters used in matmuls: every projection and the LM head (the embedding table only
+/// when tied, as the head).
+pub fn matmul_params(config: &ModelConfig) -> usize {
+    params::layout(config)
         .iter()
         .filter(|p| p.kind == ParamKind::Linear || (p.kind == ParamKind::Embedding && config.tie_embeddings))
         .map(|p| p.numel())
-        .sum();
+        .sum()
+}
+
+/// Forward + backward FLOPs of one trained token at sequence length `seq_len`.
+pub fn training_flops_per_token(config: &ModelConfig, seq_len: usize) -> f64 {
     let attention = 6.0 * (config.layers * config.heads * config.head_dim) as f64 * seq_len as f64;
-    6.0 * matmul_params as f64 + attention
+    6.0 * matmul_params(config) as f64 + attention
 }
 
 /// Dense bf16 tensor-core peak (FLOP/s, no sparsity) of the data-centre GPUs kormo targets, from
@@ -57,6 +62,7 @@ mod tests {
         // The matmuls of one token, counted from the architecture rather than the layout:
         // q, k, v, o, gate, up, down per layer, then the LM head; 2 FLOPs per multiply-add, x3.
         let per_layer = h * q + 2 * h * kv + q * h + 3 * h * f;
+        assert_eq!(matmul_params(&config), config.layers * per_layer + h * v);
         let linear = (config.layers * per_layer + h * v) as f64;
         let seq = 4096;
         let attention = 6.0 * (config.layers * q) as f64 * seq as f64;

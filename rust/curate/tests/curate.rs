@@ -36,12 +36,7 @@ fn tiny_weights() -> Weights {
 
 fn save_checkpoint(dir: &Path, weights: &Weights) -> PathBuf {
     let path = dir.join("judge/final");
-    let tensors = weights.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
-    let run = kormo_checkpoint::RunState {
-        step: 1, stage: "sft".into(), phase: "main".into(), config_hash: String::new(),
-        rng_state: Value::Null, data_cursor: Value::Null, trainer: json!({}),
-    };
-    kormo_checkpoint::save(&path, run, &[("model.safetensors", tensors)]).unwrap();
+    weights.save_checkpoint(&path, "sft", 1, json!({})).unwrap();
     path
 }
 

@@ -24,24 +24,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// The tiny architecture with 2 layers, weights scaled up so logits are not flat.
-fn weights(vocab: usize, seed: u64) -> Weights {
-    let mut config = ModelConfig::tiny();
-    config.layers = 2;
-    config.vocab = vocab;
-    let model = Model::new(config, CpuOps::<f32>::with_threads(1), seed).unwrap();
-    let mut w = Weights::from_model(&model);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for (t, spec) in w.tensors.iter_mut().zip(model.param_specs()) {
-        for x in &mut t.values {
-            *x = match spec.kind {
-                ParamKind::Norm => rng.random_range(0.5..1.5),
-                _ => *x * 8.0,
-            };
-        }
-    }
-    w
-}
+mod common;
+use common::weights;
 
 fn log_softmax_at(logits: &[f32], id: u32) -> f64 {
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;

@@ -10,11 +10,9 @@ use kormo_eval::task::Task;
 use kormo_eval::{in_loop_records, prompt, DownstreamSection, Packing, Scorer};
 use kormo_generate::{Decoder, Limits, Sampler, Strategy};
 use kormo_hf::Weights;
-use kormo_model::{Batch, Model, ModelConfig, ParamKind};
+use kormo_model::{Batch, Model};
 use kormo_tokenizer::train::{train, TrainConfig, WordCounts, KORMO_SPECIALS};
 use kormo_tokenizer::{Pattern, Tokenizer};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
 
 const TEXT: &str = "The sky is blue. The grass is green. 하늘은 파랗다. 바다는 깊다. Is water wet? yes. Is fire cold? no.";
 
@@ -25,24 +23,12 @@ fn tokenizer() -> Tokenizer {
     train(&counts.counts, &TrainConfig { specials, ..TrainConfig::kormo(300) }).unwrap()
 }
 
-/// The tiny architecture with 2 layers, weights scaled up so logits are not flat.
+mod common;
+
+/// The test model, its vocabulary the tokenizer's (every id it can produce is one the
+/// tokenizer can decode).
 fn weights(seed: u64) -> Weights {
-    let mut config = ModelConfig::tiny();
-    config.layers = 2;
-    // Every id the model can produce is one the tokenizer can decode.
-    config.vocab = tokenizer().vocab_size();
-    let model = Model::new(config, CpuOps::<f32>::with_threads(1), seed).unwrap();
-    let mut w = Weights::from_model(&model);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    for (t, spec) in w.tensors.iter_mut().zip(model.param_specs()) {
-        for x in &mut t.values {
-            *x = match spec.kind {
-                ParamKind::Norm => rng.random_range(0.5..1.5),
-                _ => *x * 8.0,
-            };
-        }
-    }
-    w
+    common::weights(tokenizer().vocab_size(), seed)
 }
 
 /// Log-likelihood of `cont` after `ctx` from the training model's full forward pass.

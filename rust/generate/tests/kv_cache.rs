@@ -124,6 +124,8 @@ fn generate_binary_streams_text_and_rejects_bad_input() {
     let weights = Weights::from_model(&model);
     let dir = scratch("binary");
     let checkpoint = dir.join("run/sft/final");
+    // A checkpoint that records no architecture (unlike `Weights::save_checkpoint`'s), so
+    // --preset decides it and a wrong preset is refused below.
     let tensors = weights.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
     let run = kormo_checkpoint::RunState {
         step: 1, stage: "sft".into(), phase: "main".into(), config_hash: String::new(),

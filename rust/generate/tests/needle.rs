@@ -102,12 +102,7 @@ fn needle_binary_writes_json_markdown_and_png() {
     let dir = base.join(format!("kormo-needle-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let checkpoint = dir.join("run/midtrain/final");
-    let tensors = weights.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
-    let run = kormo_checkpoint::RunState {
-        step: 1, stage: "midtrain".into(), phase: "long".into(), config_hash: String::new(),
-        rng_state: serde_json::Value::Null, data_cursor: serde_json::Value::Null, trainer: serde_json::json!({}),
-    };
-    kormo_checkpoint::save(&checkpoint, run, &[("model.safetensors", tensors)]).unwrap();
+    weights.save_checkpoint(&checkpoint, "midtrain", 1, serde_json::json!({})).unwrap();
     let out = dir.join("results");
     let bin = env!("CARGO_BIN_EXE_needle");
     let status = Command::new(bin)

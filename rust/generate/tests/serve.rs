@@ -18,12 +18,7 @@ use serde_json::{json, Value};
 
 fn checkpoint(dir: &std::path::Path, weights: &Weights) -> PathBuf {
     let path = dir.join("run/sft/final");
-    let tensors = weights.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
-    let run = kormo_checkpoint::RunState {
-        step: 1, stage: "sft".into(), phase: "main".into(), config_hash: String::new(),
-        rng_state: Value::Null, data_cursor: Value::Null, trainer: json!({}),
-    };
-    kormo_checkpoint::save(&path, run, &[("model.safetensors", tensors)]).unwrap();
+    weights.save_checkpoint(&path, "sft", 1, json!({})).unwrap();
     path
 }
 

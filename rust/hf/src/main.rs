@@ -174,26 +174,8 @@ fn load_model(path: &Path, base: &kormo_model::ModelConfig) -> Result<kormo_hf::
 }
 
 fn write_checkpoint(weights: &kormo_hf::Weights, notes: &[String], folder: &Path, out: &Path) -> Result<(), String> {
-    let tensors = weights
-        .tensors
-        .iter()
-        .map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values))
-        .collect();
-    let run = kormo_checkpoint::RunState {
-        step: 0,
-        stage: "import".into(),
-        phase: "import".into(),
-        config_hash: String::new(),
-        rng_state: serde_json::Value::Null,
-        data_cursor: serde_json::Value::Null,
-        trainer: serde_json::json!({
-            "imported_from": folder.display().to_string(),
-            "import_notes": notes,
-            "model": serde_json::to_value(&weights.config).expect("config serialises"),
-        }),
-    };
-    kormo_checkpoint::save(out, run, &[(kormo_hf::weights::CHECKPOINT_MODEL_FILE, tensors)]).map_err(|e| e.to_string())?;
-    Ok(())
+    let trainer = serde_json::json!({"imported_from": folder.display().to_string(), "import_notes": notes});
+    weights.save_checkpoint(out, "import", 0, trainer).map_err(|e| e.to_string())
 }
 
 fn logits(a: LogitsArgs) -> Result<(), String> {

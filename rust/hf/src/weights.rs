@@ -77,6 +77,31 @@ impl Weights {
         Ok(model)
     }
 
+    /// Writes these weights as the kormo checkpoint directory `dir` (atomically, as every
+    /// checkpoint): `model.safetensors` in f32 and a manifest whose trainer state records the
+    /// config under `model` (so [`Weights::from_checkpoint`] reads it back whatever the preset),
+    /// beside the other `trainer` entries given.
+    pub fn save_checkpoint(&self, dir: &Path, stage: &str, step: u64, trainer: serde_json::Value) -> Result<(), HfError> {
+        let tensors =
+            self.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
+        let mut trainer = match trainer {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        trainer.insert("model".into(), serde_json::to_value(&self.config).expect("config serialises"));
+        let run = kormo_checkpoint::RunState {
+            step,
+            stage: stage.into(),
+            phase: stage.into(),
+            config_hash: String::new(),
+            rng_state: serde_json::Value::Null,
+            data_cursor: serde_json::Value::Null,
+            trainer: serde_json::Value::Object(trainer),
+        };
+        kormo_checkpoint::save(dir, run, &[(CHECKPOINT_MODEL_FILE, tensors)])?;
+        Ok(())
+    }
+
     /// Reads the weights of the kormo checkpoint directory `dir`. The checkpoint records no
     /// architecture, so `base` gives it (a preset); its vocabulary is taken from the embedding,
     /// since recipes size it to their tokenizer. A manifest whose trainer state carries a

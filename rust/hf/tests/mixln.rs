@@ -44,13 +44,7 @@ fn hf_binary_refuses_to_export_a_mixln_checkpoint() {
     let weights = random_weights(&config, 2);
     let root = scratch("mixln-binary");
     let checkpoint = root.join("run/pretrain1/final");
-    let tensors = weights.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
-    let run = kormo_checkpoint::RunState {
-        step: 3, stage: "pretrain1".into(), phase: "main".into(), config_hash: "x".into(),
-        rng_state: serde_json::Value::Null, data_cursor: serde_json::Value::Null,
-        trainer: serde_json::json!({ "model": serde_json::to_value(&config).unwrap() }),
-    };
-    kormo_checkpoint::save(&checkpoint, run, &[("model.safetensors", tensors)]).unwrap();
+    weights.save_checkpoint(&checkpoint, "pretrain1", 3, serde_json::json!({})).unwrap();
     // The manifest records the setting, so the checkpoint reads back as the Mix-LN model.
     assert_eq!(Weights::from_checkpoint(&checkpoint, &ModelConfig::tiny()).unwrap(), weights);
 

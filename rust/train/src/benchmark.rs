@@ -298,8 +298,8 @@ fn print_result<O: TrainBackend>(r: &BenchmarkResult, out: &mut dyn Write) {
     say(
         out,
         format!(
-            "result: forward+backward {:.1} ms per micro-batch, optimizer {:.1} ms; a recipe step ({} micro-batches + update) {:.2} s = {:.0} tokens/s, {:.2} TFLOP/s ({:.2} GFLOP per token)",
-            r.forward_backward_median_s * 1e3, r.optimizer_median_s * 1e3, r.grad_accum, r.step_s, r.tokens_per_s, r.flops_per_s / 1e12, r.flops_per_token / 1e9
+            "result: {:.0} tokens/s: a recipe step ({} micro-batches + update) {:.2} s, forward+backward {:.1} ms per micro-batch, optimizer {:.1} ms; {:.2} TFLOP/s ({:.2} GFLOP per token)",
+            r.tokens_per_s, r.grad_accum, r.step_s, r.forward_backward_median_s * 1e3, r.optimizer_median_s * 1e3, r.flops_per_s / 1e12, r.flops_per_token / 1e9
         ),
     );
     say(

@@ -1,7 +1,7 @@
 //! End-to-end training-step benchmark on one device: the real model on [`CudaOps`] with
 //! [`DeviceAdamW`] (clipping on), one packed micro-batch of random tokens in documents of random
 //! lengths, as `train --benchmark` would run it (docs/gpu.md, section 4). Prints a markdown table:
-//! tokens per step, median step time, tokens/s, achieved TFLOP/s, MFU against the device's dense
+//! tokens/s, tokens per step, median step time, achieved TFLOP/s, MFU against the device's dense
 //! bf16 peak (FLOPs per token from `kormo_cuda::benchmark`), device memory, and the allocation
 //! count before and after the timed steps (equal when the step allocates nothing). Then, as in
 //! `train --benchmark`, a per-op breakdown of two more forward+backward passes run with the op
@@ -13,7 +13,7 @@
 use std::error::Error;
 use std::time::Instant;
 
-use kormo_cuda::benchmark::{mfu, peak_bf16_flops, training_flops_per_token};
+use kormo_cuda::benchmark::{matmul_params, mfu, peak_bf16_flops, training_flops_per_token};
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::random::SplitMix64;
 use kormo_cuda::{CudaError, CudaOps};
@@ -43,6 +43,11 @@ struct Options {
     /// to measure its cost against a run without
     #[arg(long)]
     deterministic: bool,
+    /// Print the FLOP accounting of --model at --seq as one JSON line (`flops_per_token` from
+    /// kormo_cuda::benchmark, `params`, `matmul_params`) and exit, without a device: how the
+    /// PyTorch reference (bench/torch_model_reference.py --flops-per-token) uses kormo's formula
+    #[arg(long)]
+    flops_per_token: bool,
 }
 
 fn positive() -> clap::builder::RangedU64ValueParser<usize> {
@@ -79,6 +84,17 @@ fn packed_batch(config: &ModelConfig, batch_size: usize, seq_len: usize) -> Batc
 
 fn run(o: &Options) -> Result<(), Box<dyn Error>> {
     let config = ModelConfig::preset(&o.model).ok_or_else(|| format!("--model {}: unknown preset", o.model))?;
+    if o.flops_per_token {
+        println!(
+            "{{\"model\": \"{}\", \"seq\": {}, \"flops_per_token\": {}, \"params\": {}, \"matmul_params\": {}}}",
+            o.model,
+            o.seq,
+            training_flops_per_token(&config, o.seq),
+            config.param_count(),
+            matmul_params(&config)
+        );
+        return Ok(());
+    }
     let (ops, device) = kormo_cuda::CudaOps::for_model(&config, 0)?;
     ops.set_deterministic(o.deterministic);
     let setup = Instant::now();
@@ -132,13 +148,13 @@ fn run(o: &Options) -> Result<(), Box<dyn Error>> {
     println!("device: {} ({} GiB)", device.name, device.total_memory_bytes >> 30);
     let mode = if o.deterministic { ", deterministic mode" } else { "" };
     println!("model {} ({} parameters), batch {} x seq {}{mode}, setup {setup_s:.1} s, last loss {last_loss:.4}\n", o.model, config.param_count(), o.batch, o.seq);
-    println!("| tokens/step | median step (ms) | tokens/s | TFLOP/s | MFU | peak MiB (kormo) | used MiB (device) | allocations (before, after) |");
+    println!("| tokens/s | tokens/step | median step (ms) | TFLOP/s | MFU | peak MiB (kormo) | used MiB (device) | allocations (before, after) |");
     println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mfu_text = peak_bf16_flops(&device.name).map_or("n/a (unknown peak)".to_string(), |peak| {
         format!("{:.1}%", 100.0 * mfu(tokens_per_s, flops_per_token, peak))
     });
     println!(
-        "| {tokens} | {:.1} | {tokens_per_s:.0} | {:.1} | {mfu_text} | {} | {} | {allocations_before}, {} |",
+        "| {tokens_per_s:.0} | {tokens} | {:.1} | {:.1} | {mfu_text} | {} | {} | {allocations_before}, {} |",
         median * 1e3,
         tokens_per_s * flops_per_token / 1e12,
         memory.peak_bytes >> 20,
