@@ -2,7 +2,7 @@
 //! (`--remove-type old-both`, AI2's bff extended by DCLM; KORMo used it) does it:
 //!
 //! - a document's paragraphs are the spans between newlines (each but the first starts
-//!   with its `\n`); a paragraph's tokens are its Unicode word-boundary segments minus
+//!   with its `\n`; a text that starts with `\n` has an empty first paragraph, as in bff); a paragraph's tokens are its Unicode word-boundary segments minus
 //!   whitespace, punctuation included (`words::tokens`, bff's `tokenize`); they give its
 //!   n-grams (`ngram_size`, 13); a paragraph with fewer tokens than that but at least
 //!   `min_ngram_size` (13, as DCLM runs bff: so none) gives one n-gram of all its tokens;
@@ -225,7 +225,8 @@ pub struct DocumentNgrams {
 /// `words::tokens`); thread-safe, pure.
 pub fn hash_document(text: &str, tokens: &[Token], config: &DedupConfig) -> DocumentNgrams {
     let mut bounds = vec![0];
-    bounds.extend(text.match_indices('\n').map(|(i, _)| i).filter(|&i| i > 0));
+    // Every `\n` starts a paragraph, one at 0 too (an empty first paragraph, as in bff).
+    bounds.extend(text.match_indices('\n').map(|(i, _)| i));
     bounds.push(text.len());
     let mut paragraphs = Vec::with_capacity(bounds.len() - 1);
     let mut hashes = Vec::with_capacity(bounds.len() - 1);
