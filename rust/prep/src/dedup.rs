@@ -130,8 +130,11 @@ impl BloomFilter {
     }
 
     pub fn insert(&mut self, hash: u64) {
-        let positions: Vec<u64> = self.positions(hash).collect();
-        for p in positions {
+        let bits = self.words.len() as u64 * 64;
+        let h2 = mix(hash ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        for i in 0..self.hashes as u64 {
+            // As `positions` (written out: the iterator borrows `self`).
+            let p = ((hash.wrapping_add(i.wrapping_mul(h2)) as u128 * bits as u128) >> 64) as u64;
             self.words[(p / 64) as usize] |= 1 << (p % 64);
         }
     }
