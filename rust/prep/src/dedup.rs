@@ -360,6 +360,17 @@ mod tests {
         assert_eq!(partial[1].removed.len(), 0);
     }
 
+    /// bff's paragraphs: every `\n` starts one, at offset 0 too (an empty first paragraph), and
+    /// an empty text is one empty paragraph.
+    #[test]
+    fn paragraphs_split_as_bff_splits_them() {
+        let c = config();
+        let spans = |t: &str| hash_document(t, &tokens(t), &c).paragraphs;
+        assert_eq!(spans("\nab\n\ncd"), [(0, 0), (0, 3), (3, 4), (4, 7)]);
+        assert_eq!(spans("ab\r\ncd\n"), [(0, 3), (3, 6), (6, 7)]);
+        assert_eq!(spans(""), [(0, 0)]);
+    }
+
     #[test]
     fn filter_size_and_false_positive_rate() {
         let c = DedupConfig {
