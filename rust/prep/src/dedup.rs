@@ -2,7 +2,7 @@
 //! (`--remove-type old-both`, AI2's bff extended by DCLM; KORMo used it) does it:
 //!
 //! - a document's paragraphs are the spans between newlines (each but the first starts
-//!   with its `\n`); a paragraph's tokens are its Unicode word-boundary segments minus
+//!   with its `\n`; a text that starts with `\n` has an empty first paragraph, as in bff); a paragraph's tokens are its Unicode word-boundary segments minus
 //!   whitespace, punctuation included (`words::tokens`, bff's `tokenize`); they give its
 //!   n-grams (`ngram_size`, 13); a paragraph with fewer tokens than that but at least
 //!   `min_ngram_size` (13, as DCLM runs bff: so none) gives one n-gram of all its tokens;
@@ -130,8 +130,11 @@ impl BloomFilter {
     }
 
     pub fn insert(&mut self, hash: u64) {
-        let positions: Vec<u64> = self.positions(hash).collect();
-        for p in positions {
+        let bits = self.words.len() as u64 * 64;
+        let h2 = mix(hash ^ 0x9e37_79b9_7f4a_7c15) | 1;
+        for i in 0..self.hashes as u64 {
+            // As `positions` (written out: the iterator borrows `self`).
+            let p = ((hash.wrapping_add(i.wrapping_mul(h2)) as u128 * bits as u128) >> 64) as u64;
             self.words[(p / 64) as usize] |= 1 << (p % 64);
         }
     }
@@ -225,7 +228,8 @@ pub struct DocumentNgrams {
 /// `words::tokens`); thread-safe, pure.
 pub fn hash_document(text: &str, tokens: &[Token], config: &DedupConfig) -> DocumentNgrams {
     let mut bounds = vec![0];
-    bounds.extend(text.match_indices('\n').map(|(i, _)| i).filter(|&i| i > 0));
+    // Every `\n` starts a paragraph, one at 0 too (an empty first paragraph, as in bff).
+    bounds.extend(text.match_indices('\n').map(|(i, _)| i));
     bounds.push(text.len());
     let mut paragraphs = Vec::with_capacity(bounds.len() - 1);
     let mut hashes = Vec::with_capacity(bounds.len() - 1);
@@ -354,6 +358,17 @@ mod tests {
             &c,
         );
         assert_eq!(partial[1].removed.len(), 0);
+    }
+
+    /// bff's paragraphs: every `\n` starts one, at offset 0 too (an empty first paragraph), and
+    /// an empty text is one empty paragraph.
+    #[test]
+    fn paragraphs_split_as_bff_splits_them() {
+        let c = config();
+        let spans = |t: &str| hash_document(t, &tokens(t), &c).paragraphs;
+        assert_eq!(spans("\nab\n\ncd"), [(0, 0), (0, 3), (3, 4), (4, 7)]);
+        assert_eq!(spans("ab\r\ncd\n"), [(0, 3), (3, 6), (6, 7)]);
+        assert_eq!(spans(""), [(0, 0)]);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `words`: word splitting shared by all stages.
 //! - `filters`: heuristic filters, language identification, broken-encoding detection.
 //! - `dedup`: BFF Bloom-filter paragraph dedup ("old-both").
+//! - `dedup_run`: `prepare dedup`, the dedup stage alone: kept text and per-document decisions.
 //! - `quality`: fastText-style linear quality classifier over hashed word and char n-grams.
 //! - `chat`: chat and reasoning datasets (messages, ShareGPT, prompt/response) to shards with
 //!   loss-mask spans, rendered with KORMo's chat template.
@@ -15,6 +16,7 @@
 pub mod batches;
 pub mod chat;
 pub mod dedup;
+pub mod dedup_run;
 pub mod filters;
 pub mod pipeline;
 pub mod quality;

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kormo_prep::dedup_run::{run_dedup, DedupRun};
 use kormo_prep::pipeline::{run, PrepConfig, RunLimits, Source};
 use kormo_prep::quality::{QualityModel, TrainSettings};
 use kormo_corpus::documents::read_documents;
@@ -15,11 +16,12 @@ use kormo_corpus::paths::expand_path;
 use kormo_tokenizer::progress;
 
 /// Prepares training data: cleans, filters and deduplicates documents, tokenizes them into
-/// shards, and trains/applies the document quality classifier.
+/// shards, and trains/applies the document quality classifier; or runs dedup alone.
 #[derive(Parser)]
 #[command(name = "prepare", disable_version_flag = true, after_help = "\
 Examples:
   prepare run --source web=raw/web --source code=a.jsonl,b.jsonl --out prepared --threads 8
+  prepare dedup --source web=raw/web --out deduped --expected-ngrams 50000000 --gzip
   prepare quality-train --positive good/ --negative spam/ --out quality.kqc
   prepare quality-predict --model quality.kqc docs.jsonl")]
 struct Cli {
@@ -31,6 +33,8 @@ struct Cli {
 enum Cmd {
     /// Runs the pipeline over named sources and writes shards and report.json to --out
     Run(RunArgs),
+    /// Runs BFF dedup alone (old-both): kept text and per-document decisions per source
+    Dedup(DedupArgs),
     /// Trains the quality classifier on positive and negative documents
     QualityTrain(QualityTrainArgs),
     /// Prints one JSON line {"file", "document", "score"} per document
@@ -58,6 +62,56 @@ struct RunArgs {
     /// Stop after N input files (an interrupted run; rerunning the command continues it)
     #[arg(long, value_name = "N")]
     max_files: Option<usize>,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "\
+Writes to --out, per source NAME: NAME.jsonl (or NAME.jsonl.gz with --gzip), one {\"text\": ...}
+line per document with text left; NAME.decisions.jsonl, one line per document read (doc, file,
+file_doc, paragraphs, removed, removed_spans, ngrams, contained, emptied, kept); and report.json.
+Settings: the config's [dedup] table (and text_field, threads, batch_documents), then the
+options below. With --threshold 1 nothing is removed (a conversion of any input to JSONL).
+
+Example:
+  prepare dedup --source web=raw/web --out deduped --expected-ngrams 50000000 \\
+      --false-positive-rate 1e-6 --threads 4 --gzip")]
+struct DedupArgs {
+    /// A source: NAME=PATH[,PATH...] (repeat for several; at least one)
+    #[arg(long, value_name = "NAME=PATHS")]
+    source: Vec<String>,
+    /// Output directory
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Pipeline config (TOML; its [dedup] table is used) [default: built-in defaults]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Worker threads for hashing [default: the config's `threads`; 0 or unset: all cores]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// N-gram size in tokens [default: dedup.ngram_size, 13]
+    #[arg(long, value_name = "N")]
+    ngram_size: Option<usize>,
+    /// Fewest tokens of a paragraph that is one short n-gram [default: dedup.min_ngram_size, 13]
+    #[arg(long, value_name = "N")]
+    min_ngram_size: Option<usize>,
+    /// Share of known n-grams above which a paragraph / document is removed [default: 0.8]
+    #[arg(long, value_name = "X")]
+    threshold: Option<f64>,
+    /// Expected distinct n-grams (sizes the filter) [default: dedup.expected_ngrams]
+    #[arg(long, value_name = "N")]
+    expected_ngrams: Option<u64>,
+    /// Per-n-gram false-positive rate [default: dedup.false_positive_rate, 0.01]
+    #[arg(long, value_name = "P")]
+    false_positive_rate: Option<f64>,
+    /// Filter size in bytes (overrides the expected n-grams and rate)
+    #[arg(long, value_name = "BYTES")]
+    filter_bytes: Option<u64>,
+    /// JSONL field (Parquet column) with the text [default: the config's text_field]
+    #[arg(long, value_name = "NAME")]
+    text_field: Option<String>,
+    /// Write the kept text as NAME.jsonl.gz
+    #[arg(long)]
+    gzip: bool,
 }
 
 #[derive(clap::Args)]
@@ -108,6 +162,7 @@ fn main() -> ExitCode {
     progress::init_logging();
     let result = match cli.command {
         Cmd::Run(a) => cmd_run(a),
+        Cmd::Dedup(a) => cmd_dedup(a),
         Cmd::QualityTrain(a) => cmd_quality_train(a),
         Cmd::QualityPredict(a) => cmd_quality_predict(a),
     };
@@ -128,6 +183,51 @@ fn files_of(list: &str) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+fn sources_of(specs: &[String]) -> Result<Vec<Source>, String> {
+    let mut sources = Vec::new();
+    for spec in specs {
+        let (name, paths) = spec
+            .split_once('=')
+            .ok_or(format!("--source {spec:?}: expected NAME=PATH[,PATH...]"))?;
+        sources.push(Source {
+            name: name.to_owned(),
+            files: files_of(paths)?,
+        });
+    }
+    if sources.is_empty() {
+        return Err("needs at least one --source NAME=PATH[,PATH...]".into());
+    }
+    Ok(sources)
+}
+
+fn cmd_dedup(a: DedupArgs) -> Result<(), String> {
+    let config = match &a.config {
+        Some(path) => PrepConfig::load(path)?,
+        None => PrepConfig::default(),
+    };
+    let mut dedup = config.dedup.clone();
+    dedup.ngram_size = a.ngram_size.unwrap_or(dedup.ngram_size);
+    dedup.min_ngram_size = a.min_ngram_size.unwrap_or(dedup.min_ngram_size);
+    dedup.threshold = a.threshold.unwrap_or(dedup.threshold);
+    dedup.expected_ngrams = a.expected_ngrams.unwrap_or(dedup.expected_ngrams);
+    dedup.false_positive_rate = a.false_positive_rate.unwrap_or(dedup.false_positive_rate);
+    dedup.filter_bytes = a.filter_bytes.unwrap_or(dedup.filter_bytes);
+    let threads = match a.threads.unwrap_or(config.threads) {
+        0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        n => n,
+    };
+    let run = DedupRun {
+        dedup,
+        text_field: a.text_field.unwrap_or(config.text_field),
+        threads,
+        batch_documents: config.batch_documents,
+        gzip: a.gzip,
+    };
+    let counts = run_dedup(&run, &sources_of(&a.source)?, &a.out)?;
+    println!("{}", serde_json::to_string_pretty(&counts).expect("counts serialize"));
+    Ok(())
+}
+
 fn cmd_run(a: RunArgs) -> Result<(), String> {
     let mut config = match &a.config {
         Some(path) => PrepConfig::load(path)?,
@@ -138,19 +238,7 @@ fn cmd_run(a: RunArgs) -> Result<(), String> {
     }
     config.threads = a.threads.unwrap_or(config.threads);
     let out = a.out;
-    let mut sources = Vec::new();
-    for spec in &a.source {
-        let (name, paths) = spec
-            .split_once('=')
-            .ok_or(format!("--source {spec:?}: expected NAME=PATH[,PATH...]"))?;
-        sources.push(Source {
-            name: name.to_owned(),
-            files: files_of(paths)?,
-        });
-    }
-    if sources.is_empty() {
-        return Err("run needs at least one --source NAME=PATH[,PATH...]".into());
-    }
+    let sources = sources_of(&a.source).map_err(|e| format!("run {e}"))?;
     let limits = RunLimits {
         max_files: a.max_files,
     };

@@ -123,3 +123,48 @@ fn quality_model_and_run_through_the_cli() {
     assert!(String::from_utf8_lossy(&bad_args.stderr).contains("at least one --source"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `prepare dedup` from the command line: an HTML page and a blank-line text file, gzip output,
+/// a config's [dedup] table overridden by options, and errors that name the input.
+#[test]
+fn dedup_through_the_cli() {
+    let dir = test_dir("prepare-cli-dedup");
+    const NEW: &str = "these new words are not found anywhere else in the corpus, so they stay here.";
+    let para = "Debian은 자유 운영체제입니다: apt-get으로 설치하고, 업그레이드하며, 관리합니다 (쉽게).";
+    std::fs::write(dir.join("page.html"), format!("<html><body><p>{para}</p><p>ok</p></body></html>")).unwrap();
+    std::fs::write(dir.join("docs.txt"), format!("{para}\n{NEW}\n\nanother document here\n")).unwrap();
+    std::fs::write(dir.join("prep.toml"), "[dedup]\nthreshold = 0.1\nexpected_ngrams = 1000\n").unwrap();
+    let out = dir.join("out");
+    let files = format!("a={},{}", dir.join("page.html").display(), dir.join("docs.txt").display());
+    let ran = Command::new(BIN)
+        .args(["dedup", "--source", &files, "--threshold", "0.8", "--gzip", "--threads", "2"])
+        .arg("--config")
+        .arg(dir.join("prep.toml"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{}", String::from_utf8_lossy(&ran.stderr));
+    let decisions = std::fs::read_to_string(out.join("a.decisions.jsonl")).unwrap();
+    let decisions: Vec<serde_json::Value> = decisions.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(decisions.len(), 3);
+    // The paragraph again in docs.txt is removed; the new one keeps the document.
+    assert_eq!(decisions[1]["removed"], serde_json::json!([0]));
+    assert_eq!(decisions[1]["emptied"], false);
+    let gz = std::fs::read(out.join("a.jsonl.gz")).unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text).unwrap();
+    let kept: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(kept.len(), 3);
+    assert_eq!(kept[1]["text"], format!("\n{NEW}\n")); // the text reader keeps the line end
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["settings"]["dedup"]["threshold"], 0.8);
+    assert_eq!(report["sources"]["a"]["paragraphs_removed"], 1);
+    let missing = Command::new(BIN)
+        .args(["dedup", "--source", "a=/nonexistent/in.jsonl", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/in.jsonl"));
+}
