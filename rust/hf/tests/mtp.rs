@@ -80,3 +80,23 @@ fn hf_binary_reports_the_dropped_mtp_heads() {
     assert_eq!(names(&back), names(&plain));
     std::fs::remove_dir_all(&root).unwrap();
 }
+
+/// A training run's checkpoint records no model config: its MTP heads are recognised by their
+/// tensors, so `hf export`, `generate` and `eval` load it with `--preset` alone.
+#[test]
+fn a_checkpoint_without_a_recorded_config_gets_its_mtp_depth_from_its_tensors() {
+    let config = ModelConfig { mtp_depth: 2, ..mtp_config() };
+    let weights = random_weights(&config, 7);
+    let root = scratch("mtp-unrecorded");
+    let checkpoint = root.join("final");
+    let tensors = weights.tensors.iter().map(|t| kormo_checkpoint::Tensor::f32(t.name.clone(), t.shape.clone(), &t.values)).collect();
+    let run = kormo_checkpoint::RunState {
+        step: 1, stage: "pretrain1".into(), phase: "main".into(), config_hash: "x".into(),
+        rng_state: serde_json::Value::Null, data_cursor: serde_json::Value::Null,
+        trainer: serde_json::json!({}),
+    };
+    kormo_checkpoint::save(&checkpoint, run, &[("model.safetensors", tensors)]).unwrap();
+    let base = ModelConfig { mtp_depth: 0, vocab: 7, ..config.clone() };
+    assert_eq!(Weights::from_checkpoint(&checkpoint, &base).unwrap(), weights);
+    std::fs::remove_dir_all(&root).unwrap();
+}
