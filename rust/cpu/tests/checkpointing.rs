@@ -81,6 +81,14 @@ fn checkpointed_mixln_loss_and_gradients_are_bitwise_equal() {
     check_bitwise_equal(ModelConfig { layers: 3, mixln_post_fraction: 1.0, ..mixln });
 }
 
+/// Multi-token prediction: the heads read the last layer's output, which checkpointing keeps,
+/// so depths 1 and 2 (tied and untied) are bitwise equal with and without it.
+#[test]
+fn checkpointed_mtp_loss_and_gradients_are_bitwise_equal() {
+    check_bitwise_equal(ModelConfig { layers: 3, mtp_depth: 1, ..micro_config() });
+    check_bitwise_equal(ModelConfig { layers: 3, mtp_depth: 2, mtp_loss_weight: 0.5, tie_embeddings: true, ..micro_config() });
+}
+
 /// Switching checkpointing on a model that already has a workspace takes effect on the next
 /// pass (the workspace is rebuilt in the new layout).
 #[test]
@@ -246,6 +254,17 @@ fn activation_memory_matches_the_allocated_workspace() {
 #[test]
 fn mixln_activation_memory_matches_the_allocated_workspace() {
     check_activation_memory(ModelConfig { layers: 4, norm: NormPlacement::MixLn, mixln_post_fraction: 0.5, ..micro_config() });
+}
+
+/// MTP adds its documented buffers (and reuses the logits).
+#[test]
+fn mtp_activation_memory_matches_the_allocated_workspace() {
+    let cfg = ModelConfig { layers: 3, mtp_depth: 2, ..micro_config() };
+    check_activation_memory(cfg.clone());
+    let (t, h) = (100u64, cfg.hidden as u64);
+    let off = ActivationMemory::new(&ModelConfig { mtp_depth: 0, ..cfg.clone() }, 100, false);
+    let on = ActivationMemory::new(&cfg, 100, false);
+    assert_eq!((on.floats - off.floats, on.ids - off.ids), (t * (3 * h + 2 + 2), 2 * t));
 }
 
 fn check_activation_memory(cfg: ModelConfig) {

@@ -964,13 +964,15 @@ impl DeviceFsdpRank {
             .map_err(|e| self.device_error("clip_scale", e))?;
         let grad_norm = squares[0].sqrt();
 
-        let mut sums = [loss.weighted_loss, loss.weight];
+        let mut sums = [loss.weighted_loss, loss.weight, loss.mtp_weighted_loss, loss.mtp_weight];
         self.all_reduce_world(&mut sums)?;
         self.gradients_ready = true;
         Ok(Gradients {
             loss: LossSum {
                 weighted_loss: sums[0],
                 weight: sums[1],
+                mtp_weighted_loss: sums[2],
+                mtp_weight: sums[3],
             },
             grad_norm,
         })
@@ -1061,11 +1063,13 @@ impl DeviceFsdpRank {
     /// Loss of `batch` (this rank's rows) summed over all ranks. Collective.
     pub fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
         let loss = run_evaluate(&mut self.model, &mut self.shards, batch)?;
-        let mut sums = [loss.weighted_loss, loss.weight];
+        let mut sums = [loss.weighted_loss, loss.weight, loss.mtp_weighted_loss, loss.mtp_weight];
         self.all_reduce_world(&mut sums)?;
         Ok(LossSum {
             weighted_loss: sums[0],
             weight: sums[1],
+            mtp_weighted_loss: sums[2],
+            mtp_weight: sums[3],
         })
     }
 

@@ -1077,13 +1077,15 @@ impl<O: Ops> FsdpRank<O> {
                 .iter_mut()
                 .for_each(|g| g.iter_mut().for_each(|x| *x *= scale));
         }
-        let mut sums = [loss.weighted_loss, loss.weight];
+        let mut sums = [loss.weighted_loss, loss.weight, loss.mtp_weighted_loss, loss.mtp_weight];
         self.world.all_reduce_scalars(&mut sums)?;
         self.gradients_ready = true;
         Ok(Gradients {
             loss: LossSum {
                 weighted_loss: sums[0],
                 weight: sums[1],
+                mtp_weighted_loss: sums[2],
+                mtp_weight: sums[3],
             },
             grad_norm,
         })
@@ -1110,11 +1112,13 @@ impl<O: Ops> FsdpRank<O> {
     /// Collective.
     pub fn evaluate(&mut self, batch: &Batch) -> Result<LossSum, DistError> {
         let loss = run_evaluate(&mut self.model, &mut self.shards, batch)?;
-        let mut sums = [loss.weighted_loss, loss.weight];
+        let mut sums = [loss.weighted_loss, loss.weight, loss.mtp_weighted_loss, loss.mtp_weight];
         self.world.all_reduce_scalars(&mut sums)?;
         Ok(LossSum {
             weighted_loss: sums[0],
             weight: sums[1],
+            mtp_weighted_loss: sums[2],
+            mtp_weight: sums[3],
         })
     }
 

@@ -187,6 +187,8 @@ fn parse_config(obj: &Map<String, Value>) -> Result<(ModelConfig, Flavor), Strin
         // Llama and KORMo layers are pre-LN; transformers has no key for anything else.
         norm: NormPlacement::Pre,
         mixln_post_fraction: kormo_model::DEFAULT_MIXLN_POST_FRACTION,
+        mtp_depth: 0,
+        mtp_loss_weight: kormo_model::DEFAULT_MTP_LOSS_WEIGHT,
     };
     cfg.validate().map_err(|e| e.to_string())?;
     Ok((cfg, flavor))

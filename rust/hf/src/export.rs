@@ -85,13 +85,19 @@ pub struct ExportSummary {
     pub total_bytes: u64,
     /// Where tokenizer.json came from (or that it was generated for the byte vocabulary).
     pub tokenizer: TokenizerSource,
+    /// Tensors left out: the multi-token-prediction heads (`mtp.*`, `[model] mtp_depth > 0`),
+    /// which no transformers architecture has; the exported model is the next-token model.
+    pub dropped: Vec<String>,
 }
 
 /// Writes `weights` (and `tokenizer`) as a Hugging Face model folder `out`.
 ///
 /// Only pre-LN models export: a model with `norm = "mixln"` is refused (before anything is
 /// written), because `LlamaForCausalLM` and `KORMoForCausalLM` are pre-LN and have no setting
-/// for post-LN layers, so transformers would load the weights as another network.
+/// for post-LN layers, so transformers would load the weights as another network. A model
+/// trained with multi-token prediction exports without its MTP heads (`mtp.*`, listed in
+/// [`ExportSummary::dropped`]): they are training-only extra heads beside the next-token head,
+/// which the exported model is whole without.
 pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, opts: &ExportOptions) -> Result<ExportSummary, HfError> {
     check_exportable(&weights.config, opts.flavor, out)?;
     weights.validate(out)?;
@@ -105,7 +111,12 @@ pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, 
     let mut shards: Vec<Vec<usize>> = Vec::new();
     let mut shard_bytes = 0u64;
     let mut total_bytes = 0u64;
+    let mut dropped = Vec::new();
     for (index, tensor) in weights.tensors.iter().enumerate() {
+        if kormo_model::params::is_mtp_tensor(&tensor.name) {
+            dropped.push(tensor.name.clone());
+            continue;
+        }
         let bytes = tensor.values.len() as u64 * opts.dtype.bytes_per_element();
         total_bytes += bytes;
         match shards.last_mut() {
@@ -156,7 +167,7 @@ pub fn export_folder(weights: &Weights, tokenizer: &ModelTokenizer, out: &Path, 
     write_json(&out.join("config.json"), &cfg_doc)?;
     write_json(&out.join("generation_config.json"), &config::generation_config_json(ids))?;
     write_tokenizer(tokenizer, out)?;
-    Ok(ExportSummary { weight_files, total_bytes, tokenizer: tokenizer.source.clone() })
+    Ok(ExportSummary { weight_files, total_bytes, tokenizer: tokenizer.source.clone(), dropped })
 }
 
 /// Refuses configs the Hugging Face architectures cannot express: anything but pre-LN layers.

@@ -124,10 +124,20 @@ fn export(a: ExportArgs) -> Result<(), String> {
     let tokenizer = vocab::find_tokenizer(tokenizer_path.as_deref(), &model_path, weights.config.vocab).map_err(|e| e.to_string())?;
     let opts = ExportOptions { flavor, dtype, max_shard_bytes, max_positions };
     let summary = kormo_hf::export_folder(&weights, &tokenizer, &out, &opts).map_err(|e| e.to_string())?;
+    let dropped_params: u64 = weights.tensors.iter().filter(|t| summary.dropped.contains(&t.name)).map(|t| t.values.len() as u64).sum();
+    if !summary.dropped.is_empty() {
+        println!(
+            "dropped the multi-token-prediction heads (mtp_depth = {}: {} tensors, {dropped_params} parameters; \
+             transformers has no MTP heads, and the next-token model is whole without them): {}",
+            weights.config.mtp_depth,
+            summary.dropped.len(),
+            summary.dropped.join(", ")
+        );
+    }
     println!(
         "exported {} ({} parameters, {}) to {}: {} weight file(s), {:.1} MB; tokenizer {}",
         flavor.architecture(),
-        weights.config.param_count(),
+        weights.config.param_count() - dropped_params,
         dtype_name,
         out.display(),
         summary.weight_files.len(),

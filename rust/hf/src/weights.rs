@@ -118,7 +118,10 @@ impl Weights {
                 let rows = embed.shape.first().copied().filter(|_| embed.shape.len() == 2).ok_or_else(|| {
                     HfError::new(file.path(), format!("`model.embed_tokens.weight` has shape {:?}, expected [vocab, hidden]", embed.shape))
                 })?;
-                base.clone().with_vocab(rows)
+                // Multi-token-prediction heads (`mtp.{d}.*`, `[model] mtp_depth = k`) are
+                // recognised by their tensors, since a run's checkpoint records no config.
+                let mtp_depth = (1..).take_while(|d| file.tensors().contains_key(&format!("mtp.{d}.proj.weight"))).count();
+                ModelConfig { mtp_depth, ..base.clone().with_vocab(rows) }
             }
         };
         let layout = params::layout(&config);

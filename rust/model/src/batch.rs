@@ -92,10 +92,19 @@ impl Batch {
 
 /// Loss of a pass: `weighted_loss = sum_t w_t * loss_t` and `weight = sum_t w_t`, both summed
 /// in f64 so micro-batches and data-parallel ranks can be added before dividing.
+///
+/// With multi-token prediction (`mtp_depth = k > 0`) the MTP heads' loss comes separately:
+/// `mtp_weighted_loss = (1/k) sum_d sum_t w^d_t * loss^d_t` and `mtp_weight = (1/k) sum_d
+/// sum_t w^d_t` (both 0 without MTP), so `weighted_loss / weight` stays the next-token loss,
+/// comparable with runs without MTP. The training objective whose gradient
+/// `Model::forward_backward` takes is `(weighted_loss + mtp_loss_weight * mtp_weighted_loss) /
+/// weight` ([`LossSum::objective`]).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct LossSum {
     pub weighted_loss: f64,
     pub weight: f64,
+    pub mtp_weighted_loss: f64,
+    pub mtp_weight: f64,
 }
 
 impl LossSum {
@@ -108,10 +117,34 @@ impl LossSum {
         }
     }
 
+    /// Mean MTP loss per unit weight over all depths (0 without MTP).
+    pub fn mtp_mean(&self) -> f64 {
+        if self.mtp_weight > 0.0 {
+            self.mtp_weighted_loss / self.mtp_weight
+        } else {
+            0.0
+        }
+    }
+
+    /// The training objective for an MTP loss weight `mtp_loss_weight`:
+    /// `(weighted_loss + mtp_loss_weight * mtp_weighted_loss) / weight` (the mean without MTP).
+    pub fn objective(&self, mtp_loss_weight: f64) -> f64 {
+        if self.weight > 0.0 {
+            (self.weighted_loss + mtp_loss_weight * self.mtp_weighted_loss) / self.weight
+        } else {
+            0.0
+        }
+    }
+
     /// Sum of two partial losses (micro-batches, ranks).
     #[allow(clippy::should_implement_trait)] // a named method reads better in folds than `+`
     pub fn add(self, other: LossSum) -> LossSum {
-        LossSum { weighted_loss: self.weighted_loss + other.weighted_loss, weight: self.weight + other.weight }
+        LossSum {
+            weighted_loss: self.weighted_loss + other.weighted_loss,
+            weight: self.weight + other.weight,
+            mtp_weighted_loss: self.mtp_weighted_loss + other.mtp_weighted_loss,
+            mtp_weight: self.mtp_weight + other.mtp_weight,
+        }
     }
 }
 
@@ -165,7 +198,10 @@ mod tests {
 
     #[test]
     fn loss_sum_means_over_weight() {
-        let total = LossSum { weighted_loss: 3.0, weight: 2.0 }.add(LossSum { weighted_loss: 1.0, weight: 2.0 });
+        let total = LossSum { weighted_loss: 3.0, weight: 2.0, ..LossSum::default() }
+            .add(LossSum { weighted_loss: 1.0, weight: 2.0, mtp_weighted_loss: 2.0, mtp_weight: 1.0 });
+        assert_eq!(total.mtp_mean(), 2.0);
+        assert_eq!(total.objective(0.5), 1.25);
         assert_eq!(total.mean(), 1.0);
         assert_eq!(LossSum::default().mean(), 0.0);
     }

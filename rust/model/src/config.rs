@@ -41,6 +41,25 @@ fn is_default_mixln_post_fraction(x: &f32) -> bool {
     *x == DEFAULT_MIXLN_POST_FRACTION
 }
 
+/// Default weight of the multi-token-prediction loss (`mtp_loss_weight`): DeepSeek-V3's 0.3
+/// (used for its first 10T tokens, 0.1 after).
+pub const DEFAULT_MTP_LOSS_WEIGHT: f32 = 0.3;
+
+/// Largest `mtp_depth` accepted (each depth adds a head pass of `T x hidden x vocab`).
+pub const MAX_MTP_DEPTH: usize = 8;
+
+fn default_mtp_loss_weight() -> f32 {
+    DEFAULT_MTP_LOSS_WEIGHT
+}
+
+fn is_default_mtp_loss_weight(x: &f32) -> bool {
+    *x == DEFAULT_MTP_LOSS_WEIGHT
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
+}
+
 /// Where each decoder layer puts its two RMSNorms (`[model] norm` in a recipe).
 ///
 /// * `"pre"` (the default, KORMo's and Llama's): `x = x + Attn(Norm_a(x))`,
@@ -115,6 +134,19 @@ pub struct ModelConfig {
         serialize_with = "serialize_decimal"
     )]
     pub mixln_post_fraction: f32,
+    /// Multi-token prediction (`[model] mtp_depth = k`, default 0 = off): `k` extra heads on the
+    /// last layer's output, head `d` (1..=k) predicting the token `d + 1` places after the next
+    /// one (see `crate::mtp`). Not written when 0, so configs without MTP serialise as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtp_depth: usize,
+    /// With `mtp_depth >= 1`: the weight of the MTP loss (the mean over depths) added to the
+    /// next-token loss; DeepSeek-V3's 0.3 by default. Not written when 0.3.
+    #[serde(
+        default = "default_mtp_loss_weight",
+        skip_serializing_if = "is_default_mtp_loss_weight",
+        serialize_with = "serialize_decimal"
+    )]
+    pub mtp_loss_weight: f32,
 }
 
 impl ModelConfig {
@@ -133,6 +165,8 @@ impl ModelConfig {
             tie_embeddings: false,
             norm: NormPlacement::Pre,
             mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION,
+            mtp_depth: 0,
+            mtp_loss_weight: DEFAULT_MTP_LOSS_WEIGHT,
         }
     }
 
@@ -155,6 +189,8 @@ impl ModelConfig {
             tie_embeddings: false,
             norm: NormPlacement::Pre,
             mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION,
+            mtp_depth: 0,
+            mtp_loss_weight: DEFAULT_MTP_LOSS_WEIGHT,
         }
     }
 
@@ -176,6 +212,8 @@ impl ModelConfig {
             tie_embeddings: false,
             norm: NormPlacement::Pre,
             mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION,
+            mtp_depth: 0,
+            mtp_loss_weight: DEFAULT_MTP_LOSS_WEIGHT,
         }
     }
 
@@ -196,9 +234,9 @@ impl ModelConfig {
     }
 
     /// Keys a serialised config may leave out (written only when not at their defaults):
-    /// `norm` and `mixln_post_fraction`. A reader that checks keys against a serialised preset
-    /// (the recipe's `[model]` table) must accept these too.
-    pub const OPTIONAL_KEYS: [&'static str; 2] = ["norm", "mixln_post_fraction"];
+    /// `norm`, `mixln_post_fraction`, `mtp_depth` and `mtp_loss_weight`. A reader that checks
+    /// keys against a serialised preset (the recipe's `[model]` table) must accept these too.
+    pub const OPTIONAL_KEYS: [&'static str; 4] = ["norm", "mixln_post_fraction", "mtp_depth", "mtp_loss_weight"];
 
     /// Number of post-LN layers at the bottom of the stack: 0 for `norm = "pre"`, and
     /// `floor(mixln_post_fraction * layers)` for `mixln` (the product taken on the fraction's
@@ -306,6 +344,29 @@ impl ModelConfig {
             }
             NormPlacement::Pre => {}
         }
+        self.validate_mtp()
+    }
+
+    fn validate_mtp(&self) -> Result<(), ModelError> {
+        let weight = self.mtp_loss_weight;
+        if self.mtp_depth == 0 && weight != DEFAULT_MTP_LOSS_WEIGHT {
+            return Err(ModelError::Config {
+                key: "mtp_loss_weight",
+                message: format!("{weight} is set but applies only with mtp_depth >= 1 (mtp_depth is 0, MTP off)"),
+            });
+        }
+        if self.mtp_depth > MAX_MTP_DEPTH {
+            return Err(ModelError::Config {
+                key: "mtp_depth",
+                message: format!("{} is above the largest supported depth {MAX_MTP_DEPTH}", self.mtp_depth),
+            });
+        }
+        if self.mtp_depth > 0 && !(weight.is_finite() && weight > 0.0) {
+            return Err(ModelError::Config {
+                key: "mtp_loss_weight",
+                message: format!("{weight} must be a positive finite number"),
+            });
+        }
         Ok(())
     }
 }
@@ -365,6 +426,22 @@ mod tests {
         assert!(err.contains("mixln_post_fraction") && err.contains("only with norm = \"mixln\""), "{err}");
         assert_eq!(NormPlacement::MixLn.name(), "mixln");
         assert_eq!(NormPlacement::default(), NormPlacement::Pre);
+    }
+
+    #[test]
+    fn mtp_settings_validate_with_clear_errors() {
+        let mtp = |depth, weight| ModelConfig { mtp_depth: depth, mtp_loss_weight: weight, ..ModelConfig::tiny() };
+        for (depth, weight) in [(0, DEFAULT_MTP_LOSS_WEIGHT), (1, 0.3), (2, 0.1), (MAX_MTP_DEPTH, 1.0)] {
+            mtp(depth, weight).validate().unwrap();
+        }
+        let err = mtp(0, 0.1).validate().unwrap_err().to_string();
+        assert!(err.contains("mtp_loss_weight") && err.contains("only with mtp_depth >= 1"), "{err}");
+        let err = mtp(MAX_MTP_DEPTH + 1, 0.3).validate().unwrap_err().to_string();
+        assert!(err.contains("mtp_depth") && err.contains("largest supported depth"), "{err}");
+        for weight in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            let err = mtp(1, weight).validate().unwrap_err().to_string();
+            assert!(err.contains("mtp_loss_weight") && err.contains("positive finite"), "{err}");
+        }
     }
 
     #[test]

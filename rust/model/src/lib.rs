@@ -31,12 +31,13 @@ mod batch;
 mod config;
 mod error;
 mod model;
+pub mod mtp;
 pub mod ops;
 pub mod params;
 pub mod profile;
 
 pub use batch::{Batch, LossSum};
-pub use config::{decimal, ModelConfig, NormPlacement, DEFAULT_MIXLN_POST_FRACTION};
+pub use config::{decimal, ModelConfig, NormPlacement, DEFAULT_MIXLN_POST_FRACTION, DEFAULT_MTP_LOSS_WEIGHT, MAX_MTP_DEPTH};
 pub use error::ModelError;
 pub use model::{ActivationMemory, MemoryPlan, Model, UnitHooks};
 pub use ops::{

@@ -36,6 +36,7 @@ use crate::batch::{Batch, LossSum};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::ops::{AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape};
+use crate::mtp::{self, MtpBackward, MtpWorkspace};
 use crate::params::{self, LayerSlot, ParamSpec, Unit};
 
 /// What one layer's backward needs from its forward, besides the layer's input (which lives in
@@ -99,6 +100,8 @@ struct Workspace<O: Ops> {
     d_q: O::Buf,
     d_k: O::Buf,
     d_v: O::Buf,
+    /// The multi-token-prediction heads' buffers (`mtp_depth > 0` and logits kept), else none.
+    mtp: Option<MtpWorkspace<O>>,
 }
 
 impl<O: Ops> Workspace<O> {
@@ -150,6 +153,7 @@ impl<O: Ops> Workspace<O> {
             d_q: ops.zeros(t * q),
             d_k: ops.zeros(t * kv),
             d_v: ops.zeros(t * kv),
+            mtp: (cfg.mtp_depth > 0 && has_logits).then(|| MtpWorkspace::new(ops, cfg, t)),
         }
     }
 
@@ -183,6 +187,10 @@ impl<O: Ops> Workspace<O> {
 ///        + T * (2h + 3f + 2q + 2kv)                backward scratch (one layer's gradients)
 /// ids    = 4 * T                                   tokens, targets, document ids, positions (u32)
 /// ```
+///
+/// With multi-token prediction (`mtp_depth = k > 0`) add `T * (3h + 2 + k)` floats (the heads'
+/// projection output, its norm and gradient, inverse RMS, losses, and one weight vector per
+/// depth) and `k * T` ids (targets per depth); the heads reuse the logits buffer.
 ///
 /// Checkpointing thus saves `(L - 1) * T * (3h + 2q + 2kv + 3f + H + 2)` floats, at the price
 /// of one extra forward of every layer except the last (whose activations are still held when
@@ -220,7 +228,9 @@ impl ActivationMemory {
             + t * (h + v + 2)
             + t
             + t * (2 * h + 3 * f + 2 * q + 2 * kv);
-        ActivationMemory { floats, ids: 4 * t }
+        let k = cfg.mtp_depth as u64;
+        let (mtp_floats, mtp_ids) = if k > 0 { (t * (3 * h + 2 + k), k * t) } else { (0, 0) };
+        ActivationMemory { floats: floats + mtp_floats, ids: 4 * t + mtp_ids }
     }
 
     /// Bytes with floats of `float_bytes` bytes each (4 for f32) and 4-byte ids.
@@ -269,6 +279,20 @@ pub struct Model<O: Ops> {
     workspace: Option<Workspace<O>>,
     /// Buffers of [`Model::log_probs`]'s head, sized for a number of queries.
     scoring: Option<ScoringWorkspace<O>>,
+    /// Whether (and how) the current pass runs the MTP heads, and what they last measured.
+    mtp_pass: MtpPass,
+    mtp_loss: (f64, f64),
+}
+
+/// What the multi-token-prediction heads do in the current pass (see [`crate::mtp`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MtpPass {
+    /// Not run (`forward`, `log_probs`, or `mtp_depth = 0`).
+    Skip,
+    /// Loss only, in the Head unit's forward.
+    Evaluate,
+    /// Loss and backward at this gradient scale, in the Head unit's backward.
+    Train(f32),
 }
 
 /// The head of [`Model::log_probs`] over `rows` gathered tokens (queries padded to `rows`
@@ -299,7 +323,7 @@ impl<O: Ops> Model<O> {
             params.push(ops.upload(&host));
             grads.push(ops.zeros(spec.numel()));
         }
-        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None })
+        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
     }
 
     /// A model holding `tensors` (host f32, one per [`params::layout`] entry, in that order)
@@ -320,7 +344,7 @@ impl<O: Ops> Model<O> {
             }
             params.push(ops.upload(values));
         }
-        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None })
+        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -473,10 +497,11 @@ impl<O: Ops> Model<O> {
             return Err(ModelError::NoGradients);
         }
         self.prepare(batch)?;
+        self.set_mtp_pass(MtpPass::Train(grad_scale));
         self.run_forward(hooks);
         let loss = self.run_loss(grad_scale);
         self.run_backward(hooks);
-        Ok(loss)
+        Ok(self.with_mtp_loss(loss))
     }
 
     /// Loss without touching gradients (evaluation).
@@ -487,8 +512,10 @@ impl<O: Ops> Model<O> {
     /// [`Model::evaluate`] with forward hooks.
     pub fn evaluate_with_hooks(&mut self, batch: &Batch, hooks: &mut dyn UnitHooks<O>) -> Result<LossSum, ModelError> {
         self.prepare(batch)?;
+        self.set_mtp_pass(MtpPass::Evaluate);
         self.run_forward(hooks);
-        Ok(self.run_loss(0.0))
+        let loss = self.run_loss(0.0);
+        Ok(self.with_mtp_loss(loss))
     }
 
     /// Logits `[batch_size * seq_len, vocab]` (row-major, f32) for `batch`; targets and loss
@@ -500,6 +527,7 @@ impl<O: Ops> Model<O> {
     /// [`Model::forward`] with forward hooks.
     pub fn forward_with_hooks(&mut self, batch: &Batch, hooks: &mut dyn UnitHooks<O>) -> Result<Vec<f32>, ModelError> {
         self.prepare(batch)?;
+        self.set_mtp_pass(MtpPass::Skip);
         self.run_forward(hooks);
         let ws = self.workspace.as_ref().expect("prepared");
         let mut logits = vec![0.0; batch.num_tokens() * self.config.vocab];
@@ -572,6 +600,28 @@ impl<O: Ops> Model<O> {
         losses[..queries.len()].iter().map(|&l| -(l as f64)).collect()
     }
 
+    /// Sets what the MTP heads do in the next pass (always `Skip` without MTP).
+    fn set_mtp_pass(&mut self, pass: MtpPass) {
+        self.mtp_pass = if self.config.mtp_depth > 0 { pass } else { MtpPass::Skip };
+        self.mtp_loss = (0.0, 0.0);
+    }
+
+    /// `loss` with the MTP heads' loss sums of the pass just run (zeros without MTP).
+    fn with_mtp_loss(&self, loss: LossSum) -> LossSum {
+        let (mtp_weighted_loss, mtp_weight) = self.mtp_loss;
+        LossSum { mtp_weighted_loss, mtp_weight, ..loss }
+    }
+
+    /// The MTP heads on the last layer's output; with `backward` their backward adds into the
+    /// gradients and `d_resid` (see [`crate::mtp`]).
+    fn run_mtp_heads(&mut self, grad_scale: f32, backward: bool) {
+        let ws = self.workspace.as_mut().expect("prepared");
+        let mws = ws.mtp.as_mut().expect("an MTP model's training workspace has MTP buffers");
+        let grads = backward.then_some(MtpBackward { grads: &mut self.grads, d_normed: &mut ws.d_normed, d_resid: &mut ws.d_resid });
+        let h = &ws.residual[self.config.layers];
+        self.mtp_loss = mtp::run_heads(&self.ops, &self.config, &self.params, mws, h, &mut ws.logits, self.z_loss, grad_scale, grads);
+    }
+
     /// Validates the batch, (re)allocates the workspace for its shape, and uploads its inputs.
     fn prepare(&mut self, batch: &Batch) -> Result<(), ModelError> {
         self.prepare_with(batch, true)
@@ -602,6 +652,9 @@ impl<O: Ops> Model<O> {
         self.ops.write_idx(&mut ws.doc_ids, &batch.doc_ids);
         self.ops.write_idx(&mut ws.positions, &batch.positions);
         self.ops.write(&mut ws.loss_weights, &batch.loss_weights);
+        if let Some(mws) = ws.mtp.as_mut() {
+            mws.upload(&self.ops, batch);
+        }
         Ok(())
     }
 
@@ -649,6 +702,10 @@ impl<O: Ops> Model<O> {
     }
 
     fn forward_head(&mut self) {
+        if self.mtp_pass == MtpPass::Evaluate {
+            // Before the next-token head: the MTP heads use the logits buffer as scratch.
+            self.run_mtp_heads(0.0, false);
+        }
         self.forward_final_norm();
         let cfg = &self.config;
         let ws = self.workspace.as_mut().expect("prepared");
@@ -670,7 +727,7 @@ impl<O: Ops> Model<O> {
             self.z_loss,
             grad_scale,
         );
-        LossSum { weighted_loss: self.ops.sum(&ws.losses), weight: self.ops.sum(&ws.loss_weights) }
+        LossSum { weighted_loss: self.ops.sum(&ws.losses), weight: self.ops.sum(&ws.loss_weights), ..LossSum::default() }
     }
 
     /// Backward from the logit gradient left in the workspace by `run_loss`, unit by unit in
@@ -701,6 +758,10 @@ impl<O: Ops> Model<O> {
         ops.fill(&mut ws.d_resid, 0.0);
         let rows = RowsShape { rows: t, dim: h };
         ops.rmsnorm_bwd(&ws.residual[cfg.layers], &p[final_norm], &ws.inv_rms_final, &ws.d_normed, &mut ws.d_resid, &mut g[final_norm], rows);
+        if let MtpPass::Train(grad_scale) = self.mtp_pass {
+            // The next-token head is done with the logits; the MTP heads add into d_resid.
+            self.run_mtp_heads(grad_scale, true);
+        }
     }
 
     /// One decoder layer; `d_resid` goes from d(layer output) to d(layer input). Under

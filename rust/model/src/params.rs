@@ -19,7 +19,13 @@
 //!   model.layers.{i}.mlp.down_proj.weight           [hidden, ffn]
 //! model.norm.weight                                 [hidden]             Norm
 //! lm_head.weight                                    [vocab, hidden]      Linear (absent when tied)
+//! per multi-token-prediction depth d = 1..=mtp_depth (absent when mtp_depth = 0):
+//!   mtp.{d}.proj.weight                             [hidden, hidden]     Linear
+//!   mtp.{d}.norm.weight                             [hidden]             Norm
 //! ```
+//!
+//! The MTP tensors come last so a model without them has exactly the layout (and indices) it
+//! always had; they are kormo's own names (no Hugging Face model has them, see `kormo-hf`).
 //!
 //! Initialisation is normal(0, 0.02) for embedding and linear weights and 1 for norm weights
 //! (KORMo's recipe). Each tensor draws from its own ChaCha8 stream (seed, stream = tensor index),
@@ -105,6 +111,29 @@ pub fn head_index(cfg: &ModelConfig) -> usize {
     }
 }
 
+/// Tensors per multi-token-prediction depth, in [`layout`] order.
+pub const TENSORS_PER_MTP_DEPTH: usize = 2;
+
+/// Position of each tensor of one MTP depth in [`layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtpSlot {
+    Proj = 0,
+    Norm = 1,
+}
+
+/// Index of a tensor of MTP depth `depth` (1-based: depth 1 predicts the token after the
+/// next) in [`layout`].
+pub fn mtp_index(cfg: &ModelConfig, depth: usize, slot: MtpSlot) -> usize {
+    assert!((1..=cfg.mtp_depth).contains(&depth), "MTP depth {depth} of {}", cfg.mtp_depth);
+    let first = final_norm_index(cfg) + if cfg.tie_embeddings { 1 } else { 2 };
+    first + (depth - 1) * TENSORS_PER_MTP_DEPTH + slot as usize
+}
+
+/// Whether the tensor `name` is one of the multi-token-prediction heads' (`mtp.*`).
+pub fn is_mtp_tensor(name: &str) -> bool {
+    name.starts_with("mtp.")
+}
+
 /// A group of tensors used together: the unit of sharding, gathering and gradient
 /// reduction (see `Model::forward_backward_with_hooks`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,7 +142,8 @@ pub enum Unit {
     Embedding,
     /// The nine tensors of decoder layer `i`.
     Layer(usize),
-    /// `model.norm.weight` and `lm_head.weight` (just the norm when tied).
+    /// `model.norm.weight` and `lm_head.weight` (just the norm when tied), then the
+    /// multi-token-prediction tensors when `mtp_depth > 0`.
     Head,
 }
 
@@ -133,7 +163,10 @@ pub fn unit_tensors(cfg: &ModelConfig, unit: Unit) -> std::ops::Range<usize> {
             let first = layer_index(l, LayerSlot::AttnNorm);
             first..first + TENSORS_PER_LAYER
         }
-        Unit::Head => final_norm_index(cfg)..if cfg.tie_embeddings { final_norm_index(cfg) + 1 } else { head_index(cfg) + 1 },
+        Unit::Head => {
+            let end = if cfg.tie_embeddings { final_norm_index(cfg) + 1 } else { head_index(cfg) + 1 };
+            final_norm_index(cfg)..end + cfg.mtp_depth * TENSORS_PER_MTP_DEPTH
+        }
     }
 }
 
@@ -157,6 +190,10 @@ pub fn layout(cfg: &ModelConfig) -> Vec<ParamSpec> {
     specs.push(spec("model.norm.weight".into(), vec![h], ParamKind::Norm));
     if !cfg.tie_embeddings {
         specs.push(spec("lm_head.weight".into(), vec![v, h], ParamKind::Linear));
+    }
+    for d in 1..=cfg.mtp_depth {
+        specs.push(spec(format!("mtp.{d}.proj.weight"), vec![h, h], ParamKind::Linear));
+        specs.push(spec(format!("mtp.{d}.norm.weight"), vec![h], ParamKind::Norm));
     }
     specs
 }
@@ -213,6 +250,25 @@ mod tests {
             cfg.tie_embeddings = tie;
             let covered: Vec<usize> = units(&cfg).into_iter().flat_map(|u| unit_tensors(&cfg, u)).collect();
             assert_eq!(covered, (0..layout(&cfg).len()).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn mtp_tensors_come_last_in_the_head_unit() {
+        for tie in [false, true] {
+            let off = ModelConfig { tie_embeddings: tie, ..ModelConfig::tiny() };
+            let on = ModelConfig { mtp_depth: 2, ..off.clone() };
+            let (a, b) = (layout(&off), layout(&on));
+            assert_eq!(b[..a.len()], a[..], "the layout without MTP is a prefix");
+            assert_eq!(b.len(), a.len() + 2 * TENSORS_PER_MTP_DEPTH);
+            assert_eq!(b[mtp_index(&on, 1, MtpSlot::Proj)].name, "mtp.1.proj.weight");
+            assert_eq!(b[mtp_index(&on, 2, MtpSlot::Norm)].name, "mtp.2.norm.weight");
+            assert_eq!(b[mtp_index(&on, 2, MtpSlot::Proj)].shape, vec![on.hidden, on.hidden]);
+            assert!(b[mtp_index(&on, 1, MtpSlot::Proj)].weight_decay() && !b[mtp_index(&on, 1, MtpSlot::Norm)].weight_decay());
+            assert_eq!(unit_tensors(&on, Unit::Head).end, b.len());
+            let covered: Vec<usize> = units(&on).into_iter().flat_map(|u| unit_tensors(&on, u)).collect();
+            assert_eq!(covered, (0..b.len()).collect::<Vec<_>>());
+            assert!(b.iter().filter(|s| is_mtp_tensor(&s.name)).count() == 4 && !a.iter().any(|s| is_mtp_tensor(&s.name)));
         }
     }
 

@@ -20,7 +20,13 @@ pub struct StepMetrics {
     /// Optimizer steps taken in this phase, 1-based.
     pub phase_step: u64,
     pub phase_steps: u64,
+    /// Mean next-token loss (with `[model] mtp_depth > 0` too, so runs with and without
+    /// multi-token prediction compare).
     pub loss: f64,
+    /// With `[model] mtp_depth > 0`: the mean loss of the multi-token-prediction heads over
+    /// all depths (not weighted by `mtp_loss_weight`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtp_loss: Option<f64>,
     pub lr: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -40,11 +46,12 @@ impl StepMetrics {
     pub fn progress_line(&self) -> String {
         let width = self.phase_steps.to_string().len();
         format!(
-            "{:>12} step {:>width$}/{} | loss {:.4} | lr {:.2e} | grad norm {:.3} | {:>6} tok/s | ETA {}",
+            "{:>12} step {:>width$}/{} | loss {:.4}{} | lr {:.2e} | grad norm {:.3} | {:>6} tok/s | ETA {}",
             self.phase,
             self.phase_step,
             self.phase_steps,
             self.loss,
+            self.mtp_loss.map(|l| format!(" | mtp loss {l:.4}")).unwrap_or_default(),
             self.lr,
             self.grad_norm,
             human_count(self.tokens_per_s),

@@ -120,6 +120,7 @@ impl<'a> Progress<'a> {
             phase_step: done,
             phase_steps: self.phase_steps[phase_index],
             loss,
+            mtp_loss: None,
             lr,
             grad_norm,
             tokens: self.tokens,

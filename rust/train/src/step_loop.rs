@@ -124,6 +124,8 @@ struct Loop<'r, 'a, E> {
 /// What a step measured, as it is logged.
 struct Measured<'s> {
     loss: f64,
+    /// The MTP heads' mean loss, with `[model] mtp_depth > 0`.
+    mtp_loss: Option<f64>,
     lr: f64,
     grad_norm: f64,
     spike: Option<&'s Spike>,
@@ -202,6 +204,7 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
             let (stopping, signal) = self.stop_decision(stage_done)?;
             let measured = Measured {
                 loss: loss.mean(),
+                mtp_loss: (recipe.model.mtp_depth > 0).then(|| loss.mtp_mean()),
                 lr,
                 grad_norm,
                 spike: spike.as_ref(),
@@ -264,7 +267,7 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
         }
         let total = self.run.phase_steps[phase_index];
         if Progress::is_log_step(done, total, opts.log_every) || measured.spike.is_some() {
-            let entry = self.progress.step_metrics(
+            let mut entry = self.progress.step_metrics(
                 phase_index,
                 done,
                 measured.loss,
@@ -272,6 +275,7 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
                 measured.grad_norm,
                 measured.spike.is_some(),
             );
+            entry.mtp_loss = measured.mtp_loss;
             say(self.out, entry.progress_line());
             metrics.append(&entry)?;
             self.report.logged.push(entry);

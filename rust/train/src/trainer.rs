@@ -475,7 +475,15 @@ fn init_from_hf<O: TrainBackend>(
     model: &mut Model<O>,
     out: &mut dyn Write,
 ) -> Result<LoadedWeights, TrainError> {
-    let weights = kormo_hf::load_hf_folder(folder).map_err(|e| TrainError(e.to_string()))?;
+    let mut weights = kormo_hf::load_hf_folder(folder).map_err(|e| TrainError(e.to_string()))?;
+    // A Hugging Face folder has no multi-token-prediction heads: with `[model] mtp_depth >= 1`
+    // the trunk and next-token head come from the folder and the MTP heads keep their fresh
+    // initialisation.
+    let fresh_mtp = recipe.model.mtp_depth > 0 && weights.config.mtp_depth == 0;
+    if fresh_mtp {
+        weights.config.mtp_depth = recipe.model.mtp_depth;
+        weights.config.mtp_loss_weight = recipe.model.mtp_loss_weight;
+    }
     if weights.config != recipe.model {
         let ours = serde_json::to_value(&recipe.model).expect("config serialises");
         let theirs = serde_json::to_value(&weights.config).expect("config serialises");
@@ -504,8 +512,16 @@ fn init_from_hf<O: TrainBackend>(
     say(
         out,
         format!(
-            "init: weights of Hugging Face folder {}, fresh optimizer state",
-            folder.display()
+            "init: weights of Hugging Face folder {}, fresh optimizer state{}",
+            folder.display(),
+            if fresh_mtp {
+                format!(
+                    "; the {} multi-token-prediction head(s) start fresh (the folder has none)",
+                    recipe.model.mtp_depth
+                )
+            } else {
+                String::new()
+            }
         ),
     );
     // The masters must follow the model's tensor order, which the folder need not have.
@@ -519,10 +535,14 @@ fn init_from_hf<O: TrainBackend>(
             model
                 .param_specs()
                 .iter()
-                .map(|spec| {
-                    by_name.remove(&spec.name).ok_or_else(|| {
-                        TrainError(format!("{}: no tensor {}", folder.display(), spec.name))
-                    })
+                .map(|spec| match by_name.remove(&spec.name) {
+                    Some(values) => Ok(values),
+                    None if fresh_mtp && kormo_model::params::is_mtp_tensor(&spec.name) => {
+                        let mut values = vec![0.0; spec.numel()];
+                        model.read_param(&spec.name, &mut values)?;
+                        Ok(values)
+                    }
+                    None => Err(TrainError(format!("{}: no tensor {}", folder.display(), spec.name))),
                 })
                 .collect::<Result<_, _>>()?,
         )

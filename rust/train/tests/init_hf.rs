@@ -89,3 +89,36 @@ fn stage_starts_from_a_hugging_face_folder() {
     let err = run_error(&recipe, &opts);
     assert!(err.contains("no-such-folder"), "{err}");
 }
+
+/// With `[model] mtp_depth >= 1` a Hugging Face folder (which has no MTP heads) gives the trunk
+/// and next-token head; the MTP heads start fresh, and the run says so. The first step's
+/// next-token loss is that of the folder's model, as for the plain recipe.
+#[test]
+fn an_mtp_stage_starts_from_a_hugging_face_folder_with_fresh_heads() {
+    let recipe = small_recipe();
+    let dir = scratch("hf-mtp");
+    let mut opts = options("pretrain1", &dir);
+    opts.max_steps = Some(2);
+    run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    let weights = Weights::from_checkpoint(&dir.join("pretrain1/final"), &recipe.model).unwrap();
+    let folder = dir.join("hf-export");
+    let tokenizer = ModelTokenizer { tokenizer: byte_tokenizer(), source: TokenizerSource::ByteVocab };
+    let export = ExportOptions { dtype: ExportDtype::F32, ..ExportOptions::default() };
+    export_folder(&weights, &tokenizer, &folder, &export).unwrap();
+
+    let mut mtp = recipe.clone();
+    mtp.model.mtp_depth = 2;
+    let first_loss = |recipe: &kormo_train::recipe::Recipe, name: &str| {
+        let mut opts = options("pretrain2", &dir.join(name));
+        opts.max_steps = Some(2);
+        opts.init_hf = Some(folder.clone());
+        let mut out = Vec::new();
+        let report = run_stage(recipe, &opts, &mut out).unwrap();
+        (report.logged[0].loss.to_bits(), report.logged[0].mtp_loss, String::from_utf8(out).unwrap())
+    };
+    let (plain_loss, plain_mtp, _) = first_loss(&recipe, "plain");
+    let (mtp_loss, mtp_mtp, text) = first_loss(&mtp, "mtp");
+    assert!(text.contains("the 2 multi-token-prediction head(s) start fresh"), "{text}");
+    assert_eq!(mtp_loss, plain_loss);
+    assert!(plain_mtp.is_none() && mtp_mtp.is_some_and(f64::is_finite));
+}

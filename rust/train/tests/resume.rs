@@ -222,6 +222,53 @@ fn a_mixln_recipe_trains_and_resumes_bitwise() {
 }
 
 #[test]
+fn an_mtp_recipe_trains_reports_both_losses_and_resumes_bitwise() {
+    // `[model] mtp_depth = 2` in a recipe: two multi-token-prediction heads on the tiny shape.
+    let text = std::fs::read_to_string(common::repo().join("tests/recipes/test-small.toml")).unwrap();
+    let preset = "[model]\npreset = \"tiny\"\n";
+    assert!(text.contains(preset));
+    let dir = scratch("mtp");
+    let path = dir.join("mtp.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&path, text.replacen(preset, &format!("{preset}mtp_depth = 2\nmtp_loss_weight = 0.5\n"), 1)).unwrap();
+    let recipe = kormo_train::recipe::Recipe::load(&path).unwrap();
+    assert_eq!((recipe.model.mtp_depth, recipe.model.mtp_loss_weight), (2, 0.5));
+    assert_ne!(recipe.hash(), small_recipe().hash());
+
+    let mut opts = options("pretrain1", &dir.join("straight"));
+    opts.max_steps = Some(6);
+    let straight = run_stage(&recipe, &opts, &mut std::io::sink()).unwrap();
+    assert!(straight.logged.iter().all(|m| m.loss.is_finite() && m.mtp_loss.is_some_and(f64::is_finite)));
+    let mut plain_opts = options("pretrain1", &dir.join("plain"));
+    plain_opts.max_steps = Some(6);
+    let plain = run_stage(&small_recipe(), &plain_opts, &mut std::io::sink()).unwrap();
+    assert!(plain.logged.iter().all(|m| m.mtp_loss.is_none()));
+    // The first step's next-token loss is the same model's (the MTP tensors come last and the
+    // shared ones initialise alike); after updates the MTP gradient makes another model.
+    assert_eq!(straight.logged[0].loss.to_bits(), plain.logged[0].loss.to_bits());
+    assert_ne!(straight.logged[5].loss, plain.logged[5].loss);
+    let line = std::fs::read_to_string(dir.join("straight/pretrain1/metrics.jsonl")).unwrap();
+    assert!(line.contains("\"mtp_loss\":"), "{line}");
+    let line = std::fs::read_to_string(dir.join("plain/pretrain1/metrics.jsonl")).unwrap();
+    assert!(!line.contains("mtp"), "{line}");
+
+    let split = dir.join("split");
+    let mut opts = options("pretrain1", &split);
+    opts.max_steps = Some(6);
+    opts.stop_after = Some(3);
+    assert!(!run_stage(&recipe, &opts, &mut std::io::sink()).unwrap().completed);
+    let resumed = run_stage(&recipe, &opts.clone().with_resume(), &mut std::io::sink()).unwrap();
+    assert!(resumed.completed);
+    let losses = |dir: &std::path::Path| -> Vec<(u64, Option<u64>)> {
+        read_metrics(&dir.join("pretrain1/metrics.jsonl")).unwrap().iter().map(|m| (m.loss.to_bits(), m.mtp_loss.map(f64::to_bits))).collect()
+    };
+    assert_eq!(losses(&split), losses(&dir.join("straight")));
+    let checkpoint = tensors(&resumed.checkpoint, MODEL_FILE);
+    assert_eq!(checkpoint, tensors(&straight.checkpoint, MODEL_FILE));
+    assert_eq!(checkpoint.iter().filter(|(name, _)| name.starts_with("mtp.")).count(), 4, "the MTP heads are checkpointed");
+}
+
+#[test]
 fn a_causal_mask_recipe_trains_another_model_and_resumes_bitwise() {
     let dir = scratch("causal-mask");
     std::fs::create_dir_all(&dir).unwrap();

@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use kormo_cpu::CpuOps;
-use kormo_model::{Batch, Model, ModelConfig};
+use kormo_model::{Batch, LossSum, Model, ModelConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -211,6 +211,18 @@ pub fn check_against_naive_decoder(cfg: ModelConfig, (batch_seed, model_seed, in
 /// differences of the mean loss, for `samples` entries of every tensor drawn with `r`; every
 /// tensor must show some non-zero gradient among them.
 pub fn assert_model_gradients(model: &mut Model<CpuOps<f64>>, batch: &Batch, samples: usize, r: &mut ChaCha8Rng) {
+    assert_model_gradients_of(model, batch, samples, r, LossSum::mean);
+}
+
+/// [`assert_model_gradients`] of another objective of the evaluated loss (e.g. with MTP,
+/// `LossSum::objective(mtp_loss_weight)`).
+pub fn assert_model_gradients_of(
+    model: &mut Model<CpuOps<f64>>,
+    batch: &Batch,
+    samples: usize,
+    r: &mut ChaCha8Rng,
+    objective: impl Fn(&LossSum) -> f64,
+) {
     model.zero_grads();
     model.forward_backward(batch, (1.0 / batch.loss_weight_sum()) as f32).unwrap();
     let grads: Vec<Vec<f64>> = model.grads().to_vec();
@@ -221,9 +233,9 @@ pub fn assert_model_gradients(model: &mut Model<CpuOps<f64>>, batch: &Batch, sam
         for &j in &picks {
             let saved = model.params()[index][j];
             model.params_mut()[index][j] = saved + FD_STEP;
-            let plus = model.evaluate(batch).unwrap().mean();
+            let plus = objective(&model.evaluate(batch).unwrap());
             model.params_mut()[index][j] = saved - FD_STEP;
-            let minus = model.evaluate(batch).unwrap().mean();
+            let minus = objective(&model.evaluate(batch).unwrap());
             model.params_mut()[index][j] = saved;
             let numeric = (plus - minus) / (2.0 * FD_STEP);
             let analytic = grads[index][j];
