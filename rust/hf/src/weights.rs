@@ -102,10 +102,10 @@ impl Weights {
         Ok(())
     }
 
-    /// Reads the weights of the kormo checkpoint directory `dir`. The checkpoint records no
-    /// architecture, so `base` gives it (a preset); its vocabulary is taken from the embedding,
-    /// since recipes size it to their tokenizer. A manifest whose trainer state carries a
-    /// `model` config takes precedence.
+    /// Reads the weights of the kormo checkpoint directory `dir`, as the model config its
+    /// manifest records (`run.trainer.model`: `train` and `hf import` write it). A checkpoint
+    /// without one is read as `base` (a preset), its vocabulary taken from the embedding since
+    /// recipes size it to their tokenizer.
     pub fn from_checkpoint(dir: &Path, base: &ModelConfig) -> Result<Weights, HfError> {
         let checkpoint = Checkpoint::load(dir)?;
         let file = checkpoint.file(CHECKPOINT_MODEL_FILE)?;

@@ -81,8 +81,9 @@ fn hf_binary_reports_the_dropped_mtp_heads() {
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// A training run's checkpoint records no model config: its MTP heads are recognised by their
-/// tensors, so `hf export`, `generate` and `eval` load it with `--preset` alone.
+/// A checkpoint that records no model config (older, or written by hand): its MTP heads are
+/// recognised by their tensors, so `hf export`, `generate` and `eval` load it with `--preset`
+/// alone.
 #[test]
 fn a_checkpoint_without_a_recorded_config_gets_its_mtp_depth_from_its_tensors() {
     let config = ModelConfig { mtp_depth: 2, ..mtp_config() };

@@ -14,7 +14,8 @@ use kormo_data::{DataCursor, Loader};
 use serde::{Deserialize, Serialize};
 use std::fmt::Display;
 
-/// Trainer counters stored in every checkpoint (besides model, optimizer and data state).
+/// Trainer counters stored in every checkpoint (besides model, optimizer and data state; the
+/// manifest's `run.trainer` also records the model config, see [`MODEL_KEY`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TrainerState {
@@ -31,8 +32,17 @@ pub(crate) struct TrainerState {
     pub guard: GuardState,
 }
 
+/// Key of `run.trainer` that records the model's config (read by kormo_hf's
+/// `Weights::from_checkpoint`, so `hf export`, `generate` and `eval` build the architecture the
+/// run trained, whatever preset they are given); not a trainer counter.
+const MODEL_KEY: &str = "model";
+
 pub(crate) fn trainer_state(checkpoint: &Checkpoint) -> Result<TrainerState, TrainError> {
-    serde_json::from_value(checkpoint.manifest.run.trainer.clone()).map_err(|e| {
+    let mut trainer = checkpoint.manifest.run.trainer.clone();
+    if let Some(map) = trainer.as_object_mut() {
+        map.remove(MODEL_KEY);
+    }
+    serde_json::from_value(trainer).map_err(|e| {
         TrainError(format!(
             "{}: bad trainer state: {e}",
             checkpoint
@@ -77,8 +87,17 @@ pub(crate) fn record(
         // the data cursor; the seed reproduces the model init.
         rng_state: serde_json::json!({ "seed": state.seed, "data_rng_word_pos": cursor.rng_word_pos }),
         data_cursor: serde_json::to_value(cursor).expect("cursor serialises"),
-        trainer: serde_json::to_value(state).expect("state serialises"),
+        trainer: trainer_record(recipe, state),
     }
+}
+
+/// `run.trainer`: the counters of `state` and the model config under [`MODEL_KEY`].
+fn trainer_record(recipe: &Recipe, state: &TrainerState) -> serde_json::Value {
+    let mut value = serde_json::to_value(state).expect("state serialises");
+    if let Some(map) = value.as_object_mut() {
+        map.insert(MODEL_KEY.into(), serde_json::to_value(&recipe.model).expect("config serialises"));
+    }
+    value
 }
 
 /// What a checkpoint's run state must agree with: the stage being resumed, the lengths of its

@@ -219,6 +219,10 @@ fn a_mixln_recipe_trains_and_resumes_bitwise() {
         tensors(&resumed.checkpoint, MODEL_FILE),
         tensors(&straight.checkpoint, MODEL_FILE)
     );
+    // The checkpoint records its architecture, so tools given the plain preset read it as the
+    // Mix-LN model it is (and `hf export` refuses it, rust/hf/tests/mixln.rs).
+    let read = kormo_hf::Weights::from_checkpoint(&straight.checkpoint, &kormo_model::ModelConfig::tiny()).unwrap();
+    assert_eq!(read.config, recipe.model);
 }
 
 #[test]
