@@ -9,7 +9,7 @@ use kormo_cpu::CpuOps;
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::{bf16, CudaBuf, CudaOps};
 use kormo_model::{
-    AttentionShape, Batch, CrossEntropyShape, EmbeddingShape, MatmulShape, Model, ModelConfig, Ops, RopeShape, RowsShape,
+    AttentionShape, Batch, CrossEntropyShape, EmbeddingShape, MatmulShape, Model, ModelConfig, NormPlacement, Ops, RopeShape, RowsShape,
 };
 use kormo_optim::{AdamW, AdamWConfig, ParamInfo};
 use support::cases::{self, AttnCase};
@@ -303,7 +303,13 @@ fn rel_l2_vs(what: &str, got: &[f32], want: &[f32]) -> f64 {
 /// every parameter gradient within 5% relative L2. (bf16 activations put single ops near
 /// 0.4%; two layers of backward compound that to ~1-2%.)
 fn check_forward_backward<O: Ops>(ops: O, tie: bool) {
-    let (mut tested, mut cpu) = model_pair(ops, gpu_tiny_config(tie));
+    check_config_forward_backward(ops, gpu_tiny_config(tie), &format!("tied {tie}"));
+}
+
+/// [`check_forward_backward`] for `config` (the recipe switches: Mix-LN, MTP heads), the MTP
+/// loss held to the next-token loss's tolerance.
+fn check_config_forward_backward<O: Ops>(ops: O, config: ModelConfig, label: &str) {
+    let (mut tested, mut cpu) = model_pair(ops, config);
     let batch = packed_batch(3, cpu.config().vocab);
     let grad_scale = 1.0 / batch.loss_weight_sum() as f32;
     tested.zero_grads();
@@ -311,24 +317,52 @@ fn check_forward_backward<O: Ops>(ops: O, tie: bool) {
     let loss = tested.forward_backward(&batch, grad_scale).expect("forward_backward");
     let cpu_loss = cpu.forward_backward(&batch, grad_scale).expect("cpu forward_backward");
     let loss_err = (loss.mean() - cpu_loss.mean()).abs() / cpu_loss.mean();
-    println!("tied {tie}: loss {:.6} cpu {:.6}: relative L2 error {loss_err:.3e}", loss.mean(), cpu_loss.mean());
-    assert!(loss_err < 5e-3, "loss differs by {loss_err:.3e} (relative)");
-    assert!((loss.weight - cpu_loss.weight).abs() < 1e-6, "loss weight sums differ");
+    println!("{label}: loss {:.6} cpu {:.6}: relative L2 error {loss_err:.3e}", loss.mean(), cpu_loss.mean());
+    assert!(loss_err < 5e-3, "{label}: loss differs by {loss_err:.3e} (relative)");
+    assert!((loss.weight - cpu_loss.weight).abs() < 1e-6, "{label}: loss weight sums differ");
+    if cpu.config().mtp_depth > 0 {
+        let mtp_err = (loss.mtp_mean() - cpu_loss.mtp_mean()).abs() / cpu_loss.mtp_mean();
+        println!("{label}: mtp loss {:.6} cpu {:.6}: relative error {mtp_err:.3e}", loss.mtp_mean(), cpu_loss.mtp_mean());
+        assert!(mtp_err < 5e-3, "{label}: MTP loss differs by {mtp_err:.3e} (relative)");
+    }
     for spec in cpu.param_specs() {
         let (mut g, mut c) = (vec![0.0; spec.numel()], vec![0.0; spec.numel()]);
         tested.read_grad(&spec.name, &mut g).expect("read grad");
         cpu.read_grad(&spec.name, &mut c).expect("read grad");
         let err = rel_l2_vs(&spec.name, &g, &c);
-        println!("tied {tie}: grad {}: relative L2 error {err:.3e}", spec.name);
-        assert!(err < 5e-2, "gradient of {} differs by {err:.3e} relative L2", spec.name);
+        println!("{label}: grad {}: relative L2 error {err:.3e}", spec.name);
+        assert!(err < 5e-2, "{label}: gradient of {} differs by {err:.3e} relative L2", spec.name);
     }
 }
 
+/// The recipe switches that change the model, on the tiny GPU shape: Mix-LN (first half of the
+/// layers post-LN) and MTP heads of depth 1 and 2 (tied and untied).
+fn switch_configs() -> Vec<(String, ModelConfig)> {
+    let mut out = vec![(
+        "mixln".to_string(),
+        ModelConfig { norm: NormPlacement::MixLn, mixln_post_fraction: 0.5, ..gpu_tiny_config(false) },
+    )];
+    for (depth, tie) in [(1, false), (2, true)] {
+        out.push((format!("mtp depth {depth}, tied {tie}"), ModelConfig { mtp_depth: depth, ..gpu_tiny_config(tie) }));
+    }
+    out
+}
+
 #[test]
-fn cuda_ops_forward_backward_matches_cpu() {
-    for tie in [false, true] {
+fn cuda_ops_recipe_switches_match_cpu() {
+    for (label, config) in switch_configs() {
         let Some(ops) = cuda_ops_or_skip() else { return };
-        check_forward_backward(ops, tie);
+        CudaOps::check_config(&config).expect("config supported by the kernels");
+        check_config_forward_backward(ops, config, &label);
+    }
+}
+
+/// The switch check above on CpuOps<f64> in place of the CUDA backend: the harness itself holds
+/// for an exact backend.
+#[test]
+fn recipe_switches_harness_on_cpu_f64() {
+    for (label, config) in switch_configs() {
+        check_config_forward_backward(CpuOps::<f64>::new(), config, &label);
     }
 }
 
