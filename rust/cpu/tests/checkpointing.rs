@@ -79,6 +79,8 @@ fn checkpointed_mixln_loss_and_gradients_are_bitwise_equal() {
     check_bitwise_equal(mixln.clone());
     check_bitwise_equal(ModelConfig { tie_embeddings: true, ..mixln.clone() });
     check_bitwise_equal(ModelConfig { layers: 3, mixln_post_fraction: 1.0, ..mixln });
+    // DeepNorm: every layer post-LN with the residual scaled.
+    check_bitwise_equal(ModelConfig { layers: 3, norm: NormPlacement::DeepNorm, ..micro_config() });
 }
 
 /// Multi-token prediction: the heads read the last layer's output, which checkpointing keeps,

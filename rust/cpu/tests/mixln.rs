@@ -96,3 +96,48 @@ fn explicit_pre_norm_is_bitwise_the_default_model() {
     let mixln = run_bits(&ModelConfig { norm: NormPlacement::MixLn, ..default });
     assert_ne!(mixln.0, want.0, "Mix-LN must change the loss");
 }
+
+/// DeepNorm (`norm = "deepnorm"`): every layer post-LN with the residual scaled by
+/// `α = (2N)^(1/4)`; its gradients against central differences (untied and tied), its forward
+/// against the naive decoder (which scales the residual itself), and its initialisation: the
+/// value, output and FFN projections are the pre-LN model's draws times `β = (8N)^(-1/4)`,
+/// every other tensor the same draws.
+fn deepnorm_config() -> ModelConfig {
+    ModelConfig { layers: 3, norm: NormPlacement::DeepNorm, ..micro_config() }
+}
+
+#[test]
+fn deepnorm_gradients_match_finite_differences() {
+    let cfg = deepnorm_config();
+    assert_eq!(cfg.post_ln_layers(), 3);
+    assert!((cfg.residual_scale() - 6f32.powf(0.25)).abs() < 1e-6);
+    check_model_gradients(cfg.clone(), 6);
+    check_model_gradients(ModelConfig { tie_embeddings: true, ..cfg }, 4);
+}
+
+#[test]
+fn deepnorm_forward_matches_naive_reference_decoder() {
+    check_against_naive_decoder(deepnorm_config(), (44, 45, 46));
+}
+
+#[test]
+fn deepnorm_initialisation_scales_value_output_and_ffn_projections() {
+    let cfg = deepnorm_config();
+    let deep = Model::new(cfg.clone(), CpuOps::<f32>::with_threads(1), 9).unwrap();
+    let pre = Model::new(ModelConfig { norm: NormPlacement::Pre, ..cfg.clone() }, CpuOps::<f32>::with_threads(1), 9).unwrap();
+    let beta = (8.0 * cfg.layers as f64).powf(-0.25);
+    let scaled = ["self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+    let mut seen = 0;
+    for ((spec, d), p) in deep.param_specs().iter().zip(deep.params()).zip(pre.params()) {
+        let gain = if scaled.iter().any(|s| spec.name.contains(s)) { beta } else { 1.0 };
+        seen += usize::from(gain != 1.0);
+        for (a, b) in d.iter().zip(p) {
+            assert_eq!(*a, (*b as f64 * gain) as f32, "{}", spec.name);
+        }
+    }
+    assert_eq!(seen, 5 * cfg.layers);
+    // A mixln fraction with deepnorm is a mistake, said with the setting.
+    let bad = ModelConfig { mixln_post_fraction: 0.5, ..cfg };
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("mixln_post_fraction") && e.contains("deepnorm"), "{e}");
+}

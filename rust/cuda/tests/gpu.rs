@@ -336,12 +336,12 @@ fn check_config_forward_backward<O: Ops>(ops: O, config: ModelConfig, label: &st
 }
 
 /// The recipe switches that change the model, on the tiny GPU shape: Mix-LN (first half of the
-/// layers post-LN) and MTP heads of depth 1 and 2 (tied and untied).
+/// layers post-LN), DeepNorm and MTP heads of depth 1 and 2 (tied and untied).
 fn switch_configs() -> Vec<(String, ModelConfig)> {
-    let mut out = vec![(
-        "mixln".to_string(),
-        ModelConfig { norm: NormPlacement::MixLn, mixln_post_fraction: 0.5, ..gpu_tiny_config(false) },
-    )];
+    let mut out = vec![
+        ("mixln".to_string(), ModelConfig { norm: NormPlacement::MixLn, mixln_post_fraction: 0.5, ..gpu_tiny_config(false) }),
+        ("deepnorm".to_string(), ModelConfig { norm: NormPlacement::DeepNorm, ..gpu_tiny_config(false) }),
+    ];
     for (depth, tie) in [(1, false), (2, true)] {
         out.push((format!("mtp depth {depth}, tied {tie}"), ModelConfig { mtp_depth: depth, ..gpu_tiny_config(tie) }));
     }

@@ -110,8 +110,10 @@ impl Decoder {
         };
         for (layer, cache) in self.cache.iter_mut().enumerate() {
             let w = |slot| &p[params::layer_index(layer, slot)];
-            // Pre-LN: x + Attn(Norm(x)); the post-LN layers of MixLN: Norm(x + Attn(x)).
+            // Pre-LN: x + Attn(Norm(x)); post-LN layers (MixLN's first, every DeepNorm layer):
+            // Norm(α x + Attn(x)), α = cfg.residual_scale().
             let post_ln = layer < cfg.post_ln_layers();
+            let alpha = if post_ln { cfg.residual_scale() } else { 1.0 };
             if !post_ln {
                 ops.rmsnorm_fwd(&x, w(LayerSlot::AttnNorm), &mut normed, &mut inv_rms, rows, cfg.rms_eps);
             }
@@ -124,6 +126,9 @@ impl Decoder {
             cache.keys.extend_from_slice(&k);
             cache.values.extend_from_slice(&v);
             cached_attention(ops.threads(), cfg, &q, cache, self.len, &mut attn);
+            if alpha != 1.0 {
+                ops.scale(&mut x, alpha);
+            }
             ops.matmul(&attn, w(LayerSlot::O), &mut x, add(MatmulShape::linear_fwd(t, q_dim, h)));
             if post_ln {
                 let sum = x.clone();
@@ -135,6 +140,9 @@ impl Decoder {
             ops.matmul(input, w(LayerSlot::Gate), &mut gate, MatmulShape::linear_fwd(t, h, f));
             ops.matmul(input, w(LayerSlot::Up), &mut up, MatmulShape::linear_fwd(t, h, f));
             ops.swiglu_fwd(&gate, &up, &mut act, t * f);
+            if alpha != 1.0 {
+                ops.scale(&mut x, alpha);
+            }
             ops.matmul(&act, w(LayerSlot::Down), &mut x, add(MatmulShape::linear_fwd(t, f, h)));
             if post_ln {
                 let sum = x.clone();

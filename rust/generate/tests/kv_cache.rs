@@ -170,30 +170,36 @@ fn generate_binary_streams_text_and_rejects_bad_input() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The decoder's post-LN path against the training model's full forward: Mix-LN with two
+/// layers, the first post-LN, and DeepNorm (both post-LN, the residual scaled); each must also
+/// change the logits against the same weights read as pre-LN.
 #[test]
-fn cached_decoding_of_a_mixln_model_matches_its_full_forward_pass() {
-    // Two layers, the first post-LN: the decoder's post-LN path against the training model's.
-    let mut weights = random_weights(5);
-    weights.config.norm = kormo_model::NormPlacement::MixLn;
-    weights.config.mixln_post_fraction = 0.5;
-    assert_eq!(weights.config.post_ln_layers(), 1);
-    let vocab = weights.config.vocab;
-    let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let tokens: Vec<u32> = (0..24).map(|_| rng.random_range(0..vocab as u32)).collect();
-    let reference = full_forward(&weights, &tokens);
-    let pre_ln = {
-        let mut plain = weights.clone();
-        plain.config.norm = kormo_model::NormPlacement::Pre;
-        plain.config.mixln_post_fraction = kormo_model::DEFAULT_MIXLN_POST_FRACTION;
-        full_forward(&plain, &tokens)
-    };
-    let differs = reference.iter().zip(&pre_ln).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(differs > 1e-2, "MixLN must change the logits: {differs}");
-    let mut decoder = Decoder::new(&weights, 2);
-    let mut cached = decoder.extend_all(&tokens[..9]);
-    for &t in &tokens[9..] {
-        cached.extend(decoder.extend(&[t]));
+fn cached_decoding_of_post_ln_models_matches_their_full_forward_pass() {
+    for norm in [kormo_model::NormPlacement::MixLn, kormo_model::NormPlacement::DeepNorm] {
+        let mut weights = random_weights(5);
+        weights.config.norm = norm;
+        if norm == kormo_model::NormPlacement::MixLn {
+            weights.config.mixln_post_fraction = 0.5;
+        }
+        assert_eq!(weights.config.post_ln_layers(), if norm == kormo_model::NormPlacement::MixLn { 1 } else { 2 });
+        let vocab = weights.config.vocab;
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let tokens: Vec<u32> = (0..24).map(|_| rng.random_range(0..vocab as u32)).collect();
+        let reference = full_forward(&weights, &tokens);
+        let pre_ln = {
+            let mut plain = weights.clone();
+            plain.config.norm = kormo_model::NormPlacement::Pre;
+            plain.config.mixln_post_fraction = kormo_model::DEFAULT_MIXLN_POST_FRACTION;
+            full_forward(&plain, &tokens)
+        };
+        let differs = reference.iter().zip(&pre_ln).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(differs > 1e-2, "{norm:?} must change the logits: {differs}");
+        let mut decoder = Decoder::new(&weights, 2);
+        let mut cached = decoder.extend_all(&tokens[..9]);
+        for &t in &tokens[9..] {
+            cached.extend(decoder.extend(&[t]));
+        }
+        let worst = cached.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "cached {norm:?} logits differ from the full forward by {worst}");
     }
-    let worst = cached.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(worst < 1e-4, "cached MixLN logits differ from the full forward by {worst}");
 }

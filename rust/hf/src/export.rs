@@ -186,6 +186,17 @@ pub fn check_exportable(cfg: &kormo_model::ModelConfig, flavor: Flavor, out: &Pa
                 flavor.architecture()
             ),
         )),
+        NormPlacement::DeepNorm => Err(HfError::new(
+            out,
+            format!(
+                "cannot export a model with norm = \"deepnorm\" (post-LN in all {} layers, residual x {}): {} is \
+                 pre-LN only, so transformers would load these weights as a different network; only norm = \"pre\" \
+                 models export",
+                cfg.layers,
+                cfg.residual_scale(),
+                flavor.architecture()
+            ),
+        )),
     }
 }
 

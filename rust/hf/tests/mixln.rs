@@ -22,6 +22,21 @@ fn mixln_config() -> ModelConfig {
 }
 
 #[test]
+fn deepnorm_export_is_refused_naming_the_setting() {
+    let config = ModelConfig { norm: NormPlacement::DeepNorm, mixln_post_fraction: DEFAULT_MIXLN_POST_FRACTION, ..mixln_config() };
+    let weights = random_weights(&config, 1);
+    let dir = scratch("deepnorm-export");
+    let out = dir.join("out");
+    let options = ExportOptions { flavor: Flavor::Llama, dtype: ExportDtype::F32, ..ExportOptions::default() };
+    let err = export_folder(&weights, &byte_vocab(), &out, &options).unwrap_err();
+    for needle in ["norm = \"deepnorm\"", "all 4 layers", Flavor::Llama.architecture(), "norm = \"pre\""] {
+        assert!(err.message.contains(needle), "{needle}: {err}");
+    }
+    assert!(!out.exists(), "nothing is written");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn mixln_export_is_refused_naming_the_setting_for_both_flavours() {
     let weights = random_weights(&mixln_config(), 1);
     for flavor in [Flavor::Kormo, Flavor::Llama] {

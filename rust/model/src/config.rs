@@ -70,6 +70,11 @@ fn is_zero(x: &usize) -> bool {
 ///   norm before the LM head stays. `Norm_a` is the layer's `pre_attention_layernorm` tensor and
 ///   `Norm_f` its `pre_mlp_layernorm` (in a post-LN layer they sit after the residual additions
 ///   of attention and FFN; the names and the parameter layout do not change).
+/// * `"deepnorm"` (DeepNet, Wang et al. 2022, "DeepNet: Scaling Transformers to 1,000
+///   Layers"): every layer post-LN with the residual up-weighted, `x = Norm_a(α x + Attn(x))`,
+///   `x = Norm_f(α x + FFN(x))`, `α = (2N)^(1/4)` for N layers (the decoder-only setting), and
+///   the value, output and FFN projections initialised with gain `β = (8N)^(-1/4)`
+///   ([`ModelConfig::residual_scale`], [`ModelConfig::init_gain`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum NormPlacement {
     #[default]
@@ -77,14 +82,17 @@ pub enum NormPlacement {
     Pre,
     #[serde(rename = "mixln")]
     MixLn,
+    #[serde(rename = "deepnorm")]
+    DeepNorm,
 }
 
 impl NormPlacement {
-    /// The spelling recipes and configs use: `pre` or `mixln`.
+    /// The spelling recipes and configs use: `pre`, `mixln` or `deepnorm`.
     pub fn name(self) -> &'static str {
         match self {
             NormPlacement::Pre => "pre",
             NormPlacement::MixLn => "mixln",
+            NormPlacement::DeepNorm => "deepnorm",
         }
     }
 
@@ -121,7 +129,7 @@ pub struct ModelConfig {
     /// Share the embedding matrix with the LM head (KORMo: false).
     #[serde(default)]
     pub tie_embeddings: bool,
-    /// Norm placement: `pre` (default, KORMo) or `mixln` (see [`NormPlacement`]). Not written
+    /// Norm placement: `pre` (default, KORMo), `mixln` or `deepnorm` (see [`NormPlacement`]). Not written
     /// when `pre`, so pre-LN configs serialise exactly as before the setting existed.
     #[serde(default, skip_serializing_if = "NormPlacement::is_pre")]
     pub norm: NormPlacement,
@@ -244,6 +252,7 @@ impl ModelConfig {
     pub fn post_ln_layers(&self) -> usize {
         match self.norm {
             NormPlacement::Pre => 0,
+            NormPlacement::DeepNorm => self.layers,
             NormPlacement::MixLn => {
                 let product = decimal(self.mixln_post_fraction) * self.layers as f64;
                 ((product + 1e-9).floor().max(0.0) as usize).min(self.layers)
@@ -254,6 +263,32 @@ impl ModelConfig {
     /// Whether layer `l` (from 0) is post-LN.
     pub fn is_post_ln_layer(&self, l: usize) -> bool {
         l < self.post_ln_layers()
+    }
+
+    /// The weight α of the residual in a post-LN layer, `Norm(α x + f(x))`: DeepNorm's
+    /// `(2 * layers)^(1/4)`, else 1.
+    pub fn residual_scale(&self) -> f32 {
+        match self.norm {
+            NormPlacement::DeepNorm => (2.0 * self.layers as f64).powf(0.25) as f32,
+            _ => 1.0,
+        }
+    }
+
+    /// The factor on the normal initialisation of tensor `index` of [`crate::params::layout`]:
+    /// DeepNorm's `β = (8 * layers)^(-1/4)` on each layer's value, output, gate, up and down
+    /// projections, else 1.
+    pub fn init_gain(&self, index: usize) -> f64 {
+        use crate::params::{layer_index, LayerSlot};
+        if self.norm != NormPlacement::DeepNorm {
+            return 1.0;
+        }
+        let scaled = [LayerSlot::V, LayerSlot::O, LayerSlot::Gate, LayerSlot::Up, LayerSlot::Down];
+        let hit = (0..self.layers).any(|l| scaled.iter().any(|&slot| layer_index(l, slot) == index));
+        if hit {
+            (8.0 * self.layers as f64).powf(-0.25)
+        } else {
+            1.0
+        }
     }
 
     /// Width of all query heads together (`heads * head_dim`).
@@ -319,10 +354,13 @@ impl ModelConfig {
         }
         let fraction = self.mixln_post_fraction;
         match self.norm {
-            NormPlacement::Pre if fraction != DEFAULT_MIXLN_POST_FRACTION => {
+            NormPlacement::Pre | NormPlacement::DeepNorm if fraction != DEFAULT_MIXLN_POST_FRACTION => {
                 return Err(ModelError::Config {
                     key: "mixln_post_fraction",
-                    message: format!("{fraction} is set but applies only with norm = \"mixln\" (norm is \"pre\")"),
+                    message: format!(
+                        "{fraction} is set but applies only with norm = \"mixln\" (norm is \"{}\")",
+                        self.norm.name()
+                    ),
                 });
             }
             NormPlacement::MixLn => {
@@ -342,7 +380,7 @@ impl ModelConfig {
                     });
                 }
             }
-            NormPlacement::Pre => {}
+            NormPlacement::Pre | NormPlacement::DeepNorm => {}
         }
         self.validate_mtp()
     }

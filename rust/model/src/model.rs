@@ -320,6 +320,10 @@ impl<O: Ops> Model<O> {
         for (index, spec) in specs.iter().enumerate() {
             host.resize(spec.numel(), 0.0);
             params::init_tensor(spec, index, seed, &mut host);
+            let gain = config.init_gain(index);
+            if gain != 1.0 {
+                host.iter_mut().for_each(|x| *x = (*x as f64 * gain) as f32);
+            }
             params.push(ops.upload(&host));
             grads.push(ops.zeros(spec.numel()));
         }
@@ -847,10 +851,14 @@ fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &
     let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
     let idx = |slot| params::layer_index(l, slot);
     let (x_in, a) = (&ws.residual[l], &ws.layers[set]);
-    // FFN: output = Norm_f(s'), s' = x_mid + ffn(x_mid); d_normed = d(s').
+    // FFN: output = Norm_f(s'), s' = α x_mid + ffn(x_mid); d_normed = d(s').
+    let alpha = cfg.residual_scale();
     ops.fill(&mut ws.d_normed, 0.0);
     ops.rmsnorm_bwd(&a.normed_mlp, &p[idx(LayerSlot::MlpNorm)], &a.inv_rms_mlp, &ws.d_resid, &mut ws.d_normed, &mut g[idx(LayerSlot::MlpNorm)], rows);
     ops.copy(&ws.d_normed, &mut ws.d_resid);
+    if alpha != 1.0 {
+        ops.scale(&mut ws.d_resid, alpha);
+    }
     ops.matmul(&ws.d_normed, &p[idx(LayerSlot::Down)], &mut ws.d_ffn, MatmulShape::linear_bwd_input(t, f, h, false));
     ops.matmul(&ws.d_normed, &a.swiglu, &mut g[idx(LayerSlot::Down)], MatmulShape::linear_bwd_weight(t, f, h));
     ops.swiglu_bwd(&a.gate, &a.up, &ws.d_ffn, &mut ws.d_gate, &mut ws.d_up, t * f);
@@ -859,10 +867,13 @@ fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &
     ops.matmul(&ws.d_gate, &a.x_mid, &mut g[idx(LayerSlot::Gate)], MatmulShape::linear_bwd_weight(t, h, f));
     ops.matmul(&ws.d_up, &a.x_mid, &mut g[idx(LayerSlot::Up)], MatmulShape::linear_bwd_weight(t, h, f));
 
-    // Attention: d_resid is d(x_mid), x_mid = Norm_a(s), s = x_in + attn(x_in); d_normed = d(s).
+    // Attention: d_resid is d(x_mid), x_mid = Norm_a(s), s = α x_in + attn(x_in); d_normed = d(s).
     ops.fill(&mut ws.d_normed, 0.0);
     ops.rmsnorm_bwd(&a.normed_attn, &p[idx(LayerSlot::AttnNorm)], &a.inv_rms_attn, &ws.d_resid, &mut ws.d_normed, &mut g[idx(LayerSlot::AttnNorm)], rows);
     ops.copy(&ws.d_normed, &mut ws.d_resid);
+    if alpha != 1.0 {
+        ops.scale(&mut ws.d_resid, alpha);
+    }
     ops.matmul(&ws.d_normed, &p[idx(LayerSlot::O)], &mut ws.d_attn, MatmulShape::linear_bwd_input(t, q_dim, h, false));
     ops.matmul(&ws.d_normed, &a.attn_out, &mut g[idx(LayerSlot::O)], MatmulShape::linear_bwd_weight(t, q_dim, h));
     ops.attention_bwd(&a.q, &a.k, &a.v, &ws.doc_ids, &a.attn_out, &a.lse, &ws.d_attn, &mut ws.d_q, &mut ws.d_k, &mut ws.d_v, attn);
@@ -921,16 +932,24 @@ fn layer_forward<O: Ops>(
     ops.rope_fwd(&mut a.k, run.positions, rope_shape(t, cfg.kv_heads, cfg), cfg.rope_theta);
     ops.attention_fwd(&a.q, &a.k, &a.v, run.doc_ids, &mut a.attn_out, &mut a.lse, attn);
     if post_ln {
-        // Post-LN (Mix-LN's first layers): s = x + Attn(x), x_mid = Norm_a(s);
-        // s' = x_mid + FFN(x_mid), x_next = Norm_f(s'). `normed_attn` holds s, `normed_mlp` s'.
+        // Post-LN (Mix-LN's first layers, every DeepNorm layer): s = α x + Attn(x),
+        // x_mid = Norm_a(s); s' = α x_mid + FFN(x_mid), x_next = Norm_f(s'). `normed_attn` holds
+        // s, `normed_mlp` s'; α = cfg.residual_scale() (1 but for DeepNorm).
         let x_next = x_next.expect("a post-LN layer's forward always writes its output");
+        let alpha = cfg.residual_scale();
         ops.copy(x_in, &mut a.normed_attn);
+        if alpha != 1.0 {
+            ops.scale(&mut a.normed_attn, alpha);
+        }
         ops.matmul(&a.attn_out, w(LayerSlot::O), &mut a.normed_attn, accumulate(MatmulShape::linear_fwd(t, q_dim, h)));
         ops.rmsnorm_fwd(&a.normed_attn, w(LayerSlot::AttnNorm), &mut a.x_mid, &mut a.inv_rms_attn, rows, cfg.rms_eps);
         ops.matmul(&a.x_mid, w(LayerSlot::Gate), &mut a.gate, MatmulShape::linear_fwd(t, h, f));
         ops.matmul(&a.x_mid, w(LayerSlot::Up), &mut a.up, MatmulShape::linear_fwd(t, h, f));
         ops.swiglu_fwd(&a.gate, &a.up, &mut a.swiglu, t * f);
         ops.copy(&a.x_mid, &mut a.normed_mlp);
+        if alpha != 1.0 {
+            ops.scale(&mut a.normed_mlp, alpha);
+        }
         ops.matmul(&a.swiglu, w(LayerSlot::Down), &mut a.normed_mlp, accumulate(MatmulShape::linear_fwd(t, f, h)));
         ops.rmsnorm_fwd(&a.normed_mlp, w(LayerSlot::MlpNorm), x_next, &mut a.inv_rms_mlp, rows, cfg.rms_eps);
         return;

@@ -189,8 +189,10 @@ pub fn check_against_naive_decoder(cfg: ModelConfig, (batch_seed, model_seed, in
             };
             let (norm_a, norm_f) = (p("pre_attention_layernorm.weight"), p("pre_mlp_layernorm.weight"));
             if l < cfg.post_ln_layers() {
-                x = rmsnorm(&add(&x, &attention(&x)), &norm_a);
-                x = rmsnorm(&add(&x, &ffn(&x)), &norm_f);
+                let alpha = cfg.residual_scale() as f64;
+                let scaled = |x: &Rows| -> Rows { x.iter().map(|r| r.iter().map(|v| alpha * v).collect()).collect() };
+                x = rmsnorm(&add(&scaled(&x), &attention(&x)), &norm_a);
+                x = rmsnorm(&add(&scaled(&x), &ffn(&x)), &norm_f);
             } else {
                 x = add(&x, &attention(&rmsnorm(&x, &norm_a)));
                 x = add(&x, &ffn(&rmsnorm(&x, &norm_f)));
