@@ -1,5 +1,5 @@
 //! The LM head and its cross-entropy, chunked over tokens so that the `[tokens, vocab]` logits
-//! are never materialised (issue 12).
+//! are never materialised (a row gather and scatter around one chunk-sized GEMM and cross-entropy).
 //!
 //! With `T` tokens and a chunk of `C < T` tokens ([`crate::Model::set_head_chunk_tokens`]), the
 //! head runs `ceil(T / C)` chunks one after the other, each through the same existing ops:
@@ -10,8 +10,11 @@
 //! loss_c   = cross_entropy(z_c)                   z_c becomes d(z_c), scaled by grad_scale * w
 //! d(x_c)   = d(z_c) W                             matmul
 //! dW      += d(z_c)^T x_c                         matmul (weight gradients always accumulate)
-//! d(x)[rows_c] += d(x_c)                          embedding_bwd onto a zeroed d(x)
+//! d(x)[rows_c] += d(x_c)                          embedding_bwd onto a zeroed [T, hidden]
 //! ```
+//!
+//! (gathered in a buffer of the head's own, then copied into the caller's `d(x)`: see
+//! `HeadChunks::dx_all`).
 //!
 //! The last chunk is padded to `C` rows with copies of its first row, loss weight 0: their
 //! loss and logit gradient are exactly zero, so they add exact zeros to `dW` and `d(x)`. Per
@@ -46,6 +49,11 @@ pub(crate) struct HeadChunks<O: Ops> {
     x: O::Buf,
     logits: O::Buf,
     dx: O::Buf,
+    /// `[tokens, hidden]`: the chunks' input gradients scattered together, then copied into
+    /// the caller's `d(x)`. A buffer of its own because a backend may keep a scatter-add target
+    /// in another precision than the layers' gradients (CudaOps: f32), and switching the
+    /// caller's buffer back and forth would reallocate it every step.
+    dx_all: O::Buf,
     losses: O::Buf,
 }
 
@@ -65,6 +73,7 @@ impl<O: Ops> HeadChunks<O> {
             x: ops.zeros(chunk * cfg.hidden),
             logits: ops.zeros(chunk * cfg.vocab),
             dx: ops.zeros(chunk * cfg.hidden),
+            dx_all: ops.zeros(tokens * cfg.hidden),
             losses: ops.zeros(chunk),
         }
     }
@@ -143,8 +152,8 @@ pub(crate) fn chunked_head<O: Ops>(
 ) -> f64 {
     let (h, vocab, c) = (cfg.hidden, cfg.vocab, ch.chunk);
     let gather = EmbeddingShape { tokens: c, vocab: ch.tokens, dim: h };
-    if let Some(b) = backward.as_mut() {
-        ops.fill(b.dx, 0.0);
+    if backward.is_some() {
+        ops.fill(&mut ch.dx_all, 0.0);
     }
     let grad_scale = backward.as_ref().map_or(0.0, |b| b.grad_scale);
     let mut loss = 0.0;
@@ -157,7 +166,10 @@ pub(crate) fn chunked_head<O: Ops>(
         let Some(b) = backward.as_mut() else { continue };
         ops.matmul(&ch.logits, w, &mut ch.dx, MatmulShape::linear_bwd_input(c, h, vocab, false));
         ops.matmul(&ch.logits, &ch.x, b.dw, MatmulShape::linear_bwd_weight(c, h, vocab));
-        ops.embedding_bwd(&ch.dx, rows, b.dx, gather);
+        ops.embedding_bwd(&ch.dx, rows, &mut ch.dx_all, gather);
+    }
+    if let Some(b) = backward {
+        ops.copy(&ch.dx_all, b.dx);
     }
     loss
 }

@@ -206,8 +206,9 @@ impl<O: Ops> Workspace<O> {
 ///
 /// With a chunked LM head ([`Model::set_head_chunk_tokens`], `C` tokens per chunk, used when
 /// `T > C`; `N = ceil(T / C) * C` the tokens rounded up to whole chunks) the `T * V` logits
-/// term becomes `C * (V + 2h + 1) + 1` (one chunk's logits, gathered rows, their gradient and
-/// losses, and a one-float placeholder for the unused whole-batch logits), plus `N` floats (the
+/// term becomes `C * (V + 2h + 1) + 1 + T * h` (one chunk's logits, gathered rows, their
+/// gradient and losses, a one-float placeholder for the unused whole-batch logits, and the
+/// chunks' input gradients gathered into one `[T, h]` buffer), plus `N` floats (the
 /// chunked loss weights) and `2N` ids (the chunks' row ids and targets); MTP adds `k * N` floats
 /// and `k * N` ids more (each depth's chunked weights and targets). The head thus frees about
 /// `(T - C) * V` floats.
@@ -229,14 +230,14 @@ impl<O: Ops> Workspace<O> {
 /// ```
 ///
 /// At 4 x 4096 tokens the default 4096-token head chunk keeps 4096 instead of 16,384 rows of
-/// logits, 5.7 GiB less in f32:
+/// logits, 5.6 GiB less in f32:
 ///
 /// ```
 /// use kormo_model::{ActivationMemory, ModelConfig};
 /// let cfg = ModelConfig::proxy_1b();
 /// let whole = ActivationMemory::with_head_chunk(&cfg, 16384, true, 16384).bytes(4);
 /// let chunked = ActivationMemory::new(&cfg, 16384, true).bytes(4);
-/// assert_eq!(whole - chunked, 6_102_499_324); // 5.7 GiB: (16384 - 4096) * V floats less the chunk's buffers
+/// assert_eq!(whole - chunked, 6_001_836_028); // 5.6 GiB: (16384 - 4096) * V floats less the chunk's buffers
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActivationMemory {
@@ -265,7 +266,7 @@ impl ActivationMemory {
         // The logits and, when chunked, the chunked head's buffers (see the type docs).
         let (head_floats, head_ids) = if t > c {
             let padded = t.div_ceil(c) * c;
-            (c * (v + 2 * h + 1) + 1 + padded * (1 + k), padded * (2 + k))
+            (c * (v + 2 * h + 1) + 1 + t * h + padded * (1 + k), padded * (2 + k))
         } else {
             (t * v, 0)
         };
