@@ -301,3 +301,24 @@ fn check_activation_memory(cfg: ModelConfig) {
     let layer_set = (tokens * (3 * h + 2 * q + 2 * kv + 3 * f + cfg.heads + 2)) as u64;
     assert_eq!(measured[0] - measured[1], (cfg.layers as u64 - 1) * layer_set);
 }
+
+/// A chunked LM head (chunks that do not divide the batch's tokens, MTP on) allocates what
+/// the estimate with that chunk says, and nothing more in steady state.
+#[test]
+fn chunked_head_activation_memory_matches_the_allocated_workspace() {
+    let cfg = ModelConfig { layers: 2, mtp_depth: 1, ..micro_config() };
+    let batch = packed_batch(&[&[3, 4, 2], &[9]], cfg.vocab as u32, false, 221);
+    let tokens = batch.num_tokens();
+    for chunk in [1, 4, tokens - 1] {
+        let mut model = Model::new(cfg.clone(), CountingOps::default(), 15).unwrap();
+        model.set_head_chunk_tokens(chunk);
+        model.ops().take_counts();
+        model.forward_backward(&batch, 0.1).unwrap();
+        let workspace = model.ops().take_counts();
+        assert_eq!(workspace, model.activation_memory(tokens), "chunk {chunk}");
+        assert_eq!(workspace, ActivationMemory::with_head_chunk(&cfg, tokens, false, chunk));
+        model.forward_backward(&batch, 0.1).unwrap();
+        model.evaluate(&batch).unwrap();
+        assert_eq!(model.ops().take_counts(), ActivationMemory { floats: 0, ids: 0 }, "steady state allocates");
+    }
+}

@@ -214,7 +214,7 @@ fn gradients_do_not_depend_on_thread_count() {
 /// moved out as soon as its backward is done. Loss and gradients must equal a plain run.
 #[test]
 fn unit_hooks_see_each_unit_when_it_is_used() {
-    check_unit_hooks(false);
+    check_unit_hooks(false, kormo_model::DEFAULT_HEAD_CHUNK_TOKENS);
 }
 
 /// As above with activation checkpointing: the recomputation of a layer's forward must happen
@@ -222,10 +222,18 @@ fn unit_hooks_see_each_unit_when_it_is_used() {
 /// are the same, and loss and gradients equal the plain run without checkpointing bit for bit.
 #[test]
 fn unit_hooks_see_each_unit_when_it_is_used_with_activation_checkpointing() {
-    check_unit_hooks(true);
+    check_unit_hooks(true, kormo_model::DEFAULT_HEAD_CHUNK_TOKENS);
 }
 
-fn check_unit_hooks(checkpointing: bool) {
+/// As above with a head chunked into 3-token pieces: the chunked head reads the head weight
+/// only inside the Head unit's windows (training runs it in the backward), and loss and
+/// gradients equal a plain run with the same chunking bit for bit.
+#[test]
+fn unit_hooks_see_each_unit_when_it_is_used_with_a_chunked_head() {
+    check_unit_hooks(false, 3);
+}
+
+fn check_unit_hooks(checkpointing: bool, head_chunk: usize) {
     use kormo_model::params::{unit_tensors, units};
     use kormo_model::{Ops, Unit, UnitHooks};
 
@@ -273,10 +281,12 @@ fn check_unit_hooks(checkpointing: bool) {
     let cfg = ModelConfig { layers: 3, ..micro_config() };
     let batch = packed_batch(&[&[3, 4], &[7]], cfg.vocab as u32, false, 91);
     let mut plain = Model::new(cfg.clone(), CpuOps::<f32>::new(), 10).unwrap();
+    plain.set_head_chunk_tokens(head_chunk);
     let want_loss = plain.forward_backward(&batch, 0.1).unwrap();
 
     let mut model = Model::new(cfg.clone(), CpuOps::<f32>::new(), 10).unwrap();
     model.set_activation_checkpointing(checkpointing);
+    model.set_head_chunk_tokens(head_chunk);
     let stored = model.params().to_vec();
     let mut hooks = Sharded { cfg: cfg.clone(), moved_grads: stored.iter().map(|p| vec![0.0; p.len()]).collect(), stored, calls: Vec::new() };
     for p in model.params_mut() {

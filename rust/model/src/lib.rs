@@ -30,6 +30,7 @@ pub mod bf16;
 mod batch;
 mod config;
 mod error;
+pub mod head;
 mod model;
 pub mod mtp;
 pub mod ops;
@@ -39,6 +40,7 @@ pub mod profile;
 pub use batch::{Batch, LossSum};
 pub use config::{decimal, ModelConfig, NormPlacement, DEFAULT_MIXLN_POST_FRACTION, DEFAULT_MTP_LOSS_WEIGHT, MAX_MTP_DEPTH};
 pub use error::ModelError;
+pub use head::DEFAULT_HEAD_CHUNK_TOKENS;
 pub use model::{ActivationMemory, MemoryPlan, Model, UnitHooks};
 pub use ops::{
     AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape,

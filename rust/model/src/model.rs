@@ -36,7 +36,8 @@ use crate::batch::{Batch, LossSum};
 use crate::config::ModelConfig;
 use crate::error::ModelError;
 use crate::ops::{AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape};
-use crate::mtp::{self, MtpBackward, MtpWorkspace};
+use crate::head::{self, ChunkTargets, HeadBackward, HeadChunks, DEFAULT_HEAD_CHUNK_TOKENS};
+use crate::mtp::{self, HeadScratch, MtpBackward, MtpWorkspace};
 use crate::params::{self, LayerSlot, ParamSpec, Unit};
 
 /// What one layer's backward needs from its forward, besides the layer's input (which lives in
@@ -87,9 +88,16 @@ struct Workspace<O: Ops> {
     inv_rms_final: O::Buf,
     normed_final: O::Buf,
     /// Logits, overwritten by their gradient in `forward_backward`; a one-element placeholder
-    /// when the workspace was made for [`Model::log_probs`] alone (`has_logits` false).
+    /// when the workspace was made for [`Model::log_probs`] alone (`has_logits` false) or when
+    /// the head is chunked (`head` set).
     logits: O::Buf,
     has_logits: bool,
+    /// The chunked head's buffers and the per-chunk targets and weights, when the head is
+    /// chunked: logits kept and more tokens than [`Model::set_head_chunk_tokens`].
+    head: Option<(HeadChunks<O>, ChunkTargets<O>)>,
+    /// The chunked head's loss sum of the current pass, or its logits for [`Model::forward`].
+    head_loss: f64,
+    head_logits: Vec<f32>,
     losses: O::Buf,
     d_resid: O::Buf,
     d_normed: O::Buf,
@@ -105,8 +113,9 @@ struct Workspace<O: Ops> {
 }
 
 impl<O: Ops> Workspace<O> {
-    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize, checkpointing: bool, has_logits: bool) -> Self {
+    fn new(ops: &O, cfg: &ModelConfig, batch_size: usize, seq_len: usize, checkpointing: bool, has_logits: bool, head_chunk: usize) -> Self {
         let t = batch_size * seq_len;
+        let chunked = (has_logits && t > head_chunk).then_some(head_chunk);
         let (h, q, kv, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let activation_sets = if checkpointing { 1 } else { cfg.layers };
         let layers = (0..activation_sets)
@@ -141,8 +150,11 @@ impl<O: Ops> Workspace<O> {
             checkpointing,
             inv_rms_final: ops.zeros(t),
             normed_final: ops.zeros(t * h),
-            logits: ops.zeros(if has_logits { t * cfg.vocab } else { 1 }),
+            logits: ops.zeros(if has_logits && chunked.is_none() { t * cfg.vocab } else { 1 }),
             has_logits,
+            head: chunked.map(|c| (HeadChunks::new(ops, cfg, t, c), ChunkTargets::new(ops, t, c))),
+            head_loss: 0.0,
+            head_logits: Vec::new(),
             losses: ops.zeros(t),
             d_resid: ops.zeros(t * h),
             d_normed: ops.zeros(t * h),
@@ -153,7 +165,7 @@ impl<O: Ops> Workspace<O> {
             d_q: ops.zeros(t * q),
             d_k: ops.zeros(t * kv),
             d_v: ops.zeros(t * kv),
-            mtp: (cfg.mtp_depth > 0 && has_logits).then(|| MtpWorkspace::new(ops, cfg, t)),
+            mtp: (cfg.mtp_depth > 0 && has_logits).then(|| MtpWorkspace::new(ops, cfg, t, chunked)),
         }
     }
 
@@ -192,6 +204,15 @@ impl<O: Ops> Workspace<O> {
 /// projection output, its norm and gradient, inverse RMS, losses, and one weight vector per
 /// depth) and `k * T` ids (targets per depth); the heads reuse the logits buffer.
 ///
+/// With a chunked LM head ([`Model::set_head_chunk_tokens`], `C` tokens per chunk, used when
+/// `T > C`; `N = ceil(T / C) * C` the tokens rounded up to whole chunks) the `T * V` logits
+/// term becomes `C * (V + 2h + 1) + 1 + T * h` (one chunk's logits, gathered rows, their
+/// gradient and losses, a one-float placeholder for the unused whole-batch logits, and the
+/// chunks' input gradients gathered into one `[T, h]` buffer), plus `N` floats (the
+/// chunked loss weights) and `2N` ids (the chunks' row ids and targets); MTP adds `k * N` floats
+/// and `k * N` ids more (each depth's chunked weights and targets). The head thus frees about
+/// `(T - C) * V` floats.
+///
 /// Checkpointing thus saves `(L - 1) * T * (3h + 2q + 2kv + 3f + H + 2)` floats, at the price
 /// of one extra forward of every layer except the last (whose activations are still held when
 /// the backward reaches it); the recomputation of a pre-LN layer skips the layer's down
@@ -207,6 +228,17 @@ impl<O: Ops> Workspace<O> {
 /// assert_eq!(ActivationMemory::new(&cfg, 4096, false).bytes(4), 10_901_045_248);
 /// assert_eq!(ActivationMemory::new(&cfg, 4096, true).bytes(4), 3_410_313_216);
 /// ```
+///
+/// At 4 x 4096 tokens the default 4096-token head chunk keeps 4096 instead of 16,384 rows of
+/// logits, 5.6 GiB less in f32:
+///
+/// ```
+/// use kormo_model::{ActivationMemory, ModelConfig};
+/// let cfg = ModelConfig::proxy_1b();
+/// let whole = ActivationMemory::with_head_chunk(&cfg, 16384, true, 16384).bytes(4);
+/// let chunked = ActivationMemory::new(&cfg, 16384, true).bytes(4);
+/// assert_eq!(whole - chunked, 6_001_836_028); // 5.6 GiB: (16384 - 4096) * V floats less the chunk's buffers
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActivationMemory {
     /// Elements of the backend's float type.
@@ -216,21 +248,36 @@ pub struct ActivationMemory {
 }
 
 impl ActivationMemory {
-    /// The workspace of `cfg` for micro-batches of `batch_tokens` tokens (see the type docs).
+    /// The workspace of `cfg` for micro-batches of `batch_tokens` tokens with the default head
+    /// chunk ([`DEFAULT_HEAD_CHUNK_TOKENS`]; see the type docs).
     pub fn new(cfg: &ModelConfig, batch_tokens: usize, checkpointing: bool) -> Self {
+        Self::with_head_chunk(cfg, batch_tokens, checkpointing, DEFAULT_HEAD_CHUNK_TOKENS)
+    }
+
+    /// [`ActivationMemory::new`] with an LM head chunk of `head_chunk` tokens.
+    pub fn with_head_chunk(cfg: &ModelConfig, batch_tokens: usize, checkpointing: bool, head_chunk: usize) -> Self {
         let t = batch_tokens as u64;
+        let c = head_chunk.max(1) as u64;
         let [h, q, kv, f, v, heads, layers] =
             [cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn, cfg.vocab, cfg.heads, cfg.layers].map(|x| x as u64);
         let saved_sets = if checkpointing { 1 } else { layers };
         let per_layer = t * (3 * h + 2 * q + 2 * kv + 3 * f + heads + 2);
+        let k = cfg.mtp_depth as u64;
+        // The logits and, when chunked, the chunked head's buffers (see the type docs).
+        let (head_floats, head_ids) = if t > c {
+            let padded = t.div_ceil(c) * c;
+            (c * (v + 2 * h + 1) + 1 + t * h + padded * (1 + k), padded * (2 + k))
+        } else {
+            (t * v, 0)
+        };
         let floats = saved_sets * per_layer
             + (layers + 1) * t * h
-            + t * (h + v + 2)
+            + t * (h + 2)
+            + head_floats
             + t
             + t * (2 * h + 3 * f + 2 * q + 2 * kv);
-        let k = cfg.mtp_depth as u64;
         let (mtp_floats, mtp_ids) = if k > 0 { (t * (3 * h + 2 + k), k * t) } else { (0, 0) };
-        ActivationMemory { floats: floats + mtp_floats, ids: 4 * t + mtp_ids }
+        ActivationMemory { floats: floats + mtp_floats, ids: 4 * t + mtp_ids + head_ids }
     }
 
     /// Bytes with floats of `float_bytes` bytes each (4 for f32) and 4-byte ids.
@@ -276,11 +323,14 @@ pub struct Model<O: Ops> {
     grads: Vec<O::Buf>,
     z_loss: f32,
     activation_checkpointing: bool,
+    head_chunk_tokens: usize,
     workspace: Option<Workspace<O>>,
     /// Buffers of [`Model::log_probs`]'s head, sized for a number of queries.
     scoring: Option<ScoringWorkspace<O>>,
     /// Whether (and how) the current pass runs the MTP heads, and what they last measured.
     mtp_pass: MtpPass,
+    /// The kind of the current pass whatever the MTP depth (the chunked head's schedule).
+    head_pass: MtpPass,
     mtp_loss: (f64, f64),
 }
 
@@ -327,7 +377,7 @@ impl<O: Ops> Model<O> {
             params.push(ops.upload(&host));
             grads.push(ops.zeros(spec.numel()));
         }
-        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
+        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, head_chunk_tokens: DEFAULT_HEAD_CHUNK_TOKENS, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, head_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
     }
 
     /// A model holding `tensors` (host f32, one per [`params::layout`] entry, in that order)
@@ -348,7 +398,7 @@ impl<O: Ops> Model<O> {
             }
             params.push(ops.upload(values));
         }
-        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
+        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, head_chunk_tokens: DEFAULT_HEAD_CHUNK_TOKENS, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, head_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -465,6 +515,25 @@ impl<O: Ops> Model<O> {
         }
     }
 
+    /// Tokens per chunk of the LM head and its cross-entropy (default
+    /// [`DEFAULT_HEAD_CHUNK_TOKENS`], at least 1): a micro-batch of more tokens runs the head
+    /// chunk by chunk ([`crate::head`]), so the logits take `chunk * vocab` floats instead of
+    /// `tokens * vocab`; with fewer the head is unchunked, as it always was. Chunking changes the
+    /// summation order of the loss and of the head weight's gradient (equal within rounding).
+    /// Changing the setting drops the workspace.
+    pub fn set_head_chunk_tokens(&mut self, tokens: usize) {
+        let tokens = tokens.max(1);
+        if tokens != self.head_chunk_tokens {
+            self.head_chunk_tokens = tokens;
+            self.workspace = None;
+        }
+    }
+
+    /// See [`Model::set_head_chunk_tokens`].
+    pub fn head_chunk_tokens(&self) -> usize {
+        self.head_chunk_tokens
+    }
+
     /// Whether activation checkpointing is on (see [`Model::set_activation_checkpointing`]).
     pub fn activation_checkpointing(&self) -> bool {
         self.activation_checkpointing
@@ -473,13 +542,14 @@ impl<O: Ops> Model<O> {
     /// The workspace this model allocates for micro-batches of `batch_tokens` tokens
     /// (`batch_size * seq_len`) with its current checkpointing setting.
     pub fn activation_memory(&self, batch_tokens: usize) -> ActivationMemory {
-        ActivationMemory::new(&self.config, batch_tokens, self.activation_checkpointing)
+        ActivationMemory::with_head_chunk(&self.config, batch_tokens, self.activation_checkpointing, self.head_chunk_tokens)
     }
 
     /// Parameters, gradients and workspace in bytes for micro-batches of `batch_tokens` tokens,
     /// with the backend's floats taking `float_bytes` bytes (see [`MemoryPlan`]).
     pub fn memory_plan(&self, batch_tokens: usize, float_bytes: u64) -> MemoryPlan {
-        MemoryPlan::new(&self.config, batch_tokens, self.activation_checkpointing, float_bytes)
+        let activations = self.activation_memory(batch_tokens).bytes(float_bytes);
+        MemoryPlan { activations, ..MemoryPlan::new(&self.config, batch_tokens, self.activation_checkpointing, float_bytes) }
     }
 
     /// Forward and backward pass; adds `grad_scale * d(sum_t w_t loss_t)/dθ` to the gradients
@@ -503,8 +573,13 @@ impl<O: Ops> Model<O> {
         self.prepare(batch)?;
         self.set_mtp_pass(MtpPass::Train(grad_scale));
         self.run_forward(hooks);
-        let loss = self.run_loss(grad_scale);
+        let mut loss = self.run_loss(grad_scale);
         self.run_backward(hooks);
+        let ws = self.workspace.as_ref().expect("prepared");
+        if ws.head.is_some() {
+            // The chunked head computes its loss in the Head unit's backward.
+            loss.weighted_loss = ws.head_loss;
+        }
         Ok(self.with_mtp_loss(loss))
     }
 
@@ -533,7 +608,10 @@ impl<O: Ops> Model<O> {
         self.prepare(batch)?;
         self.set_mtp_pass(MtpPass::Skip);
         self.run_forward(hooks);
-        let ws = self.workspace.as_ref().expect("prepared");
+        let ws = self.workspace.as_mut().expect("prepared");
+        if ws.head.is_some() {
+            return Ok(std::mem::take(&mut ws.head_logits));
+        }
         let mut logits = vec![0.0; batch.num_tokens() * self.config.vocab];
         self.ops.read(&ws.logits, &mut logits);
         Ok(logits)
@@ -607,6 +685,7 @@ impl<O: Ops> Model<O> {
     /// Sets what the MTP heads do in the next pass (always `Skip` without MTP).
     fn set_mtp_pass(&mut self, pass: MtpPass) {
         self.mtp_pass = if self.config.mtp_depth > 0 { pass } else { MtpPass::Skip };
+        self.head_pass = pass;
         self.mtp_loss = (0.0, 0.0);
     }
 
@@ -623,7 +702,11 @@ impl<O: Ops> Model<O> {
         let mws = ws.mtp.as_mut().expect("an MTP model's training workspace has MTP buffers");
         let grads = backward.then_some(MtpBackward { grads: &mut self.grads, d_normed: &mut ws.d_normed, d_resid: &mut ws.d_resid });
         let h = &ws.residual[self.config.layers];
-        self.mtp_loss = mtp::run_heads(&self.ops, &self.config, &self.params, mws, h, &mut ws.logits, self.z_loss, grad_scale, grads);
+        let scratch = match ws.head.as_mut() {
+            Some((chunks, _)) => HeadScratch::Chunked(chunks),
+            None => HeadScratch::Whole(&mut ws.logits),
+        };
+        self.mtp_loss = mtp::run_heads(&self.ops, &self.config, &self.params, mws, h, scratch, self.z_loss, grad_scale, grads);
     }
 
     /// Validates the batch, (re)allocates the workspace for its shape, and uploads its inputs.
@@ -639,7 +722,7 @@ impl<O: Ops> Model<O> {
         if !reuse {
             // Drop the old workspace first so two never coexist in device memory.
             self.workspace = None;
-            let ws = Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len, self.activation_checkpointing, logits);
+            let ws = Workspace::new(&self.ops, &self.config, batch.batch_size, batch.seq_len, self.activation_checkpointing, logits, self.head_chunk_tokens);
             self.workspace = Some(ws);
         }
         let ws = self.workspace.as_mut().expect("just set");
@@ -656,6 +739,9 @@ impl<O: Ops> Model<O> {
         self.ops.write_idx(&mut ws.doc_ids, &batch.doc_ids);
         self.ops.write_idx(&mut ws.positions, &batch.positions);
         self.ops.write(&mut ws.loss_weights, &batch.loss_weights);
+        if let Some((_, chunk_targets)) = ws.head.as_mut() {
+            chunk_targets.write(&self.ops, &targets, &batch.loss_weights);
+        }
         if let Some(mws) = ws.mtp.as_mut() {
             mws.upload(&self.ops, batch);
         }
@@ -715,13 +801,27 @@ impl<O: Ops> Model<O> {
         let ws = self.workspace.as_mut().expect("prepared");
         let t = ws.batch_size * ws.seq_len;
         let head = &self.params[params::head_index(cfg)];
-        self.ops.matmul(&ws.normed_final, head, &mut ws.logits, MatmulShape::linear_fwd(t, cfg.hidden, cfg.vocab));
+        let Some((chunks, chunk_targets)) = ws.head.as_mut() else {
+            self.ops.matmul(&ws.normed_final, head, &mut ws.logits, MatmulShape::linear_fwd(t, cfg.hidden, cfg.vocab));
+            return;
+        };
+        // Chunked: training runs the head in its backward (the parameters are there then too);
+        // evaluation takes the loss here, `forward` the logits, chunk by chunk.
+        match self.head_pass {
+            MtpPass::Train(_) => {}
+            MtpPass::Evaluate => ws.head_loss = head::chunked_head(&self.ops, cfg, head, &ws.normed_final, chunks, chunk_targets, self.z_loss, None),
+            MtpPass::Skip => ws.head_logits = chunks.read_logits(&self.ops, cfg, head, &ws.normed_final),
+        }
     }
 
     /// Cross-entropy on the logits (which become their gradient) and the host-side loss sum.
     fn run_loss(&mut self, grad_scale: f32) -> LossSum {
         let ws = self.workspace.as_mut().expect("prepared");
         let t = ws.batch_size * ws.seq_len;
+        if ws.head.is_some() {
+            // The chunked head's loss: taken in the forward (evaluation) or the backward.
+            return LossSum { weighted_loss: ws.head_loss, weight: self.ops.sum(&ws.loss_weights), ..LossSum::default() };
+        }
         self.ops.cross_entropy(
             &mut ws.logits,
             &ws.targets,
@@ -757,8 +857,14 @@ impl<O: Ops> Model<O> {
         let h = cfg.hidden;
         let head = params::head_index(cfg);
         let final_norm = params::final_norm_index(cfg);
-        ops.matmul(&ws.logits, &p[head], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, cfg.vocab, false));
-        ops.matmul(&ws.logits, &ws.normed_final, &mut g[head], MatmulShape::linear_bwd_weight(t, h, cfg.vocab));
+        if let Some((chunks, chunk_targets)) = ws.head.as_mut() {
+            let MtpPass::Train(grad_scale) = self.head_pass else { unreachable!("the head's backward runs in training") };
+            let b = HeadBackward { grad_scale, dw: &mut g[head], dx: &mut ws.d_normed };
+            ws.head_loss = head::chunked_head(ops, cfg, &p[head], &ws.normed_final, chunks, chunk_targets, self.z_loss, Some(b));
+        } else {
+            ops.matmul(&ws.logits, &p[head], &mut ws.d_normed, MatmulShape::linear_bwd_input(t, h, cfg.vocab, false));
+            ops.matmul(&ws.logits, &ws.normed_final, &mut g[head], MatmulShape::linear_bwd_weight(t, h, cfg.vocab));
+        }
         ops.fill(&mut ws.d_resid, 0.0);
         let rows = RowsShape { rows: t, dim: h };
         ops.rmsnorm_bwd(&ws.residual[cfg.layers], &p[final_norm], &ws.inv_rms_final, &ws.d_normed, &mut ws.d_resid, &mut g[final_norm], rows);

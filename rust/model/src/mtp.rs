@@ -27,13 +27,15 @@
 //!
 //! Schedule: in training the heads run inside the Head unit's backward, after the next-token
 //! head's backward, one depth at a time, reusing the `[tokens, vocab]` logits buffer (free by
-//! then), so MTP adds no `[tokens, vocab]` memory; each head's input gradient is added into the
+//! then; with a chunked head, the same chunk buffers as the next-token head, [`crate::head`]),
+//! so MTP adds no `[tokens, vocab]` memory; each head's input gradient is added into the
 //! residual-stream gradient that flows into the last layer. In evaluation they run in the Head
 //! unit's forward before the next-token head (which then overwrites the logits). `forward` and
 //! `log_probs` (generation, scoring) never run them.
 
 use crate::batch::Batch;
 use crate::config::ModelConfig;
+use crate::head::{self, ChunkTargets, HeadBackward, HeadChunks};
 use crate::ops::{CrossEntropyShape, MatmulShape, Ops, RowsShape};
 use crate::params::{self, MtpSlot};
 
@@ -69,10 +71,13 @@ pub(crate) struct MtpWorkspace<O: Ops> {
     inv_rms: O::Buf,
     d_u: O::Buf,
     losses: O::Buf,
+    /// Per depth the targets and weights in head chunks, when the head is chunked.
+    chunk_targets: Vec<ChunkTargets<O>>,
 }
 
 impl<O: Ops> MtpWorkspace<O> {
-    pub(crate) fn new(ops: &O, cfg: &ModelConfig, tokens: usize) -> Self {
+    /// `head_chunk`: the chunk size when the head is chunked ([`crate::head`]), else None.
+    pub(crate) fn new(ops: &O, cfg: &ModelConfig, tokens: usize, head_chunk: Option<usize>) -> Self {
         let h = cfg.hidden;
         MtpWorkspace {
             tokens,
@@ -84,6 +89,7 @@ impl<O: Ops> MtpWorkspace<O> {
             inv_rms: ops.zeros(tokens),
             d_u: ops.zeros(tokens * h),
             losses: ops.zeros(tokens),
+            chunk_targets: head_chunk.map_or_else(Vec::new, |c| (0..cfg.mtp_depth).map(|_| ChunkTargets::new(ops, tokens, c)).collect()),
         }
     }
 
@@ -94,6 +100,9 @@ impl<O: Ops> MtpWorkspace<O> {
             ops.write_idx(&mut self.targets[d - 1], &targets);
             ops.write(&mut self.weights[d - 1], &weights);
             self.weight_sums[d - 1] = weights.iter().map(|&w| w as f64).sum();
+            if let Some(chunks) = self.chunk_targets.get_mut(d - 1) {
+                chunks.write(ops, &targets, &weights);
+            }
         }
     }
 }
@@ -106,8 +115,15 @@ pub(crate) struct MtpBackward<'a, O: Ops> {
     pub d_resid: &'a mut O::Buf,
 }
 
-/// Runs every MTP head on `h` (`[tokens, hidden]`, the final norm's input) with `logits` as
-/// scratch, and with `backward` also their backward at `grad_scale * mtp_loss_weight / k`.
+/// The scratch the heads' LM head runs in: the whole `[tokens, vocab]` logits buffer, or the
+/// chunked head's buffers ([`crate::head`]).
+pub(crate) enum HeadScratch<'a, O: Ops> {
+    Whole(&'a mut O::Buf),
+    Chunked(&'a mut HeadChunks<O>),
+}
+
+/// Runs every MTP head on `h` (`[tokens, hidden]`, the final norm's input) in `scratch`,
+/// and with `backward` also their backward at `grad_scale * mtp_loss_weight / k`.
 /// Returns `(1/k) sum_d sum_t w^d_t loss^d_t` and `(1/k) sum_d sum_t w^d_t`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn run_heads<O: Ops>(
@@ -116,7 +132,7 @@ pub(crate) fn run_heads<O: Ops>(
     p: &[O::Buf],
     ws: &mut MtpWorkspace<O>,
     h: &O::Buf,
-    logits: &mut O::Buf,
+    mut scratch: HeadScratch<'_, O>,
     z_loss: f32,
     grad_scale: f32,
     mut backward: Option<MtpBackward<'_, O>>,
@@ -132,21 +148,41 @@ pub(crate) fn run_heads<O: Ops>(
         let (proj, norm) = (params::mtp_index(cfg, d, MtpSlot::Proj), params::mtp_index(cfg, d, MtpSlot::Norm));
         ops.matmul(h, &p[proj], &mut ws.u, MatmulShape::linear_fwd(t, dim, dim));
         ops.rmsnorm_fwd(&ws.u, &p[norm], &mut ws.normed, &mut ws.inv_rms, rows, cfg.rms_eps);
+        weight += ws.weight_sums[d - 1];
+        let logits = match &mut scratch {
+            HeadScratch::Whole(logits) => &mut **logits,
+            HeadScratch::Chunked(chunks) => {
+                let b = backward.as_mut().map(|b| HeadBackward { grad_scale: scale, dw: &mut b.grads[head], dx: &mut *b.d_normed });
+                loss += head::chunked_head(ops, cfg, &p[head], &ws.normed, chunks, &ws.chunk_targets[d - 1], z_loss, b);
+                if let Some(b) = backward.as_mut() {
+                    mtp_head_input_backward(ops, cfg, p, ws, h, b, d);
+                }
+                continue;
+            }
+        };
         ops.matmul(&ws.normed, &p[head], logits, MatmulShape::linear_fwd(t, dim, vocab));
         let shape = CrossEntropyShape { tokens: t, vocab };
         let backward_scale = if backward.is_some() { scale } else { 0.0 };
         ops.cross_entropy(logits, &ws.targets[d - 1], &ws.weights[d - 1], &mut ws.losses, shape, z_loss, backward_scale);
         loss += ops.sum(&ws.losses);
-        weight += ws.weight_sums[d - 1];
         let Some(b) = backward.as_mut() else { continue };
         // logits now hold d(z_d); z_d = normed W^T.
         ops.matmul(logits, &p[head], b.d_normed, MatmulShape::linear_bwd_input(t, dim, vocab, false));
         ops.matmul(logits, &ws.normed, &mut b.grads[head], MatmulShape::linear_bwd_weight(t, dim, vocab));
-        ops.fill(&mut ws.d_u, 0.0);
-        ops.rmsnorm_bwd(&ws.u, &p[norm], &ws.inv_rms, b.d_normed, &mut ws.d_u, &mut b.grads[norm], rows);
-        // u = h P^T: d(h) += d(u) P, d(P) += d(u)^T h.
-        ops.matmul(&ws.d_u, &p[proj], b.d_resid, MatmulShape::linear_bwd_input(t, dim, dim, true));
-        ops.matmul(&ws.d_u, h, &mut b.grads[proj], MatmulShape::linear_bwd_weight(t, dim, dim));
+        mtp_head_input_backward(ops, cfg, p, ws, h, b, d);
     }
     (loss / k as f64, weight / k as f64)
+}
+
+/// Depth `d`'s backward below its LM head: from d(normed) in `b.d_normed` through its norm and
+/// projection into the gradients and `b.d_resid`.
+fn mtp_head_input_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], ws: &mut MtpWorkspace<O>, h: &O::Buf, b: &mut MtpBackward<'_, O>, d: usize) {
+    let (dim, t) = (cfg.hidden, ws.tokens);
+    let rows = RowsShape { rows: t, dim };
+    let (proj, norm) = (params::mtp_index(cfg, d, MtpSlot::Proj), params::mtp_index(cfg, d, MtpSlot::Norm));
+    ops.fill(&mut ws.d_u, 0.0);
+    ops.rmsnorm_bwd(&ws.u, &p[norm], &ws.inv_rms, b.d_normed, &mut ws.d_u, &mut b.grads[norm], rows);
+    // u = h P^T: d(h) += d(u) P, d(P) += d(u)^T h.
+    ops.matmul(&ws.d_u, &p[proj], b.d_resid, MatmulShape::linear_bwd_input(t, dim, dim, true));
+    ops.matmul(&ws.d_u, h, &mut b.grads[proj], MatmulShape::linear_bwd_weight(t, dim, dim));
 }
