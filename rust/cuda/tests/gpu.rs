@@ -309,7 +309,16 @@ fn check_forward_backward<O: Ops>(ops: O, tie: bool) {
 /// [`check_forward_backward`] for `config` (the recipe switches: Mix-LN, MTP heads), the MTP
 /// loss held to the next-token loss's tolerance.
 fn check_config_forward_backward<O: Ops>(ops: O, config: ModelConfig, label: &str) {
+    check_chunked_forward_backward(ops, config, None, label);
+}
+
+/// [`check_config_forward_backward`] with the tested model's LM head chunked to `head_chunk`
+/// tokens (the CPU model unchunked).
+fn check_chunked_forward_backward<O: Ops>(ops: O, config: ModelConfig, head_chunk: Option<usize>, label: &str) {
     let (mut tested, mut cpu) = model_pair(ops, config);
+    if let Some(chunk) = head_chunk {
+        tested.set_head_chunk_tokens(chunk);
+    }
     let batch = packed_batch(3, cpu.config().vocab);
     let grad_scale = 1.0 / batch.loss_weight_sum() as f32;
     tested.zero_grads();
@@ -355,6 +364,21 @@ fn cuda_ops_recipe_switches_match_cpu() {
         CudaOps::check_config(&config).expect("config supported by the kernels");
         check_config_forward_backward(ops, config, &label);
     }
+}
+
+/// The LM head chunked over tokens (50-token chunks of the 192-token batch, the last one
+/// padded), plain and with MTP heads, on `CudaOps` against the unchunked CPU model.
+#[test]
+fn cuda_ops_chunked_head_matches_cpu() {
+    for (label, config) in [("chunked head", gpu_tiny_config(false)), ("chunked head, mtp 1", ModelConfig { mtp_depth: 1, ..gpu_tiny_config(true) })] {
+        let Some(ops) = cuda_ops_or_skip() else { return };
+        check_chunked_forward_backward(ops, config, Some(50), label);
+    }
+}
+
+#[test]
+fn chunked_head_harness_on_cpu_f64() {
+    check_chunked_forward_backward(CpuOps::<f64>::new(), gpu_tiny_config(false), Some(50), "chunked head");
 }
 
 /// The switch check above on CpuOps<f64> in place of the CUDA backend: the harness itself holds
