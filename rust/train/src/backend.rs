@@ -264,6 +264,10 @@ pub struct MemoryEstimate {
     pub grads: u64,
     pub optimizer: u64,
     pub activations: u64,
+    /// What the LM head chunked over tokens (kormo_model's default chunk) does not hold of the
+    /// `[tokens, vocab]` logits, net of the chunk's own buffers; 0 when the micro-batch fits one
+    /// chunk.
+    pub logits_not_held: u64,
 }
 
 impl MemoryEstimate {
@@ -278,12 +282,18 @@ impl MemoryEstimate {
             weights: params * b.weight,
             grads: params * b.grad,
             optimizer: params * b.optimizer_per_param,
-            activations: kormo_model::ActivationMemory::new(
+            activations: kormo_model::ActivationMemory::new(config, micro_batch_tokens, checkpointing)
+                .bytes(b.activation),
+            logits_not_held: kormo_model::ActivationMemory::with_head_chunk(
                 config,
                 micro_batch_tokens,
                 checkpointing,
+                micro_batch_tokens,
             )
-            .bytes(b.activation),
+            .bytes(b.activation)
+            .saturating_sub(
+                kormo_model::ActivationMemory::new(config, micro_batch_tokens, checkpointing).bytes(b.activation),
+            ),
         }
     }
 
@@ -291,10 +301,19 @@ impl MemoryEstimate {
         self.weights + self.grads + self.optimizer + self.activations
     }
 
-    /// `weights 1.9 GiB + gradients ... = 12.3 GiB`.
+    /// `weights 1.9 GiB + gradients ... = 12.3 GiB`, the activations with what the chunked LM
+    /// head saves where it saves anything.
     pub fn describe(&self) -> String {
+        let head = match self.logits_not_held {
+            0 => String::new(),
+            freed => format!(
+                " (the LM head in chunks of {} tokens: {} of logits not held)",
+                kormo_model::DEFAULT_HEAD_CHUNK_TOKENS,
+                human_bytes(freed)
+            ),
+        };
         format!(
-            "weights {} + gradients {} + optimizer {} + activations {} = {}",
+            "weights {} + gradients {} + optimizer {} + activations {}{head} = {}",
             human_bytes(self.weights),
             human_bytes(self.grads),
             human_bytes(self.optimizer),
@@ -354,6 +373,14 @@ mod tests {
         assert!(cuda
             .describe()
             .ends_with(&format!("= {:.2} GiB", cuda.total() as f64 / GIB)));
+        // One chunk's worth of tokens: nothing to save, nothing said. Four: the logits of three
+        // chunks (less the chunk's buffers) are not held, and the line says so.
+        assert_eq!(cuda.logits_not_held, 0);
+        assert!(!cuda.describe().contains("LM head"));
+        let big = MemoryEstimate::new::<CudaOps>(&config, 4 * tokens, false);
+        let rows = 3 * tokens as u64 * config.vocab as u64 * 2;
+        assert!(big.logits_not_held > rows * 9 / 10 && big.logits_not_held < rows, "{big:?}");
+        assert!(big.describe().contains("(the LM head in chunks of 4096 tokens: "), "{}", big.describe());
         assert_eq!(human_bytes(3 << 29), "1.50 GiB");
         assert_eq!(human_bytes(5 << 19), "2.5 MiB");
     }
