@@ -959,12 +959,8 @@ fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &
     let (x_in, a) = (&ws.residual[l], &ws.layers[set]);
     // FFN: output = Norm_f(s'), s' = α x_mid + ffn(x_mid); d_normed = d(s').
     let alpha = cfg.residual_scale();
-    ops.fill(&mut ws.d_normed, 0.0);
-    ops.rmsnorm_bwd(&a.normed_mlp, &p[idx(LayerSlot::MlpNorm)], &a.inv_rms_mlp, &ws.d_resid, &mut ws.d_normed, &mut g[idx(LayerSlot::MlpNorm)], rows);
-    ops.copy(&ws.d_normed, &mut ws.d_resid);
-    if alpha != 1.0 {
-        ops.scale(&mut ws.d_resid, alpha);
-    }
+    let norm = idx(LayerSlot::MlpNorm);
+    post_norm_bwd(ops, (&a.normed_mlp, &p[norm], &a.inv_rms_mlp), &mut g[norm], (&mut ws.d_resid, &mut ws.d_normed), rows, alpha);
     ops.matmul(&ws.d_normed, &p[idx(LayerSlot::Down)], &mut ws.d_ffn, MatmulShape::linear_bwd_input(t, f, h, false));
     ops.matmul(&ws.d_normed, &a.swiglu, &mut g[idx(LayerSlot::Down)], MatmulShape::linear_bwd_weight(t, f, h));
     ops.swiglu_bwd(&a.gate, &a.up, &ws.d_ffn, &mut ws.d_gate, &mut ws.d_up, t * f);
@@ -974,12 +970,8 @@ fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &
     ops.matmul(&ws.d_up, &a.x_mid, &mut g[idx(LayerSlot::Up)], MatmulShape::linear_bwd_weight(t, h, f));
 
     // Attention: d_resid is d(x_mid), x_mid = Norm_a(s), s = α x_in + attn(x_in); d_normed = d(s).
-    ops.fill(&mut ws.d_normed, 0.0);
-    ops.rmsnorm_bwd(&a.normed_attn, &p[idx(LayerSlot::AttnNorm)], &a.inv_rms_attn, &ws.d_resid, &mut ws.d_normed, &mut g[idx(LayerSlot::AttnNorm)], rows);
-    ops.copy(&ws.d_normed, &mut ws.d_resid);
-    if alpha != 1.0 {
-        ops.scale(&mut ws.d_resid, alpha);
-    }
+    let norm = idx(LayerSlot::AttnNorm);
+    post_norm_bwd(ops, (&a.normed_attn, &p[norm], &a.inv_rms_attn), &mut g[norm], (&mut ws.d_resid, &mut ws.d_normed), rows, alpha);
     ops.matmul(&ws.d_normed, &p[idx(LayerSlot::O)], &mut ws.d_attn, MatmulShape::linear_bwd_input(t, q_dim, h, false));
     ops.matmul(&ws.d_normed, &a.attn_out, &mut g[idx(LayerSlot::O)], MatmulShape::linear_bwd_weight(t, q_dim, h));
     ops.attention_bwd(&a.q, &a.k, &a.v, &ws.doc_ids, &a.attn_out, &a.lse, &ws.d_attn, &mut ws.d_q, &mut ws.d_k, &mut ws.d_v, attn);
@@ -991,6 +983,21 @@ fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &
     ops.matmul(&ws.d_q, x_in, &mut g[idx(LayerSlot::Q)], MatmulShape::linear_bwd_weight(t, h, q_dim));
     ops.matmul(&ws.d_k, x_in, &mut g[idx(LayerSlot::K)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
     ops.matmul(&ws.d_v, x_in, &mut g[idx(LayerSlot::V)], MatmulShape::linear_bwd_weight(t, h, kv_dim));
+}
+
+/// The backward of a post-LN sublayer's `y = Norm(s)`, `s = α x + f(x)`: from `d(y)` in
+/// `d.0` (`d_resid`), `d(s)` into `d.1` (`d_normed`, where `f`'s backward starts) and
+/// `α d(s)` into `d.0`, the residual's share of `d(x)` that `f`'s input gradients then add to.
+/// `norm` is the norm's saved input `s`, its weight and inverse RMS.
+fn post_norm_bwd<O: Ops>(ops: &O, norm: (&O::Buf, &O::Buf, &O::Buf), dweight: &mut O::Buf, d: (&mut O::Buf, &mut O::Buf), rows: RowsShape, alpha: f32) {
+    let (s, weight, inv_rms) = norm;
+    let (d_resid, d_normed) = d;
+    ops.fill(d_normed, 0.0);
+    ops.rmsnorm_bwd(s, weight, inv_rms, d_resid, d_normed, dweight, rows);
+    ops.copy(d_normed, d_resid);
+    if alpha != 1.0 {
+        ops.scale(d_resid, alpha);
+    }
 }
 
 /// Everything a layer's forward reads besides its input and its activation set.
