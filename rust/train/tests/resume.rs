@@ -181,17 +181,22 @@ fn resume_refuses_a_changed_run() {
     );
 }
 
-#[test]
-fn a_mixln_recipe_trains_and_resumes_bitwise() {
-    // `[model] norm = "mixln"` in a recipe: the tiny shape with its first layer post-LN.
+/// The small test recipe with `model_keys` added to its `[model]` table, written into `dir`.
+fn small_recipe_with(dir: &std::path::Path, model_keys: &str) -> kormo_train::recipe::Recipe {
     let text = std::fs::read_to_string(common::repo().join("tests/recipes/test-small.toml")).unwrap();
     let preset = "[model]\npreset = \"tiny\"\n";
     assert!(text.contains(preset));
+    let path = dir.join("recipe.toml");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&path, text.replacen(preset, &format!("{preset}{model_keys}"), 1)).unwrap();
+    kormo_train::recipe::Recipe::load(&path).unwrap()
+}
+
+#[test]
+fn a_mixln_recipe_trains_and_resumes_bitwise() {
+    // `[model] norm = "mixln"` in a recipe: the tiny shape with its first layer post-LN.
     let dir = scratch("mixln");
-    let path = dir.join("mixln.toml");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(&path, text.replacen(preset, &format!("{preset}norm = \"mixln\"\nmixln_post_fraction = 0.5\n"), 1)).unwrap();
-    let recipe = kormo_train::recipe::Recipe::load(&path).unwrap();
+    let recipe = small_recipe_with(&dir, "norm = \"mixln\"\nmixln_post_fraction = 0.5\n");
     assert_eq!(recipe.model.post_ln_layers(), 1);
     assert_ne!(recipe.hash(), small_recipe().hash());
 
@@ -228,14 +233,8 @@ fn a_mixln_recipe_trains_and_resumes_bitwise() {
 #[test]
 fn an_mtp_recipe_trains_reports_both_losses_and_resumes_bitwise() {
     // `[model] mtp_depth = 2` in a recipe: two multi-token-prediction heads on the tiny shape.
-    let text = std::fs::read_to_string(common::repo().join("tests/recipes/test-small.toml")).unwrap();
-    let preset = "[model]\npreset = \"tiny\"\n";
-    assert!(text.contains(preset));
     let dir = scratch("mtp");
-    let path = dir.join("mtp.toml");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(&path, text.replacen(preset, &format!("{preset}mtp_depth = 2\nmtp_loss_weight = 0.5\n"), 1)).unwrap();
-    let recipe = kormo_train::recipe::Recipe::load(&path).unwrap();
+    let recipe = small_recipe_with(&dir, "mtp_depth = 2\nmtp_loss_weight = 0.5\n");
     assert_eq!((recipe.model.mtp_depth, recipe.model.mtp_loss_weight), (2, 0.5));
     assert_ne!(recipe.hash(), small_recipe().hash());
 
