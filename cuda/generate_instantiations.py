@@ -7,6 +7,9 @@ Outputs (all checked in; `--check` exits 1 naming any file that differs from wha
                                          cuda/include/kormo_attention.cuh, with static_asserts
                                          that pin the shared-memory sizes written below
   cuda/generated/attention_variants.h    X-macro list of the variants (for C/C++ users)
+  cuda/generated/kormo_wgmma.cuh         the wgmma shapes the sm_90a kernels use, as inline-PTX
+                                         wrappers (one operand per accumulator register: 64 for
+                                         n128, too many to write by hand)
   cuda/generated/kormo_all.cu            the single translation unit the fatbin is built from: it
                                          includes every cuda/*.cu and generated variant, so one
                                          `nvcc -fatbin` call (Bazel genrule or build.rs) yields one
@@ -36,6 +39,12 @@ MASKS = (("causal", False), ("doc", True))  # (name, doc-id mask on top of causa
 TILE = 64  # keys per tile (both passes) and queries per backward block
 FWD_ROWS = 128  # queries per forward block
 THREADS = 128  # 4 warps per block, both passes
+SM90_BLOCK_M = 128  # queries per sm_90a forward block (two consumer warpgroups of 64)
+SM90_BLOCK_N = 128  # keys per sm_90a key tile
+SM90_STAGES = 2  # K/V ring depth
+SM90_THREADS = 384  # producer warpgroup + two consumer warpgroups
+# (kind, n): "ss" = A and B from shared memory, both K-major; "rs" = A from registers, B N-major.
+WGMMA_SHAPES = (("ss", SM90_BLOCK_N), ("rs", 64), ("rs", 128))
 
 
 def fwd_smem_bytes(d):
@@ -54,6 +63,14 @@ def dq_smem_bytes(d):
     return 6 * TILE * d * 2 + 2 * TILE * 4
 
 
+def sm90_fwd_smem_bytes(d):
+    # q [d/64][128][64], k and v [stages][d/64][128][64] bf16 (128-byte swizzled rows); key doc
+    # ids uint32 [stages][128]; mbarriers (128 bytes); block info (128 bytes); 1024 bytes of slack
+    # to align the tiles to the swizzle pattern
+    sub = SM90_BLOCK_N * 128
+    return (d // 64) * sub * (1 + 2 * SM90_STAGES) + SM90_STAGES * SM90_BLOCK_N * 4 + 128 + 128 + 1024
+
+
 def variants():
     for d in HEAD_DIMS:
         for mask, doc in MASKS:
@@ -69,6 +86,8 @@ def variants():
                 "fwd_smem": fwd_smem_bytes(d),
                 "bwd_smem": bwd_smem_bytes(d),
                 "dq_smem": dq_smem_bytes(d),
+                "fwd_sm90": f"kormo_attention_fwd_sm90_{name}",
+                "fwd_sm90_smem": sm90_fwd_smem_bytes(d),
             }
 
 
@@ -83,12 +102,16 @@ def variant_source(v):
         + f"// Attention variant {v['name']}: head dim {d}, causal"
         + (" + document mask" if v["doc"] else " mask")
         + ".\n"
-        + '#include "kormo_attention.cuh"\n\n'
+        + '#include "kormo_attention.cuh"\n'
+        + '#include "kormo_attention_sm90.cuh"\n\n'
         + f"static_assert(kormo::attention::FwdSmem<{d}>::bytes == {v['fwd_smem']}, \"regenerate: fwd smem\");\n"
         + f"static_assert(kormo::attention::BwdSmem<{d}>::bytes == {v['bwd_smem']}, \"regenerate: bwd smem\");\n"
         + f"static_assert(kormo::attention::DqSmem<{d}>::bytes == {v['dq_smem']}, \"regenerate: dq smem\");\n"
         + f"static_assert(kormo::attention::kFwdRows == {FWD_ROWS} && kormo::attention::kTile == {TILE}, \"regenerate: tiles\");\n"
-        + f"static_assert(kormo::attention::kThreads == {THREADS}, \"regenerate: threads\");\n\n"
+        + f"static_assert(kormo::attention::kThreads == {THREADS}, \"regenerate: threads\");\n"
+        + f"static_assert(kormo::attention_sm90::FwdSmem<{d}>::bytes == {v['fwd_sm90_smem']}, \"regenerate: sm90 fwd smem\");\n"
+        + f"static_assert(kormo::attention_sm90::kBlockM == {SM90_BLOCK_M} && kormo::attention_sm90::kBlockN == {SM90_BLOCK_N} "
+        + f"&& kormo::attention_sm90::kStages == {SM90_STAGES} && kormo::attention_sm90::kThreads == {SM90_THREADS}, \"regenerate: sm90\");\n\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
         + f"{v['fwd']}(KormoAttentionFwdArgs a) {{\n"
         + f"    kormo::attention::forward<{d}, {doc}>(a);\n}}\n\n"
@@ -101,8 +124,60 @@ def variant_source(v):
         + f"    kormo::attention::backward<{d}, {doc}, false>(a);\n}}\n\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
         + f"{v['bwd_dq']}(KormoAttentionBwdArgs a) {{\n"
-        + f"    kormo::attention::backward_dq<{d}, {doc}>(a);\n}}\n"
+        + f"    kormo::attention::backward_dq<{d}, {doc}>(a);\n}}\n\n"
+        + "// Hopper forward (wgmma + TMA; a trap outside the sm_90a cubin).\n"
+        + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)\n"
+        + f"{v['fwd_sm90']}(const __grid_constant__ KormoAttentionFwdSm90Args p) {{\n"
+        + f"    kormo::attention_sm90::forward<{d}, {doc}>(p);\n}}\n"
     )
+
+
+def wgmma_function(kind, n):
+    """The inline-PTX wrapper of one wgmma shape (bf16 x bf16 -> f32, m64 n{n} k16)."""
+    regs = n // 2
+    d_list = ", ".join(f"%{i}" for i in range(regs))
+    if kind == "ss":
+        sig = f"float (&d)[{regs}], uint64_t desc_a, uint64_t desc_b, bool accumulate"
+        operands, pred = f"%{regs}, %{regs + 1}", regs + 2
+        imm = "p, 1, 1, 0, 0"  # scale-d, scale-a, scale-b, A K-major, B K-major
+        inputs = '"l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate))'
+        doc = "A and B from shared memory, both K-major"
+    else:
+        sig = f"float (&d)[{regs}], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate"
+        operands = "{" + ", ".join(f"%{regs + i}" for i in range(4)) + "}, " + f"%{regs + 4}"
+        pred = regs + 5
+        imm = "p, 1, 1, 1"  # scale-d, scale-a, scale-b, B N-major
+        inputs = '"r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(static_cast<int>(accumulate))'
+        doc = "A from registers (the m16n8k16 A layout per warp), B from shared memory, N-major"
+    outputs = ",\n          ".join(", ".join(f'"+f"(d[{i}])' for i in range(j, min(j + 8, regs))) for j in range(0, regs, 8))
+    return (
+        f"// d (+)= A B, m64n{n}k16: {doc}. accumulate = false overwrites d.\n"
+        f"template <>\n__device__ __forceinline__ void wgmma_{kind}<{n}>({sig}) {{\n"
+        f'    asm volatile(\n        "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{pred}, 0;\\n"\n'
+        f'        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.bf16.bf16 {{{d_list}}}, {operands}, {imm};\\n}}\\n"\n'
+        f"        : {outputs}\n        : {inputs});\n}}\n"
+    )
+
+
+def wgmma_header():
+    out = [
+        HEADER.rstrip("\n"),
+        "// The wgmma shapes of the sm_90a kernels (WGMMA_SHAPES in the generator); included by",
+        "// kormo_hopper.cuh outside the CPU emulator, which implements the same templates itself.",
+        "#pragma once",
+        "",
+        "namespace kormo {",
+        "namespace sm90 {",
+        "",
+        "template <int N>",
+        "__device__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate);",
+        "template <int N>",
+        "__device__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate);",
+        "",
+    ]
+    out += [wgmma_function(kind, n) for kind, n in WGMMA_SHAPES]
+    out += ["}  // namespace sm90", "}  // namespace kormo", ""]
+    return "\n".join(out)
 
 
 def variants_header(vs):
@@ -133,7 +208,7 @@ def hand_written_kernels():
 def kernel_list(vs):
     names = hand_written_kernels()
     for v in vs:
-        names += [v["fwd"], v["bwd"], v["bwd_dkdv"], v["bwd_dq"]]
+        names += [v["fwd"], v["bwd"], v["bwd_dkdv"], v["bwd_dq"], v["fwd_sm90"]]
     return names
 
 
@@ -157,6 +232,12 @@ def rust_source(vs, names):
         f"pub const ATTENTION_DQ_BLOCK_QUERIES: i64 = {TILE};",
         "/// Threads per block of both attention passes.",
         f"pub const ATTENTION_THREADS: u32 = {THREADS};",
+        "/// Queries per block of the sm_90a forward (grid x = ceil(seq_len / this)).",
+        f"pub const ATTENTION_SM90_BLOCK_QUERIES: i64 = {SM90_BLOCK_M};",
+        "/// Keys per tile of the sm_90a forward (the doc-id map's box).",
+        f"pub const ATTENTION_SM90_BLOCK_KEYS: u32 = {SM90_BLOCK_N};",
+        "/// Threads per block of the sm_90a forward (producer warpgroup + two consumers).",
+        f"pub const ATTENTION_SM90_THREADS: u32 = {SM90_THREADS};",
         "",
         "/// One compiled attention variant (head dim x mask).",
         "#[derive(Debug, Clone, Copy, PartialEq, Eq)]",
@@ -176,6 +257,10 @@ def rust_source(vs, names):
         "    pub bwd_dq: &'static str,",
         "    /// Dynamic shared memory of `bwd_dq` (ATTENTION_THREADS per block).",
         "    pub dq_smem_bytes: u32,",
+        "    /// The Hopper forward (wgmma + TMA, ATTENTION_SM90_THREADS per block; sm_90a only).",
+        "    pub fwd_sm90: &'static str,",
+        "    /// Dynamic shared memory of `fwd_sm90`.",
+        "    pub fwd_sm90_smem_bytes: u32,",
         "}",
         "",
         "pub const ATTENTION_VARIANTS: &[AttentionVariant] = &[",
@@ -185,7 +270,8 @@ def rust_source(vs, names):
             f"    AttentionVariant {{ head_dim: {v['head_dim']}, doc_mask: {str(v['doc']).lower()}, "
             f"fwd: \"{v['fwd']}\", bwd: \"{v['bwd']}\", fwd_smem_bytes: {v['fwd_smem']}, "
             f"bwd_smem_bytes: {v['bwd_smem']}, bwd_dkdv: \"{v['bwd_dkdv']}\", bwd_dq: \"{v['bwd_dq']}\", "
-            f"dq_smem_bytes: {v['dq_smem']} }},"
+            f"dq_smem_bytes: {v['dq_smem']}, fwd_sm90: \"{v['fwd_sm90']}\", "
+            f"fwd_sm90_smem_bytes: {v['fwd_sm90_smem']} }},"
         )
     out += ["];", ""]
     return "\n".join(out)
@@ -204,6 +290,7 @@ def outputs():
     files = {GENERATED / f"attention_{v['name']}.cu": variant_source(v) for v in vs}
     files[GENERATED / "kormo_all.cu"] = unity_source(vs)
     files[GENERATED / "attention_variants.h"] = variants_header(vs)
+    files[GENERATED / "kormo_wgmma.cuh"] = wgmma_header()
     files[CUDA / "expected_kernels.txt"] = "".join(n + "\n" for n in names)
     files[GENERATED / "kernel_list.inc"] = (
         HEADER + "// KORMO_KERNEL(name) for every kernel (the CPU emulator's dispatch table).\n"

@@ -37,3 +37,25 @@ extern "C" int kormo_emu_launch(const char* name, const uint32_t grid[3], const 
 #undef KORMO_KERNEL
     return 1;
 }
+
+// Writes the emulator's tensor map (kormo::sm90::EmuTensorMap) for a tensor of `rank` dims at
+// `address` into out[128]; the Rust side checks the arguments first (TensorMapSpec::check).
+// 0: written; 4: unsupported rank or swizzle.
+extern "C" int kormo_emu_encode_tensor_map(uint64_t address, uint32_t elem_bytes, uint32_t rank, const uint64_t* dims,
+                                           const uint64_t* strides, const uint32_t* box, uint32_t swizzle_bytes, void* out) {
+    if (rank < 1 || rank > 5 || (swizzle_bytes != 0 && swizzle_bytes != 128)) return 4;
+    kormo::sm90::EmuTensorMap m{};
+    m.magic = kormo::sm90::kEmuTensorMapMagic;
+    m.address = address;
+    m.rank = rank;
+    m.elem_bytes = elem_bytes;
+    m.swizzle_bytes = swizzle_bytes;
+    for (uint32_t d = 0; d < rank; ++d) {
+        m.dims[d] = dims[d];
+        m.box[d] = box[d];
+        if (d > 0) m.strides[d - 1] = strides[d - 1];
+    }
+    std::memset(out, 0, sizeof(KormoTensorMap));
+    std::memcpy(out, &m, sizeof m);
+    return 0;
+}

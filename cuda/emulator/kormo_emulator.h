@@ -33,6 +33,7 @@ inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 blockDim, gridDim;
 inline unsigned char* kormo_emu_dynamic_smem = nullptr;
 inline size_t kormo_emu_dynamic_smem_bytes = 0;  // the launch's dynamic shared memory size
+inline uint64_t kormo_emu_block_serial = 0;       // counts blocks: per-block state (mbarriers) resets on change
 inline std::barrier<>* kormo_emu_block_barrier = nullptr;
 inline std::vector<std::unique_ptr<std::barrier<>>> kormo_emu_warp_barriers;
 inline float kormo_emu_shuffle[32][32];  // [warp][lane], blocks of up to 1024 threads
@@ -41,7 +42,7 @@ inline float kormo_emu_shuffle[32][32];  // [warp][lane], blocks of up to 1024 t
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __launch_bounds__(threads)
+#define __launch_bounds__(...)
 #define __align__(n) alignas(n)
 #define __shared__ static
 
@@ -78,9 +79,10 @@ void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_s
                    uint64_t order_seed = 0) {
     gridDim = grid;
     blockDim = block;
-    std::vector<unsigned char> smem(dynamic_smem + 128);
+    // 1024-byte aligned, as the sm_90a kernels' swizzled tiles need (and the device's window is).
+    std::vector<unsigned char> smem(dynamic_smem + 1024);
     kormo_emu_dynamic_smem =
-        reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem.data()) + 127) & ~uintptr_t(127));
+        reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem.data()) + 1023) & ~uintptr_t(1023));
     kormo_emu_dynamic_smem_bytes = dynamic_smem;
     std::vector<dim3> order;
     for (unsigned z = 0; z < grid.z; ++z)
@@ -98,6 +100,7 @@ void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_s
     }
     for (const dim3 b : order) {
         std::memset(kormo_emu_dynamic_smem, 0xff, dynamic_smem);  // NaN pattern as f32 and bf16
+        ++kormo_emu_block_serial;
         std::barrier<> block_barrier(block.x);
         kormo_emu_block_barrier = &block_barrier;
         kormo_emu_warp_barriers.clear();

@@ -172,6 +172,26 @@ typedef struct KormoAttentionBwdArgs {
     int32_t head_dim;
 } KormoAttentionBwdArgs;
 
+/* Hopper (sm_90a) forward: the same attention as KormoAttentionFwdArgs, its tiles brought in by
+ * the tensor memory accelerator (TMA). A tensor map is the 128-byte descriptor of a global tensor
+ * and its tile ("box") shape: on a device the CUDA driver encodes it (cuTensorMapEncodeTiled); the
+ * CPU emulator writes its own readable form into the same bytes. The kernel takes the struct as a
+ * __grid_constant__ parameter, so the maps stay in parameter space where TMA reads them.
+ *   q, k, v:  4-D bf16 maps of dims {head_dim, heads, seq_len, batch} (strides: head, token, row),
+ *             boxes of {64, 1, 128, 1} with the 128-byte swizzle (head dim 128: two boxes per tile);
+ *   doc_ids:  1-D uint32 map over the batch*seq_len tokens, boxes of 128 (doc-masked variants). */
+typedef struct KormoTensorMap {
+    uint64_t opaque[16] __attribute__((aligned(64))); /* 64-byte aligned, as CUtensorMap */
+} KormoTensorMap;
+
+typedef struct KormoAttentionFwdSm90Args {
+    KormoTensorMap q_map;
+    KormoTensorMap k_map;
+    KormoTensorMap v_map;
+    KormoTensorMap doc_map;
+    KormoAttentionFwdArgs a;
+} KormoAttentionFwdSm90Args;
+
 /* ---------------------------------------------------------------- Cross entropy
  * Per row r with weight w = loss_weights[r] and z = z_loss:
  * loss[r] = w * (lse_r - logit[r, target_r] + z * lse_r^2) and, in the same kernel,

@@ -477,6 +477,72 @@ const _: () = {
     ][::std::mem::offset_of!(KormoAttentionBwdArgs, head_dim) - 196usize];
 };
 #[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone, PartialEq, Eq)]
+pub struct KormoTensorMap {
+    pub opaque: [u64; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of KormoTensorMap"][::std::mem::size_of::<KormoTensorMap>() - 128usize];
+    ["Alignment of KormoTensorMap"][::std::mem::align_of::<KormoTensorMap>() - 64usize];
+    [
+        "Offset of field: KormoTensorMap::opaque",
+    ][::std::mem::offset_of!(KormoTensorMap, opaque) - 0usize];
+};
+impl Default for KormoTensorMap {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone, PartialEq)]
+pub struct KormoAttentionFwdSm90Args {
+    pub q_map: KormoTensorMap,
+    pub k_map: KormoTensorMap,
+    pub v_map: KormoTensorMap,
+    pub doc_map: KormoTensorMap,
+    pub a: KormoAttentionFwdArgs,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of KormoAttentionFwdSm90Args",
+    ][::std::mem::size_of::<KormoAttentionFwdSm90Args>() - 704usize];
+    [
+        "Alignment of KormoAttentionFwdSm90Args",
+    ][::std::mem::align_of::<KormoAttentionFwdSm90Args>() - 64usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::q_map",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, q_map) - 0usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::k_map",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, k_map) - 128usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::v_map",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, v_map) - 256usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::doc_map",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, doc_map) - 384usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::a",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, a) - 512usize];
+};
+impl Default for KormoAttentionFwdSm90Args {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct KormoCrossEntropyArgs {
     pub logits: kormo_devptr,

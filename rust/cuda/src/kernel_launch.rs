@@ -19,8 +19,8 @@ use kormo_model::EmbeddingShape;
 use crate::bindings::*;
 use crate::device::CudaError;
 use crate::kernel_names::{
-    AttentionVariant, ATTENTION_BWD_BLOCK_KEYS, ATTENTION_DQ_BLOCK_QUERIES, ATTENTION_FWD_BLOCK_QUERIES, ATTENTION_THREADS,
-    ATTENTION_VARIANTS,
+    AttentionVariant, ATTENTION_BWD_BLOCK_KEYS, ATTENTION_DQ_BLOCK_QUERIES, ATTENTION_FWD_BLOCK_QUERIES,
+    ATTENTION_SM90_BLOCK_KEYS, ATTENTION_SM90_BLOCK_QUERIES, ATTENTION_SM90_THREADS, ATTENTION_THREADS, ATTENTION_VARIANTS,
 };
 use crate::module::Kernels;
 
@@ -33,6 +33,7 @@ unsafe impl DeviceRepr for KormoSwigluArgs {}
 unsafe impl DeviceRepr for KormoRopeArgs {}
 unsafe impl DeviceRepr for KormoAttentionFwdArgs {}
 unsafe impl DeviceRepr for KormoAttentionBwdArgs {}
+unsafe impl DeviceRepr for KormoAttentionFwdSm90Args {}
 unsafe impl DeviceRepr for KormoCrossEntropyArgs {}
 unsafe impl DeviceRepr for KormoEmbeddingArgs {}
 unsafe impl DeviceRepr for KormoAdamwArgs {}
@@ -85,6 +86,68 @@ pub trait Launcher {
     /// # Safety
     /// `args` must be the argument struct of kernel `name`, its pointers valid for the sizes in it.
     unsafe fn launch_kernel<A: DeviceRepr>(&self, name: &'static str, cfg: LaunchConfig, args: &A) -> Result<(), CudaError>;
+
+    /// Compute capability (major, minor) of the device the launches run on: the launchers pick
+    /// the sm_90a kernels on (9, 0).
+    fn compute_capability(&self) -> (i32, i32);
+
+    /// The TMA tensor map of `spec` in the form this launcher's kernels read.
+    fn encode_tensor_map(&self, spec: &TensorMapSpec) -> Result<KormoTensorMap, CudaError>;
+}
+
+/// Element type of a tensor map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TensorElement {
+    Bf16,
+    U32,
+}
+
+impl TensorElement {
+    pub fn bytes(self) -> u32 {
+        match self {
+            TensorElement::Bf16 => 2,
+            TensorElement::U32 => 4,
+        }
+    }
+}
+
+/// A tiled TMA tensor map: a tensor of `dims` (innermost first) at `address`, `strides[i]` bytes
+/// between consecutive indices of dim i + 1 (dim 0 is contiguous), read in boxes of `box_dims`
+/// elements; with `swizzle_128b` the box's 128-byte rows land in shared memory with the
+/// 128-byte swizzle (the box's inner dim must then be 128 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorMapSpec {
+    pub address: u64,
+    pub element: TensorElement,
+    pub dims: Vec<u64>,
+    pub strides: Vec<u64>,
+    pub box_dims: Vec<u32>,
+    pub swizzle_128b: bool,
+}
+
+impl TensorMapSpec {
+    /// The rules cuTensorMapEncodeTiled enforces, as kormo's own error (the emulator checks the
+    /// same): rank 1..=5, 16-byte aligned address and strides, boxes of 1..=256 elements per
+    /// dim, 128-byte inner box rows with the swizzle.
+    pub fn check(&self) -> Result<(), String> {
+        let rank = self.dims.len();
+        let bad = if !(1..=5).contains(&rank) || self.strides.len() + 1 != rank || self.box_dims.len() != rank {
+            Some(format!("rank {rank} with {} strides and {} box dims", self.strides.len(), self.box_dims.len()))
+        } else if self.address % 16 != 0 {
+            Some(format!("address {:#x} not 16-byte aligned", self.address))
+        } else if let Some(s) = self.strides.iter().find(|&&s| s % 16 != 0 || s >= 1 << 40) {
+            Some(format!("stride {s} bytes not a multiple of 16 below 2^40"))
+        } else if let Some(d) = self.dims.iter().find(|&&d| d == 0 || d > 1 << 32) {
+            Some(format!("dim {d} outside 1..=2^32"))
+        } else if let Some(b) = self.box_dims.iter().find(|&&b| b == 0 || b > 256) {
+            Some(format!("box dim {b} outside 1..=256"))
+        } else if self.swizzle_128b && self.box_dims[0] * self.element.bytes() != 128 {
+            Some(format!("the 128-byte swizzle needs 128-byte box rows, not {}", self.box_dims[0] * self.element.bytes()))
+        } else {
+            None
+        };
+        bad.map_or(Ok(()), Err)
+    }
 }
 
 impl Launcher for Kernels {
@@ -96,6 +159,46 @@ impl Launcher for Kernels {
         // caller guarantees the device pointers inside are valid for the described sizes.
         unsafe { builder.launch(cfg) }?;
         Ok(())
+    }
+
+    fn compute_capability(&self) -> (i32, i32) {
+        Kernels::compute_capability(self)
+    }
+
+    fn encode_tensor_map(&self, spec: &TensorMapSpec) -> Result<KormoTensorMap, CudaError> {
+        use cudarc::driver::sys;
+        spec.check().map_err(|reason| invalid("tensor map", reason))?;
+        let element_strides = vec![1u32; spec.dims.len()];
+        let mut map = sys::CUtensorMap { opaque: [0; 16] };
+        let dtype = match spec.element {
+            TensorElement::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            TensorElement::U32 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT32,
+        };
+        let swizzle = if spec.swizzle_128b {
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B
+        } else {
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE
+        };
+        // SAFETY: a host-side encoding call; every array has the rank's length (checked above);
+        // the address is only recorded in the map.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut map,
+                dtype,
+                spec.dims.len() as u32,
+                spec.address as *mut std::ffi::c_void,
+                spec.dims.as_ptr(),
+                spec.strides.as_ptr(),
+                spec.box_dims.as_ptr(),
+                element_strides.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                swizzle,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+            .result()?;
+        }
+        Ok(KormoTensorMap { opaque: map.opaque })
     }
 }
 
@@ -342,9 +445,112 @@ fn check_attention(
     require(pointers.iter().all(|p| p % 16 == 0), name, || "q/k/v/o/dout pointers must be 16-byte aligned".into())
 }
 
+/// Which attention forward kernel family runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// FlashAttention-2 layout on mma.sync (sm_80 and newer).
+    Sm80,
+    /// wgmma + TMA with producer/consumer warpgroups (compute capability 9.0).
+    Sm90,
+}
+
+impl AttentionPath {
+    /// The path a launcher on compute capability `cc` takes for well-formed arguments.
+    pub fn for_capability(cc: (i32, i32)) -> AttentionPath {
+        if cc == (9, 0) {
+            AttentionPath::Sm90
+        } else {
+            AttentionPath::Sm80
+        }
+    }
+
+    /// How `train`'s backend line names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AttentionPath::Sm80 => "attention: sm_80 FlashAttention-2 kernels (mma.sync)",
+            AttentionPath::Sm90 => "attention: sm_90a forward (wgmma + TMA, warp-specialized), sm_80 backward",
+        }
+    }
+}
+
+/// The forward's TMA preconditions beyond [`check_attention`]'s: doc ids 16-byte aligned and
+/// token indices of the whole batch in 32 bits (the doc-id map's coordinate). Arguments that
+/// miss them run the sm_80 kernels.
+fn sm90_fwd_supported(a: &KormoAttentionFwdArgs) -> bool {
+    a.doc_ids % 16 == 0 && a.batch.checked_mul(a.seq_len).is_some_and(|t| t <= i32::MAX as i64)
+}
+
+/// The 4-D map {head_dim, heads, seq_len, batch} of one attention operand, boxes of 64 x 1 x 128.
+fn attention_operand_map(a: &KormoAttentionFwdArgs, address: u64, heads: i64, token_stride: i64, head_stride: i64) -> TensorMapSpec {
+    let (tok, head) = (token_stride as u64 * 2, head_stride as u64 * 2);
+    TensorMapSpec {
+        address,
+        element: TensorElement::Bf16,
+        dims: vec![a.head_dim as u64, heads as u64, a.seq_len as u64, a.batch as u64],
+        strides: vec![head, tok, tok * a.seq_len as u64],
+        box_dims: vec![64, 1, ATTENTION_SM90_BLOCK_KEYS, 1],
+        swizzle_128b: true,
+    }
+}
+
+/// The sm_90a forward's arguments: `a` plus the tensor maps of q, k, v and the doc ids.
+pub fn attention_fwd_sm90_args(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<KormoAttentionFwdSm90Args, CudaError> {
+    let q_map = k.encode_tensor_map(&attention_operand_map(a, a.q, a.heads_q, a.q_token_stride, a.q_head_stride))?;
+    let k_map = k.encode_tensor_map(&attention_operand_map(a, a.k, a.heads_kv, a.k_token_stride, a.k_head_stride))?;
+    let v_map = k.encode_tensor_map(&attention_operand_map(a, a.v, a.heads_kv, a.v_token_stride, a.v_head_stride))?;
+    let doc_map = if a.doc_ids != 0 {
+        k.encode_tensor_map(&TensorMapSpec {
+            address: a.doc_ids,
+            element: TensorElement::U32,
+            dims: vec![(a.batch * a.seq_len) as u64],
+            strides: vec![],
+            box_dims: vec![ATTENTION_SM90_BLOCK_KEYS],
+            swizzle_128b: false,
+        })?
+    } else {
+        KormoTensorMap::default()
+    };
+    Ok(KormoAttentionFwdSm90Args { q_map, k_map, v_map, doc_map, a: *a })
+}
+
+/// The attention forward: the sm_90a kernels on compute capability 9.0 (when the arguments meet
+/// their TMA preconditions), else the sm_80 ones. Same outputs either way.
+///
 /// # Safety
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
 pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
+    if AttentionPath::for_capability(k.compute_capability()) == AttentionPath::Sm90 && sm90_fwd_supported(a) {
+        unsafe { attention_fwd_sm90(k, a) }
+    } else {
+        unsafe { attention_fwd_sm80(k, a) }
+    }
+}
+
+/// The Hopper forward, whatever the device (the emulator runs it anywhere; a device other than
+/// compute capability 9.0 traps).
+///
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn attention_fwd_sm90(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
+    let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
+    check_attention(v.fwd_sm90, a.batch, a.seq_len, a.heads_q, a.heads_kv, attention_strides!(a), &[a.q, a.k, a.v, a.o])?;
+    require(sm90_fwd_supported(a), v.fwd_sm90, || "doc_ids must be 16-byte aligned and batch * seq_len < 2^31".into())?;
+    let tiles = (a.seq_len + ATTENTION_SM90_BLOCK_QUERIES - 1) / ATTENTION_SM90_BLOCK_QUERIES;
+    let blocks = grid_dim(v.fwd_sm90, "query tiles", tiles, i32::MAX as i64)?;
+    let args = attention_fwd_sm90_args(k, a)?;
+    let cfg = LaunchConfig {
+        grid_dim: (blocks, a.heads_q as u32, a.batch as u32),
+        block_dim: (ATTENTION_SM90_THREADS, 1, 1),
+        shared_mem_bytes: v.fwd_sm90_smem_bytes,
+    };
+    unsafe { launch(k, v.fwd_sm90, &args, cfg) }
+}
+
+/// The FlashAttention-2-layout forward (any device of compute capability 8.0 or newer).
+///
+/// # Safety
+/// Pointers must be valid device buffers of the sizes/strides in `a`.
+pub unsafe fn attention_fwd_sm80(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     let strides = attention_strides!(a);
     check_attention(v.fwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o])?;

@@ -28,6 +28,7 @@ pub struct Kernels {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    capability: (i32, i32),
 }
 
 impl Kernels {
@@ -39,7 +40,13 @@ impl Kernels {
         }
         let module = ctx.load_module(Ptx::from_binary(FATBIN.to_vec()))?;
         let stream = ctx.default_stream();
-        Ok(Self { ctx, stream, module, functions: Mutex::new(HashMap::new()) })
+        let capability = ctx.compute_capability()?;
+        Ok(Self { ctx, stream, module, functions: Mutex::new(HashMap::new()), capability })
+    }
+
+    /// The device's compute capability (major, minor): (9, 0) runs the sm_90a kernels.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.capability
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -60,6 +67,8 @@ impl Kernels {
         let smem = ATTENTION_VARIANTS.iter().find_map(|v| {
             if v.fwd == name {
                 Some(v.fwd_smem_bytes)
+            } else if v.fwd_sm90 == name {
+                Some(v.fwd_sm90_smem_bytes)
             } else if v.bwd == name || v.bwd_dkdv == name {
                 Some(v.bwd_smem_bytes)
             } else if v.bwd_dq == name {

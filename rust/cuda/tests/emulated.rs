@@ -34,21 +34,7 @@ fn rope_layouts_emulated() {
 
 #[test]
 fn attention_emulated() {
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
-    cases::check_attention(
-        &Emulator::new(),
-        &[
-            AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
-            AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
-            AttnCase { name: "docs, hd128, GQA 2", shape: shape(1, 70, 2, 1, 128), docs: Some(vec![40, 1, 29]), pad: 0, seed: 23 },
-            // Several tiles each way (forward blocks hold 128 queries, backward blocks 64 keys):
-            // interior tiles that need no mask, two kv heads, the pipelines' steady state.
-            AttnCase { name: "causal, 5 key tiles, hd64, 2 kv heads x GQA 2", shape: shape(1, 300, 4, 2, 64), docs: None, pad: 8, seed: 24 },
-            // Long documents: unmasked tiles inside one document, the forward's stop before the
-            // tiles of an earlier document, the backward's move to the next head at a later one.
-            AttnCase { name: "long docs, 5 key tiles, hd128, GQA 2", shape: shape(1, 300, 2, 1, 128), docs: Some(vec![70, 230]), pad: 0, seed: 25 },
-        ],
-    );
+    cases::check_attention(&Emulator::new(), &cases::attention_layouts());
 }
 
 #[test]
@@ -177,17 +163,8 @@ fn grad_sumsq_deterministic_is_order_independent_emulated() {
 
 #[test]
 fn attention_bwd_deterministic_emulated() {
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
-    // The cases of attention_emulated, through the deterministic backward, in grid order.
-    cases::check_attention_mode(
-        &Emulator::new(),
-        &[
-            AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
-            AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
-            AttnCase { name: "docs, hd128, GQA 2", shape: shape(1, 70, 2, 1, 128), docs: Some(vec![40, 1, 29]), pad: 0, seed: 23 },
-        ],
-        true,
-    );
+    // The first cases of attention_emulated, through the deterministic backward, in grid order.
+    cases::check_attention_mode(&Emulator::new(), &cases::attention_layouts()[..3], true);
 }
 
 /// Several key tiles per query tile (so dQ sums contributions of several blocks; interior tiles

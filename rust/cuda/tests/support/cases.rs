@@ -305,6 +305,22 @@ pub fn check_rope_layouts<B: Backend>(b: &B, cases: &[RopeCase]) {
     }
 }
 
+/// The document layouts every attention path is checked over: one document, many short ones
+/// straddling two rows, documents inside one tile, several tiles each way (forward blocks hold
+/// 128 queries, backward blocks 64 keys: interior tiles without a mask, two kv heads, the
+/// pipelines' steady state), long documents (the forward's stop before an earlier document's
+/// tiles, the backward's move to the next head at a later one); seq not a multiple of any tile.
+pub fn attention_layouts() -> Vec<AttnCase> {
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    vec![
+        AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
+        AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
+        AttnCase { name: "docs, hd128, GQA 2", shape: shape(1, 70, 2, 1, 128), docs: Some(vec![40, 1, 29]), pad: 0, seed: 23 },
+        AttnCase { name: "causal, 5 key tiles, hd64, 2 kv heads x GQA 2", shape: shape(1, 300, 4, 2, 64), docs: None, pad: 8, seed: 24 },
+        AttnCase { name: "long docs, 5 key tiles, hd128, GQA 2", shape: shape(1, 300, 2, 1, 128), docs: Some(vec![70, 230]), pad: 0, seed: 25 },
+    ]
+}
+
 pub struct AttnCase {
     pub name: &'static str,
     pub shape: AttentionShape,

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
-use kormo_cuda::kernel_launch::Launcher;
+use kormo_cuda::bindings::KormoTensorMap;
+use kormo_cuda::kernel_launch::{Launcher, TensorMapSpec};
 use kormo_cuda::{bf16, CudaError, CudaOps, Kernels};
 
 pub use kormo_cuda::random::SplitMix64;
@@ -86,12 +87,26 @@ pub fn cuda_ops_or_skip() -> Option<CudaOps> {
 /// The real kernel sources compiled for the CPU against cuda/emulator (see kormo_emulator.h):
 /// host memory stands in for device memory, launches run synchronously.
 pub struct Emulator {
-    launch: EmuLaunchFn,
+    entry: EmuEntry,
     /// 0: blocks in grid order; else blocks in an order shuffled by this seed (cuda/emulator).
     block_order_seed: u64,
+    /// The compute capability the launchers see: (8, 0) runs the sm_80 kernels, (9, 0) the
+    /// sm_90a ones.
+    capability: (i32, i32),
+    /// Every kernel launched, in order (tests check which path a launcher took).
+    launched: std::sync::Mutex<Vec<&'static str>>,
 }
 
 type EmuLaunchFn = unsafe extern "C" fn(*const c_char, *const u32, *const u32, u32, *const c_void, usize, u64) -> c_int;
+type EmuEncodeFn =
+    unsafe extern "C" fn(u64, u32, u32, *const u64, *const u64, *const u32, u32, *mut c_void) -> c_int;
+
+/// The emulator library's two entry points (cuda/emulator/emulator.cpp).
+#[derive(Clone, Copy)]
+struct EmuEntry {
+    launch: EmuLaunchFn,
+    encode_tensor_map: EmuEncodeFn,
+}
 
 /// Host memory a kernel may write through its u64 address (hence the UnsafeCell).
 pub struct HostBuf<T>(Box<[UnsafeCell<T>]>);
@@ -104,9 +119,9 @@ const RTLD_NOW: c_int = 2;
 const CUDA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../cuda");
 
 /// Compiles cuda/emulator/emulator.cpp once per test process (host C++ compiler: $CXX or c++),
-/// loads it and returns its entry point. The library file is deleted once loaded.
-fn emulator_entry() -> EmuLaunchFn {
-    static ENTRY: OnceLock<EmuLaunchFn> = OnceLock::new();
+/// loads it and returns its entry points. The library file is deleted once loaded.
+fn emulator_entry() -> EmuEntry {
+    static ENTRY: OnceLock<EmuEntry> = OnceLock::new();
     *ENTRY.get_or_init(|| {
         let base = std::env::var_os("TEST_TMPDIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let dir = base.join(format!("kormo-emulator-{}", std::process::id()));
@@ -123,14 +138,19 @@ fn emulator_entry() -> EmuLaunchFn {
             .unwrap_or_else(|e| panic!("cannot run the C++ compiler `{cxx}`: {e}"));
         assert!(out.status.success(), "building the kernel emulator failed:\n{}", String::from_utf8_lossy(&out.stderr));
         let path = CString::new(lib.to_str().expect("utf-8 path")).unwrap();
-        // SAFETY: loading our own freshly built library; the symbol has the EmuLaunchFn signature
-        // (cuda/emulator/emulator.cpp). The handle stays open for the life of the process.
+        // SAFETY: loading our own freshly built library; the symbols have the EmuLaunchFn and
+        // EmuEncodeFn signatures (cuda/emulator/emulator.cpp). The handle stays open for the life
+        // of the process.
         let entry = unsafe {
             let handle = dlopen(path.as_ptr(), RTLD_NOW);
             assert!(!handle.is_null(), "dlopen of the kernel emulator {} failed", lib.display());
-            let sym = dlsym(handle, c"kormo_emu_launch".as_ptr());
-            assert!(!sym.is_null(), "kormo_emu_launch not found in the emulator");
-            std::mem::transmute::<*mut c_void, EmuLaunchFn>(sym)
+            let launch = dlsym(handle, c"kormo_emu_launch".as_ptr());
+            let encode = dlsym(handle, c"kormo_emu_encode_tensor_map".as_ptr());
+            assert!(!launch.is_null() && !encode.is_null(), "entry points not found in the emulator");
+            EmuEntry {
+                launch: std::mem::transmute::<*mut c_void, EmuLaunchFn>(launch),
+                encode_tensor_map: std::mem::transmute::<*mut c_void, EmuEncodeFn>(encode),
+            }
         };
         let _ = std::fs::remove_dir_all(&dir); // the mapping outlives the file
         entry
@@ -139,19 +159,31 @@ fn emulator_entry() -> EmuLaunchFn {
 
 impl Emulator {
     pub fn new() -> Self {
-        Emulator { launch: emulator_entry(), block_order_seed: 0 }
+        Emulator { entry: emulator_entry(), block_order_seed: 0, capability: (8, 0), launched: Default::default() }
     }
 
     /// Runs every launch's blocks in an order shuffled by `seed` (non-zero), so results that
     /// depend on block scheduling (f32 atomics from several blocks) differ between seeds.
     pub fn with_block_order(seed: u64) -> Self {
         assert_ne!(seed, 0, "seed 0 is grid order");
-        Emulator { launch: emulator_entry(), block_order_seed: seed }
+        Emulator { block_order_seed: seed, ..Emulator::new() }
+    }
+
+    /// An emulator the launchers take for an H100/H200 (compute capability 9.0): they pick the
+    /// sm_90a kernels.
+    pub fn hopper() -> Self {
+        Emulator { capability: (9, 0), ..Emulator::new() }
+    }
+
+    /// The kernels launched so far, in order.
+    pub fn launched(&self) -> Vec<&'static str> {
+        self.launched.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
 impl Launcher for Emulator {
     unsafe fn launch_kernel<A: DeviceRepr>(&self, name: &'static str, cfg: LaunchConfig, args: &A) -> Result<(), CudaError> {
+        self.launched.lock().unwrap_or_else(|p| p.into_inner()).push(name);
         let c_name = CString::new(name).unwrap();
         let grid = [cfg.grid_dim.0, cfg.grid_dim.1, cfg.grid_dim.2];
         let block = [cfg.block_dim.0, cfg.block_dim.1, cfg.block_dim.2];
@@ -159,13 +191,40 @@ impl Launcher for Emulator {
         // SAFETY: the emulator copies size_of::<A>() bytes of the struct; pointers inside are host
         // addresses of HostBuf allocations.
         let status = unsafe {
-            (self.launch)(c_name.as_ptr(), grid.as_ptr(), block.as_ptr(), cfg.shared_mem_bytes, args_ptr, std::mem::size_of::<A>(), self.block_order_seed)
+            (self.entry.launch)(c_name.as_ptr(), grid.as_ptr(), block.as_ptr(), cfg.shared_mem_bytes, args_ptr, std::mem::size_of::<A>(), self.block_order_seed)
         };
         match status {
             0 => Ok(()),
             1 => Err(CudaError::InvalidLaunch { kernel: name, reason: "unknown to the emulator".into() }),
             2 => Err(CudaError::InvalidLaunch { kernel: name, reason: "argument struct size differs from the C header".into() }),
             other => Err(CudaError::InvalidLaunch { kernel: name, reason: format!("emulator status {other}") }),
+        }
+    }
+
+    fn compute_capability(&self) -> (i32, i32) {
+        self.capability
+    }
+
+    fn encode_tensor_map(&self, spec: &TensorMapSpec) -> Result<KormoTensorMap, CudaError> {
+        spec.check().map_err(|reason| CudaError::InvalidLaunch { kernel: "tensor map", reason })?;
+        let mut map = KormoTensorMap::default();
+        let swizzle = if spec.swizzle_128b { 128 } else { 0 };
+        // SAFETY: the arrays have the spec's rank (checked); the emulator writes 128 bytes.
+        let status = unsafe {
+            (self.entry.encode_tensor_map)(
+                spec.address,
+                spec.element.bytes(),
+                spec.dims.len() as u32,
+                spec.dims.as_ptr(),
+                spec.strides.as_ptr(),
+                spec.box_dims.as_ptr(),
+                swizzle,
+                &mut map as *mut KormoTensorMap as *mut c_void,
+            )
+        };
+        match status {
+            0 => Ok(map),
+            other => Err(CudaError::InvalidLaunch { kernel: "tensor map", reason: format!("emulator status {other}") }),
         }
     }
 }

@@ -1,0 +1,329 @@
+// Hopper (sm_90a) masked attention forward: FlashAttention-3's structure on wgmma + TMA, for
+// the same masks, layouts and outputs as kormo::attention::forward (o and the natural-log lse).
+// The extern "C" entry points are generated per variant by cuda/generate_instantiations.py.
+//
+// Design:
+// - One block per (128-query tile, query head, batch row), heaviest (last) tiles first; three
+//   warpgroups. Warpgroup 0 is the producer: it gives registers back (setmaxnreg.dec to 24) and
+//   one thread issues every copy with TMA: the Q tile once, then per key tile K (+ its doc ids)
+//   and V into a 2-stage ring. Warpgroups 1 and 2 are consumers (setmaxnreg.inc to 240), 64 query
+//   rows each, sharing every K and V tile.
+// - mbarriers: q_full; k_full[s] and v_full[s] complete on the copies' bytes; k_empty[s] and
+//   v_empty[s] take one arrival per consumer warp once that K (after S) or V (after O += PV) is no
+//   longer read, so K tiles are reloaded one softmax earlier than V tiles.
+// - Consumer step for key tile j: S_j = Q K_j^T (wgmma, both operands from shared memory) and
+//   O += P_{j-1} V_{j-1} (wgmma, P from registers as the m16n8k16 A layout straight from the S
+//   accumulators) are issued together; S_j's mask and online softmax run while the PV product is
+//   still in the tensor cores, then O is rescaled (intra-warpgroup overlap). The two consumer
+//   warpgroups take turns issuing (named barriers 1 and 2), so one warpgroup's softmax runs while
+//   the other's GEMMs do (ping-pong).
+// - Masking: key tiles are walked from the diagonal down to the tile holding the start of the
+//   block's first document (found by binary search over the row's doc ids), so tiles of earlier
+//   documents are never loaded; of the loaded tiles only the diagonal one and, with documents,
+//   tiles whose first key's document differs from the block's last query's pay for the
+//   per-element test. Doc-masked attention costs its visible work plus partial edge tiles.
+// - Shared tiles are [128 rows][64] bf16 sub-tiles (head dim 128: two per tile), 128-byte rows with
+//   the 128-byte swizzle: TMA writes them so, the wgmma descriptors read them so; the region is
+//   aligned to 1024 bytes (the swizzle period). Rows past the sequence come in as zeros (TMA's
+//   out-of-bounds fill over the 4-D {d, head, position, row} maps) and are never stored.
+// Outside the sm_90a pass (sm_80 cubin, compute_90 PTX) the kernel is a trap: the launcher picks
+// it only on compute capability 9.0.
+#pragma once
+
+#include "kormo_attention.cuh"
+#include "kormo_hopper.cuh"
+
+namespace kormo {
+namespace attention_sm90 {
+
+constexpr int kBlockM = 128;  // queries per block
+constexpr int kBlockN = 128;  // keys per tile
+constexpr int kStages = 2;
+constexpr int kThreads = 384;
+constexpr int kConsumerWarps = 8;
+constexpr int kSubTileBytes = kBlockN * sm90::kSwizzleRowBytes;  // [128 rows][64] bf16
+
+template <int D>
+struct FwdSmem {
+    static constexpr int kHalves = D / 64;
+    static constexpr int q = 0;                                         // [half][128][64]
+    static constexpr int k = q + kHalves * kSubTileBytes;               // [stage][half][128][64]
+    static constexpr int v = k + kStages * kHalves * kSubTileBytes;     // [stage][half][128][64]
+    static constexpr int k_doc = v + kStages * kHalves * kSubTileBytes; // uint32 [stage][128]
+    static constexpr int bars = k_doc + kStages * kBlockN * 4;         // 9 mbarriers
+    static constexpr int info = bars + 128;                            // first key tile
+    static constexpr int bytes = info + 128 + sm90::kSwizzleAtomBytes;  // + slack for the alignment
+};
+
+struct Barriers {
+    uint64_t* q_full;
+    uint64_t* k_full;   // [kStages]
+    uint64_t* v_full;   // [kStages]
+    uint64_t* k_empty;  // [kStages]
+    uint64_t* v_empty;  // [kStages]
+};
+
+// Smallest position p <= q0 of the row whose document is doc[q0] (doc ids are non-decreasing).
+__device__ __forceinline__ int64_t first_of_document(const uint32_t* doc, int64_t q0) {
+    const uint32_t target = doc[q0];
+    int64_t lo = 0, hi = q0;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (doc[mid] < target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+template <int D, bool DOC>
+__device__ void produce(const KormoAttentionFwdSm90Args& p, unsigned char* smem, const Barriers& b, int first_tile,
+                        int last_tile) {
+    using L = FwdSmem<D>;
+    const KormoAttentionFwdArgs& a = p.a;
+    const int head = blockIdx.y, row = blockIdx.z;
+    const int kv_head = head / static_cast<int>(a.heads_q / a.heads_kv);
+    const int q0 = last_tile * kBlockM;
+    constexpr uint32_t kTileBytes = L::kHalves * kSubTileBytes;
+    sm90::mbar_arrive_expect_tx(b.q_full, kTileBytes);
+    for (int h = 0; h < L::kHalves; ++h)
+        sm90::tma_load_4d(smem + L::q + h * kSubTileBytes, &p.q_map, b.q_full, 64 * h, head, q0, row);
+    for (int it = 0; it <= last_tile - first_tile; ++it) {
+        const int j = last_tile - it, s = it % kStages, use = it / kStages;
+        if (use > 0) sm90::mbar_wait(&b.k_empty[s], (use - 1) & 1);
+        sm90::mbar_arrive_expect_tx(&b.k_full[s], kTileBytes + (DOC ? kBlockN * 4 : 0));
+        for (int h = 0; h < L::kHalves; ++h)
+            sm90::tma_load_4d(smem + L::k + (s * L::kHalves + h) * kSubTileBytes, &p.k_map, &b.k_full[s], 64 * h, kv_head,
+                              j * kBlockN, row);
+        if (DOC)
+            sm90::tma_load_1d(smem + L::k_doc + s * kBlockN * 4, &p.doc_map, &b.k_full[s],
+                              static_cast<int>(row * a.seq_len + j * kBlockN));
+        if (use > 0) sm90::mbar_wait(&b.v_empty[s], (use - 1) & 1);
+        sm90::mbar_arrive_expect_tx(&b.v_full[s], kTileBytes);
+        for (int h = 0; h < L::kHalves; ++h)
+            sm90::tma_load_4d(smem + L::v + (s * L::kHalves + h) * kSubTileBytes, &p.v_map, &b.v_full[s], 64 * h, kv_head,
+                              j * kBlockN, row);
+    }
+}
+
+// Masks S (this thread's elements of the 64 x 128 tile) and folds it into the running softmax:
+// m (row max of S * scale * log2 e), l (this lane's part of the row sum); S becomes P and alpha
+// the factor the previous O must be scaled by.
+template <bool DOC>
+__device__ __forceinline__ void softmax_step(float (&s)[kBlockN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
+                                             bool need_mask, int shift, const uint32_t* k_doc, const uint32_t (&row_doc)[2],
+                                             float scale_log2) {
+    const int t = threadIdx.x & 3;
+    if (need_mask) {
+#pragma unroll
+        for (int i = 0; i < kBlockN / 2; ++i) {
+            // Key k0 + c (c = 8 (i / 4) + 2t + (i & 1)) is past query q0 + row when c > row + q0 - k0;
+            // shift = q0 - k0 + (this thread's first row) - 2t leaves the compile-time part.
+            const int h = (i & 2) >> 1;
+            if ((i / 4) * 8 + (i & 1) > shift + 8 * h || (DOC && k_doc[(i / 4) * 8 + 2 * t + (i & 1)] != row_doc[h]))
+                s[i] = -INFINITY;
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb * 4 + 2 * h], s[nb * 4 + 2 * h + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[h], mx * scale_log2);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // nothing visible yet: p = 0, alpha = 0
+        alpha[h] = ptx::exp2_approx(m[h] - m_use);
+        m[h] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nb = 0; nb < kBlockN / 8; ++nb) {
+#pragma unroll
+            for (int e = 2 * h; e < 2 * h + 2; ++e) {
+                const float pv = ptx::exp2_approx(fmaf(s[nb * 4 + e], scale_log2, -m_use));
+                s[nb * 4 + e] = pv;
+                sum += pv;
+            }
+        }
+        l[h] = l[h] * alpha[h] + sum;
+    }
+}
+
+template <int D, bool DOC>
+__device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem, const Barriers& b, int first_tile,
+                        int last_tile) {
+    using L = FwdSmem<D>;
+    const KormoAttentionFwdArgs& a = p.a;
+    const int wg = threadIdx.x / 128 - 1;  // consumer warpgroup 0 or 1
+    const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int64_t q0 = static_cast<int64_t>(last_tile) * kBlockM, row = blockIdx.z, head = blockIdx.y;
+    const int64_t base = row * a.seq_len, total_tokens = a.batch * a.seq_len;
+    const int row0 = wg * 64 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8 of the block
+    const uint32_t* doc = DOC ? dev_ptr<const uint32_t>(a.doc_ids) + base : nullptr;
+    uint32_t row_doc[2] = {0u, 0u};
+    uint32_t last_doc = 0u;
+    if (DOC) {
+        for (int h = 0; h < 2; ++h) row_doc[h] = q0 + row0 + 8 * h < a.seq_len ? doc[q0 + row0 + 8 * h] : 0xffffffffu;
+        last_doc = doc[min(q0 + kBlockM - 1, a.seq_len - 1)];
+    }
+    const float scale_log2 = a.softmax_scale * attention::kLog2e;
+    const unsigned char* sq = smem + L::q + wg * 64 * sm90::kSwizzleRowBytes;
+
+    float o[D / 2], s[kBlockN / 2];
+    uint32_t pa[kBlockN / 16][4];  // P of the previous tile as A fragments, one per 16 keys
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f}, alpha[2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.0f;
+
+    const unsigned char* sk_base = smem + L::k;
+    const unsigned char* sv_base = smem + L::v;
+    // S = Q K^T for the key tile in stage st (D / 16 k-steps, both operands in shared memory).
+    auto issue_s = [&](int st) {
+        const unsigned char* sk = sk_base + st * L::kHalves * kSubTileBytes;
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            const int off = (ks / 4) * kSubTileBytes + (ks % 4) * 32;
+            sm90::wgmma_ss<kBlockN>(s, sm90::desc_sw128(sq + off, 16, sm90::kSwizzleAtomBytes),
+                                    sm90::desc_sw128(sk + off, 16, sm90::kSwizzleAtomBytes), ks > 0);
+        }
+        sm90::wgmma_commit();
+    };
+    // O += P V for the value tile in stage st (P from registers; V N-major, 16 keys per k-step).
+    auto issue_pv = [&](int st) {
+        const unsigned char* sv = sv_base + st * L::kHalves * kSubTileBytes;
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk)
+            sm90::wgmma_rs<D>(o, pa[kk], sm90::desc_sw128(sv + kk * 16 * sm90::kSwizzleRowBytes, kSubTileBytes,
+                                                           sm90::kSwizzleAtomBytes), true);
+        sm90::wgmma_commit();
+    };
+    // Mask + softmax of the tile just computed (iteration it, stage st): S becomes P.
+    auto softmax = [&](int it, int st) {
+        const int64_t k0 = static_cast<int64_t>(last_tile - it) * kBlockN;
+        const uint32_t* k_doc = reinterpret_cast<const uint32_t*>(smem + L::k_doc + st * kBlockN * 4);
+        const bool need_mask = k0 + kBlockN - 1 > q0 || (DOC && k_doc[0] != last_doc);
+        softmax_step<DOC>(s, m, l, alpha, need_mask, static_cast<int>(q0 - k0) + row0 - 2 * t, k_doc, row_doc, scale_log2);
+    };
+    auto p_to_a = [&]() {
+#pragma unroll
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+            pa[kk][0] = ptx::pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
+            pa[kk][1] = ptx::pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
+            pa[kk][2] = ptx::pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
+            pa[kk][3] = ptx::pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+    };
+    // Ping-pong: consumer c issues its GEMMs after bar.sync(1 + c) and then lets the other go
+    // with bar.arrive(2 - c). Consumer 1 opens with one arrival for consumer 0 and skips its
+    // last one, so every sync meets exactly one arrival.
+    const int n_tiles = last_tile - first_tile + 1;
+    if (wg == 1) sm90::named_bar_arrive(1, 256);
+    sm90::mbar_wait(b.q_full, 0);
+
+    // First tile (the diagonal): S only.
+    sm90::mbar_wait(&b.k_full[0], 0);
+    sm90::named_bar_sync(1 + wg, 256);
+    sm90::wgmma_fence();
+    issue_s(0);
+    if (!(wg == 1 && n_tiles == 1)) sm90::named_bar_arrive(2 - wg, 256);
+    sm90::wgmma_wait<0>();
+    sm90::fence_operand(s);
+    if (lane == 0) sm90::mbar_arrive(&b.k_empty[0]);
+    softmax(0, 0);
+    p_to_a();
+
+    // Tile it: S_it with the previous tile's PV in flight behind it.
+    for (int it = 1; it < n_tiles; ++it) {
+        const int st = it % kStages, prev = (it - 1) % kStages;
+        sm90::mbar_wait(&b.k_full[st], (it / kStages) & 1);
+        sm90::mbar_wait(&b.v_full[prev], ((it - 1) / kStages) & 1);
+        sm90::named_bar_sync(1 + wg, 256);
+        sm90::wgmma_fence();
+        issue_s(st);
+        issue_pv(prev);
+        if (!(wg == 1 && it == n_tiles - 1)) sm90::named_bar_arrive(2 - wg, 256);
+        sm90::wgmma_wait<1>();  // S done; PV may still run
+        sm90::fence_operand(s);
+        if (lane == 0) sm90::mbar_arrive(&b.k_empty[st]);
+        softmax(it, st);
+        sm90::wgmma_wait<0>();
+        sm90::fence_operand(o);
+        if (lane == 0) sm90::mbar_arrive(&b.v_empty[prev]);
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i & 2) >> 1];
+        p_to_a();
+    }
+
+    // Last PV.
+    const int last = (n_tiles - 1) % kStages;
+    sm90::mbar_wait(&b.v_full[last], ((n_tiles - 1) / kStages) & 1);
+    sm90::wgmma_fence();
+    issue_pv(last);
+    sm90::wgmma_wait<0>();
+    sm90::fence_operand(o);
+
+    // Epilogue: the quad's partial sums make the row sum (> 0 for every stored row: its diagonal key).
+    __nv_bfloat16* o_out = dev_ptr<__nv_bfloat16>(a.o) + base * a.o_token_stride + head * a.o_head_stride;
+    float* lse = dev_ptr<float>(a.lse) + head * total_tokens + base;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        float sum = l[h];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const int64_t i = q0 + row0 + 8 * h;
+        if (i >= a.seq_len) continue;
+        const float inv_l = 1.0f / sum;
+        __nv_bfloat16* dst = o_out + i * a.o_token_stride + 2 * t;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd)
+            attention::store_bf16x2(dst + nd * 8, o[nd * 4 + 2 * h] * inv_l, o[nd * 4 + 2 * h + 1] * inv_l);
+        if (t == 0) lse[i] = m[h] * attention::kLn2 + logf(sum);
+    }
+}
+
+template <int D, bool DOC>
+__device__ void forward(const KormoAttentionFwdSm90Args& p) {
+#if defined(KORMO_EMULATOR) || defined(KORMO_SM90A)
+    static_assert(D == 64 || D == 128, "head dim 64 or 128");
+    using L = FwdSmem<D>;
+    const KormoAttentionFwdArgs& a = p.a;
+    KORMO_DYNAMIC_SMEM(unsigned char, smem_base);
+    unsigned char* smem = smem_base + ((sm90::kSwizzleAtomBytes - (sm90::smem_u32(smem_base) % sm90::kSwizzleAtomBytes)) %
+                                       sm90::kSwizzleAtomBytes);
+    const int last_tile = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // the diagonal key tile
+    const int64_t q0 = static_cast<int64_t>(last_tile) * kBlockM;
+    if (q0 >= a.seq_len || blockIdx.y >= a.heads_q || blockIdx.z >= a.batch) return;
+    uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
+    const Barriers b{bars, bars + 1, bars + 1 + kStages, bars + 1 + 2 * kStages, bars + 1 + 3 * kStages};
+    int* info = reinterpret_cast<int*>(smem + L::info);
+    if (threadIdx.x == 0) {
+        sm90::mbar_init(b.q_full, 1);
+        for (int s = 0; s < kStages; ++s) {
+            sm90::mbar_init(&b.k_full[s], 1);
+            sm90::mbar_init(&b.v_full[s], 1);
+            sm90::mbar_init(&b.k_empty[s], kConsumerWarps);
+            sm90::mbar_init(&b.v_empty[s], kConsumerWarps);
+        }
+        sm90::fence_barrier_init();
+        info[0] = DOC ? static_cast<int>(
+                            first_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len, q0) / kBlockN)
+                      : 0;
+    }
+    __syncthreads();
+    const int first_tile = info[0];
+    if (threadIdx.x < 128) {
+        sm90::reg_dealloc<24>();
+        if (threadIdx.x == 0) produce<D, DOC>(p, smem, b, first_tile, last_tile);
+        return;
+    }
+    sm90::reg_alloc<240>();
+    consume<D, DOC>(p, smem, b, first_tile, last_tile);
+#else
+    (void)p;
+    __trap();
+#endif
+}
+
+}  // namespace attention_sm90
+}  // namespace kormo
