@@ -62,7 +62,7 @@ impl Selected {
                 "backend: cpu ({why}; f32 reference, {cpu_threads} threads)"
             ),
             Selected::Cuda { device, .. } => format!(
-                "backend: cuda ({}, driver {}, compute capability {}.{}, {:.1} GiB, device {}; bf16 weights, f32 master weights and AdamW state)",
+                "backend: cuda ({}, driver {}, compute capability {}.{}, {:.1} GiB, device {}; bf16 weights, f32 master weights and AdamW state; {})",
                 device.name,
                 std::fs::read_to_string("/proc/driver/nvidia/version")
                     .ok()
@@ -71,7 +71,8 @@ impl Selected {
                 device.compute_capability.0,
                 device.compute_capability.1,
                 device.total_memory_bytes as f64 / GIB,
-                device.ordinal
+                device.ordinal,
+                kormo_cuda::kernel_launch::AttentionPath::for_capability(device.compute_capability).describe()
             ),
         }
     }
