@@ -1,5 +1,7 @@
 //! Microbenchmarks of every kernel at KORMo-10.8B sizes (hidden 4096, 32 query / 8 kv heads of
-//! 128, FFN 16384, vocab 125,184; attention at seq 4096 and 32K).
+//! 128, FFN 16384, vocab 125,184), and attention over a shape matrix (`attention_shapes`: seq 4K,
+//! 8K and 32K at 32,768 tokens per launch; heads 32/8 and 12/3 at head dim 128 and 64; causal and
+//! documents of 2048 and 512 tokens) that bench/torch_reference.py times with the same shape text.
 //!
 //! Each row prints the mean time over timed iterations (after one warm-up), and either the
 //! bandwidth over the IDEAL traffic (each input read once, each output written once) as a
@@ -14,6 +16,7 @@
 //!
 //! Options: `bench --help`.
 
+use std::cell::Cell;
 use std::error::Error;
 use std::sync::Arc;
 
@@ -35,15 +38,14 @@ const VOCAB: usize = 125_184;
 const TOKENS: usize = 8192;
 /// Dense bf16 tensor-core peak of the H100/H200 SXM (the anchor table's number).
 const PEAK_BF16_FLOPS: f64 = 989e12;
-/// Document length used by the doc-masked attention rows (a typical packed-pretraining mix
-/// would be shorter and more varied; a fixed length keeps the useful FLOPs exact).
-const DOC_LEN: usize = 2048;
 
 struct Bench {
     k: Kernels,
     st: Arc<CudaStream>,
     iters: usize,
     copy_bytes_per_s: f64,
+    /// Rows that printed `failed` instead of a time (the run then exits 1).
+    failures: Cell<usize>,
 }
 
 impl Bench {
@@ -66,11 +68,16 @@ impl Bench {
         Ok(())
     }
 
-    /// Times `f` and prints its row: throughput of `flops` useful operations.
-    fn timed_row_flops(&self, kernel: &str, shape: &str, flops: f64, f: impl FnMut() -> Result<(), CudaError>) -> Result<(), Box<dyn Error>> {
-        let us = self.time_us(f)?;
-        self.row_flops(kernel, shape, us, flops);
-        Ok(())
+    /// Times `f` and prints its row (throughput of `flops` useful operations), or a `failed` row
+    /// (counted in `failures`) when a launch fails, so one shape's error does not hide the others.
+    fn attention_row(&self, kernel: &str, shape: &str, flops: f64, f: impl FnMut() -> Result<(), CudaError>) {
+        match self.time_us(f) {
+            Ok(us) => self.row_flops(kernel, shape, us, flops),
+            Err(e) => {
+                self.failures.set(self.failures.get() + 1);
+                println!("| {kernel} | {shape} | failed: {} | | | | |", e.to_string().replace('\n', " "));
+            }
+        }
     }
 
     fn row_bytes(&self, kernel: &str, shape: &str, us: f64, bytes: f64) {
@@ -110,21 +117,28 @@ impl Bench {
     }
 }
 
-/// Microbenchmarks of every kormo kernel and cuBLASLt GEMM at KORMo-10.8B sizes on GPU 0; prints
-/// a markdown table (mean time, bandwidth or TFLOP/s against the device's copy bandwidth or
-/// bf16 peak). Without a device it prints "skipped: no CUDA device" and exits 0.
+/// Microbenchmarks of every kormo kernel and cuBLASLt GEMM at KORMo-10.8B sizes, and of attention
+/// over a shape matrix (seq 4K/8K/32K, heads 32/8 and 12/3, head dim 128 and 64, causal and
+/// documents of 2048 and 512), on GPU 0; prints a markdown table (mean time, bandwidth or
+/// TFLOP/s against the device's copy bandwidth or bf16 peak). Without a device it prints
+/// "skipped: no CUDA device" and exits 0.
 #[derive(clap::Parser)]
 #[command(name = "bench", disable_version_flag = true, after_help = "\
-Example:
-  bench --quick > kernels.md")]
+Examples:
+  bench --quick > kernels.md
+  bench --quick --attention-only   (24 attention shapes x 3 passes, seq 32K left out)")]
 struct Cli {
-    /// 5 timed iterations instead of 20, seq 32K attention skipped
+    /// 5 timed iterations instead of 20, seq 32K attention shapes skipped
     #[arg(long)]
     quick: bool,
+    /// Only the attention rows (forward, backward, deterministic backward at every attention
+    /// shape) after the copy-bandwidth row
+    #[arg(long)]
+    attention_only: bool,
 }
 
 fn main() {
-    let quick = <Cli as clap::Parser>::parse().quick;
+    let cli = <Cli as clap::Parser>::parse();
     let k = match Kernels::new(0) {
         Ok(k) => k,
         Err(CudaError::NoDevice(why)) => {
@@ -136,16 +150,16 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = run(k, quick) {
+    if let Err(e) = run(k, &cli) {
         eprintln!("bench: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(k: Kernels, quick: bool) -> Result<(), Box<dyn Error>> {
+fn run(k: Kernels, cli: &Cli) -> Result<(), Box<dyn Error>> {
     let st = k.stream().clone();
     let name = k.context().name()?;
-    let mut b = Bench { k, st, iters: if quick { 5 } else { 20 }, copy_bytes_per_s: 0.0 };
+    let mut b = Bench { k, st, iters: if cli.quick { 5 } else { 20 }, copy_bytes_per_s: 0.0, failures: Cell::new(0) };
 
     // Reference bandwidth: device-to-device copy of 1 GiB, counting bytes read + written.
     let copy_len = 1usize << 30;
@@ -163,21 +177,20 @@ fn run(k: Kernels, quick: bool) -> Result<(), Box<dyn Error>> {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     b.row_bytes("memcpy DtoD", "1 GiB", copy_us, 2.0 * copy_len as f64);
 
-    bench_rmsnorm(&b)?;
-    bench_swiglu(&b)?;
-    bench_rope(&b)?;
-    bench_embedding(&b)?;
-    bench_cross_entropy(&b)?;
-    bench_adamw(&b)?;
-    bench_gemm(&b)?;
-    for (batch, seq) in [(2usize, 4096usize), (1, 32768)] {
-        if quick && seq > 4096 {
-            continue;
-        }
-        bench_attention(&b, batch, seq, false)?;
-        bench_attention(&b, batch, seq, true)?;
+    if !cli.attention_only {
+        bench_rmsnorm(&b)?;
+        bench_swiglu(&b)?;
+        bench_rope(&b)?;
+        bench_embedding(&b)?;
+        bench_cross_entropy(&b)?;
+        bench_adamw(&b)?;
+        bench_gemm(&b)?;
     }
-    Ok(())
+    bench_attention(&b, cli.quick)?;
+    match b.failures.get() {
+        0 => Ok(()),
+        n => Err(format!("{n} attention rows failed (their rows say why)").into()),
+    }
 }
 
 fn bench_rmsnorm(b: &Bench) -> Result<(), Box<dyn Error>> {
@@ -395,40 +408,170 @@ fn bench_gemm(b: &Bench) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-fn bench_attention(b: &Bench, batch: usize, seq: usize, doc_mask: bool) -> Result<(), Box<dyn Error>> {
-    let t = batch * seq;
-    let (qn, kvn) = (t * HEADS_Q * HEAD_DIM, t * HEADS_KV * HEAD_DIM);
-    let (q, k, v, o, dout) = (b.bf16_buf(qn, 1.0)?, b.bf16_buf(kvn, 1.0)?, b.bf16_buf(kvn, 1.0)?, b.bf16_buf(qn, 1.0)?, b.bf16_buf(qn, 1.0)?);
-    let (dq, dk, dv) = (b.bf16_buf(qn, 1.0)?, b.bf16_buf(kvn, 1.0)?, b.bf16_buf(kvn, 1.0)?);
-    let (lse, delta, dq_accum) = (b.f32_buf(HEADS_Q * t, 1.0)?, b.f32_buf(HEADS_Q * t, 1.0)?, b.f32_buf(qn, 1.0)?);
-    let docs: Vec<u32> = (0..t).map(|i| (i / DOC_LEN) as u32).collect();
-    let doc = b.upload(&docs)?;
-    let layout = kernel_launch::AttentionLayout::contiguous(batch, seq, HEADS_Q, HEADS_KV, HEAD_DIM);
-    let doc_ids = if doc_mask { b.ptr(&doc) } else { 0 };
-    let f = layout.fwd_args([b.ptr(&q), b.ptr(&k), b.ptr(&v)], b.ptr(&o), b.ptr(&lse), doc_ids);
-    // Useful FLOPs: 4 * D per visible (query, key) pair (QK^T and PV), causal within each doc.
-    let span = if doc_mask { DOC_LEN.min(seq) } else { seq };
-    let pairs_per_row = (seq / span) as f64 * (span * (span + 1) / 2) as f64;
-    let fwd_flops = 4.0 * HEAD_DIM as f64 * pairs_per_row * (batch * HEADS_Q) as f64;
-    let shape = format!(
-        "b{batch} s{seq} h{HEADS_Q}/{HEADS_KV} d{HEAD_DIM} {}",
-        if doc_mask { format!("docs of {DOC_LEN}") } else { "causal".to_string() }
-    );
-    b.timed_row_flops("attention fwd", &shape, fwd_flops, || unsafe { kernel_launch::attention_fwd(&b.k, &f) })?;
-    let buffers = kernel_launch::AttentionBwdBuffers {
-        dout: b.ptr(&dout),
-        delta: b.ptr(&delta),
-        dq_accum: b.ptr(&dq_accum),
-        dq: b.ptr(&dq),
-        dk: b.ptr(&dk),
-        dv: b.ptr(&dv),
-    };
-    let bw = kernel_launch::attention_bwd_args(&f, buffers);
-    b.timed_row_flops("attention bwd (prepare+main+finish)", &shape, 2.5 * fwd_flops, || unsafe { kernel_launch::attention_bwd(&b.k, &bw) })?;
-    // The deterministic mode's backward (dK/dV pass + dQ pass, no atomics), at the same useful
-    // FLOPs, so the two rows' TFLOP/s compare directly (its recomputed S and dP are not counted).
-    b.timed_row_flops("attention bwd deterministic (prepare+dkdv+dq)", &shape, 2.5 * fwd_flops, || unsafe {
-        kernel_launch::attention_bwd_deterministic(&b.k, &bw)
-    })?;
+/// Mask of an attention benchmark shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mask {
+    /// Causal over the whole row.
+    Causal,
+    /// Packed documents of this many tokens (document id = position in the row / length; the
+    /// last one shorter when the length does not divide the row), causal within each.
+    Docs(usize),
+}
+
+/// One attention benchmark shape: q/o `[batch * seq, heads_q, head_dim]`, k/v with `heads_kv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct AttnShape {
+    batch: usize,
+    seq: usize,
+    heads_q: usize,
+    heads_kv: usize,
+    head_dim: usize,
+    mask: Mask,
+}
+
+impl AttnShape {
+    fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+
+    /// The rows' shape text, e.g. `b4 s8192 h32/8 d128 docs of 2048`. bench/torch_reference.py
+    /// (shape_label) prints the same text for the same shape, so a report can join the tables.
+    fn label(&self) -> String {
+        let mask = match self.mask {
+            Mask::Causal => "causal".to_string(),
+            Mask::Docs(len) => format!("docs of {len}"),
+        };
+        format!("b{} s{} h{}/{} d{} {mask}", self.batch, self.seq, self.heads_q, self.heads_kv, self.head_dim)
+    }
+}
+
+/// (batch, seq) of the attention shapes: 32,768 tokens per launch at every sequence length, so
+/// the rows differ in the attention span, not in the number of tokens (or buffers) per launch.
+const ATTENTION_BATCH_SEQ: [(usize, usize); 3] = [(8, 4096), (4, 8192), (1, 32768)];
+/// (q heads, kv heads, head dim): KORMo-10.8B's 32/8 and proxy-1b's 12/3, each at 128 and 64.
+const ATTENTION_HEADS: [(usize, usize, usize); 4] = [(32, 8, 128), (32, 8, 64), (12, 3, 128), (12, 3, 64)];
+const ATTENTION_MASKS: [Mask; 3] = [Mask::Causal, Mask::Docs(2048), Mask::Docs(512)];
+
+/// The attention shape matrix, in row order: sequence length, then heads, then mask; `quick`
+/// drops seq 32K. bench/torch_reference.py (attention_shapes) lists the same shapes in the same order.
+fn attention_shapes(quick: bool) -> Vec<AttnShape> {
+    let mut shapes = Vec::new();
+    for (batch, seq) in ATTENTION_BATCH_SEQ {
+        if quick && seq > 8192 {
+            continue;
+        }
+        for (heads_q, heads_kv, head_dim) in ATTENTION_HEADS {
+            for mask in ATTENTION_MASKS {
+                shapes.push(AttnShape { batch, seq, heads_q, heads_kv, head_dim, mask });
+            }
+        }
+    }
+    shapes
+}
+
+/// Visible (query, key) pairs in one row of `seq` tokens: L(L+1)/2 per document of L tokens
+/// (causal within it), the partial last document counted exactly.
+fn visible_pairs_per_row(seq: usize, mask: Mask) -> u64 {
+    let len = match mask {
+        Mask::Causal => seq,
+        Mask::Docs(len) => len,
+    }
+    .max(1) as u64;
+    let (seq, triangle) = (seq as u64, |n: u64| n * (n + 1) / 2);
+    (seq / len) * triangle(len) + triangle(seq % len)
+}
+
+/// Useful FLOPs of one attention call, the one count every attention row uses: 4 * head_dim per
+/// visible (query, key) pair forward (QK^T and PV, masked-out work not counted), 2.5x that for
+/// the backward (either mode; the deterministic one's recomputed S and dP are not counted).
+/// Must agree with attention_fwd_flops in bench/torch_reference.py.
+fn attention_flops(s: &AttnShape, backward: bool) -> f64 {
+    let fwd = 4.0 * s.head_dim as f64 * visible_pairs_per_row(s.seq, s.mask) as f64 * (s.batch * s.heads_q) as f64;
+    if backward { 2.5 * fwd } else { fwd }
+}
+
+/// Attention operands, allocated once for the largest shape and shared by every shape's rows.
+struct AttnBuffers {
+    bf16: [CudaSlice<u16>; 8], // q, k, v, o, dout, dq, dk, dv
+    lse: CudaSlice<f32>,
+    delta: CudaSlice<f32>,
+    dq_accum: CudaSlice<f32>,
+}
+
+impl AttnBuffers {
+    fn new(b: &Bench, shapes: &[AttnShape]) -> Result<AttnBuffers, Box<dyn Error>> {
+        let most = |f: fn(&AttnShape) -> usize| shapes.iter().map(f).max().unwrap_or(0);
+        let qn = most(|s| s.tokens() * s.heads_q * s.head_dim);
+        let kvn = most(|s| s.tokens() * s.heads_kv * s.head_dim);
+        let rows = most(|s| s.tokens() * s.heads_q);
+        let [q, o, dout, dq] = [(); 4].map(|_| b.bf16_buf(qn, 1.0));
+        let [k, v, dk, dv] = [(); 4].map(|_| b.bf16_buf(kvn, 1.0));
+        Ok(AttnBuffers {
+            bf16: [q?, k?, v?, o?, dout?, dq?, dk?, dv?],
+            lse: b.f32_buf(rows, 1.0)?,
+            delta: b.f32_buf(rows, 1.0)?,
+            dq_accum: b.f32_buf(qn, 1.0)?,
+        })
+    }
+}
+
+/// Forward, backward and deterministic backward at every attention shape (attention_shapes).
+fn bench_attention(b: &Bench, quick: bool) -> Result<(), Box<dyn Error>> {
+    let shapes = attention_shapes(quick);
+    let bufs = AttnBuffers::new(b, &shapes)?;
+    for s in &shapes {
+        bench_attention_shape(b, &bufs, s)?;
+    }
     Ok(())
+}
+
+fn bench_attention_shape(b: &Bench, bufs: &AttnBuffers, s: &AttnShape) -> Result<(), Box<dyn Error>> {
+    let doc = match s.mask {
+        Mask::Causal => None,
+        Mask::Docs(len) => Some(b.upload(&(0..s.tokens()).map(|i| ((i % s.seq) / len) as u32).collect::<Vec<u32>>())?),
+    };
+    let doc_ids = doc.as_ref().map_or(0, |d| b.ptr(d));
+    let [q, k, v, o, dout, dq, dk, dv] = bufs.bf16.each_ref().map(|x| b.ptr(x));
+    let layout = kernel_launch::AttentionLayout::contiguous(s.batch, s.seq, s.heads_q, s.heads_kv, s.head_dim);
+    let f = layout.fwd_args([q, k, v], o, b.ptr(&bufs.lse), doc_ids);
+    let shape = s.label();
+    b.attention_row("attention fwd", &shape, attention_flops(s, false), || unsafe { kernel_launch::attention_fwd(&b.k, &f) });
+    let buffers = kernel_launch::AttentionBwdBuffers { dout, delta: b.ptr(&bufs.delta), dq_accum: b.ptr(&bufs.dq_accum), dq, dk, dv };
+    let bw = kernel_launch::attention_bwd_args(&f, buffers);
+    let bwd_flops = attention_flops(s, true);
+    b.attention_row("attention bwd (prepare+main+finish)", &shape, bwd_flops, || unsafe { kernel_launch::attention_bwd(&b.k, &bw) });
+    // The deterministic mode's backward (dK/dV pass + dQ pass, no atomics), at the same useful
+    // FLOPs, so the two rows' TFLOP/s compare directly.
+    b.attention_row("attention bwd deterministic (prepare+dkdv+dq)", &shape, bwd_flops, || unsafe {
+        kernel_launch::attention_bwd_deterministic(&b.k, &bw)
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn visible_pairs_count_every_document_exactly() {
+        assert_eq!(visible_pairs_per_row(4, Mask::Causal), 10);
+        assert_eq!(visible_pairs_per_row(4096, Mask::Docs(2048)), 2 * 2048 * 2049 / 2);
+        assert_eq!(visible_pairs_per_row(4096, Mask::Docs(4096)), visible_pairs_per_row(4096, Mask::Causal));
+        // 10 = 3 + 3 + 3 + 1: three documents of 3 (6 pairs each) and one of 1.
+        assert_eq!(visible_pairs_per_row(10, Mask::Docs(3)), 3 * 6 + 1);
+        assert_eq!(visible_pairs_per_row(5, Mask::Docs(8)), 15);
+    }
+
+    #[test]
+    fn shape_matrix_and_labels() {
+        let shapes = attention_shapes(false);
+        assert_eq!(shapes.len(), 36);
+        assert_eq!(attention_shapes(true).len(), 24);
+        assert!(shapes.iter().all(|s| s.tokens() == 32768));
+        assert_eq!(shapes[1].label(), "b8 s4096 h32/8 d128 docs of 2048");
+        assert_eq!(shapes[35].label(), "b1 s32768 h12/3 d64 docs of 512");
+        // bench/torch_reference.py's attention_fwd_flops gives the same for the first shape.
+        assert_eq!(attention_flops(&shapes[0], false), 1_099_780_063_232.0);
+        assert_eq!(attention_flops(&shapes[0], true), 2.5 * 1_099_780_063_232.0);
+    }
 }
