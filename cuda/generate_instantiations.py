@@ -43,8 +43,10 @@ SM90_BLOCK_M = 128  # queries per sm_90a forward block (two consumer warpgroups 
 SM90_BLOCK_N = 128  # keys per sm_90a key tile
 SM90_STAGES = 2  # K/V ring depth
 SM90_THREADS = 384  # producer warpgroup + two consumer warpgroups
-# (kind, n): "ss" = A and B from shared memory, both K-major; "rs" = A from registers, B N-major.
-WGMMA_SHAPES = (("ss", SM90_BLOCK_N), ("rs", 64), ("rs", 128))
+SM90_BWD_BLOCK_M = 64  # queries per step of the sm_90a backward
+# (kind, n): "ss" = A and B from shared memory, both K-major; "ssmn" = A and B from shared
+# memory, A M-major and B N-major; "rs" = A from registers, B N-major.
+WGMMA_SHAPES = (("ss", SM90_BLOCK_N), ("ss", SM90_BWD_BLOCK_M), ("ssmn", 64), ("ssmn", 128), ("rs", 64), ("rs", 128))
 
 
 def fwd_smem_bytes(d):
@@ -71,6 +73,15 @@ def sm90_fwd_smem_bytes(d):
     return (d // 64) * sub * (1 + 2 * SM90_STAGES) + SM90_STAGES * SM90_BLOCK_N * 4 + 128 + 128 + 1024
 
 
+def sm90_bwd_smem_bytes(d):
+    # k, v [d/64][128][64] bf16; q, dout [stages][d/64][64][64] bf16; dS^T [128][64] bf16 (all
+    # 128-byte swizzled rows); lse, delta, q doc ids 4 bytes x [stages][64]; k doc ids uint32
+    # [128]; mbarriers (128 bytes); block info (128 bytes); 1024 bytes of alignment slack
+    halves = d // 64
+    return (2 * halves * SM90_BLOCK_N * 128 + 2 * SM90_STAGES * halves * SM90_BWD_BLOCK_M * 128
+            + SM90_BLOCK_N * 128 + 3 * SM90_STAGES * SM90_BWD_BLOCK_M * 4 + SM90_BLOCK_N * 4 + 128 + 128 + 1024)
+
+
 def variants():
     for d in HEAD_DIMS:
         for mask, doc in MASKS:
@@ -88,6 +99,9 @@ def variants():
                 "dq_smem": dq_smem_bytes(d),
                 "fwd_sm90": f"kormo_attention_fwd_sm90_{name}",
                 "fwd_sm90_smem": sm90_fwd_smem_bytes(d),
+                "bwd_sm90": f"kormo_attention_bwd_sm90_{name}",
+                "bwd_dkdv_sm90": f"kormo_attention_bwd_dkdv_sm90_{name}",
+                "bwd_sm90_smem": sm90_bwd_smem_bytes(d),
             }
 
 
@@ -110,8 +124,10 @@ def variant_source(v):
         + f"static_assert(kormo::attention::kFwdRows == {FWD_ROWS} && kormo::attention::kTile == {TILE}, \"regenerate: tiles\");\n"
         + f"static_assert(kormo::attention::kThreads == {THREADS}, \"regenerate: threads\");\n"
         + f"static_assert(kormo::attention_sm90::FwdSmem<{d}>::bytes == {v['fwd_sm90_smem']}, \"regenerate: sm90 fwd smem\");\n"
+        + f"static_assert(kormo::attention_sm90::BwdSmem<{d}>::bytes == {v['bwd_sm90_smem']}, \"regenerate: sm90 bwd smem\");\n"
         + f"static_assert(kormo::attention_sm90::kBlockM == {SM90_BLOCK_M} && kormo::attention_sm90::kBlockN == {SM90_BLOCK_N} "
-        + f"&& kormo::attention_sm90::kStages == {SM90_STAGES} && kormo::attention_sm90::kThreads == {SM90_THREADS}, \"regenerate: sm90\");\n\n"
+        + f"&& kormo::attention_sm90::kStages == {SM90_STAGES} && kormo::attention_sm90::kThreads == {SM90_THREADS} "
+        + f"&& kormo::attention_sm90::kBwdBlockM == {SM90_BWD_BLOCK_M}, \"regenerate: sm90\");\n\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention::kThreads)\n"
         + f"{v['fwd']}(KormoAttentionFwdArgs a) {{\n"
         + f"    kormo::attention::forward<{d}, {doc}>(a);\n}}\n\n"
@@ -128,7 +144,14 @@ def variant_source(v):
         + "// Hopper forward (wgmma + TMA; a trap outside the sm_90a cubin).\n"
         + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)\n"
         + f"{v['fwd_sm90']}(const __grid_constant__ KormoAttentionFwdSm90Args p) {{\n"
-        + f"    kormo::attention_sm90::forward<{d}, {doc}>(p);\n}}\n"
+        + f"    kormo::attention_sm90::forward<{d}, {doc}>(p);\n}}\n\n"
+        + "// Hopper backward: dK, dV and dQ (f32 atomics into dq_accum), then without dQ (deterministic mode).\n"
+        + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)\n"
+        + f"{v['bwd_sm90']}(const __grid_constant__ KormoAttentionBwdSm90Args p) {{\n"
+        + f"    kormo::attention_sm90::backward<{d}, {doc}, true>(p);\n}}\n\n"
+        + f"extern \"C\" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)\n"
+        + f"{v['bwd_dkdv_sm90']}(const __grid_constant__ KormoAttentionBwdSm90Args p) {{\n"
+        + f"    kormo::attention_sm90::backward<{d}, {doc}, false>(p);\n}}\n"
     )
 
 
@@ -136,12 +159,13 @@ def wgmma_function(kind, n):
     """The inline-PTX wrapper of one wgmma shape (bf16 x bf16 -> f32, m64 n{n} k16)."""
     regs = n // 2
     d_list = ", ".join(f"%{i}" for i in range(regs))
-    if kind == "ss":
+    if kind in ("ss", "ssmn"):
         sig = f"float (&d)[{regs}], uint64_t desc_a, uint64_t desc_b, bool accumulate"
         operands, pred = f"%{regs}, %{regs + 1}", regs + 2
-        imm = "p, 1, 1, 0, 0"  # scale-d, scale-a, scale-b, A K-major, B K-major
+        # scale-d, scale-a, scale-b, A transposed (M-major), B transposed (N-major)
+        imm = "p, 1, 1, 0, 0" if kind == "ss" else "p, 1, 1, 1, 1"
         inputs = '"l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate))'
-        doc = "A and B from shared memory, both K-major"
+        doc = "A and B from shared memory, " + ("both K-major" if kind == "ss" else "A M-major, B N-major")
     else:
         sig = f"float (&d)[{regs}], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate"
         operands = "{" + ", ".join(f"%{regs + i}" for i in range(4)) + "}, " + f"%{regs + 4}"
@@ -171,6 +195,8 @@ def wgmma_header():
         "",
         "template <int N>",
         "__device__ void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate);",
+        "template <int N>",
+        "__device__ void wgmma_ssmn(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate);",
         "template <int N>",
         "__device__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate);",
         "",
@@ -208,7 +234,7 @@ def hand_written_kernels():
 def kernel_list(vs):
     names = hand_written_kernels()
     for v in vs:
-        names += [v["fwd"], v["bwd"], v["bwd_dkdv"], v["bwd_dq"], v["fwd_sm90"]]
+        names += [v["fwd"], v["bwd"], v["bwd_dkdv"], v["bwd_dq"], v["fwd_sm90"], v["bwd_sm90"], v["bwd_dkdv_sm90"]]
     return names
 
 
@@ -236,7 +262,11 @@ def rust_source(vs, names):
         f"pub const ATTENTION_SM90_BLOCK_QUERIES: i64 = {SM90_BLOCK_M};",
         "/// Keys per tile of the sm_90a forward (the doc-id map's box).",
         f"pub const ATTENTION_SM90_BLOCK_KEYS: u32 = {SM90_BLOCK_N};",
-        "/// Threads per block of the sm_90a forward (producer warpgroup + two consumers).",
+        "/// Keys per block of the sm_90a backward (grid x = ceil(seq_len / this)).",
+        f"pub const ATTENTION_SM90_BWD_BLOCK_KEYS: i64 = {SM90_BLOCK_N};",
+        "/// Queries per step of the sm_90a backward (the query-side maps' box).",
+        f"pub const ATTENTION_SM90_BWD_BLOCK_QUERIES: u32 = {SM90_BWD_BLOCK_M};",
+        "/// Threads per block of the sm_90a kernels (producer warpgroup + two consumers).",
         f"pub const ATTENTION_SM90_THREADS: u32 = {SM90_THREADS};",
         "",
         "/// One compiled attention variant (head dim x mask).",
@@ -261,6 +291,11 @@ def rust_source(vs, names):
         "    pub fwd_sm90: &'static str,",
         "    /// Dynamic shared memory of `fwd_sm90`.",
         "    pub fwd_sm90_smem_bytes: u32,",
+        "    /// The Hopper backward (dK, dV, dQ by f32 atomics) and its dK/dV-only twin (deterministic mode).",
+        "    pub bwd_sm90: &'static str,",
+        "    pub bwd_dkdv_sm90: &'static str,",
+        "    /// Dynamic shared memory of `bwd_sm90` and `bwd_dkdv_sm90`.",
+        "    pub bwd_sm90_smem_bytes: u32,",
         "}",
         "",
         "pub const ATTENTION_VARIANTS: &[AttentionVariant] = &[",
@@ -271,7 +306,8 @@ def rust_source(vs, names):
             f"fwd: \"{v['fwd']}\", bwd: \"{v['bwd']}\", fwd_smem_bytes: {v['fwd_smem']}, "
             f"bwd_smem_bytes: {v['bwd_smem']}, bwd_dkdv: \"{v['bwd_dkdv']}\", bwd_dq: \"{v['bwd_dq']}\", "
             f"dq_smem_bytes: {v['dq_smem']}, fwd_sm90: \"{v['fwd_sm90']}\", "
-            f"fwd_sm90_smem_bytes: {v['fwd_sm90_smem']} }},"
+            f"fwd_sm90_smem_bytes: {v['fwd_sm90_smem']}, bwd_sm90: \"{v['bwd_sm90']}\", "
+            f"bwd_dkdv_sm90: \"{v['bwd_dkdv_sm90']}\", bwd_sm90_smem_bytes: {v['bwd_sm90_smem']} }},"
         )
     out += ["];", ""]
     return "\n".join(out)

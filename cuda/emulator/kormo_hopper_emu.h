@@ -9,7 +9,7 @@
 //   on the host in place of the driver's opaque bytes): boxes of up to 5 dims, zeros outside the
 //   tensor, the 128-byte swizzle applied to the destination address bits.
 // - wgmma: queued per thread at issue (a register A operand is gathered from its warp then),
-//   executed at the wgmma_wait that retires its group, reading the shared operands then through
+//   executed at the wgmma_wait that retires its group (the warp leaves the wait together), reading the shared operands then through
 //   the descriptors (so overwriting an operand before the wait, or reading the accumulators
 //   before it, gives wrong results). Each thread computes its own accumulator elements in the
 //   m64nN layout (warp w of the warpgroup owns rows 16w..16w+15, as mma.m16n8's C layout).
@@ -234,6 +234,7 @@ struct EmuWgmma {
     float a_rows[2][16];  // register A: this thread's rows g and g + 8 of its warp's 16
     uint64_t desc_b;
     bool b_mn_major;
+    bool a_mn_major = false;
 };
 inline thread_local std::vector<EmuWgmma> emu_wgmma_open;
 inline thread_local std::vector<std::vector<EmuWgmma>> emu_wgmma_groups;
@@ -260,7 +261,7 @@ inline void emu_wgmma_execute(const EmuWgmma& op) {
             const int h = e >> 1, row = 16 * warp + g + 8 * h, col = nb * 8 + 2 * t + (e & 1);
             float acc = op.accumulate ? op.d[nb * 4 + e] : 0.0f;
             for (int k = 0; k < 16; ++k) {
-                const float a = op.a_in_registers ? op.a_rows[h][k] : emu_desc_element(op.desc_a, false, row, k);
+                const float a = op.a_in_registers ? op.a_rows[h][k] : emu_desc_element(op.desc_a, op.a_mn_major, row, k);
                 acc += a * emu_desc_element(op.desc_b, op.b_mn_major, col, k);
             }
             op.d[nb * 4 + e] = acc;
@@ -268,22 +269,31 @@ inline void emu_wgmma_execute(const EmuWgmma& op) {
     }
 }
 
+inline void fence_view_async_shared() {}
 inline void wgmma_fence() {}
 inline void wgmma_commit() {
     emu_wgmma_groups.push_back(std::move(emu_wgmma_open));
     emu_wgmma_open.clear();
 }
+// wgmma.wait_group is .sync.aligned: the warp's lanes leave it together, so once one lane goes
+// on (e.g. to release a stage for the warp) no lane's retired wgmma still reads its operands.
 template <int N>
 inline void wgmma_wait() {
     while (emu_wgmma_groups.size() > static_cast<size_t>(N)) {
         for (const EmuWgmma& op : emu_wgmma_groups.front()) emu_wgmma_execute(op);
         emu_wgmma_groups.erase(emu_wgmma_groups.begin());
     }
+    __syncwarp();
 }
 
 template <int N>
 inline void wgmma_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
     emu_wgmma_open.push_back(EmuWgmma{d, N, accumulate, false, desc_a, {}, desc_b, false});
+}
+
+template <int N>
+inline void wgmma_ssmn(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+    emu_wgmma_open.push_back(EmuWgmma{d, N, accumulate, false, desc_a, {}, desc_b, true, true});
 }
 
 // The A fragment (m16n8k16 layout) of the warp's 16 rows, gathered from its lanes at issue.

@@ -9,7 +9,8 @@ static_assert(kormo::attention::DqSmem<128>::bytes == 98816, "regenerate: dq sme
 static_assert(kormo::attention::kFwdRows == 128 && kormo::attention::kTile == 64, "regenerate: tiles");
 static_assert(kormo::attention::kThreads == 128, "regenerate: threads");
 static_assert(kormo::attention_sm90::FwdSmem<128>::bytes == 166144, "regenerate: sm90 fwd smem");
-static_assert(kormo::attention_sm90::kBlockM == 128 && kormo::attention_sm90::kBlockN == 128 && kormo::attention_sm90::kStages == 2 && kormo::attention_sm90::kThreads == 384, "regenerate: sm90");
+static_assert(kormo::attention_sm90::BwdSmem<128>::bytes == 150784, "regenerate: sm90 bwd smem");
+static_assert(kormo::attention_sm90::kBlockM == 128 && kormo::attention_sm90::kBlockN == 128 && kormo::attention_sm90::kStages == 2 && kormo::attention_sm90::kThreads == 384 && kormo::attention_sm90::kBwdBlockM == 64, "regenerate: sm90");
 
 extern "C" __global__ void __launch_bounds__(kormo::attention::kThreads)
 kormo_attention_fwd_hd128_doc(KormoAttentionFwdArgs a) {
@@ -36,4 +37,15 @@ kormo_attention_bwd_dq_hd128_doc(KormoAttentionBwdArgs a) {
 extern "C" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)
 kormo_attention_fwd_sm90_hd128_doc(const __grid_constant__ KormoAttentionFwdSm90Args p) {
     kormo::attention_sm90::forward<128, true>(p);
+}
+
+// Hopper backward: dK, dV and dQ (f32 atomics into dq_accum), then without dQ (deterministic mode).
+extern "C" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)
+kormo_attention_bwd_sm90_hd128_doc(const __grid_constant__ KormoAttentionBwdSm90Args p) {
+    kormo::attention_sm90::backward<128, true, true>(p);
+}
+
+extern "C" __global__ void __launch_bounds__(kormo::attention_sm90::kThreads, 1)
+kormo_attention_bwd_dkdv_sm90_hd128_doc(const __grid_constant__ KormoAttentionBwdSm90Args p) {
+    kormo::attention_sm90::backward<128, true, false>(p);
 }

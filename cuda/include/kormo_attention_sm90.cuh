@@ -26,8 +26,19 @@
 //   the 128-byte swizzle: TMA writes them so, the wgmma descriptors read them so; the region is
 //   aligned to 1024 bytes (the swizzle period). Rows past the sequence come in as zeros (TMA's
 //   out-of-bounds fill over the 4-D {d, head, position, row} maps) and are never stored.
-// Outside the sm_90a pass (sm_80 cubin, compute_90 PTX) the kernel is a trap: the launcher picks
-// it only on compute capability 9.0.
+// Backward (between kormo_attention_bwd_prepare and _finish, as the sm_80 one): one block per
+// (128-key tile, kv head, batch row), the same three warpgroups. The producer loads K and V once,
+// then per step (query head of the GQA group x 64-query tile) Q, dO, lse, delta and the query
+// doc ids into a 2-stage ring. Consumer c owns keys 64c..64c+63: S^T = K Q^T and dP^T = V dO^T
+// (wgmma from shared memory), P^T and dS^T = P^T (dP^T - delta) in registers, dV += P^T dO and
+// dK += dS^T Q (P^T and dS^T as register A operands), then dS^T goes to shared memory and
+// dQ = dS K over the consumer's 64 keys (A M-major) is added to dq_accum with f32 atomics.
+// Query tiles run from the one holding the block's first key to the end of its last key's
+// document; the per-element mask only on tiles crossing the diagonal, a document edge or the
+// end of the sequence. DQ = false (the deterministic mode's dK/dV pass) stops before dS^T's
+// store; the sm_80 dQ pass then owns dQ.
+// Outside the sm_90a pass (sm_80 cubin, compute_90 PTX) the kernels are traps: the launcher picks
+// them only on compute capability 9.0.
 #pragma once
 
 #include "kormo_attention.cuh"
@@ -42,6 +53,8 @@ constexpr int kStages = 2;
 constexpr int kThreads = 384;
 constexpr int kConsumerWarps = 8;
 constexpr int kSubTileBytes = kBlockN * sm90::kSwizzleRowBytes;  // [128 rows][64] bf16
+constexpr int kBwdBlockM = 64;                                    // queries per backward step
+constexpr int kBwdSubTileBytes = kBwdBlockM * sm90::kSwizzleRowBytes;  // [64 rows][64] bf16
 
 template <int D>
 struct FwdSmem {
@@ -205,6 +218,11 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
         const bool need_mask = k0 + kBlockN - 1 > q0 || (DOC && k_doc[0] != last_doc);
         softmax_step<DOC>(s, m, l, alpha, need_mask, static_cast<int>(q0 - k0) + row0 - 2 * t, k_doc, row_doc, scale_log2);
     };
+    // One arrival per warp on an empty barrier, once all its lanes are done with the stage.
+    auto release = [&](uint64_t* bar) {
+        __syncwarp();
+        if (lane == 0) sm90::mbar_arrive(bar);
+    };
     auto p_to_a = [&]() {
 #pragma unroll
         for (int kk = 0; kk < kBlockN / 16; ++kk) {
@@ -229,8 +247,8 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
     if (!(wg == 1 && n_tiles == 1)) sm90::named_bar_arrive(2 - wg, 256);
     sm90::wgmma_wait<0>();
     sm90::fence_operand(s);
-    if (lane == 0) sm90::mbar_arrive(&b.k_empty[0]);
     softmax(0, 0);
+    release(&b.k_empty[0]);
     p_to_a();
 
     // Tile it: S_it with the previous tile's PV in flight behind it.
@@ -245,11 +263,11 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
         if (!(wg == 1 && it == n_tiles - 1)) sm90::named_bar_arrive(2 - wg, 256);
         sm90::wgmma_wait<1>();  // S done; PV may still run
         sm90::fence_operand(s);
-        if (lane == 0) sm90::mbar_arrive(&b.k_empty[st]);
-        softmax(it, st);
+        softmax(it, st);  // reads the stage's key doc ids: K is released after it
+        release(&b.k_empty[st]);
         sm90::wgmma_wait<0>();
         sm90::fence_operand(o);
-        if (lane == 0) sm90::mbar_arrive(&b.v_empty[prev]);
+        release(&b.v_empty[prev]);
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i & 2) >> 1];
         p_to_a();
@@ -319,6 +337,258 @@ __device__ void forward(const KormoAttentionFwdSm90Args& p) {
     }
     sm90::reg_alloc<240>();
     consume<D, DOC>(p, smem, b, first_tile, last_tile);
+#else
+    (void)p;
+    __trap();
+#endif
+}
+
+template <int D>
+struct BwdSmem {
+    static constexpr int kHalves = D / 64;
+    static constexpr int k = 0;                                             // [half][128][64]
+    static constexpr int v = k + kHalves * kSubTileBytes;                   // [half][128][64]
+    static constexpr int q = v + kHalves * kSubTileBytes;                   // [stage][half][64][64]
+    static constexpr int dout = q + kStages * kHalves * kBwdSubTileBytes;   // [stage][half][64][64]
+    static constexpr int ds = dout + kStages * kHalves * kBwdSubTileBytes;  // dS^T [128 keys][64 queries]
+    static constexpr int lse = ds + kSubTileBytes;                          // f32 [stage][64]
+    static constexpr int delta = lse + kStages * kBwdBlockM * 4;            // f32 [stage][64]
+    static constexpr int q_doc = delta + kStages * kBwdBlockM * 4;          // uint32 [stage][64]
+    static constexpr int k_doc = q_doc + kStages * kBwdBlockM * 4;          // uint32 [128]
+    static constexpr int bars = k_doc + kBlockN * 4;                       // 5 mbarriers
+    static constexpr int info = bars + 128;                                // query tile range
+    static constexpr int bytes = info + 128 + sm90::kSwizzleAtomBytes;
+};
+
+// Position after the last one of the row whose document is doc[k] (doc ids are non-decreasing).
+__device__ __forceinline__ int64_t end_of_document(const uint32_t* doc, int64_t k, int64_t seq_len) {
+    const uint32_t target = doc[k];
+    int64_t lo = k, hi = seq_len;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (doc[mid] <= target)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+template <int D, bool DOC>
+__device__ void produce_bwd(const KormoAttentionBwdSm90Args& p, unsigned char* smem, uint64_t* bars, int qt_lo, int qt_hi) {
+    using L = BwdSmem<D>;
+    const KormoAttentionBwdArgs& a = p.a;
+    const int kv_head = blockIdx.y, row = blockIdx.z, k0 = blockIdx.x * kBlockN;
+    const int group = static_cast<int>(a.heads_q / a.heads_kv), tiles = qt_hi - qt_lo + 1;
+    const int64_t tokens = a.batch * a.seq_len;
+    uint64_t *kv_full = bars, *q_full = bars + 1, *q_empty = bars + 1 + kStages;
+    sm90::mbar_arrive_expect_tx(kv_full, 2 * L::kHalves * kSubTileBytes + (DOC ? kBlockN * 4 : 0));
+    for (int h = 0; h < L::kHalves; ++h) {
+        sm90::tma_load_4d(smem + L::k + h * kSubTileBytes, &p.k_map, kv_full, 64 * h, kv_head, k0, row);
+        sm90::tma_load_4d(smem + L::v + h * kSubTileBytes, &p.v_map, kv_full, 64 * h, kv_head, k0, row);
+    }
+    if (DOC) sm90::tma_load_1d(smem + L::k_doc, &p.k_doc_map, kv_full, static_cast<int>(row * a.seq_len + k0));
+    constexpr uint32_t kStepBytes = 2 * L::kHalves * kBwdSubTileBytes + 2 * kBwdBlockM * 4 + (DOC ? kBwdBlockM * 4 : 0);
+    for (int step = 0; step < group * tiles; ++step) {
+        const int hq = kv_head * group + step / tiles, q0 = (qt_lo + step % tiles) * kBwdBlockM;
+        const int s = step % kStages, use = step / kStages;
+        if (use > 0) sm90::mbar_wait(&q_empty[s], (use - 1) & 1);
+        sm90::mbar_arrive_expect_tx(&q_full[s], kStepBytes);
+        for (int h = 0; h < L::kHalves; ++h) {
+            const int at = (s * L::kHalves + h) * kBwdSubTileBytes;
+            sm90::tma_load_4d(smem + L::q + at, &p.q_map, &q_full[s], 64 * h, hq, q0, row);
+            sm90::tma_load_4d(smem + L::dout + at, &p.dout_map, &q_full[s], 64 * h, hq, q0, row);
+        }
+        const int token = static_cast<int>(row * a.seq_len + q0);
+        sm90::tma_load_1d(smem + L::lse + s * kBwdBlockM * 4, &p.lse_map, &q_full[s], static_cast<int>(hq * tokens) + token);
+        sm90::tma_load_1d(smem + L::delta + s * kBwdBlockM * 4, &p.delta_map, &q_full[s], static_cast<int>(hq * tokens) + token);
+        if (DOC) sm90::tma_load_1d(smem + L::q_doc + s * kBwdBlockM * 4, &p.q_doc_map, &q_full[s], token);
+    }
+}
+
+// Packs this thread's elements of a 64 x 64 accumulator into the A fragments of its 4 k-steps.
+__device__ __forceinline__ void acc64_to_a(uint32_t (&frag)[kBwdBlockM / 16][4], const float (&x)[kBwdBlockM / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < kBwdBlockM / 16; ++kk) {
+        frag[kk][0] = ptx::pack_bf16x2(x[8 * kk + 0], x[8 * kk + 1]);
+        frag[kk][1] = ptx::pack_bf16x2(x[8 * kk + 2], x[8 * kk + 3]);
+        frag[kk][2] = ptx::pack_bf16x2(x[8 * kk + 4], x[8 * kk + 5]);
+        frag[kk][3] = ptx::pack_bf16x2(x[8 * kk + 6], x[8 * kk + 7]);
+    }
+}
+
+template <int D, bool DOC, bool DQ>
+__device__ void consume_bwd(const KormoAttentionBwdSm90Args& p, unsigned char* smem, uint64_t* bars, int qt_lo, int qt_hi) {
+    using L = BwdSmem<D>;
+    const KormoAttentionBwdArgs& a = p.a;
+    const int wg = threadIdx.x / 128 - 1, warp = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kBlockN, kv_head = blockIdx.y, row = blockIdx.z;
+    const int64_t base = row * a.seq_len;
+    const int group = static_cast<int>(a.heads_q / a.heads_kv), tiles = qt_hi - qt_lo + 1;
+    const int key0 = wg * 64 + warp * 16 + g;  // this thread's keys: key0 and key0 + 8 of the block
+    const float scale_log2 = a.softmax_scale * attention::kLog2e;
+    uint64_t *kv_full = bars, *q_full = bars + 1, *q_empty = bars + 1 + kStages;
+    const unsigned char* sk = smem + L::k;
+    const unsigned char* sv = smem + L::v;
+    unsigned char* sds = smem + L::ds;
+    const uint32_t* k_doc = reinterpret_cast<const uint32_t*>(smem + L::k_doc);
+
+    float dk[D / 2], dv[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) dk[i] = dv[i] = 0.0f;
+    sm90::mbar_wait(kv_full, 0);
+    const uint32_t key_doc[2] = {DOC ? k_doc[key0] : 0u, DOC ? k_doc[key0 + 8] : 0u};
+
+    for (int step = 0; step < group * tiles; ++step) {
+        const int64_t hq = kv_head * group + step / tiles, q0 = static_cast<int64_t>(qt_lo + step % tiles) * kBwdBlockM;
+        const int s = step % kStages;
+        const unsigned char* sq = smem + L::q + s * L::kHalves * kBwdSubTileBytes;
+        const unsigned char* sdo = smem + L::dout + s * L::kHalves * kBwdSubTileBytes;
+        const float* lse = reinterpret_cast<const float*>(smem + L::lse + s * kBwdBlockM * 4);
+        const float* delta = reinterpret_cast<const float*>(smem + L::delta + s * kBwdBlockM * 4);
+        const uint32_t* q_doc = reinterpret_cast<const uint32_t*>(smem + L::q_doc + s * kBwdBlockM * 4);
+        sm90::mbar_wait(&q_full[s], (step / kStages) & 1);
+
+        // S^T = K Q^T and dP^T = V dO^T for this consumer's 64 keys x the 64 queries.
+        float st[kBwdBlockM / 2], dpt[kBwdBlockM / 2];
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            const int a_off = (ks / 4) * kSubTileBytes + wg * 64 * sm90::kSwizzleRowBytes + (ks % 4) * 32;
+            const int b_off = (ks / 4) * kBwdSubTileBytes + (ks % 4) * 32;
+            sm90::wgmma_ss<kBwdBlockM>(st, sm90::desc_sw128(sk + a_off, 16, sm90::kSwizzleAtomBytes),
+                                       sm90::desc_sw128(sq + b_off, 16, sm90::kSwizzleAtomBytes), ks > 0);
+            sm90::wgmma_ss<kBwdBlockM>(dpt, sm90::desc_sw128(sv + a_off, 16, sm90::kSwizzleAtomBytes),
+                                       sm90::desc_sw128(sdo + b_off, 16, sm90::kSwizzleAtomBytes), ks > 0);
+        }
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
+        sm90::fence_operand(st);
+        sm90::fence_operand(dpt);
+
+        // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - delta); masked pairs give 0.
+        const bool need_mask =
+            q0 < k0 + kBlockN - 1 || q0 + kBwdBlockM > a.seq_len || (DOC && k_doc[0] != q_doc[kBwdBlockM - 1]);
+#pragma unroll
+        for (int i = 0; i < kBwdBlockM / 2; ++i) {
+            const int h = (i & 2) >> 1, c = (i / 4) * 8 + 2 * t + (i & 1);
+            const bool masked = need_mask && (k0 + key0 + 8 * h > q0 + c || q0 + c >= a.seq_len ||
+                                              (DOC && key_doc[h] != q_doc[c]));
+            const float pv = masked ? 0.0f : ptx::exp2_approx(fmaf(st[i], scale_log2, -lse[c] * attention::kLog2e));
+            st[i] = pv;
+            dpt[i] = pv * (dpt[i] - delta[c]);
+        }
+        uint32_t pa[kBwdBlockM / 16][4], dsa[kBwdBlockM / 16][4];
+        acc64_to_a(pa, st);
+        acc64_to_a(dsa, dpt);
+
+        // dV += P^T dO, dK += dS^T Q (B N-major: 16 queries per k-step).
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBwdBlockM / 16; ++kk) {
+            const int off = kk * 16 * sm90::kSwizzleRowBytes;
+            sm90::wgmma_rs<D>(dv, pa[kk], sm90::desc_sw128(sdo + off, kBwdSubTileBytes, sm90::kSwizzleAtomBytes), true);
+            sm90::wgmma_rs<D>(dk, dsa[kk], sm90::desc_sw128(sq + off, kBwdSubTileBytes, sm90::kSwizzleAtomBytes), true);
+        }
+        sm90::wgmma_commit();
+        if (DQ) {
+            // dS^T rows of this thread's keys into the swizzled [128][64] tile (the A fragments'
+            // registers are bf16 pairs of adjacent queries already).
+#pragma unroll
+            for (int kk = 0; kk < kBwdBlockM / 16; ++kk) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int key = key0 + 8 * (r & 1), col = 16 * kk + 8 * (r >> 1) + 2 * t;
+                    *reinterpret_cast<uint32_t*>(sds + key * sm90::kSwizzleRowBytes + (((col / 8) ^ (key & 7)) << 4) + (col % 8) * 2) =
+                        dsa[kk][r];
+                }
+            }
+        }
+        sm90::wgmma_wait<0>();
+        sm90::fence_operand(dk);
+        sm90::fence_operand(dv);
+        __syncwarp();  // every lane is done with the stage (lse, delta, doc ids, Q, dO)
+        if (lane == 0) sm90::mbar_arrive(&q_empty[s]);
+        if (!DQ) continue;
+
+        // dQ (64 queries x D) += dS K over this consumer's keys: A = dS^T read M-major, B = K N-major.
+        sm90::fence_view_async_shared();
+        sm90::named_bar_sync(1 + wg, 128);
+        float dq[D / 2];
+        sm90::wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const int off = (wg * 64 + kk * 16) * sm90::kSwizzleRowBytes;
+            sm90::wgmma_ssmn<D>(dq, sm90::desc_sw128(sds + off, kSubTileBytes, sm90::kSwizzleAtomBytes),
+                                sm90::desc_sw128(sk + off, kSubTileBytes, sm90::kSwizzleAtomBytes), kk > 0);
+        }
+        sm90::wgmma_commit();
+        sm90::wgmma_wait<0>();
+        sm90::fence_operand(dq);
+        sm90::named_bar_sync(1 + wg, 128);  // every warp's dQ product has read dS^T before the next store
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int64_t i = q0 + warp * 16 + g + 8 * h;
+            if (i >= a.seq_len) continue;
+            float* dst = dev_ptr<float>(a.dq_accum) + ((base + i) * a.heads_q + hq) * D + 2 * t;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd)
+                ptx::atomic_add_f32x2(dst + nd * 8, dq[nd * 4 + 2 * h] * a.softmax_scale, dq[nd * 4 + 2 * h + 1] * a.softmax_scale);
+        }
+    }
+
+    // dK (softmax scale applied here) and dV rows of this thread's keys.
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int64_t j = k0 + key0 + 8 * h;
+        if (j >= a.seq_len) continue;
+        __nv_bfloat16* dk_out = dev_ptr<__nv_bfloat16>(a.dk) + (base + j) * a.k_token_stride + kv_head * a.k_head_stride + 2 * t;
+        __nv_bfloat16* dv_out = dev_ptr<__nv_bfloat16>(a.dv) + (base + j) * a.v_token_stride + kv_head * a.v_head_stride + 2 * t;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+            attention::store_bf16x2(dk_out + nd * 8, dk[nd * 4 + 2 * h] * a.softmax_scale, dk[nd * 4 + 2 * h + 1] * a.softmax_scale);
+            attention::store_bf16x2(dv_out + nd * 8, dv[nd * 4 + 2 * h], dv[nd * 4 + 2 * h + 1]);
+        }
+    }
+}
+
+template <int D, bool DOC, bool DQ>
+__device__ void backward(const KormoAttentionBwdSm90Args& p) {
+#if defined(KORMO_EMULATOR) || defined(KORMO_SM90A)
+    static_assert(D == 64 || D == 128, "head dim 64 or 128");
+    using L = BwdSmem<D>;
+    const KormoAttentionBwdArgs& a = p.a;
+    KORMO_DYNAMIC_SMEM(unsigned char, smem_base);
+    unsigned char* smem = smem_base + ((sm90::kSwizzleAtomBytes - (sm90::smem_u32(smem_base) % sm90::kSwizzleAtomBytes)) %
+                                       sm90::kSwizzleAtomBytes);
+    const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kBlockN;
+    if (k0 >= a.seq_len || blockIdx.y >= a.heads_kv || blockIdx.z >= a.batch) return;
+    uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);  // kv_full, q_full[2], q_empty[2]
+    int* info = reinterpret_cast<int*>(smem + L::info);
+    if (threadIdx.x == 0) {
+        sm90::mbar_init(bars, 1);
+        for (int s = 0; s < kStages; ++s) {
+            sm90::mbar_init(bars + 1 + s, 1);
+            sm90::mbar_init(bars + 1 + kStages + s, kConsumerWarps);
+        }
+        sm90::fence_barrier_init();
+        // Queries that see a key of the block: from the tile holding k0 to the end of the last
+        // key's document (the row's end without documents).
+        const int64_t k_last = min(k0 + kBlockN - 1, a.seq_len - 1);
+        const int64_t q_end =
+            DOC ? end_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len, k_last, a.seq_len) : a.seq_len;
+        info[0] = static_cast<int>(k0 / kBwdBlockM);
+        info[1] = static_cast<int>((q_end - 1) / kBwdBlockM);
+    }
+    __syncthreads();
+    const int qt_lo = info[0], qt_hi = info[1];
+    if (threadIdx.x < 128) {
+        sm90::reg_dealloc<24>();
+        if (threadIdx.x == 0) produce_bwd<D, DOC>(p, smem, bars, qt_lo, qt_hi);
+        return;
+    }
+    sm90::reg_alloc<240>();
+    consume_bwd<D, DOC, DQ>(p, smem, bars, qt_lo, qt_hi);
 #else
     (void)p;
     __trap();

@@ -192,6 +192,25 @@ typedef struct KormoAttentionFwdSm90Args {
     KormoAttentionFwdArgs a;
 } KormoAttentionFwdSm90Args;
 
+/* Hopper (sm_90a) backward, the step between kormo_attention_bwd_prepare and _finish (or, for
+ * the deterministic backward, the dK/dV pass before the dQ pass): one block per (128-key tile,
+ * kv head, row). Maps as for the forward, with 64-row boxes for the query-side tiles:
+ *   q_map, dout_map: 4-D bf16 {head_dim, heads_q, seq_len, batch}, boxes {64, 1, 64, 1}, swizzled;
+ *   k_map, v_map:    4-D bf16 {head_dim, heads_kv, seq_len, batch}, boxes {64, 1, 128, 1}, swizzled;
+ *   lse_map, delta_map: 1-D f32 over heads_q*tokens, boxes of 64;
+ *   q_doc_map / k_doc_map: 1-D uint32 over tokens, boxes of 64 / 128 (doc-masked variants). */
+typedef struct KormoAttentionBwdSm90Args {
+    KormoTensorMap q_map;
+    KormoTensorMap k_map;
+    KormoTensorMap v_map;
+    KormoTensorMap dout_map;
+    KormoTensorMap lse_map;
+    KormoTensorMap delta_map;
+    KormoTensorMap q_doc_map;
+    KormoTensorMap k_doc_map;
+    KormoAttentionBwdArgs a;
+} KormoAttentionBwdSm90Args;
+
 /* ---------------------------------------------------------------- Cross entropy
  * Per row r with weight w = loss_weights[r] and z = z_loss:
  * loss[r] = w * (lse_r - logit[r, target_r] + z * lse_r^2) and, in the same kernel,

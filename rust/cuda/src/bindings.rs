@@ -543,6 +543,65 @@ impl Default for KormoAttentionFwdSm90Args {
     }
 }
 #[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone, PartialEq)]
+pub struct KormoAttentionBwdSm90Args {
+    pub q_map: KormoTensorMap,
+    pub k_map: KormoTensorMap,
+    pub v_map: KormoTensorMap,
+    pub dout_map: KormoTensorMap,
+    pub lse_map: KormoTensorMap,
+    pub delta_map: KormoTensorMap,
+    pub q_doc_map: KormoTensorMap,
+    pub k_doc_map: KormoTensorMap,
+    pub a: KormoAttentionBwdArgs,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of KormoAttentionBwdSm90Args",
+    ][::std::mem::size_of::<KormoAttentionBwdSm90Args>() - 1280usize];
+    [
+        "Alignment of KormoAttentionBwdSm90Args",
+    ][::std::mem::align_of::<KormoAttentionBwdSm90Args>() - 64usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::q_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, q_map) - 0usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::k_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, k_map) - 128usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::v_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, v_map) - 256usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::dout_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, dout_map) - 384usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::lse_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, lse_map) - 512usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::delta_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, delta_map) - 640usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::q_doc_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, q_doc_map) - 768usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::k_doc_map",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, k_doc_map) - 896usize];
+    [
+        "Offset of field: KormoAttentionBwdSm90Args::a",
+    ][::std::mem::offset_of!(KormoAttentionBwdSm90Args, a) - 1024usize];
+};
+impl Default for KormoAttentionBwdSm90Args {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
 pub struct KormoCrossEntropyArgs {
     pub logits: kormo_devptr,

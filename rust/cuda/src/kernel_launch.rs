@@ -20,7 +20,8 @@ use crate::bindings::*;
 use crate::device::CudaError;
 use crate::kernel_names::{
     AttentionVariant, ATTENTION_BWD_BLOCK_KEYS, ATTENTION_DQ_BLOCK_QUERIES, ATTENTION_FWD_BLOCK_QUERIES,
-    ATTENTION_SM90_BLOCK_KEYS, ATTENTION_SM90_BLOCK_QUERIES, ATTENTION_SM90_THREADS, ATTENTION_THREADS, ATTENTION_VARIANTS,
+    ATTENTION_SM90_BLOCK_KEYS, ATTENTION_SM90_BLOCK_QUERIES, ATTENTION_SM90_BWD_BLOCK_KEYS, ATTENTION_SM90_BWD_BLOCK_QUERIES,
+    ATTENTION_SM90_THREADS, ATTENTION_THREADS, ATTENTION_VARIANTS,
 };
 use crate::module::Kernels;
 
@@ -34,6 +35,7 @@ unsafe impl DeviceRepr for KormoRopeArgs {}
 unsafe impl DeviceRepr for KormoAttentionFwdArgs {}
 unsafe impl DeviceRepr for KormoAttentionBwdArgs {}
 unsafe impl DeviceRepr for KormoAttentionFwdSm90Args {}
+unsafe impl DeviceRepr for KormoAttentionBwdSm90Args {}
 unsafe impl DeviceRepr for KormoCrossEntropyArgs {}
 unsafe impl DeviceRepr for KormoEmbeddingArgs {}
 unsafe impl DeviceRepr for KormoAdamwArgs {}
@@ -99,6 +101,7 @@ pub trait Launcher {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorElement {
     Bf16,
+    F32,
     U32,
 }
 
@@ -106,7 +109,7 @@ impl TensorElement {
     pub fn bytes(self) -> u32 {
         match self {
             TensorElement::Bf16 => 2,
-            TensorElement::U32 => 4,
+            TensorElement::F32 | TensorElement::U32 => 4,
         }
     }
 }
@@ -172,6 +175,7 @@ impl Launcher for Kernels {
         let mut map = sys::CUtensorMap { opaque: [0; 16] };
         let dtype = match spec.element {
             TensorElement::Bf16 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            TensorElement::F32 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT32,
             TensorElement::U32 => sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT32,
         };
         let swizzle = if spec.swizzle_128b {
@@ -468,49 +472,72 @@ impl AttentionPath {
     pub fn describe(self) -> &'static str {
         match self {
             AttentionPath::Sm80 => "attention: sm_80 FlashAttention-2 kernels (mma.sync)",
-            AttentionPath::Sm90 => "attention: sm_90a forward (wgmma + TMA, warp-specialized), sm_80 backward",
+            AttentionPath::Sm90 => "attention: sm_90a kernels (wgmma + TMA, warp-specialized)",
         }
     }
 }
 
-/// The forward's TMA preconditions beyond [`check_attention`]'s: doc ids 16-byte aligned and
-/// token indices of the whole batch in 32 bits (the doc-id map's coordinate). Arguments that
-/// miss them run the sm_80 kernels.
-fn sm90_fwd_supported(a: &KormoAttentionFwdArgs) -> bool {
-    a.doc_ids % 16 == 0 && a.batch.checked_mul(a.seq_len).is_some_and(|t| t <= i32::MAX as i64)
+/// The TMA preconditions of the sm_90a kernels beyond [`check_attention`]'s: doc ids and the
+/// f32 scratch 16-byte aligned, and the 1-D maps' coordinates (token, head x token) in 32 bits.
+/// Arguments that miss them run the sm_80 kernels.
+fn sm90_supported(doc_ids: u64, batch: i64, seq_len: i64, heads_q: i64, f32_scratch: &[u64]) -> bool {
+    let indices = batch.checked_mul(seq_len).and_then(|t| t.checked_mul(heads_q)).is_some_and(|n| n <= i32::MAX as i64);
+    doc_ids % 16 == 0 && f32_scratch.iter().all(|p| p % 16 == 0) && indices
 }
 
-/// The 4-D map {head_dim, heads, seq_len, batch} of one attention operand, boxes of 64 x 1 x 128.
-fn attention_operand_map(a: &KormoAttentionFwdArgs, address: u64, heads: i64, token_stride: i64, head_stride: i64) -> TensorMapSpec {
+/// The 4-D map {head_dim, heads, seq_len, batch} of one attention operand (bf16, `token_stride`
+/// and `head_stride` in elements), boxes of 64 x 1 x `rows` x 1 with the 128-byte swizzle.
+fn operand_map(address: u64, shape: [i64; 4], token_stride: i64, head_stride: i64, rows: u32) -> TensorMapSpec {
+    let [head_dim, heads, seq_len, batch] = shape.map(|d| d as u64);
     let (tok, head) = (token_stride as u64 * 2, head_stride as u64 * 2);
     TensorMapSpec {
         address,
         element: TensorElement::Bf16,
-        dims: vec![a.head_dim as u64, heads as u64, a.seq_len as u64, a.batch as u64],
-        strides: vec![head, tok, tok * a.seq_len as u64],
-        box_dims: vec![64, 1, ATTENTION_SM90_BLOCK_KEYS, 1],
+        dims: vec![head_dim, heads, seq_len, batch],
+        strides: vec![head, tok, tok * seq_len],
+        box_dims: vec![64, 1, rows, 1],
         swizzle_128b: true,
     }
 }
 
+/// A 1-D map of `len` 4-byte values, boxes of `rows`; the zero map when `address` is 0 (the
+/// causal variants never read their doc-id maps).
+fn row_values_map(k: &impl Launcher, address: u64, element: TensorElement, len: i64, rows: u32) -> Result<KormoTensorMap, CudaError> {
+    if address == 0 {
+        return Ok(KormoTensorMap::default());
+    }
+    k.encode_tensor_map(&TensorMapSpec { address, element, dims: vec![len as u64], strides: vec![], box_dims: vec![rows], swizzle_128b: false })
+}
+
 /// The sm_90a forward's arguments: `a` plus the tensor maps of q, k, v and the doc ids.
 pub fn attention_fwd_sm90_args(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<KormoAttentionFwdSm90Args, CudaError> {
-    let q_map = k.encode_tensor_map(&attention_operand_map(a, a.q, a.heads_q, a.q_token_stride, a.q_head_stride))?;
-    let k_map = k.encode_tensor_map(&attention_operand_map(a, a.k, a.heads_kv, a.k_token_stride, a.k_head_stride))?;
-    let v_map = k.encode_tensor_map(&attention_operand_map(a, a.v, a.heads_kv, a.v_token_stride, a.v_head_stride))?;
-    let doc_map = if a.doc_ids != 0 {
-        k.encode_tensor_map(&TensorMapSpec {
-            address: a.doc_ids,
-            element: TensorElement::U32,
-            dims: vec![(a.batch * a.seq_len) as u64],
-            strides: vec![],
-            box_dims: vec![ATTENTION_SM90_BLOCK_KEYS],
-            swizzle_128b: false,
-        })?
-    } else {
-        KormoTensorMap::default()
-    };
-    Ok(KormoAttentionFwdSm90Args { q_map, k_map, v_map, doc_map, a: *a })
+    let (q_shape, kv_shape) = ([a.head_dim as i64, a.heads_q, a.seq_len, a.batch], [a.head_dim as i64, a.heads_kv, a.seq_len, a.batch]);
+    let rows = ATTENTION_SM90_BLOCK_KEYS;
+    Ok(KormoAttentionFwdSm90Args {
+        q_map: k.encode_tensor_map(&operand_map(a.q, q_shape, a.q_token_stride, a.q_head_stride, rows))?,
+        k_map: k.encode_tensor_map(&operand_map(a.k, kv_shape, a.k_token_stride, a.k_head_stride, rows))?,
+        v_map: k.encode_tensor_map(&operand_map(a.v, kv_shape, a.v_token_stride, a.v_head_stride, rows))?,
+        doc_map: row_values_map(k, a.doc_ids, TensorElement::U32, a.batch * a.seq_len, rows)?,
+        a: *a,
+    })
+}
+
+/// The sm_90a backward's arguments: `a` plus the maps of q, k, v, dout, lse, delta and doc ids.
+pub fn attention_bwd_sm90_args(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Result<KormoAttentionBwdSm90Args, CudaError> {
+    let (q_shape, kv_shape) = ([a.head_dim as i64, a.heads_q, a.seq_len, a.batch], [a.head_dim as i64, a.heads_kv, a.seq_len, a.batch]);
+    let (q_rows, k_rows) = (ATTENTION_SM90_BWD_BLOCK_QUERIES, ATTENTION_SM90_BLOCK_KEYS);
+    let tokens = a.batch * a.seq_len;
+    Ok(KormoAttentionBwdSm90Args {
+        q_map: k.encode_tensor_map(&operand_map(a.q, q_shape, a.q_token_stride, a.q_head_stride, q_rows))?,
+        k_map: k.encode_tensor_map(&operand_map(a.k, kv_shape, a.k_token_stride, a.k_head_stride, k_rows))?,
+        v_map: k.encode_tensor_map(&operand_map(a.v, kv_shape, a.v_token_stride, a.v_head_stride, k_rows))?,
+        dout_map: k.encode_tensor_map(&operand_map(a.dout, q_shape, a.o_token_stride, a.o_head_stride, q_rows))?,
+        lse_map: row_values_map(k, a.lse, TensorElement::F32, a.heads_q * tokens, q_rows)?,
+        delta_map: row_values_map(k, a.delta, TensorElement::F32, a.heads_q * tokens, q_rows)?,
+        q_doc_map: row_values_map(k, a.doc_ids, TensorElement::U32, tokens, q_rows)?,
+        k_doc_map: row_values_map(k, a.doc_ids, TensorElement::U32, tokens, k_rows)?,
+        a: *a,
+    })
 }
 
 /// The attention forward: the sm_90a kernels on compute capability 9.0 (when the arguments meet
@@ -519,7 +546,9 @@ pub fn attention_fwd_sm90_args(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> 
 /// # Safety
 /// Pointers must be valid device buffers of the sizes/strides in `a`.
 pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
-    if AttentionPath::for_capability(k.compute_capability()) == AttentionPath::Sm90 && sm90_fwd_supported(a) {
+    if AttentionPath::for_capability(k.compute_capability()) == AttentionPath::Sm90
+        && sm90_supported(a.doc_ids, a.batch, a.seq_len, a.heads_q, &[a.lse])
+    {
         unsafe { attention_fwd_sm90(k, a) }
     } else {
         unsafe { attention_fwd_sm80(k, a) }
@@ -534,7 +563,7 @@ pub unsafe fn attention_fwd(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Res
 pub unsafe fn attention_fwd_sm90(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<(), CudaError> {
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     check_attention(v.fwd_sm90, a.batch, a.seq_len, a.heads_q, a.heads_kv, attention_strides!(a), &[a.q, a.k, a.v, a.o])?;
-    require(sm90_fwd_supported(a), v.fwd_sm90, || "doc_ids must be 16-byte aligned and batch * seq_len < 2^31".into())?;
+    require(sm90_supported(a.doc_ids, a.batch, a.seq_len, a.heads_q, &[a.lse]), v.fwd_sm90, || SM90_LIMITS.into())?;
     let tiles = (a.seq_len + ATTENTION_SM90_BLOCK_QUERIES - 1) / ATTENTION_SM90_BLOCK_QUERIES;
     let blocks = grid_dim(v.fwd_sm90, "query tiles", tiles, i32::MAX as i64)?;
     let args = attention_fwd_sm90_args(k, a)?;
@@ -545,6 +574,8 @@ pub unsafe fn attention_fwd_sm90(k: &impl Launcher, a: &KormoAttentionFwdArgs) -
     };
     unsafe { launch(k, v.fwd_sm90, &args, cfg) }
 }
+
+const SM90_LIMITS: &str = "doc_ids, lse, delta and dq_accum must be 16-byte aligned and batch * seq_len * heads_q < 2^31";
 
 /// The FlashAttention-2-layout forward (any device of compute capability 8.0 or newer).
 ///
@@ -575,22 +606,49 @@ pub unsafe fn attention_bwd(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> Res
     let strides = attention_strides!(a);
     check_attention(v.bwd, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
     require(a.dq_accum != 0, v.bwd, || "dq_accum scratch is required".into())?;
-    let tiles = (a.seq_len + ATTENTION_BWD_BLOCK_KEYS - 1) / ATTENTION_BWD_BLOCK_KEYS;
-    let blocks = grid_dim(v.bwd, "key tiles", tiles, i32::MAX as i64)?;
-    let tokens = a.batch * a.seq_len;
-    let warps = tokens * a.heads_q;
+    let warps = a.batch * a.seq_len * a.heads_q;
     unsafe { launch(k, "kormo_attention_bwd_prepare", a, elementwise_cfg(warps * 32)) }?;
-    let cfg = LaunchConfig {
-        grid_dim: (blocks, a.heads_kv as u32, a.batch as u32),
-        block_dim: (ATTENTION_THREADS, 1, 1),
-        shared_mem_bytes: v.bwd_smem_bytes,
-    };
-    unsafe { launch(k, v.bwd, a, cfg) }?;
+    if bwd_on_sm90(k, a) {
+        unsafe { launch_bwd_sm90(k, v.bwd_sm90, v, a) }?;
+    } else {
+        unsafe { launch_bwd_sm80(k, v.bwd, v, a) }?;
+    }
     unsafe { launch(k, "kormo_attention_bwd_finish", a, elementwise_cfg(warps * a.head_dim as i64)) }
 }
 
-/// The deterministic backward (see the header): prepare (delta only), the variant's dK/dV pass,
-/// then its dQ pass, which owns each query tile's dQ and sums it over the key tiles in a fixed
+/// Whether the backward of `a` runs the sm_90a kernels on this launcher.
+fn bwd_on_sm90(k: &impl Launcher, a: &KormoAttentionBwdArgs) -> bool {
+    AttentionPath::for_capability(k.compute_capability()) == AttentionPath::Sm90
+        && sm90_supported(a.doc_ids, a.batch, a.seq_len, a.heads_q, &[a.lse, a.delta, a.dq_accum])
+}
+
+/// The sm_80 backward main kernel `name` (`bwd` or `bwd_dkdv`): one block per 64-key tile.
+unsafe fn launch_bwd_sm80(k: &impl Launcher, name: &'static str, v: &AttentionVariant, a: &KormoAttentionBwdArgs) -> Result<(), CudaError> {
+    let tiles = (a.seq_len + ATTENTION_BWD_BLOCK_KEYS - 1) / ATTENTION_BWD_BLOCK_KEYS;
+    let cfg = LaunchConfig {
+        grid_dim: (grid_dim(name, "key tiles", tiles, i32::MAX as i64)?, a.heads_kv as u32, a.batch as u32),
+        block_dim: (ATTENTION_THREADS, 1, 1),
+        shared_mem_bytes: v.bwd_smem_bytes,
+    };
+    unsafe { launch(k, name, a, cfg) }
+}
+
+/// The sm_90a backward main kernel `name` (`bwd_sm90` or `bwd_dkdv_sm90`): one block per
+/// 128-key tile.
+unsafe fn launch_bwd_sm90(k: &impl Launcher, name: &'static str, v: &AttentionVariant, a: &KormoAttentionBwdArgs) -> Result<(), CudaError> {
+    require(sm90_supported(a.doc_ids, a.batch, a.seq_len, a.heads_q, &[a.lse, a.delta, a.dq_accum]), name, || SM90_LIMITS.into())?;
+    let tiles = (a.seq_len + ATTENTION_SM90_BWD_BLOCK_KEYS - 1) / ATTENTION_SM90_BWD_BLOCK_KEYS;
+    let cfg = LaunchConfig {
+        grid_dim: (grid_dim(name, "key tiles", tiles, i32::MAX as i64)?, a.heads_kv as u32, a.batch as u32),
+        block_dim: (ATTENTION_SM90_THREADS, 1, 1),
+        shared_mem_bytes: v.bwd_sm90_smem_bytes,
+    };
+    let args = attention_bwd_sm90_args(k, a)?;
+    unsafe { launch(k, name, &args, cfg) }
+}
+
+/// The deterministic backward (see the header): prepare (delta only), the variant's dK/dV pass
+/// (the sm_90a one on compute capability 9.0), then its dQ pass, which owns each query tile's dQ and sums it over the key tiles in a fixed
 /// order. dq, dk and dv are bitwise the same for any block schedule. `a.dq_accum` is not used
 /// (it may be 0).
 ///
@@ -600,19 +658,16 @@ pub unsafe fn attention_bwd_deterministic(k: &impl Launcher, a: &KormoAttentionB
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     let strides = attention_strides!(a);
     check_attention(v.bwd_dkdv, a.batch, a.seq_len, a.heads_q, a.heads_kv, strides, &[a.q, a.k, a.v, a.o, a.dout])?;
-    let key_tiles = (a.seq_len + ATTENTION_BWD_BLOCK_KEYS - 1) / ATTENTION_BWD_BLOCK_KEYS;
-    let key_blocks = grid_dim(v.bwd_dkdv, "key tiles", key_tiles, i32::MAX as i64)?;
     let query_tiles = (a.seq_len + ATTENTION_DQ_BLOCK_QUERIES - 1) / ATTENTION_DQ_BLOCK_QUERIES;
     let query_blocks = grid_dim(v.bwd_dq, "query tiles", query_tiles, i32::MAX as i64)?;
     let warps = a.batch * a.seq_len * a.heads_q;
     let prepare = KormoAttentionBwdArgs { dq_accum: 0, ..*a };
     unsafe { launch(k, "kormo_attention_bwd_prepare", &prepare, elementwise_cfg(warps * 32)) }?;
-    let dkdv = LaunchConfig {
-        grid_dim: (key_blocks, a.heads_kv as u32, a.batch as u32),
-        block_dim: (ATTENTION_THREADS, 1, 1),
-        shared_mem_bytes: v.bwd_smem_bytes,
-    };
-    unsafe { launch(k, v.bwd_dkdv, a, dkdv) }?;
+    if bwd_on_sm90(k, &prepare) {
+        unsafe { launch_bwd_sm90(k, v.bwd_dkdv_sm90, v, &prepare) }?;
+    } else {
+        unsafe { launch_bwd_sm80(k, v.bwd_dkdv, v, &prepare) }?;
+    }
     let dq = LaunchConfig {
         grid_dim: (query_blocks, a.heads_q as u32, a.batch as u32),
         block_dim: (ATTENTION_THREADS, 1, 1),

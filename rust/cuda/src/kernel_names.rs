@@ -27,21 +27,29 @@ pub const KERNEL_NAMES: &[&str] = &[
     "kormo_attention_bwd_dkdv_hd64_causal",
     "kormo_attention_bwd_dq_hd64_causal",
     "kormo_attention_fwd_sm90_hd64_causal",
+    "kormo_attention_bwd_sm90_hd64_causal",
+    "kormo_attention_bwd_dkdv_sm90_hd64_causal",
     "kormo_attention_fwd_hd64_doc",
     "kormo_attention_bwd_hd64_doc",
     "kormo_attention_bwd_dkdv_hd64_doc",
     "kormo_attention_bwd_dq_hd64_doc",
     "kormo_attention_fwd_sm90_hd64_doc",
+    "kormo_attention_bwd_sm90_hd64_doc",
+    "kormo_attention_bwd_dkdv_sm90_hd64_doc",
     "kormo_attention_fwd_hd128_causal",
     "kormo_attention_bwd_hd128_causal",
     "kormo_attention_bwd_dkdv_hd128_causal",
     "kormo_attention_bwd_dq_hd128_causal",
     "kormo_attention_fwd_sm90_hd128_causal",
+    "kormo_attention_bwd_sm90_hd128_causal",
+    "kormo_attention_bwd_dkdv_sm90_hd128_causal",
     "kormo_attention_fwd_hd128_doc",
     "kormo_attention_bwd_hd128_doc",
     "kormo_attention_bwd_dkdv_hd128_doc",
     "kormo_attention_bwd_dq_hd128_doc",
     "kormo_attention_fwd_sm90_hd128_doc",
+    "kormo_attention_bwd_sm90_hd128_doc",
+    "kormo_attention_bwd_dkdv_sm90_hd128_doc",
 ];
 
 /// Queries per forward block (grid x = ceil(seq_len / this)).
@@ -56,7 +64,11 @@ pub const ATTENTION_THREADS: u32 = 128;
 pub const ATTENTION_SM90_BLOCK_QUERIES: i64 = 128;
 /// Keys per tile of the sm_90a forward (the doc-id map's box).
 pub const ATTENTION_SM90_BLOCK_KEYS: u32 = 128;
-/// Threads per block of the sm_90a forward (producer warpgroup + two consumers).
+/// Keys per block of the sm_90a backward (grid x = ceil(seq_len / this)).
+pub const ATTENTION_SM90_BWD_BLOCK_KEYS: i64 = 128;
+/// Queries per step of the sm_90a backward (the query-side maps' box).
+pub const ATTENTION_SM90_BWD_BLOCK_QUERIES: u32 = 64;
+/// Threads per block of the sm_90a kernels (producer warpgroup + two consumers).
 pub const ATTENTION_SM90_THREADS: u32 = 384;
 
 /// One compiled attention variant (head dim x mask).
@@ -81,11 +93,16 @@ pub struct AttentionVariant {
     pub fwd_sm90: &'static str,
     /// Dynamic shared memory of `fwd_sm90`.
     pub fwd_sm90_smem_bytes: u32,
+    /// The Hopper backward (dK, dV, dQ by f32 atomics) and its dK/dV-only twin (deterministic mode).
+    pub bwd_sm90: &'static str,
+    pub bwd_dkdv_sm90: &'static str,
+    /// Dynamic shared memory of `bwd_sm90` and `bwd_dkdv_sm90`.
+    pub bwd_sm90_smem_bytes: u32,
 }
 
 pub const ATTENTION_VARIANTS: &[AttentionVariant] = &[
-    AttentionVariant { head_dim: 64, doc_mask: false, fwd: "kormo_attention_fwd_hd64_causal", bwd: "kormo_attention_bwd_hd64_causal", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880, bwd_dkdv: "kormo_attention_bwd_dkdv_hd64_causal", bwd_dq: "kormo_attention_bwd_dq_hd64_causal", dq_smem_bytes: 49664, fwd_sm90: "kormo_attention_fwd_sm90_hd64_causal", fwd_sm90_smem_bytes: 84224 },
-    AttentionVariant { head_dim: 64, doc_mask: true, fwd: "kormo_attention_fwd_hd64_doc", bwd: "kormo_attention_bwd_hd64_doc", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880, bwd_dkdv: "kormo_attention_bwd_dkdv_hd64_doc", bwd_dq: "kormo_attention_bwd_dq_hd64_doc", dq_smem_bytes: 49664, fwd_sm90: "kormo_attention_fwd_sm90_hd64_doc", fwd_sm90_smem_bytes: 84224 },
-    AttentionVariant { head_dim: 128, doc_mask: false, fwd: "kormo_attention_fwd_hd128_causal", bwd: "kormo_attention_bwd_hd128_causal", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032, bwd_dkdv: "kormo_attention_bwd_dkdv_hd128_causal", bwd_dq: "kormo_attention_bwd_dq_hd128_causal", dq_smem_bytes: 98816, fwd_sm90: "kormo_attention_fwd_sm90_hd128_causal", fwd_sm90_smem_bytes: 166144 },
-    AttentionVariant { head_dim: 128, doc_mask: true, fwd: "kormo_attention_fwd_hd128_doc", bwd: "kormo_attention_bwd_hd128_doc", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032, bwd_dkdv: "kormo_attention_bwd_dkdv_hd128_doc", bwd_dq: "kormo_attention_bwd_dq_hd128_doc", dq_smem_bytes: 98816, fwd_sm90: "kormo_attention_fwd_sm90_hd128_doc", fwd_sm90_smem_bytes: 166144 },
+    AttentionVariant { head_dim: 64, doc_mask: false, fwd: "kormo_attention_fwd_hd64_causal", bwd: "kormo_attention_bwd_hd64_causal", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880, bwd_dkdv: "kormo_attention_bwd_dkdv_hd64_causal", bwd_dq: "kormo_attention_bwd_dq_hd64_causal", dq_smem_bytes: 49664, fwd_sm90: "kormo_attention_fwd_sm90_hd64_causal", fwd_sm90_smem_bytes: 84224, bwd_sm90: "kormo_attention_bwd_sm90_hd64_causal", bwd_dkdv_sm90: "kormo_attention_bwd_dkdv_sm90_hd64_causal", bwd_sm90_smem_bytes: 85248 },
+    AttentionVariant { head_dim: 64, doc_mask: true, fwd: "kormo_attention_fwd_hd64_doc", bwd: "kormo_attention_bwd_hd64_doc", fwd_smem_bytes: 33024, bwd_smem_bytes: 58880, bwd_dkdv: "kormo_attention_bwd_dkdv_hd64_doc", bwd_dq: "kormo_attention_bwd_dq_hd64_doc", dq_smem_bytes: 49664, fwd_sm90: "kormo_attention_fwd_sm90_hd64_doc", fwd_sm90_smem_bytes: 84224, bwd_sm90: "kormo_attention_bwd_sm90_hd64_doc", bwd_dkdv_sm90: "kormo_attention_bwd_dkdv_sm90_hd64_doc", bwd_sm90_smem_bytes: 85248 },
+    AttentionVariant { head_dim: 128, doc_mask: false, fwd: "kormo_attention_fwd_hd128_causal", bwd: "kormo_attention_bwd_hd128_causal", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032, bwd_dkdv: "kormo_attention_bwd_dkdv_hd128_causal", bwd_dq: "kormo_attention_bwd_dq_hd128_causal", dq_smem_bytes: 98816, fwd_sm90: "kormo_attention_fwd_sm90_hd128_causal", fwd_sm90_smem_bytes: 166144, bwd_sm90: "kormo_attention_bwd_sm90_hd128_causal", bwd_dkdv_sm90: "kormo_attention_bwd_dkdv_sm90_hd128_causal", bwd_sm90_smem_bytes: 150784 },
+    AttentionVariant { head_dim: 128, doc_mask: true, fwd: "kormo_attention_fwd_hd128_doc", bwd: "kormo_attention_bwd_hd128_doc", fwd_smem_bytes: 65792, bwd_smem_bytes: 108032, bwd_dkdv: "kormo_attention_bwd_dkdv_hd128_doc", bwd_dq: "kormo_attention_bwd_dq_hd128_doc", dq_smem_bytes: 98816, fwd_sm90: "kormo_attention_fwd_sm90_hd128_doc", fwd_sm90_smem_bytes: 166144, bwd_sm90: "kormo_attention_bwd_sm90_hd128_doc", bwd_dkdv_sm90: "kormo_attention_bwd_dkdv_sm90_hd128_doc", bwd_sm90_smem_bytes: 150784 },
 ];

@@ -69,6 +69,8 @@ impl Kernels {
                 Some(v.fwd_smem_bytes)
             } else if v.fwd_sm90 == name {
                 Some(v.fwd_sm90_smem_bytes)
+            } else if v.bwd_sm90 == name || v.bwd_dkdv_sm90 == name {
+                Some(v.bwd_sm90_smem_bytes)
             } else if v.bwd == name || v.bwd_dkdv == name {
                 Some(v.bwd_smem_bytes)
             } else if v.bwd_dq == name {

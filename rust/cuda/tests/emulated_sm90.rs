@@ -25,7 +25,28 @@ fn attention_sm90_emulated() {
         AttnCase { name: "sm90: single-token docs then a long one, hd128", shape: shape(1, 200, 1, 1, 128), docs: Some([vec![1; 70], vec![130]].concat()), pad: 0, seed: 33 },
     ]);
     cases::check_attention(&emu, &cases);
-    let forwards: Vec<&str> = emu.launched().into_iter().filter(|n| n.starts_with("kormo_attention_fwd")).collect();
-    assert_eq!(forwards.len(), cases.len(), "one forward per case: {forwards:?}");
-    assert!(forwards.iter().all(|n| n.starts_with("kormo_attention_fwd_sm90_")), "forwards that were not sm_90a: {forwards:?}");
+    let launched = emu.launched();
+    let count = |prefix: &str| launched.iter().filter(|n| n.starts_with(prefix)).count();
+    assert_eq!(count("kormo_attention_fwd_sm90_"), cases.len(), "every forward on sm_90a: {launched:?}");
+    assert_eq!(count("kormo_attention_bwd_sm90_"), cases.len(), "every backward on sm_90a: {launched:?}");
+    assert_eq!(count("kormo_attention_fwd_hd") + count("kormo_attention_bwd_hd"), 0, "sm_80 kernels ran: {launched:?}");
+}
+
+/// The deterministic backward on the Hopper path (sm_90a dK/dV pass, then the dQ pass without
+/// atomics) over the multi-tile layouts, in grid order and a shuffled block order: checked
+/// against the references each time, and bitwise equal across the orders.
+#[test]
+fn attention_sm90_deterministic_emulated() {
+    let layouts = cases::attention_layouts();
+    let multi_tile: Vec<AttnCase> = layouts.into_iter().filter(|c| c.shape.seq > 128).collect();
+    let runs: Vec<_> = [Emulator::hopper(), Emulator::hopper_with_block_order(7)]
+        .iter()
+        .map(|emu| {
+            let out = cases::check_attention_mode(emu, &multi_tile, true);
+            let launched = emu.launched();
+            assert!(launched.iter().filter(|n| n.starts_with("kormo_attention_bwd_dkdv_sm90_")).count() == multi_tile.len(), "{launched:?}");
+            out
+        })
+        .collect();
+    assert!(runs[0] == runs[1], "the deterministic sm_90a backward differs between block orders");
 }

@@ -535,7 +535,15 @@ fn bench_attention_shape(b: &Bench, bufs: &AttnBuffers, s: &AttnShape) -> Result
     let layout = kernel_launch::AttentionLayout::contiguous(s.batch, s.seq, s.heads_q, s.heads_kv, s.head_dim);
     let f = layout.fwd_args([q, k, v], o, b.ptr(&bufs.lse), doc_ids);
     let shape = s.label();
-    b.attention_row("attention fwd", &shape, attention_flops(s, false), || unsafe { kernel_launch::attention_fwd(&b.k, &f) });
+    // On compute capability 9.0 both forward paths, so the report compares them in one run.
+    if kernel_launch::AttentionPath::for_capability(b.k.compute_capability()) == kernel_launch::AttentionPath::Sm90 {
+        b.attention_row("attention fwd sm90 (wgmma+TMA)", &shape, attention_flops(s, false), || unsafe {
+            kernel_launch::attention_fwd_sm90(&b.k, &f)
+        });
+    }
+    b.attention_row("attention fwd sm80 (mma.sync)", &shape, attention_flops(s, false), || unsafe {
+        kernel_launch::attention_fwd_sm80(&b.k, &f)
+    });
     let buffers = kernel_launch::AttentionBwdBuffers { dout, delta: b.ptr(&bufs.delta), dq_accum: b.ptr(&bufs.dq_accum), dq, dk, dv };
     let bw = kernel_launch::attention_bwd_args(&f, buffers);
     let bwd_flops = attention_flops(s, true);

@@ -175,6 +175,11 @@ impl Emulator {
         Emulator { capability: (9, 0), ..Emulator::new() }
     }
 
+    /// [`Emulator::hopper`] with the blocks in an order shuffled by `seed`.
+    pub fn hopper_with_block_order(seed: u64) -> Self {
+        Emulator { capability: (9, 0), ..Emulator::with_block_order(seed) }
+    }
+
     /// The kernels launched so far, in order.
     pub fn launched(&self) -> Vec<&'static str> {
         self.launched.lock().unwrap_or_else(|p| p.into_inner()).clone()
