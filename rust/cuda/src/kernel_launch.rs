@@ -97,6 +97,24 @@ pub trait Launcher {
     fn encode_tensor_map(&self, spec: &TensorMapSpec) -> Result<KormoTensorMap, CudaError>;
 }
 
+/// `L` reporting another compute capability: e.g. (8, 0) makes the launchers take the sm_80
+/// kernels on an H100 (the bench times both paths; the GPU tests check both).
+pub struct WithCapability<'a, L: Launcher>(pub &'a L, pub (i32, i32));
+
+impl<L: Launcher> Launcher for WithCapability<'_, L> {
+    unsafe fn launch_kernel<A: DeviceRepr>(&self, name: &'static str, cfg: LaunchConfig, args: &A) -> Result<(), CudaError> {
+        unsafe { self.0.launch_kernel(name, cfg, args) }
+    }
+
+    fn compute_capability(&self) -> (i32, i32) {
+        self.1
+    }
+
+    fn encode_tensor_map(&self, spec: &TensorMapSpec) -> Result<KormoTensorMap, CudaError> {
+        self.0.encode_tensor_map(spec)
+    }
+}
+
 /// Element type of a tensor map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TensorElement {
@@ -136,7 +154,7 @@ impl TensorMapSpec {
         let rank = self.dims.len();
         let bad = if !(1..=5).contains(&rank) || self.strides.len() + 1 != rank || self.box_dims.len() != rank {
             Some(format!("rank {rank} with {} strides and {} box dims", self.strides.len(), self.box_dims.len()))
-        } else if self.address % 16 != 0 {
+        } else if !self.address.is_multiple_of(16) {
             Some(format!("address {:#x} not 16-byte aligned", self.address))
         } else if let Some(s) = self.strides.iter().find(|&&s| s % 16 != 0 || s >= 1 << 40) {
             Some(format!("stride {s} bytes not a multiple of 16 below 2^40"))
@@ -482,7 +500,7 @@ impl AttentionPath {
 /// Arguments that miss them run the sm_80 kernels.
 fn sm90_supported(doc_ids: u64, batch: i64, seq_len: i64, heads_q: i64, f32_scratch: &[u64]) -> bool {
     let indices = batch.checked_mul(seq_len).and_then(|t| t.checked_mul(heads_q)).is_some_and(|n| n <= i32::MAX as i64);
-    doc_ids % 16 == 0 && f32_scratch.iter().all(|p| p % 16 == 0) && indices
+    doc_ids.is_multiple_of(16) && f32_scratch.iter().all(|p| p.is_multiple_of(16)) && indices
 }
 
 /// The 4-D map {head_dim, heads, seq_len, batch} of one attention operand (bf16, `token_stride`

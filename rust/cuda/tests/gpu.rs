@@ -6,6 +6,7 @@
 mod support;
 
 use kormo_cpu::CpuOps;
+use kormo_cuda::kernel_launch::WithCapability;
 use kormo_cuda::optim::DeviceAdamW;
 use kormo_cuda::{bf16, CudaBuf, CudaOps};
 use kormo_model::{
@@ -40,9 +41,7 @@ fn attention_forward_and_backward_over_document_layouts() {
     let mut rng = SplitMix64::new(99);
     let many_short: Vec<usize> = (0..400).map(|_| 1 + rng.below(20) as usize).collect();
     let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
-    cases::check_attention(
-        &k,
-        &[
+    let cases = [
             AttnCase { name: "causal, hd128, MHA", shape: shape(1, 130, 4, 4, 128), docs: None, pad: 0, seed: 21 },
             AttnCase { name: "doc mask, one document per row, hd64, GQA 3", shape: shape(2, 200, 6, 2, 64), docs: Some(vec![200, 200]), pad: 8, seed: 22 },
             AttnCase { name: "many short docs, hd64, GQA 3", shape: shape(2, 200, 6, 2, 64), docs: Some(many_short), pad: 0, seed: 23 },
@@ -51,8 +50,14 @@ fn attention_forward_and_backward_over_document_layouts() {
             // zero dq/dk (softmax over one key), which a relative error cannot measure.
             AttnCase { name: "single-token docs between longer ones, hd64, GQA 2", shape: shape(1, 64, 2, 1, 64), docs: Some(vec![1, 1, 5, 1, 9, 1, 1, 20, 1, 24]), pad: 0, seed: 25 },
             AttnCase { name: "causal, hd64, long row", shape: shape(1, 517, 2, 1, 64), docs: None, pad: 0, seed: 26 },
-        ],
-    );
+            // The sm_90a kernels' 128-key tiles: documents across tile edges, several tiles, two rows.
+            AttnCase { name: "docs across 128-key tiles, hd128, GQA 4", shape: shape(2, 700, 8, 2, 128), docs: Some(vec![100, 300, 129, 1, 127, 400, 343]), pad: 8, seed: 27 },
+    ];
+    // The path the device takes (sm_90a on an H100/H200), then the sm_80 one on the same device.
+    cases::check_attention(&k, &cases);
+    if k.compute_capability() == (9, 0) {
+        cases::check_attention(&WithCapability(&k, (8, 0)), &cases);
+    }
 }
 
 #[test]
@@ -90,6 +95,11 @@ fn deterministic_variants_match_references_and_repeat_bitwise() {
     ];
     let first = cases::check_attention_mode(&k, &attn, true);
     assert!(first == cases::check_attention_mode(&k, &attn, true), "deterministic attention did not repeat");
+    if k.compute_capability() == (9, 0) {
+        let sm80 = WithCapability(&k, (8, 0));
+        let first = cases::check_attention_mode(&sm80, &attn, true);
+        assert!(first == cases::check_attention_mode(&sm80, &attn, true), "deterministic sm_80 attention did not repeat");
+    }
 }
 
 /// CudaOps in deterministic mode: the model's forward/backward still matches the CPU backend,

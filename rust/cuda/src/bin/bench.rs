@@ -535,24 +535,36 @@ fn bench_attention_shape(b: &Bench, bufs: &AttnBuffers, s: &AttnShape) -> Result
     let layout = kernel_launch::AttentionLayout::contiguous(s.batch, s.seq, s.heads_q, s.heads_kv, s.head_dim);
     let f = layout.fwd_args([q, k, v], o, b.ptr(&bufs.lse), doc_ids);
     let shape = s.label();
-    // On compute capability 9.0 both forward paths, so the report compares them in one run.
-    if kernel_launch::AttentionPath::for_capability(b.k.compute_capability()) == kernel_launch::AttentionPath::Sm90 {
-        b.attention_row("attention fwd sm90 (wgmma+TMA)", &shape, attention_flops(s, false), || unsafe {
-            kernel_launch::attention_fwd_sm90(&b.k, &f)
-        });
-    }
-    b.attention_row("attention fwd sm80 (mma.sync)", &shape, attention_flops(s, false), || unsafe {
-        kernel_launch::attention_fwd_sm80(&b.k, &f)
-    });
     let buffers = kernel_launch::AttentionBwdBuffers { dout, delta: b.ptr(&bufs.delta), dq_accum: b.ptr(&bufs.dq_accum), dq, dk, dv };
     let bw = kernel_launch::attention_bwd_args(&f, buffers);
-    let bwd_flops = attention_flops(s, true);
-    b.attention_row("attention bwd (prepare+main+finish)", &shape, bwd_flops, || unsafe { kernel_launch::attention_bwd(&b.k, &bw) });
-    // The deterministic mode's backward (dK/dV pass + dQ pass, no atomics), at the same useful
-    // FLOPs, so the two rows' TFLOP/s compare directly.
-    b.attention_row("attention bwd deterministic (prepare+dkdv+dq)", &shape, bwd_flops, || unsafe {
-        kernel_launch::attention_bwd_deterministic(&b.k, &bw)
-    });
+    let (fwd_flops, bwd_flops) = (attention_flops(s, false), attention_flops(s, true));
+    // On compute capability 9.0 both paths (the launchers pick sm90 there; the wrapper reports
+    // 8.0 to them), so the report compares the two in one run.
+    let sm80 = kernel_launch::WithCapability(&b.k, (8, 0));
+    for (path, on_sm90) in [("sm90", true), ("sm80", false)] {
+        if on_sm90 && kernel_launch::AttentionPath::for_capability(b.k.compute_capability()) != kernel_launch::AttentionPath::Sm90 {
+            continue;
+        }
+        macro_rules! rows {
+            ($k:expr) => {{
+                let k = $k;
+                b.attention_row(&format!("attention fwd {path}"), &shape, fwd_flops, || unsafe { kernel_launch::attention_fwd(k, &f) });
+                b.attention_row(&format!("attention bwd {path} (prepare+main+finish)"), &shape, bwd_flops, || unsafe {
+                    kernel_launch::attention_bwd(k, &bw)
+                });
+                // The deterministic mode's backward (dK/dV pass + dQ pass, no atomics), at the same
+                // useful FLOPs, so the rows' TFLOP/s compare directly.
+                b.attention_row(&format!("attention bwd {path} deterministic (prepare+dkdv+dq)"), &shape, bwd_flops, || unsafe {
+                    kernel_launch::attention_bwd_deterministic(k, &bw)
+                });
+            }};
+        }
+        if on_sm90 {
+            rows!(&b.k)
+        } else {
+            rows!(&sm80)
+        }
+    }
     Ok(())
 }
 

@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig};
 use kormo_cuda::bindings::KormoTensorMap;
-use kormo_cuda::kernel_launch::{Launcher, TensorMapSpec};
+use kormo_cuda::kernel_launch::{Launcher, TensorMapSpec, WithCapability};
 use kormo_cuda::{bf16, CudaError, CudaOps, Kernels};
 
 pub use kormo_cuda::random::SplitMix64;
@@ -52,6 +52,24 @@ impl Backend for Kernels {
     fn ptr<T: DeviceRepr + Copy + Default>(&self, buf: &CudaSlice<T>) -> u64 {
         let (p, _sync) = buf.device_ptr(self.stream());
         p
+    }
+}
+
+/// The device kernels with the compute capability the launchers see replaced (the sm_80 path
+/// on an H100).
+impl Backend for WithCapability<'_, Kernels> {
+    type Buf<T: DeviceRepr + Copy + Default> = CudaSlice<T>;
+
+    fn upload<T: DeviceRepr + Copy + Default>(&self, host: &[T]) -> CudaSlice<T> {
+        self.0.upload(host)
+    }
+
+    fn download<T: DeviceRepr + Copy + Default>(&self, buf: &CudaSlice<T>) -> Vec<T> {
+        self.0.download(buf)
+    }
+
+    fn ptr<T: DeviceRepr + Copy + Default>(&self, buf: &CudaSlice<T>) -> u64 {
+        self.0.ptr(buf)
     }
 }
 
