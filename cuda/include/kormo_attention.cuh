@@ -47,9 +47,8 @@
 //   aligned (checked by the Rust launcher, which also bounds seq_len to 32 bits). Rows past
 //   seq_len are zero-filled so they can never inject NaN into the products; their results are
 //   never stored.
-// Next steps (docs/kernels.md): on sm_90a, wgmma + TMA with producer/consumer warps (FA3 style),
-// which the 350 / 250 TFLOP/s targets most likely need; the backward's dQ phase (37% of its time
-// for 20% of its FLOPs on an H200) is the first place to look.
+// These are the kernels of A100-class devices (and of Hopper for arguments outside the TMA
+// preconditions); compute capability 9.0 runs kormo_attention_sm90.cuh (wgmma + TMA).
 #pragma once
 
 #include "kormo_device.cuh"
