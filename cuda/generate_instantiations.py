@@ -258,7 +258,7 @@ def rust_source(vs, names):
         f"pub const ATTENTION_DQ_BLOCK_QUERIES: i64 = {TILE};",
         "/// Threads per block of both attention passes.",
         f"pub const ATTENTION_THREADS: u32 = {THREADS};",
-        "/// Queries per block of the sm_90a forward (grid x = ceil(seq_len / this)).",
+        "/// Query rows per block of the sm_90a forward: (position, head) pairs of `sm90_heads_per_block` heads.",
         f"pub const ATTENTION_SM90_BLOCK_QUERIES: i64 = {SM90_BLOCK_M};",
         "/// Keys per tile of the sm_90a forward (the doc-id map's box).",
         f"pub const ATTENTION_SM90_BLOCK_KEYS: u32 = {SM90_BLOCK_N};",

@@ -3,8 +3,10 @@
 // The extern "C" entry points are generated per variant by cuda/generate_instantiations.py.
 //
 // Design:
-// - One block per (128-query tile, query head, batch row), heaviest (last) tiles first; three
-//   warpgroups. Warpgroup 0 is the producer: it gives registers back (setmaxnreg.dec to 24) and
+// - One block per (128 query rows, batch row), heaviest (last) tiles first; three warpgroups. The
+//   128 rows are `pack` query heads of one GQA group x 128 / pack positions (row r: position
+//   r / pack, head r % pack; pack = the group size when it divides 128, else 1), so the heads
+//   that share a kv head share every K and V tile the block loads. Warpgroup 0 is the producer: it gives registers back (setmaxnreg.dec to 24) and
 //   one thread issues every copy with TMA: the Q tile once, then per key tile K (+ its doc ids)
 //   and V into a 2-stage ring. Warpgroups 1 and 2 are consumers (setmaxnreg.inc to 240), 64 query
 //   rows each, sharing every K and V tile.
@@ -90,18 +92,30 @@ __device__ __forceinline__ int64_t first_of_document(const uint32_t* doc, int64_
     return lo;
 }
 
+// What a forward block covers: positions q0 .. q0 + 128 / pack - 1 of batch row `row`, query
+// heads head0 .. head0 + pack - 1 (all of kv head kv_head), key tiles first_tile .. last_tile.
+struct FwdBlock {
+    int pack, q0, head0, kv_head, row, last_tile;
+};
+
+__device__ __forceinline__ FwdBlock fwd_block(const KormoAttentionFwdSm90Args& p) {
+    const int pack = p.heads_per_block;
+    const int q0 = (static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x)) * (kBlockM / pack);
+    const int head0 = static_cast<int>(blockIdx.y) * pack;
+    return FwdBlock{pack, q0, head0, head0 / static_cast<int>(p.a.heads_q / p.a.heads_kv), static_cast<int>(blockIdx.z),
+                    q0 / kBlockN};
+}
+
 template <int D, bool DOC>
-__device__ void produce(const KormoAttentionFwdSm90Args& p, unsigned char* smem, const Barriers& b, int first_tile,
-                        int last_tile) {
+__device__ void produce(const KormoAttentionFwdSm90Args& p, unsigned char* smem, const Barriers& b, const FwdBlock& blk,
+                        int first_tile) {
     using L = FwdSmem<D>;
     const KormoAttentionFwdArgs& a = p.a;
-    const int head = blockIdx.y, row = blockIdx.z;
-    const int kv_head = head / static_cast<int>(a.heads_q / a.heads_kv);
-    const int q0 = last_tile * kBlockM;
+    const int row = blk.row, kv_head = blk.kv_head, last_tile = blk.last_tile;
     constexpr uint32_t kTileBytes = L::kHalves * kSubTileBytes;
     sm90::mbar_arrive_expect_tx(b.q_full, kTileBytes);
-    for (int h = 0; h < L::kHalves; ++h)
-        sm90::tma_load_4d(smem + L::q + h * kSubTileBytes, &p.q_map, b.q_full, 64 * h, head, q0, row);
+    for (int h = 0; h < L::kHalves; ++h)  // box {64, pack heads, 128 / pack positions}: rows (position, head)
+        sm90::tma_load_4d(smem + L::q + h * kSubTileBytes, &p.q_map, b.q_full, 64 * h, blk.head0, blk.q0, row);
     for (int it = 0; it <= last_tile - first_tile; ++it) {
         const int j = last_tile - it, s = it % kStages, use = it / kStages;
         if (use > 0) sm90::mbar_wait(&b.k_empty[s], (use - 1) & 1);
@@ -125,17 +139,15 @@ __device__ void produce(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
 // the factor the previous O must be scaled by.
 template <bool DOC>
 __device__ __forceinline__ void softmax_step(float (&s)[kBlockN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
-                                             bool need_mask, int shift, const uint32_t* k_doc, const uint32_t (&row_doc)[2],
-                                             float scale_log2) {
+                                             bool need_mask, const int (&limit)[2], const uint32_t* k_doc,
+                                             const uint32_t (&row_doc)[2], float scale_log2) {
     const int t = threadIdx.x & 3;
     if (need_mask) {
 #pragma unroll
         for (int i = 0; i < kBlockN / 2; ++i) {
-            // Key k0 + c (c = 8 (i / 4) + 2t + (i & 1)) is past query q0 + row when c > row + q0 - k0;
-            // shift = q0 - k0 + (this thread's first row) - 2t leaves the compile-time part.
-            const int h = (i & 2) >> 1;
-            if ((i / 4) * 8 + (i & 1) > shift + 8 * h || (DOC && k_doc[(i / 4) * 8 + 2 * t + (i & 1)] != row_doc[h]))
-                s[i] = -INFINITY;
+            // Key k0 + c is past the query at position limit[h] + k0 of the row when c > limit[h].
+            const int h = (i & 2) >> 1, c = (i / 4) * 8 + 2 * t + (i & 1);
+            if (c > limit[h] || (DOC && k_doc[c] != row_doc[h])) s[i] = -INFINITY;
         }
     }
 #pragma unroll
@@ -164,21 +176,24 @@ __device__ __forceinline__ void softmax_step(float (&s)[kBlockN / 2], float (&m)
 }
 
 template <int D, bool DOC>
-__device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem, const Barriers& b, int first_tile,
-                        int last_tile) {
+__device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem, const Barriers& b, const FwdBlock& blk,
+                        int first_tile) {
     using L = FwdSmem<D>;
     const KormoAttentionFwdArgs& a = p.a;
     const int wg = threadIdx.x / 128 - 1;  // consumer warpgroup 0 or 1
     const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int64_t q0 = static_cast<int64_t>(last_tile) * kBlockM, row = blockIdx.z, head = blockIdx.y;
-    const int64_t base = row * a.seq_len, total_tokens = a.batch * a.seq_len;
+    const int last_tile = blk.last_tile;
+    const int64_t q0 = blk.q0, base = static_cast<int64_t>(blk.row) * a.seq_len, total_tokens = a.batch * a.seq_len;
     const int row0 = wg * 64 + warp * 16 + g;  // this thread's rows: row0 and row0 + 8 of the block
+    // Row r of the block: position q0 + r / pack, query head head0 + r % pack.
+    const int64_t pos[2] = {q0 + (row0) / blk.pack, q0 + (row0 + 8) / blk.pack};
+    const int64_t head[2] = {blk.head0 + row0 % blk.pack, blk.head0 + (row0 + 8) % blk.pack};
     const uint32_t* doc = DOC ? dev_ptr<const uint32_t>(a.doc_ids) + base : nullptr;
     uint32_t row_doc[2] = {0u, 0u};
     uint32_t last_doc = 0u;
     if (DOC) {
-        for (int h = 0; h < 2; ++h) row_doc[h] = q0 + row0 + 8 * h < a.seq_len ? doc[q0 + row0 + 8 * h] : 0xffffffffu;
-        last_doc = doc[min(q0 + kBlockM - 1, a.seq_len - 1)];
+        for (int h = 0; h < 2; ++h) row_doc[h] = pos[h] < a.seq_len ? doc[pos[h]] : 0xffffffffu;
+        last_doc = doc[min(q0 + kBlockM / blk.pack - 1, a.seq_len - 1)];
     }
     const float scale_log2 = a.softmax_scale * attention::kLog2e;
     const unsigned char* sq = smem + L::q + wg * 64 * sm90::kSwizzleRowBytes;
@@ -216,7 +231,8 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
         const int64_t k0 = static_cast<int64_t>(last_tile - it) * kBlockN;
         const uint32_t* k_doc = reinterpret_cast<const uint32_t*>(smem + L::k_doc + st * kBlockN * 4);
         const bool need_mask = k0 + kBlockN - 1 > q0 || (DOC && k_doc[0] != last_doc);
-        softmax_step<DOC>(s, m, l, alpha, need_mask, static_cast<int>(q0 - k0) + row0 - 2 * t, k_doc, row_doc, scale_log2);
+        const int limit[2] = {static_cast<int>(pos[0] - k0), static_cast<int>(pos[1] - k0)};
+        softmax_step<DOC>(s, m, l, alpha, need_mask, limit, k_doc, row_doc, scale_log2);
     };
     // One arrival per warp on an empty barrier, once all its lanes are done with the stage.
     auto release = [&](uint64_t* bar) {
@@ -282,17 +298,16 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
     sm90::fence_operand(o);
 
     // Epilogue: the quad's partial sums make the row sum (> 0 for every stored row: its diagonal key).
-    __nv_bfloat16* o_out = dev_ptr<__nv_bfloat16>(a.o) + base * a.o_token_stride + head * a.o_head_stride;
-    float* lse = dev_ptr<float>(a.lse) + head * total_tokens + base;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         float sum = l[h];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const int64_t i = q0 + row0 + 8 * h;
+        const int64_t i = pos[h];
         if (i >= a.seq_len) continue;
         const float inv_l = 1.0f / sum;
-        __nv_bfloat16* dst = o_out + i * a.o_token_stride + 2 * t;
+        float* lse = dev_ptr<float>(a.lse) + head[h] * total_tokens + base;
+        __nv_bfloat16* dst = dev_ptr<__nv_bfloat16>(a.o) + (base + i) * a.o_token_stride + head[h] * a.o_head_stride + 2 * t;
 #pragma unroll
         for (int nd = 0; nd < D / 8; ++nd)
             attention::store_bf16x2(dst + nd * 8, o[nd * 4 + 2 * h] * inv_l, o[nd * 4 + 2 * h + 1] * inv_l);
@@ -309,9 +324,8 @@ __device__ void forward(const KormoAttentionFwdSm90Args& p) {
     KORMO_DYNAMIC_SMEM(unsigned char, smem_base);
     unsigned char* smem = smem_base + ((sm90::kSwizzleAtomBytes - (sm90::smem_u32(smem_base) % sm90::kSwizzleAtomBytes)) %
                                        sm90::kSwizzleAtomBytes);
-    const int last_tile = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // the diagonal key tile
-    const int64_t q0 = static_cast<int64_t>(last_tile) * kBlockM;
-    if (q0 >= a.seq_len || blockIdx.y >= a.heads_q || blockIdx.z >= a.batch) return;
+    const FwdBlock blk = fwd_block(p);
+    if (blk.q0 >= a.seq_len || blk.head0 >= a.heads_q || blk.row >= a.batch) return;
     uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
     const Barriers b{bars, bars + 1, bars + 1 + kStages, bars + 1 + 2 * kStages, bars + 1 + 3 * kStages};
     int* info = reinterpret_cast<int*>(smem + L::info);
@@ -324,19 +338,19 @@ __device__ void forward(const KormoAttentionFwdSm90Args& p) {
             sm90::mbar_init(&b.v_empty[s], kConsumerWarps);
         }
         sm90::fence_barrier_init();
-        info[0] = DOC ? static_cast<int>(
-                            first_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len, q0) / kBlockN)
+        info[0] = DOC ? static_cast<int>(first_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blk.row * a.seq_len, blk.q0) /
+                                         kBlockN)
                       : 0;
     }
     __syncthreads();
     const int first_tile = info[0];
     if (threadIdx.x < 128) {
         sm90::reg_dealloc<24>();
-        if (threadIdx.x == 0) produce<D, DOC>(p, smem, b, first_tile, last_tile);
+        if (threadIdx.x == 0) produce<D, DOC>(p, smem, b, blk, first_tile);
         return;
     }
     sm90::reg_alloc<240>();
-    consume<D, DOC>(p, smem, b, first_tile, last_tile);
+    consume<D, DOC>(p, smem, b, blk, first_tile);
 #else
     (void)p;
     __trap();

@@ -177,8 +177,9 @@ typedef struct KormoAttentionBwdArgs {
  * and its tile ("box") shape: on a device the CUDA driver encodes it (cuTensorMapEncodeTiled); the
  * CPU emulator writes its own readable form into the same bytes. The kernel takes the struct as a
  * __grid_constant__ parameter, so the maps stay in parameter space where TMA reads them.
- *   q, k, v:  4-D bf16 maps of dims {head_dim, heads, seq_len, batch} (strides: head, token, row),
- *             boxes of {64, 1, 128, 1} with the 128-byte swizzle (head dim 128: two boxes per tile);
+ *   q, k, v:  4-D bf16 maps of dims {head_dim, heads, seq_len, batch} (strides: head, token, row)
+ *             with the 128-byte swizzle (head dim 128: two boxes per tile); boxes of {64, 1, 128, 1}
+ *             for k and v, {64, heads_per_block, 128 / heads_per_block, 1} for q;
  *   doc_ids:  1-D uint32 map over the batch*seq_len tokens, boxes of 128 (doc-masked variants). */
 typedef struct KormoTensorMap {
     uint64_t opaque[16] __attribute__((aligned(64))); /* 64-byte aligned, as CUtensorMap */
@@ -190,6 +191,8 @@ typedef struct KormoAttentionFwdSm90Args {
     KormoTensorMap v_map;
     KormoTensorMap doc_map;
     KormoAttentionFwdArgs a;
+    int32_t heads_per_block; /* query heads of one GQA group per block (q_map's box); divides 128 */
+    int32_t _pad0;
 } KormoAttentionFwdSm90Args;
 
 /* Hopper (sm_90a) backward, the step between kormo_attention_bwd_prepare and _finish (or, for

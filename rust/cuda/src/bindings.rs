@@ -508,6 +508,8 @@ pub struct KormoAttentionFwdSm90Args {
     pub v_map: KormoTensorMap,
     pub doc_map: KormoTensorMap,
     pub a: KormoAttentionFwdArgs,
+    pub heads_per_block: i32,
+    pub _pad0: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
@@ -532,6 +534,12 @@ const _: () = {
     [
         "Offset of field: KormoAttentionFwdSm90Args::a",
     ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, a) - 512usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::heads_per_block",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, heads_per_block) - 664usize];
+    [
+        "Offset of field: KormoAttentionFwdSm90Args::_pad0",
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, _pad0) - 668usize];
 };
 impl Default for KormoAttentionFwdSm90Args {
     fn default() -> Self {

@@ -527,16 +527,32 @@ fn row_values_map(k: &impl Launcher, address: u64, element: TensorElement, len: 
     k.encode_tensor_map(&TensorMapSpec { address, element, dims: vec![len as u64], strides: vec![], box_dims: vec![rows], swizzle_128b: false })
 }
 
+/// Query heads per sm_90a forward block: the whole GQA group when it divides the block's 128
+/// rows (the group's heads then share each K and V tile the block loads), else 1.
+pub fn sm90_heads_per_block(heads_q: i64, heads_kv: i64) -> i64 {
+    let group = heads_q / heads_kv.max(1);
+    if group >= 1 && ATTENTION_SM90_BLOCK_QUERIES % group == 0 {
+        group
+    } else {
+        1
+    }
+}
+
 /// The sm_90a forward's arguments: `a` plus the tensor maps of q, k, v and the doc ids.
 pub fn attention_fwd_sm90_args(k: &impl Launcher, a: &KormoAttentionFwdArgs) -> Result<KormoAttentionFwdSm90Args, CudaError> {
     let (q_shape, kv_shape) = ([a.head_dim as i64, a.heads_q, a.seq_len, a.batch], [a.head_dim as i64, a.heads_kv, a.seq_len, a.batch]);
     let rows = ATTENTION_SM90_BLOCK_KEYS;
+    let pack = sm90_heads_per_block(a.heads_q, a.heads_kv);
+    let mut q_map = operand_map(a.q, q_shape, a.q_token_stride, a.q_head_stride, (ATTENTION_SM90_BLOCK_QUERIES / pack) as u32);
+    q_map.box_dims[1] = pack as u32;
     Ok(KormoAttentionFwdSm90Args {
-        q_map: k.encode_tensor_map(&operand_map(a.q, q_shape, a.q_token_stride, a.q_head_stride, rows))?,
+        q_map: k.encode_tensor_map(&q_map)?,
         k_map: k.encode_tensor_map(&operand_map(a.k, kv_shape, a.k_token_stride, a.k_head_stride, rows))?,
         v_map: k.encode_tensor_map(&operand_map(a.v, kv_shape, a.v_token_stride, a.v_head_stride, rows))?,
         doc_map: row_values_map(k, a.doc_ids, TensorElement::U32, a.batch * a.seq_len, rows)?,
         a: *a,
+        heads_per_block: pack as i32,
+        _pad0: 0,
     })
 }
 
@@ -582,11 +598,12 @@ pub unsafe fn attention_fwd_sm90(k: &impl Launcher, a: &KormoAttentionFwdArgs) -
     let v = attention_variant(a.head_dim, a.doc_ids != 0)?;
     check_attention(v.fwd_sm90, a.batch, a.seq_len, a.heads_q, a.heads_kv, attention_strides!(a), &[a.q, a.k, a.v, a.o])?;
     require(sm90_supported(a.doc_ids, a.batch, a.seq_len, a.heads_q, &[a.lse]), v.fwd_sm90, || SM90_LIMITS.into())?;
-    let tiles = (a.seq_len + ATTENTION_SM90_BLOCK_QUERIES - 1) / ATTENTION_SM90_BLOCK_QUERIES;
-    let blocks = grid_dim(v.fwd_sm90, "query tiles", tiles, i32::MAX as i64)?;
+    let pack = sm90_heads_per_block(a.heads_q, a.heads_kv);
+    let positions = ATTENTION_SM90_BLOCK_QUERIES / pack;
+    let blocks = grid_dim(v.fwd_sm90, "query tiles", (a.seq_len + positions - 1) / positions, i32::MAX as i64)?;
     let args = attention_fwd_sm90_args(k, a)?;
     let cfg = LaunchConfig {
-        grid_dim: (blocks, a.heads_q as u32, a.batch as u32),
+        grid_dim: (blocks, (a.heads_q / pack) as u32, a.batch as u32),
         block_dim: (ATTENTION_SM90_THREADS, 1, 1),
         shared_mem_bytes: v.fwd_sm90_smem_bytes,
     };

@@ -60,7 +60,7 @@ pub const ATTENTION_BWD_BLOCK_KEYS: i64 = 64;
 pub const ATTENTION_DQ_BLOCK_QUERIES: i64 = 64;
 /// Threads per block of both attention passes.
 pub const ATTENTION_THREADS: u32 = 128;
-/// Queries per block of the sm_90a forward (grid x = ceil(seq_len / this)).
+/// Query rows per block of the sm_90a forward: (position, head) pairs of `sm90_heads_per_block` heads.
 pub const ATTENTION_SM90_BLOCK_QUERIES: i64 = 128;
 /// Keys per tile of the sm_90a forward (the doc-id map's box).
 pub const ATTENTION_SM90_BLOCK_KEYS: u32 = 128;

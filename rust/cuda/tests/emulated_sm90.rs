@@ -9,11 +9,12 @@ use kormo_model::AttentionShape;
 use support::cases::{self, AttnCase};
 use support::Emulator;
 
-/// The sm_90a forward (wgmma + TMA, cuda/include/kormo_attention_sm90.cuh) over the same layouts
-/// plus layouts at its 128-key tiles: 3-4 key tiles with the 2-stage ring wrapping, documents
-/// crossing tile edges (edge tiles masked, earlier documents' tiles never loaded), a row of
-/// single-token documents, seq not a multiple of the tile, two rows. The sm_80 backward then runs
-/// from its o and lse. Every forward launch must have been the sm_90a kernel.
+/// The sm_90a forward and backward (wgmma + TMA, cuda/include/kormo_attention_sm90.cuh) over
+/// the common layouts plus the Hopper tiles' edges: 3-4 key tiles with the 2-stage ring
+/// wrapping, documents across tile edges (edge tiles masked, earlier documents' tiles never
+/// loaded) in two rows, single-token documents before a long one, forward blocks packing 4 and 8
+/// query heads of a GQA group (1 where the group size, 3, does not divide 128). Every launch
+/// must have been an sm_90a kernel.
 #[test]
 fn attention_sm90_emulated() {
     let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
@@ -23,6 +24,9 @@ fn attention_sm90_emulated() {
         AttnCase { name: "sm90: causal, 4 key tiles, hd128, GQA 3", shape: shape(1, 500, 3, 1, 128), docs: None, pad: 8, seed: 31 },
         AttnCase { name: "sm90: docs across tile edges, 2 rows, hd64, 2 kv heads x GQA 2", shape: shape(2, 384, 4, 2, 64), docs: Some(vec![100, 200, 150, 1, 60, 130, 127]), pad: 0, seed: 32 },
         AttnCase { name: "sm90: single-token docs then a long one, hd128", shape: shape(1, 200, 1, 1, 128), docs: Some([vec![1; 70], vec![130]].concat()), pad: 0, seed: 33 },
+        // Forward blocks of 4 and 8 query heads x 32 and 16 positions (the group shares K/V tiles).
+        AttnCase { name: "sm90: GQA 4 packed, docs, hd64", shape: shape(1, 300, 8, 2, 64), docs: Some(vec![37, 150, 113]), pad: 8, seed: 34 },
+        AttnCase { name: "sm90: GQA 8 packed, causal, hd128", shape: shape(1, 150, 8, 1, 128), docs: None, pad: 0, seed: 35 },
     ]);
     cases::check_attention(&emu, &cases);
     let launched = emu.launched();
