@@ -9,7 +9,7 @@ cuDNN backends (causal; an n/a row for document masks) and flex_attention (causa
 masks). Output is a markdown table in the same units as the Rust bench (time per call in
 microseconds; GB/s over ideal traffic or useful TFLOP/s, masked-out work not counted).
 Variants that fail (missing backend, compile error) print a row with the reason and the script
-goes on. Usage: python3 bench/torch_reference.py [--quick] [--attention-only]
+goes on. Usage: python3 bench/torch_reference.py [--quick] [--attention-only | --no-attention]
 """
 import argparse
 import sys
@@ -75,8 +75,12 @@ def rope(x, cos, sin):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="5 timed iterations instead of 20, no seq 32K attention shapes")
-    parser.add_argument("--attention-only", action="store_true",
-                        help="only the attention rows (SDPA flash / cuDNN, flex_attention at every attention shape)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--attention-only", action="store_true",
+                       help="only the attention rows (SDPA flash / cuDNN, flex_attention at every attention shape)")
+    which.add_argument("--no-attention", action="store_true",
+                       help="no attention rows: only the memory-bound ops and the GEMMs (tools/gpu_check.sh runs the "
+                            "two halves as separate steps, torch and torch-attention)")
     args = parser.parse_args()
     if torch is None:
         sys.exit(f"torch_reference: PyTorch is not installed ({TORCH_IMPORT_ERROR})")
@@ -91,7 +95,8 @@ def main():
     if not args.attention_only:
         kernel_rows(iters)
         gemm_rows(iters)
-    attention_rows(args.quick, iters)
+    if not args.no_attention:
+        attention_rows(args.quick, iters)
 
 
 def kernel_rows(iters):

@@ -12,9 +12,13 @@
 #                                     training-step benchmarks (model-step, train --benchmark),
 #                                     NCCL at world size 1, the Hugging Face export against
 #                                     transformers,
-#                                     the kernel benchmarks and
-#                                     bench/torch_reference.py, and writes
+#                                     the kernel benchmarks,
+#                                     bench/torch_reference.py (its non-attention and attention
+#                                     rows as two steps), Nsight Compute profiles (ncu) of the
+#                                     attention kernels at one or two shapes, and writes
 #                                     OUT_DIR/<date>-<device>.md (default bench/results) plus logs.
+#                                     KORMO_GPU_STEPS="bench ncu ..." runs only the named steps
+#                                     (docs/gpu.md lists them).
 #
 # Budget: every step has its own timeout, cut so the whole run ends within BUDGET_S (570 s) for
 # the device tool's 600 s per-call limit; a step that times out (or finds no time left) is
@@ -109,6 +113,17 @@ find_sanitizer() {
     done
 }
 
+# Nsight Compute's command-line profiler: PATH, the CUDA toolkits, then the standalone installs
+# (newest version first).
+find_ncu() {
+    command -v ncu && return
+    local c
+    for c in /usr/local/cuda/bin/ncu /usr/local/cuda-*/bin/ncu \
+        $(printf '%s\n' /opt/nvidia/nsight-compute/*/ncu /usr/local/cuda*/nsight-compute*/ncu | sort -rV); do
+        [[ -x "$c" ]] && { echo "$c"; return; }
+    done
+}
+
 # Directory holding libcublasLt (CudaOps' GEMMs): the loader path, a CUDA toolkit, or the pip
 # wheels that PyTorch brings (nvidia/cublas/lib, nvidia/cu13/lib).
 find_cublaslt_dir() {
@@ -143,6 +158,14 @@ start_logged() {
 # The exit status a start_logged step left (124 when it never wrote one).
 status_of() {
     cat "$logs/$1.rc" 2>/dev/null || echo 124
+}
+
+# Timeout of step $1 in seconds: $2, or KORMO_GPU_TIMEOUT_<STEP> (the name upper-cased, `-` as
+# `_`), e.g. KORMO_GPU_TIMEOUT_TORCH_ATTENTION=500 for a call that runs only that step.
+step_seconds() {
+    local var
+    var="KORMO_GPU_TIMEOUT_$(tr 'a-z-' 'A-Z_' <<<"$1")"
+    echo "${!var:-$2}"
 }
 
 # Whether step $1 is selected (KORMO_GPU_STEPS, space-separated; all steps when unset).
@@ -220,11 +243,13 @@ report_run() {
     } >>"$report"
 }
 
-# One timing step: runs "$@" (if step $1 is wanted) and appends a report section titled $2 with
-# its output: `raw` (it prints markdown), `fenced` (a code block) or `table` (only its table and
-# device lines); a non-zero exit adds the status and the log's tail.
+# One timing step: runs "$@" (if step $1 is wanted) under a timeout of $3 s (step_seconds) and
+# appends a report section titled $2 with its output: `raw` (it prints markdown), `fenced` (a
+# code block) or `table` (only its table and device lines); a non-zero exit adds the status and
+# the log's tail, and a last line says how long the step took.
 timed_step() {
-    local name="$1" title="$2" seconds="$3" form="$4" status
+    local name="$1" title="$2" seconds form="$4" status t0=$SECONDS
+    seconds="$(step_seconds "$1" "$3")"
     shift 4
     wanted "$name" || return 0
     status=$(run_logged "$seconds" "$logs/$name.log" "$@")
@@ -238,7 +263,131 @@ timed_step() {
         esac
         [[ "$status" == 0 ]] || { echo "($name exit status $status; tail of its log:)"; echo '```'; tail -5 "$logs/$name.log"; echo '```'; }
         echo
+        echo "($name: $((SECONDS - t0)) s of its ${seconds} s timeout)"
+        echo
     } >>"$report"
+}
+
+# The attention shapes the ncu step profiles, in order (bench's labels; a second one only when
+# the first leaves time).
+NCU_SHAPES=("b4 s8192 h32/8 d128 docs of 2048" "b4 s8192 h32/8 d128 causal")
+# Kernel launches profiled per shape. bench calls each row's function once to warm up, then
+# --iters times (1 here); the forward row launches 1 attention kernel, each backward row 3
+# (prepare, main or dK/dV, finish or dQ): 7 per path per call, and two paths (sm90, sm80) on
+# compute capability 9.0: 2 x 7 x 2 = 28 (14 on other devices, where the limit is not reached).
+NCU_LAUNCHES=28
+
+# Markdown table of one ncu CSV (--csv --page details): a row per profiled launch, in launch
+# order; a metric this ncu version does not report prints "-", and the names it does report are
+# listed when one of the table's is missing.
+ncu_summary() {
+    python3 - "$1" <<'PY'
+import csv, sys
+lines = open(sys.argv[1], errors="replace").read().splitlines()
+start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
+if start is None:
+    print(f"(no CSV rows in {sys.argv[1]})")
+    sys.exit(1)
+launches = {}
+for r in csv.DictReader(lines[start:]):
+    launch = launches.setdefault(r.get("ID"), {"name": r.get("Kernel Name") or "?", "grid": r.get("Grid Size") or "",
+                                               "block": r.get("Block Size") or "", "metrics": {}})
+    name = (r.get("Metric Name") or "").strip()
+    if name:
+        launch["metrics"][name.lower()] = ((r.get("Metric Value") or "").strip(), (r.get("Metric Unit") or "").strip())
+TO_US = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6, "s": 1e6}
+# (column, metric names across ncu versions, time?)
+COLUMNS = [
+    ("duration (us)", ["Duration", "gpu__time_duration.sum"], True),
+    ("SM throughput %", ["Compute (SM) Throughput", "Compute (SM) [%]", "SM [%]"], False),
+    ("memory throughput %", ["Memory Throughput", "Memory [%]"], False),
+    ("DRAM throughput %", ["DRAM Throughput"], False),
+    ("registers/thread", ["Registers Per Thread"], False),
+    ("achieved occupancy %", ["Achieved Occupancy"], False),
+    ("theoretical occupancy %", ["Theoretical Occupancy"], False),
+]
+def number(text):
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+def cell(metrics, names, is_time):
+    for n in names:
+        if n.lower() in metrics:
+            value, unit = metrics[n.lower()]
+            x = number(value)
+            if x is None:
+                return f"{value} {unit}".strip()
+            if is_time and unit in TO_US:
+                return f"{x * TO_US[unit]:.1f}"
+            return f"{x:g}" + ("" if unit in ("%", "") or not is_time and unit.startswith("register") else f" {unit}")
+    return "-"
+print("| # | kernel | grid | block | " + " | ".join(c for c, _, _ in COLUMNS) + " |")
+print("| --- " * (4 + len(COLUMNS)) + "|")
+for i, launch in enumerate(launches.values()):
+    cells = [cell(launch["metrics"], names, t) for _, names, t in COLUMNS]
+    print(f"| {i} | {launch['name']} | {launch['grid']} | {launch['block']} | " + " | ".join(cells) + " |")
+present = sorted({n for l in launches.values() for n in l["metrics"]})
+missing = [c for c, names, _ in COLUMNS if not any(n.lower() in present for n in names)]
+if missing:
+    print(f"\nnot in this CSV: {', '.join(missing)}; its metrics: {', '.join(present) or 'none'}")
+PY
+}
+
+# The ncu step: bench --attention-only --iters 1 --only SHAPE under Nsight Compute for each of
+# NCU_SHAPES while the step's `seconds` last; per shape the .ncu-rep (Nsight Compute opens it),
+# its CSV (details page) in the logs and a summary table in the report.
+ncu_step() {
+    local seconds ncu deadline shape tag status left i=0 t0=$SECONDS
+    seconds="$(step_seconds ncu "$1")"
+    wanted ncu || return 0
+    {
+        echo "## Nsight Compute profiles of the attention kernels (ncu: SpeedOfLight, Occupancy, LaunchStats)"
+        echo
+    } >>"$report"
+    ncu="$(find_ncu)"
+    if [[ -z "$ncu" ]]; then
+        { echo "ncu not found: no profiles"; echo; } >>"$report"
+        return 0
+    fi
+    {
+        echo "$ncu ($("$ncu" --version 2>/dev/null | tail -1)); one warm-up and one timed call per bench row, so each"
+        echo "launch appears twice; durations are under ncu's clock control (base clocks), not bench's timings."
+        echo
+    } >>"$report"
+    deadline=$((SECONDS + seconds))
+    for shape in "${NCU_SHAPES[@]}"; do
+        i=$((i + 1))
+        tag="ncu-$i-$(tr -c 'A-Za-z0-9\n' '-' <<<"$shape" | tr -s '-')"
+        left=$((deadline - SECONDS))
+        echo "### $shape" >>"$report"
+        echo >>"$report"
+        if ((left < 20)); then
+            { echo "not profiled: the step's ${seconds} s ran out"; echo; } >>"$report"
+            continue
+        fi
+        status=$(run_logged "$left" "$logs/$tag.log" "$ncu" -f -o "$logs/$tag" --section SpeedOfLight \
+            --section Occupancy --section LaunchStats --kernel-name regex:attention --launch-skip 0 \
+            --launch-count "$NCU_LAUNCHES" "$CARRY/bench" --attention-only --iters 1 --only "$shape")
+        [[ -f "$logs/$tag.ncu-rep" ]] && "$ncu" --import "$logs/$tag.ncu-rep" --csv --page details \
+            >"$logs/$tag.csv" 2>>"$logs/$tag.log"
+        {
+            [[ -s "$logs/$tag.csv" ]] && ncu_summary "$logs/$tag.csv"
+            [[ "$status" == 0 && -s "$logs/$tag.csv" ]] || {
+                echo "(ncu exit status $status; tail of $tag.log:)"
+                echo '```'
+                tail -8 "$logs/$tag.log"
+                echo '```'
+            }
+            echo
+        } >>"$report"
+        # The logs travel as one archive: a report past 16 MiB stays behind (its CSV travels).
+        if [[ -n "$(find "$logs" -name "$tag.ncu-rep" -size +16M)" ]]; then
+            rm -f "$logs/$tag.ncu-rep"
+            { echo "($tag.ncu-rep was over 16 MiB: left out of the logs)"; echo; } >>"$report"
+        fi
+    done
+    { echo "(ncu: $((SECONDS - t0)) s of its ${seconds} s timeout)"; echo; } >>"$report"
 }
 
 run_checks() {
@@ -389,8 +538,13 @@ run_checks() {
         python3 bench/torch_model_reference.py --steps 3 --warmup 1 \
         --accounting "$("$CARRY/model-step" --model proxy-1b --seq 4096 --flops-per-token)"
     timed_step bench "Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)" 120 raw "$CARRY/bench"
-    timed_step torch "PyTorch reference timings (bench/torch_reference.py --quick)" 120 table \
-        python3 bench/torch_reference.py --quick
+    timed_step torch "PyTorch reference timings, non-attention rows (bench/torch_reference.py --quick --no-attention)" 60 table \
+        python3 bench/torch_reference.py --quick --no-attention
+    # Before torch-attention, the step most likely to run to its timeout (a flex_attention
+    # compile per shape; its finished rows are reported even then), so the profiles get their time.
+    ncu_step 90
+    timed_step torch-attention "PyTorch reference timings, attention rows (bench/torch_reference.py --quick --attention-only)" 120 table \
+        python3 bench/torch_reference.py --quick --attention-only
 
     # Phase 3, compute-sanitizer: memcheck and racecheck side by side with what time is left.
     if wanted sanitizer; then
@@ -416,6 +570,8 @@ run_checks() {
             done
         fi
     fi
+
+    echo "(whole run: ${SECONDS} s of the ${BUDGET_S} s budget)" >>"$report"
 
     # The device tool returns at most 8 files: the logs travel as one archive.
     tar -czf "$logs.tar.gz" -C "$(dirname "$logs")" "$(basename "$logs")" && rm -rf "$logs"

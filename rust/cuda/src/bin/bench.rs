@@ -18,6 +18,7 @@
 
 use std::cell::Cell;
 use std::error::Error;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUevent_flags;
@@ -126,7 +127,8 @@ impl Bench {
 #[command(name = "bench", disable_version_flag = true, after_help = "\
 Examples:
   bench --quick > kernels.md
-  bench --quick --attention-only   (24 attention shapes x 3 passes, seq 32K left out)")]
+  bench --quick --attention-only   (24 attention shapes x 3 passes, seq 32K left out)
+  bench --only 'b4 s8192 h32/8 d128 docs of 2048' --iters 1   (one shape, e.g. under ncu)")]
 struct Cli {
     /// 5 timed iterations instead of 20, seq 32K attention shapes skipped
     #[arg(long)]
@@ -135,10 +137,34 @@ struct Cli {
     /// shape) after the copy-bandwidth row
     #[arg(long)]
     attention_only: bool,
+    /// Only the attention shapes whose label (e.g. `b4 s8192 h32/8 d128 docs of 2048`) contains
+    /// SUBSTRING, and no non-attention rows (implies --attention-only)
+    #[arg(long, value_name = "SUBSTRING")]
+    only: Option<String>,
+    /// Timed iterations per row (after the one warm-up call), instead of 20 (5 with --quick)
+    #[arg(long, value_name = "N")]
+    iters: Option<NonZeroUsize>,
+}
+
+/// The attention shapes to run: `attention_shapes(quick)`, narrowed to the labels containing
+/// `only` when given; an error names the filter when no shape is left.
+fn selected_shapes(quick: bool, only: Option<&str>) -> Result<Vec<AttnShape>, String> {
+    let shapes: Vec<AttnShape> = attention_shapes(quick).into_iter().filter(|s| only.is_none_or(|o| s.label().contains(o))).collect();
+    match only {
+        Some(o) if shapes.is_empty() => Err(format!(
+            "--only {o:?}: no attention shape label contains it (labels look like `b4 s8192 h32/8 d128 docs of 2048`{})",
+            if quick { "; --quick leaves out s32768" } else { "" }
+        )),
+        _ => Ok(shapes),
+    }
 }
 
 fn main() {
     let cli = <Cli as clap::Parser>::parse();
+    let shapes = selected_shapes(cli.quick, cli.only.as_deref()).unwrap_or_else(|e| {
+        eprintln!("bench: {e}");
+        std::process::exit(2);
+    });
     let k = match Kernels::new(0) {
         Ok(k) => k,
         Err(CudaError::NoDevice(why)) => {
@@ -150,16 +176,17 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = run(k, &cli) {
+    if let Err(e) = run(k, &cli, &shapes) {
         eprintln!("bench: {e}");
         std::process::exit(1);
     }
 }
 
-fn run(k: Kernels, cli: &Cli) -> Result<(), Box<dyn Error>> {
+fn run(k: Kernels, cli: &Cli, shapes: &[AttnShape]) -> Result<(), Box<dyn Error>> {
     let st = k.stream().clone();
     let name = k.context().name()?;
-    let mut b = Bench { k, st, iters: if cli.quick { 5 } else { 20 }, copy_bytes_per_s: 0.0, failures: Cell::new(0) };
+    let iters = cli.iters.map_or(if cli.quick { 5 } else { 20 }, NonZeroUsize::get);
+    let mut b = Bench { k, st, iters, copy_bytes_per_s: 0.0, failures: Cell::new(0) };
 
     // Reference bandwidth: device-to-device copy of 1 GiB, counting bytes read + written.
     let copy_len = 1usize << 30;
@@ -177,7 +204,7 @@ fn run(k: Kernels, cli: &Cli) -> Result<(), Box<dyn Error>> {
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     b.row_bytes("memcpy DtoD", "1 GiB", copy_us, 2.0 * copy_len as f64);
 
-    if !cli.attention_only {
+    if !cli.attention_only && cli.only.is_none() {
         bench_rmsnorm(&b)?;
         bench_swiglu(&b)?;
         bench_rope(&b)?;
@@ -186,7 +213,7 @@ fn run(k: Kernels, cli: &Cli) -> Result<(), Box<dyn Error>> {
         bench_adamw(&b)?;
         bench_gemm(&b)?;
     }
-    bench_attention(&b, cli.quick)?;
+    bench_attention(&b, shapes)?;
     match b.failures.get() {
         0 => Ok(()),
         n => Err(format!("{n} attention rows failed (their rows say why)").into()),
@@ -515,11 +542,11 @@ impl AttnBuffers {
     }
 }
 
-/// Forward, backward and deterministic backward at every attention shape (attention_shapes).
-fn bench_attention(b: &Bench, quick: bool) -> Result<(), Box<dyn Error>> {
-    let shapes = attention_shapes(quick);
-    let bufs = AttnBuffers::new(b, &shapes)?;
-    for s in &shapes {
+/// Forward, backward and deterministic backward at every attention shape of `shapes`
+/// (selected_shapes).
+fn bench_attention(b: &Bench, shapes: &[AttnShape]) -> Result<(), Box<dyn Error>> {
+    let bufs = AttnBuffers::new(b, shapes)?;
+    for s in shapes {
         bench_attention_shape(b, &bufs, s)?;
     }
     Ok(())
@@ -593,5 +620,18 @@ mod tests {
         // bench/torch_reference.py's attention_fwd_flops gives the same for the first shape.
         assert_eq!(attention_flops(&shapes[0], false), 1_099_780_063_232.0);
         assert_eq!(attention_flops(&shapes[0], true), 2.5 * 1_099_780_063_232.0);
+    }
+
+    #[test]
+    fn only_selects_shapes_by_label() {
+        assert_eq!(selected_shapes(true, None).unwrap(), attention_shapes(true));
+        let one = selected_shapes(true, Some("b4 s8192 h32/8 d128 docs of 2048")).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].label(), "b4 s8192 h32/8 d128 docs of 2048");
+        // Every mask of one (batch, seq, heads, head dim), in row order.
+        let masks: Vec<Mask> = selected_shapes(false, Some("b1 s32768 h12/3 d64 ")).unwrap().iter().map(|s| s.mask).collect();
+        assert_eq!(masks, ATTENTION_MASKS);
+        assert!(selected_shapes(true, Some("s32768")).unwrap_err().contains("--quick leaves out s32768"));
+        assert!(selected_shapes(false, Some("no such shape")).is_err());
     }
 }
