@@ -127,14 +127,15 @@ impl Bench {
 #[command(name = "bench", disable_version_flag = true, after_help = "\
 Examples:
   bench --quick > kernels.md
-  bench --quick --attention-only   (24 attention shapes x 3 passes, seq 32K left out)
+  bench --quick --attention-only   (24 attention shapes, seq 32K left out; both kernel paths on an H100)
   bench --only 'b4 s8192 h32/8 d128 docs of 2048' --iters 1   (one shape, e.g. under ncu)")]
 struct Cli {
     /// 5 timed iterations instead of 20, seq 32K attention shapes skipped
     #[arg(long)]
     quick: bool,
     /// Only the attention rows (forward, backward, deterministic backward at every attention
-    /// shape) after the copy-bandwidth row
+    /// shape, for the sm90 and the sm80 kernels on compute capability 9.0) after the
+    /// copy-bandwidth row
     #[arg(long)]
     attention_only: bool,
     /// Only the attention shapes whose label (e.g. `b4 s8192 h32/8 d128 docs of 2048`) contains
