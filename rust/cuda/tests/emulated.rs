@@ -175,7 +175,7 @@ fn attention_bwd_deterministic_emulated() {
 fn attention_bwd_deterministic_is_order_independent_emulated() {
     let causal = AttnCase {
         name: "causal, 4 key tiles, hd64, GQA 2",
-        shape: AttentionShape { batch: 1, seq: 200, heads: 2, kv_heads: 1, head_dim: 64 },
+        shape: AttentionShape::new(1, 200, 2, 1, 64),
         docs: None,
         pad: 8,
         seed: 24,

@@ -311,7 +311,7 @@ pub fn check_rope_layouts<B: Backend>(b: &B, cases: &[RopeCase]) {
 /// pipelines' steady state), long documents (the forward's stop before an earlier document's
 /// tiles, the backward's move to the next head at a later one); seq not a multiple of any tile.
 pub fn attention_layouts() -> Vec<AttnCase> {
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape::new(batch, seq, heads, kv_heads, head_dim);
     vec![
         AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
         AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
