@@ -52,6 +52,8 @@ fn attention_forward_and_backward_over_document_layouts() {
             AttnCase { name: "causal, hd64, long row", shape: shape(1, 517, 2, 1, 64), docs: None, pad: 0, seed: 26 },
             // The sm_90a kernels' 128-key tiles: documents across tile edges, several tiles, two rows.
             AttnCase { name: "docs across 128-key tiles, hd128, GQA 4", shape: shape(2, 700, 8, 2, 128), docs: Some(vec![100, 300, 129, 1, 127, 400, 343]), pad: 8, seed: 27 },
+            // Cross-lingual attention (odd documents in the other language).
+            AttnCase { name: "xlda, docs across tiles, hd128, GQA 4", shape: AttentionShape { cross_lingual: true, ..shape(2, 700, 8, 2, 128) }, docs: Some(vec![100, 300, 129, 1, 127, 400, 343]), pad: 0, seed: 28 },
     ];
     // The path the device takes (sm_90a on an H100/H200), then the sm_80 one on the same device.
     cases::check_attention(&k, &cases);
