@@ -8,6 +8,13 @@
 
 #include "generated/kormo_all.cu"
 
+void kormo_emu_reset_thread_state() {
+    kormo::ptx::emu_pending_copies.clear();
+    kormo::ptx::emu_committed_groups = 0;
+    kormo::sm90::emu_wgmma_open.clear();
+    kormo::sm90::emu_wgmma_groups.clear();
+}
+
 namespace {
 
 // The emulated grid state is process-wide: one launch at a time (test threads run in parallel).

@@ -3,7 +3,7 @@
 // emulator.cpp with the host C++ compiler and checks every kernel against the f64 references.
 //
 // Model: blocks run one after another (in grid order, or in a seeded shuffled order so that
-// results depending on block scheduling, e.g. f32 atomics from several blocks, become visible); the threads of a block are OS threads. __syncthreads is
+// results depending on block scheduling, e.g. f32 atomics from several blocks, become visible); the threads of a block are OS threads (the same ones for every block of a launch). __syncthreads is
 // a block barrier, __syncwarp a per-warp barrier, shuffles go through a per-warp exchange buffer
 // between two warp barriers. __shared__ variables become function statics (one block at a time,
 // so "per block" = "per process"); dynamic shared memory is a per-launch buffer, filled with a
@@ -71,6 +71,10 @@ struct uint4 {
 };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 
+// Clears this thread's per-block emulator state (defined in emulator.cpp, after every header
+// that keeps such state).
+void kormo_emu_reset_thread_state();
+
 // Runs kernel(args) over the grid. Blocks need blockDim.x % 32 == 0 (every kormo kernel has it).
 // order_seed 0 runs blocks in grid order (x fastest); any other value runs them in an order
 // shuffled by that seed (Fisher-Yates over SplitMix64, the same on every host).
@@ -98,20 +102,35 @@ void kormo_emu_run(void (*kernel)(Args), dim3 grid, dim3 block, size_t dynamic_s
         };
         for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[next() % i]);
     }
-    for (const dim3 b : order) {
+    // One OS thread per CUDA thread for the whole launch. Between blocks the threads meet at
+    // `between`, whose completion step (one thread, while the others wait) moves to the next
+    // block: shared memory refilled with the garbage pattern, the block serial bumped (fresh
+    // mbarriers and named barriers). Every thread starts each block with empty per-thread state
+    // (pending cp.async copies, wgmma queues), as a fresh thread would.
+    size_t current = 0;
+    auto start_block = [&]() noexcept {
         std::memset(kormo_emu_dynamic_smem, 0xff, dynamic_smem);  // NaN pattern as f32 and bf16
         ++kormo_emu_block_serial;
-        std::barrier<> block_barrier(block.x);
-        kormo_emu_block_barrier = &block_barrier;
-        kormo_emu_warp_barriers.clear();
-        for (unsigned w = 0; w < block.x / 32; ++w) kormo_emu_warp_barriers.emplace_back(new std::barrier<>(32));
-        std::vector<std::thread> threads;
-        for (unsigned t = 0; t < block.x; ++t)
-            threads.emplace_back([&, t] {
-                threadIdx = {t, 0, 0};
-                blockIdx = b;
+    };
+    auto advance = [&]() noexcept {
+        if (++current < order.size()) start_block();
+    };
+    std::barrier between(static_cast<std::ptrdiff_t>(block.x), advance);
+    std::barrier<> block_barrier(block.x);
+    kormo_emu_block_barrier = &block_barrier;
+    kormo_emu_warp_barriers.clear();
+    for (unsigned w = 0; w < block.x / 32; ++w) kormo_emu_warp_barriers.emplace_back(new std::barrier<>(32));
+    start_block();
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block.x; ++t)
+        threads.emplace_back([&, t] {
+            threadIdx = {t, 0, 0};
+            while (current < order.size()) {
+                blockIdx = order[current];
+                kormo_emu_reset_thread_state();
                 kernel(args);
-            });
-        for (auto& th : threads) th.join();
-    }
+                between.arrive_and_wait();
+            }
+        });
+    for (auto& th : threads) th.join();
 }

@@ -92,8 +92,8 @@ inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) { emu_ldmatrix_
 
 // cp.async: the source is read at issue, but the shared-memory write is held back until a
 // cp_async_wait<N> of the issuing thread retires its group (commit groups as in PTX), so a kernel
-// that reads a tile before waiting for it sees the garbage pattern. Threads are fresh OS threads
-// per block, so the thread_local queue starts empty in every block.
+// that reads a tile before waiting for it sees the garbage pattern. The thread_local queue is
+// emptied at the start of every block (kormo_emu_reset_thread_state).
 struct EmuPendingCopy {
     unsigned char* dst;
     unsigned char bytes[16];

@@ -37,7 +37,8 @@
 //   with the same masks, dS = P (dP - delta) packed to bf16 A fragments straight from the
 //   accumulators (as the forward packs P), and dQ += dS K in registers, written once as bf16. It
 //   recomputes two of the five backward matmuls (its speed cost is for a GPU run to measure).
-// - Masks: causal always; the DOC variants also require doc_ids[i] == doc_ids[j]. Tiles that are
+// - Masks: causal always; the DOC variants also require doc_ids[i] == doc_ids[j] (or, with
+//   a.cross_lingual, another language in bit 31: then no document-based tile skipping). Tiles that are
 //   fully masked are never loaded: causal bounds the tile range, and because doc ids are
 //   non-decreasing within a row, a key tile whose last doc id is below the first query's doc id
 //   (forward) or a query tile whose first doc id is beyond the last key's (backward) is skipped.
@@ -133,6 +134,12 @@ __device__ __forceinline__ void load_row_values_async(void* dst, const void* src
         const bool valid = first + r < end;
         ptx::cp_async_4(static_cast<uint32_t*>(dst) + r, static_cast<const uint32_t*>(src) + (valid ? first + r : 0), valid);
     }
+}
+
+// Whether a query with doc id `q` sees a (causally earlier) key with doc id `k`: same document,
+// or with cross-lingual attention (XLDA) a document of the other language (bit 31 differs).
+__device__ __forceinline__ bool doc_visible(uint32_t q, uint32_t k, bool cross_lingual) {
+    return q == k || (cross_lingual && ((q ^ k) >> 31) != 0);
 }
 
 __device__ __forceinline__ void store_bf16x2(__nv_bfloat16* dst, float lo, float hi) {
@@ -252,7 +259,7 @@ __device__ void forward(const KormoAttentionFwdArgs& a) {
         // Only the tiles on the diagonal (and, with documents, tiles spanning several) need a
         // mask. The next key tile is the one below, unless all its keys are in earlier documents.
         const bool need_mask = k0 + kTile - 1 > q0 || (DOC && doc[k0] != last_doc);
-        const bool has_next = kt > 0 && (!DOC || doc[k0 - 1] >= first_doc);
+        const bool has_next = kt > 0 && (!DOC || a.cross_lingual || doc[k0 - 1] >= first_doc);
         load_tile_async<D, kTile>(sv, v, a.v_token_stride, k0, a.seq_len);
         ptx::cp_async_commit();
         ptx::cp_async_wait<1>();  // Q and K(kt) have landed (V(kt) may still be in flight)
@@ -296,7 +303,7 @@ __device__ void forward(const KormoAttentionFwdArgs& a) {
                         const int limit = warp_row + mb * 16 + g + 8 * h + shift;
                         // j > i also masks keys past seq_len for every stored row (i < seq_len).
                         if (nb * 8 + (e & 1) > limit ||
-                            (DOC && k_doc[nb * 8 + 2 * t + (e & 1)] != row_doc[mb][h]))
+                            (DOC && !doc_visible(row_doc[mb][h], k_doc[nb * 8 + 2 * t + (e & 1)], a.cross_lingual)))
                             s[mb][nb][e] = -INFINITY;
                     }
                 }
@@ -456,7 +463,7 @@ __device__ void backward(const KormoAttentionBwdArgs& a) {
     const int64_t hq_end = (kv_head + 1) * group;
     auto advance = [&](int64_t& hq, int64_t& q0) {
         q0 += kTile;
-        if (q0 >= a.seq_len || (DOC && doc[q0] > last_key_doc)) {
+        if (q0 >= a.seq_len || (DOC && !a.cross_lingual && doc[q0] > last_key_doc)) {
             ++hq;
             q0 = k0;
         }
@@ -529,7 +536,7 @@ __device__ void backward(const KormoAttentionBwdArgs& a) {
                 const int c = nb * 8 + 2 * t + (e & 1);
                 const int cc = nb * 8 + (e & 1);
                 const bool ok =
-                    !need_mask || (first[h] <= cc && cc < end && (!DOC || key_doc[h] == q_doc[c]));
+                    !need_mask || (first[h] <= cc && cc < end && (!DOC || doc_visible(q_doc[c], key_doc[h], a.cross_lingual)));
                 p[nb][e] = ok ? ptx::exp2_approx(fmaf(p[nb][e], scale_log2, -s_lse[c] * kLog2e)) : 0.0f;
             }
         }
@@ -745,7 +752,7 @@ __device__ void backward_dq(const KormoAttentionBwdArgs& a) {
         // As in the forward: only the diagonal tile and tiles spanning documents need a mask;
         // the walk stops before a tile whose keys are all in earlier documents.
         const bool need_mask = k0 + kTile - 1 > q0 || (DOC && doc[k0] != last_doc);
-        const bool has_next = kt > 0 && (!DOC || doc[k0 - 1] >= first_doc);
+        const bool has_next = kt > 0 && (!DOC || a.cross_lingual || doc[k0 - 1] >= first_doc);
         if (has_next) {
             const int nb = buf ^ 1;
             load_tile_async<D, kTile>(sk_buf + nb * kTile * D, k, a.k_token_stride, k0 - kTile, a.seq_len);
@@ -793,7 +800,7 @@ __device__ void backward_dq(const KormoAttentionBwdArgs& a) {
             for (int e = 0; e < 4; ++e) {
                 const int h = e >> 1;
                 const bool masked = need_mask && (nb * 8 + (e & 1) > warp_row + g + 8 * h + shift ||
-                                                  (DOC && k_doc[nb * 8 + 2 * t + (e & 1)] != row_doc[h]));
+                                                  (DOC && !doc_visible(row_doc[h], k_doc[nb * 8 + 2 * t + (e & 1)], a.cross_lingual)));
                 const float p = masked ? 0.0f : ptx::exp2_approx(fmaf(s[nb][e], scale_log2, -row_lse[h]));
                 s[nb][e] = p * (dp[nb][e] - row_delta[h]);
             }

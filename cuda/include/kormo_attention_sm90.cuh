@@ -140,14 +140,14 @@ __device__ void produce(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
 template <bool DOC>
 __device__ __forceinline__ void softmax_step(float (&s)[kBlockN / 2], float (&m)[2], float (&l)[2], float (&alpha)[2],
                                              bool need_mask, const int (&limit)[2], const uint32_t* k_doc,
-                                             const uint32_t (&row_doc)[2], float scale_log2) {
+                                             const uint32_t (&row_doc)[2], bool cross_lingual, float scale_log2) {
     const int t = threadIdx.x & 3;
     if (need_mask) {
 #pragma unroll
         for (int i = 0; i < kBlockN / 2; ++i) {
             // Key k0 + c is past the query at position limit[h] + k0 of the row when c > limit[h].
             const int h = (i & 2) >> 1, c = (i / 4) * 8 + 2 * t + (i & 1);
-            if (c > limit[h] || (DOC && k_doc[c] != row_doc[h])) s[i] = -INFINITY;
+            if (c > limit[h] || (DOC && !attention::doc_visible(row_doc[h], k_doc[c], cross_lingual))) s[i] = -INFINITY;
         }
     }
 #pragma unroll
@@ -232,7 +232,7 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
         const uint32_t* k_doc = reinterpret_cast<const uint32_t*>(smem + L::k_doc + st * kBlockN * 4);
         const bool need_mask = k0 + kBlockN - 1 > q0 || (DOC && k_doc[0] != last_doc);
         const int limit[2] = {static_cast<int>(pos[0] - k0), static_cast<int>(pos[1] - k0)};
-        softmax_step<DOC>(s, m, l, alpha, need_mask, limit, k_doc, row_doc, scale_log2);
+        softmax_step<DOC>(s, m, l, alpha, need_mask, limit, k_doc, row_doc, a.cross_lingual != 0, scale_log2);
     };
     // One arrival per warp on an empty barrier, once all its lanes are done with the stage.
     auto release = [&](uint64_t* bar) {
@@ -338,7 +338,8 @@ __device__ void forward(const KormoAttentionFwdSm90Args& p) {
             sm90::mbar_init(&b.v_empty[s], kConsumerWarps);
         }
         sm90::fence_barrier_init();
-        info[0] = DOC ? static_cast<int>(first_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blk.row * a.seq_len, blk.q0) /
+        // Under cross-lingual attention earlier documents may be visible: only the causal bound.
+        info[0] = DOC && !a.cross_lingual ? static_cast<int>(first_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blk.row * a.seq_len, blk.q0) /
                                          kBlockN)
                       : 0;
     }
@@ -487,7 +488,7 @@ __device__ void consume_bwd(const KormoAttentionBwdSm90Args& p, unsigned char* s
         for (int i = 0; i < kBwdBlockM / 2; ++i) {
             const int h = (i & 2) >> 1, c = (i / 4) * 8 + 2 * t + (i & 1);
             const bool masked = need_mask && (k0 + key0 + 8 * h > q0 + c || q0 + c >= a.seq_len ||
-                                              (DOC && key_doc[h] != q_doc[c]));
+                                              (DOC && !attention::doc_visible(q_doc[c], key_doc[h], a.cross_lingual)));
             const float pv = masked ? 0.0f : ptx::exp2_approx(fmaf(st[i], scale_log2, -lse[c] * attention::kLog2e));
             st[i] = pv;
             dpt[i] = pv * (dpt[i] - delta[c]);
@@ -589,8 +590,9 @@ __device__ void backward(const KormoAttentionBwdSm90Args& p) {
         // Queries that see a key of the block: from the tile holding k0 to the end of the last
         // key's document (the row's end without documents).
         const int64_t k_last = min(k0 + kBlockN - 1, a.seq_len - 1);
-        const int64_t q_end =
-            DOC ? end_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len, k_last, a.seq_len) : a.seq_len;
+        const int64_t q_end = DOC && !a.cross_lingual
+                                  ? end_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len, k_last, a.seq_len)
+                                  : a.seq_len;
         info[0] = static_cast<int>(k0 / kBwdBlockM);
         info[1] = static_cast<int>((q_end - 1) / kBwdBlockM);
     }

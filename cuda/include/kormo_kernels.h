@@ -116,9 +116,11 @@ typedef struct KormoRopeArgs {
 /* ---------------------------------------------------------------- Attention
  * Masked flash attention over packed rows: `batch` rows of `seq_len` tokens; token t of row b is
  * element b*seq_len + t of every token-indexed tensor. Query i attends key j of the same row iff
- * j <= i (causal) and, for the document-masked variants, doc_ids[i] == doc_ids[j]. doc_ids must be
- * non-decreasing inside a row (documents are contiguous spans, numbered in order): the kernels
- * skip tiles using that order. GQA: query head h reads kv head h / (heads_q / heads_kv).
+ * j <= i (causal) and, for the document-masked variants, doc_ids[i] == doc_ids[j] (with
+ * cross_lingual, or (doc_ids[i] ^ doc_ids[j]) has bit 31 set: another language). doc_ids (bits 0-30
+ * with cross_lingual) must be non-decreasing inside a row (documents are contiguous spans,
+ * numbered in order): the kernels skip tiles using that order, except under cross_lingual,
+ * where earlier tiles may hold visible documents and only the causal bound applies. GQA: query head h reads kv head h / (heads_q / heads_kv).
  * lse (f32 [heads_q, batch*seq_len]) holds the natural-log sum of exp of the scaled scores, saved for
  * the backward. Strides are in elements: token stride and head stride per tensor. */
 typedef struct KormoAttentionFwdArgs {
@@ -138,6 +140,9 @@ typedef struct KormoAttentionFwdArgs {
     int64_t o_token_stride, o_head_stride;
     float softmax_scale;   /* usually 1/sqrt(head_dim) */
     int32_t head_dim;      /* must equal the variant's compiled head dim */
+    int32_t cross_lingual; /* doc-masked variants: bit 31 of a doc id is its document's language and a
+                              query also sees earlier documents of the other language (XLDA) */
+    int32_t _pad0;
 } KormoAttentionFwdArgs;
 
 /* Backward. Three launches in order:
@@ -170,6 +175,8 @@ typedef struct KormoAttentionBwdArgs {
     int64_t o_token_stride, o_head_stride;
     float softmax_scale;
     int32_t head_dim;
+    int32_t cross_lingual;          /* as in KormoAttentionFwdArgs */
+    int32_t _pad0;
 } KormoAttentionBwdArgs;
 
 /* Hopper (sm_90a) forward: the same attention as KormoAttentionFwdArgs, its tiles brought in by

@@ -7,9 +7,11 @@
 //! tokens across threads; backward splits (row, KV head) pairs, so each item owns all the
 //! gradients it produces (the query heads of its group and its key/value head) and every
 //! visible (query, key) pair costs one exp, two dot products and three axpys.
-//! Visibility is decided per pair from the document ids, so documents need not be contiguous.
+//! Visibility is decided per pair from the document ids ([`kormo_model::attention_visible`]:
+//! same document, or with cross-lingual attention another language), so documents need not be
+//! contiguous.
 
-use kormo_model::AttentionShape;
+use kormo_model::{attention_visible, AttentionShape};
 
 use crate::float::{axpy, dot, Float};
 use crate::parallel;
@@ -70,7 +72,7 @@ pub fn attention_fwd<T: Float>(
             let t = item * TOKENS_PER_ITEM + n;
             let row_start = t - t % d.seq;
             visible.clear();
-            visible.extend((row_start..=t).filter(|&j| doc_ids[j] == doc_ids[t]));
+            visible.extend((row_start..=t).filter(|&j| attention_visible(doc_ids[t], doc_ids[j], s.cross_lingual)));
             for h in 0..d.heads {
                 let kv_off = (h / d.group) * d.hd;
                 let qv = &q[t * d.q_row + h * d.hd..][..d.hd];
@@ -134,7 +136,7 @@ pub fn attention_bwd<T: Float>(
         for i in 0..d.seq {
             let ti = row_start + i;
             visible.clear();
-            visible.extend((0..=i).filter(|&j| doc_ids[row_start + j] == doc_ids[ti]));
+            visible.extend((0..=i).filter(|&j| attention_visible(doc_ids[ti], doc_ids[row_start + j], s.cross_lingual)));
             for hg in 0..d.group {
                 let h = g * d.group + hg;
                 let at = ti * d.q_row + h * d.hd;

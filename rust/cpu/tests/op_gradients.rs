@@ -97,10 +97,12 @@ fn rope_scores_depend_only_on_relative_position() {
 }
 
 /// Row 0 holds three contiguous documents; row 1 interleaves two documents to show that
-/// visibility is decided per pair of tokens, not by contiguous ranges.
-fn attention_case() -> (AttentionShape, Vec<u32>) {
-    let s = AttentionShape { batch: 2, seq: 5, heads: 4, kv_heads: 2, head_dim: 3 };
-    (s, vec![0, 0, 1, 1, 2, 5, 6, 5, 6, 6])
+/// visibility is decided per pair of tokens, not by contiguous ranges. The cross-lingual case
+/// has the same documents with languages 0, 1, 0 (row 0) and 0, 1 (row 1) in bit 31.
+fn attention_cases() -> [(AttentionShape, Vec<u32>); 2] {
+    let s = AttentionShape::new(2, 5, 4, 2, 3);
+    const L: u32 = 1 << 31;
+    [(s, vec![0, 0, 1, 1, 2, 5, 6, 5, 6, 6]), (AttentionShape { cross_lingual: true, ..s }, vec![0, 0, 1 | L, 1 | L, 2, 5, 6 | L, 5, 6 | L, 6 | L])]
 }
 
 /// Plain attention with an explicit mask matrix.
@@ -116,7 +118,8 @@ fn attention_reference(s: AttentionShape, q: &[f64], k: &[f64], v: &[f64], doc: 
                 let mut scores = Vec::new();
                 for j in 0..s.seq {
                     let tj = b * s.seq + j;
-                    if j <= i && doc[tj] == doc[ti] {
+                    let other_language = s.cross_lingual && doc[tj] >> 31 != doc[ti] >> 31;
+                    if j <= i && (doc[tj] == doc[ti] || other_language) {
                         let dot: f64 = (0..hd).map(|e| q[(ti * nh + h) * hd + e] * k[(tj * nkv + g) * hd + e]).sum();
                         scores.push((tj, dot / (hd as f64).sqrt()));
                     }
@@ -137,24 +140,35 @@ fn attention_reference(s: AttentionShape, q: &[f64], k: &[f64], v: &[f64], doc: 
 #[test]
 fn attention_forward_matches_masked_reference() {
     let ops = ops();
-    let mut r = rng(4);
-    let (s, doc) = attention_case();
-    let q = random_vec(&mut r, s.tokens() * 12, 1.5);
-    let k = random_vec(&mut r, s.tokens() * 6, 1.5);
-    let v = random_vec(&mut r, s.tokens() * 6, 1.0);
-    let (mut out, mut lse) = (vec![0.0; q.len()], vec![0.0; s.tokens() * 4]);
-    ops.attention_fwd(&q, &k, &v, &doc, &mut out, &mut lse, s);
-    let (want_out, want_lse) = attention_reference(s, &q, &k, &v, &doc);
-    for (a, b) in out.iter().zip(&want_out).chain(lse.iter().zip(&want_lse)) {
-        assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+    let mut outputs = Vec::new();
+    for (s, doc) in attention_cases() {
+        let mut r = rng(4);
+        let q = random_vec(&mut r, s.tokens() * 12, 1.5);
+        let k = random_vec(&mut r, s.tokens() * 6, 1.5);
+        let v = random_vec(&mut r, s.tokens() * 6, 1.0);
+        let (mut out, mut lse) = (vec![0.0; q.len()], vec![0.0; s.tokens() * 4]);
+        ops.attention_fwd(&q, &k, &v, &doc, &mut out, &mut lse, s);
+        let (want_out, want_lse) = attention_reference(s, &q, &k, &v, &doc);
+        for (a, b) in out.iter().zip(&want_out).chain(lse.iter().zip(&want_lse)) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b} (cross-lingual: {})", s.cross_lingual);
+        }
+        outputs.push(out);
     }
+    // Same inputs, so the cross-lingual keys must have changed something.
+    assert!(outputs[0].iter().zip(&outputs[1]).any(|(a, b)| (a - b).abs() > 1e-6), "XLDA saw nothing more");
 }
 
 #[test]
 fn attention_backward_matches_fd_for_q_k_v() {
+    for (s, doc) in attention_cases() {
+        attention_backward_case(s, &doc);
+    }
+}
+
+fn attention_backward_case(s: AttentionShape, doc: &[u32]) {
     let ops = ops();
     let mut r = rng(5);
-    let (s, doc) = attention_case();
+    let doc = doc.to_vec();
     let mut q = random_vec(&mut r, s.tokens() * 12, 1.5);
     let mut k = random_vec(&mut r, s.tokens() * 6, 1.5);
     let mut v = random_vec(&mut r, s.tokens() * 6, 1.0);

@@ -289,12 +289,14 @@ pub struct KormoAttentionFwdArgs {
     pub o_head_stride: i64,
     pub softmax_scale: f32,
     pub head_dim: i32,
+    pub cross_lingual: i32,
+    pub _pad0: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of KormoAttentionFwdArgs",
-    ][::std::mem::size_of::<KormoAttentionFwdArgs>() - 152usize];
+    ][::std::mem::size_of::<KormoAttentionFwdArgs>() - 160usize];
     [
         "Alignment of KormoAttentionFwdArgs",
     ][::std::mem::align_of::<KormoAttentionFwdArgs>() - 8usize];
@@ -358,6 +360,12 @@ const _: () = {
     [
         "Offset of field: KormoAttentionFwdArgs::head_dim",
     ][::std::mem::offset_of!(KormoAttentionFwdArgs, head_dim) - 148usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::cross_lingual",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, cross_lingual) - 152usize];
+    [
+        "Offset of field: KormoAttentionFwdArgs::_pad0",
+    ][::std::mem::offset_of!(KormoAttentionFwdArgs, _pad0) - 156usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, PartialEq)]
@@ -388,12 +396,14 @@ pub struct KormoAttentionBwdArgs {
     pub o_head_stride: i64,
     pub softmax_scale: f32,
     pub head_dim: i32,
+    pub cross_lingual: i32,
+    pub _pad0: i32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     [
         "Size of KormoAttentionBwdArgs",
-    ][::std::mem::size_of::<KormoAttentionBwdArgs>() - 200usize];
+    ][::std::mem::size_of::<KormoAttentionBwdArgs>() - 208usize];
     [
         "Alignment of KormoAttentionBwdArgs",
     ][::std::mem::align_of::<KormoAttentionBwdArgs>() - 8usize];
@@ -475,6 +485,12 @@ const _: () = {
     [
         "Offset of field: KormoAttentionBwdArgs::head_dim",
     ][::std::mem::offset_of!(KormoAttentionBwdArgs, head_dim) - 196usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::cross_lingual",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, cross_lingual) - 200usize];
+    [
+        "Offset of field: KormoAttentionBwdArgs::_pad0",
+    ][::std::mem::offset_of!(KormoAttentionBwdArgs, _pad0) - 204usize];
 };
 #[repr(C)]
 #[repr(align(64))]
@@ -536,10 +552,10 @@ const _: () = {
     ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, a) - 512usize];
     [
         "Offset of field: KormoAttentionFwdSm90Args::heads_per_block",
-    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, heads_per_block) - 664usize];
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, heads_per_block) - 672usize];
     [
         "Offset of field: KormoAttentionFwdSm90Args::_pad0",
-    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, _pad0) - 668usize];
+    ][::std::mem::offset_of!(KormoAttentionFwdSm90Args, _pad0) - 676usize];
 };
 impl Default for KormoAttentionFwdSm90Args {
     fn default() -> Self {

@@ -379,6 +379,8 @@ impl AttentionLayout {
             o_head_stride: hd,
             softmax_scale: 1.0 / (self.head_dim as f32).sqrt(),
             head_dim: self.head_dim as i32,
+            cross_lingual: 0,
+            _pad0: 0,
         }
     }
 }
@@ -413,6 +415,8 @@ pub fn attention_bwd_args(f: &KormoAttentionFwdArgs, g: AttentionBwdBuffers) -> 
         o_head_stride: f.o_head_stride,
         softmax_scale: f.softmax_scale,
         head_dim: f.head_dim,
+        cross_lingual: f.cross_lingual,
+        _pad0: 0,
     }
 }
 

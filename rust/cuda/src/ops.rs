@@ -842,7 +842,8 @@ fn check_attention(op: &str, s: &AttentionShape, q: &CudaBuf, k: &CudaBuf, v: &C
 /// Forward arguments over contiguous `[tokens, heads, head_dim]` q/k/v/o of shape `s`
 /// (`qkv`: the q, k and v addresses).
 fn attention_fwd_args(s: &AttentionShape, qkv: [u64; 3], o: u64, lse: u64, doc_ids: u64) -> KormoAttentionFwdArgs {
-    kernel_launch::AttentionLayout::contiguous(s.batch, s.seq, s.heads, s.kv_heads, s.head_dim).fwd_args(qkv, o, lse, doc_ids)
+    let a = kernel_launch::AttentionLayout::contiguous(s.batch, s.seq, s.heads, s.kv_heads, s.head_dim).fwd_args(qkv, o, lse, doc_ids);
+    KormoAttentionFwdArgs { cross_lingual: i32::from(s.cross_lingual), ..a }
 }
 
 /// SwiGLU over `len` contiguous elements, as one row.

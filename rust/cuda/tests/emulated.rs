@@ -163,8 +163,10 @@ fn grad_sumsq_deterministic_is_order_independent_emulated() {
 
 #[test]
 fn attention_bwd_deterministic_emulated() {
-    // The first cases of attention_emulated, through the deterministic backward, in grid order.
-    cases::check_attention_mode(&Emulator::new(), &cases::attention_layouts()[..3], true);
+    // The short and the cross-lingual cases of attention_emulated, through the deterministic
+    // backward, in grid order.
+    let cases: Vec<AttnCase> = cases::attention_layouts().into_iter().filter(|c| c.shape.seq < 100 || c.shape.cross_lingual).collect();
+    cases::check_attention_mode(&Emulator::new(), &cases, true);
 }
 
 /// Several key tiles per query tile (so dQ sums contributions of several blocks; interior tiles
@@ -175,7 +177,7 @@ fn attention_bwd_deterministic_emulated() {
 fn attention_bwd_deterministic_is_order_independent_emulated() {
     let causal = AttnCase {
         name: "causal, 4 key tiles, hd64, GQA 2",
-        shape: AttentionShape { batch: 1, seq: 200, heads: 2, kv_heads: 1, head_dim: 64 },
+        shape: AttentionShape::new(1, 200, 2, 1, 64),
         docs: None,
         pad: 8,
         seed: 24,

@@ -17,7 +17,7 @@ use support::Emulator;
 /// must have been an sm_90a kernel.
 #[test]
 fn attention_sm90_emulated() {
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape::new(batch, seq, heads, kv_heads, head_dim);
     let emu = Emulator::hopper();
     let mut cases = cases::attention_layouts();
     cases.extend([

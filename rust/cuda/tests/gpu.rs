@@ -40,7 +40,7 @@ fn attention_forward_and_backward_over_document_layouts() {
     let Some(k) = kernels_or_skip() else { return };
     let mut rng = SplitMix64::new(99);
     let many_short: Vec<usize> = (0..400).map(|_| 1 + rng.below(20) as usize).collect();
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape::new(batch, seq, heads, kv_heads, head_dim);
     let cases = [
             AttnCase { name: "causal, hd128, MHA", shape: shape(1, 130, 4, 4, 128), docs: None, pad: 0, seed: 21 },
             AttnCase { name: "doc mask, one document per row, hd64, GQA 3", shape: shape(2, 200, 6, 2, 64), docs: Some(vec![200, 200]), pad: 8, seed: 22 },
@@ -52,6 +52,8 @@ fn attention_forward_and_backward_over_document_layouts() {
             AttnCase { name: "causal, hd64, long row", shape: shape(1, 517, 2, 1, 64), docs: None, pad: 0, seed: 26 },
             // The sm_90a kernels' 128-key tiles: documents across tile edges, several tiles, two rows.
             AttnCase { name: "docs across 128-key tiles, hd128, GQA 4", shape: shape(2, 700, 8, 2, 128), docs: Some(vec![100, 300, 129, 1, 127, 400, 343]), pad: 8, seed: 27 },
+            // Cross-lingual attention (odd documents in the other language).
+            AttnCase { name: "xlda, docs across tiles, hd128, GQA 4", shape: AttentionShape { cross_lingual: true, ..shape(2, 700, 8, 2, 128) }, docs: Some(vec![100, 300, 129, 1, 127, 400, 343]), pad: 0, seed: 28 },
     ];
     // The path the device takes (sm_90a on an H100/H200), then the sm_80 one on the same device.
     cases::check_attention(&k, &cases);
@@ -86,7 +88,7 @@ fn deterministic_variants_match_references_and_repeat_bitwise() {
     let lens = [10_007, 3_000_000, 1];
     let first = cases::check_grad_sumsq(&k, &lens, 91, true);
     assert_eq!(first, cases::check_grad_sumsq(&k, &lens, 91, true), "deterministic grad sum of squares did not repeat");
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape::new(batch, seq, heads, kv_heads, head_dim);
     let attn = [
         AttnCase { name: "causal, hd128, MHA", shape: shape(1, 130, 4, 4, 128), docs: None, pad: 0, seed: 21 },
         AttnCase { name: "docs straddling row starts, hd128, GQA 8", shape: shape(3, 97, 8, 1, 128), docs: Some(vec![150, 90, 7, 50]), pad: 16, seed: 24 },
@@ -212,7 +214,7 @@ fn every_op<O: Ops>(ops: &O, seed: u64) -> Vec<(String, Vec<f32>)> {
     ops.rope_fwd(&mut q, &pos_buf, RopeShape { tokens: t, heads, head_dim }, 500_000.0);
     ops.rope_fwd(&mut kk, &pos_buf, RopeShape { tokens: t, heads: kv_heads, head_dim }, 500_000.0);
     read("rope q", &q, q_len);
-    let shape = AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let shape = AttentionShape::new(batch, seq, heads, kv_heads, head_dim);
     let (mut o, mut lse) = (ops.zeros(q_len), ops.zeros(t * heads));
     ops.attention_fwd(&q, &kk, &v, &doc_buf, &mut o, &mut lse, shape);
     read("attention out", &o, q_len);

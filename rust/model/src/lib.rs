@@ -43,7 +43,8 @@ pub use error::ModelError;
 pub use head::DEFAULT_HEAD_CHUNK_TOKENS;
 pub use model::{ActivationMemory, MemoryPlan, Model, UnitHooks};
 pub use ops::{
-    AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape,
+    attention_visible, AttentionShape, CrossEntropyShape, EmbeddingShape, MatmulShape, Ops, RopeShape, RowsShape,
+    DOC_LANGUAGE_BIT,
 };
 pub use params::{ParamKind, ParamSpec, Unit};
 pub use profile::{OpBreakdown, OpProfile, OpRow, OpTimer};

@@ -72,6 +72,8 @@ struct LayerActivations<B> {
 struct Workspace<O: Ops> {
     batch_size: usize,
     seq_len: usize,
+    /// Cross-lingual attention for this batch (the model's setting when the batch was loaded).
+    cross_lingual: bool,
     tokens: O::IdxBuf,
     targets: O::IdxBuf,
     doc_ids: O::IdxBuf,
@@ -139,6 +141,7 @@ impl<O: Ops> Workspace<O> {
         Workspace {
             batch_size,
             seq_len,
+            cross_lingual: false,
             tokens: ops.upload_idx(&zero_ids),
             targets: ops.upload_idx(&zero_ids),
             doc_ids: ops.upload_idx(&zero_ids),
@@ -322,6 +325,7 @@ pub struct Model<O: Ops> {
     params: Vec<O::Buf>,
     grads: Vec<O::Buf>,
     z_loss: f32,
+    cross_lingual_attention: bool,
     activation_checkpointing: bool,
     head_chunk_tokens: usize,
     workspace: Option<Workspace<O>>,
@@ -377,7 +381,7 @@ impl<O: Ops> Model<O> {
             params.push(ops.upload(&host));
             grads.push(ops.zeros(spec.numel()));
         }
-        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, activation_checkpointing: false, head_chunk_tokens: DEFAULT_HEAD_CHUNK_TOKENS, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, head_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
+        Ok(Model { config, ops, specs, params, grads, z_loss: 0.0, cross_lingual_attention: false, activation_checkpointing: false, head_chunk_tokens: DEFAULT_HEAD_CHUNK_TOKENS, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, head_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
     }
 
     /// A model holding `tensors` (host f32, one per [`params::layout`] entry, in that order)
@@ -398,7 +402,7 @@ impl<O: Ops> Model<O> {
             }
             params.push(ops.upload(values));
         }
-        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, activation_checkpointing: false, head_chunk_tokens: DEFAULT_HEAD_CHUNK_TOKENS, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, head_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
+        Ok(Model { config, ops, specs, params, grads: Vec::new(), z_loss: 0.0, cross_lingual_attention: false, activation_checkpointing: false, head_chunk_tokens: DEFAULT_HEAD_CHUNK_TOKENS, workspace: None, scoring: None, mtp_pass: MtpPass::Skip, head_pass: MtpPass::Skip, mtp_loss: (0.0, 0.0) })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -492,6 +496,14 @@ impl<O: Ops> Model<O> {
     /// has 1e-5 available but off by default, so the default is 0).
     pub fn set_z_loss(&mut self, coefficient: f32) {
         self.z_loss = coefficient;
+    }
+
+    /// Cross-lingual document attention (XLDA, `[attention] mask = "xlda"`), off by default:
+    /// the batches' doc ids carry their document's language in bit 31
+    /// ([`crate::DOC_LANGUAGE_BIT`]) and a token also sees the earlier documents of its row in
+    /// the other language.
+    pub fn set_cross_lingual_attention(&mut self, on: bool) {
+        self.cross_lingual_attention = on;
     }
 
     /// Activation checkpointing (off by default): when on, the forward keeps only each layer's
@@ -727,6 +739,7 @@ impl<O: Ops> Model<O> {
         }
         let ws = self.workspace.as_mut().expect("just set");
         ws.held_layer = None;
+        ws.cross_lingual = self.cross_lingual_attention;
         self.ops.write_idx(&mut ws.tokens, &batch.tokens);
         // Ignored targets may hold any value; clamp them so a backend never sees wild ids.
         let targets: Vec<u32> = batch
@@ -778,6 +791,7 @@ impl<O: Ops> Model<O> {
             seq_len: ws.seq_len,
             positions: &ws.positions,
             doc_ids: &ws.doc_ids,
+            cross_lingual: ws.cross_lingual,
         };
         layer_forward(&run, l, &inputs[l], &mut ws.layers[set], Some(&mut outputs[0]));
         ws.held_layer = Some(l);
@@ -890,6 +904,7 @@ impl<O: Ops> Model<O> {
                 seq_len: ws.seq_len,
                 positions: &ws.positions,
                 doc_ids: &ws.doc_ids,
+                cross_lingual: ws.cross_lingual,
             };
             if cfg.is_post_ln_layer(l) {
                 // A post-LN layer's backward needs the FFN's pre-norm sum and inverse RMS, which
@@ -910,7 +925,7 @@ impl<O: Ops> Model<O> {
         let t = ws.batch_size * ws.seq_len;
         let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
         let rows = RowsShape { rows: t, dim: h };
-        let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
+        let attn = attention_shape(cfg, ws.batch_size, ws.seq_len, ws.cross_lingual);
         let idx = |slot| params::layer_index(l, slot);
         let (x_in, a) = (&ws.residual[l], &ws.layers[set]);
         // MLP: d_resid is d(layer output) = d(x_mid) through the skip path.
@@ -954,7 +969,7 @@ fn post_ln_layer_backward<O: Ops>(ops: &O, cfg: &ModelConfig, p: &[O::Buf], g: &
     let t = ws.batch_size * ws.seq_len;
     let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
     let rows = RowsShape { rows: t, dim: h };
-    let attn = attention_shape(cfg, ws.batch_size, ws.seq_len);
+    let attn = attention_shape(cfg, ws.batch_size, ws.seq_len, ws.cross_lingual);
     let idx = |slot| params::layer_index(l, slot);
     let (x_in, a) = (&ws.residual[l], &ws.layers[set]);
     // FFN: output = Norm_f(s'), s' = α x_mid + ffn(x_mid); d_normed = d(s').
@@ -1009,6 +1024,7 @@ struct LayerRun<'a, O: Ops> {
     seq_len: usize,
     positions: &'a O::IdxBuf,
     doc_ids: &'a O::IdxBuf,
+    cross_lingual: bool,
 }
 
 /// Layer `l`'s forward from `x_in` into the activation set `a`, and, when `x_next` is given,
@@ -1026,7 +1042,7 @@ fn layer_forward<O: Ops>(
     let t = run.batch_size * run.seq_len;
     let (h, q_dim, kv_dim, f) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim(), cfg.ffn);
     let rows = RowsShape { rows: t, dim: h };
-    let attn = attention_shape(cfg, run.batch_size, run.seq_len);
+    let attn = attention_shape(cfg, run.batch_size, run.seq_len, run.cross_lingual);
     let accumulate = |mut s: MatmulShape| {
         s.accumulate = true;
         s
@@ -1108,8 +1124,8 @@ struct NoHooks;
 
 impl<O: Ops> UnitHooks<O> for NoHooks {}
 
-fn attention_shape(cfg: &ModelConfig, batch: usize, seq: usize) -> AttentionShape {
-    AttentionShape { batch, seq, heads: cfg.heads, kv_heads: cfg.kv_heads, head_dim: cfg.head_dim }
+fn attention_shape(cfg: &ModelConfig, batch: usize, seq: usize, cross_lingual: bool) -> AttentionShape {
+    AttentionShape { batch, seq, heads: cfg.heads, kv_heads: cfg.kv_heads, head_dim: cfg.head_dim, cross_lingual }
 }
 
 fn rope_shape(tokens: usize, heads: usize, cfg: &ModelConfig) -> RopeShape {

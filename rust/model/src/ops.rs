@@ -73,9 +73,27 @@ pub struct AttentionShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Cross-lingual document attention (XLDA, docs/recipes.md): bit 31 of a doc id is its
+    /// document's language and bits 0-30 the document's number, and a token also sees the
+    /// earlier tokens of its row whose document is in the other language ([`attention_visible`]).
+    pub cross_lingual: bool,
+}
+
+/// Bit 31 of a doc id under cross-lingual attention: the document's language (0 or 1).
+pub const DOC_LANGUAGE_BIT: u32 = 1 << 31;
+
+/// Whether query token with doc id `query_doc` sees an earlier (or the same) token with doc id
+/// `key_doc`: same document, or, with `cross_lingual`, a document of the other language.
+pub fn attention_visible(query_doc: u32, key_doc: u32, cross_lingual: bool) -> bool {
+    query_doc == key_doc || (cross_lingual && (query_doc ^ key_doc) & DOC_LANGUAGE_BIT != 0)
 }
 
 impl AttentionShape {
+    /// The shape without cross-lingual attention.
+    pub fn new(batch: usize, seq: usize, heads: usize, kv_heads: usize, head_dim: usize) -> AttentionShape {
+        AttentionShape { batch, seq, heads, kv_heads, head_dim, cross_lingual: false }
+    }
+
     /// Number of tokens (`batch * seq`).
     pub fn tokens(&self) -> usize {
         self.batch * self.seq
@@ -170,7 +188,8 @@ pub trait Ops {
 
     /// Causal, same-document, grouped-query attention forward. For row b, query position i,
     /// head h (KV head `h / (heads / kv_heads)`), the visible keys are
-    /// `J(i) = { j <= i : doc_ids[b,j] == doc_ids[b,i] }`;
+    /// `J(i) = { j <= i : doc_ids[b,j] == doc_ids[b,i] }` (with `shape.cross_lingual`, also the
+    /// keys of documents in the other language: [`attention_visible`]);
     /// `s_j = q_i · k_j / sqrt(head_dim)`, `lse[b,h,i] = log sum_{j in J} exp(s_j)`,
     /// `out_i = sum_{j in J} exp(s_j - lse) v_j`. `out` is `[tokens, heads, head_dim]`,
     /// `lse` is `[tokens, heads]` and kept for backward. Every query sees at least itself.

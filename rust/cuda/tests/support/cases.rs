@@ -309,15 +309,21 @@ pub fn check_rope_layouts<B: Backend>(b: &B, cases: &[RopeCase]) {
 /// straddling two rows, documents inside one tile, several tiles each way (forward blocks hold
 /// 128 queries, backward blocks 64 keys: interior tiles without a mask, two kv heads, the
 /// pipelines' steady state), long documents (the forward's stop before an earlier document's
-/// tiles, the backward's move to the next head at a later one); seq not a multiple of any tile.
+/// tiles, the backward's move to the next head at a later one), cross-lingual documents; seq not
+/// a multiple of any tile.
 pub fn attention_layouts() -> Vec<AttnCase> {
-    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape { batch, seq, heads, kv_heads, head_dim };
+    let shape = |batch, seq, heads, kv_heads, head_dim| AttentionShape::new(batch, seq, heads, kv_heads, head_dim);
+    let xlda = |s: AttentionShape| AttentionShape { cross_lingual: true, ..s };
     vec![
         AttnCase { name: "causal, hd64, GQA 2", shape: shape(1, 70, 2, 1, 64), docs: None, pad: 8, seed: 21 },
         AttnCase { name: "short docs straddling rows, hd64, GQA 3", shape: shape(2, 80, 3, 1, 64), docs: Some(vec![30, 1, 1, 60, 20, 9, 100]), pad: 0, seed: 22 },
         AttnCase { name: "docs, hd128, GQA 2", shape: shape(1, 70, 2, 1, 128), docs: Some(vec![40, 1, 29]), pad: 0, seed: 23 },
         AttnCase { name: "causal, 5 key tiles, hd64, 2 kv heads x GQA 2", shape: shape(1, 300, 4, 2, 64), docs: None, pad: 8, seed: 24 },
         AttnCase { name: "long docs, 5 key tiles, hd128, GQA 2", shape: shape(1, 300, 2, 1, 128), docs: Some(vec![70, 230]), pad: 0, seed: 25 },
+        // Cross-lingual attention (odd documents in the other language): earlier documents of
+        // the other language visible, of the same language not; no document-based skipping.
+        AttnCase { name: "xlda, short docs, hd64, GQA 2", shape: xlda(shape(2, 90, 2, 1, 64)), docs: Some(vec![30, 1, 40, 9, 70, 30]), pad: 0, seed: 27 },
+        AttnCase { name: "xlda, long docs across tiles, hd128, GQA 2", shape: xlda(shape(1, 300, 4, 2, 128)), docs: Some(vec![70, 100, 130]), pad: 8, seed: 28 },
     ]
 }
 
@@ -366,7 +372,9 @@ pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic
         let mut rng = SplitMix64::new(case.seed);
         let (q, kk, v, dout) =
             (bf16_values(&mut rng, q_len, 1.0), bf16_values(&mut rng, kv_len, 1.0), bf16_values(&mut rng, kv_len, 1.0), bf16_values(&mut rng, q_len, 1.0));
-        let doc = case.docs.as_ref().map(|lengths| doc_ids_from_lengths(lengths, s.batch, s.seq));
+        // Cross-lingual cases: odd-numbered documents are in the other language (bit 31).
+        let language = |id: u32| if s.cross_lingual && id % 2 == 1 { id | kormo_model::DOC_LANGUAGE_BIT } else { id };
+        let doc = case.docs.as_ref().map(|lengths| doc_ids_from_lengths(lengths, s.batch, s.seq).into_iter().map(language).collect::<Vec<u32>>());
         let d_q = b.upload(&padded(&q, t, q_row, q_stride));
         let d_k = b.upload(&padded(&kk, t, kv_row, kv_stride));
         let d_v = b.upload(&padded(&v, t, kv_row, kv_stride));
@@ -385,7 +393,10 @@ pub fn check_attention_mode<B: Backend>(b: &B, cases: &[AttnCase], deterministic
             kv_token_stride: kv_stride,
         };
         let doc_ids = if doc.is_some() { b.ptr(&d_doc) } else { 0 };
-        let fwd = layout.fwd_args([b.ptr(&d_q), b.ptr(&d_k), b.ptr(&d_v)], b.ptr(&d_o), b.ptr(&d_lse), doc_ids);
+        let fwd = KormoAttentionFwdArgs {
+            cross_lingual: i32::from(s.cross_lingual),
+            ..layout.fwd_args([b.ptr(&d_q), b.ptr(&d_k), b.ptr(&d_v)], b.ptr(&d_o), b.ptr(&d_lse), doc_ids)
+        };
         unsafe { kernel_launch::attention_fwd(b, &fwd) }.expect("launch attention fwd");
 
         let (q64, k64, v64, do64) = (to_f64(&q), to_f64(&kk), to_f64(&v), to_f64(&dout));
