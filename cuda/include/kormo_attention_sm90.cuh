@@ -70,6 +70,27 @@ struct FwdSmem {
     static constexpr int bytes = info + 128 + sm90::kSwizzleAtomBytes;  // + slack for the alignment
 };
 
+// The dynamic shared memory from its first 1024-byte boundary (the swizzle period: TMA and the
+// wgmma descriptors agree on the pattern only from there); kernels request 1 KiB extra.
+__device__ __forceinline__ unsigned char* aligned_smem() {
+    KORMO_DYNAMIC_SMEM(unsigned char, base);
+    const uint32_t misalign = sm90::smem_u32(base) % sm90::kSwizzleAtomBytes;
+    return base + (misalign ? sm90::kSwizzleAtomBytes - misalign : 0);
+}
+
+// Warp specialization: warpgroup 0 gives registers back and one of its threads runs `produce`
+// (the TMA copies); the two consumer warpgroups raise their registers and run `consume`.
+template <class Produce, class Consume>
+__device__ __forceinline__ void split_warpgroups(Produce produce, Consume consume) {
+    if (threadIdx.x < 128) {
+        sm90::reg_dealloc<24>();
+        if (threadIdx.x == 0) produce();
+        return;
+    }
+    sm90::reg_alloc<240>();
+    consume();
+}
+
 struct Barriers {
     uint64_t* q_full;
     uint64_t* k_full;   // [kStages]
@@ -321,9 +342,7 @@ __device__ void forward(const KormoAttentionFwdSm90Args& p) {
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
     using L = FwdSmem<D>;
     const KormoAttentionFwdArgs& a = p.a;
-    KORMO_DYNAMIC_SMEM(unsigned char, smem_base);
-    unsigned char* smem = smem_base + ((sm90::kSwizzleAtomBytes - (sm90::smem_u32(smem_base) % sm90::kSwizzleAtomBytes)) %
-                                       sm90::kSwizzleAtomBytes);
+    unsigned char* smem = aligned_smem();
     const FwdBlock blk = fwd_block(p);
     if (blk.q0 >= a.seq_len || blk.head0 >= a.heads_q || blk.row >= a.batch) return;
     uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);
@@ -339,19 +358,12 @@ __device__ void forward(const KormoAttentionFwdSm90Args& p) {
         }
         sm90::fence_barrier_init();
         // Under cross-lingual attention earlier documents may be visible: only the causal bound.
-        info[0] = DOC && !a.cross_lingual ? static_cast<int>(first_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blk.row * a.seq_len, blk.q0) /
-                                         kBlockN)
-                      : 0;
+        const uint32_t* doc = dev_ptr<const uint32_t>(a.doc_ids) + static_cast<int64_t>(blk.row) * a.seq_len;
+        info[0] = DOC && !a.cross_lingual ? static_cast<int>(first_of_document(doc, blk.q0) / kBlockN) : 0;
     }
     __syncthreads();
     const int first_tile = info[0];
-    if (threadIdx.x < 128) {
-        sm90::reg_dealloc<24>();
-        if (threadIdx.x == 0) produce<D, DOC>(p, smem, b, blk, first_tile);
-        return;
-    }
-    sm90::reg_alloc<240>();
-    consume<D, DOC>(p, smem, b, blk, first_tile);
+    split_warpgroups([&] { produce<D, DOC>(p, smem, b, blk, first_tile); }, [&] { consume<D, DOC>(p, smem, b, blk, first_tile); });
 #else
     (void)p;
     __trap();
@@ -573,9 +585,7 @@ __device__ void backward(const KormoAttentionBwdSm90Args& p) {
     static_assert(D == 64 || D == 128, "head dim 64 or 128");
     using L = BwdSmem<D>;
     const KormoAttentionBwdArgs& a = p.a;
-    KORMO_DYNAMIC_SMEM(unsigned char, smem_base);
-    unsigned char* smem = smem_base + ((sm90::kSwizzleAtomBytes - (sm90::smem_u32(smem_base) % sm90::kSwizzleAtomBytes)) %
-                                       sm90::kSwizzleAtomBytes);
+    unsigned char* smem = aligned_smem();
     const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kBlockN;
     if (k0 >= a.seq_len || blockIdx.y >= a.heads_kv || blockIdx.z >= a.batch) return;
     uint64_t* bars = reinterpret_cast<uint64_t*>(smem + L::bars);  // kv_full, q_full[2], q_empty[2]
@@ -590,21 +600,15 @@ __device__ void backward(const KormoAttentionBwdSm90Args& p) {
         // Queries that see a key of the block: from the tile holding k0 to the end of the last
         // key's document (the row's end without documents).
         const int64_t k_last = min(k0 + kBlockN - 1, a.seq_len - 1);
-        const int64_t q_end = DOC && !a.cross_lingual
-                                  ? end_of_document(dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len, k_last, a.seq_len)
-                                  : a.seq_len;
+        const uint32_t* doc = dev_ptr<const uint32_t>(a.doc_ids) + blockIdx.z * a.seq_len;
+        const int64_t q_end = DOC && !a.cross_lingual ? end_of_document(doc, k_last, a.seq_len) : a.seq_len;
         info[0] = static_cast<int>(k0 / kBwdBlockM);
         info[1] = static_cast<int>((q_end - 1) / kBwdBlockM);
     }
     __syncthreads();
     const int qt_lo = info[0], qt_hi = info[1];
-    if (threadIdx.x < 128) {
-        sm90::reg_dealloc<24>();
-        if (threadIdx.x == 0) produce_bwd<D, DOC>(p, smem, bars, qt_lo, qt_hi);
-        return;
-    }
-    sm90::reg_alloc<240>();
-    consume_bwd<D, DOC, DQ>(p, smem, bars, qt_lo, qt_hi);
+    split_warpgroups([&] { produce_bwd<D, DOC>(p, smem, bars, qt_lo, qt_hi); },
+                     [&] { consume_bwd<D, DOC, DQ>(p, smem, bars, qt_lo, qt_hi); });
 #else
     (void)p;
     __trap();
