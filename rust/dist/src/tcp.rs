@@ -11,8 +11,9 @@
 //! of file from it, names that rank in a [`CommError::PeerLost`], and forwards the message to
 //! every other rank as [`CommError::Aborted`] before giving up; a rank that loses rank 0 reports
 //! rank 0. A rank that stays silent past the timeout is named in a [`CommError::Timeout`].
-//! [`HostTransport::peer_health`] probes the connections without a collective (a non-blocking
-//! peek), so a rank stuck elsewhere (in NCCL) can still name the peers whose sockets closed.
+//! [`HostTransport::peer_health`] probes the connections without a collective or a read (poll
+//! for a hang-up), so a rank stuck elsewhere (in NCCL) can still name the peers whose sockets
+//! closed, even when they died with a frame in flight.
 //!
 //! Frames (little endian): hello `b"KORMO-RDV1" rank:u32 world:u32`; welcome `0u8 len:u32 blob`
 //! or refusal `1u8 len:u32 utf8`; collective `seq:u64 op:u8 len:u64 payload`; reply `0u8` then
@@ -418,7 +419,42 @@ impl HostTransport for TcpComm {
     }
 }
 
-/// One connection's state by a non-blocking peek (the stream is back to blocking after).
+/// One connection's state, without reading from it. On Linux by `poll` with POLLRDHUP: a peer
+/// that died right after sending a frame leaves unread data behind its end of file, which a
+/// peek would take for a live peer. Elsewhere by a non-blocking peek (end of file only once the
+/// peer's data has been read).
+#[cfg(target_os = "linux")]
+fn probe(stream: &TcpStream) -> PeerState {
+    use std::os::fd::AsRawFd;
+    #[repr(C)]
+    struct PollFd {
+        fd: i32,
+        events: i16,
+        revents: i16,
+    }
+    extern "C" {
+        fn poll(fds: *mut PollFd, nfds: u64, timeout_ms: i32) -> i32;
+    }
+    const POLLIN: i16 = 0x1;
+    const POLLERR: i16 = 0x8;
+    const POLLHUP: i16 = 0x10;
+    const POLLRDHUP: i16 = 0x2000;
+    let mut fd = PollFd { fd: stream.as_raw_fd(), events: POLLIN | POLLRDHUP, revents: 0 };
+    // SAFETY: one valid pollfd for an open socket this stream owns; timeout 0 never blocks.
+    let ready = unsafe { poll(&mut fd, 1, 0) };
+    if ready < 0 {
+        return PeerState::Closed(format!("cannot be probed: {}", std::io::Error::last_os_error()));
+    }
+    if fd.revents & POLLERR != 0 {
+        PeerState::Closed(format!("broke: {}", stream.take_error().ok().flatten().map_or("socket error".into(), |e| e.to_string())))
+    } else if fd.revents & (POLLHUP | POLLRDHUP) != 0 {
+        PeerState::Closed("closed".into())
+    } else {
+        PeerState::Open
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
 fn probe(stream: &TcpStream) -> PeerState {
     if let Err(e) = stream.set_nonblocking(true) {
         return PeerState::Closed(format!("cannot be probed: {e}"));
@@ -441,6 +477,29 @@ fn probe(stream: &TcpStream) -> PeerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A peer that died right after sending (its frame still unread) is closed, not open; a
+    /// live one with data pending is open, and the probe leaves the data in place.
+    #[test]
+    fn probe_sees_a_hang_up_behind_unread_data() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (live_end, _) = listener.accept().unwrap();
+        let dying = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (dying_end, _) = listener.accept().unwrap();
+        (&live).write_all(b"frame").unwrap();
+        (&dying).write_all(b"frame").unwrap();
+        drop(dying);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while matches!(probe(&dying_end), PeerState::Open) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(matches!(probe(&dying_end), PeerState::Closed(_)), "{:?}", probe(&dying_end));
+        assert_eq!(probe(&live_end), PeerState::Open);
+        let mut frame = [0u8; 5];
+        (&live_end).read_exact(&mut frame).unwrap();
+        assert_eq!(&frame, b"frame");
+    }
     use crate::comm::Collectives;
 
     fn free_port() -> u16 {
