@@ -3,7 +3,7 @@
 //! `Shard::open` maps the file and validates it completely before handing out anything: size
 //! against the header-derived layout, magic, version, header CRC, zero padding, the CRC and
 //! invariants of every metadata section (offsets monotone and in bounds, spans sorted and inside
-//! their documents), and — unless [`Verification::StructureOnly`] is asked for — every token
+//! their documents, language codes 0 or 1), and — unless [`Verification::StructureOnly`] is asked for — every token
 //! block's CRC and every token id against the vocabulary. After that, accessors are slice
 //! casts into the mapping that cannot fail except on out-of-range arguments.
 //!

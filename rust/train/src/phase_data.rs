@@ -32,22 +32,19 @@ pub fn to_batch(rows: PackedRows) -> Batch {
 /// ([`DOC_LANGUAGE_BIT`]) of the doc id of every token of a Korean document, so the model (told
 /// by `Model::set_cross_lingual_attention`) also lets it see the other language's documents;
 /// positions and loss weights stay.
-pub(crate) fn masked(rows: PackedRows, mask: MaskMode) -> Batch {
-    let languages = match mask {
-        MaskMode::Xlda => Some(rows.languages.clone()),
-        _ => None,
-    };
+pub(crate) fn masked(mut rows: PackedRows, mask: MaskMode) -> Batch {
+    let languages = std::mem::take(&mut rows.languages);
     let mut batch = to_batch(rows);
-    match (mask, languages) {
-        (MaskMode::Causal, _) => batch.doc_ids.iter_mut().for_each(|d| *d = 0),
-        (MaskMode::Xlda, Some(languages)) => {
+    match mask {
+        MaskMode::Document => {}
+        MaskMode::Causal => batch.doc_ids.iter_mut().for_each(|d| *d = 0),
+        MaskMode::Xlda => {
             for (d, &language) in batch.doc_ids.iter_mut().zip(&languages) {
                 if language == LANGUAGE_KOREAN {
                     *d |= DOC_LANGUAGE_BIT;
                 }
             }
         }
-        _ => {}
     }
     batch
 }
