@@ -18,6 +18,8 @@ pub use loader::{DataCursor, Loader, PendingDocument, Source};
 pub use packing::{DocumentStream, PackedRows, PackingOptions, PositionMode};
 pub use synthetic::{SyntheticKind, SyntheticSpec};
 pub use vocab::{ByteVocab, SpecialIds, SpecialTokens, TextEncoder, Vocabulary};
+/// The language codes of [`PackedRows::languages`] (as the shards record them).
+pub use kormo_shards::format::{LANGUAGE_KOREAN, LANGUAGE_OTHER};
 
 /// A data-layer error; the message names the file or source it is about.
 #[derive(Debug, Clone, PartialEq)]

@@ -156,6 +156,16 @@ impl Source {
         Ok(None)
     }
 
+    /// The first shard with documents that records no per-document languages (written by a
+    /// `prepare` older than the languages section), which cross-lingual document attention
+    /// cannot use.
+    pub fn first_shard_without_languages(&self) -> Option<&Path> {
+        self.shards
+            .iter()
+            .find(|s| s.num_documents() > 0 && !s.has_languages())
+            .map(|s| s.path())
+    }
+
     /// (shard, document inside it) of global document index `global`.
     fn locate(&self, global: u64) -> (usize, usize) {
         let shard = self
@@ -264,9 +274,11 @@ impl Loader {
         let mut out = PackedRows::new(seq_len);
         let mut tokens = Vec::with_capacity(seq_len);
         let mut trained = Vec::with_capacity(seq_len);
+        let mut languages = Vec::with_capacity(seq_len);
         for _ in 0..rows {
             tokens.clear();
             trained.clear();
+            languages.clear();
             while tokens.len() < seq_len {
                 let (pending, stream) = match self.current.take() {
                     Some(current) => current,
@@ -289,12 +301,14 @@ impl Loader {
                 let range = pending.offset..pending.offset + take;
                 tokens.extend_from_slice(&stream.tokens[range.clone()]);
                 trained.extend_from_slice(&stream.trained[range]);
+                let language = stream.language.unwrap_or(kormo_shards::format::LANGUAGE_OTHER);
+                languages.resize(tokens.len(), language);
                 let offset = pending.offset + take;
                 if offset < stream.len() {
                     self.current = Some((PendingDocument { offset, ..pending }, stream));
                 }
             }
-            out.push_row(&tokens, &trained, &self.opts);
+            out.push_row(&tokens, &trained, &languages, &self.opts);
         }
         Ok(out)
     }

@@ -8,6 +8,8 @@
 //! * document ids: the running count of BOS tokens in the row (tokens before the row's first BOS,
 //!   the tail of a straddling document, get id 0); attention is causal within equal ids;
 //! * positions: 0..seq_len across the row (KORMo's default), or restarting at each BOS;
+//! * languages: per token, the language code of its document (1 Korean, 0 other; 0 when the
+//!   shard records none), for cross-lingual document attention (`[attention] mask = "xlda"`);
 //! * loss weights: 1 where the target token is trained on, else 0. A target is not trained on
 //!   when it is a BOS (predicting the next document across a boundary is noise), when it lies
 //!   outside the document's loss-mask spans (SFT: assistant turns only), or when it is `<think>`
@@ -39,11 +41,12 @@ pub struct PackingOptions {
 }
 
 /// One document as it enters the stream: tokens and, per token, whether it is trained on when
-/// it is the target.
+/// it is the target; and the document's language (`None` when its shard records none).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DocumentStream {
     pub tokens: Vec<u32>,
     pub trained: Vec<bool>,
+    pub language: Option<u8>,
 }
 
 impl DocumentStream {
@@ -59,7 +62,11 @@ impl DocumentStream {
         }
         tokens.push(opts.specials.eos);
         trained.push(doc.loss_mask_spans.is_empty() || (n > 0 && doc.is_trained(n - 1)));
-        DocumentStream { tokens, trained }
+        DocumentStream {
+            tokens,
+            trained,
+            language: doc.language,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -79,6 +86,9 @@ pub struct PackedRows {
     pub loss_weights: Vec<f32>,
     pub doc_ids: Vec<u32>,
     pub positions: Vec<u32>,
+    /// Per token, its document's language code (kormo_shards::format::LANGUAGE_KOREAN or
+    /// LANGUAGE_OTHER; LANGUAGE_OTHER where the shard records none).
+    pub languages: Vec<u8>,
     pub rows: usize,
     pub seq_len: usize,
 }
@@ -91,14 +101,23 @@ impl PackedRows {
         }
     }
 
-    /// Appends one row built from exactly `seq_len` stream tokens and their trained flags.
-    pub fn push_row(&mut self, tokens: &[u32], trained: &[bool], opts: &PackingOptions) {
+    /// Appends one row built from exactly `seq_len` stream tokens, their trained flags and
+    /// their documents' language codes.
+    pub fn push_row(
+        &mut self,
+        tokens: &[u32],
+        trained: &[bool],
+        languages: &[u8],
+        opts: &PackingOptions,
+    ) {
         assert_eq!(
             tokens.len(),
             opts.seq_len,
             "a row is exactly seq_len tokens"
         );
         assert_eq!(trained.len(), tokens.len());
+        assert_eq!(languages.len(), tokens.len());
+        self.languages.extend_from_slice(languages);
         let mut doc_id = 0u32;
         let mut doc_start = 0usize;
         for (i, &token) in tokens.iter().enumerate() {
@@ -151,6 +170,7 @@ mod tests {
         let doc = Document {
             tokens: &[7, 8, 102, 9],
             loss_mask_spans: &spans,
+            language: None,
         };
         let s = DocumentStream::new(&doc, &opts(4, PositionMode::Row, true));
         assert_eq!(s.tokens, vec![100, 7, 8, 102, 9, 101]);
@@ -162,6 +182,7 @@ mod tests {
         let doc = Document {
             tokens: &[7, 8, 102, 9],
             loss_mask_spans: &spans,
+            language: None,
         };
         let s = DocumentStream::new(&doc, &opts(4, PositionMode::Row, false));
         assert_eq!(
@@ -172,9 +193,13 @@ mod tests {
         let empty = Document {
             tokens: &[],
             loss_mask_spans: &[],
+            language: Some(1),
         };
         let s = DocumentStream::new(&empty, &opts(4, PositionMode::Row, false));
-        assert_eq!((s.tokens, s.trained), (vec![100, 101], vec![false, true]));
+        assert_eq!(
+            (s.tokens, s.trained, s.language),
+            (vec![100, 101], vec![false, true], Some(1))
+        );
     }
 
     #[test]
@@ -182,9 +207,10 @@ mod tests {
         // Row starts with the tail of a straddling document, then two documents begin.
         let tokens = [5, 101, 100, 6, 7, 101, 100, 8];
         let trained = [true, true, false, true, true, true, false, true];
+        let languages = [1, 1, 0, 0, 0, 0, 1, 1];
         let mut rows = PackedRows::new(8);
-        rows.push_row(&tokens, &trained, &opts(8, PositionMode::Row, false));
-        rows.push_row(&tokens, &trained, &opts(8, PositionMode::Document, false));
+        rows.push_row(&tokens, &trained, &languages, &opts(8, PositionMode::Row, false));
+        rows.push_row(&tokens, &trained, &languages, &opts(8, PositionMode::Document, false));
         assert_eq!(rows.rows, 2);
         assert_eq!(&rows.targets[..8], &[101, 100, 6, 7, 101, 100, 8, 103]);
         assert_eq!(
@@ -195,5 +221,7 @@ mod tests {
         assert_eq!(&rows.positions[..8], &[0, 1, 2, 3, 4, 5, 6, 7]);
         assert_eq!(&rows.positions[8..], &[0, 1, 0, 1, 2, 3, 0, 1]);
         assert_eq!(&rows.tokens[8..], &tokens);
+        assert_eq!(&rows.languages[..8], &languages);
+        assert_eq!(&rows.languages[8..], &languages);
     }
 }

@@ -18,7 +18,13 @@
 //! token boundaries whatever the tokenizer. With the byte vocabulary the prose, long-context and
 //! reasoning corpora are byte for byte the ones the golden losses were recorded on.
 //!
-//! Output: `dir/shard-00000.kts` + `dir/manifest.json` + `dir/synthetic-v2.json` (what was generated,
+//! Every document also gets a language code for cross-lingual document attention (`[attention]
+//! mask = "xlda"`): the corpora mix both languages inside each document, so no document is
+//! naturally Korean or English; instead each is labelled Korean or other by a coin drawn from
+//! its own stream seeded from the spec's seed ([`language_seed`]), so runs of same-language and
+//! alternating neighbours both occur in a packed row, and the tokens stay exactly as before.
+//!
+//! Output: `dir/shard-00000.kts` + `dir/manifest.json` + `dir/synthetic-v3.json` (what was generated,
 //! so a changed request regenerates; a changed vocabulary shows in the manifest's tokenizer
 //! fingerprint and regenerates too). Generation goes to a temp folder renamed into place.
 
@@ -51,14 +57,22 @@ pub struct SyntheticSpec {
 }
 
 /// The generator's version is in the name: a corpus an older generator wrote regenerates.
-const SPEC_FILE: &str = "synthetic-v2.json";
+/// v3: the shards record each document's language.
+const SPEC_FILE: &str = "synthetic-v3.json";
 pub const MANIFEST_FILE: &str = "manifest.json";
 
-/// One generated document: tokens of the vocabulary and optional trained spans.
+/// One generated document: tokens of the vocabulary, optional trained spans and its language
+/// label (kormo_shards::format::LANGUAGE_KOREAN or LANGUAGE_OTHER, see the module docs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SyntheticDocument {
     pub tokens: Vec<u32>,
     pub spans: Vec<(u32, u32)>,
+    pub language: u8,
+}
+
+/// Seed of the language labels' coin stream, apart from the text's so the text is unchanged.
+pub fn language_seed(spec: &SyntheticSpec) -> u64 {
+    spec.seed ^ 0x4c41_4e47_5541_4745 // "LANGUAGE"
 }
 
 /// Makes sure `dir` holds the corpus `spec` describes, encoded with `vocab`; returns true when
@@ -89,9 +103,10 @@ pub fn ensure(dir: &Path, spec: &SyntheticSpec, vocab: &Vocabulary) -> Result<bo
     };
     let mut writer = ShardWriter::create(temp.join("shard-00000.kts"), meta.clone())?;
     for doc in generate(spec, vocab) {
-        writer.append_document(
+        writer.append_document_with_language(
             &doc.tokens,
             (!doc.spans.is_empty()).then_some(&doc.spans[..]),
+            doc.language,
         )?;
     }
     let summary = writer.finish()?;
@@ -121,12 +136,19 @@ pub fn generate(spec: &SyntheticSpec, vocab: &Vocabulary) -> Vec<SyntheticDocume
     let bytes = byte_tokenizer();
     let mut chat = ChatRenderer::new(vocab.tokenizer().unwrap_or(&bytes))
         .expect("a vocabulary has the chat special tokens");
+    let mut coin = ChaCha8Rng::seed_from_u64(language_seed(spec));
     (0..spec.documents)
-        .map(|_| match spec.kind {
-            SyntheticKind::BilingualProse => plain(&mut enc, bilingual_paragraphs(&mut rng, 3..6)),
-            SyntheticKind::LongContext => plain(&mut enc, long_context_document(&mut rng)),
-            SyntheticKind::Reasoning => reasoning_document(&mut rng, &mut enc),
-            SyntheticKind::Chat => chat_document(&mut rng, &mut chat),
+        .map(|_| {
+            let mut doc = match spec.kind {
+                SyntheticKind::BilingualProse => {
+                    plain(&mut enc, bilingual_paragraphs(&mut rng, 3..6))
+                }
+                SyntheticKind::LongContext => plain(&mut enc, long_context_document(&mut rng)),
+                SyntheticKind::Reasoning => reasoning_document(&mut rng, &mut enc),
+                SyntheticKind::Chat => chat_document(&mut rng, &mut chat),
+            };
+            doc.language = u8::from(coin.random_bool(0.5));
+            doc
         })
         .collect()
 }
@@ -147,6 +169,7 @@ fn plain(enc: &mut Enc, text: String) -> SyntheticDocument {
     SyntheticDocument {
         tokens: enc.encode(&text),
         spans: Vec::new(),
+        language: 0,
     }
 }
 
@@ -290,6 +313,7 @@ fn reasoning_document(rng: &mut ChaCha8Rng, enc: &mut Enc) -> SyntheticDocument 
     SyntheticDocument {
         tokens,
         spans: Vec::new(),
+        language: 0,
     }
 }
 
@@ -337,6 +361,7 @@ fn chat_document(rng: &mut ChaCha8Rng, chat: &mut ChatRenderer) -> SyntheticDocu
     SyntheticDocument {
         tokens: rendered.ids[inner.clone()].to_vec(),
         spans: spans(&rendered.trained(ThinkLoss::Train)[inner]),
+        language: 0,
     }
 }
 
@@ -496,6 +521,9 @@ mod tests {
             .map(|s| (s.start, s.end))
             .collect();
         assert_eq!(spans, expected[3].spans);
+        let languages: Vec<u8> = expected.iter().map(|d| d.language).collect();
+        assert_eq!(shards[0].languages(), Some(&languages[..]));
+        assert!(languages.contains(&0) && languages.contains(&1), "{languages:?}");
         let changed = SyntheticSpec {
             documents: 21,
             ..spec

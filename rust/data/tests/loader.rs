@@ -325,3 +325,58 @@ fn tokenizer_fingerprint_mismatch_names_the_shard() {
         "{err}"
     );
 }
+
+/// Every packed token carries its document's language, the tail of a straddling document
+/// included; the synthetic corpora record both languages.
+#[test]
+fn rows_carry_each_tokens_document_language() {
+    let root = scratch("languages");
+    let prose = source(&root, "prose", SyntheticKind::BilingualProse, 1.0, 30);
+    assert_eq!(prose.first_shard_without_languages(), None);
+    let spec = SyntheticSpec {
+        kind: SyntheticKind::BilingualProse,
+        documents: 30,
+        seed: 11,
+    };
+    let expected: Vec<u8> = synthetic::generate(&spec, &Vocabulary::bytes())
+        .into_iter()
+        .flat_map(|d| std::iter::repeat_n(d.language, d.tokens.len() + 2))
+        .collect();
+    assert!(expected.contains(&0) && expected.contains(&1));
+    let mut loader = Loader::new(vec![prose], opts(64, false), 3).unwrap();
+    let rows = loader.next_rows(20).unwrap();
+    assert_eq!(rows.languages.len(), rows.tokens.len());
+    assert_eq!(rows.languages, expected[..rows.languages.len()]);
+    // Within a row, a language changes only where a document starts (at a BOS).
+    for (i, pair) in rows.languages.windows(2).enumerate() {
+        if pair[0] != pair[1] && (i + 1) % 64 != 0 {
+            assert_eq!(rows.tokens[i + 1], ByteVocab::BOS, "token {}", i + 1);
+        }
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// Shards written without languages pack as language 0 and are named by
+/// `first_shard_without_languages`.
+#[test]
+fn shards_without_languages_are_named() {
+    let root = scratch("nolanguages");
+    std::fs::create_dir_all(&root).unwrap();
+    let meta = kormo_shards::ShardMeta {
+        vocab_size: 384,
+        tokenizer_fingerprint: Vocabulary::bytes().fingerprint().into(),
+    };
+    let path = root.join("old.kts");
+    let mut writer = kormo_shards::ShardWriter::create(&path, meta).unwrap();
+    writer.append_document(&[65, 66, 67], None).unwrap();
+    writer.finish().unwrap();
+    let shard = kormo_shards::Shard::open(&path).unwrap();
+    let source = Source::from_shards("old", 1.0, vec![shard]).unwrap();
+    assert_eq!(source.first_shard_without_languages(), Some(path.as_path()));
+    let rows = Loader::new(vec![source], opts(8, false), 1)
+        .unwrap()
+        .next_rows(2)
+        .unwrap();
+    assert!(rows.languages.iter().all(|&l| l == 0));
+    std::fs::remove_dir_all(&root).unwrap();
+}

@@ -254,6 +254,9 @@ pub struct PreparedConversation {
     pub spans: Vec<(u32, u32)>,
     /// Bytes of message text written.
     pub text_bytes: u64,
+    /// The conversation's language code (kormo_shards::language::classify over the text of
+    /// all its messages, reasoning included).
+    pub language: u8,
     pub counts: ChatCounts,
 }
 
@@ -311,7 +314,15 @@ pub fn prepare_conversation(
     // The packer adds <|BOS|> before and <|EOT|> after (trained when the token before it is,
     // the rule the renderer used for the final <|EOT|>).
     let inner = 1..n - 1;
+    let text: String = messages
+        .iter()
+        .flat_map(|m| {
+            let (reasoning, content) = plain_texts(m);
+            [reasoning, "\n", content, "\n"]
+        })
+        .collect();
     Ok(PreparedConversation {
+        language: kormo_shards::language::classify(&text),
         text_bytes: messages.iter().map(|m| m.content.len() + m.reasoning.as_ref().map_or(0, String::len)).sum::<usize>() as u64,
         tokens: rendered.ids[inner.clone()].to_vec(),
         spans: spans(&trained[inner]),
@@ -399,7 +410,8 @@ fn write(
             Some(w) => w,
             None => writer.insert(ShardWriter::create(shard_path, meta.clone()).map_err(|e| e.to_string())?),
         };
-        w.append_document(&conversation.tokens, Some(&conversation.spans)).map_err(|e| e.to_string())?;
+        w.append_document_with_language(&conversation.tokens, Some(&conversation.spans), conversation.language)
+            .map_err(|e| e.to_string())?;
         add(chat, &conversation.counts);
         counts.documents_written += 1;
         counts.tokens_written += conversation.tokens.len() as u64;

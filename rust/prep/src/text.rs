@@ -163,7 +163,9 @@ fn write(
             Some(w) => w,
             None => writer.insert(ShardWriter::create(shard_path, meta.clone()).map_err(|e| e.to_string())?),
         };
-        w.append_document(&ids, None).map_err(|e| e.to_string())?;
+        // The document's language (Korean when Hangul is >= 30% of its letters), for XLDA.
+        let language = kormo_shards::language::classify(text);
+        w.append_document_with_language(&ids, None, language).map_err(|e| e.to_string())?;
         counts.documents_written += 1;
         counts.text_bytes_written += text.len() as u64;
         counts.tokens_written += ids.len() as u64;

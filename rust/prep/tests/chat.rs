@@ -111,6 +111,7 @@ fn check(think: ThinkSetting) {
     let (mut trained_total, mut tokens_total) = (0u64, 0u64);
     for (doc, turns) in docs.iter().zip(&expected) {
         let text = decode(&tok, doc.tokens);
+        assert!(doc.language.is_some(), "prepare records each conversation's language");
         // Special tokens are ids: one <think> and </think> per assistant turn, one <|BOT|> per
         // message; the user's spelled-out specials are text (the doc lacks only the final EOT).
         let count = |t: u32| doc.tokens.iter().filter(|&&x| x == t).count();

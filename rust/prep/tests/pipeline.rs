@@ -308,5 +308,18 @@ fn debian_faq_korean_and_english() {
     );
     assert_eq!(en.languages.get("ko"), None);
     assert!(en.documents_written > 0 && ko.documents_written > 0);
+    // Every shard records each document's language: the English pages are not Korean, and
+    // most Korean ones are (a few Korean pages are mostly untranslated English, e.g.
+    // pkg-basics.ko.html at 9% Hangul, so they count as English).
+    for (name, expected, at_least) in [("en", 0u8, 10), ("ko", 1u8, 7)] {
+        let out = dir.join("out").join(name);
+        let shards = Manifest::load(out.join("manifest.json")).unwrap().open_shards(&out).unwrap();
+        let languages: Vec<u8> = shards
+            .iter()
+            .flat_map(|sh| sh.languages().expect("prepare records languages").to_vec())
+            .collect();
+        let matching = languages.iter().filter(|&&l| l == expected).count();
+        assert!(matching * 10 >= languages.len() * at_least, "{name}: {languages:?}");
+    }
     std::fs::remove_dir_all(dir).unwrap();
 }

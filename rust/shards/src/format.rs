@@ -4,12 +4,13 @@
 //!
 //! ```text
 //! header (128 B) | fingerprint (UTF-8) | pad | tokens u32[T] | pad | doc_offsets u64[D+1]
-//!   | span_offsets u64[D+1] (only with FLAG_LOSS_MASK) | spans MaskSpan[S] | block_crcs u32[B] | pad
+//!   | span_offsets u64[D+1] (only with FLAG_LOSS_MASK) | spans MaskSpan[S] | block_crcs u32[B]
+//!   | languages u8[D] (only with FLAG_LANGUAGES) | pad
 //! ```
 //!
 //! Section positions are not stored: they follow from the header counts ([`Layout::new`]), so a
 //! header cannot point outside the file or at overlapping sections. Every section after the
-//! fingerprint starts on an 8-byte boundary, so a page-aligned mmap can be viewed as `&[u32]`,
+//! fingerprint but the trailing u8 languages starts on an 8-byte boundary, so a page-aligned mmap can be viewed as `&[u32]`,
 //! `&[u64]` and `&[MaskSpan]` without copying. Every byte of the file is either covered by a CRC32
 //! (header, each small section, each token block) or is padding that must be zero, so any
 //! single corrupted byte is detected. The header stores the CRCs of all other sections, so the
@@ -32,6 +33,15 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 128;
 /// Header flag: the span_offsets and spans sections are present.
 pub const FLAG_LOSS_MASK: u32 = 1;
+/// Header flag: the languages section (one u8 per document, [`LANGUAGE_OTHER`] or
+/// [`LANGUAGE_KOREAN`]) is present. Shards written before it existed simply lack the flag.
+pub const FLAG_LANGUAGES: u32 = 2;
+/// Every flag this build knows.
+pub const KNOWN_FLAGS: u32 = FLAG_LOSS_MASK | FLAG_LANGUAGES;
+/// Language code of a document that is not Korean (English, code, anything else).
+pub const LANGUAGE_OTHER: u8 = 0;
+/// Language code of a Korean document (crate::language::classify says how `prepare` decides).
+pub const LANGUAGE_KOREAN: u8 = 1;
 /// Tokens per checksum block by default (4 MiB of token data per CRC).
 pub const DEFAULT_CHECKSUM_BLOCK_TOKENS: u32 = 1 << 20;
 /// Longest tokenizer fingerprint accepted, in bytes.
@@ -69,9 +79,9 @@ impl From<(u32, u32)> for MaskSpan {
 /// | 16 | flags u32 | | 64 | span_offsets_crc32 u32 |
 /// | 20 | vocab_size u32 | | 68 | spans_crc32 u32 |
 /// | 24 | num_documents u64 | | 72 | block_crcs_crc32 u32 |
-/// | 32 | num_tokens u64 | | 76..124 | reserved, zero |
-/// | 40 | num_mask_spans u64 | | 124 | header_crc32 u32 (of bytes 0..124) |
-/// | 48 | fingerprint_len u32 | | | |
+/// | 32 | num_tokens u64 | | 76 | languages_crc32 u32 (0 without FLAG_LANGUAGES) |
+/// | 40 | num_mask_spans u64 | | 80..124 | reserved, zero |
+/// | 48 | fingerprint_len u32 | | 124 | header_crc32 u32 (of bytes 0..124) |
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub flags: u32,
@@ -86,10 +96,12 @@ pub struct Header {
     pub span_offsets_crc32: u32,
     pub spans_crc32: u32,
     pub block_crcs_crc32: u32,
+    /// CRC32 of the languages section; 0 when the shard has none.
+    pub languages_crc32: u32,
 }
 
 const HEADER_CRC_AT: usize = HEADER_LEN - 4;
-const RESERVED: Range<usize> = 76..HEADER_CRC_AT;
+const RESERVED: Range<usize> = 80..HEADER_CRC_AT;
 
 /// The CRC stored in the last 4 bytes of an encoded header (what the manifest records).
 pub fn header_crc32(encoded: &[u8; HEADER_LEN]) -> u32 {
@@ -121,6 +133,7 @@ impl Header {
             (64, self.span_offsets_crc32),
             (68, self.spans_crc32),
             (72, self.block_crcs_crc32),
+            (76, self.languages_crc32),
         ];
         for (at, v) in u32_fields {
             b[at..at + 4].copy_from_slice(&v.to_le_bytes());
@@ -169,7 +182,7 @@ impl Header {
             ));
         }
         if b[RESERVED].iter().any(|&x| x != 0) {
-            return bad("reserved header bytes 76..124 are not zero".into());
+            return bad("reserved header bytes 80..124 are not zero".into());
         }
         let header = Header {
             flags: u32_at(b, 16),
@@ -184,12 +197,16 @@ impl Header {
             span_offsets_crc32: u32_at(b, 64),
             spans_crc32: u32_at(b, 68),
             block_crcs_crc32: u32_at(b, 72),
+            languages_crc32: u32_at(b, 76),
         };
-        if header.flags & !FLAG_LOSS_MASK != 0 {
+        if header.flags & !KNOWN_FLAGS != 0 {
             return bad(format!(
                 "unknown flag bits {:#x}",
-                header.flags & !FLAG_LOSS_MASK
+                header.flags & !KNOWN_FLAGS
             ));
+        }
+        if !header.has_languages() && header.languages_crc32 != 0 {
+            return bad("languages_crc32 is set but the languages flag is not".into());
         }
         if header.vocab_size == 0 {
             return bad("vocab_size is 0".into());
@@ -217,6 +234,11 @@ impl Header {
         self.flags & FLAG_LOSS_MASK != 0
     }
 
+    /// Whether the languages section (one u8 per document) is present.
+    pub fn has_languages(&self) -> bool {
+        self.flags & FLAG_LANGUAGES != 0
+    }
+
     /// Number of token checksum blocks (the last one may be partial).
     pub fn num_checksum_blocks(&self) -> u64 {
         self.num_tokens
@@ -235,6 +257,8 @@ pub struct Layout {
     pub span_offsets: Range<u64>,
     pub spans: Range<u64>,
     pub block_crcs: Range<u64>,
+    /// Empty when the shard has no languages; not 8-aligned (u8 elements), and last.
+    pub languages: Range<u64>,
     /// Total file size.
     pub file_len: u64,
 }
@@ -266,7 +290,9 @@ impl Layout {
         let span_offsets = section(doc_offsets.end, span_offsets_len, 8)?;
         let spans = section(span_offsets.end, h.num_mask_spans, 8)?;
         let block_crcs = section(spans.end, h.num_checksum_blocks(), 4)?;
-        let file_len = align8(block_crcs.end)?;
+        let languages_len = if h.has_languages() { h.num_documents } else { 0 };
+        let languages = section(block_crcs.end, languages_len, 1)?;
+        let file_len = align8(languages.end)?;
         Some(Layout {
             fingerprint,
             tokens,
@@ -274,6 +300,7 @@ impl Layout {
             span_offsets,
             spans,
             block_crcs,
+            languages,
             file_len,
         })
     }
@@ -283,7 +310,7 @@ impl Layout {
         [
             self.fingerprint.end..self.tokens.start,
             self.tokens.end..self.doc_offsets.start,
-            self.block_crcs.end..self.file_len,
+            self.languages.end..self.file_len,
         ]
     }
 }
@@ -294,13 +321,13 @@ mod tests {
     use rand::{Rng, SeedableRng};
 
     fn random_header(rng: &mut impl Rng) -> Header {
-        let flags = rng.random_range(0..=1);
+        let flags = rng.random_range(0..=KNOWN_FLAGS);
         Header {
             flags,
             vocab_size: rng.random_range(1..=u32::MAX),
             num_documents: rng.random_range(0..1 << 20),
             num_tokens: rng.random_range(0..1 << 30),
-            num_mask_spans: if flags == 1 {
+            num_mask_spans: if flags & FLAG_LOSS_MASK != 0 {
                 rng.random_range(0..1 << 20)
             } else {
                 0
@@ -312,6 +339,7 @@ mod tests {
             span_offsets_crc32: rng.random(),
             spans_crc32: rng.random(),
             block_crcs_crc32: rng.random(),
+            languages_crc32: if flags & FLAG_LANGUAGES != 0 { rng.random() } else { 0 },
         }
     }
 
@@ -363,9 +391,11 @@ mod tests {
                 4 * h.num_tokens.div_ceil(h.checksum_block_tokens.into())
             );
             assert_eq!(
-                (l.doc_offsets.end, l.span_offsets.end, l.spans.end),
-                (l.span_offsets.start, l.spans.start, l.block_crcs.start)
+                (l.doc_offsets.end, l.span_offsets.end, l.spans.end, l.block_crcs.end),
+                (l.span_offsets.start, l.spans.start, l.block_crcs.start, l.languages.start)
             );
+            let languages_len = if h.has_languages() { h.num_documents } else { 0 };
+            assert_eq!(l.languages.end - l.languages.start, languages_len);
             for pad in l.padding() {
                 assert!(pad.end - pad.start < 8 && pad.start <= pad.end);
             }
@@ -379,8 +409,9 @@ mod tests {
     fn decode_rejects_bad_fields_with_valid_crc() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
         let good = random_header(&mut rng);
-        let cases: [(Breakage, &str); 5] = [
-            (|h| h.flags = 2, "unknown flag"),
+        let cases: [(Breakage, &str); 6] = [
+            (|h| h.flags = 4, "unknown flag"),
+            (|h| (h.flags, h.languages_crc32) = (h.flags & !FLAG_LANGUAGES, 7), "languages_crc32"),
             (|h| h.vocab_size = 0, "vocab_size"),
             (|h| h.checksum_block_tokens = 0, "checksum_block_tokens"),
             (

@@ -14,6 +14,8 @@
 //! let mut writer = ShardWriter::create("data/shard-00000.kts", meta.clone())?;
 //! writer.append_document(&[1, 2, 3, 4], None)?; // train on every token
 //! writer.append_document(&[5, 6, 7], Some(&[(1, 3)]))?; // train on tokens 1 and 2 only
+//! // (or `append_document_with_language(tokens, spans, language)` for every document of a
+//! // shard, which then records each document's language: see [`language`])
 //! let summary = writer.finish()?; // atomic: temp file + fsync + rename
 //!
 //! let mut manifest = Manifest::new(meta);
@@ -23,7 +25,7 @@
 //! let manifest = Manifest::load("data/manifest.json")?;
 //! let shards: Vec<Shard> = manifest.open_shards("data")?; // validated, checksums verified
 //! let shard = &shards[0];
-//! let doc = shard.document(1)?; // Document { tokens: &[u32], loss_mask_spans: &[MaskSpan] }
+//! let doc = shard.document(1)?; // Document { tokens, loss_mask_spans, language: None }
 //! assert_eq!(doc.tokens, &[5, 6, 7]);
 //! let window: &[u32] = shard.tokens(2, 4)?; // global token offset 2, 4 tokens (crosses documents)
 //! let which_doc = shard.document_at(4)?; // == 1
@@ -37,6 +39,7 @@
 mod atomic;
 pub mod error;
 pub mod format;
+pub mod language;
 mod manifest;
 mod reader;
 mod writer;
@@ -79,6 +82,9 @@ pub struct Document<'a> {
     /// Sorted, non-overlapping, non-empty half-open ranges of positions that ARE trained on.
     /// Empty means every token is trained on.
     pub loss_mask_spans: &'a [MaskSpan],
+    /// The document's language ([`format::LANGUAGE_KOREAN`] or [`format::LANGUAGE_OTHER`]);
+    /// `None` when the shard has no languages section.
+    pub language: Option<u8>,
 }
 
 impl Document<'_> {

@@ -3,7 +3,7 @@
 //! `Shard::open` maps the file and validates it completely before handing out anything: size
 //! against the header-derived layout, magic, version, header CRC, zero padding, the CRC and
 //! invariants of every metadata section (offsets monotone and in bounds, spans sorted and inside
-//! their documents), and — unless [`Verification::StructureOnly`] is asked for — every token
+//! their documents, language codes 0 or 1), and — unless [`Verification::StructureOnly`] is asked for — every token
 //! block's CRC and every token id against the vocabulary. After that, accessors are slice
 //! casts into the mapping that cannot fail except on out-of-range arguments.
 //!
@@ -12,7 +12,7 @@
 //! page cache, disk-bound when cold). See docs/benchmarks.md for measured figures.
 
 use crate::error::{ShardError, ShardErrorKind};
-use crate::format::{header_crc32, Header, Layout, MaskSpan, HEADER_LEN};
+use crate::format::{header_crc32, Header, Layout, MaskSpan, HEADER_LEN, LANGUAGE_KOREAN};
 use crate::writer::check_spans;
 use crate::{Document, ShardMeta};
 use bytemuck::Pod;
@@ -49,6 +49,8 @@ struct Sections {
     span_offsets: Range<usize>,
     spans: Range<usize>,
     block_crcs: Range<usize>,
+    /// Empty without FLAG_LANGUAGES.
+    languages: Range<usize>,
 }
 
 impl Shard {
@@ -138,6 +140,7 @@ impl Shard {
                 span_offsets: range(&layout.span_offsets),
                 spans: range(&layout.spans),
                 block_crcs: range(&layout.block_crcs),
+                languages: range(&layout.languages),
             },
             num_documents,
             header,
@@ -170,6 +173,7 @@ impl Shard {
             h.block_crcs_crc32,
             bytemuck::cast_slice(block_crcs),
         )?;
+        self.validate_languages()?;
         if !h.has_loss_mask() {
             return Ok(());
         }
@@ -205,6 +209,21 @@ impl Shard {
             })?;
         }
         Ok(())
+    }
+
+    /// Checks the languages section's CRC and that every code is 0 or 1 (when present).
+    fn validate_languages(&self) -> Result<(), ShardError> {
+        let Some(languages) = self.languages() else {
+            return Ok(());
+        };
+        check_crc(&self.path, "languages", self.header.languages_crc32, languages)?;
+        match languages.iter().position(|&code| code > LANGUAGE_KOREAN) {
+            Some(document) => Err(self.error(ShardErrorKind::BadHeader(format!(
+                "document {document}: language code {} is neither 0 (other) nor 1 (Korean)",
+                languages[document]
+            )))),
+            None => Ok(()),
+        }
     }
 
     /// Verifies every token block's CRC and that every token id is below the vocabulary size;
@@ -279,7 +298,25 @@ impl Shard {
         self.header_crc32
     }
 
-    /// Document `index` (tokens plus loss-mask spans).
+    /// Whether the shard records each document's language (format::FLAG_LANGUAGES).
+    pub fn has_languages(&self) -> bool {
+        self.header.has_languages()
+    }
+
+    /// Every document's language code (format::LANGUAGE_OTHER / LANGUAGE_KOREAN), in order;
+    /// `None` for a shard written without languages.
+    pub fn languages(&self) -> Option<&[u8]> {
+        self.has_languages()
+            .then(|| &self.map[self.sections.languages.clone()])
+    }
+
+    /// The language of document `index`; `None` when the shard has no languages or `index` is
+    /// past the last document.
+    pub fn language(&self, index: usize) -> Option<u8> {
+        self.languages().and_then(|l| l.get(index).copied())
+    }
+
+    /// Document `index` (tokens, loss-mask spans and language).
     pub fn document(&self, index: usize) -> Result<Document<'_>, ShardError> {
         if index >= self.num_documents {
             return Err(self.out_of_range(format!("document {index} of {}", self.num_documents)));
@@ -349,6 +386,7 @@ impl Shard {
         Document {
             tokens,
             loss_mask_spans,
+            language: self.language(index),
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Tokens go straight to disk through a 1 MiB buffer while their block CRCs are computed on the
 //! fly, so memory does not grow with the token count. What IS buffered until `finish` is small
-//! per-document metadata: two u64 offsets per document (16 B), 8 B per mask span and 4 B per
+//! per-document metadata: two u64 offsets per document (16 B, plus 1 B with languages), 8 B per mask span and 4 B per
 //! 4 MiB token block — about 16 MB for a million documents. The file is written under a
 //! temporary name in the target directory, fsynced, renamed over the target and the directory
 //! fsynced, so readers never see a partial shard; dropping an unfinished writer deletes the
@@ -11,8 +11,8 @@
 use crate::atomic;
 use crate::error::{ShardError, ShardErrorKind};
 use crate::format::{
-    header_crc32, Header, Layout, MaskSpan, DEFAULT_CHECKSUM_BLOCK_TOKENS, FLAG_LOSS_MASK,
-    HEADER_LEN, MAX_FINGERPRINT_LEN,
+    header_crc32, Header, Layout, MaskSpan, DEFAULT_CHECKSUM_BLOCK_TOKENS, FLAG_LANGUAGES,
+    FLAG_LOSS_MASK, HEADER_LEN, LANGUAGE_KOREAN, MAX_FINGERPRINT_LEN,
 };
 use crate::{ShardMeta, ShardSummary};
 use std::fs::{self, File};
@@ -33,6 +33,9 @@ pub struct ShardWriter {
     /// span_offsets[i] = index of document i's first span; starts with 0.
     span_offsets: Vec<u64>,
     spans: Vec<MaskSpan>,
+    /// One language code per document; `Some` once the first document came with a language
+    /// (then every document must), `None` before or when the first came without.
+    languages: Option<Vec<u8>>,
     num_tokens: u64,
     block_crcs: Vec<u32>,
     block_hasher: crc32fast::Hasher,
@@ -84,6 +87,7 @@ impl ShardWriter {
             doc_offsets: vec![0],
             span_offsets: vec![0],
             spans: Vec::new(),
+            languages: None,
             num_tokens: 0,
             block_crcs: Vec::new(),
             block_hasher: crc32fast::Hasher::new(),
@@ -106,6 +110,29 @@ impl ShardWriter {
         &mut self,
         tokens: &[u32],
         loss_mask_spans: Option<&[(u32, u32)]>,
+    ) -> Result<(), ShardError> {
+        self.append(tokens, loss_mask_spans, None)
+    }
+
+    /// Like [`append_document`](Self::append_document), also recording the document's
+    /// `language` ([`crate::format::LANGUAGE_OTHER`] or [`crate::format::LANGUAGE_KOREAN`]).
+    /// A shard records languages for all of its documents or for none: mixing this with
+    /// `append_document` in one shard is refused. (A shard without documents has no
+    /// languages section.)
+    pub fn append_document_with_language(
+        &mut self,
+        tokens: &[u32],
+        loss_mask_spans: Option<&[(u32, u32)]>,
+        language: u8,
+    ) -> Result<(), ShardError> {
+        self.append(tokens, loss_mask_spans, Some(language))
+    }
+
+    fn append(
+        &mut self,
+        tokens: &[u32],
+        loss_mask_spans: Option<&[(u32, u32)]>,
+        language: Option<u8>,
     ) -> Result<(), ShardError> {
         let document = self.doc_offsets.len() - 1;
         let invalid = |msg: String| {
@@ -136,6 +163,9 @@ impl ShardWriter {
                 tokens[position], self.meta.vocab_size
             ));
         }
+        if let Err(msg) = self.check_language(document, language) {
+            return invalid(msg);
+        }
         if let Some(spans) = loss_mask_spans {
             if spans.is_empty() {
                 return invalid(format!(
@@ -156,7 +186,27 @@ impl ShardWriter {
                 .map(|&s| MaskSpan::from(s)),
         );
         self.span_offsets.push(self.spans.len() as u64);
+        if let Some(language) = language {
+            self.languages.get_or_insert_with(Vec::new).push(language);
+        }
         Ok(())
+    }
+
+    /// Whether document number `document` may come with `language`: a valid code, and the
+    /// same choice (with or without a language) as the shard's earlier documents.
+    fn check_language(&self, document: usize, language: Option<u8>) -> Result<(), String> {
+        match (language, &self.languages, document) {
+            (Some(code), _, _) if code > LANGUAGE_KOREAN => Err(format!(
+                "document {document}: language code {code} is neither 0 (other) nor 1 (Korean)"
+            )),
+            (Some(_), None, 1..) => Err(format!(
+                "document {document} has a language but the shard's earlier documents have none"
+            )),
+            (None, Some(_), _) => Err(format!(
+                "document {document} has no language but the shard's earlier documents have one"
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Number of documents appended so far.
@@ -177,8 +227,10 @@ impl ShardWriter {
             self.tokens_in_block = 0;
         }
         let has_loss_mask = !self.spans.is_empty();
+        let languages = self.languages.take();
         let header = Header {
-            flags: if has_loss_mask { FLAG_LOSS_MASK } else { 0 },
+            flags: if has_loss_mask { FLAG_LOSS_MASK } else { 0 }
+                | if languages.is_some() { FLAG_LANGUAGES } else { 0 },
             vocab_size: self.meta.vocab_size,
             num_documents: self.num_documents(),
             num_tokens: self.num_tokens,
@@ -194,6 +246,7 @@ impl ShardWriter {
             },
             spans_crc32: crc32fast::hash(bytemuck::cast_slice(&self.spans)),
             block_crcs_crc32: crc32fast::hash(bytemuck::cast_slice(&self.block_crcs)),
+            languages_crc32: languages.as_deref().map_or(0, crc32fast::hash),
         };
         let layout = Layout::new(&header).map_err(|kind| ShardError::new(&self.path, kind))?;
         // Sections in file order; each is a multiple of 4 bytes, and only the token section can
@@ -212,7 +265,9 @@ impl ShardWriter {
         self.write_bytes(bytemuck::cast_slice(&span_offsets))?;
         self.write_bytes(bytemuck::cast_slice(&spans))?;
         self.write_bytes(bytemuck::cast_slice(&block_crcs))?;
-        self.write_bytes(&[0u8; 8][..padding_to_8(block_crcs.len() * 4)])?;
+        let languages = languages.unwrap_or_default();
+        self.write_bytes(&languages)?;
+        self.write_bytes(&[0u8; 8][..padding_to_8(block_crcs.len() * 4 + languages.len())])?;
 
         let temp_path = self.temp_path.clone();
         let out = self.out.take().ok_or_else(|| self.failed_earlier())?;

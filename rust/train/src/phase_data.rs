@@ -6,11 +6,11 @@
 use crate::error::TrainError;
 use crate::metrics::human_count;
 use crate::progress::say;
-use crate::recipe::{serde_name, PhaseConfig, Recipe, StageConfig};
+use crate::recipe::{serde_name, MaskMode, PhaseConfig, Recipe, StageConfig};
 use crate::trainer::RunOptions;
 use kormo_data::synthetic::{self, SyntheticSpec};
-use kormo_data::{Loader, PackedRows, PackingOptions, Source};
-use kormo_model::Batch;
+use kormo_data::{Loader, PackedRows, PackingOptions, Source, LANGUAGE_KOREAN};
+use kormo_model::{Batch, DOC_LANGUAGE_BIT};
 use std::io::Write;
 use std::path::Path;
 
@@ -27,11 +27,24 @@ pub fn to_batch(rows: PackedRows) -> Batch {
     }
 }
 
-/// `batch` under the attention mask `mask`: `causal` makes the row one document for
-/// attention (every doc id 0), whatever it packs; positions and loss weights stay.
-pub(crate) fn masked(mut batch: Batch, mask: crate::recipe::MaskMode) -> Batch {
-    if mask == crate::recipe::MaskMode::Causal {
-        batch.doc_ids.iter_mut().for_each(|d| *d = 0);
+/// The model's batch of `rows` under the attention mask `mask`: `causal` makes the row one
+/// document for attention (every doc id 0), whatever it packs; `xlda` sets bit 31
+/// ([`DOC_LANGUAGE_BIT`]) of the doc id of every token of a Korean document, so the model (told
+/// by `Model::set_cross_lingual_attention`) also lets it see the other language's documents;
+/// positions and loss weights stay.
+pub(crate) fn masked(mut rows: PackedRows, mask: MaskMode) -> Batch {
+    let languages = std::mem::take(&mut rows.languages);
+    let mut batch = to_batch(rows);
+    match mask {
+        MaskMode::Document => {}
+        MaskMode::Causal => batch.doc_ids.iter_mut().for_each(|d| *d = 0),
+        MaskMode::Xlda => {
+            for (d, &language) in batch.doc_ids.iter_mut().zip(&languages) {
+                if language == LANGUAGE_KOREAN {
+                    *d |= DOC_LANGUAGE_BIT;
+                }
+            }
+        }
     }
     batch
 }
@@ -143,6 +156,7 @@ fn build_loader(
             ))
         })?;
         phase.check_loss_masks(&source, &recipe.origin).map_err(TrainError)?;
+        check_languages(recipe, name, &source)?;
         if source.vocab_size() as usize > recipe.model.vocab {
             return Err(TrainError(format!(
                 "{}: shards use a vocabulary of {} tokens but the model has {} (source `{name}`)",
@@ -184,6 +198,24 @@ fn build_loader(
     Ok(PhaseData { loader, held_out })
 }
 
+/// Under `[attention] mask = "xlda"`, refuses a source with a shard that records no document
+/// languages (written before `prepare` recorded them), naming the shard.
+fn check_languages(recipe: &Recipe, name: &str, source: &Source) -> Result<(), TrainError> {
+    if recipe.mask() != MaskMode::Xlda {
+        return Ok(());
+    }
+    match source.first_shard_without_languages() {
+        Some(shard) => Err(TrainError(format!(
+            "{}: shard of source `{name}` records no document languages, which [attention] mask = \"xlda\" \
+             needs (re-run `prepare` on its input to record them, or use mask = \"document\")\n\
+             (source `{name}` of recipe {}, key attention.mask)",
+            shard.display(),
+            recipe.origin
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// How a phase's documents are packed into rows (the loss weights included).
 pub fn packing_options(recipe: &Recipe, phase: &PhaseConfig) -> PackingOptions {
     PackingOptions {
@@ -199,4 +231,27 @@ fn fnv(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_set_the_doc_ids_the_model_reads() {
+        let rows = PackedRows {
+            tokens: vec![1; 6],
+            targets: vec![1; 6],
+            loss_weights: vec![1.0; 6],
+            doc_ids: vec![0, 1, 1, 2, 2, 3],
+            positions: (0..6).collect(),
+            languages: vec![1, 0, 0, 1, 1, 0],
+            rows: 1,
+            seq_len: 6,
+        };
+        let k = DOC_LANGUAGE_BIT;
+        assert_eq!(masked(rows.clone(), MaskMode::Document).doc_ids, [0, 1, 1, 2, 2, 3]);
+        assert_eq!(masked(rows.clone(), MaskMode::Causal).doc_ids, [0; 6]);
+        assert_eq!(masked(rows, MaskMode::Xlda).doc_ids, [k, 1, 1, 2 | k, 2 | k, 3]);
+    }
 }

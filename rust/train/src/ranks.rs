@@ -217,6 +217,7 @@ fn rank_train<O: TrainBackend>(
     let mut model = Model::new(recipe.model.clone(), ops, rank.run.seed)?;
     model.set_z_loss(recipe.file.stability.z_loss as f32);
     model.set_activation_checkpointing(rank.run.stage.activation_checkpointing);
+    model.set_cross_lingual_attention(recipe.mask() == crate::recipe::MaskMode::Xlda);
     let (adamw, fsdp) = (adamw_config(recipe), fsdp_config(recipe));
     let mut engine = O::sharded(model, &rank.world, adamw, fsdp, rank.watchdog)?;
     // The f32 weights of record into the shards (a bf16 model would have rounded them).

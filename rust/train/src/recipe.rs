@@ -100,6 +100,10 @@ pub enum MaskMode {
     Document,
     /// A token attends to every earlier token of the row, across document boundaries.
     Causal,
+    /// Cross-lingual document attention (kormo's definition, docs/recipes.md): a token attends
+    /// to the earlier tokens of its own document and to those of the earlier documents of its
+    /// row in the other language (Korean / not Korean, as the shards record it).
+    Xlda,
 }
 
 /// Training stability: the outlier guard (llm.c-style z-score over a running window of the

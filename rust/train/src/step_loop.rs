@@ -21,7 +21,7 @@
 use crate::error::TrainError;
 use crate::guard::{OutlierGuard, Spike};
 use crate::metrics::{EvalRecord, EventRecord, MetricsFile};
-use crate::phase_data::{masked, packing_options, to_batch, PhaseData};
+use crate::phase_data::{masked, packing_options, PhaseData};
 use crate::progress::{
     checkpoint_target, is_eval_step, log_event, log_outlier_skip, preempted_record, say,
     stage_end_lines, Progress, StageReport, Start,
@@ -175,7 +175,7 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
                 watchdog.alive();
             }
             let lr = lr_schedule.lr(phase_step);
-            let global = masked(to_batch(loader.next_rows(global_rows)?), recipe.mask());
+            let global = masked(loader.next_rows(global_rows)?, recipe.mask());
             let mine = sampling::rank_rows(&global, rank, world_size)?;
             let measured = self
                 .engine
@@ -290,7 +290,7 @@ impl<E: FsdpEngine> Loop<'_, '_, E> {
         let recipe = self.run.recipe;
         let world_size = self.engine.world_size();
         let rows = recipe.file.eval.rows;
-        let global = masked(to_batch(held_out_rows(source, phase, recipe)?.next_rows(rows)?), recipe.mask());
+        let global = masked(held_out_rows(source, phase, recipe)?.next_rows(rows)?, recipe.mask());
         let mine = sampling::rank_rows(&global, self.engine.world_rank(), world_size)?;
         let micro_rows = largest_divisor_at_most(rows / world_size, phase.micro_batch);
         let mut sum = LossSum::default();

@@ -275,6 +275,10 @@ fn run_stage_on<O: TrainBackend>(
     if recipe.mask() == crate::recipe::MaskMode::Causal {
         say(out, "attention: causal over the whole packed row ([attention] mask = \"causal\": a document also sees the documents before it in its row)");
     }
+    if recipe.mask() == crate::recipe::MaskMode::Xlda {
+        model.set_cross_lingual_attention(true);
+        say(out, "attention: cross-lingual document attention ([attention] mask = \"xlda\": a token sees its own document and the earlier documents of its row in the other language, Korean / not Korean)");
+    }
     if stability.deterministic {
         say(out, "deterministic: on (CUDA kernels sum in a fixed order, so a stopped and resumed run is bitwise the uninterrupted one; the CPU backend always does)");
     }

@@ -382,7 +382,7 @@ fn deterministic_mode_is_a_stability_key_that_keeps_the_hash_when_off() {
 }
 
 #[test]
-fn attention_mask_is_document_by_default_causal_on_request_and_xlda_is_named() {
+fn attention_mask_is_document_by_default_causal_or_xlda_on_request() {
     use kormo_train::recipe::MaskMode;
     let plain = parse(TINY_RECIPE).unwrap();
     assert_eq!(plain.mask(), MaskMode::Document);
@@ -392,5 +392,12 @@ fn attention_mask_is_document_by_default_causal_on_request_and_xlda_is_named() {
     let causal = parse(&with("causal")).unwrap();
     assert_eq!(causal.mask(), MaskMode::Causal);
     assert_ne!(causal.hash(), plain.hash());
-    expect_error(&with("xlda"), "attention.mask", "document");
+    let xlda = parse(&with("xlda")).unwrap();
+    assert_eq!(xlda.mask(), MaskMode::Xlda);
+    assert_ne!(xlda.hash(), plain.hash());
+    assert_ne!(xlda.hash(), causal.hash());
+    // A misspelt value is named, with the values it could have meant.
+    expect_error(&with("xdla"), "attention.mask", "unknown variant `xdla`");
+    expect_error(&with("xdla"), "attention.mask", "`xlda`");
+    expect_error(&with("XLDA"), "attention.mask", "`document`, `causal`, `xlda`");
 }

@@ -134,6 +134,9 @@ pub fn reseal(bytes: &mut [u8]) {
         .collect();
     bytes[range(&layout.block_crcs)].copy_from_slice(bytemuck::cast_slice(&block_crcs));
     header.block_crcs_crc32 = crc(&layout.block_crcs, bytes);
+    if header.has_languages() {
+        header.languages_crc32 = crc(&layout.languages, bytes);
+    }
     bytes[..HEADER_LEN].copy_from_slice(&header.encode());
 }
 
