@@ -18,29 +18,27 @@ line `model_step --model proxy-1b --seq 4096 --flops-per-token` prints (rust/cud
 heads * head_dim * seq per token), and the script refuses it if its model's parameter count is
 not kormo's; over the H100's dense bf16 peak (989 TFLOP/s) unless --peak is given.
 
+--profile-csv PATH: after the torch.compile variant's timed steps, PROFILE_STEPS more compiled
+steps run under torch.profiler (CUDA activity: kernels, copies, memsets), and the top 25 rows of
+key_averages() by self CUDA time go to PATH as CSV (name, calls, self CUDA time, CUDA time,
+self CUDA ms per step, % of the timed step time); gpu_check's torch-model step reports its top 10.
+
+torch is imported only once the arguments are parsed, so --help works without it.
+
 Usage: python3 bench/torch_model_reference.py --accounting "$(model_step --flops-per-token)"
-       [--steps 5] [--warmup 2] [--peak 989e12]
+       [--steps 5] [--warmup 2] [--peak 989e12] [--profile-csv PATH]
 """
 import argparse
+import csv
 import json
 import time
 
-import torch
-import torch.nn.functional as F
+torch = F = None  # imported in main(), after the arguments
+PROFILE_STEPS, PROFILE_ROWS = 2, 25
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 1536, 18, 12, 3, 128, 6144, 125_184
 MICRO_BATCH, SEQ = 4, 4096
 EPS, THETA = 1e-5, 500_000.0
-
-
-class RMSNorm(torch.nn.Module):
-    def __init__(self, dim):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(x.dtype) * self.weight
 
 
 def rope_tables(device):
@@ -56,49 +54,99 @@ def rotate(x, cos, sin):
     return x * cos + rotated * sin
 
 
-class Layer(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.pre_attention_layernorm = RMSNorm(HIDDEN)
-        self.q_proj = torch.nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False)
-        self.k_proj = torch.nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.v_proj = torch.nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
-        self.o_proj = torch.nn.Linear(HEADS * HEAD_DIM, HIDDEN, bias=False)
-        self.pre_mlp_layernorm = RMSNorm(HIDDEN)
-        self.gate_proj = torch.nn.Linear(HIDDEN, FFN, bias=False)
-        self.up_proj = torch.nn.Linear(HIDDEN, FFN, bias=False)
-        self.down_proj = torch.nn.Linear(FFN, HIDDEN, bias=False)
+def model_classes():
+    """The decoder's module classes (defined once torch is imported)."""
 
-    def forward(self, x, cos, sin):
-        b, t, _ = x.shape
-        h = self.pre_attention_layernorm(x)
-        q = self.q_proj(h).view(b, t, HEADS, HEAD_DIM).transpose(1, 2)
-        k = self.k_proj(h).view(b, t, KV_HEADS, HEAD_DIM).transpose(1, 2)
-        v = self.v_proj(h).view(b, t, KV_HEADS, HEAD_DIM).transpose(1, 2)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, HEADS * HEAD_DIM))
-        h = self.pre_mlp_layernorm(x)
-        return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+    class RMSNorm(torch.nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(dim))
+
+        def forward(self, x):
+            xf = x.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + EPS)).to(x.dtype) * self.weight
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pre_attention_layernorm = RMSNorm(HIDDEN)
+            self.q_proj = torch.nn.Linear(HIDDEN, HEADS * HEAD_DIM, bias=False)
+            self.k_proj = torch.nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+            self.v_proj = torch.nn.Linear(HIDDEN, KV_HEADS * HEAD_DIM, bias=False)
+            self.o_proj = torch.nn.Linear(HEADS * HEAD_DIM, HIDDEN, bias=False)
+            self.pre_mlp_layernorm = RMSNorm(HIDDEN)
+            self.gate_proj = torch.nn.Linear(HIDDEN, FFN, bias=False)
+            self.up_proj = torch.nn.Linear(HIDDEN, FFN, bias=False)
+            self.down_proj = torch.nn.Linear(FFN, HIDDEN, bias=False)
+
+        def forward(self, x, cos, sin):
+            b, t, _ = x.shape
+            h = self.pre_attention_layernorm(x)
+            q = self.q_proj(h).view(b, t, HEADS, HEAD_DIM).transpose(1, 2)
+            k = self.k_proj(h).view(b, t, KV_HEADS, HEAD_DIM).transpose(1, 2)
+            v = self.v_proj(h).view(b, t, KV_HEADS, HEAD_DIM).transpose(1, 2)
+            q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            x = x + self.o_proj(a.transpose(1, 2).reshape(b, t, HEADS * HEAD_DIM))
+            h = self.pre_mlp_layernorm(x)
+            return x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = torch.nn.Embedding(VOCAB, HIDDEN)
+            self.layers = torch.nn.ModuleList(Layer() for _ in range(LAYERS))
+            self.norm = RMSNorm(HIDDEN)
+            self.lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
+            for p in self.parameters():
+                if p.dim() == 2:
+                    torch.nn.init.normal_(p, std=0.02)
+
+        def forward(self, tokens, targets, cos, sin):
+            x = self.embed_tokens(tokens)
+            for layer in self.layers:
+                x = layer(x, cos, sin)
+            logits = self.lm_head(self.norm(x))
+            return F.cross_entropy(logits.float().view(-1, VOCAB), targets.view(-1))
+
+    return Decoder
 
 
-class Decoder(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed_tokens = torch.nn.Embedding(VOCAB, HIDDEN)
-        self.layers = torch.nn.ModuleList(Layer() for _ in range(LAYERS))
-        self.norm = RMSNorm(HIDDEN)
-        self.lm_head = torch.nn.Linear(HIDDEN, VOCAB, bias=False)
-        for p in self.parameters():
-            if p.dim() == 2:
-                torch.nn.init.normal_(p, std=0.02)
+def profile_steps(step, path, step_seconds):
+    """PROFILE_STEPS calls of `step` under torch.profiler (CUDA activity); the top PROFILE_ROWS
+    rows of key_averages() by self CUDA time to `path` as CSV. Times in microseconds; the % is of
+    the timed steps' mean wall time (`step_seconds` per step, measured without the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
 
-    def forward(self, tokens, targets, cos, sin):
-        x = self.embed_tokens(tokens)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        logits = self.lm_head(self.norm(x))
-        return F.cross_entropy(logits.float().view(-1, VOCAB), targets.view(-1))
+    def device_time(event, *names):  # torch >= 2.4 says device_*, older versions cuda_*
+        for name in names:
+            value = getattr(event, name, None)
+            if value is not None:
+                return float(value)
+        return 0.0
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(PROFILE_STEPS):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        self_us = device_time(e, "self_device_time_total", "self_cuda_time_total")
+        total_us = device_time(e, "device_time_total", "cuda_time_total")
+        rows.append((e.key, e.count, self_us, total_us))
+    rows.sort(key=lambda r: -r[2])
+    all_self_us = sum(r[2] for r in rows)
+    step_us = step_seconds * 1e6
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "name", "calls", "self_cuda_us", "cuda_total_us", "self_cuda_ms_per_step", "percent_of_step"])
+        for i, (name, calls, self_us, total_us) in enumerate(rows[:PROFILE_ROWS], 1):
+            w.writerow([i, name, calls, f"{self_us:.1f}", f"{total_us:.1f}", f"{self_us / PROFILE_STEPS / 1e3:.3f}",
+                        f"{100 * self_us / PROFILE_STEPS / step_us:.2f}"])
+    print(f"torch.profiler: {PROFILE_STEPS} torch.compile steps, {len(rows)} kernels, {all_self_us / PROFILE_STEPS / 1e3:.1f} ms "
+          f"of self CUDA time per step ({100 * all_self_us / PROFILE_STEPS / step_us:.0f}% of the timed step); top {min(len(rows), PROFILE_ROWS)} in {path}",
+          flush=True)
 
 
 def main():
@@ -108,7 +156,13 @@ def main():
     parser.add_argument("--peak", type=float, default=989e12, help="dense bf16 peak FLOP/s of the device")
     parser.add_argument("--accounting", required=True,
                         help="the JSON line of `model_step --model proxy-1b --seq 4096 --flops-per-token` (kormo's FLOP count)")
+    parser.add_argument("--profile-csv", metavar="PATH",
+                        help=f"profile {PROFILE_STEPS} more torch.compile steps with torch.profiler and write the top {PROFILE_ROWS} kernels by self CUDA time to PATH as CSV")
     args = parser.parse_args()
+    global torch, F
+    import torch
+    import torch.nn.functional as F
+    Decoder = model_classes()
     accounting = json.loads(args.accounting)
     if (accounting.get("model"), accounting.get("seq")) != ("proxy-1b", SEQ):
         parser.error(f"--accounting is for {accounting.get('model')} at seq {accounting.get('seq')}, this script times proxy-1b at {SEQ}")
@@ -162,6 +216,11 @@ def main():
                 f"| loss {loss.item():.3f} |",
                 flush=True,
             )
+            if args.profile_csv and variant == "torch.compile":
+                try:
+                    profile_steps(step, args.profile_csv, seconds)
+                except Exception as e:  # the timings above stand without the profile
+                    print(f"torch.profiler failed: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}", flush=True)
             del model, opt, forward
             torch.cuda.empty_cache()
         except Exception as e:  # one failing variant must not hide the other

@@ -15,7 +15,9 @@
 #                                     the kernel benchmarks,
 #                                     bench/torch_reference.py (its non-attention and attention
 #                                     rows as two steps), Nsight Compute profiles (ncu) of the
-#                                     attention kernels at one or two shapes, and writes
+#                                     attention kernels at one or two shapes and of the training
+#                                     step's ten costliest kernels (ncu-step; CSV summaries in the
+#                                     logs), and writes
 #                                     OUT_DIR/<date>-<device>.md (default bench/results) plus logs.
 #                                     KORMO_GPU_STEPS="bench ncu ..." runs only the named steps
 #                                     (docs/gpu.md lists them).
@@ -390,6 +392,353 @@ ncu_step() {
     { echo "(ncu: $((SECONDS - t0)) s of its ${seconds} s timeout)"; echo; } >>"$report"
 }
 
+# Markdown table of the top 10 rows of bench/torch_model_reference.py --profile-csv (torch.profiler
+# on the torch.compile step), or one line saying why there is none.
+torch_profile_table() {
+    echo "### torch.compile step: top 10 kernels by self CUDA time (torch.profiler; all 25 in torch-compile-profile.csv in the logs)"
+    echo
+    if [[ ! -s "$1" ]]; then
+        echo "(no profile: $(basename "$1") not written; torch-model.log says why)"
+        echo
+        return 0
+    fi
+    python3 - "$1" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))[:10]
+columns = [("rank", "rank"), ("name", "kernel"), ("calls", "calls (2 steps)"), ("self_cuda_ms_per_step", "self CUDA ms per step"),
+           ("percent_of_step", "% of step"), ("cuda_total_us", "CUDA time total us (2 steps)")]
+print("| " + " | ".join(title for _, title in columns) + " |")
+print("| --- " * len(columns) + "|")
+for r in rows:
+    cells = [(r.get(key) or "-").replace("|", "\\|") for key, _ in columns]
+    cells[1] = cells[1] if len(cells[1]) <= 100 else cells[1][:60] + "..." + cells[1][-37:]
+    print("| " + " | ".join(cells) + " |")
+PY
+    echo
+}
+
+# nsys (Nsight Systems' command line), for the ncu-step's cheap kernel-time summary: PATH, the
+# CUDA toolkits, then the standalone installs (newest version first).
+find_nsys() {
+    command -v nsys && return
+    local c
+    for c in /usr/local/cuda/bin/nsys /usr/local/cuda-*/bin/nsys \
+        $(printf '%s\n' /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda*/nsight-systems*/bin/nsys | sort -rV); do
+        [[ -x "$c" ]] && { echo "$c"; return; }
+    done
+}
+
+# The ncu-step's parsing (python3), by mode:
+#   nsys-kernels SUMMARY_CSV OUT_CSV    nsys's cuda_gpu_kern_sum (or gpukernsum) CSV -> OUT_CSV
+#   ncu-kernels RAW_CSV OUT_CSV         ncu's --page raw CSV of gpu__time_duration.sum per launch -> OUT_CSV
+#       OUT_CSV: rank,kernel,function,total_ns,calls,avg_ns,percent, every kernel, largest total first
+#   regex KERNELS_CSV N                 prints the ncu --kernel-id name regex of the top N kernels' functions
+#   summary KERNELS_CSV N RAW_CSV OUT   the top N kernels joined with their profiled launch in ncu's
+#                                       --page raw CSV (absent: '-' columns), written to OUT as CSV
+#                                       and printed as a markdown table
+step_profile_py() {
+    python3 - "$@" <<'PY'
+import csv, re, sys
+
+def number(text):
+    try:
+        return float(str(text).replace(",", "").strip())
+    except ValueError:
+        return None
+
+def function_of(name):
+    """The kernel's function name without return type, namespaces, template arguments or
+    parameters: what ncu matches --kernel-name/--kernel-id against (--kernel-name-base function)."""
+    s = name.strip().replace("(anonymous namespace)", "anonymous")
+    if s.startswith("void "):
+        s = s[5:]
+    out, depth = [], 0
+    for ch in s:
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth = max(depth - 1, 0)
+        elif ch == "(" and depth == 0:
+            break
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out).strip().split("::")[-1].strip() or s
+
+def csv_from(path, is_header):
+    lines = open(path, errors="replace").read().splitlines()
+    start = next((i for i, line in enumerate(lines) if is_header(line)), None)
+    return [] if start is None else list(csv.reader(lines[start:]))
+
+def write_kernels(path, kernels):
+    kernels.sort(key=lambda k: -k["total_ns"])
+    total = sum(k["total_ns"] for k in kernels) or 1.0
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "kernel", "function", "total_ns", "calls", "avg_ns", "percent"])
+        for i, k in enumerate(kernels, 1):
+            w.writerow([i, k["name"], function_of(k["name"]), f"{k['total_ns']:.0f}", k["calls"],
+                        f"{k['total_ns'] / max(k['calls'], 1):.0f}", f"{100 * k['total_ns'] / total:.2f}"])
+    print(f"{len(kernels)} kernels, {total / 1e6:.1f} ms of kernel time")
+
+def read_kernels(path):
+    return list(csv.DictReader(open(path)))
+
+def raw_table(path):
+    """ncu --page raw --csv: header row, then (usually) a units row, then one row per launch.
+    Returns (rows as {lower-case column: value}, {lower-case column: unit})."""
+    rows = csv_from(path, lambda line: line.startswith('"ID"'))
+    if not rows:
+        return [], {}
+    header = [h.strip().lower() for h in rows[0]]
+    units, data = {}, []
+    for r in rows[1:]:
+        d = dict(zip(header, r))
+        if number(d.get("id", "")) is None:
+            if not data and not units:
+                units = {k: v.strip() for k, v in d.items()}
+            continue
+        data.append(d)
+    return data, units
+
+TO_NS = {"nsecond": 1.0, "ns": 1.0, "usecond": 1e3, "us": 1e3, "msecond": 1e6, "ms": 1e6, "second": 1e9, "s": 1e9}
+PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12, "p": 1e15}
+
+mode = sys.argv[1]
+if mode == "nsys-kernels":
+    rows = csv_from(sys.argv[2], lambda line: "Name" in line and "Total Time" in line)
+    if not rows:
+        print(f"no kernel summary in {sys.argv[2]}")
+        sys.exit(1)
+    header = [h.strip() for h in rows[0]]
+    col = lambda *keys: next((i for i, h in enumerate(header) if any(k in h for k in keys)), None)
+    name_i, total_i, calls_i = col("Name"), col("Total Time"), col("Instances", "Calls", "Count")
+    scale = 1.0 if "(ns)" in header[total_i] or "(" not in header[total_i] else \
+        TO_NS.get(header[total_i].split("(")[-1].rstrip(")").strip(), 1.0)
+    kernels = []
+    for r in rows[1:]:
+        if len(r) <= max(name_i, total_i) or number(r[total_i]) is None:
+            continue
+        calls = number(r[calls_i]) if calls_i is not None and calls_i < len(r) else None
+        kernels.append({"name": r[name_i], "total_ns": number(r[total_i]) * scale, "calls": int(calls or 0)})
+    write_kernels(sys.argv[3], kernels)
+elif mode == "ncu-kernels":
+    data, units = raw_table(sys.argv[2])
+    key = "gpu__time_duration.sum"
+    scale = TO_NS.get(units.get(key, "nsecond"), 1.0)
+    by_name = {}
+    for d in data:
+        t = number(d.get(key, ""))
+        if t is None:
+            continue
+        k = by_name.setdefault(d.get("kernel name", "?"), {"name": d.get("kernel name", "?"), "total_ns": 0.0, "calls": 0})
+        k["total_ns"] += t * scale
+        k["calls"] += 1
+    if not by_name:
+        print(f"no {key} values in {sys.argv[2]}")
+        sys.exit(1)
+    write_kernels(sys.argv[3], list(by_name.values()))
+elif mode == "regex":
+    functions = []
+    for k in read_kernels(sys.argv[2])[: int(sys.argv[3])]:
+        if k["function"] not in functions:
+            functions.append(k["function"])
+    # No ':' in it (--kernel-id separates its fields with ':'): the function name, alone or after
+    # a namespace or any other non-identifier character.
+    print("(^|[^A-Za-z0-9_])(" + "|".join(re.escape(f) for f in functions) + ")$")
+elif mode == "summary":
+    top = read_kernels(sys.argv[2])[: int(sys.argv[3])]
+    data, units = raw_table(sys.argv[4]) if sys.argv[4] != "-" else ([], {})
+    # Each top kernel gets one profiled launch: the same demangled name first, else the same function.
+    launch_of, used = {}, set()
+    for exact in (True, False):
+        for i, k in enumerate(top):
+            if i in launch_of:
+                continue
+            for j, d in enumerate(data):
+                name = d.get("kernel name", "")
+                if j not in used and (name == k["kernel"] if exact else function_of(name) == k["function"]):
+                    launch_of[i] = d
+                    used.add(j)
+                    break
+
+    def metric(d, *names):
+        for n in names:
+            v = number(d.get(n, ""))
+            if v is not None:
+                return v, units.get(n, "")
+        return None, ""
+
+    def fmt(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    def stalls(d):
+        found = []
+        for col, value in d.items():
+            m = re.search(r"issue_stalled_(\w+?)_per_(issue|warp)_active\.ratio$", col) \
+                or re.search(r"warp_latency_issue_stalled_(\w+?)\.ratio$", col)
+            v = number(value)
+            if m and v is not None and m.group(1) not in ("selected",) and "_not_issued" not in col:
+                found.append((v, m.group(1)))
+        found.sort(reverse=True)
+        return "; ".join(f"{name} {v:.1f}" for v, name in found[:3]) or "-"
+
+    columns = ["rank", "kernel", "% of kernel time", "total ms (whole run)", "calls", "avg us per call",
+               "profiled launch us", "DRAM GB/s", "DRAM %", "SM throughput %", "tensor pipe %",
+               "achieved occupancy %", "theoretical occupancy %", "registers/thread", "grid", "block",
+               "top 3 stalls (cycles per issued instruction)"]
+    table = []
+    for i, k in enumerate(top):
+        d = launch_of.get(i, {})
+        dur, unit = metric(d, "gpu__time_duration.sum")
+        dur_us = None if dur is None else dur * TO_NS.get(unit or "nsecond", 1.0) / 1e3
+        bw, unit = metric(d, "dram__bytes.sum.per_second")
+        m = re.match(r"^([kmgtp]?)byte/s(econd)?$", (unit or "byte/second").lower())
+        bw_gb = None if bw is None or not m else bw * PREFIX[m.group(1)] / 1e9
+        if bw_gb is None and dur_us:
+            rd, _ = metric(d, "dram__bytes_read.sum")
+            wr, _ = metric(d, "dram__bytes_write.sum")
+            ru, wu = units.get("dram__bytes_read.sum", "byte"), units.get("dram__bytes_write.sum", "byte")
+            to_b = lambda u: PREFIX.get(u.lower()[:1] if u.lower() != "byte" else "", 1.0)
+            if rd is not None and wr is not None:
+                bw_gb = (rd * to_b(ru) + wr * to_b(wu)) / (dur_us * 1e-6) / 1e9
+        tensor = [number(v) for c, v in d.items() if re.search(r"pipe_tensor\w*cycles_active\.avg\.pct_of_peak", c)]
+        tensor = [t for t in tensor if t is not None]
+        table.append([
+            k["rank"], k["kernel"], k["percent"], f"{number(k['total_ns']) / 1e6:.2f}", k["calls"],
+            f"{number(k['avg_ns']) / 1e3:.1f}", fmt(dur_us, ".1f"), fmt(bw_gb, ".0f"),
+            fmt(metric(d, "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed", "dram__throughput.avg.pct_of_peak_sustained_elapsed")[0], ".1f"),
+            fmt(metric(d, "sm__throughput.avg.pct_of_peak_sustained_elapsed")[0], ".1f"),
+            fmt(max(tensor) if tensor else None, ".1f"),
+            fmt(metric(d, "sm__warps_active.avg.pct_of_peak_sustained_active")[0], ".1f"),
+            fmt(metric(d, "sm__maximum_warps_per_active_cycle_pct")[0], ".1f"),
+            fmt(metric(d, "launch__registers_per_thread")[0], ".0f"),
+            d.get("grid size", "-") or "-", d.get("block size", "-") or "-", stalls(d),
+        ])
+    with open(sys.argv[5], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        w.writerows(table)
+    short = lambda s: s if len(s) <= 100 else s[:60] + "..." + s[-37:]
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
+    for row in table:
+        row = [short(str(c)).replace("|", "\\|") for c in row]
+        print("| " + " | ".join(row) + " |")
+    missing = len(top) - len(launch_of)
+    if data and missing:
+        print(f"\n{missing} of the {len(top)} kernels have no profiled launch in {sys.argv[4]} ('-' columns)")
+else:
+    sys.exit(f"step_profile_py: unknown mode {mode}")
+PY
+}
+
+# Kernels of the training step the ncu-step profiles (the largest total times).
+STEP_TOP_KERNELS=10
+
+# The ncu-step: the training step's (model-step --steps 1: 2 warm-up steps, 1 timed, 2
+# forward+backward passes under the op profiler) kernel times, from nsys (a trace: real clocks,
+# little overhead) or, without nsys, ncu timing every launch (gpu__time_duration.sum only); then
+# one launch (the second call) of each of the STEP_TOP_KERNELS kernels with the largest total
+# time under ncu with SpeedOfLight, Occupancy, LaunchStats and WarpStateStats (stall reasons).
+# Logs: ncu-step-kernels.csv (every kernel's total), ncu-step-summary.csv (the top ones with
+# their profile), the ncu raw CSV and the reports that fit; the report: the summary table.
+ncu_step_profile() {
+    local seconds ncu nsys deadline status left regex raw="-" t0=$SECONDS
+    local kernels="$logs/ncu-step-kernels.csv" log="$logs/ncu-step.log"
+    seconds="$(step_seconds ncu-step "$1")"
+    wanted ncu-step || return 0
+    {
+        echo "## The training step's top $STEP_TOP_KERNELS kernels under Nsight Compute (ncu-step: model-step --steps 1; SpeedOfLight, Occupancy, LaunchStats, WarpStateStats)"
+        echo
+    } >>"$report"
+    ncu="$(find_ncu)"
+    nsys="$(find_nsys)"
+    if [[ -z "$ncu" && -z "$nsys" ]]; then
+        { echo "ncu and nsys not found: no training-step profile"; echo; } >>"$report"
+        return 0
+    fi
+    deadline=$((SECONDS + seconds))
+    : >"$log"
+    # 1. Every kernel's total time in the run.
+    if [[ -n "$nsys" ]]; then
+        echo "kernel times: $nsys ($("$nsys" --version 2>/dev/null | tail -1)), a trace of the whole run" >>"$report"
+        left=$((deadline - SECONDS - 40))
+        status=$(run_logged "$left" "$log" "$nsys" profile --trace=cuda --sample=none --cpuctxsw=none \
+            --force-overwrite=true -o "$logs/ncu-step-nsys" "$CARRY/model-step" --steps 1)
+        local report_file
+        for report_file in "$logs/ncu-step-nsys.nsys-rep" "$logs/ncu-step-nsys.qdrep"; do
+            [[ -f "$report_file" ]] || continue
+            local r
+            for r in cuda_gpu_kern_sum gpukernsum; do
+                timeout 60 "$nsys" stats --force-export=true --report "$r" --format csv "$report_file" \
+                    >"$logs/ncu-step-nsys-kern.csv" 2>>"$log" && grep -q "Total Time" "$logs/ncu-step-nsys-kern.csv" && break
+            done
+            rm -f "$logs/ncu-step-nsys.sqlite"
+            [[ -n "$(find "$logs" -name "$(basename "$report_file")" -size +16M)" ]] && rm -f "$report_file"
+        done
+        [[ -s "$logs/ncu-step-nsys-kern.csv" ]] && step_profile_py nsys-kernels "$logs/ncu-step-nsys-kern.csv" "$kernels" >>"$log"
+    fi
+    if [[ ! -s "$kernels" && -n "$ncu" ]]; then
+        echo "kernel times: ${nsys:+no kernel summary from nsys (ncu-step.log says why); }$ncu timing every launch (gpu__time_duration.sum, --clock-control none)" >>"$report"
+        left=$((deadline - SECONDS - 40))
+        status=$(run_logged "$left" "$log" "$ncu" -f -o "$logs/ncu-step-times" --metrics gpu__time_duration.sum \
+            --clock-control none "$CARRY/model-step" --steps 1)
+        if [[ -f "$logs/ncu-step-times.ncu-rep" ]]; then
+            timeout 60 "$ncu" --import "$logs/ncu-step-times.ncu-rep" --csv --page raw >"$logs/ncu-step-times-raw.csv" 2>>"$log"
+            rm -f "$logs/ncu-step-times.ncu-rep"
+            step_profile_py ncu-kernels "$logs/ncu-step-times-raw.csv" "$kernels" >>"$log"
+        fi
+    fi
+    echo >>"$report"
+    if [[ ! -s "$kernels" ]]; then
+        {
+            echo "(no kernel times: exit status ${status:-?}; tail of ncu-step.log:)"
+            echo '```'
+            tail -8 "$log"
+            echo '```'
+            echo "(ncu-step: $((SECONDS - t0)) s of its ${seconds} s timeout)"
+            echo
+        } >>"$report"
+        return 0
+    fi
+    # 2. One launch of each top kernel under the sections.
+    if [[ -z "$ncu" ]]; then
+        echo "ncu not found: kernel times only, no sections" >>"$report"
+    elif ((deadline - SECONDS < 30)); then
+        echo "not profiled with ncu: the step's ${seconds} s ran out after the kernel times" >>"$report"
+    else
+        regex="$(step_profile_py regex "$kernels" "$STEP_TOP_KERNELS")"
+        echo "sections: $ncu ($("$ncu" --version 2>/dev/null | tail -1)), the 2nd call of each kernel function matching \`$regex\`, base clocks" >>"$report"
+        status=$(run_logged "$((deadline - SECONDS))" "$log" "$ncu" -f -o "$logs/ncu-step" \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+            --metrics dram__bytes.sum.per_second,dram__bytes_read.sum,dram__bytes_write.sum \
+            --kernel-id "::regex:$regex:2" --launch-count $((2 * STEP_TOP_KERNELS)) \
+            "$CARRY/model-step" --steps 1)
+        if [[ -f "$logs/ncu-step.ncu-rep" ]]; then
+            timeout 60 "$ncu" --import "$logs/ncu-step.ncu-rep" --csv --page raw >"$logs/ncu-step-raw.csv" 2>>"$log"
+            [[ -s "$logs/ncu-step-raw.csv" ]] && raw="$logs/ncu-step-raw.csv"
+            [[ -n "$(find "$logs" -name ncu-step.ncu-rep -size +16M)" ]] && rm -f "$logs/ncu-step.ncu-rep"
+        fi
+        [[ "$status" == 0 && "$raw" != - ]] || {
+            echo
+            echo "(ncu exit status $status; tail of ncu-step.log:)"
+            echo '```'
+            tail -8 "$log"
+            echo '```'
+        } >>"$report"
+    fi
+    {
+        echo
+        echo "Totals and calls are over the whole run (3 steps and 2 forward+backward passes); a profiled"
+        echo "launch's columns are from ncu (base clocks). Stalls: ncu's warp-state cycles per issued instruction."
+        echo
+        step_profile_py summary "$kernels" "$STEP_TOP_KERNELS" "$raw" "$logs/ncu-step-summary.csv"
+        echo
+        echo "(ncu-step: $((SECONDS - t0)) s of its ${seconds} s timeout; CSV: ncu-step-summary.csv, ncu-step-kernels.csv in the logs)"
+        echo
+    } >>"$report"
+}
+
 run_checks() {
     local out_dir="${1:-bench/results}"
     [[ -x "$CARRY/gpu-tests" && -x "$CARRY/nccl-test" && -x "$CARRY/device-fsdp-test" && -x "$CARRY/bench" && -x "$CARRY/model-step" && -x "$CARRY/train" && -d "$CARRY/hf" ]] || {
@@ -536,13 +885,16 @@ run_checks() {
         --benchmark-steps=3 --benchmark-out="$logs/train-benchmark.json" --run-dir="$logs/train-run"
     timed_step torch-model "PyTorch reference of the same step (bench/torch_model_reference.py: proxy-1b, 4 x 4096, eager and torch.compile)" 150 table \
         python3 bench/torch_model_reference.py --steps 3 --warmup 1 \
-        --accounting "$("$CARRY/model-step" --model proxy-1b --seq 4096 --flops-per-token)"
+        --accounting "$("$CARRY/model-step" --model proxy-1b --seq 4096 --flops-per-token)" \
+        --profile-csv "$logs/torch-compile-profile.csv"
+    wanted torch-model && torch_profile_table "$logs/torch-compile-profile.csv" >>"$report"
     timed_step bench "Rust kernel benchmarks (rust/cuda/src/bin/bench.rs)" 120 raw "$CARRY/bench"
     timed_step torch "PyTorch reference timings, non-attention rows (bench/torch_reference.py --quick --no-attention)" 60 table \
         python3 bench/torch_reference.py --quick --no-attention
     # Before torch-attention, the step most likely to run to its timeout (a flex_attention
     # compile per shape; its finished rows are reported even then), so the profiles get their time.
     ncu_step 90
+    ncu_step_profile 120
     timed_step torch-attention "PyTorch reference timings, attention rows (bench/torch_reference.py --quick --attention-only)" 120 table \
         python3 bench/torch_reference.py --quick --attention-only
 
