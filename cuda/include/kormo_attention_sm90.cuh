@@ -99,6 +99,19 @@ struct Barriers {
     uint64_t* v_empty;  // [kStages]
 };
 
+// Packs this thread's elements of a 64 x N accumulator (m64nN layout) into the bf16 A
+// fragments of its N / 16 k-steps: the C layout of two adjacent 8-column blocks is the A layout.
+template <int N>
+__device__ __forceinline__ void acc_to_a(uint32_t (&frag)[N / 16][4], const float (&x)[N / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < N / 16; ++kk) {
+        frag[kk][0] = ptx::pack_bf16x2(x[8 * kk + 0], x[8 * kk + 1]);
+        frag[kk][1] = ptx::pack_bf16x2(x[8 * kk + 2], x[8 * kk + 3]);
+        frag[kk][2] = ptx::pack_bf16x2(x[8 * kk + 4], x[8 * kk + 5]);
+        frag[kk][3] = ptx::pack_bf16x2(x[8 * kk + 6], x[8 * kk + 7]);
+    }
+}
+
 // Smallest position p <= q0 of the row whose document is doc[q0] (doc ids are non-decreasing).
 __device__ __forceinline__ int64_t first_of_document(const uint32_t* doc, int64_t q0) {
     const uint32_t target = doc[q0];
@@ -260,15 +273,6 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
         __syncwarp();
         if (lane == 0) sm90::mbar_arrive(bar);
     };
-    auto p_to_a = [&]() {
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-            pa[kk][0] = ptx::pack_bf16x2(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = ptx::pack_bf16x2(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = ptx::pack_bf16x2(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = ptx::pack_bf16x2(s[8 * kk + 6], s[8 * kk + 7]);
-        }
-    };
     // Ping-pong: consumer c issues its GEMMs after bar.sync(1 + c) and then lets the other go
     // with bar.arrive(2 - c). Consumer 1 opens with one arrival for consumer 0 and skips its
     // last one, so every sync meets exactly one arrival.
@@ -286,7 +290,7 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
     sm90::fence_operand(s);
     softmax(0, 0);
     release(&b.k_empty[0]);
-    p_to_a();
+    acc_to_a<kBlockN>(pa, s);
 
     // Tile it: S_it with the previous tile's PV in flight behind it.
     for (int it = 1; it < n_tiles; ++it) {
@@ -307,7 +311,7 @@ __device__ void consume(const KormoAttentionFwdSm90Args& p, unsigned char* smem,
         release(&b.v_empty[prev]);
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) o[i] *= alpha[(i & 2) >> 1];
-        p_to_a();
+        acc_to_a<kBlockN>(pa, s);
     }
 
     // Last PV.
@@ -433,17 +437,6 @@ __device__ void produce_bwd(const KormoAttentionBwdSm90Args& p, unsigned char* s
     }
 }
 
-// Packs this thread's elements of a 64 x 64 accumulator into the A fragments of its 4 k-steps.
-__device__ __forceinline__ void acc64_to_a(uint32_t (&frag)[kBwdBlockM / 16][4], const float (&x)[kBwdBlockM / 2]) {
-#pragma unroll
-    for (int kk = 0; kk < kBwdBlockM / 16; ++kk) {
-        frag[kk][0] = ptx::pack_bf16x2(x[8 * kk + 0], x[8 * kk + 1]);
-        frag[kk][1] = ptx::pack_bf16x2(x[8 * kk + 2], x[8 * kk + 3]);
-        frag[kk][2] = ptx::pack_bf16x2(x[8 * kk + 4], x[8 * kk + 5]);
-        frag[kk][3] = ptx::pack_bf16x2(x[8 * kk + 6], x[8 * kk + 7]);
-    }
-}
-
 template <int D, bool DOC, bool DQ>
 __device__ void consume_bwd(const KormoAttentionBwdSm90Args& p, unsigned char* smem, uint64_t* bars, int qt_lo, int qt_hi) {
     using L = BwdSmem<D>;
@@ -506,8 +499,8 @@ __device__ void consume_bwd(const KormoAttentionBwdSm90Args& p, unsigned char* s
             dpt[i] = pv * (dpt[i] - delta[c]);
         }
         uint32_t pa[kBwdBlockM / 16][4], dsa[kBwdBlockM / 16][4];
-        acc64_to_a(pa, st);
-        acc64_to_a(dsa, dpt);
+        acc_to_a<kBwdBlockM>(pa, st);
+        acc_to_a<kBwdBlockM>(dsa, dpt);
 
         // dV += P^T dO, dK += dS^T Q (B N-major: 16 queries per k-step).
         sm90::wgmma_fence();
